@@ -1,0 +1,119 @@
+"""Where code runs: ``Executor.submit(TaskSpec) -> concurrent.futures.Future[TaskResult]``.
+
+An executor knows nothing of MapReduce: it ships a :class:`~mrkit.model.task.TaskSpec` to a worker,
+the worker calls :func:`mrkit.worker.runtime.run_task`, and the :class:`~mrkit.model.task.TaskResult`
+comes back on the future. A future fails only when the *infrastructure* failed
+(:class:`~mrkit.errors.WorkerLost`); a raising user function is a result with ``ok=False``, so that
+the coordinator can tell the two apart (DESIGN.md §3, bounded retries).
+
+A backend implements ``submit`` (and ``shutdown`` when it holds resources); the base adds the
+context manager, ``map`` and the hooks the driver asks about. Executors are named by strings and
+imported only when named (STYLE 9)::
+
+    inline                      InlineExecutor       this process, one task at a time (debugging)
+    processes                   ProcessExecutor      all local cores (default)
+    redis://…, rediss://…       RedisExecutor        a worker fleet through Redis Streams (extra: redis)
+    http, http://h:p,h:p        HttpExecutor         HTTP workers, spawned or existing
+    lambda://fn, lambda-local   LambdaExecutor       serverless functions (extra: lambda)
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
+from typing import Any
+
+from mrkit.errors import ConfigError
+from mrkit.model.task import TaskResult, TaskSpec
+
+
+class Executor:
+    """Base class of executors.
+
+    Attributes:
+        name: the string that selects it (``processes``, ``redis://…``).
+        workers: how many tasks it runs at once (used to pick default task counts).
+        local: True when tasks run on this machine and may use a local temp folder for
+            intermediate data; remote executors return False and provide ``storage_url``.
+        asynchronous: True when a job can advance without the submitting process (Redis, Lambda).
+    """
+
+    name: str = "executor"
+    workers: int = 1
+    local: bool = True
+    asynchronous: bool = False
+
+    def submit(self, spec: TaskSpec) -> Future[TaskResult]:
+        """Start one attempt of one task; the future resolves to its :class:`TaskResult`.
+
+        The future raises :class:`~mrkit.errors.WorkerLost` when the worker died or stopped
+        answering. Cancelling the future asks the executor to drop the attempt if it can.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement submit()")
+
+    def storage_url(self, job_id: str) -> str | None:
+        """Storage URL for a job's intermediate data, or None to use a local temp folder."""
+        return None
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the workers this executor started; pending futures fail with WorkerLost."""
+
+    def map(self, specs: Iterable[TaskSpec]) -> Iterator[TaskResult]:
+        """Submit every spec, then yield their results in order (a convenience for tests)."""
+        futures = [self.submit(spec) for spec in specs]
+        for future in futures:
+            yield future.result()
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} workers={self.workers}>"
+
+
+# name or URL scheme -> "module:Class"; each class has `from_name(name, workers=..., **options)`.
+EXECUTORS: dict[str, str] = {
+    "inline": "mrkit.execution.inline:InlineExecutor",
+    "processes": "mrkit.execution.processes:ProcessExecutor",
+    "redis": "mrkit.execution.redis_streams:RedisExecutor",
+    "rediss": "mrkit.execution.redis_streams:RedisExecutor",
+    "http": "mrkit.execution.http:HttpExecutor",
+    "lambda": "mrkit.execution.aws_lambda:LambdaExecutor",
+    "lambda-local": "mrkit.execution.aws_lambda:LocalLambdaExecutor",
+}
+
+
+def executor_key(name: str) -> str:
+    """The registry key for an executor string: its URL scheme, or the whole name."""
+    return name.split("://", 1)[0] if "://" in name else name
+
+
+def open_executor(name: str | Executor | None = None, *, workers: int | None = None, **options: Any) -> Executor:
+    """Return the executor named ``name`` (an :class:`Executor` is returned as is).
+
+    Args:
+        name: ``inline``, ``processes`` (default), ``redis://…``, ``http``, ``http://h:p,…``,
+            ``lambda://fn``, ``lambda-local``.
+        workers: parallelism (default: every core for ``processes``).
+        options: backend options.
+
+    Raises:
+        ConfigError: for an unknown name, listing the valid ones.
+        MissingExtra: when the backend needs a package that is not installed.
+    """
+    if isinstance(name, Executor):
+        return name
+    name = name or "processes"
+    target = EXECUTORS.get(executor_key(name))
+    if target is None:
+        raise ConfigError(
+            f"unknown executor {name!r}; choose one of: inline, processes, redis://host:port/db, "
+            "http, http://host:port[,host:port], lambda://function, lambda-local"
+        )
+    module_name, class_name = target.split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls.from_name(name, workers=workers, **options)  # type: ignore[no-any-return]

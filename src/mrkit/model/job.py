@@ -1,0 +1,161 @@
+"""What a job is: the user's map, combine, partition and reduce functions, in one object.
+
+A job is written in one of three equivalent forms (DESIGN.md §1):
+
+* functions: ``mrkit.Job(mapper=f, reducer=g, combiner=g)``;
+* a class: ``class WordCount(mrkit.Job)`` defining ``mapper``/``combiner``/``reducer``/``partitioner``
+  as methods, plus the optional hooks ``mapper_init``/``mapper_final`` (in-mapper combining) and
+  ``mapper_split`` (one call per split, for whole-split speed);
+* a JSON job file naming one of the above (see :mod:`mrkit.model.jobfile`).
+
+Either way the runtime calls ``job.mapper(record)``, ``job.reducer(key, values)`` and so on: for the
+class form those are bound methods, for the function form the plain functions stored on the
+instance. Nothing here runs anything; the job never knows where it will run (STYLE 11).
+
+Contracts of the user functions:
+
+``mapper(record)``
+    yields ``(key, value)`` pairs, returns an iterable of pairs, or returns ``None`` (emits nothing).
+``mapper_init()`` / ``mapper_final()``
+    called once per map task before the first / after the last record; ``mapper_final`` may yield or
+    return pairs like ``mapper``.
+``mapper_split(records)``
+    replaces ``mapper`` when defined: called once per split with an iterator of its records, returns
+    or yields pairs.
+``combiner(key, values)`` / ``reducer(key, values)``
+    ``values`` is an iterator. A generator function yields output ``(key, value)`` pairs; a plain
+    function's return value becomes the single value for ``key``.
+``partitioner(key, n_reduce)``
+    returns the reduce partition in ``range(n_reduce)``; the default is a stable digest of the key.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from mrkit.errors import ConfigError
+
+Pair = tuple[Any, Any]
+
+_FUNCTION_SLOTS = ("mapper", "combiner", "reducer", "partitioner", "mapper_init", "mapper_final", "mapper_split")
+
+
+class Job:
+    """A MapReduce job: user functions plus the parameters they read.
+
+    Args:
+        mapper: ``mapper(record) -> iterable of (key, value) | None``.
+        reducer: ``reducer(key, values) -> value`` or a generator yielding ``(key, value)``; when
+            omitted every value is emitted unchanged under its key.
+        combiner: same contract as ``reducer``; run on map output before the shuffle. It must not
+            change the job's result (it may run zero, one or several times per key).
+        partitioner: ``partitioner(key, n_reduce) -> int``; default: stable digest of the key.
+        mapper_init, mapper_final, mapper_split: optional hooks (module docstring).
+        params: a JSON-able mapping the user functions read as ``self.params`` (class form) or
+            ``mrkit.context().params`` (either form).
+        name: a label shown in progress, logs and status; default: the class or mapper name.
+
+    Raises:
+        ConfigError: when no mapper or mapper_split is defined, or a function is not callable.
+
+    Example:
+        >>> job = Job(mapper=lambda line: [(w, 1) for w in line.split()], reducer=lambda k, vs: sum(vs))
+        >>> job.has_combiner
+        False
+    """
+
+    mapper: Callable[..., Any] | None = None
+    combiner: Callable[..., Any] | None = None
+    reducer: Callable[..., Any] | None = None
+    partitioner: Callable[..., int] | None = None
+    mapper_init: Callable[[], Any] | None = None
+    mapper_final: Callable[[], Any] | None = None
+    mapper_split: Callable[..., Any] | None = None
+
+    def __init__(
+        self,
+        mapper: Callable[..., Any] | None = None,
+        reducer: Callable[..., Any] | None = None,
+        combiner: Callable[..., Any] | None = None,
+        partitioner: Callable[..., int] | None = None,
+        *,
+        mapper_init: Callable[[], Any] | None = None,
+        mapper_final: Callable[[], Any] | None = None,
+        mapper_split: Callable[..., Any] | None = None,
+        params: Mapping[str, Any] | None = None,
+        name: str | None = None,
+    ) -> None:
+        given = {
+            "mapper": mapper, "reducer": reducer, "combiner": combiner, "partitioner": partitioner,
+            "mapper_init": mapper_init, "mapper_final": mapper_final, "mapper_split": mapper_split,
+        }
+        for slot, fn in given.items():
+            if fn is None:
+                continue
+            if not callable(fn):
+                raise ConfigError(f"Job {slot}= must be callable, got {type(fn).__name__}: {fn!r}")
+            # Stored on the instance, a plain function is called without `self`; the class form's
+            # methods stay bound. The runtime calls both the same way.
+            setattr(self, slot, fn)
+        self.params: dict[str, Any] = dict(params or {})
+        self.name = name or self._default_name()
+        if self.mapper is None and self.mapper_split is None:
+            raise ConfigError(
+                f"job {self.name!r} defines neither mapper nor mapper_split: give mrkit.Job(mapper=...) "
+                "or define a mapper method on the class"
+            )
+
+    def _default_name(self) -> str:
+        if type(self) is not Job:
+            return type(self).__name__
+        fn = self.mapper or self.mapper_split
+        return getattr(fn, "__name__", "job")
+
+    # -- derived facts the runtime needs, computed once per task, never per record ---------------
+
+    @property
+    def has_combiner(self) -> bool:
+        return self.combiner is not None
+
+    def with_params(self, params: Mapping[str, Any]) -> Job:
+        """Return a copy of this job whose ``params`` are updated with ``params``."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.params = {**self.params, **dict(params)}
+        return clone
+
+    def __repr__(self) -> str:
+        slots = [s for s in _FUNCTION_SLOTS if getattr(self, s, None) is not None]
+        return f"<mrkit.Job {self.name} ({', '.join(slots)})>"
+
+
+def returns_pairs(fn: Callable[..., Any]) -> bool:
+    """True when ``fn`` is a generator function, i.e. it yields ``(key, value)`` pairs.
+
+    A reducer or combiner that is a plain function returns the value for its key instead. Bound
+    methods and ``functools.partial`` objects are unwrapped first.
+
+    >>> def total(k, vs): return sum(vs)
+    >>> def pairs(k, vs): yield k, sum(vs)
+    >>> returns_pairs(total), returns_pairs(pairs)
+    (False, True)
+    """
+    target = getattr(fn, "__func__", fn)
+    while hasattr(target, "func"):  # functools.partial
+        target = target.func
+    return inspect.isgeneratorfunction(target) or inspect.isgeneratorfunction(getattr(target, "__call__", None))
+
+
+def reduce_values(fn: Callable[..., Any], key: Any, values: Iterable[Any], yields_pairs: bool) -> Iterator[Pair]:
+    """Apply a reducer or combiner to one key and iterate the ``(key, value)`` pairs it produces."""
+    if yields_pairs:
+        return iter(fn(key, iter(values)))
+    return iter(((key, fn(key, iter(values))),))
+
+
+def identity_reducer(key: Any, values: Iterable[Any]) -> Iterator[Pair]:
+    """The default reducer: emit every value unchanged under its key."""
+    for value in values:
+        yield key, value

@@ -1,0 +1,204 @@
+"""The values that cross process and machine boundaries: splits, task specs, task results.
+
+All are frozen dataclasses with one ``encode() -> bytes`` / ``decode(bytes)`` pair each (STYLE 12).
+The encoding is JSON, not pickle, so a spec or result can be read from any transport without
+unpickling anything; the only pickled bytes inside are the futures API's function and arguments
+(``TaskSpec.call``) and its results (``TaskResult.output``), which the transports authenticate
+before use (DESIGN.md §5).
+
+A spec carries references, never data (STYLE 13): a map task names its split (``uri``, byte range),
+a reduce task its partition number, and both name the storage that holds the job's code and the
+intermediate data. The job's code itself is stored once per job and cached by digest on workers.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class TaskKind(str, enum.Enum):
+    """What a task does."""
+
+    MAP = "map"  # read one split, map, combine, partition; write sorted runs per reduce partition
+    REDUCE = "reduce"  # merge one partition's runs from every map task, reduce, write a part file
+    CALL = "call"  # futures API: apply a pickled function to a chunk of argument tuples
+
+
+@dataclass(frozen=True)
+class InputSplit:
+    """One map task's share of the input.
+
+    Attributes:
+        uri: a local path, or ``storage-url#key`` for objects (e.g. records a driver stored).
+        start, length: the byte range ``[start, start + length)``; ``length == -1`` means to the end
+            (a compressed or non-seekable file is one split). A text split owns every line that
+            *starts* in its range, so each line is read exactly once whatever the split size.
+        format: ``text`` (one record per line), ``jsonl``, ``csv``, or ``pickle`` (a list of
+            records stored by the driver for in-memory inputs).
+        compression: ``""``, ``gz``, ``bz2``, ``xz`` or ``zst``.
+        index: position of this split among the job's splits (for messages).
+        options: reader options such as ``{"errors": "strict" | "replace" | "skip", "encoding": ...}``.
+    """
+
+    uri: str
+    start: int = 0
+    length: int = -1
+    format: str = "text"
+    compression: str = ""
+    index: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """Human description for messages: ``/data/a.txt bytes 0-1048576``."""
+        if self.length < 0:
+            return f"{self.uri}" if self.start == 0 else f"{self.uri} bytes {self.start}-end"
+        return f"{self.uri} bytes {self.start}-{self.start + self.length}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InputSplit:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """Per-job knobs every task needs; small and JSON-able.
+
+    Attributes:
+        memory_mb: map-side buffer budget before a sorted run is spilled.
+        output_format: ``tsv`` (JSON key TAB JSON value), ``jsonl`` or ``pickle`` (in-memory results).
+        params: the job's ``params`` (also baked into the stored job; repeated here for logs).
+    """
+
+    memory_mb: float = 256.0
+    output_format: str = "tsv"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything a worker needs to run one attempt of one task, by reference.
+
+    Attributes:
+        job_id: the job's id (also the prefix of its storage keys).
+        task_id: ``map-00003``, ``reduce-00001`` or ``call-000042``; stable across attempts.
+        kind: :class:`TaskKind`.
+        attempt: 1-based attempt number; each attempt writes under its own keys.
+        storage_url: URL of the storage that holds the job's code and intermediate data.
+        job_key, job_digest: where the pickled job lies in that storage and its SHA-256, checked
+            before unpickling and used as the cache key on workers.
+        n_map, n_reduce: the job's task counts.
+        split: the input of a map task.
+        partition: the partition of a reduce task.
+        output_url: storage URL of the output folder (reduce tasks write their part there).
+        settings: :class:`TaskSettings`.
+        call_fn: futures API: the cloudpickled function (the same bytes for every chunk of a call).
+        call_digest: SHA-256 of ``call_fn``, so workers unpickle each function once.
+        call: futures API: the pickled list of argument tuples of this chunk.
+    """
+
+    job_id: str
+    task_id: str
+    kind: TaskKind
+    attempt: int = 1
+    storage_url: str = ""
+    job_key: str = ""
+    job_digest: str = ""
+    n_map: int = 0
+    n_reduce: int = 0
+    split: InputSplit | None = None
+    partition: int = -1
+    output_url: str = ""
+    settings: TaskSettings = field(default_factory=TaskSettings)
+    call_fn: bytes = b""
+    call_digest: str = ""
+    call: bytes = b""
+
+    def encode(self) -> bytes:
+        """Serialise to JSON bytes (no pickle at this level)."""
+        data = dataclasses.asdict(self)
+        data["kind"] = self.kind.value
+        for name in ("call", "call_fn"):
+            data[name] = base64.b64encode(data[name]).decode("ascii") if data[name] else ""
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> TaskSpec:
+        """Inverse of :meth:`encode`."""
+        data = json.loads(raw)
+        data["kind"] = TaskKind(data["kind"])
+        for name in ("call", "call_fn"):
+            data[name] = base64.b64decode(data[name]) if data.get(name) else b""
+        if data.get("split") is not None:
+            data["split"] = InputSplit.from_dict(data["split"])
+        data["settings"] = TaskSettings(**data.get("settings") or {})
+        return cls(**data)
+
+    def next_attempt(self) -> TaskSpec:
+        return dataclasses.replace(self, attempt=self.attempt + 1)
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """Why an attempt's user code failed, in a form that crosses any transport.
+
+    Attributes:
+        where: the input position: ``/data/a.txt bytes 0-1048576, record 17 (byte 1234)`` for map
+            tasks, ``key 'apple'`` for reduce tasks.
+        exc_type, message: the exception's class name and ``str()``.
+        traceback: the formatted remote traceback.
+    """
+
+    where: str
+    exc_type: str
+    message: str
+    traceback: str = ""
+
+    def sentence(self) -> str:
+        return f"{self.where}: {self.exc_type}: {self.message}" if self.where else f"{self.exc_type}: {self.message}"
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """What one attempt reports back.
+
+    Attributes:
+        task_id, attempt: which attempt this is.
+        ok: False when user code raised (``failure`` says why).
+        committed: True when this attempt's output was published first (first attempt wins);
+            False for a later duplicate whose output was discarded.
+        counters: records/bytes/spills and user counters of this attempt.
+        output: futures API results (pickled list), empty for map/reduce.
+        worker: a label of the process or machine that ran it.
+        seconds: wall time of the attempt.
+        failure: set when ``ok`` is False.
+    """
+
+    task_id: str
+    attempt: int
+    ok: bool = True
+    committed: bool = False
+    counters: dict[str, int] = field(default_factory=dict)
+    output: bytes = b""
+    worker: str = ""
+    seconds: float = 0.0
+    failure: TaskFailure | None = None
+
+    def encode(self) -> bytes:
+        data = dataclasses.asdict(self)
+        data["output"] = base64.b64encode(self.output).decode("ascii") if self.output else ""
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> TaskResult:
+        data = json.loads(raw)
+        data["output"] = base64.b64decode(data["output"]) if data.get("output") else b""
+        if data.get("failure") is not None:
+            data["failure"] = TaskFailure(**data["failure"])
+        return cls(**data)
