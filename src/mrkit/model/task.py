@@ -153,12 +153,15 @@ class TaskFailure:
             tasks, ``key 'apple'`` for reduce tasks.
         exc_type, message: the exception's class name and ``str()``.
         traceback: the formatted remote traceback.
+        retryable: False when another attempt cannot succeed (undecodable input, a missing file),
+            so the coordinator fails the job at once instead of burning the remaining attempts.
     """
 
     where: str
     exc_type: str
     message: str
     traceback: str = ""
+    retryable: bool = True
 
     def sentence(self) -> str:
         return f"{self.where}: {self.exc_type}: {self.message}" if self.where else f"{self.exc_type}: {self.message}"

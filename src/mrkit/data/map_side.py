@@ -1,0 +1,308 @@
+"""The map side of one task: map, combine, partition, sort, spill.
+
+Pairs from the user's mapper go into one dict ``key -> [values]`` (combining map-side in a dict,
+DESIGN.md §4). Every few thousand records the buffer's size is estimated; past the memory budget it
+is combined in place (when the job has a combiner) and, if still too big, *spilled*: partitioned by
+the stable partitioner, sorted by encoded key, and appended as one sorted run to each partition's
+object. At the end the rest is flushed the same way. The result is, per reduce partition, one
+object holding one run per spill; :class:`MapOutput` returns their byte boundaries for the commit
+manifest.
+
+The hot loop (:func:`map_split`) is flat: lookups are bound before it, the user function is called
+directly per record, and framework work happens per slice of records, never per record (STYLE 23).
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
+from operator import itemgetter
+from typing import Any, BinaryIO
+
+from mrkit.data.runs import write_run
+from mrkit.model.job import Job, returns_pairs
+from mrkit.model.partition import checked_partitioner, key_bytes, stable_partition
+from mrkit.model.task import TaskFailure
+
+SLICE = 4096  # records between two memory checks
+_kb_first = itemgetter(0)
+
+
+class UserCodeError(Exception):
+    """A user function raised; carries the :class:`TaskFailure` that names where and why."""
+
+    def __init__(self, failure: TaskFailure) -> None:
+        self.failure = failure
+        super().__init__(failure.sentence())
+
+
+def user_failure(where: str, exc: BaseException) -> UserCodeError:
+    """Wrap the exception being handled as a :class:`UserCodeError` naming ``where``."""
+    return UserCodeError(
+        TaskFailure(
+            where=where,
+            exc_type=type(exc).__name__,
+            message=str(exc),
+            traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        )
+    )
+
+
+class MapOutput:
+    """One map attempt's buffered output, spilled to sorted runs per reduce partition.
+
+    Args:
+        n_reduce: number of reduce partitions.
+        partitioner: the job's ``partitioner(key, n_reduce)`` or None for the stable default.
+        combiner: the job's combiner or None.
+        memory_bytes: the buffer budget; past it the buffer is combined, then spilled.
+        open_part: opens the (single) output object of one partition for writing.
+    """
+
+    def __init__(
+        self,
+        *,
+        n_reduce: int,
+        partitioner: Callable[[Any, int], int] | None,
+        combiner: Callable[..., Any] | None,
+        memory_bytes: int,
+        open_part: Callable[[int], BinaryIO],
+    ) -> None:
+        self.buf: dict[Any, list[Any]] = {}
+        self.n_reduce = n_reduce
+        self._partition = None if partitioner is None else checked_partitioner(partitioner)
+        self._combiner = combiner
+        self._combiner_pairs = combiner is not None and returns_pairs(combiner)
+        self.memory_bytes = memory_bytes
+        self._open_part = open_part
+        self._writers: dict[int, BinaryIO] = {}
+        self.offsets: dict[int, list[int]] = {}  # partition -> run boundaries [0, end of run 1, ...]
+        self.spills = 0
+        self.combines = 0
+        self.pairs_out = 0
+        self._entry_cost = 0.0
+        self._value_cost = 0.0
+
+    # -- memory ------------------------------------------------------------------------------
+
+    def estimated_bytes(self) -> int:
+        """A cheap estimate of the buffer's memory: per-key and per-value costs, sampled once."""
+        buf = self.buf
+        if not buf:
+            return 0
+        if not self._entry_cost:
+            self._sample_costs()
+        n_values = sum(map(len, buf.values()))
+        return int(len(buf) * self._entry_cost + n_values * self._value_cost)
+
+    def _sample_costs(self) -> None:
+        sample = list(islice(self.buf.items(), 32))
+        key_size = sum(sys.getsizeof(k) for k, _ in sample) / len(sample)
+        values = [v for _, vs in sample for v in vs[:4]]
+        # Small ints are shared singletons: a list slot (8 bytes) is all they cost.
+        value_size = sum(0 if type(v) is int and -5 <= v <= 256 else sys.getsizeof(v) for v in values)
+        value_size = value_size / max(1, len(values))
+        self._entry_cost = key_size + 160  # dict slot + list object + its header
+        self._value_cost = value_size + 8
+
+    def check_memory(self) -> None:
+        """Combine, then spill, when the buffer passes the budget; called between slices."""
+        if self.estimated_bytes() <= self.memory_bytes:
+            return
+        if self._combiner is not None:
+            self.combine()
+            if self.estimated_bytes() <= self.memory_bytes // 2:
+                return
+        self.spill()
+
+    # -- combine, partition, sort, write -----------------------------------------------------
+
+    def combine(self) -> None:
+        """Apply the combiner to every key holding more than one value, in place."""
+        combiner, buf = self._combiner, self.buf
+        if combiner is None:
+            return
+        self.combines += 1
+        key = None
+        try:
+            if not self._combiner_pairs:
+                for key, values in buf.items():
+                    if len(values) > 1:
+                        buf[key] = [combiner(key, iter(values))]
+                return
+            combined: dict[Any, list[Any]] = {}
+            for key, values in buf.items():
+                if len(values) > 1:
+                    for k2, v2 in combiner(key, iter(values)):
+                        lst = combined.get(k2)
+                        if lst is None:
+                            combined[k2] = [v2]
+                        else:
+                            lst.append(v2)
+                else:
+                    combined.setdefault(key, []).extend(values)
+            buf.clear()
+            buf.update(combined)
+        except Exception as exc:
+            raise user_failure(f"combiner on key {_short(key)}", exc) from exc
+
+    def spill(self) -> None:
+        """Write the buffer as one sorted run per non-empty partition, then empty it."""
+        if not self.buf:
+            return
+        n, partition = self.n_reduce, self._partition
+        parts: list[list[Any]] = [[] for _ in range(n)]
+        key = None
+        try:
+            if partition is None or partition is stable_partition:
+                crc = zlib.crc32
+                for key, values in self.buf.items():
+                    kb = b"s" + key.encode("utf-8", "surrogatepass") if type(key) is str else key_bytes(key)
+                    parts[crc(kb) % n].append((kb, key, values))
+            else:
+                for key, values in self.buf.items():
+                    parts[partition(key, n)].append((key_bytes(key), key, values))
+        except Exception as exc:
+            raise user_failure(f"partitioner on key {_short(key)}", exc) from exc
+        self.buf.clear()
+        for p, entries in enumerate(parts):
+            if not entries:
+                continue
+            entries.sort(key=_kb_first)
+            writer = self._writers.get(p)
+            if writer is None:
+                writer = self._writers[p] = self._open_part(p)
+                self.offsets[p] = [0]
+            self.offsets[p].append(self.offsets[p][-1] + write_run(writer, entries))
+            self.pairs_out += sum(len(e[2]) for e in entries)
+        self.spills += 1
+
+    def finish(self) -> dict[int, list[int]]:
+        """Combine and flush what is left, close every partition object, return run boundaries."""
+        if self._combiner is not None and self.buf:
+            self.combine()
+        self.spill()
+        for writer in self._writers.values():
+            writer.close()
+        return self.offsets
+
+    def abort(self) -> None:
+        """Discard partially written partition objects (the attempt failed)."""
+        for writer in self._writers.values():
+            writer.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+
+def map_split(job: Job, batches: Iterable[Any], out: MapOutput, where: Callable[[], str]) -> int:
+    """Run the job's map hooks over one split's record batches into ``out``; returns records read.
+
+    Args:
+        job: the job (its ``mapper`` / ``mapper_init`` / ``mapper_final`` / ``mapper_split``).
+        batches: the reader's batches (``.records`` list and ``.locate(i)``).
+        out: the attempt's :class:`MapOutput`.
+        where: describes the split for messages about hooks that have no single record.
+
+    Raises:
+        UserCodeError: a user function raised; the failure names the record or hook.
+    """
+    if job.mapper_split is not None:
+        return _map_whole_split(job, batches, out, where)
+    buf = out.buf
+    get = buf.get
+    mapper = job.mapper
+    check = out.check_memory
+    n_records = 0
+    if job.mapper_init is not None:
+        _run_hook(job.mapper_init, out, f"mapper_init of {where()}")
+    for batch in batches:
+        records = batch.records
+        for lo in range(0, len(records), SLICE):
+            chunk = records[lo : lo + SLICE] if len(records) > SLICE else records
+            record = None
+            try:
+                for record in chunk:
+                    pairs = mapper(record)
+                    if pairs is not None:
+                        for key, value in pairs:
+                            lst = get(key)
+                            if lst is None:
+                                buf[key] = [value]
+                            else:
+                                lst.append(value)
+            except UserCodeError:
+                raise
+            except Exception as exc:
+                index = lo + _index_of(chunk, record)
+                raise user_failure(f"mapper on {batch.locate(index)}", exc) from exc
+            n_records += len(chunk)
+            check()
+    if job.mapper_final is not None:
+        _run_hook(job.mapper_final, out, f"mapper_final of {where()}")
+    return n_records
+
+
+def _map_whole_split(job: Job, batches: Iterable[Any], out: MapOutput, where: Callable[[], str]) -> int:
+    counted = [0]
+
+    def records() -> Iterator[Any]:
+        for batch in batches:
+            counted[0] += len(batch.records)
+            yield from batch.records
+
+    assert job.mapper_split is not None
+    try:
+        pairs = job.mapper_split(records())
+        if pairs is not None:
+            _add_pairs(pairs, out)
+    except UserCodeError:
+        raise
+    except Exception as exc:
+        raise user_failure(f"mapper_split on {where()}", exc) from exc
+    return counted[0]
+
+
+def _run_hook(hook: Callable[[], Any], out: MapOutput, where: str) -> None:
+    try:
+        pairs = hook()
+        if pairs is not None:
+            _add_pairs(pairs, out)
+    except UserCodeError:
+        raise
+    except Exception as exc:
+        raise user_failure(where, exc) from exc
+
+
+def _add_pairs(pairs: Iterable[tuple[Any, Any]], out: MapOutput) -> None:
+    buf = out.buf
+    get = buf.get
+    it = iter(pairs)
+    while True:
+        n = 0
+        for key, value in islice(it, SLICE * 4):
+            n += 1
+            lst = get(key)
+            if lst is None:
+                buf[key] = [value]
+            else:
+                lst.append(value)
+        if n == 0:
+            return
+        out.check_memory()
+
+
+def _index_of(chunk: list[Any], record: Any) -> int:
+    """Position of the failing record (by identity, falling back to equality)."""
+    for i, r in enumerate(chunk):
+        if r is record:
+            return i
+    try:
+        return chunk.index(record)
+    except ValueError:
+        return 0
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

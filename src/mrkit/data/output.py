@@ -1,0 +1,137 @@
+"""How reduce output becomes bytes, and how published output is read back.
+
+Formats (one per job):
+
+    tsv     JSON key TAB JSON value, one pair per line (mrjob's convention): types survive
+    jsonl   one JSON array ``[key, value]`` per line
+    pickle  framed pickled lists of pairs (used for in-memory results: exact Python types)
+
+A published output folder holds ``part-00000 … part-(M-1)`` and ``_SUCCESS`` (a small JSON
+document naming the format and counts), written last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+from collections.abc import Iterable, Iterator
+from typing import Any, BinaryIO
+
+from mrkit.errors import ConfigError, InputError
+from mrkit.model.layout import SUCCESS_KEY
+
+FORMATS = ("tsv", "jsonl", "pickle")
+_LEN = struct.Struct("<I")
+_BATCH = 4096
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown output format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    return fmt
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    raise TypeError(
+        f"{type(value).__name__} value {value!r:.60} is not JSON-serialisable; convert it in the reducer "
+        "or run with output=None (in-memory results keep Python types)"
+    )
+
+
+def write_pairs(f: BinaryIO, pairs: Iterable[tuple[Any, Any]], fmt: str) -> int:
+    """Write ``pairs`` to ``f`` in ``fmt``; returns how many pairs were written.
+
+    >>> import io; buf = io.BytesIO()
+    >>> write_pairs(buf, [("pi", 3.14), (("a", 1), [2])], "tsv")
+    2
+    >>> buf.getvalue()
+    b'"pi"\\t3.14\\n["a",1]\\t[2]\\n'
+    """
+    n = 0
+    if fmt == "pickle":
+        batch: list[tuple[Any, Any]] = []
+        for pair in pairs:
+            batch.append(pair)
+            if len(batch) >= _BATCH:
+                n += _write_frame(f, batch)
+                batch = []
+        if batch:
+            n += _write_frame(f, batch)
+        return n
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_json_default).encode
+    lines: list[str] = []
+    for key, value in pairs:
+        if fmt == "tsv":
+            lines.append(f"{dumps(key)}\t{dumps(value)}\n")
+        else:
+            lines.append(dumps([key, value]) + "\n")
+        if len(lines) >= _BATCH:
+            f.write("".join(lines).encode())
+            n += len(lines)
+            lines = []
+    if lines:
+        f.write("".join(lines).encode())
+        n += len(lines)
+    return n
+
+
+def _write_frame(f: BinaryIO, batch: list[tuple[Any, Any]]) -> int:
+    data = pickle.dumps(batch, protocol=5)
+    f.write(_LEN.pack(len(data)))
+    f.write(data)
+    return len(batch)
+
+
+def read_pairs(f: BinaryIO, fmt: str, name: str = "") -> Iterator[tuple[Any, Any]]:
+    """Iterate the pairs of one part file written by :func:`write_pairs`."""
+    if fmt == "pickle":
+        while True:
+            head = f.read(4)
+            if not head:
+                return
+            (size,) = _LEN.unpack(head)
+            yield from pickle.loads(f.read(size))
+        return
+    loads = json.loads
+    for lineno, raw in enumerate(f, 1):
+        line = raw.decode("utf-8").rstrip("\n")
+        if not line:
+            continue
+        try:
+            if fmt == "tsv":
+                key_text, value_text = line.split("\t", 1)
+                yield loads(key_text), loads(value_text)
+            else:
+                key, value = loads(line)
+                yield key, value
+        except ValueError as exc:
+            raise InputError(f"{name} line {lineno} is not valid {fmt} output: {exc}") from exc
+
+
+def read_output(folder: str | os.PathLike[str]) -> Iterator[tuple[Any, Any]]:
+    """Read back the ``(key, value)`` pairs of a published output folder, part by part.
+
+    Args:
+        folder: a local folder or storage URL written by ``mrkit.run(..., output=folder)``.
+
+    Raises:
+        InputError: when the folder has no ``_SUCCESS`` (the job did not finish) or a part is corrupt.
+    """
+    from mrkit.storage import open_storage
+
+    url = os.fspath(folder)
+    storage = open_storage(url)
+    raw = storage.get_or_none(SUCCESS_KEY)
+    if raw is None:
+        raise InputError(f"{url} has no {SUCCESS_KEY} marker: the job that writes it did not finish")
+    info = json.loads(raw or b"{}")
+    fmt = info.get("format", "tsv")
+    for key in sorted(k for k in storage.list("part-") if "/" not in k):
+        with storage.open_read(key) as f:
+            yield from read_pairs(f, fmt, f"{url}/{key}")

@@ -1,0 +1,65 @@
+"""The reduce side of one task: merge one partition's runs from every map task, reduce, write.
+
+Runs are read as ranged reads of the map tasks' committed partition objects (boundaries from their
+commit manifests), merged by :mod:`mrkit.data.merging`, and each key's values reach the reducer as
+an iterator, so memory stays bounded whatever the number of values of a key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
+
+from mrkit.data.map_side import _short, user_failure
+from mrkit.data.merging import group_values, merge_sorted_runs
+from mrkit.data.runs import Entry, read_run
+from mrkit.model.job import Job, identity_reducer, returns_pairs
+from mrkit.storage.base import Storage
+
+
+def open_runs(storage: Storage, parts: list[tuple[str, list[int]]]) -> list[Iterator[Entry]]:
+    """Open every run of every ``(key, boundaries)`` object as a streaming entry iterator."""
+    runs: list[Iterator[Entry]] = []
+    for key, bounds in parts:
+        for start, end in zip(bounds, bounds[1:]):
+            runs.append(_stream(storage, key, start, end - start))
+    return runs
+
+
+def _stream(storage: Storage, key: str, start: int, length: int) -> Iterator[Entry]:
+    # Opened lazily, on first use by the merge, so at most one buffer per run is live at a time.
+    with storage.open_read(key, start, length) as f:
+        yield from read_run(f)
+
+
+def reduce_partition(job: Job, runs: list[Iterator[Entry]], counters: dict[str, int]) -> Iterator[tuple[Any, Any]]:
+    """Yield the reducer's output pairs for the merged ``runs``.
+
+    Raises:
+        UserCodeError: the reducer raised; the failure names the key.
+    """
+    reducer = job.reducer or identity_reducer
+    yields_pairs = job.reducer is None or returns_pairs(reducer)
+    keys = 0
+    key: Any = None
+    try:
+        for key, values in group_values(merge_sorted_runs(runs)):
+            keys += 1
+            if yields_pairs:
+                yield from reducer(key, values)
+            else:
+                yield key, reducer(key, values)
+    except GeneratorExit:
+        raise
+    except Exception as exc:
+        raise user_failure(f"reducer on key {_short(key)}", exc) from exc
+    finally:
+        counters["reduce_keys"] = counters.get("reduce_keys", 0) + keys
+
+
+def write_partition(open_out: Callable[[], BinaryIO], pairs: Iterator[tuple[Any, Any]], fmt: str) -> int:
+    """Write ``pairs`` to a new output object; returns the number of pairs written."""
+    from mrkit.data.output import write_pairs
+
+    with open_out() as f:
+        return write_pairs(f, pairs, fmt)

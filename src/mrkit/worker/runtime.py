@@ -1,0 +1,212 @@
+"""The one runtime every worker calls: ``run_task(spec) -> TaskResult``.
+
+Whatever carried the spec here (a pipe, a Redis stream, an HTTP request, a Lambda event), this is
+where a task attempt runs:
+
+* **map**: read the split, run the map hooks into a :class:`~mrkit.data.map_side.MapOutput`, write
+  sorted runs under the attempt's own keys, then commit with ``put_if_absent`` on the task's
+  ``COMMIT`` key. The first attempt to commit wins; a later one (a duplicate delivery, a zombie, a
+  speculative twin) deletes its own files and reports ``committed=False``.
+* **reduce**: read every map task's commit manifest, merge this partition's runs, reduce, write the
+  part file under the attempt's temp key in the output storage, commit the same way.
+* **call**: the futures API: apply a function to a chunk of argument tuples.
+
+``run_task`` never raises for a failing task: user-code errors and data errors come back as
+``ok=False`` with a :class:`~mrkit.model.task.TaskFailure` naming the input position, so that every
+transport reports them the same way. Jobs and futures functions are unpickled once per process and
+cached by digest; the digest is checked before unpickling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mrkit.data.map_side import MapOutput, UserCodeError, map_split, user_failure
+from mrkit.data.reduce_side import open_runs, reduce_partition, write_partition
+from mrkit.errors import InputError, StorageError
+from mrkit.model import layout
+from mrkit.model.context import TaskContext, activate
+from mrkit.model.job import Job
+from mrkit.model.task import TaskFailure, TaskKind, TaskResult, TaskSpec
+from mrkit.storage import open_storage
+from mrkit.storage.base import Storage
+
+_CACHE_LOCK = threading.Lock()
+_STORAGES: dict[str, Storage] = {}
+_JOBS: dict[str, Job] = {}
+_FUNCTIONS: dict[str, Callable[..., Any]] = {}
+_CACHE_LIMIT = 32
+
+
+def storage_for(url: str) -> Storage:
+    """Open (once per process) the storage named by ``url``."""
+    with _CACHE_LOCK:
+        storage = _STORAGES.get(url)
+        if storage is None:
+            storage = _STORAGES[url] = open_storage(url)
+        return storage
+
+
+def load_job(storage: Storage, key: str, digest: str) -> Job:
+    """Unpickle the job at ``key`` once per process, after checking its SHA-256."""
+    with _CACHE_LOCK:
+        job = _JOBS.get(digest)
+    if job is not None:
+        return job
+    raw = storage.get(key)
+    if hashlib.sha256(raw).hexdigest() != digest:
+        raise StorageError(f"job code at {storage.url}/{key} does not match its digest; refusing to unpickle it")
+    import cloudpickle  # noqa: F401 - registers the reducers cloudpickled code needs
+
+    job = pickle.loads(raw)
+    with _CACHE_LOCK:
+        if len(_JOBS) >= _CACHE_LIMIT:
+            _JOBS.clear()
+        _JOBS[digest] = job
+    return job
+
+
+def _load_function(spec: TaskSpec) -> Callable[..., Any]:
+    with _CACHE_LOCK:
+        fn = _FUNCTIONS.get(spec.call_digest)
+    if fn is None:
+        if hashlib.sha256(spec.call_fn).hexdigest() != spec.call_digest:
+            raise StorageError(f"function of {spec.task_id} does not match its digest; refusing to unpickle it")
+        import cloudpickle  # noqa: F401
+
+        fn = pickle.loads(spec.call_fn)
+        with _CACHE_LOCK:
+            if len(_FUNCTIONS) >= _CACHE_LIMIT:
+                _FUNCTIONS.clear()
+            _FUNCTIONS[spec.call_digest] = fn
+    return fn
+
+
+def run_task(spec: TaskSpec, *, worker: str = "") -> TaskResult:
+    """Run one attempt of ``spec`` here and now.
+
+    Args:
+        spec: the task attempt.
+        worker: a label for this process (``pid:123``, ``host:port``) reported in the result.
+
+    Returns:
+        The attempt's :class:`TaskResult`; ``ok=False`` with ``failure`` set when it failed.
+    """
+    started = time.perf_counter()
+    worker = worker or f"pid:{os.getpid()}"
+    counters: dict[str, int] = {}
+    try:
+        if spec.kind is TaskKind.CALL:
+            output = _run_call(spec, counters)
+            return TaskResult(spec.task_id, spec.attempt, ok=True, committed=True, counters=counters,
+                              output=output, worker=worker, seconds=time.perf_counter() - started)
+        storage = storage_for(spec.storage_url)
+        job = load_job(storage, spec.job_key, spec.job_digest)
+        ctx = TaskContext(job_id=spec.job_id, task_id=spec.task_id, attempt=spec.attempt, params=job.params)
+        with activate(ctx):
+            if spec.kind is TaskKind.MAP:
+                committed = _run_map(spec, job, storage, counters)
+            else:
+                committed = _run_reduce(spec, job, storage, counters)
+        for name, value in ctx.counters.items():
+            counters[f"user.{name}"] = value
+        return TaskResult(spec.task_id, spec.attempt, ok=True, committed=committed, counters=counters,
+                          worker=worker, seconds=time.perf_counter() - started)
+    except UserCodeError as exc:
+        failure = exc.failure
+    except InputError as exc:
+        # Bad input fails the same way on every attempt: say so, so the driver does not retry it.
+        failure = TaskFailure(where="", exc_type=type(exc).__name__, message=str(exc), retryable=False)
+    except Exception as exc:
+        failure = user_failure("", exc).failure
+    return TaskResult(spec.task_id, spec.attempt, ok=False, counters=counters, worker=worker,
+                      seconds=time.perf_counter() - started, failure=failure)
+
+
+def _run_map(spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, int]) -> bool:
+    from mrkit.data.readers import open_split  # the reader module is the heaviest import of the runtime
+
+    assert spec.split is not None, "map task without a split"
+    split = spec.split
+    reader = open_split(split)
+    out = MapOutput(
+        n_reduce=spec.n_reduce,
+        partitioner=job.partitioner,
+        combiner=job.combiner,
+        memory_bytes=int(spec.settings.memory_mb * (1 << 20)),
+        open_part=lambda p: storage.open_write(layout.map_part_key(spec.job_id, spec.task_id, spec.attempt, p)),
+    )
+    try:
+        records = map_split(job, reader.batches(), out, split.describe)
+        offsets = out.finish()
+    except BaseException:
+        out.abort()
+        raise
+    counters.update(
+        map_records_in=records,
+        map_bytes_in=reader.bytes_read,
+        map_pairs_out=out.pairs_out,
+        map_spills=max(0, out.spills - 1),
+        map_records_skipped=reader.skipped,
+    )
+    manifest = {
+        "attempt": spec.attempt,
+        "parts": {str(p): [layout.map_part_key(spec.job_id, spec.task_id, spec.attempt, p), bounds]
+                  for p, bounds in offsets.items()},
+        "counters": counters,
+    }
+    return _commit(storage, spec, manifest, layout.map_attempt_prefix(spec.job_id, spec.task_id, spec.attempt))
+
+
+def _run_reduce(spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, int]) -> bool:
+    parts: list[tuple[str, list[int]]] = []
+    for m in range(spec.n_map):
+        map_task = layout.task_id("map", m)
+        raw = storage.get_or_none(layout.commit_key(spec.job_id, map_task))
+        if raw is None:
+            raise StorageError(f"{spec.task_id} cannot start: {map_task} of job {spec.job_id} has no commit")
+        entry = json.loads(raw)["parts"].get(str(spec.partition))
+        if entry is not None:
+            parts.append((entry[0], entry[1]))
+    runs = open_runs(storage, parts)
+    output = storage_for(spec.output_url)
+    temp_key = layout.reduce_temp_key(spec.job_id, spec.task_id, spec.attempt, spec.partition)
+    fmt = spec.settings.output_format
+    written = write_partition(lambda: output.open_write(temp_key), reduce_partition(job, runs, counters), fmt)
+    counters["reduce_records_out"] = written
+    counters["reduce_bytes_out"] = output.size(temp_key)
+    counters["reduce_runs_in"] = len(runs)
+    manifest = {"attempt": spec.attempt, "key": temp_key, "counters": counters}
+    committed = storage.put_if_absent(layout.commit_key(spec.job_id, spec.task_id), json.dumps(manifest).encode())
+    if not committed:
+        output.delete(temp_key)
+    return committed
+
+
+def _commit(storage: Storage, spec: TaskSpec, manifest: dict[str, Any], attempt_prefix: str) -> bool:
+    """First attempt wins: publish ``manifest`` on the task's COMMIT key, else drop our files."""
+    won = storage.put_if_absent(layout.commit_key(spec.job_id, spec.task_id), json.dumps(manifest).encode())
+    if not won:
+        storage.delete_prefix(attempt_prefix)
+    return won
+
+
+def _run_call(spec: TaskSpec, counters: dict[str, int]) -> bytes:
+    fn = _load_function(spec)
+    chunk = pickle.loads(spec.call)
+    results = []
+    index = 0
+    try:
+        for index, args in enumerate(chunk):
+            results.append(fn(*args))
+    except Exception as exc:
+        raise user_failure(f"item {index} of {spec.task_id}", exc) from exc
+    counters["call_items"] = len(chunk)
+    return pickle.dumps(results, protocol=5)
