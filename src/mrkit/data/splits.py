@@ -1,0 +1,364 @@
+"""Planning: turn the user's inputs into map-task splits (byte ranges cut anywhere).
+
+:func:`plan_splits` expands paths, globs, folders and storage URLs into a sorted list of files, then
+cuts them into about ``n_map`` byte ranges of similar size. Cuts fall on arbitrary bytes, not on
+line boundaries: a split owns every line that *starts* in ``[start, start + length)`` (the reader
+skips the partial line at its start and finishes the line that straddles its end), so each line is
+read exactly once whatever the cut points, and planning never has to read the data.
+
+What an input may be:
+
+    data/a.txt                   one file (never filtered, even when its name starts with ``_``)
+    data/*.txt, data/**/*.gz     a glob (``*``, ``?``, ``[...]``; ``**`` matches folders recursively)
+    data/                        a folder: every regular file inside, recursively
+    memory://store/dir/*.txt     a storage URL (``scheme://netloc/key-or-glob``), listed through
+    s3://bucket/prefix/          :meth:`mrkit.storage.Storage.list`, same rules as local paths
+
+Like Hadoop, files and folders whose names start with ``.`` or ``_`` (``_SUCCESS``, ``.crc``) are
+skipped inside folders and glob matches, unless the glob's own last component starts with that
+character. The same file named twice is read once. Empty files are dropped (a split never has zero
+bytes); compressed files (``.gz .bz2 .xz .zst``) are never cut and become one split with
+``length=-1``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import fnmatch
+import heapq
+import os
+from collections.abc import Iterator, Sequence
+from typing import Union
+
+from mrkit.errors import ConfigError, InputError
+from mrkit.model.task import InputSplit
+from mrkit.storage import open_storage
+
+InputPath = Union[str, "os.PathLike[str]"]
+
+# Compression suffix -> InputSplit.compression; a compressed stream cannot be entered mid-way.
+COMPRESSION_SUFFIXES: dict[str, str] = {".gz": "gz", ".bz2": "bz2", ".xz": "xz", ".zst": "zst"}
+# Extension (after removing a compression suffix) -> format, for format="auto".
+FORMAT_SUFFIXES: dict[str, str] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+FORMATS = ("auto", "text", "jsonl", "csv")
+ERRORS = ("strict", "replace", "skip")
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+def plan_splits(
+    inputs: InputPath | Sequence[InputPath],
+    n_map: int | None,
+    *,
+    format: str = "auto",
+    errors: str = "strict",
+    encoding: str = "utf-8",
+    min_split_bytes: int = 1 << 20,
+) -> list[InputSplit]:
+    """Expand ``inputs`` and cut them into about ``n_map`` splits of similar size.
+
+    Every non-empty file gets at least one split, so there are never fewer splits than files.
+    Beyond that, the file with the largest pieces is re-cut into one more equal piece, repeatedly,
+    until there are ``n_map`` splits or no file can be cut without pieces below ``min_split_bytes``.
+    Compressed files are never cut. The result is ordered by input (in the order given), then by
+    sorted path, then by offset, and numbered by ``index``.
+
+    Args:
+        inputs: a path, glob, folder or storage URL, or a list of them (see the module docstring).
+        n_map: the number of splits wanted, or None for ``max(number of files, 2 * CPU count)``;
+            either way bounded by ``total bytes // min_split_bytes`` (a small file stays whole).
+        format: ``auto`` (from the extension: ``.jsonl``/``.ndjson`` -> jsonl, ``.csv`` -> csv,
+            anything else -> text, after removing a compression suffix), ``text``, ``jsonl``, ``csv``.
+        errors: what readers do with an undecodable or malformed record: ``strict`` (raise),
+            ``replace`` (decode with U+FFFD) or ``skip`` (drop and count it).
+        encoding: the text encoding; must be ASCII-compatible (``"\\n"`` is one byte ``0x0a``),
+            because splits are cut and lines found on bytes.
+        min_split_bytes: never cut a file into pieces smaller than this (1 MiB by default).
+
+    Returns:
+        The splits, ``index`` 0, 1, 2, ...; empty when every input file is empty.
+
+    Raises:
+        ConfigError: for a bad ``format``, ``errors``, ``encoding``, ``n_map`` or ``min_split_bytes``.
+        InputError: when a file is missing or unreadable, a glob matches nothing or a folder holds
+            no file.
+    """
+    _check_options(format, errors, encoding)
+    if n_map is not None and (not isinstance(n_map, int) or isinstance(n_map, bool) or n_map < 1):
+        raise ConfigError(f"n_map must be a positive integer or None, not {n_map!r}")
+    if not isinstance(min_split_bytes, int) or min_split_bytes < 1:
+        raise ConfigError(f"min_split_bytes must be a positive integer, not {min_split_bytes!r}")
+
+    files = [f for f in expand_inputs(inputs) if f[1] > 0]
+    if n_map is None:
+        n_map = max(len(files), 2 * (os.cpu_count() or 1))
+    options = {"errors": errors, "encoding": encoding}
+    splits: list[InputSplit] = []
+    compressions = [_compression(uri) for uri, _ in files]
+    all_cuts = _allocate([size for _, size in files], compressions, n_map, min_split_bytes)
+    for (uri, size), compression, cuts in zip(files, compressions, all_cuts, strict=True):
+        fmt = _format_of(uri) if format == "auto" else format
+        if compression:
+            splits.append(InputSplit(uri, 0, -1, fmt, compression, len(splits), dict(options)))
+            continue
+        for i in range(cuts):
+            start, stop = i * size // cuts, (i + 1) * size // cuts
+            splits.append(InputSplit(uri, start, stop - start, fmt, "", len(splits), dict(options)))
+    return splits
+
+
+def expand_inputs(inputs: InputPath | Sequence[InputPath]) -> list[tuple[str, int]]:
+    """Expand paths, globs, folders and storage URLs into ``(uri, size)`` pairs.
+
+    Local files come back as absolute paths; storage objects as ``"<storage-url>#<key>"`` (the
+    form :func:`mrkit.data.readers.open_split` reads). Each input's files are sorted; inputs keep
+    the order given; a file named twice is kept once, at its first place.
+
+    Raises:
+        InputError: for a missing or unreadable file, a glob matching nothing, an empty folder.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    seen: set[str] = set()
+    out: list[tuple[str, int]] = []
+    for item in inputs:
+        text = os.fspath(item)
+        if not isinstance(text, str):
+            raise ConfigError(f"input paths must be str or os.PathLike of str, not {item!r}")
+        if text.startswith("file://"):
+            text = text[len("file://") :]
+        found = _expand_url(text) if "://" in text else _expand_local(text)
+        for uri, size in found:
+            if uri not in seen:
+                seen.add(uri)
+                out.append((uri, size))
+    return out
+
+
+# -- local files and storage URLs -------------------------------------------------------------
+
+
+def _expand_local(pattern: str) -> list[tuple[str, int]]:
+    if _has_glob(pattern):
+        base, segments = _split_pattern(pattern.replace(os.sep, "/"))
+        paths: list[str] = []
+        for match in _glob_local(base or ".", segments):
+            if os.path.isdir(match):
+                paths.extend(_walk(match))
+            elif os.path.isfile(match):
+                paths.append(match)
+        if not paths:
+            raise InputError(f"input glob {pattern!r} matches no file")
+        return [_stat_local(p) for p in sorted(set(paths))]
+    if os.path.isdir(pattern):
+        paths = _walk(pattern)
+        if not paths:
+            raise InputError(
+                f"input folder {pattern!r} holds no file (names starting with '.' or '_' are skipped)"
+            )
+        return [_stat_local(p) for p in paths]
+    if not os.path.lexists(pattern):
+        raise InputError(f"input file {pattern!r} does not exist")
+    if not os.path.isfile(pattern):
+        raise InputError(f"input {pattern!r} is neither a regular file nor a folder (or is a broken link)")
+    return [_stat_local(pattern)]
+
+
+def _glob_local(base: str, segments: list[str]) -> Iterator[str]:
+    """Paths under ``base`` matching ``segments`` (see :func:`_match_segments` for the rules)."""
+    if not segments:
+        yield base
+        return
+    seg, rest = segments[0], segments[1:]
+    if not _has_glob(seg) and seg != "**":
+        path = os.path.join(base, seg)
+        if os.path.lexists(path):
+            yield from _glob_local(path, rest)
+        return
+    try:
+        names = sorted(os.listdir(base))
+    except (NotADirectoryError, FileNotFoundError):
+        return
+    if seg == "**":
+        yield from _glob_local(base, rest)  # `**` may match no folder at all
+        for name in names:
+            path = os.path.join(base, name)
+            if _visible(name, seg) and os.path.isdir(path):
+                yield from _glob_local(path, segments)
+        return
+    for name in names:
+        if fnmatch.fnmatchcase(name, seg) and _visible(name, seg):
+            yield from _glob_local(os.path.join(base, name), rest)
+
+
+def _walk(folder: str) -> list[str]:
+    """Every regular file under ``folder``, sorted, skipping names that start with ``.`` or ``_``."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not _hidden(d)]
+        found.extend(os.path.join(dirpath, f) for f in filenames if not _hidden(f))
+    return sorted(f for f in found if os.path.isfile(f))
+
+
+def _stat_local(path: str) -> tuple[str, int]:
+    path = os.path.abspath(path)
+    try:
+        # Opening (not os.access) is the honest readability test: it respects ACLs and root's rights.
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        raise InputError(f"input file {path!r} does not exist") from None
+    except OSError as exc:
+        raise InputError(f"input file {path!r} cannot be read: {exc.strerror or exc}") from None
+    return path, size
+
+
+def _expand_url(url: str) -> list[tuple[str, int]]:
+    scheme, rest = url.split("://", 1)
+    netloc, _, path = rest.partition("/")
+    storage = open_storage(f"{scheme}://{netloc}")
+    try:
+        if _has_glob(path):
+            literal, segments = _split_pattern(path)
+            prefix = f"{literal}/" if literal else ""
+            # list() takes a plain prefix: list everything under the literal folders, match here.
+            keys = [k for k in storage.list(prefix) if _match_segments(segments, k[len(prefix) :].split("/"))]
+            if not keys:
+                raise InputError(f"input glob {url!r} matches no object")
+        elif path and not path.endswith("/") and storage.exists(path):
+            keys = [path]
+        else:
+            folder = path.rstrip("/") + "/" if path.rstrip("/") else ""
+            keys = [
+                k for k in storage.list(folder) if not any(_hidden(s) for s in k[len(folder) :].split("/"))
+            ]
+            if not keys:
+                raise InputError(f"input {url!r} is neither an object nor a folder holding objects")
+        return [(f"{storage.url}#{k}", storage.size(k)) for k in sorted(keys)]
+    finally:
+        storage.close()
+
+
+def _split_pattern(pattern: str) -> tuple[str, list[str]]:
+    """Split a ``/`` pattern into its literal leading folders and the segments from the first wildcard.
+
+    >>> _split_pattern("data/2024/*/x?.txt")
+    ('data/2024', ['*', 'x?.txt'])
+    >>> _split_pattern("/d/**/*.gz")
+    ('/d', ['**', '*.gz'])
+    """
+    parts = pattern.split("/")
+    first = next(i for i, part in enumerate(parts) if _has_glob(part))
+    base = "/".join(parts[:first])
+    return (base or ("/" if pattern.startswith("/") else "")), [p for p in parts[first:] if p]
+
+
+def _match_segments(pattern: Sequence[str], key: Sequence[str]) -> bool:
+    """Glob-match a key's ``/`` segments the way local globs match folders.
+
+    ``*``, ``?`` and ``[...]`` stay within a segment; a ``**`` segment spans any number of them; a
+    key that continues below a fully matched pattern is a file inside a matched folder. Names that
+    start with ``.`` or ``_`` only match a pattern segment that starts with the same character.
+
+    >>> _match_segments(["*.txt"], ["a.txt"]), _match_segments(["*.txt"], ["sub", "a.txt"])
+    (True, False)
+    >>> _match_segments(["**", "*.txt"], ["x", "y", "a.txt"]), _match_segments(["*"], ["_SUCCESS"])
+    (True, False)
+    """
+    if not pattern:
+        return all(not _hidden(s) for s in key)  # inside a matched folder
+    if not key:
+        return False
+    if pattern[0] == "**":
+        if _match_segments(pattern[1:], key):
+            return True
+        return len(key) > 1 and _visible(key[0], "**") and _match_segments(pattern, key[1:])
+    return (
+        fnmatch.fnmatchcase(key[0], pattern[0])
+        and (_visible(key[0], pattern[0]) or not _has_glob(pattern[0]))
+        and _match_segments(pattern[1:], key[1:])
+    )
+
+
+# -- split planning ---------------------------------------------------------------------------
+
+
+def _allocate(sizes: Sequence[int], compressions: Sequence[str], n_map: int, min_bytes: int) -> list[int]:
+    """How many pieces to cut each file into: one each, then re-cut the largest piece while allowed.
+
+    Minimising the largest piece gives map tasks of similar length; the heap holds
+    ``(-piece size, file)`` for every file that may still be cut.
+
+    >>> _allocate([100, 40, 10], ["", "", ""], 5, 1)
+    [3, 1, 1]
+    >>> _allocate([100], [""], 8, 30)
+    [3]
+    """
+    cuts = [1] * len(sizes)
+    heap = [(-size, i) for i, size in enumerate(sizes) if not compressions[i]]
+    heapq.heapify(heap)
+    total = len(sizes)
+    while total < n_map and heap:
+        _, i = heapq.heappop(heap)
+        if sizes[i] // (cuts[i] + 1) < min_bytes:
+            continue  # this file cannot be cut finer; smaller pieces elsewhere still may be
+        cuts[i] += 1
+        total += 1
+        heapq.heappush(heap, (-(sizes[i] // cuts[i]), i))
+    return cuts
+
+
+# -- names and options ------------------------------------------------------------------------
+
+
+def _check_options(format: str, errors: str, encoding: str) -> None:
+    if format not in FORMATS:
+        raise ConfigError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
+    if errors not in ERRORS:
+        raise ConfigError(f"errors must be one of {', '.join(ERRORS)}, not {errors!r}")
+    try:
+        codecs.lookup(encoding)
+        ascii_compatible = '\n,"{}az09\r'.encode(encoding) == b'\n,"{}az09\r'
+    except (LookupError, TypeError):
+        raise ConfigError(f"unknown encoding {encoding!r}") from None
+    except UnicodeError:
+        ascii_compatible = False
+    if not ascii_compatible:
+        raise ConfigError(
+            f"encoding {encoding!r} is not ASCII-compatible; splits are cut at b'\\n' bytes, so use "
+            "utf-8, latin-1 or another ASCII superset (re-encode utf-16 input first)"
+        )
+
+
+def _compression(uri: str) -> str:
+    return COMPRESSION_SUFFIXES.get(os.path.splitext(_name(uri))[1].lower(), "")
+
+
+def _format_of(uri: str) -> str:
+    root, ext = os.path.splitext(_name(uri))
+    if ext.lower() in COMPRESSION_SUFFIXES:
+        ext = os.path.splitext(root)[1]
+    return FORMAT_SUFFIXES.get(ext.lower(), "text")
+
+
+def _name(uri: str) -> str:
+    """The file name of a local path or of a ``storage-url#key`` object."""
+    if "://" in uri and "#" in uri:
+        uri = uri.partition("#")[2]
+    return uri.replace(os.sep, "/").rsplit("/", 1)[-1]
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith((".", "_"))
+
+
+def _visible(name: str, pattern_segment: str) -> bool:
+    """A hidden name is only matched by a pattern segment that starts with the same character."""
+    return not _hidden(name) or pattern_segment.startswith(name[0])
+
+
+def _has_glob(text: str) -> bool:
+    return not _GLOB_CHARS.isdisjoint(text)
+
+
+__all__ = ["COMPRESSION_SUFFIXES", "ERRORS", "FORMATS", "expand_inputs", "plan_splits"]
