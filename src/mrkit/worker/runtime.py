@@ -112,11 +112,9 @@ def run_task(spec: TaskSpec, *, worker: str = "") -> TaskResult:
         ctx = TaskContext(job_id=spec.job_id, task_id=spec.task_id, attempt=spec.attempt, params=job.params)
         with activate(ctx):
             if spec.kind is TaskKind.MAP:
-                committed = _run_map(spec, job, storage, counters)
+                committed = _run_map(spec, job, storage, counters, ctx)
             else:
-                committed = _run_reduce(spec, job, storage, counters)
-        for name, value in ctx.counters.items():
-            counters[f"user.{name}"] = value
+                committed = _run_reduce(spec, job, storage, counters, ctx)
         return TaskResult(spec.task_id, spec.attempt, ok=True, committed=committed, counters=counters,
                           worker=worker, seconds=time.perf_counter() - started)
     except UserCodeError as exc:
@@ -130,7 +128,7 @@ def run_task(spec: TaskSpec, *, worker: str = "") -> TaskResult:
                       seconds=time.perf_counter() - started, failure=failure)
 
 
-def _run_map(spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, int]) -> bool:
+def _run_map(spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, int], ctx: TaskContext) -> bool:
     from mrkit.data.readers import open_split  # the reader module is the heaviest import of the runtime
 
     assert spec.split is not None, "map task without a split"
@@ -150,12 +148,13 @@ def _run_map(spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, int
         out.abort()
         raise
     counters.update(
-        map_records_in=records,
-        map_bytes_in=reader.bytes_read,
-        map_pairs_out=out.pairs_out,
-        map_spills=max(0, out.spills - 1),
-        map_records_skipped=reader.skipped,
+        records_in=records,
+        bytes_in=reader.bytes_read,
+        pairs_out=out.pairs_out,
+        spills=max(0, out.spills - 1),
+        records_skipped=reader.skipped,
     )
+    counters.update((f"user.{name}", value) for name, value in ctx.counters.items())
     manifest = {
         "attempt": spec.attempt,
         "parts": {str(p): [layout.map_part_key(spec.job_id, spec.task_id, spec.attempt, p), bounds]
@@ -165,7 +164,7 @@ def _run_map(spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, int
     return _commit(storage, spec, manifest, layout.map_attempt_prefix(spec.job_id, spec.task_id, spec.attempt))
 
 
-def _run_reduce(spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, int]) -> bool:
+def _run_reduce(spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, int], ctx: TaskContext) -> bool:
     parts: list[tuple[str, list[int]]] = []
     for m in range(spec.n_map):
         map_task = layout.task_id("map", m)
@@ -180,9 +179,10 @@ def _run_reduce(spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, 
     temp_key = layout.reduce_temp_key(spec.job_id, spec.task_id, spec.attempt, spec.partition)
     fmt = spec.settings.output_format
     written = write_partition(lambda: output.open_write(temp_key), reduce_partition(job, runs, counters), fmt)
-    counters["reduce_records_out"] = written
-    counters["reduce_bytes_out"] = output.size(temp_key)
-    counters["reduce_runs_in"] = len(runs)
+    counters["records_out"] = written
+    counters["bytes_out"] = output.size(temp_key)
+    counters["runs_in"] = len(runs)
+    counters.update((f"user.{name}", value) for name, value in ctx.counters.items())
     manifest = {"attempt": spec.attempt, "key": temp_key, "counters": counters}
     committed = storage.put_if_absent(layout.commit_key(spec.job_id, spec.task_id), json.dumps(manifest).encode())
     if not committed:

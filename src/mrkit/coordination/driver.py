@@ -1,0 +1,279 @@
+"""The in-process driver: run a :class:`~mrkit.coordination.plan.JobPlan` phase by phase.
+
+Task states and their transitions live here, in one place (STYLE 14)::
+
+    PENDING --launch--> RUNNING --an attempt commits--> COMMITTED
+       ^                   |
+       +--retry------------+ (user code raised and attempts remain; or the worker was lost)
+                           |
+                           +--out of attempts / input unreadable--> FAILED (the job fails)
+
+A phase ends when every task is COMMITTED. At most ``executor.workers`` attempts are in flight, so
+the time since launch approximates running time; once nothing is pending, a RUNNING task slower
+than ``speculative_after`` times the phase's median gets one speculative twin, and whichever commits
+first wins (the other's ``committed`` is False and its output was discarded by the runtime).
+Counters come from the winning attempts' commit manifests, so a duplicate never counts twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import statistics
+import threading
+import time
+from collections import deque
+from concurrent.futures import CancelledError, Future, wait, FIRST_COMPLETED
+from dataclasses import dataclass, field
+
+from mrkit.coordination.plan import JobPlan, RetryPolicy
+from mrkit.coordination.progress import Progress
+from mrkit.errors import JobCancelled, JobFailed, WorkerLost
+from mrkit.execution.base import Executor
+from mrkit.model import layout
+from mrkit.model.task import TaskFailure, TaskResult, TaskSpec
+from mrkit.storage.base import Storage
+
+
+class TaskState(enum.Enum):
+    """Where a task stands in its phase."""
+
+    PENDING = "pending"  # waiting to be launched (first time or retry)
+    RUNNING = "running"  # one or more attempts in flight
+    COMMITTED = "committed"  # an attempt committed; its output is the task's output
+    FAILED = "failed"  # out of attempts, or its input cannot be read: the job fails
+
+
+@dataclass
+class _Task:
+    spec: TaskSpec
+    state: TaskState = TaskState.PENDING
+    launched: int = 0
+    failed: int = 0
+    lost: int = 0
+    running: int = 0
+    speculated: bool = False
+    result: TaskResult | None = None
+    failure: TaskFailure | None = None
+    lost_reason: str = ""
+
+
+@dataclass
+class PhaseStats:
+    """Attempt counters of one phase."""
+
+    tasks: int = 0
+    launched: int = 0
+    failed: int = 0
+    lost: int = 0
+    speculative: int = 0
+    seconds: float = 0.0
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def as_counters(self, phase: str) -> dict[str, int]:
+        out = {
+            f"{phase}.tasks": self.tasks,
+            f"{phase}.attempts_launched": self.launched,
+            f"{phase}.attempts_failed": self.failed,
+            f"{phase}.attempts_lost": self.lost,
+            f"{phase}.attempts_speculative": self.speculative,
+        }
+        for name, value in self.counters.items():
+            key = name if name.startswith("user.") else f"{phase}.{name}"
+            out[key] = out.get(key, 0) + value
+        return out
+
+
+class PhaseRunner:
+    """Runs one phase's tasks on an executor until all commit or one fails.
+
+    Args:
+        phase: ``map`` or ``reduce`` (for messages and counters).
+        specs: attempt-1 specs of the phase's tasks.
+        executor: where attempts run.
+        storage: the job's intermediate storage (commit manifests are read from it).
+        policy: retries, speculation, timeouts.
+        progress: the progress display.
+        cancelled: set from another thread to stop the phase with :class:`JobCancelled`.
+    """
+
+    def __init__(self, phase: str, specs: tuple[TaskSpec, ...], executor: Executor, storage: Storage,
+                 policy: RetryPolicy, progress: Progress, cancelled: threading.Event) -> None:
+        self.phase = phase
+        self.tasks = [_Task(spec) for spec in specs]
+        self.executor = executor
+        self.storage = storage
+        self.policy = policy
+        self.progress = progress
+        self.cancelled = cancelled
+        self.stats = PhaseStats(tasks=len(specs))
+        self._pending: deque[_Task] = deque(self.tasks)
+        self._inflight: dict[Future[TaskResult], tuple[_Task, float]] = {}
+        self._durations: list[float] = []
+        self._done = 0
+        self._records = 0
+        self._bytes = 0
+
+    def run(self) -> PhaseStats:
+        started = time.monotonic()
+        self.progress.start_phase(self.phase)
+        capacity = max(1, self.executor.workers)
+        try:
+            while self._done < len(self.tasks):
+                if self.cancelled.is_set():
+                    raise JobCancelled(f"job {self.tasks[0].spec.job_id} was cancelled during the {self.phase} phase",
+                                       job_id=self.tasks[0].spec.job_id)
+                while self._pending and len(self._inflight) < capacity:
+                    task = self._pending.popleft()
+                    if task.state is not TaskState.COMMITTED:
+                        self._launch(task)
+                if not self._pending:
+                    self._maybe_speculate(capacity)
+                if not self._inflight:
+                    continue
+                finished, _ = wait(list(self._inflight), timeout=0.2, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    self._handle(future)
+                self._expire_timeouts()
+        finally:
+            for future in self._inflight:
+                future.cancel()
+        self.stats.seconds = time.monotonic() - started
+        self._collect_counters()
+        return self.stats
+
+    # -- transitions -------------------------------------------------------------------------
+
+    def _launch(self, task: _Task, speculative: bool = False) -> None:
+        task.launched += 1
+        task.running += 1
+        task.state = TaskState.RUNNING
+        self.stats.launched += 1
+        if speculative:
+            task.speculated = True
+            self.stats.speculative += 1
+        spec = dataclasses.replace(task.spec, attempt=task.launched)
+        future = self.executor.submit(spec)
+        self._inflight[future] = (task, time.monotonic())
+
+    def _handle(self, future: Future[TaskResult]) -> None:
+        task, _started = self._inflight.pop(future)
+        task.running -= 1
+        try:
+            result = future.result()
+        except CancelledError:
+            return
+        except WorkerLost as exc:
+            self._lost(task, str(exc))
+            return
+        except Exception as exc:  # an executor that fails a future otherwise: treat as lost, say why
+            self._lost(task, f"{type(exc).__name__}: {exc}")
+            return
+        if task.state is TaskState.COMMITTED:
+            return  # a speculative twin or duplicate finished after the winner: nothing to do
+        if result.ok:
+            self._commit(task, result)
+        else:
+            self._failed(task, result)
+
+    def _commit(self, task: _Task, result: TaskResult) -> None:
+        task.state = TaskState.COMMITTED
+        task.result = result
+        self._done += 1
+        self._durations.append(result.seconds)
+        self._records += result.counters.get("records_in", result.counters.get("records_out", 0))
+        self._bytes += result.counters.get("bytes_in", 0)
+        for other, (t, _) in list(self._inflight.items()):
+            if t is task:
+                other.cancel()
+        self.progress.update(self.phase, self._done, len(self.tasks), self._records, self._bytes)
+
+    def _failed(self, task: _Task, result: TaskResult) -> None:
+        self.stats.failed += 1
+        task.failed += 1
+        task.failure = result.failure
+        retryable = result.failure is None or result.failure.retryable
+        if not retryable or task.failed >= self.policy.max_attempts:
+            self._fail_job(task)
+        if task.running == 0:
+            self._pending.append(task)
+
+    def _lost(self, task: _Task, reason: str) -> None:
+        self.stats.lost += 1
+        task.lost += 1
+        task.lost_reason = reason
+        if task.state is TaskState.COMMITTED:
+            return
+        if task.lost > self.policy.max_lost:
+            self._fail_job(task)
+        if task.running == 0:
+            self._pending.append(task)
+
+    def _fail_job(self, task: _Task) -> None:
+        task.state = TaskState.FAILED
+        spec = task.spec
+        if task.failure is not None:
+            failure = task.failure
+            retry_note = ("" if failure.retryable else " (not retried: another attempt would fail the same way)")
+            where = spec.split.describe() if spec.split is not None and not failure.where else ""
+            detail = failure.sentence() if not where else f"{where}: {failure.sentence()}"
+            message = (f"{self.phase} task {spec.task_id} of job {spec.job_id} failed after "
+                       f"{task.failed} attempt{'s' * (task.failed != 1)}{retry_note}: {detail}")
+            raise JobFailed(message, job_id=spec.job_id, task_id=spec.task_id, remote_traceback=failure.traceback)
+        raise JobFailed(f"{self.phase} task {spec.task_id} of job {spec.job_id} failed: its worker was lost "
+                        f"{task.lost} times (last: {task.lost_reason})", job_id=spec.job_id, task_id=spec.task_id)
+
+    def _maybe_speculate(self, capacity: int) -> None:
+        if not self.policy.speculative or not self._durations or len(self._inflight) >= capacity:
+            return
+        threshold = max(self.policy.speculative_min_seconds,
+                        self.policy.speculative_after * statistics.median(self._durations))
+        now = time.monotonic()
+        for task, started in list(self._inflight.values()):
+            if len(self._inflight) >= capacity:
+                return
+            if task.state is TaskState.RUNNING and not task.speculated and task.running == 1 \
+                    and now - started > threshold:
+                self._launch(task, speculative=True)
+
+    def _expire_timeouts(self) -> None:
+        timeout = self.policy.task_timeout
+        if timeout is None:
+            return
+        now = time.monotonic()
+        for future, (task, started) in list(self._inflight.items()):
+            if now - started > timeout:
+                del self._inflight[future]
+                future.cancel()
+                task.running -= 1
+                self._lost(task, f"attempt ran longer than task_timeout={timeout}s")
+
+    def _collect_counters(self) -> None:
+        """Sum the counters of each task's *committed* attempt, read from its commit manifest."""
+        totals: dict[str, int] = {}
+        for task in self.tasks:
+            raw = self.storage.get_or_none(layout.commit_key(task.spec.job_id, task.spec.task_id))
+            counters = json.loads(raw)["counters"] if raw else (task.result.counters if task.result else {})
+            for name, value in counters.items():
+                totals[name] = totals.get(name, 0) + value
+        self.stats.counters = totals
+
+
+def run_plan(plan: JobPlan, executor: Executor, storage: Storage, progress: Progress,
+             cancelled: threading.Event | None = None) -> dict[str, int]:
+    """Run the map phase, then the reduce phase, of ``plan``; return the job's counters.
+
+    Publishing the output is the caller's step (it knows the output storage and overwrite policy).
+
+    Raises:
+        JobFailed: a task ran out of attempts (nothing has been published).
+        JobCancelled: ``cancelled`` was set.
+    """
+    cancelled = cancelled or threading.Event()
+    counters: dict[str, int] = {}
+    for phase, specs in (("map", plan.map_specs), ("reduce", plan.reduce_specs)):
+        stats = PhaseRunner(phase, specs, executor, storage, plan.policy, progress, cancelled).run()
+        counters.update(stats.as_counters(phase))
+        counters[f"{phase}.millis"] = int(stats.seconds * 1000)
+    return counters

@@ -1,0 +1,85 @@
+"""Handles on running jobs: ``mrkit.submit`` returns one.
+
+:class:`JobHandle` is the interface (``id``, ``status()``, ``wait()``, ``result()``, ``cancel()``,
+``logs()``); :class:`LocalJobHandle` follows a job running in a thread of this process. Asynchronous
+executors (Redis, Lambda) return their own subclass that reads the job's state from shared storage,
+so that any process can follow a job by id.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from typing import Any
+
+
+class JobHandle:
+    """A job that was submitted and may still be running.
+
+    Attributes:
+        id: the job id (``mrkit status ID`` and friends take it).
+    """
+
+    id: str = ""
+
+    def status(self) -> dict[str, Any]:
+        """The job's state: ``{"id", "state", ...}`` with state one of running, done, failed, cancelled."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement status()")
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Block until the job ends; return its :class:`~mrkit.api.Result`.
+
+        Raises:
+            JobFailed: the job failed (or was cancelled).
+            TimeoutError: ``timeout`` passed first.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement wait()")
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Same as :meth:`wait`."""
+        return self.wait(timeout)
+
+    def cancel(self) -> bool:
+        """Ask the job to stop; returns True when the request was recorded."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement cancel()")
+
+    def logs(self, follow: bool = False) -> Iterator[str]:
+        """Iterate the job's log lines (task events and user output)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement logs()")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id}>"
+
+
+class LocalJobHandle(JobHandle):
+    """Follows a job that runs in a background thread of this process."""
+
+    def __init__(self, job_id: str, future: Future[Any], thread: threading.Thread) -> None:
+        self.id = job_id
+        self._future = future
+        self._thread = thread
+
+    def status(self) -> dict[str, Any]:
+        if not self._future.done():
+            return {"id": self.id, "state": "running"}
+        exc = self._future.exception()
+        if exc is None:
+            return {"id": self.id, "state": "done", "counters": self._future.result().counters}
+        return {"id": self.id, "state": "failed", "error": str(exc)}
+
+    def wait(self, timeout: float | None = None) -> Any:
+        try:
+            return self._future.result(timeout)
+        except TimeoutError:
+            raise
+        except Exception as exc:  # concurrent.futures.TimeoutError is TimeoutError on 3.11+
+            if type(exc).__name__ == "TimeoutError":
+                raise TimeoutError(f"job {self.id} still running after {timeout}s") from exc
+            raise
+
+    def cancel(self) -> bool:
+        return False  # a local job runs to completion; documented in the API reference
+
+    def logs(self, follow: bool = False) -> Iterator[str]:
+        return iter(())

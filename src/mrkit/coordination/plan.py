@@ -1,0 +1,174 @@
+"""Planning: turn a job and its inputs into a :class:`JobPlan` of task specs.
+
+Planning decides *what* runs (STYLE 20); an executor decides *where*. A plan is a plain value: the
+same plan is run by the in-process driver (:mod:`mrkit.coordination.driver`) or handed whole to an
+asynchronous executor (Redis, Lambda) that advances it without the submitting process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+
+from mrkit.errors import ConfigError
+from mrkit.model import layout
+from mrkit.model.job import Job
+from mrkit.model.task import InputSplit, TaskKind, TaskSettings, TaskSpec
+from mrkit.storage.base import Storage
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How attempts are retried and duplicated.
+
+    Attributes:
+        max_attempts: attempts per task whose user code raised before the job fails (default 4).
+        max_lost: attempts per task lost with their worker (killed, hung, unreachable); separate
+            from ``max_attempts`` so infrastructure trouble does not eat the user's attempts, but
+            bounded so a task that kills every worker still ends the job.
+        speculative: launch a second attempt of a straggling task; the first to commit wins.
+        speculative_after: a running attempt is a straggler after this many times the median
+            duration of the phase's finished tasks (and at least ``speculative_min_seconds``).
+        task_timeout: seconds after which a running attempt is abandoned as lost (None: never).
+
+    Example:
+        >>> RetryPolicy(max_attempts=2, speculative=False).max_lost
+        8
+    """
+
+    max_attempts: int = 4
+    max_lost: int = 8
+    speculative: bool = True
+    speculative_after: float = 3.0
+    speculative_min_seconds: float = 2.0
+    task_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigError(f"max_attempts must be at least 1, got {self.max_attempts}")
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """Everything needed to run a job, by reference.
+
+    Attributes:
+        job_id: unique id; prefix of every storage key of the job.
+        name: the job's display name.
+        storage_url: intermediate storage (job code, map output, commits).
+        output_url: the output folder's storage URL.
+        map_specs: one spec per map task (attempt 1).
+        reduce_specs: one spec per reduce partition (attempt 1).
+        output_format: ``tsv``, ``jsonl`` or ``pickle``.
+        overwrite: replace an existing output.
+        policy: :class:`RetryPolicy`.
+        input_bytes: total size of the inputs (for progress and MB/s).
+    """
+
+    job_id: str
+    name: str
+    storage_url: str
+    output_url: str
+    map_specs: tuple[TaskSpec, ...]
+    reduce_specs: tuple[TaskSpec, ...]
+    output_format: str = "tsv"
+    overwrite: bool = False
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    input_bytes: int = 0
+
+    @property
+    def n_map(self) -> int:
+        return len(self.map_specs)
+
+    @property
+    def n_reduce(self) -> int:
+        return len(self.reduce_specs)
+
+
+def new_job_id(name: str) -> str:
+    """A unique, storage-key-safe job id: ``wordcount-20261121-143501-1a2b3c``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:32] or "job"
+    return f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def pickle_job(job: Job) -> bytes:
+    """Cloudpickle ``job`` so that it runs on a worker that cannot import the user's modules.
+
+    Classes and functions from modules that are not installed packages (a script, a job file
+    loaded by path) are pickled by value; installed packages are pickled by reference.
+    """
+    module = sys.modules.get(type(job).__module__)
+    modules = {module} | {sys.modules.get(getattr(getattr(job, s, None), "__module__", "") or "")
+                          for s in ("mapper", "reducer", "combiner", "partitioner", "mapper_init",
+                                    "mapper_final", "mapper_split")}
+    for mod in modules:
+        if mod is None or mod.__name__ in ("__main__", "builtins") or mod.__name__.startswith("mrkit"):
+            continue
+        path = getattr(mod, "__file__", None) or ""
+        if path and "site-packages" not in path and not path.startswith(sys.base_prefix):
+            cloudpickle.register_pickle_by_value(mod)
+    return cloudpickle.dumps(job, protocol=5)  # type: ignore[no-any-return]
+
+
+def store_records(storage: Storage, job_id: str, records: Iterable[Any], n_map: int) -> list[InputSplit]:
+    """Store in-memory input records as ``n_map`` pickled chunks; return one split per chunk."""
+    items = list(records)
+    n = max(1, min(n_map, len(items))) if items else 1
+    splits = []
+    for i in range(n):
+        chunk = items[i * len(items) // n : (i + 1) * len(items) // n]
+        data = cloudpickle.dumps(chunk, protocol=5)
+        key = layout.input_chunk_key(job_id, i)
+        storage.put(key, data)
+        splits.append(InputSplit(uri=f"{storage.url}#{key}", format="pickle", index=i,
+                                 options={"sha256": hashlib.sha256(data).hexdigest(), "records": len(chunk)}))
+    return splits
+
+
+def build_plan(
+    job: Job,
+    splits: list[InputSplit],
+    *,
+    job_id: str,
+    storage: Storage,
+    output_url: str,
+    n_reduce: int,
+    settings: TaskSettings,
+    policy: RetryPolicy,
+    overwrite: bool = False,
+) -> JobPlan:
+    """Store the job's code in ``storage`` and return the plan of its map and reduce tasks."""
+    if n_reduce < 1:
+        raise ConfigError(f"n_reduce must be at least 1, got {n_reduce}")
+    code = pickle_job(job)
+    storage.put(layout.job_key(job_id), code)
+    base = TaskSpec(
+        job_id=job_id, task_id="", kind=TaskKind.MAP, storage_url=storage.url,
+        job_key=layout.job_key(job_id), job_digest=hashlib.sha256(code).hexdigest(),
+        n_map=len(splits), n_reduce=n_reduce, output_url=output_url, settings=settings,
+    )
+    maps = tuple(dataclasses.replace(base, task_id=layout.task_id("map", i), split=s) for i, s in enumerate(splits))
+    reduces = tuple(dataclasses.replace(base, task_id=layout.task_id("reduce", p), kind=TaskKind.REDUCE, partition=p)
+                    for p in range(n_reduce))
+    input_bytes = sum(_split_bytes(s) for s in splits)
+    return JobPlan(job_id=job_id, name=job.name, storage_url=storage.url, output_url=output_url,
+                   map_specs=maps, reduce_specs=reduces, output_format=settings.output_format,
+                   overwrite=overwrite, policy=policy, input_bytes=input_bytes)
+
+
+def _split_bytes(split: InputSplit) -> int:
+    if split.length >= 0:
+        return split.length
+    if "://" not in split.uri and os.path.exists(split.uri):
+        return os.path.getsize(split.uri)
+    return 0
