@@ -174,10 +174,13 @@ def run(
     created_output = False
     try:
         inter = _intermediate_storage(ex, storage, job_id, temp_dirs)
-        if output is None:
+        if output is None and not ex.local:
+            # Remote workers cannot reach our temp folder: keep the in-memory result in the job's storage.
+            out_storage: Storage = open_storage(f"{inter.url}#{job_id}/output/")
+        elif output is None:
             out_dir = tempfile.mkdtemp(prefix="mrkit-out-")
             temp_dirs.append(out_dir)
-            out_storage: Storage = LocalStorage(out_dir)
+            out_storage = LocalStorage(out_dir)
         else:
             out_url = os.fspath(output)
             created_output = "://" not in out_url and not os.path.exists(out_url)
@@ -200,9 +203,9 @@ def run(
             if created_output and output is not None:
                 _remove_if_empty(os.fspath(output))
             raise
+        pairs = list(read_output(out_storage.url)) if output is None else None
         discard_job(inter, None, job_id)
         seconds = time.monotonic() - started
-        pairs = list(read_output(out_storage.url)) if output is None else None
         result = Result(job_id, None if output is None else out_storage.url.removeprefix("file://"),
                         counters, seconds, pairs)
         if not quiet:

@@ -54,7 +54,7 @@ def reduce_partition(job: Job, runs: list[Iterator[Entry]], counters: dict[str, 
     except Exception as exc:
         raise user_failure(f"reducer on key {_short(key)}", exc) from exc
     finally:
-        counters["reduce_keys"] = counters.get("reduce_keys", 0) + keys
+        counters["keys"] = counters.get("keys", 0) + keys
 
 
 def write_partition(open_out: Callable[[], BinaryIO], pairs: Iterator[tuple[Any, Any]], fmt: str) -> int:

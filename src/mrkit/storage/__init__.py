@@ -2,6 +2,7 @@
 
     /some/folder, file:///some/folder   LocalStorage
     memory://name                       MemoryStorage (one process only)
+    <any of these>#prefix/              PrefixedStorage: the keys under prefix/ of that storage
     redis://…, rediss://…               RedisStorage      (extra: redis)
     s3://bucket/prefix, other fsspec    FsspecStorage     (extra: s3)
 
@@ -41,6 +42,11 @@ def open_storage(url: str, **options: Any) -> Storage:
         ConfigError: for an unknown scheme.
         MissingExtra: when the backend's package is not installed.
     """
+    if "#" in url:
+        from mrkit.storage.prefixed import PrefixedStorage
+
+        base, prefix = url.split("#", 1)
+        return PrefixedStorage(open_storage(base, **options), prefix)
     if "://" not in url:
         return LocalStorage(url)
     scheme, rest = url.split("://", 1)

@@ -1,0 +1,27 @@
+"""``python -m mrkit``: the ``mrkit`` command, or the futures launcher for a script.
+
+``python -m mrkit run …`` (or any other subcommand) is the ``mrkit`` command;
+``python -m mrkit [-n WORKERS] [--executor E] script.py [args]`` runs a script with its futures
+executor set up (seed 002's ``python -m scoop script.py``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def _main() -> None:
+    argv = sys.argv[1:]
+    try:
+        from mrkit.launcher import looks_like_script, main as launch
+    except ImportError:  # the launcher is optional in partial builds
+        looks_like_script = None  # type: ignore[assignment]
+    if looks_like_script is not None and looks_like_script(argv):
+        sys.exit(launch(argv))
+    from mrkit.cli.main import main
+
+    main(argv)
+
+
+if __name__ == "__main__":
+    _main()

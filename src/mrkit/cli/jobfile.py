@@ -1,0 +1,122 @@
+"""Finding the user's job: ``module:Name`` / ``path/to/file.py:Name`` references and JSON job files.
+
+A job file (seed 000's ``job.json``, extended)::
+
+    {"job": "wordcount.py:WordCount", "inputs": ["texts/*.txt"], "n_map": 8, "n_reduce": 4,
+     "output": "out/", "executor": "processes", "params": {"min_count": 2}, "format": "tsv"}
+
+``inputs`` entries that are strings are paths/globs (relative to the job file's folder); any other
+JSON value (numbers, objects, lists) is an inline record, e.g. ``[100000, 100000]`` for Monte Carlo π.
+A ``job`` reference to a file is resolved relative to the job file too.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from mrkit.errors import ConfigError
+from mrkit.model.job import Job
+
+_KNOWN_KEYS = {"job", "inputs", "n_map", "n_reduce", "output", "executor", "params", "format", "workers",
+               "memory_mb", "errors", "input_format"}
+
+
+def load_job(ref: str, params: dict[str, Any] | None = None) -> Job:
+    """Import the job named by ``ref`` and return a :class:`Job` instance.
+
+    Args:
+        ref: ``package.module:Name`` or ``path/to/file.py:Name``; ``Name`` is a Job instance, a
+            Job subclass (instantiated with ``params``) or a function returning a Job.
+        params: job parameters.
+
+    Raises:
+        ConfigError: the reference is malformed, the module or name does not exist, or the object
+            is not a job.
+    """
+    if ":" not in ref:
+        raise ConfigError(f"job reference {ref!r} must look like module:Name or path/to/file.py:Name")
+    module_ref, _, name = ref.rpartition(":")
+    module = _import(module_ref)
+    try:
+        obj = getattr(module, name)
+    except AttributeError:
+        raise ConfigError(f"{module_ref} has no attribute {name!r}") from None
+    if isinstance(obj, type) and issubclass(obj, Job):
+        return obj(params=params)
+    if isinstance(obj, Job):
+        return obj.with_params(params) if params else obj
+    if callable(obj):
+        made = obj()
+        if isinstance(made, Job):
+            return made.with_params(params) if params else made
+    raise ConfigError(f"{ref} is a {type(obj).__name__}, not an mrkit.Job, a Job subclass or a function returning one")
+
+
+def _import(module_ref: str) -> Any:
+    if module_ref.endswith(".py") or os.sep in module_ref or "/" in module_ref:
+        path = os.path.abspath(module_ref)
+        if not os.path.isfile(path):
+            raise ConfigError(f"job file {module_ref} does not exist")
+        name = "mrkit_user_" + os.path.splitext(os.path.basename(path))[0].replace("-", "_")
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        # The module's own folder goes on sys.path so that it can import its neighbours.
+        sys.path.insert(0, os.path.dirname(path))
+        spec.loader.exec_module(module)
+        return module
+    try:
+        return importlib.import_module(module_ref)
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"cannot import job module {module_ref!r}: {exc}") from exc
+
+
+@dataclass
+class JobFile:
+    """A parsed job file: the job plus the run options it names."""
+
+    job: Job
+    inputs: list[Any]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def load_job_file(path: str) -> JobFile:
+    """Parse a JSON job file.
+
+    Raises:
+        ConfigError: invalid JSON, a missing ``job`` or ``inputs`` key, or an unknown key.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"job file {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"job file {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or "job" not in data or "inputs" not in data:
+        raise ConfigError(f"job file {path} must be a JSON object with at least \"job\" and \"inputs\"")
+    unknown = set(data) - _KNOWN_KEYS
+    if unknown:
+        raise ConfigError(f"job file {path} has unknown keys {sorted(unknown)}; valid keys: {sorted(_KNOWN_KEYS)}")
+    base = os.path.dirname(os.path.abspath(path))
+    job_ref = data["job"]
+    module_ref, _, name = job_ref.rpartition(":")
+    if module_ref.endswith(".py") and not os.path.isabs(module_ref):
+        job_ref = os.path.join(base, module_ref) + ":" + name
+    job = load_job(job_ref, data.get("params") or None)
+    raw_inputs = data["inputs"] if isinstance(data["inputs"], list) else [data["inputs"]]
+    paths = [os.path.join(base, i) for i in raw_inputs if isinstance(i, str)]
+    records = [i for i in raw_inputs if not isinstance(i, str)]
+    if paths and records:
+        raise ConfigError(f"job file {path}: inputs mix paths and inline values; use one kind")
+    options = {k: v for k, v in data.items() if k not in ("job", "inputs", "params")}
+    if "output" in options and not os.path.isabs(options["output"]) and "://" not in options["output"]:
+        options["output"] = os.path.join(base, options["output"])
+    return JobFile(job=job, inputs=paths or records, options=options)

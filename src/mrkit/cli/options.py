@@ -1,0 +1,50 @@
+"""Options shared by ``mrkit run`` and ``mrkit submit``; each has an ``MRKIT_*`` variable (STYLE 40)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from mrkit.errors import ConfigError
+
+
+def parse_params(items: tuple[str, ...]) -> dict[str, Any]:
+    """``("k=1", "name=x")`` -> ``{"k": 1, "name": "x"}``; values are JSON when they parse as JSON."""
+    params: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--param {item!r} must look like NAME=VALUE")
+        name, _, raw = item.partition("=")
+        try:
+            params[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[name] = raw
+    return params
+
+
+def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a command with the options of ``mrkit.run``."""
+    options = [
+        click.option("-N", "--n-map", "n_map", type=int, default=None, help="Number of map tasks."),
+        click.option("-M", "--n-reduce", "n_reduce", type=int, default=None, help="Number of reduce tasks (output parts)."),
+        click.option("-o", "--output", default=None, help="Output folder or URL (default: print to stdout)."),
+        click.option("--executor", default=None, envvar="MRKIT_EXECUTOR",
+                     help="inline, processes (default), redis://…, http, http://h:p,…, lambda://fn."),
+        click.option("--workers", type=int, default=None, envvar="MRKIT_WORKERS", help="Parallelism (default: all cores)."),
+        click.option("--storage", default=None, envvar="MRKIT_STORAGE", help="Intermediate storage URL."),
+        click.option("--format", "format", type=click.Choice(["tsv", "jsonl"]), default=None,
+                     help="Output format (default tsv: JSON key TAB JSON value)."),
+        click.option("--memory-mb", type=float, default=None, envvar="MRKIT_MEMORY_MB",
+                     help="Map-side buffer per task before spilling (default 256)."),
+        click.option("--errors", type=click.Choice(["strict", "replace", "skip"]), default=None,
+                     help="Undecodable input: fail (strict, default), replace or skip (counted)."),
+        click.option("--overwrite", is_flag=True, default=None, help="Replace an existing output."),
+        click.option("--param", multiple=True, metavar="NAME=VALUE", help="Job parameter (repeatable)."),
+        click.option("--counters", is_flag=True, default=False, help="Print every counter at the end."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn

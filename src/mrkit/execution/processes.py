@@ -1,0 +1,723 @@
+"""Run tasks on every local core, in worker processes that may die without taking the job with them.
+
+The contract (:class:`ProcessExecutor`):
+
+* ``submit(spec)`` returns a :class:`concurrent.futures.Future` of the attempt's
+  :class:`~mrkit.model.task.TaskResult`. A raising user function is a *result* (``ok=False``); the
+  future raises only :class:`~mrkit.errors.WorkerLost`, when the process running the attempt died
+  (SIGKILL, a segfault, ``os._exit``), ran past ``task_timeout``, or the executor shut down.
+* A dead worker fails exactly the one attempt it was running; a replacement is started at once and
+  every other future carries on. This is why neither standard pool is used: ``multiprocessing.Pool``
+  never notices that a worker died and leaves its task's result pending forever, and
+  ``concurrent.futures.ProcessPoolExecutor`` marks itself broken and fails *every* pending future.
+* Workers never outlive the driver: each one exits when its pipe reaches end-of-file or its parent
+  process changes (the driver, or the forkserver, died).
+
+How it works: each worker is a long-lived process with its own duplex :func:`multiprocessing.Pipe`.
+The parent sends a pickled :class:`~mrkit.model.task.TaskSpec`; the worker calls the runner
+(:func:`mrkit.worker.runtime.run_task` unless told otherwise) and sends the pickled result back.
+Pickle is fine here: both ends are this program, on a pipe nobody else holds (DESIGN.md §5 concerns
+peers we do not control). One dispatcher thread in the parent waits with
+:func:`multiprocessing.connection.wait` on every worker's pipe *and* its process sentinel, so a death
+is noticed even when the worker never wrote a byte. ``submit`` hands a task straight to an idle
+worker from the caller's thread; otherwise it queues it, and the dispatcher sends it when a result
+frees a worker. That keeps the cost per task to one pipe write, one pipe read and one thread hop.
+
+Cancelling: a queued task's ``Future.cancel()`` succeeds and the task is never sent. A task that was
+sent (running, or sent ahead as prefetch) cannot be cancelled: it runs to completion, and its commit
+loses the first-writer-wins race to whichever attempt committed first (the coordination layer
+relies on that, DESIGN.md §3).
+
+Future callbacks run in the dispatcher thread; keep them short (submitting more work is fine).
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import multiprocessing
+import multiprocessing.util  # imported before our atexit hook is registered, so ours runs first
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+import traceback
+import weakref
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from mrkit.errors import ConfigError, WorkerLost
+from mrkit.execution.base import Executor
+from mrkit.model.task import TaskFailure, TaskResult, TaskSpec
+
+DEFAULT_RUNNER = "mrkit.worker.runtime:run_task"
+
+# A task is sent ahead to a busy worker (prefetch) only when its pickle is at most this big. The
+# parent writes while holding its lock and the worker is not reading, so the message must fit in the
+# socket buffer (8 KiB on macOS, ~200 KiB on Linux); otherwise the write would block until the
+# worker's current task ends -- and if that worker is itself blocked writing a large result back,
+# neither side would ever move.
+_PREFETCH_MAX_BYTES = 4096
+# ...and only to a worker whose last task took less than this. Prefetch hides the pipe round trip
+# (~0.1 ms), which matters for tiny tasks only; for long tasks it would just make a second task wait
+# behind the first while another worker may be idle.
+_PREFETCH_BELOW_SECONDS = 0.005
+# A worker that dies before saying hello this many times in a row means workers cannot start at
+# all; stop replacing them instead of spinning.
+_MAX_STARTUP_FAILURES = 3
+# How often a worker checks that its parent is still there (while a task may be running).
+_PARENT_POLL_SECONDS = 0.5
+_STOP = b""  # parent -> worker: finish what you were sent, then exit
+
+
+def default_start_method() -> str:
+    """The start method used when none is given: ``forkserver`` on Linux, ``spawn`` elsewhere.
+
+    Never ``fork``: the driver is multi-threaded (at least our dispatcher thread; often the user's
+    threads too), and forking a multi-threaded process copies locks held by other threads in a
+    locked state, so the child can deadlock in ``logging``, ``malloc`` or an import lock. Python
+    3.12+ warns about exactly this (a ``DeprecationWarning``, an error under our test settings).
+    ``forkserver`` forks from a small single-threaded server that has already imported
+    :mod:`mrkit.worker.runtime` (preloaded), so a worker starts in milliseconds with the runtime warm;
+    ``spawn`` (macOS, Windows) starts a fresh interpreter per worker, which is slower but safe.
+    """
+    if sys.platform.startswith("linux") and "forkserver" in multiprocessing.get_all_start_methods():
+        return "forkserver"
+    return "spawn"
+
+
+# --------------------------------------------------------------------------------------------------
+# The worker side
+
+
+def resolve_runner(target: str) -> Callable[..., TaskResult]:
+    """Import ``"package.module:function"`` and return the function.
+
+    Raises:
+        ConfigError: when ``target`` is not of the form ``module:attribute``.
+        ImportError, AttributeError: when the module or attribute does not exist.
+    """
+    module_name, attr = _split_runner(target)
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj  # type: ignore[no-any-return]
+
+
+def _split_runner(target: str) -> tuple[str, str]:
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"runner must be an import string 'package.module:function', got {target!r}")
+    return module_name, attr
+
+
+def _watch_parent(parent_pid: int) -> None:
+    # Runs in a daemon thread of the worker. Pipe EOF already stops an idle worker when the driver
+    # dies; this also stops one stuck in a long or hung task. When the parent dies the worker is
+    # re-parented (to init or a subreaper), so getppid() changes. Under forkserver the parent is the
+    # fork server, which itself exits as soon as the driver dies.
+    while True:
+        time.sleep(_PARENT_POLL_SECONDS)
+        if os.getppid() != parent_pid:
+            os._exit(70)
+
+
+def _crash_result(spec: TaskSpec, label: str, exc: BaseException) -> TaskResult:
+    """A result for an attempt whose runner raised (run_task should not, but a worker must answer)."""
+    failure = TaskFailure(where=f"worker {label}", exc_type=type(exc).__name__, message=str(exc),
+                          traceback=traceback.format_exc())
+    return TaskResult(spec.task_id, spec.attempt, ok=False, worker=label, failure=failure)
+
+
+def _worker_main(conn: Connection, runner: str, sys_path: list[str], environ: dict[str, str]) -> None:
+    """Body of a worker process: say hello, then run tasks from ``conn`` until told to stop."""
+    # Ctrl-C reaches the whole process group; the driver decides what happens to running tasks.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A forkserver child inherits the server's sys.path and environment, captured when the server
+    # started (first use in this driver); use the driver's current ones, as spawn would.
+    sys.path[:] = sys_path
+    if dict(os.environ) != environ:
+        os.environ.clear()
+        os.environ.update(environ)
+    watcher = threading.Thread(target=_watch_parent, args=(os.getppid(),), name="mrkit-parent-watch", daemon=True)
+    watcher.start()
+    pid = os.getpid()
+    label = f"pid:{pid}"
+    try:
+        run = resolve_runner(runner)
+    except BaseException:
+        conn.send_bytes(pickle.dumps(("error", traceback.format_exc())))
+        return
+    conn.send_bytes(pickle.dumps(("ready", pid)))
+    recv, send, loads, dumps = conn.recv_bytes, conn.send_bytes, pickle.loads, pickle.dumps
+    protocol = pickle.HIGHEST_PROTOCOL
+    while True:
+        try:
+            data = recv()
+        except (EOFError, OSError):
+            return  # the driver is gone
+        if data == _STOP:
+            return
+        spec = loads(data)
+        try:
+            result = run(spec, worker=label)
+        except Exception as exc:  # SystemExit and friends end the worker; the parent reports it
+            result = _crash_result(spec, label, exc)
+        try:
+            payload = dumps(result, protocol)
+        except Exception as exc:
+            payload = dumps(_crash_result(spec, label, exc), protocol)
+        try:
+            send(payload)
+        except OSError:
+            return  # the driver is gone
+
+
+# --------------------------------------------------------------------------------------------------
+# The parent side
+
+
+class _Item:
+    """One submitted attempt: its spec, its future and its pickle (made in the submitting thread)."""
+
+    __slots__ = ("spec", "future", "data", "running")
+
+    def __init__(self, spec: TaskSpec, future: Future[TaskResult], data: bytes) -> None:
+        self.spec = spec
+        self.future = future
+        self.data = data
+        self.running = False  # set_running_or_notify_cancel() succeeded: it can no longer be cancelled
+
+
+class _Worker:
+    """The parent's handle on one worker process."""
+
+    __slots__ = ("process", "conn", "pid", "label", "inflight", "ready", "head_since", "last_seconds",
+                 "kill_reason", "gone")
+
+    def __init__(self, process: Any, conn: Connection) -> None:
+        self.process = process
+        self.conn = conn
+        self.pid: int = process.pid
+        self.label = f"pid:{process.pid}"
+        self.inflight: deque[_Item] = deque()  # sent, in order; the head is the one running
+        self.ready = False  # its hello arrived
+        self.head_since = 0.0  # when the head of `inflight` started (as far as the parent can tell)
+        self.last_seconds = float("inf")  # duration of its last task, for the prefetch decision
+        self.kill_reason = ""  # why the parent killed it, when it did
+        self.gone = False
+
+
+def _exit_description(process: Any) -> str:
+    code = process.exitcode
+    if code is None:
+        return "closed its pipe"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name} (exit code {code})"
+    return f"exited with code {code}"
+
+
+class ProcessExecutor(Executor):
+    """Runs task attempts in a fixed number of local worker processes, replacing any that die.
+
+    Example::
+
+        with ProcessExecutor(workers=4, task_timeout=600) as executor:
+            future = executor.submit(spec)
+            result = future.result()        # TaskResult, or raises WorkerLost
+
+    Workers start lazily, all at once, on the first ``submit`` (or eagerly with :meth:`warm_up`).
+    Each worker sees the driver's ``sys.path`` and environment as they were when *it* started.
+
+    Hash salts: with ``forkserver`` every worker is forked from the one fork server, so all workers
+    share the server's ``str`` hash salt (drawn when the server started, different from the
+    driver's); with ``spawn`` each worker draws its own. ``PYTHONHASHSEED`` fixes all of them, but
+    under forkserver only if it was set before the server started. Either way ``hash()`` must not
+    decide where a key goes (DESIGN.md §3): partitioners use digests.
+    """
+
+    name = "processes"
+    local = True
+
+    def __init__(
+        self,
+        *,
+        workers: int | None = None,
+        task_timeout: float | None = None,
+        start_method: str | None = None,
+        runner: str = DEFAULT_RUNNER,
+        prefetch: int = 1,
+        shutdown_grace: float = 1.0,
+    ) -> None:
+        """Configure the executor; no process starts until the first submit or :meth:`warm_up`.
+
+        Args:
+            workers: number of worker processes (default ``os.cpu_count()``).
+            task_timeout: seconds an attempt may run; a longer one has its worker killed and its
+                future fails with WorkerLost. None (default) waits forever.
+            start_method: ``forkserver`` (default on Linux) or ``spawn`` (default elsewhere); see
+                :func:`default_start_method`. ``fork`` is accepted but unsafe in a threaded driver.
+            runner: import string of the function workers call, ``run(spec, worker=label)``.
+            prefetch: how many extra small tasks may be sent ahead to a worker whose tasks are tiny
+                (0 disables). Sent-ahead tasks can no longer be cancelled.
+            shutdown_grace: seconds :meth:`shutdown` lets running tasks finish before killing them.
+
+        Raises:
+            ConfigError: for a bad value, naming the valid ones.
+        """
+        if workers is None:
+            workers = os.cpu_count() or 1
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+        if task_timeout is not None and not task_timeout > 0:
+            raise ConfigError(f"task_timeout must be > 0 seconds or None, got {task_timeout!r}")
+        methods = multiprocessing.get_all_start_methods()
+        start_method = start_method or default_start_method()
+        if start_method not in methods:
+            raise ConfigError(f"start_method must be one of {', '.join(methods)}; got {start_method!r}")
+        _split_runner(runner)
+        if not isinstance(prefetch, int) or prefetch < 0:
+            raise ConfigError(f"prefetch must be an integer >= 0, got {prefetch!r}")
+        if not shutdown_grace >= 0:
+            raise ConfigError(f"shutdown_grace must be >= 0 seconds, got {shutdown_grace!r}")
+
+        self.workers = workers
+        self.task_timeout = task_timeout
+        self.start_method = start_method
+        self.runner = runner
+        self.prefetch = prefetch
+        self.shutdown_grace = shutdown_grace
+        self._ctx = multiprocessing.get_context(start_method)
+        if start_method == "forkserver":
+            # Preload (in the fork server, once) what every worker imports anyway, keeping whatever
+            # preload list is already set ('__main__' by default). This is process-global and only
+            # takes effect if the server has not started yet; a running server is simply reused.
+            import multiprocessing.forkserver as forkserver  # Unix only, hence imported here
+
+            server = getattr(forkserver, "_forkserver", None)
+            current = list(getattr(server, "_preload_modules", ["__main__"]))
+            wanted = [__name__, "mrkit.worker.runtime"]
+            self._ctx.set_forkserver_preload(current + [m for m in wanted if m not in current])
+
+        # One lock guards everything below; it is never held while a future's callbacks run.
+        self._lock = threading.Lock()
+        self._ready_cv = threading.Condition(self._lock)
+        self._queue: deque[_Item] = deque()  # submitted, not yet sent
+        self._workers: list[_Worker] = []
+        self._idle: list[_Worker] = []  # workers with nothing in flight (invariant: then _queue is empty)
+        self._started = False
+        self._closing = False
+        self._broken = ""  # why workers cannot start, once known
+        self._startup_failures = 0
+        self._generation = 0  # bumped when the worker set changes, so the dispatcher rebuilds its wait list
+        self._stop_at = 0.0  # shutdown: when stragglers get SIGTERM (and SIGKILL 0.5 s later)
+        self._dispatcher: threading.Thread | None = None
+        self._wake_r: Connection | None = None
+        self._wake_w: Connection | None = None
+        _LIVE.add(self)
+
+    @classmethod
+    def from_name(cls, name: str, *, workers: int | None = None, **options: Any) -> ProcessExecutor:
+        """Build from the executor string ``processes`` (see :func:`mrkit.execution.base.open_executor`).
+
+        Raises:
+            ConfigError: when ``name`` is not ``processes`` or an option is bad.
+        """
+        if name != "processes":
+            raise ConfigError(f"ProcessExecutor is selected by the name 'processes', got {name!r}")
+        return cls(workers=workers, **options)
+
+    # -- public API -----------------------------------------------------------------------------
+
+    def submit(self, spec: TaskSpec) -> Future[TaskResult]:
+        """Queue one attempt; it runs on the first free worker.
+
+        Args:
+            spec: the attempt to run.
+
+        Returns:
+            A future of its :class:`TaskResult`; it raises :class:`WorkerLost` if the worker died or
+            timed out, or the executor shut down first.
+
+        Raises:
+            RuntimeError: after :meth:`shutdown`.
+            ConfigError: when workers cannot start (the runner cannot be imported).
+        """
+        future: Future[TaskResult] = Future()
+        # Pickle in the caller's thread, outside the lock: the dispatcher only moves bytes.
+        item = _Item(spec, future, pickle.dumps(spec, pickle.HIGHEST_PROTOCOL))
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("cannot submit to a ProcessExecutor after shutdown()")
+            if self._broken:
+                raise ConfigError(self._broken)
+            if not self._started:
+                self._start_locked()
+            if self._idle:
+                # Straight to an idle worker from this thread: no hop through the dispatcher.
+                future.set_running_or_notify_cancel()
+                item.running = True
+                self._send_locked(self._idle.pop(), item)
+            else:
+                self._queue.append(item)
+        return future
+
+    def warm_up(self, timeout: float | None = 60.0) -> None:
+        """Start every worker now and wait until each has imported its runner.
+
+        Args:
+            timeout: seconds to wait (None: forever).
+
+        Raises:
+            RuntimeError: after :meth:`shutdown`.
+            ConfigError: when the runner cannot be imported in a worker.
+            WorkerLost: when the workers are not ready within ``timeout``.
+        """
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("cannot warm up a ProcessExecutor after shutdown()")
+            if not self._started:
+                self._start_locked()
+            ready = self._ready_cv.wait_for(
+                lambda: self._broken or self._closing or all(w.ready for w in self._workers), timeout)
+            if self._broken:
+                raise ConfigError(self._broken)
+            if not ready:
+                raise WorkerLost(f"{self.workers} {self.start_method} workers did not start in {timeout} s")
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the current workers (empty before they start and after shutdown)."""
+        with self._lock:
+            return [w.pid for w in self._workers]
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the workers; queued attempts fail, running ones get ``shutdown_grace`` seconds.
+
+        Each worker is sent a stop message after what it was sent, so it exits cleanly once its
+        running task ends. Queued futures fail at once with ``WorkerLost("executor shut down …")``.
+        Workers still running after ``shutdown_grace`` get SIGTERM, then SIGKILL 0.5 s later, and
+        their futures fail the same way. Calling it again is harmless.
+
+        Args:
+            wait: block until every worker has exited (at most about ``shutdown_grace + 0.5`` s).
+        """
+        with self._lock:
+            first = not self._closing
+            self._closing = True
+            queued = list(self._queue)
+            self._queue.clear()
+            if first and self._started:
+                self._stop_at = time.monotonic() + self.shutdown_grace
+                for w in self._workers:
+                    try:
+                        w.conn.send_bytes(_STOP)
+                    except OSError:
+                        pass  # already dead; the dispatcher will see its sentinel
+                self._wake_locked()
+            self._ready_cv.notify_all()
+        for item in queued:
+            spec = item.spec
+            _fail(item, f"executor shut down before task {spec.task_id} attempt {spec.attempt} started")
+        dispatcher = self._dispatcher
+        if wait and dispatcher is not None and dispatcher is not threading.current_thread():
+            dispatcher.join()
+
+    # -- starting workers (lock held) -----------------------------------------------------------
+
+    def _start_locked(self) -> None:
+        # All workers start together: Process.start() returns once the child exists (forkserver:
+        # after one fork; spawn: after fork+exec), and they import and say hello in parallel.
+        self._started = True
+        self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
+        for _ in range(self.workers):
+            self._idle.append(self._start_worker_locked())
+        self._ready_cv.notify_all()
+        self._dispatcher = threading.Thread(target=self._dispatch, name="mrkit-dispatcher", daemon=True)
+        self._dispatcher.start()
+
+    def _start_worker_locked(self) -> _Worker:
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        # Not a daemon process: daemonic processes may not start children, and user code in a task
+        # may well use multiprocessing. Our atexit hook stops workers before multiprocessing's own
+        # hook would join them.
+        process = self._ctx.Process(  # type: ignore[attr-defined]
+            target=_worker_main, name="mrkit-worker",
+            args=(child_conn, self.runner, list(sys.path), dict(os.environ)),
+        )
+        process.start()
+        # Only the child may hold its end: if the parent kept it, a dead child would never read as EOF.
+        child_conn.close()
+        w = _Worker(process, parent_conn)
+        self._workers.append(w)
+        self._generation += 1
+        return w
+
+    # -- sending (lock held) ---------------------------------------------------------------------
+
+    def _send_locked(self, w: _Worker, item: _Item) -> None:
+        if not w.inflight:
+            w.head_since = time.monotonic()
+        w.inflight.append(item)
+        try:
+            w.conn.send_bytes(item.data)
+        except OSError:
+            pass  # the worker died; its sentinel fires and _on_exit() settles this item
+
+    def _refill_locked(self, w: _Worker) -> None:
+        """Send queued tasks to ``w``: one to run, plus ``prefetch`` small ones if its tasks are tiny."""
+        queue = self._queue
+        while queue:
+            n = len(w.inflight)
+            if n and (n > self.prefetch or w.last_seconds >= _PREFETCH_BELOW_SECONDS
+                      or len(queue[0].data) > _PREFETCH_MAX_BYTES):
+                break
+            item = queue.popleft()
+            if not item.running:
+                if not item.future.set_running_or_notify_cancel():
+                    continue  # cancelled while queued: never sent
+                item.running = True
+            self._send_locked(w, item)
+        if not w.inflight:
+            self._idle.append(w)
+
+    def _wake_locked(self) -> None:
+        if self._wake_w is not None:
+            try:
+                self._wake_w.send_bytes(b"!")
+            except OSError:
+                pass
+
+    # -- the dispatcher thread ---------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        try:
+            self._dispatch_loop()
+        except BaseException as exc:  # a bug here must not leave futures pending forever
+            self._abort(f"the dispatcher thread of {self!r} crashed: {type(exc).__name__}: {exc}")
+            raise
+        finally:
+            with self._lock:
+                for conn in (self._wake_r, self._wake_w):
+                    if conn is not None:
+                        conn.close()
+                self._wake_r = self._wake_w = None
+
+    def _dispatch_loop(self) -> None:
+        assert self._wake_r is not None
+        wake_r = self._wake_r
+        generation = -1
+        by_object: dict[Any, _Worker] = {}
+        objects: list[Any] = []
+        while True:
+            with self._lock:
+                if not self._workers and (self._closing or self._broken):
+                    return
+                if generation != self._generation:
+                    generation = self._generation
+                    by_object = {}
+                    for w in self._workers:
+                        by_object[w.conn] = w
+                        by_object[w.process.sentinel] = w
+                    objects = [wake_r, *by_object]
+                timeout = self._check_deadlines_locked()
+            for obj in wait(objects, timeout):
+                if obj is wake_r:
+                    while wake_r.poll():
+                        wake_r.recv_bytes()
+                    continue
+                w = by_object[obj]
+                if w.gone:
+                    continue
+                if obj is w.conn:
+                    try:
+                        data = w.conn.recv_bytes()
+                    except (EOFError, OSError):
+                        self._on_exit(w)
+                    else:
+                        self._on_message(w, data, refill=True)
+                else:  # its sentinel: the process ended
+                    self._on_exit(w)
+
+    def _check_deadlines_locked(self) -> float | None:
+        """Kill workers past their deadline; return how long the dispatcher may sleep."""
+        if not self._closing and self.task_timeout is None:
+            return None
+        now = time.monotonic()
+        if self._closing:
+            if now >= self._stop_at + 0.5:
+                for w in self._workers:
+                    w.kill_reason = w.kill_reason or "was still running at shutdown and was killed"
+                    w.process.kill()
+                return 0.1
+            if now >= self._stop_at:
+                for w in self._workers:
+                    w.kill_reason = w.kill_reason or "was still running at shutdown and was terminated"
+                    w.process.terminate()
+                return self._stop_at + 0.5 - now
+            return self._stop_at - now
+        assert self.task_timeout is not None
+        # Waiting at most task_timeout is enough even with no deadline yet: any task sent meanwhile
+        # gets a deadline at least task_timeout away, so nobody needs to wake us for it.
+        timeout = self.task_timeout
+        for w in self._workers:
+            if w.inflight and w.ready and not w.kill_reason:
+                left = w.head_since + self.task_timeout - now
+                if left <= 0:
+                    w.kill_reason = f"ran past task_timeout={self.task_timeout:g}s and was killed"
+                    w.process.kill()
+                else:
+                    timeout = min(timeout, left)
+        return timeout
+
+    def _on_message(self, w: _Worker, data: bytes, *, refill: bool) -> None:
+        if not w.ready:
+            self._on_hello(w, data)
+            return
+        now = time.monotonic()
+        try:
+            result: TaskResult | None = pickle.loads(data)
+            error: BaseException | None = None
+        except Exception as exc:
+            result, error = None, exc
+        with self._lock:
+            if not w.inflight:
+                return  # nothing was expected (cannot happen with our worker loop)
+            item = w.inflight.popleft()
+            w.last_seconds = now - w.head_since
+            if w.inflight:
+                w.head_since = now
+            if refill and not w.gone:
+                self._refill_locked(w)
+        # Outside the lock: callbacks run here and may call submit().
+        if error is not None:
+            item.future.set_exception(error)
+        else:
+            item.future.set_result(result)  # type: ignore[arg-type]
+
+    def _on_hello(self, w: _Worker, data: bytes) -> None:
+        kind, detail = pickle.loads(data)
+        with self._lock:
+            if kind == "ready":
+                w.ready = True
+                self._startup_failures = 0
+                if w.inflight:
+                    w.head_since = time.monotonic()  # the clock of task_timeout starts now
+                self._ready_cv.notify_all()
+                return
+        self._abort(f"a worker could not import its runner {self.runner!r}:\n{detail}", config=True)
+
+    def _on_exit(self, w: _Worker) -> None:
+        """A worker's process ended (or closed its pipe): settle its attempts, start a replacement."""
+        # Results it managed to send before dying still count.
+        try:
+            while w.conn.poll():
+                self._on_message(w, w.conn.recv_bytes(), refill=False)
+        except (EOFError, OSError):
+            pass
+        w.process.join(timeout=2.0)
+        if w.process.exitcode is None:  # it closed its pipe yet lives on: make it so
+            w.process.kill()
+            w.process.join(timeout=2.0)
+        description = _exit_description(w.process)
+        lost: list[tuple[_Item, str]] = []
+        with self._lock:
+            w.gone = True
+            w.conn.close()
+            self._workers.remove(w)
+            if w in self._idle:
+                self._idle.remove(w)
+            self._generation += 1
+            items = list(w.inflight)
+            w.inflight.clear()
+            if self._closing or self._broken:
+                for item in items:
+                    spec = item.spec
+                    lost.append((item, f"executor shut down: task {spec.task_id} attempt {spec.attempt} "
+                                       f"on worker {w.label} {w.kill_reason or description}"))
+            else:
+                if items:
+                    # Only the head was running; the ones sent ahead never started: run them elsewhere.
+                    head = items.pop(0)
+                    how = description
+                    if w.kill_reason:
+                        how = f"{w.kill_reason} (exit code {w.process.exitcode})
+                    lost.append((head, f"task {head.spec.task_id} attempt {head.spec.attempt} lost: "
+                                       f"worker {w.label} {how}"))
+                    self._queue.extendleft(reversed(items))
+                if not w.ready:
+                    self._startup_failures += 1
+                if self._startup_failures >= _MAX_STARTUP_FAILURES:
+                    self._broken = (f"{_MAX_STARTUP_FAILURES} workers in a row died before starting "
+                                    f"(last one {description}); not starting more")
+                else:
+                    self._refill_locked(self._start_worker_locked())
+            try:
+                w.process.close()
+            except ValueError:
+                pass
+        for item, message in lost:
+            _fail(item, message, worker=w.label)
+        if self._broken:
+            self._abort(self._broken, config=True)
+
+    def _abort(self, message: str, *, config: bool = False) -> None:
+        """Give up: fail every queued and running attempt with ``message`` and kill every worker."""
+        with self._lock:
+            self._broken = self._broken or message
+            items = list(self._queue)
+            self._queue.clear()
+            for w in self._workers:
+                items.extend(w.inflight)
+                w.inflight.clear()
+                w.kill_reason = w.kill_reason or "was stopped"
+                try:
+                    w.process.kill()
+                except (ValueError, OSError):
+                    pass
+            self._ready_cv.notify_all()
+        for item in items:
+            _fail(item, message, config=config)
+
+
+def _fail(item: _Item, message: str, *, worker: str = "", config: bool = False) -> None:
+    """Fail ``item``'s future unless it was cancelled while queued."""
+    if not item.running and not item.future.set_running_or_notify_cancel():
+        return
+    item.running = True
+    exc: Exception = ConfigError(message) if config else WorkerLost(
+        message, task_id=item.spec.task_id, attempt=item.spec.attempt, worker=worker)
+    item.future.set_exception(exc)
+
+
+# Executors that may still have workers when the interpreter exits. A WeakSet, so registering does not
+# keep an executor alive; a running one stays alive through its dispatcher thread anyway.
+_LIVE: weakref.WeakSet[ProcessExecutor] = weakref.WeakSet()
+
+
+def _shutdown_at_exit() -> None:
+    # Bounded: shutdown() kills stragglers after shutdown_grace + 0.5 s, and we stop waiting for the
+    # dispatcher a little after that. Runs before multiprocessing's own exit hook (registered when
+    # multiprocessing.util was imported, earlier), which would otherwise join our workers forever.
+    for executor in list(_LIVE):
+        executor.shutdown(wait=False)
+    for executor in list(_LIVE):
+        dispatcher = executor._dispatcher
+        if dispatcher is not None:
+            dispatcher.join(timeout=executor.shutdown_grace + 2.0)
+        for w in list(executor._workers):
+            try:
+                w.process.kill()
+            except (ValueError, OSError):
+                pass
+
+
+atexit.register(_shutdown_at_exit)
