@@ -144,7 +144,7 @@ def _worker_main(conn: Connection, runner: str, sys_path: list[str], environ: di
     if dict(os.environ) != environ:
         os.environ.clear()
         os.environ.update(environ)
-    watcher = threading.Thread(target=_watch_parent, args=(os.getppid(),), name="mrkit-parent-watch", daemon=True)
+    watcher = threading.Thread(target=_watch_parent, args=(os.getppid(),), name="mrkit-watch", daemon=True)
     watcher.start()
     pid = os.getpid()
     label = f"pid:{pid}"
@@ -649,7 +649,7 @@ class ProcessExecutor(Executor):
                     head = items.pop(0)
                     how = description
                     if w.kill_reason:
-                        how = f"{w.kill_reason} (exit code {w.process.exitcode})
+                        how = f"{w.kill_reason} (exit code {w.process.exitcode})"
                     lost.append((head, f"task {head.spec.task_id} attempt {head.spec.attempt} lost: "
                                        f"worker {w.label} {how}"))
                     self._queue.extendleft(reversed(items))

@@ -1,0 +1,48 @@
+"""Runner functions for the process executor's tests, importable in worker processes.
+
+A worker imports its runner by name (``"_process_targets:act"``), so these must live in a module,
+not in the test file. ``act`` reads instructions from ``spec.call`` as JSON, so one runner can sleep,
+die, hang or report its hash salt, and tests stay readable::
+
+    {"value": 3}                 -> counters["value"] == 6
+    {"pidfile": path}            write this worker's pid to path (atomically) before anything else
+    {"sleep": 1.5}               sleep that long
+    {"exit": 3}                  os._exit(3): the worker dies
+    {"hash": "text"}             counters["hash"] == hash("text") in this worker
+    {"raise": "message"}         raise RuntimeError(message) (a runner should not; the executor copes)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from mrkit.model.task import TaskResult, TaskSpec
+
+
+def act(spec: TaskSpec, *, worker: str = "") -> TaskResult:
+    """Follow the JSON instructions in ``spec.call`` and report what happened in the counters."""
+    orders = json.loads(spec.call or b"{}")
+    counters = {"pid": os.getpid()}
+    if "pidfile" in orders:
+        tmp = orders["pidfile"] + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.write(str(os.getpid()))
+        os.replace(tmp, orders["pidfile"])
+    if "sleep" in orders:
+        time.sleep(orders["sleep"])
+    if "exit" in orders:
+        os._exit(orders["exit"])
+    if "raise" in orders:
+        raise RuntimeError(orders["raise"])
+    if "hash" in orders:
+        counters["hash"] = hash(orders["hash"])
+    if "value" in orders:
+        counters["value"] = 2 * orders["value"]
+    return TaskResult(spec.task_id, spec.attempt, ok=True, counters=counters, worker=worker)
+
+
+def tiny(spec: TaskSpec, *, worker: str = "") -> TaskResult:
+    """The smallest useful task: echo the partition number back (for throughput measurements)."""
+    return TaskResult(spec.task_id, spec.attempt, ok=True, counters={"p": spec.partition}, worker=worker)
