@@ -42,7 +42,7 @@ import random
 import sys
 from collections.abc import Callable, Sequence
 from operator import itemgetter
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from mrkit.errors import ConfigError
 
@@ -331,8 +331,9 @@ def generate_text(
 
 
 def _ips(rng: random.Random, n: int) -> list[str]:
+    """``n`` IPv4 addresses, each followed by ``","``."""
     a = _random_u32(rng, n)
-    return [f"{1 + (x >> 24) % 223}.{(x >> 16) & 255}.{(x >> 8) & 255}.{1 + (x & 255) % 254}" for x in a]
+    return [f"{1 + (x >> 24) % 223}.{(x >> 16) & 255}.{(x >> 8) & 255}.{1 + (x & 255) % 254}," for x in a]
 
 
 def _urls(rng: random.Random, n: int, words: Sequence[str]) -> list[str]:
@@ -365,7 +366,7 @@ def _urls(rng: random.Random, n: int, words: Sequence[str]) -> list[str]:
 
 
 def _visit_tails(rng: random.Random, n: int, words: Sequence[str]) -> list[str]:
-    """``n`` strings ``visitDate,adRevenue,userAgent,countryCode,languageCode,searchWord,duration``."""
+    """``n`` strings ``visitDate,adRevenue,userAgent,countryCode,languageCode,searchWord,duration\\n``."""
     days = _random_below(rng, n, 40 * 365)  # 1970-01-01 .. ~2009
     cents = _random_u32(rng, n)
     decimals = _random_below(rng, n, 5)
@@ -374,56 +375,50 @@ def _visit_tails(rng: random.Random, n: int, words: Sequence[str]) -> list[str]:
     searches = _pick(words, _random_below(rng, n, min(len(words), 20_000)))
     durations = _random_below(rng, n, 100)
     month_days = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
-    dates = []
-    for day in days:
-        year = 1970 + day // 365
-        day %= 365
-        month = 0
-        while day >= month_days[month]:
-            day -= month_days[month]
-            month += 1
-        dates.append(f"{year}-{month + 1:02d}-{day + 1:02d}")
+    day_of_year = [f"-{m + 1:02d}-{d + 1:02d}" for m, n_days in enumerate(month_days) for d in range(n_days)]
+    dates = [f"{1970 + day // 365}{day_of_year[day % 365]}" for day in days]
     out = []
     for date, c, d, agent, (country, language), search, duration in zip(
         dates, cents, decimals, agents, places, searches, durations, strict=True
     ):
         revenue = f"{(c % 100_000_000) / 100_000:.{d + 2}f}"  # 0.00 .. 999.99999, 2 to 6 decimals
-        out.append(
-            f"{date},{revenue},{agent},{country},{language},"
-            f"{search},{1 + duration}"
-        )
+        out.append(f"{date},{revenue},{agent},{country},{language},{search},{1 + duration}\n")
     return out
 
 
-def _uservisit_rows(
+def _write_uservisits(
+    f: BinaryIO,
     rng: random.Random,
     n_bytes: int,
     ips: Sequence[str],
     tails: Sequence[str],
     next_url: Callable[[int], list[str]],
-    url_length: float,
-) -> bytes:
-    if n_bytes <= 0:
-        return b""
-    average = (
-        2
-        + sum(map(len, ips[:1000])) / min(len(ips), 1000)
-        + sum(map(len, tails[:1000])) / min(len(tails), 1000)
-    )
-    average += url_length
-    chunks = []
+    row_length: float,
+) -> None:
+    """Write whole rows to ``f``, ``n_bytes`` at most (cut at the last row end), in batches of 64k rows.
+
+    ``ips`` end with ``","``, the URLs from ``next_url`` with ``","`` and ``tails`` with ``"\\n"``, so a
+    batch is one C-level join of the interleaved parts.
+    """
     have = 0
-    while have <= n_bytes:
-        # Overshoot a little: rows past n_bytes are cut, and their URLs' turn in the permutation is lost.
-        n = int((n_bytes - have) / average * 1.003) + 16
-        ips_n = _pick(ips, _random_below(rng, n, len(ips)))
-        tails_n = _pick(tails, _random_below(rng, n, len(tails)))
-        rows = "\n".join(map(",".join, zip(ips_n, next_url(n), tails_n, strict=True))) + "\n"
-        chunks.append(rows)
-        have += len(rows)
-    data = "".join(chunks).encode("ascii")
-    cut = data.rfind(b"\n", 0, n_bytes + 1)
-    return data[: cut + 1] if cut >= 0 else data[: data.index(b"\n") + 1]
+    while have < n_bytes:
+        # Overshoot a little on the last batch: rows past n_bytes are cut, and their URLs' turn in
+        # the permutation walk is lost.
+        n = min(int((n_bytes - have) / row_length * 1.003) + 16, 65_536)
+        parts = zip(
+            _pick(ips, _random_below(rng, n, len(ips))),
+            next_url(n),
+            _pick(tails, _random_below(rng, n, len(tails))),
+            strict=True,
+        )
+        data = "".join(itertools.chain.from_iterable(parts)).encode("ascii")
+        if have + len(data) > n_bytes:
+            cut = data.rfind(b"\n", 0, n_bytes - have + 1)
+            data = data[: cut + 1] if cut >= 0 else (data[: data.index(b"\n") + 1] if have == 0 else b"")
+            f.write(data)
+            return
+        f.write(data)
+        have += len(data)
 
 
 def generate_uservisits(
@@ -435,8 +430,9 @@ def generate_uservisits(
     duration``: an IPv4 address, a URL without scheme, a ``YYYY-MM-DD`` date (1970-2009), a revenue
     in 0..1000 with 2 to 6 decimals, a browser user agent, a 3-letter country code, a language tag
     like ``en-US`` (at most 6 characters), a lowercase search word and an integer duration 1..100.
-    There are ``round(2600 * size_mb)`` distinct URLs (at least 100); about half of the rows walk a
-    random permutation of all of them (so nearly all appear), the rest pick one with Zipf popularity.
+    There are ``round(2600 * size_mb)`` distinct URLs (at least 100); every other row takes the next
+    URL of a random permutation of all of them (so nearly all appear), the others pick one with Zipf
+    popularity.
 
     Args:
         path_or_folder: a file path ending in ``.csv`` (only with ``files=1``), or a directory
@@ -467,29 +463,34 @@ def generate_uservisits(
     total = int(size_mb * MB)
     n_urls = max(round(2600 * size_mb), 100)
     words = [w.lower() for w in _vocabulary(rng, 40_000) if w.isalpha()]
-    urls = _urls(rng, n_urls, words)
-    popular = _zipf_table(urls, offset=1.0, bits=_TABLE_BITS)
+    urls = [url + "," for url in _urls(rng, n_urls, words)]
+    # Only the first 50k URLs (of a random order) have Zipf popularity; the rest appear via the walk.
+    popular = _zipf_table(urls[:50_000], offset=1.0, bits=18)
     rows_estimate = total // 150 + 1
     ips = _ips(rng, min(max(rows_estimate // 8, 1000), 65_536))
     tails = _visit_tails(rng, min(max(rows_estimate // 8, 1000), 65_536), words)
     cursor = 0
-    shift = 32 - _TABLE_BITS
-    url_length = sum(map(len, urls[:1000])) / len(urls[:1000])
+    shift = 32 - 18
+    row_length = sum(map(len, urls[:1000])) / len(urls[:1000]) + sum(map(len, ips)) / len(ips)
+    row_length += sum(map(len, tails)) / len(tails)
 
     def next_url(n: int) -> list[str]:
+        # Alternate rows: a step of the walk through the permutation (so every URL appears once per
+        # lap), then a Zipf-popular pick; built with slices and C-level picks, not a per-row branch.
         nonlocal cursor
-        out = []
-        append = out.append
-        for x in _random_u32(rng, n):
-            if x & 1:  # walk the permutation: every URL appears once per lap
-                append(urls[cursor])
-                cursor = cursor + 1 if cursor + 1 < n_urls else 0
-            else:
-                append(popular[x >> shift])
+        k = (n + 1) // 2
+        walk = urls[cursor : cursor + k]
+        while len(walk) < k:
+            walk += urls[: k - len(walk)]
+        cursor = (cursor + k) % n_urls
+        picks = _pick(popular, [x >> shift for x in _random_u32(rng, n - k)])
+        out = list(itertools.chain.from_iterable(zip(walk, picks, strict=False)))
+        if n > 2 * len(picks):
+            out.append(walk[-1])
         return out
 
     for i, path in enumerate(paths):
         share = total * (i + 1) // files - total * i // files
         with open(path, "wb") as f:
-            f.write(_uservisit_rows(rng, share, ips, tails, next_url, url_length))
+            _write_uservisits(f, rng, share, ips, tails, next_url, row_length)
     return paths
