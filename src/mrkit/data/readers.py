@@ -1,0 +1,654 @@
+"""Reading: turn one :class:`~mrkit.model.task.InputSplit` into records, in batches, fast.
+
+:func:`open_split` returns a :class:`SplitReader`; iterate ``reader.batches()`` (lists of records,
+each with its position for error messages) or ``reader.records()`` (flat). The contract:
+
+* **Which lines.** A split owns every line whose first byte lies in ``[start, start + length)``
+  (``length == -1``: to the end). The reader starts at ``start - 1`` and skips through the first
+  ``b"\\n"`` (that line belongs to the previous split), and finishes the line that straddles the
+  end. So for any cut points every line of a file is read exactly once, in order; the bytes owned
+  by a file's splits (``bytes_read``) add up to its size. Lines end at ``b"\\n"`` only (never
+  ``str.splitlines``, which also splits on ``\\x0b``, ``\\x1c``, ``\\u2028``... and would disagree
+  with the byte-level cuts); a final line without ``"\\n"`` is a line; an empty file has none.
+* **Formats.** ``text``: one ``str`` per line, without its ``"\\n"`` and without the ``"\\r"`` of a
+  ``"\\r\\n"``. ``jsonl``: ``json.loads`` of every non-blank line (blank lines are not records).
+  ``csv``: one list of ``str`` per line, through :mod:`csv` (excel dialect, no header handling).
+  One CSV record per line: a quoted field holding a line break cannot be read correctly across
+  split cuts, so it is refused (``InputError``) wherever it is, or skipped with ``errors="skip"``.
+  ``pickle``: ``uri`` is ``"<storage-url>#<key>"`` of a pickled list written by the driver; the
+  whole list is the split (``start``/``length`` are not used); ``options["sha256"]``, when set,
+  must match the object's digest before anything is unpickled.
+* **Errors** (``split.options["errors"]``). ``strict`` (default): an undecodable byte, a bad JSON
+  line or a bad CSV line raises :class:`~mrkit.errors.InputError` naming the file, the byte offset
+  and the record number (0-based within the split, like :attr:`RecordBatch.first`). ``replace``:
+  undecodable bytes become U+FFFD and the record is counted in ``replaced`` (bad JSON/CSV still
+  raises). ``skip``: the record is dropped and counted in ``skipped``.
+* **Encoding** (``split.options["encoding"]``, default utf-8) must be ASCII-compatible.
+* **Compression** ``gz``, ``bz2``, ``xz`` through the standard library, ``zst`` through the optional
+  ``zstandard`` package (imported only when a ``.zst`` split is read; extra ``zstd``). Offsets are
+  then in the uncompressed stream and messages say so.
+* **Sources.** Local paths are read with plain unbuffered files; ``storage-url#key`` objects with
+  ranged :meth:`~mrkit.storage.Storage.open_read` calls, streamed, never whole (except ``pickle``).
+
+Speed (DESIGN.md §4): the reader fills one reused buffer with 4 MiB reads, decodes each block of
+complete lines once and cuts it with ``str.split("\\n")``; the partial last line moves to the
+front of the buffer for the next read. Per record there is no framework code at all for ``text``
+(one list-comprehension step for ``jsonl``). Byte offsets of records are computed only when
+:meth:`RecordBatch.locate` is called, by re-reading.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import gzip
+import hashlib
+import itertools
+import json
+import lzma
+import pickle
+import zlib
+from collections.abc import Iterator, Sequence
+from typing import Any, BinaryIO
+
+from mrkit.errors import ConfigError, InputError, MissingExtra
+from mrkit.model.task import InputSplit
+from mrkit.storage import open_storage
+
+BLOCK_SIZE = 4 << 20  # bytes per read; big enough that per-read costs vanish, small enough for caches
+PICKLE_BATCH = 65536  # records per batch for pickled inputs
+READ_FORMATS = ("text", "jsonl", "csv", "pickle")
+COMPRESSIONS = ("", "gz", "bz2", "xz", "zst")
+ERRORS = ("strict", "replace", "skip")
+
+_CONTINUE = 1 << 16  # read size past the split's end, while finishing its last line
+_READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)  # what a broken file or stream raises
+
+
+class RecordBatch:
+    """A list of consecutive records of one split, and how to say where each came from.
+
+    Attributes:
+        records: the records (``str``, JSON values, or lists of ``str`` for CSV).
+        first: the record number, within the split and 0-based, of ``records[0]``.
+    """
+
+    __slots__ = ("records", "first", "_reader", "_offset", "_gaps")
+
+    def __init__(
+        self, records: list[Any], first: int, reader: SplitReader, offset: int, gaps: Sequence[int]
+    ) -> None:
+        self.records = records
+        self.first = first
+        self._reader = reader
+        self._offset = offset  # byte offset (uncompressed) of the batch's first line
+        self._gaps = gaps  # sorted line indices, within the batch, that produced no record
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def locate(self, i: int) -> str:
+        """Where ``records[i]`` came from: ``/d/a.txt bytes 0-1048576, record 17 (byte 1234)``.
+
+        The byte offset is found by re-reading the input, so this is slow; call it on errors only.
+        When the input cannot be re-read the byte offset is left out.
+        """
+        return self._reader._locate(self._offset, _raw_index(i, self._gaps), self.first + i)
+
+
+def open_split(split: InputSplit, *, block_size: int = BLOCK_SIZE) -> SplitReader:
+    """Open ``split`` for reading (nothing is read until iteration starts).
+
+    Args:
+        split: the split; its ``options`` may hold ``errors``, ``encoding`` and (pickle) ``sha256``.
+        block_size: bytes per read (tests use tiny ones; lines longer than this still work).
+
+    Returns:
+        A :class:`SplitReader`.
+
+    Raises:
+        ConfigError: for an unknown format, compression, ``errors`` value or encoding.
+    """
+    return SplitReader(split, block_size=block_size)
+
+
+class SplitReader:
+    """Iterates the records of one split; see the module docstring for the contract.
+
+    Attributes:
+        split: the split being read.
+        records_read: records produced so far.
+        bytes_read: uncompressed bytes of the lines owned by this split consumed so far.
+        skipped: records dropped by ``errors="skip"``.
+        replaced: records decoded with replacement characters under ``errors="replace"``.
+    """
+
+    def __init__(self, split: InputSplit, *, block_size: int = BLOCK_SIZE) -> None:
+        if split.format not in READ_FORMATS:
+            raise ConfigError(f"split format must be one of {', '.join(READ_FORMATS)}, not {split.format!r}")
+        if split.compression not in COMPRESSIONS:
+            choices = ", ".join(repr(c) for c in COMPRESSIONS)
+            raise ConfigError(f"split compression must be one of {choices}, not {split.compression!r}")
+        self._errors: str = split.options.get("errors", "strict")
+        if self._errors not in ERRORS:
+            raise ConfigError(f"errors must be one of {', '.join(ERRORS)}, not {self._errors!r}")
+        self._encoding: str = split.options.get("encoding", "utf-8")
+        try:
+            ascii_compatible = "\n\r".encode(self._encoding) == b"\n\r"
+        except LookupError:
+            raise ConfigError(f"unknown encoding {self._encoding!r} in {split.describe()}") from None
+        if not ascii_compatible:
+            raise ConfigError(f"encoding {self._encoding!r} is not ASCII-compatible; lines are cut at b'\\n'")
+        if block_size < 1:
+            raise ConfigError(f"block_size must be a positive integer, not {block_size!r}")
+        self.split = split
+        self.block_size = block_size
+        self.records_read = 0
+        self.bytes_read = 0
+        self.skipped = 0
+        self.replaced = 0
+        # "storage-url#key" objects vs local paths; a local path may contain '#' but not '://'.
+        self._url, self._key = split.uri.partition("#")[::2] if "://" in split.uri else ("", "")
+        if "://" in split.uri and not self._key:
+            raise ConfigError(f"split uri {split.uri!r} names a storage URL but no '#key'")
+        self._open_iterators: list[Iterator[Any]] = []
+
+    # -- public iteration -----------------------------------------------------------------------
+
+    def batches(self) -> Iterator[RecordBatch]:
+        """Iterate the split's records in batches (one per block read).
+
+        Raises:
+            InputError: when the input is missing, unreadable, corrupt, or (``errors="strict"``)
+                holds an undecodable byte or a malformed JSON/CSV line.
+            MissingExtra: for ``.zst`` input without the ``zstandard`` package.
+        """
+        it = self._pickle_batches() if self.split.format == "pickle" else self._line_batches()
+        self._open_iterators.append(it)
+        return it
+
+    def records(self) -> Iterator[Any]:
+        """Iterate the split's records one by one (same errors as :meth:`batches`)."""
+        return itertools.chain.from_iterable(batch.records for batch in self.batches())
+
+    def close(self) -> None:
+        """Stop every iteration started by this reader and close its files."""
+        for it in self._open_iterators:
+            it.close()  # type: ignore[attr-defined]
+        self._open_iterators.clear()
+
+    def __enter__(self) -> SplitReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- line formats ---------------------------------------------------------------------------
+
+    def _line_batches(self) -> Iterator[RecordBatch]:
+        split = self.split
+        if split.length == 0:
+            return
+        end = None if split.length < 0 else split.start + split.length
+        pos = max(split.start - 1, 0)
+        parse = {"text": None, "jsonl": self._parse_jsonl, "csv": self._parse_csv}[split.format]
+        first = 0
+        stream = self._open_stream(pos)
+        try:
+            for off, chunk in _line_chunks(stream, pos, split.start, end, self.block_size):
+                self.bytes_read += len(chunk)
+                records, gaps = self._decode(off, chunk, first)
+                if parse is not None:
+                    records, gaps = parse(off, chunk, records, gaps, first)
+                self.records_read += len(records)
+                del chunk  # the buffer is reused as soon as the next block is read
+                yield RecordBatch(records, first, self, off, gaps)
+                first += len(records)
+        except _READ_ERRORS as exc:
+            raise InputError(
+                f"cannot read {self._where()}: {exc}; the input may be truncated or corrupt"
+            ) from exc
+        finally:
+            stream.close()
+
+    def _decode(self, off: int, chunk: memoryview, first: int) -> tuple[list[str], Sequence[int]]:
+        """Decode a block of whole lines and cut it into lines; the slow path only on bad bytes."""
+        try:
+            text = str(chunk, self._encoding)
+        except UnicodeDecodeError as exc:
+            return self._decode_lenient(off, bytes(chunk), first, exc)
+        return _split_lines(text), ()
+
+    def _decode_lenient(
+        self, off: int, raw: bytes, first: int, exc: UnicodeDecodeError
+    ) -> tuple[list[str], list[int]]:
+        enc, view = self._encoding, memoryview(raw)
+        if self._errors == "strict":
+            bad = exc.start
+            record = first + raw.count(b"\n", 0, bad)
+            raise InputError(
+                f"cannot decode {self.split.uri} at {self._byte_label(off + bad)} (record {record} of split "
+                f"{self.split.index}): {exc.encoding!r} codec can't decode byte 0x{raw[bad]:02x}: "
+                f"{exc.reason}; pass errors='replace' or errors='skip'"
+            ) from None
+        lines: list[str] = []
+        gaps: list[int] = []
+        pos = 0
+        # Decode the good run before each bad line in one call, handle the bad line alone, go on.
+        while True:
+            bad = pos + exc.start
+            line_start = max(raw.rfind(b"\n", pos, bad) + 1, pos)
+            line_end = raw.find(b"\n", bad)
+            line_end = len(raw) if line_end < 0 else line_end
+            if line_start > pos:
+                lines += _split_lines(str(view[pos:line_start], enc))
+            if self._errors == "skip":
+                gaps.append(len(lines) + len(gaps))
+                self.skipped += 1
+            else:
+                line = str(view[line_start:line_end], enc, "replace")
+                lines.append(line[:-1] if line_end < len(raw) and line.endswith("\r") else line)
+                self.replaced += 1
+            pos = line_end + 1
+            if pos >= len(raw):
+                return lines, gaps
+            try:
+                rest = str(view[pos:], enc)
+            except UnicodeDecodeError as again:
+                exc = again
+                continue
+            lines += _split_lines(rest)
+            return lines, gaps
+
+    def _parse_jsonl(
+        self, off: int, chunk: memoryview, lines: list[str], gaps: Sequence[int], first: int
+    ) -> tuple[list[Any], Sequence[int]]:
+        loads = json.loads
+        try:
+            return [loads(line) for line in lines], gaps
+        except (ValueError, RecursionError):
+            pass  # a blank or bad line somewhere in the block: redo it line by line
+        out: list[Any] = []
+        dropped: list[int] = []
+        for j, line in enumerate(lines):
+            try:
+                out.append(loads(line))
+            except (ValueError, RecursionError) as exc:
+                if not line.strip():
+                    dropped.append(j)  # blank lines are not records, and not errors
+                    continue
+                if self._errors == "skip":
+                    dropped.append(j)
+                    self.skipped += 1
+                    continue
+                byte = off + _line_start(chunk, _raw_index(j, gaps))
+                raise InputError(
+                    f"invalid JSON in {self._where()}, record {first + len(out)} "
+                    f"({self._byte_label(byte)}): {exc}"
+                ) from None
+        return out, _merge_gaps(gaps, dropped)
+
+    def _parse_csv(
+        self, off: int, chunk: memoryview, lines: list[str], gaps: Sequence[int], first: int
+    ) -> tuple[list[Any], Sequence[int]]:
+        # The trailing "" sentinel must come back as its own empty row; if a line opened a quote
+        # it does not, whichever line it was (so the outcome never depends on where blocks end).
+        lines.append("")
+        try:
+            rows = list(csv.reader(lines))
+        except csv.Error:
+            rows = []
+        lines.pop()
+        if len(rows) == len(lines) + 1:
+            rows.pop()
+            return rows, gaps
+        # Some line opened a quote it did not close: find which, parsing each line alone.
+        out: list[Any] = []
+        dropped: list[int] = []
+        for j, line in enumerate(lines):
+            try:
+                alone = list(csv.reader((line, "")))
+                problem = "" if len(alone) == 2 else "a quoted field spans a line break"
+            except csv.Error as exc:
+                problem = str(exc)
+            if not problem:
+                out.append(alone[0])
+            elif self._errors == "skip":
+                dropped.append(j)
+                self.skipped += 1
+            else:
+                byte = off + _line_start(chunk, _raw_index(j, gaps))
+                raise InputError(
+                    f"bad CSV in {self._where()}, record {first + len(out)} ({self._byte_label(byte)}): "
+                    f"{problem}; mrkit reads one CSV record per line (quoted line breaks are not supported)"
+                )
+        return out, _merge_gaps(gaps, dropped)
+
+    # -- pickled record lists -------------------------------------------------------------------
+
+    def _pickle_batches(self) -> Iterator[RecordBatch]:
+        uri = self.split.uri
+        storage = open_storage(self._url)
+        try:
+            data = storage.get(self._key)
+        except FileNotFoundError:
+            raise InputError(f"pickled input {uri} of split {self.split.index} does not exist") from None
+        finally:
+            storage.close()
+        expected = self.split.options.get("sha256")
+        if expected:
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != expected:
+                raise InputError(
+                    f"refusing to unpickle {uri}: its SHA-256 is {actual}, not the expected {expected}"
+                )
+        try:
+            records = pickle.loads(data)
+        except Exception as exc:  # unpickling can raise anything (missing class, bad opcode...)
+            raise InputError(f"cannot unpickle the records of {uri}: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(records, list):
+            raise InputError(f"pickled input {uri} holds a {type(records).__name__}, not a list of records")
+        self.bytes_read += len(data)
+        for first in range(0, len(records), PICKLE_BATCH):
+            batch = records[first : first + PICKLE_BATCH]
+            self.records_read += len(batch)
+            yield RecordBatch(batch, first, self, 0, ())
+
+    # -- sources --------------------------------------------------------------------------------
+
+    def _open_stream(self, pos: int) -> _Stream:
+        """A stream of the split's uncompressed bytes from offset ``pos``.
+
+        Raises:
+            InputError: when the file or object is missing or cannot be opened.
+        """
+        split = self.split
+        closers: list[Any] = []
+        try:
+            if not self._url:
+                raw: BinaryIO = open(split.uri, "rb", buffering=0)  # noqa: SIM115 - closed by _Stream
+                closers.append(raw)
+                if not split.compression:
+                    raw.seek(pos)
+                    return _Stream(raw, closers)
+            else:
+                storage = open_storage(self._url)
+                closers.append(storage)
+                if not split.compression:
+                    end = None if split.length < 0 else split.start + split.length
+                    return _Stream(_RangedObject(storage, self._key, pos, end), closers)
+                raw = storage.open_read(self._key)
+                closers.append(raw)
+            stream = _Stream(_decompressor(split.compression, raw), closers)
+            closers = stream._closers
+            stream.discard(pos)  # a compressed stream can only be entered from its beginning
+            return stream
+        except FileNotFoundError:
+            _close_all(closers)
+            raise InputError(f"input {split.uri} of split {split.index} does not exist") from None
+        except _READ_ERRORS as exc:
+            _close_all(closers)
+            raise InputError(f"cannot open {self._where()}: {exc}") from exc
+        except BaseException:
+            _close_all(closers)
+            raise
+
+    def _locate(self, offset: int, line_index: int, record: int) -> str:
+        where = f"{self._where()}, record {record}"
+        if self.split.format == "pickle":
+            return where
+        try:
+            with self._open_stream(offset) as stream:
+                byte = offset + _skip_lines(stream, line_index)
+        except (InputError, *_READ_ERRORS):
+            return where
+        return f"{where} ({self._byte_label(byte)})"
+
+    def _where(self) -> str:
+        return self.split.describe()
+
+    def _byte_label(self, byte: int) -> str:
+        return f"byte {byte} of the uncompressed stream" if self.split.compression else f"byte {byte}"
+
+
+# -- the block reader -------------------------------------------------------------------------
+
+
+def _line_chunks(
+    stream: _Stream, pos: int, start: int, end: int | None, block_size: int
+) -> Iterator[tuple[int, memoryview]]:
+    """Yield ``(offset, view)``: runs of whole lines whose first bytes lie in ``[start, end)``.
+
+    ``stream`` delivers bytes from offset ``pos <= max(start - 1, 0)``. Each view is a slice of one
+    reused buffer, valid until the next item is requested. A run ends with ``b"\\n"`` except the
+    last run of a file that does not. Lines longer than the buffer grow it (doubling).
+    """
+    cap = block_size if end is None else max(1, min(block_size, end - pos + _CONTINUE))
+    buf = bytearray(cap)
+    view = memoryview(buf)
+    base = pos  # offset of buf[0]
+    lo = hi = 0  # live bytes are buf[lo:hi]
+    scanned = 0  # buf[lo:scanned] is known to hold no newline we want (long lines are not rescanned)
+    aligned = start == 0  # True once buf[lo] is the first byte of a line this split owns
+    eof = False
+    while True:
+        if hi == cap:  # make room: drop consumed bytes, or grow for a line longer than the buffer
+            if lo > 0 or not aligned:
+                keep = hi - lo if aligned else 0
+                buf[:keep] = bytes(view[lo:hi]) if aligned else b""
+                base, scanned, lo, hi = base + hi - keep, max(scanned - lo, 0) if aligned else 0, 0, keep
+            else:
+                cap *= 2
+                grown = bytearray(cap)
+                grown[:hi] = view[:hi]
+                buf, view = grown, memoryview(grown)
+        room = cap - hi
+        if end is not None:  # read up to the split's end, then in small steps to finish its last line
+            left = end - (base + hi)
+            room = min(room, left if left > 0 else _CONTINUE)
+        target = hi + room
+        while hi < target:
+            n = stream.readinto(view[hi:target])
+            if not n:
+                eof = True
+                break
+            hi += n
+        if not aligned:  # skip the line that started before `start`: it belongs to the previous split
+            i = buf.find(b"\n", max(start - 1 - base, scanned, lo), hi)
+            if i < 0:
+                if eof:
+                    return
+                lo = scanned = hi
+                continue
+            lo = scanned = i + 1
+            aligned = True
+        if end is not None and base + lo >= end:
+            return
+        if end is not None and base + hi >= end:  # the line holding byte end-1 is our last one
+            j = buf.find(b"\n", max(end - 1 - base, scanned), hi)
+            if j >= 0:
+                yield base + lo, view[lo : j + 1]
+                return
+            if eof:
+                if hi > lo:
+                    yield base + lo, view[lo:hi]
+                return
+            scanned = hi
+            continue
+        if eof:
+            if hi > lo:
+                yield base + lo, view[lo:hi]
+            return
+        k = buf.rfind(b"\n", scanned, hi)
+        if k < 0:
+            scanned = hi
+            continue
+        yield base + lo, view[lo : k + 1]
+        lo = scanned = k + 1
+
+
+class _Stream:
+    """An uncompressed byte stream with ``readinto``; closing it closes the source, then ``closers``
+    (the raw file, the storage) in reverse order."""
+
+    def __init__(self, source: Any, closers: list[Any]) -> None:
+        self._closers = [*closers, source]
+        self.readinto = source.readinto
+
+    def discard(self, n: int) -> None:
+        buf = memoryview(bytearray(min(max(n, 1), BLOCK_SIZE)))
+        while n > 0:
+            got = self.readinto(buf[: min(n, len(buf))])
+            if not got:
+                return
+            n -= got
+
+    def close(self) -> None:
+        _close_all(self._closers)
+
+    def __enter__(self) -> _Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _RangedObject:
+    """Reads ``[pos, end)`` of a stored object with one ranged read, then (to finish the split's last
+    line) the rest of the object with a second one, opened only if needed."""
+
+    def __init__(self, storage: Any, key: str, pos: int, end: int | None) -> None:
+        self._storage, self._key, self._end = storage, key, end
+        self._f = storage.open_read(key, pos, -1 if end is None else max(end - pos, 0))
+        self._continued = end is None
+
+    def readinto(self, b: memoryview) -> int:
+        n = self._f.readinto(b)
+        if not n and not self._continued:
+            self._continued = True
+            self._f.close()
+            self._f = self._storage.open_read(self._key, self._end, -1)
+            n = self._f.readinto(b)
+        return n or 0
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class _ZstdSource:
+    """``zstandard``'s stream reader, with its errors turned into ``OSError`` like the others'."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        try:
+            import zstandard  # optional: imported only when a .zst split is read (STYLE 9)
+        except ImportError:
+            raise MissingExtra("reading .zst input", "zstd", "zstandard") from None
+        self._error = zstandard.ZstdError
+        self._reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+
+    def readinto(self, b: memoryview) -> int:
+        try:
+            return int(self._reader.readinto(b))
+        except self._error as exc:
+            raise OSError(f"zstd: {exc}") from exc
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+def _decompressor(compression: str, raw: BinaryIO) -> Any:
+    if compression == "gz":
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if compression == "bz2":
+        return bz2.BZ2File(raw, "rb")
+    if compression == "xz":
+        return lzma.LZMAFile(raw, "rb")
+    return _ZstdSource(raw)
+
+
+def _close_all(closers: list[Any]) -> None:
+    for thing in reversed(closers):
+        try:
+            thing.close()
+        except Exception:  # noqa: S110 - closing is best effort; the first error was already raised
+            pass
+
+
+# -- small pure helpers -----------------------------------------------------------------------
+
+
+def _split_lines(text: str) -> list[str]:
+    """Cut decoded whole lines at ``"\\n"`` only, dropping the ``"\\r"`` of ``"\\r\\n"``.
+
+    >>> _split_lines("a\\r\\nb\\x0bc\\n\\nd\\r")
+    ['a', 'b\\x0bc', '', 'd\\r']
+    """
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+    lines = text.split("\n")
+    if not lines[-1]:
+        lines.pop()  # the block ended with "\n": no line follows it
+    return lines
+
+
+def _raw_index(i: int, gaps: Sequence[int]) -> int:
+    """Line index, within a block, of the ``i``-th record, given the (sorted) lines that gave none.
+
+    >>> _raw_index(2, [0, 2])
+    4
+    """
+    for gap in gaps:
+        if gap > i:
+            break
+        i += 1
+    return i
+
+
+def _merge_gaps(outer: Sequence[int], inner: Sequence[int]) -> list[int]:
+    """Combine lines dropped by decoding (``outer``, block line indices) with lines then dropped by
+    parsing (``inner``, indices among the survivors) into block line indices, in one pass.
+
+    >>> _merge_gaps([1], [0, 1])
+    [0, 1, 2]
+    """
+    merged: list[int] = []
+    k = 0
+    for j in inner:
+        while k < len(outer) and outer[k] <= j + k:
+            merged.append(outer[k])
+            k += 1
+        merged.append(j + k)
+    merged.extend(outer[k:])
+    return merged
+
+
+def _line_start(chunk: memoryview, line_index: int) -> int:
+    """Offset within ``chunk`` where its ``line_index``-th line starts."""
+    data = bytes(chunk)
+    pos = 0
+    for _ in range(line_index):
+        pos = data.index(b"\n", pos) + 1
+    return pos
+
+
+def _skip_lines(stream: _Stream, count: int) -> int:
+    """Read past ``count`` newlines; return how many bytes that took."""
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    consumed = 0
+    while count:
+        n = stream.readinto(view)
+        if not n:
+            break
+        found = buf.count(b"\n", 0, n)
+        if found < count:
+            count, consumed = count - found, consumed + n
+            continue
+        pos = -1
+        for _ in range(count):
+            pos = buf.index(b"\n", pos + 1, n)
+        return consumed + pos + 1
+    return consumed
+
+
+__all__ = ["BLOCK_SIZE", "RecordBatch", "SplitReader", "open_split"]
