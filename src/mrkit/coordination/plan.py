@@ -112,7 +112,7 @@ def pickle_job(job: Job) -> bytes:
                           for s in ("mapper", "reducer", "combiner", "partitioner", "mapper_init",
                                     "mapper_final", "mapper_split")}
     for mod in modules:
-        if mod is None or mod.__name__ in ("__main__", "builtins") or mod.__name__.startswith("mrkit"):
+        if mod is None or mod.__name__ in ("__main__", "builtins", "mrkit") or mod.__name__.startswith("mrkit."):
             continue
         path = getattr(mod, "__file__", None) or ""
         if path and "site-packages" not in path and not path.startswith(sys.base_prefix):

@@ -20,33 +20,55 @@ Entry = tuple[bytes, Any, list[Any]]
 
 _LEN = struct.Struct("<I")
 FRAME_ENTRIES = 2048  # entries per frame: big enough to amortise pickling, small enough to stream
+FRAME_VALUES = 8192  # values per frame (and per entry of a hot key): bounds a reader's memory per run
 
 
-def write_run(f: BinaryIO, entries: Iterable[Entry], frame_entries: int = FRAME_ENTRIES) -> int:
+def write_run(f: BinaryIO, entries: Iterable[Entry], frame_entries: int = FRAME_ENTRIES,
+              frame_values: int = FRAME_VALUES) -> int:
     """Write sorted ``entries`` as one run of frames to ``f``; returns the bytes written.
+
+    A frame closes after ``frame_entries`` entries or ``frame_values`` values, and a key with more
+    values than that is cut into several consecutive entries, so that a reader holds at most about
+    one frame's worth of values per run however hot a key is.
 
     >>> import io; buf = io.BytesIO()
     >>> write_run(buf, [(b"sa", "a", [1, 2]), (b"sb", "b", [3])]) == len(buf.getvalue())
     True
     >>> list(read_run(io.BytesIO(buf.getvalue())))
     [(b'sa', 'a', [1, 2]), (b'sb', 'b', [3])]
+    >>> buf = io.BytesIO(); _ = write_run(buf, [(b"sk", "k", list(range(5)))], frame_values=2)
+    >>> list(read_run(io.BytesIO(buf.getvalue())))
+    [(b'sk', 'k', [0, 1]), (b'sk', 'k', [2, 3]), (b'sk', 'k', [4])]
     """
     written = 0
     batch: list[Entry] = []
+    n_values = 0
     dumps, pack = pickle.dumps, _LEN.pack
-    for entry in entries:
-        batch.append(entry)
-        if len(batch) >= frame_entries:
-            data = dumps(batch, protocol=5)
-            f.write(pack(len(data)))
-            f.write(data)
-            written += 4 + len(data)
-            batch = []
-    if batch:
+
+    def flush() -> int:
         data = dumps(batch, protocol=5)
         f.write(pack(len(data)))
         f.write(data)
-        written += 4 + len(data)
+        return 4 + len(data)
+
+    for entry in entries:
+        values = entry[2]
+        if len(values) > frame_values:
+            kb, key = entry[0], entry[1]
+            for lo in range(0, len(values), frame_values):
+                if batch:
+                    written += flush()
+                    batch, n_values = [], 0
+                batch.append((kb, key, values[lo : lo + frame_values]))
+                n_values = len(batch[-1][2])
+            continue
+        batch.append(entry)
+        n_values += len(values)
+        if len(batch) >= frame_entries or n_values >= frame_values:
+            written += flush()
+            batch, n_values = [], 0
+    if batch:
+        written += flush()
     return written
 
 

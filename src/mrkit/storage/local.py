@@ -138,6 +138,19 @@ class LocalStorage(Storage):
     def size(self, key: str) -> int:
         return os.stat(self.path(key)).st_size
 
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every key under ``prefix``, then the folders it leaves empty (up to the root)."""
+        count = super().delete_prefix(prefix)
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        folder = os.path.join(self.root, base) if base else self.root
+        for dirpath, _dirs, _files in os.walk(folder, topdown=False) if os.path.isdir(folder) else ():
+            _rmdir_quietly(dirpath, self.root)
+        while folder != self.root and folder.startswith(self.root + os.sep):
+            if os.path.isdir(folder) and not _rmdir_quietly(folder, self.root):
+                break
+            folder = os.path.dirname(folder)
+        return count
+
     def get(self, key: str) -> bytes:
         with open(self.path(key), "rb") as f:
             return f.read()
@@ -149,6 +162,17 @@ class LocalStorage(Storage):
             os.replace(self.path(src), dst_path)
             return
         super().move(src, dst, target=target)
+
+
+def _rmdir_quietly(path: str, root: str) -> bool:
+    """Remove ``path`` if it is an empty folder other than ``root``; True when removed."""
+    if path == root:
+        return False
+    try:
+        os.rmdir(path)
+        return True
+    except OSError:
+        return False
 
 
 def _same_device(a: str, b: str) -> bool:
