@@ -40,6 +40,7 @@ import multiprocessing.util  # imported before our atexit hook is registered, so
 import os
 import pickle
 import signal
+import struct
 import sys
 import threading
 import time
@@ -57,9 +58,9 @@ from mrkit.model.task import TaskFailure, TaskResult, TaskSpec
 
 DEFAULT_RUNNER = "mrkit.worker.runtime:run_task"
 
-# A task is sent ahead to a busy worker (prefetch) only when its pickle is at most this big. The
-# parent writes while holding its lock and the worker is not reading, so the message must fit in the
-# socket buffer (8 KiB on macOS, ~200 KiB on Linux); otherwise the write would block until the
+# Tasks are sent ahead to a busy worker (prefetch) only while their pickles add up to at most this.
+# The parent writes while holding its lock and the busy worker is not reading, so they must fit in
+# the socket buffer (8 KiB on macOS, ~200 KiB on Linux); otherwise the write would block until the
 # worker's current task ends -- and if that worker is itself blocked writing a large result back,
 # neither side would ever move.
 _PREFETCH_MAX_BYTES = 4096
@@ -89,6 +90,82 @@ def default_start_method() -> str:
     if sys.platform.startswith("linux") and "forkserver" in multiprocessing.get_all_start_methods():
         return "forkserver"
     return "spawn"
+
+
+# --------------------------------------------------------------------------------------------------
+# Framing
+#
+# Both ends read a pipe with one os.read() and split the bytes into messages themselves, instead of
+# Connection.recv_bytes() (two reads per message); the parent also writes several tasks in one
+# os.write(). Every system call releases and re-takes the GIL, which the submitting and waiting
+# threads of the driver also want, so with tiny tasks system calls are most of the parent's cost;
+# one read also collects several messages at once. The framing is the one Connection.send_bytes()
+# writes (a 4-byte big-endian signed length, or -1 and an 8-byte length), so either side may still
+# use the Connection methods. Windows pipes are handles, not file descriptors: there we do.
+_RAW_IO = sys.platform != "win32"
+_READ_SIZE = 1 << 18
+_SHORT_HEADER = struct.Struct("!i")
+_LONG_HEADER = struct.Struct("!Q")
+
+
+def _frame(data: bytes) -> bytes:
+    """``data`` with the length header Connection.send_bytes() would put before it."""
+    if len(data) > 0x7FFFFFFF:
+        return _SHORT_HEADER.pack(-1) + _LONG_HEADER.pack(len(data)) + data
+    return _SHORT_HEADER.pack(len(data)) + data
+
+
+def _send_all(conn: Connection, messages: list[bytes]) -> None:
+    """Send ``messages`` in order, with one write when possible."""
+    if not _RAW_IO or len(messages) == 1:
+        for data in messages:
+            conn.send_bytes(data)
+        return
+    view = memoryview(b"".join(_frame(data) for data in messages))
+    fd = conn.fileno()
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class _FrameReader:
+    """Reads whole messages from a Connection, as many as one read returns."""
+
+    __slots__ = ("conn", "fd", "buffer")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.fd = conn.fileno()
+        self.buffer = bytearray()  # bytes read that do not make a whole message yet
+
+    def read(self) -> list[bytes]:
+        """Read once (blocking only while the pipe is empty); return the whole messages so far.
+
+        Raises:
+            EOFError: the other end is closed.
+        """
+        if not _RAW_IO:
+            return [self.conn.recv_bytes()]
+        chunk = os.read(self.fd, _READ_SIZE)
+        if not chunk:
+            raise EOFError
+        buffer = self.buffer
+        buffer += chunk
+        frames: list[bytes] = []
+        pos, end = 0, len(buffer)
+        while end - pos >= 4:
+            (size,) = _SHORT_HEADER.unpack_from(buffer, pos)
+            start = pos + 4
+            if size == -1:  # over 2 GiB: -1, then an 8-byte length
+                if end - pos < 12:
+                    break
+                (size,) = _LONG_HEADER.unpack_from(buffer, start)
+                start += 8
+            if end - start < size:
+                break
+            frames.append(bytes(buffer[start:start + size]))
+            pos = start + size
+        del buffer[:pos]
+        return frames
 
 
 # --------------------------------------------------------------------------------------------------
@@ -154,13 +231,17 @@ def _worker_main(conn: Connection, runner: str, sys_path: list[str], environ: di
         conn.send_bytes(pickle.dumps(("error", traceback.format_exc())))
         return
     conn.send_bytes(pickle.dumps(("ready", pid)))
-    recv, send, loads, dumps = conn.recv_bytes, conn.send_bytes, pickle.loads, pickle.dumps
+    reader, send, loads, dumps = _FrameReader(conn), conn.send_bytes, pickle.loads, pickle.dumps
     protocol = pickle.HIGHEST_PROTOCOL
+    pending: deque[bytes] = deque()  # tasks read but not yet run (several arrive together)
     while True:
-        try:
-            data = recv()
-        except (EOFError, OSError):
-            return  # the driver is gone
+        if not pending:
+            try:
+                pending.extend(reader.read())
+            except (EOFError, OSError):
+                return  # the driver is gone
+            continue
+        data = pending.popleft()
         if data == _STOP:
             return
         spec = loads(data)
@@ -197,12 +278,13 @@ class _Item:
 class _Worker:
     """The parent's handle on one worker process."""
 
-    __slots__ = ("process", "conn", "pid", "label", "inflight", "ready", "head_since", "last_seconds",
-                 "kill_reason", "gone")
+    __slots__ = ("process", "conn", "reader", "pid", "label", "inflight", "ready", "head_since",
+                 "last_seconds", "kill_reason", "gone")
 
     def __init__(self, process: Any, conn: Connection) -> None:
         self.process = process
         self.conn = conn
+        self.reader = _FrameReader(conn)
         self.pid: int = process.pid
         self.label = f"pid:{process.pid}"
         self.inflight: deque[_Item] = deque()  # sent, in order; the head is the one running
@@ -255,7 +337,7 @@ class ProcessExecutor(Executor):
         task_timeout: float | None = None,
         start_method: str | None = None,
         runner: str = DEFAULT_RUNNER,
-        prefetch: int = 1,
+        prefetch: int = 4,
         shutdown_grace: float = 1.0,
     ) -> None:
         """Configure the executor; no process starts until the first submit or :meth:`warm_up`.
@@ -366,7 +448,7 @@ class ProcessExecutor(Executor):
                 # Straight to an idle worker from this thread: no hop through the dispatcher.
                 future.set_running_or_notify_cancel()
                 item.running = True
-                self._send_locked(self._idle.pop(), item)
+                self._send_locked(self._idle.pop(), [item])
             else:
                 self._queue.append(item)
         return future
@@ -463,30 +545,38 @@ class ProcessExecutor(Executor):
 
     # -- sending (lock held) ---------------------------------------------------------------------
 
-    def _send_locked(self, w: _Worker, item: _Item) -> None:
+    def _send_locked(self, w: _Worker, items: list[_Item]) -> None:
         if not w.inflight:
             w.head_since = time.monotonic()
-        w.inflight.append(item)
+        w.inflight.extend(items)
         try:
-            w.conn.send_bytes(item.data)
+            _send_all(w.conn, [item.data for item in items])
         except OSError:
-            pass  # the worker died; its sentinel fires and _on_exit() settles this item
+            pass  # the worker died; its sentinel fires and _on_exit() settles these items
 
     def _refill_locked(self, w: _Worker) -> None:
         """Send queued tasks to ``w``: one to run, plus ``prefetch`` small ones if its tasks are tiny."""
         queue = self._queue
+        batch: list[_Item] = []
+        n = len(w.inflight)
+        # Bytes sent ahead and probably still unread in the pipe: every in-flight task but the head.
+        ahead = sum(len(item.data) for item in w.inflight) - len(w.inflight[0].data) if n else 0
         while queue:
-            n = len(w.inflight)
             if n and (n > self.prefetch or w.last_seconds >= _PREFETCH_BELOW_SECONDS
-                      or len(queue[0].data) > _PREFETCH_MAX_BYTES):
+                      or ahead + len(queue[0].data) > _PREFETCH_MAX_BYTES):
                 break
             item = queue.popleft()
             if not item.running:
                 if not item.future.set_running_or_notify_cancel():
                     continue  # cancelled while queued: never sent
                 item.running = True
-            self._send_locked(w, item)
-        if not w.inflight:
+            if n:
+                ahead += len(item.data)
+            batch.append(item)
+            n += 1
+        if batch:
+            self._send_locked(w, batch)
+        elif not w.inflight:
             self._idle.append(w)
 
     def _wake_locked(self) -> None:
@@ -539,11 +629,12 @@ class ProcessExecutor(Executor):
                     continue
                 if obj is w.conn:
                     try:
-                        data = w.conn.recv_bytes()
+                        frames = w.reader.read()
                     except (EOFError, OSError):
                         self._on_exit(w)
                     else:
-                        self._on_message(w, data, refill=True)
+                        if frames:
+                            self._on_messages(w, frames, refill=True)
                 else:  # its sentinel: the process ended
                     self._on_exit(w)
 
@@ -578,30 +669,33 @@ class ProcessExecutor(Executor):
                     timeout = min(timeout, left)
         return timeout
 
-    def _on_message(self, w: _Worker, data: bytes, *, refill: bool) -> None:
+    def _on_messages(self, w: _Worker, frames: list[bytes], *, refill: bool) -> None:
         if not w.ready:
-            self._on_hello(w, data)
-            return
+            self._on_hello(w, frames[0])
+            frames = frames[1:]
+            if not frames:
+                return
         now = time.monotonic()
-        try:
-            result: TaskResult | None = pickle.loads(data)
-            error: BaseException | None = None
-        except Exception as exc:
-            result, error = None, exc
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        for data in frames:
+            try:
+                outcomes.append((pickle.loads(data), None))
+            except Exception as exc:
+                outcomes.append((None, exc))
         with self._lock:
-            if not w.inflight:
-                return  # nothing was expected (cannot happen with our worker loop)
-            item = w.inflight.popleft()
-            w.last_seconds = now - w.head_since
-            if w.inflight:
-                w.head_since = now
-            if refill and not w.gone:
-                self._refill_locked(w)
+            done = [w.inflight.popleft() for _ in range(min(len(outcomes), len(w.inflight)))]
+            if done:
+                w.last_seconds = (now - w.head_since) / len(done)
+                if w.inflight:
+                    w.head_since = now
+                if refill and not w.gone:
+                    self._refill_locked(w)
         # Outside the lock: callbacks run here and may call submit().
-        if error is not None:
-            item.future.set_exception(error)
-        else:
-            item.future.set_result(result)  # type: ignore[arg-type]
+        for item, (result, error) in zip(done, outcomes, strict=False):
+            if error is not None:
+                item.future.set_exception(error)
+            else:
+                item.future.set_result(result)
 
     def _on_hello(self, w: _Worker, data: bytes) -> None:
         kind, detail = pickle.loads(data)
@@ -618,9 +712,12 @@ class ProcessExecutor(Executor):
     def _on_exit(self, w: _Worker) -> None:
         """A worker's process ended (or closed its pipe): settle its attempts, start a replacement."""
         # Results it managed to send before dying still count.
+        # poll() first: read only what is there, even if a grandchild still holds the pipe open.
         try:
             while w.conn.poll():
-                self._on_message(w, w.conn.recv_bytes(), refill=False)
+                frames = w.reader.read()
+                if frames:
+                    self._on_messages(w, frames, refill=False)
         except (EOFError, OSError):
             pass
         w.process.join(timeout=2.0)
