@@ -456,7 +456,9 @@ def _line_chunks(
         if not aligned:  # skip the line that started before `start`: it belongs to the previous split
             i = buf.find(b"\n", max(start - 1 - base, scanned, lo), hi)
             if i < 0:
-                if eof:
+                # No newline in [start-1, end-1): no line starts in this split (it sits inside one long
+                # line); stop here rather than read on to that line's end.
+                if eof or (end is not None and base + hi >= end - 1):
                     return
                 lo = scanned = hi
                 continue
