@@ -1,6 +1,6 @@
 """Runner functions for the process executor's tests, importable in worker processes.
 
-A worker imports its runner by name (``"_process_targets:act"``), so these must live in a module,
+A worker imports its runner by name (``"tests._process_targets:act"``), so these must live in a module,
 not in the test file. ``act`` reads instructions from ``spec.call`` as JSON, so one runner can sleep,
 die, hang or report its hash salt, and tests stay readable::
 
@@ -10,6 +10,7 @@ die, hang or report its hash salt, and tests stay readable::
     {"exit": 3}                  os._exit(3): the worker dies
     {"hash": "text"}             counters["hash"] == hash("text") in this worker
     {"raise": "message"}         raise RuntimeError(message) (a runner should not; the executor copes)
+    {"output": 1000000}          return that many bytes in ``output`` (large results)
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def act(spec: TaskSpec, *, worker: str = "") -> TaskResult:
         counters["hash"] = hash(orders["hash"])
     if "value" in orders:
         counters["value"] = 2 * orders["value"]
-    return TaskResult(spec.task_id, spec.attempt, ok=True, counters=counters, worker=worker)
+    output = b"x" * orders.get("output", 0)
+    return TaskResult(spec.task_id, spec.attempt, ok=True, counters=counters, output=output, worker=worker)
 
 
 def tiny(spec: TaskSpec, *, worker: str = "") -> TaskResult:

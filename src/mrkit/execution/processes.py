@@ -10,8 +10,8 @@ The contract (:class:`ProcessExecutor`):
   every other future carries on. This is why neither standard pool is used: ``multiprocessing.Pool``
   never notices that a worker died and leaves its task's result pending forever, and
   ``concurrent.futures.ProcessPoolExecutor`` marks itself broken and fails *every* pending future.
-* Workers never outlive the driver: each one exits when its pipe reaches end-of-file or its parent
-  process changes (the driver, or the forkserver, died).
+* Workers never outlive the driver: a thread in each one waits on a "lifeline" pipe whose only write
+  end is in the driver, and exits the process as soon as the driver is gone, even mid-task.
 
 How it works: each worker is a long-lived process with its own duplex :func:`multiprocessing.Pipe`.
 The parent sends a pickled :class:`~mrkit.model.task.TaskSpec`; the worker calls the runner
@@ -71,8 +71,8 @@ _PREFETCH_BELOW_SECONDS = 0.005
 # A worker that dies before saying hello this many times in a row means workers cannot start at
 # all; stop replacing them instead of spinning.
 _MAX_STARTUP_FAILURES = 3
-# How often a worker checks that its parent is still there (while a task may be running).
-_PARENT_POLL_SECONDS = 0.5
+# How often a worker checks that its parent process is still the same (see _watch_driver).
+_PARENT_POLL_SECONDS = 1.0
 _STOP = b""  # parent -> worker: finish what you were sent, then exit
 
 
@@ -193,13 +193,21 @@ def _split_runner(target: str) -> tuple[str, str]:
     return module_name, attr
 
 
-def _watch_parent(parent_pid: int) -> None:
-    # Runs in a daemon thread of the worker. Pipe EOF already stops an idle worker when the driver
-    # dies; this also stops one stuck in a long or hung task. When the parent dies the worker is
-    # re-parented (to init or a subreaper), so getppid() changes. Under forkserver the parent is the
-    # fork server, which itself exits as soon as the driver dies.
+def _watch_driver(lifeline: Connection, parent_pid: int) -> None:
+    # Runs in a daemon thread of the worker, so that a worker stuck in a long or hung task still
+    # exits when the driver dies (an idle one also sees EOF on its task pipe). The lifeline is a
+    # pipe whose only write end is in the driver: when the driver dies, the kernel closes it and
+    # this read end reports EOF at once, whatever killed the driver. Watching getppid() alone is
+    # not enough: under forkserver a worker's parent is the fork server, and the fork server stays
+    # alive as long as any of its children does (each child holds its "alive" pipe), so neither
+    # would ever go. getppid() is still checked, as a second signal, for drivers that forked and
+    # left a copy of the lifeline's write end in some child.
     while True:
-        time.sleep(_PARENT_POLL_SECONDS)
+        try:
+            if wait([lifeline], _PARENT_POLL_SECONDS):
+                os._exit(70)  # EOF (or an error): the driver is gone; abandon the task
+        except OSError:
+            os._exit(70)
         if os.getppid() != parent_pid:
             os._exit(70)
 
@@ -211,7 +219,8 @@ def _crash_result(spec: TaskSpec, label: str, exc: BaseException) -> TaskResult:
     return TaskResult(spec.task_id, spec.attempt, ok=False, worker=label, failure=failure)
 
 
-def _worker_main(conn: Connection, runner: str, sys_path: list[str], environ: dict[str, str]) -> None:
+def _worker_main(conn: Connection, lifeline: Connection, runner: str, sys_path: list[str],
+                 environ: dict[str, str]) -> None:
     """Body of a worker process: say hello, then run tasks from ``conn`` until told to stop."""
     # Ctrl-C reaches the whole process group; the driver decides what happens to running tasks.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -221,7 +230,8 @@ def _worker_main(conn: Connection, runner: str, sys_path: list[str], environ: di
     if dict(os.environ) != environ:
         os.environ.clear()
         os.environ.update(environ)
-    watcher = threading.Thread(target=_watch_parent, args=(os.getppid(),), name="mrkit-watch", daemon=True)
+    watcher = threading.Thread(target=_watch_driver, args=(lifeline, os.getppid()), name="mrkit-watch",
+                               daemon=True)
     watcher.start()
     pid = os.getpid()
     label = f"pid:{pid}"
@@ -405,6 +415,8 @@ class ProcessExecutor(Executor):
         self._dispatcher: threading.Thread | None = None
         self._wake_r: Connection | None = None
         self._wake_w: Connection | None = None
+        self._lifeline_r: Connection | None = None
+        self._lifeline_w: Connection | None = None
         _LIVE.add(self)
 
     @classmethod
@@ -520,6 +532,9 @@ class ProcessExecutor(Executor):
         # after one fork; spawn: after fork+exec), and they import and say hello in parallel.
         self._started = True
         self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
+        # Every worker gets the read end; only this process ever holds the write end (spawn and
+        # forkserver pass a child only the descriptors in its arguments), see _watch_driver().
+        self._lifeline_r, self._lifeline_w = self._ctx.Pipe(duplex=False)
         for _ in range(self.workers):
             self._idle.append(self._start_worker_locked())
         self._ready_cv.notify_all()
@@ -533,7 +548,7 @@ class ProcessExecutor(Executor):
         # hook would join them.
         process = self._ctx.Process(  # type: ignore[attr-defined]
             target=_worker_main, name="mrkit-worker",
-            args=(child_conn, self.runner, list(sys.path), dict(os.environ)),
+            args=(child_conn, self._lifeline_r, self.runner, list(sys.path), dict(os.environ)),
         )
         process.start()
         # Only the child may hold its end: if the parent kept it, a dead child would never read as EOF.
@@ -596,10 +611,10 @@ class ProcessExecutor(Executor):
             raise
         finally:
             with self._lock:
-                for conn in (self._wake_r, self._wake_w):
+                for conn in (self._wake_r, self._wake_w, self._lifeline_r, self._lifeline_w):
                     if conn is not None:
                         conn.close()
-                self._wake_r = self._wake_w = None
+                self._wake_r = self._wake_w = self._lifeline_r = self._lifeline_w = None
 
     def _dispatch_loop(self) -> None:
         assert self._wake_r is not None
