@@ -113,9 +113,9 @@ def main(argv: list[str] | None = None) -> None:
     """``python examples/wordcount.py INPUT... [-o OUT]``: count the words of INPUT with ``mrkit.run``."""
     parser = argparse.ArgumentParser(description="Count the words of text files with mrkit.")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="text files, globs or folders")
-    parser.add_argument("-o", "--output", help="output folder (default: print word TAB count, most common first)")
+    parser.add_argument("-o", "--output", help="output folder (default: print word TAB count)")
     parser.add_argument("--job", choices=sorted(JOBS), default="WordCount", help="which variant to run")
-    parser.add_argument("--executor", default="processes", help="inline, processes (default), redis://..., http")
+    parser.add_argument("--executor", default="processes", help="inline, processes (default), redis://…")
     parser.add_argument("-N", "--n-map", type=int, default=None, help="number of map tasks")
     parser.add_argument("-M", "--n-reduce", type=int, default=None, help="number of reduce partitions")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing result in OUT")
