@@ -235,6 +235,13 @@ def test_latin1_encoding(tmp_path):
     assert list(open_split(InputSplit(path, options={"encoding": "latin-1"})).records()) == ["café", "naïve"]
 
 
+def test_utf8_sig_drops_the_bom_of_the_first_split_only(tmp_path):
+    data = "\ufeffa\nb\n".encode()
+    path = write(tmp_path / "a.txt", data)
+    splits = split_at(path, len(data), [2], options={"encoding": "utf-8-sig"})
+    assert read_splits(splits)[0] == ["a", "b"]
+
+
 # -- jsonl -----------------------------------------------------------------------------------------
 
 

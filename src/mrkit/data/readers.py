@@ -47,6 +47,7 @@ import itertools
 import json
 import lzma
 import pickle
+import weakref
 import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
@@ -96,6 +97,28 @@ class RecordBatch:
         return self._reader._locate(self._offset, _raw_index(i, self._gaps), self.first + i)
 
 
+def check_encoding(encoding: str) -> None:
+    """Refuse an encoding whose bytes are not ASCII where ASCII is (lines are found at ``b"\\n"``).
+
+    utf-8, utf-8-sig, latin-1, cp1252... pass; utf-16, utf-32 and EBCDIC code pages do not.
+
+    Raises:
+        ConfigError: naming the encoding and the fix.
+    """
+    probe = '\n\r,"{}az09 \t'
+    try:
+        compatible = probe.encode("ascii").decode(encoding) == probe
+    except LookupError:
+        raise ConfigError(f"unknown encoding {encoding!r}") from None
+    except UnicodeDecodeError:
+        compatible = False
+    if not compatible:
+        raise ConfigError(
+            f"encoding {encoding!r} is not ASCII-compatible; splits are cut and lines found at b'\\n', so "
+            "use utf-8, latin-1 or another ASCII superset (re-encode utf-16 or utf-32 input first)"
+        )
+
+
 def open_split(split: InputSplit, *, block_size: int = BLOCK_SIZE) -> SplitReader:
     """Open ``split`` for reading (nothing is read until iteration starts).
 
@@ -133,12 +156,7 @@ class SplitReader:
         if self._errors not in ERRORS:
             raise ConfigError(f"errors must be one of {', '.join(ERRORS)}, not {self._errors!r}")
         self._encoding: str = split.options.get("encoding", "utf-8")
-        try:
-            ascii_compatible = "\n\r".encode(self._encoding) == b"\n\r"
-        except LookupError:
-            raise ConfigError(f"unknown encoding {self._encoding!r} in {split.describe()}") from None
-        if not ascii_compatible:
-            raise ConfigError(f"encoding {self._encoding!r} is not ASCII-compatible; lines are cut at b'\\n'")
+        check_encoding(self._encoding)
         if block_size < 1:
             raise ConfigError(f"block_size must be a positive integer, not {block_size!r}")
         self.split = split
@@ -151,7 +169,8 @@ class SplitReader:
         self._url, self._key = split.uri.partition("#")[::2] if "://" in split.uri else ("", "")
         if "://" in split.uri and not self._key:
             raise ConfigError(f"split uri {split.uri!r} names a storage URL but no '#key'")
-        self._open_iterators: list[Iterator[Any]] = []
+        # Weak, so that dropping an iterator closes its file at once (generator finalisation).
+        self._open_iterators: weakref.WeakSet[Iterator[Any]] = weakref.WeakSet()
 
     # -- public iteration -----------------------------------------------------------------------
 
@@ -164,7 +183,7 @@ class SplitReader:
             MissingExtra: for ``.zst`` input without the ``zstandard`` package.
         """
         it = self._pickle_batches() if self.split.format == "pickle" else self._line_batches()
-        self._open_iterators.append(it)
+        self._open_iterators.add(it)
         return it
 
     def records(self) -> Iterator[Any]:
@@ -173,7 +192,7 @@ class SplitReader:
 
     def close(self) -> None:
         """Stop every iteration started by this reader and close its files."""
-        for it in self._open_iterators:
+        for it in list(self._open_iterators):
             it.close()  # type: ignore[attr-defined]
         self._open_iterators.clear()
 
@@ -525,13 +544,13 @@ class _RangedObject:
         self._continued = end is None
 
     def readinto(self, b: memoryview) -> int:
-        n = self._f.readinto(b)
+        n = _readinto(self._f, b)
         if not n and not self._continued:
             self._continued = True
             self._f.close()
             self._f = self._storage.open_read(self._key, self._end, -1)
-            n = self._f.readinto(b)
-        return n or 0
+            n = _readinto(self._f, b)
+        return n
 
     def close(self) -> None:
         self._f.close()
@@ -546,7 +565,7 @@ class _ZstdSource:
         except ImportError:
             raise MissingExtra("reading .zst input", "zstd", "zstandard") from None
         self._error = zstandard.ZstdError
-        self._reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        self._reader: Any = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
 
     def readinto(self, b: memoryview) -> int:
         try:
@@ -566,6 +585,15 @@ def _decompressor(compression: str, raw: BinaryIO) -> Any:
     if compression == "xz":
         return lzma.LZMAFile(raw, "rb")
     return _ZstdSource(raw)
+
+
+def _readinto(f: Any, b: memoryview) -> int:
+    """``f.readinto(b)``, for the storage backends' file objects that only have ``read``."""
+    if hasattr(f, "readinto"):
+        return f.readinto(b) or 0
+    data = f.read(len(b))
+    b[: len(data)] = data
+    return len(data)
 
 
 def _close_all(closers: list[Any]) -> None:
@@ -653,4 +681,4 @@ def _skip_lines(stream: _Stream, count: int) -> int:
     return consumed
 
 
-__all__ = ["BLOCK_SIZE", "RecordBatch", "SplitReader", "open_split"]
+__all__ = ["BLOCK_SIZE", "RecordBatch", "SplitReader", "check_encoding", "open_split"]

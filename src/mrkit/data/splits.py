@@ -23,13 +23,13 @@ bytes); compressed files (``.gz .bz2 .xz .zst``) are never cut and become one sp
 
 from __future__ import annotations
 
-import codecs
 import fnmatch
 import heapq
 import os
 from collections.abc import Iterator, Sequence
 from typing import Union
 
+from mrkit.data.readers import check_encoding
 from mrkit.errors import ConfigError, InputError
 from mrkit.model.task import InputSplit
 from mrkit.storage import open_storage
@@ -316,18 +316,7 @@ def _check_options(format: str, errors: str, encoding: str) -> None:
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
     if errors not in ERRORS:
         raise ConfigError(f"errors must be one of {', '.join(ERRORS)}, not {errors!r}")
-    try:
-        codecs.lookup(encoding)
-        ascii_compatible = '\n,"{}az09\r'.encode(encoding) == b'\n,"{}az09\r'
-    except (LookupError, TypeError):
-        raise ConfigError(f"unknown encoding {encoding!r}") from None
-    except UnicodeError:
-        ascii_compatible = False
-    if not ascii_compatible:
-        raise ConfigError(
-            f"encoding {encoding!r} is not ASCII-compatible; splits are cut at b'\\n' bytes, so use "
-            "utf-8, latin-1 or another ASCII superset (re-encode utf-16 input first)"
-        )
+    check_encoding(encoding)
 
 
 def _compression(uri: str) -> str:
