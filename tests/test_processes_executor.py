@@ -221,7 +221,8 @@ def test_a_sigkilled_worker_fails_only_its_task_and_is_replaced(
 
 def test_a_worker_that_exits_reports_its_exit_code(make_executor: MakeExecutor) -> None:
     executor = make_executor(workers=1)
-    with pytest.raises(WorkerLost, match=r"task reduce-00001 attempt 1 lost: worker pid:\d+ exited with code 3"):
+    expected = r"task reduce-00001 attempt 1 lost: worker pid:\d+ exited with code 3"
+    with pytest.raises(WorkerLost, match=expected):
         executor.submit(task("reduce-00001", exit=3)).result(timeout=10)
     assert executor.submit(task("call-1", value=1)).result(timeout=10).ok
 
@@ -358,6 +359,51 @@ def test_workers_exit_when_the_driver_is_killed(start_method: str, tmp_path: Pat
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_a_driver_that_exits_without_shutdown_exits_promptly(tmp_path: Path) -> None:
+    # The atexit hook stops the workers (a busy one is killed after shutdown_grace) before
+    # multiprocessing's own exit hook joins them, which would otherwise wait for ever.
+    driver = tmp_path / "driver.py"
+    driver.write_text(textwrap.dedent(f"""
+        import json
+        from mrkit.execution.processes import ProcessExecutor
+        from mrkit.model.task import TaskKind, TaskSpec
+
+        if __name__ == "__main__":
+            executor = ProcessExecutor(workers=2, runner={RUNNER!r}, shutdown_grace=0.2)
+            orders = json.dumps({{"pidfile": {str(tmp_path / "busy")!r}, "sleep": 60}}).encode()
+            executor.submit(TaskSpec("job", "busy", TaskKind.CALL, call=orders))
+            executor.warm_up()
+            import os, time
+            while not os.path.exists({str(tmp_path / "busy")!r}):
+                time.sleep(0.01)
+            print(json.dumps(executor.worker_pids()), flush=True)
+    """))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, str(driver)], capture_output=True, text=True, env=env, timeout=15)
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - started < 8
+    pids = json.loads(proc.stdout)
+    wait_until(lambda: not any(alive(pid) for pid in pids), 3.0, "workers to exit with the driver")
+
+
+def test_many_threads_may_submit_at_once(make_executor: MakeExecutor) -> None:
+    executor = make_executor(workers=2)
+    futures: dict[int, Future[TaskResult]] = {}
+
+    def submit_range(start: int) -> None:
+        for i in range(start, start + 150):
+            futures[i] = executor.submit(task(f"call-{i}", value=i))
+
+    threads = [threading.Thread(target=submit_range, args=(k * 150,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    values = {i: f.result(timeout=20).counters["value"] for i, f in futures.items()}
+    assert values == {i: 2 * i for i in range(600)}
 
 
 # -- hash salts -------------------------------------------------------------------------------------------
