@@ -36,7 +36,7 @@ if __name__ == "__main__":
 
     results = futures.map(product, a, b)
     total = functools.reduce(add, results)
-    print("Sum of the products equals %d" % total)
+    print(f"Sum of the products equals {total}")
 
     total = futures.map_reduce(product, add, a, b)
-    print("Sum of the products equals %d" % total)
+    print(f"Sum of the products equals {total}")
