@@ -324,7 +324,7 @@ class _Feed:
             self.fixed = max(1, -(-min(lengths) // (4 * max(1, workers))))
         else:
             self.fixed = 0
-        self.size = 1  # adaptive: the last chunk's size
+        self.done_size = 0  # adaptive: the largest chunk that has finished
         self.per_item: float | None = None  # adaptive: seconds per item measured in a worker
         self.taken = 0
         self.exhausted = False
@@ -344,15 +344,17 @@ class _Feed:
         return first, items
 
     def _next_size(self) -> int:
-        size = 2 * self.size if self.taken else 1
+        # At most twice the largest *finished* chunk: growth follows results, so a consumer that
+        # wants five items of an infinite input does not pull thousands while the first is running.
+        size = 2 * self.done_size
         if self.per_item:
             size = min(size, int(_TARGET_SECONDS / self.per_item))
-        self.size = max(1, min(size, _MAX_CHUNK))
-        return self.size
+        return max(1, min(size, _MAX_CHUNK))
 
     def observe(self, chunk: _Chunk) -> None:
-        """Learn the time per item from a finished chunk (adaptive sizing only)."""
+        """Learn from a finished chunk (adaptive sizing only): its size, and its time per item."""
         if not self.fixed and chunk.result is not None and chunk.count:
+            self.done_size = max(self.done_size, chunk.count)
             self.per_item = chunk.result.seconds / chunk.count
 
 
@@ -363,8 +365,10 @@ def _pump(call: _Call, feed: _Feed, ordered: bool) -> Iterator[_Chunk]:
     the consumer stops early (a closed generator), so an abandoned ``map`` leaves no queued work.
     """
     workers = max(1, call.executor.workers)
-    # Twice the workers in flight keeps every worker busy while the caller is between next()
-    # calls; results held for an ordered consumer waiting on a slow head are capped at twice that.
+    # Four chunks per worker in flight: with the default chunk size that is a whole sized input, sent
+    # at once as Pool.map does (one round trip per chunk would idle the workers), and it keeps
+    # every worker busy while the caller is between next() calls. Finished chunks held for an
+    # ordered consumer that waits on a slow head are capped at twice that.
     max_running, max_pending = 4 * workers, 8 * workers
     pending: deque[_Chunk] = deque()
 
@@ -386,7 +390,8 @@ def _pump(call: _Call, feed: _Feed, ordered: bool) -> Iterator[_Chunk]:
             ready = [c for c in ((pending[0],) if ordered else pending) if c.settled()]
             if not ready:
                 for c in pending:
-                    c.settled()  # resubmits lost chunks early; settled ones are kept for their turn
+                    if c.settled():  # (resubmits lost chunks early) settled ones wait for their turn
+                        feed.observe(c)
                 waiting = [c.future for c in pending if not c.future.done()]
                 if waiting:
                     wait(waiting, return_when=FIRST_COMPLETED)
