@@ -354,3 +354,13 @@ def test_compressed_files_are_planned_without_reading(tmp_path):
     f = write(tmp_path / "a.txt.bz2", bz2.compress(b"a\n" * 10))
     [split] = plan_splits(str(f), 5, min_split_bytes=1)
     assert (split.length, split.compression) == (-1, "bz2")
+
+
+def test_doctests():
+    import doctest
+
+    import mrkit.data.readers
+    import mrkit.data.splits
+
+    for module in (mrkit.data.splits, mrkit.data.readers):
+        assert doctest.testmod(module).failed == 0

@@ -15,10 +15,13 @@ What an input may be:
     s3://bucket/prefix/          :meth:`mrkit.storage.Storage.list`, same rules as local paths
 
 Like Hadoop, files and folders whose names start with ``.`` or ``_`` (``_SUCCESS``, ``.crc``) are
-skipped inside folders and glob matches, unless the glob's own last component starts with that
-character. The same file named twice is read once. Empty files are dropped (a split never has zero
-bytes); compressed files (``.gz .bz2 .xz .zst``) are never cut and become one split with
-``length=-1``.
+skipped inside folders and by wildcards, unless the pattern segment that matches them starts with
+the same character (``out/_*`` does list ``_SUCCESS``). Storage keys are matched segment by segment
+with :func:`fnmatch.fnmatchcase`, so ``*`` never crosses a ``/`` there either.
+
+The same file named twice is read once. Empty files are dropped (a split never has zero bytes);
+compressed files (``.gz .bz2 .xz .zst``) are never cut and become one split with ``length=-1``.
+Local files come back as absolute paths, objects as ``"<storage-url>#<key>"``.
 """
 
 from __future__ import annotations
