@@ -240,6 +240,16 @@ def test_tasks_sent_ahead_to_a_dying_worker_run_elsewhere(make_executor: MakeExe
     assert [f.result(timeout=10).counters["value"] for f in after] == [2 * i for i in range(10)]
 
 
+def test_ctrl_c_does_not_kill_workers(make_executor: MakeExecutor, tmp_path: Path) -> None:
+    # SIGINT reaches the whole process group on Ctrl-C; the driver, not each worker, decides.
+    executor = make_executor(workers=1)
+    running = executor.submit(task("call-1", pidfile=str(tmp_path / "running"), sleep=0.4, value=1))
+    pid = read_pid(tmp_path / "running")
+    os.kill(pid, signal.SIGINT)
+    assert running.result(timeout=8).counters["value"] == 2
+    assert executor.worker_pids() == [pid]
+
+
 def test_task_timeout_kills_a_hung_task(make_executor: MakeExecutor, tmp_path: Path) -> None:
     executor = make_executor(workers=1, task_timeout=0.5)
     executor.warm_up()

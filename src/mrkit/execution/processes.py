@@ -228,11 +228,17 @@ def _crash_result(spec: TaskSpec, label: str, exc: BaseException) -> TaskResult:
     return TaskResult(spec.task_id, spec.attempt, ok=False, worker=label, failure=failure)
 
 
+def _ignore_signal(signum: int, frame: object) -> None:
+    pass
+
+
 def _worker_main(conn: Connection, lifeline: Connection, runner: str, sys_path: list[str],
                  environ: dict[str, str]) -> None:
     """Body of a worker process: say hello, then run tasks from ``conn`` until told to stop."""
     # Ctrl-C reaches the whole process group; the driver decides what happens to running tasks.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A no-op handler rather than SIG_IGN: an ignored signal stays ignored across exec, so programs
+    # a task runs (subprocess) could not be interrupted; a handler is reset to the default there.
+    signal.signal(signal.SIGINT, _ignore_signal)
     # A forkserver child inherits the server's sys.path and environment, captured when the server
     # started (first use in this driver); use the driver's current ones, as spawn would.
     sys.path[:] = sys_path
