@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import hashlib
 import json
 import math
@@ -40,7 +39,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +57,7 @@ from mrkit import corpus  # noqa: E402
 
 N_FILES = 8
 TINY_TASKS = 10_000
+MAPS_PER_SAMPLE = 5
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -200,28 +200,42 @@ _COLD_SCRIPT = """
 import sys, time
 sys.path[:0] = {paths!r}
 import workloads
-started = time.perf_counter()
 if {use_mrkit!r}:
     from mrkit import futures
+    started = time.perf_counter()
+    futures.set_executor("processes", workers={workers})
     out = list(futures.map(workloads.tiny, range({n})))
+    futures.shutdown()
 else:
     import multiprocessing
+    started = time.perf_counter()
     with multiprocessing.Pool({workers}) as pool:
         out = pool.map(workloads.tiny, range({n}))
+seconds = time.perf_counter() - started
 assert out == [workloads.tiny(x) for x in range({n})]
-print(time.perf_counter() - started)
+print(seconds)
 """
 
 
 def _cold(use_mrkit: bool, workers: int) -> float:
-    """Seconds for the first ``map`` of a fresh process, pool start-up included."""
+    """Seconds for the first ``map`` of a fresh process, pool start-up and shutdown included."""
     paths = [str(HERE)] + ([str(ROOT / "src")] if (ROOT / "src" / "mrkit").is_dir() else [])
     code = _COLD_SCRIPT.format(paths=paths, use_mrkit=use_mrkit, n=TINY_TASKS, workers=workers)
-    env = dict(os.environ, MRKIT_WORKERS=str(workers))
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(f"cold tiny-task run failed:\n{done.stderr}")
     return float(done.stdout.split()[-1])
+
+
+def _per_map(map_fn: Callable[[Callable[[int], int], range], Any]) -> Callable[[], dict[Any, Any]]:
+    """A timed sample: ``MAPS_PER_SAMPLE`` maps of ``TINY_TASKS`` tasks (one map is a few ms)."""
+
+    def sample() -> dict[Any, Any]:
+        for _ in range(MAPS_PER_SAMPLE - 1):
+            list(map_fn(workloads.tiny, range(TINY_TASKS)))
+        return dict(enumerate(map_fn(workloads.tiny, range(TINY_TASKS))))
+
+    return sample
 
 
 def tiny_tasks(repeat: int, workers: int) -> Outcome:
@@ -232,35 +246,19 @@ def tiny_tasks(repeat: int, workers: int) -> Outcome:
         out = Outcome("futures", 1.5)
         out.note = "mrkit.futures is not available yet"
         return out
-    expected = [workloads.tiny(x) for x in range(TINY_TASKS)]
-    with multiprocessing.Pool(workers) as pool, configured_futures(futures, workers):
+    with multiprocessing.Pool(workers) as pool, futures.using("processes", workers=workers):
         pool.map(workloads.tiny, range(100))  # warm: workers started, function imported
         list(futures.map(workloads.tiny, range(100)))
-        out = race("futures", 1.5, 0.0, repeat,
-                   lambda: dict(enumerate(futures.map(workloads.tiny, range(TINY_TASKS)))),
-                   lambda: dict(enumerate(pool.map(workloads.tiny, range(TINY_TASKS)))))
-    if out.same and list(dict(enumerate(expected)).values()) != expected:
-        out.same = False
+        out = race("futures", 1.5, 0.0, repeat, _per_map(futures.map), _per_map(pool.map))
+    out.mrkit_s = [s / MAPS_PER_SAMPLE for s in out.mrkit_s]
+    out.base_s = [s / MAPS_PER_SAMPLE for s in out.base_s]
+    expected = {i: workloads.tiny(i) for i in range(TINY_TASKS)}
+    if out.same and _per_map(map)() != expected:
+        out.same, out.note = False, "wrong values"
     cold_m, cold_b = _cold(True, workers), _cold(False, workers)
     out.extra = {"cold_mrkit_s": cold_m, "cold_baseline_s": cold_b}
-    out.note = f"cold: mrkit {cold_m:.2f}s, baseline {cold_b:.2f}s, ratio {cold_m / cold_b:.2f}"
+    out.note = f"cold: mrkit {cold_m:.3f}s, baseline {cold_b:.3f}s, ratio {cold_m / cold_b:.2f}"
     return out
-
-
-@contextlib.contextmanager
-def configured_futures(futures: Any, workers: int) -> Iterator[None]:
-    """Set ``mrkit.futures`` up for ``workers`` processes (``MRKIT_WORKERS``, or ``configure`` if
-    it has one), and shut its pool down afterwards (``shutdown`` if it has one)."""
-    os.environ["MRKIT_WORKERS"] = str(workers)
-    configure = getattr(futures, "configure", None)
-    if configure is not None:
-        configure(workers=workers)
-    try:
-        yield
-    finally:
-        shutdown = getattr(futures, "shutdown", None)
-        if shutdown is not None:
-            shutdown()
 
 
 # -- 1 GB vs 100 MB ------------------------------------------------------------------------------
