@@ -331,3 +331,19 @@ def test_named_executors_are_opened_once_and_shut_down():
     assert futures._Defaults.named["inline"] is first
     futures.shutdown()
     assert futures._Defaults.named == {}
+
+
+def test_values_sent_to_workers_survive_pickling():
+    import pickle
+
+    import cloudpickle
+
+    scale = 3
+    for program, args in [(futures._MapChunk(lambda x: x * scale), ([(1,), (2,)],)),
+                          (futures._ReduceChunk(lambda x: x * scale, operator.add), ([(1,), (2,)],)),
+                          (futures._Fold(operator.add), ([1, 2, 3],))]:
+        again = pickle.loads(cloudpickle.dumps(program))
+        assert again(*args)[1] is None
+    error = pickle.loads(pickle.dumps(futures.CallFailed("boom", job_id="futures-1", remote_traceback="tb")))
+    assert type(error) is futures.CallFailed and (str(error), error.remote_traceback) == ("boom", "tb")
+    assert "tb" in str(pickle.loads(pickle.dumps(futures.RemoteTraceback("tb"))))
