@@ -15,6 +15,7 @@ Run it::
     python examples/wordcount.py INPUT... -o OUT [--job WordCountSplit] [--executor inline]
     mrkit run examples/wordcount.py:WordCount INPUT... -o OUT
     mrkit run examples/wordcount.py:job INPUT...            # no -o: prints word TAB count
+    python examples/wordcount.py INPUT... --top 10          # no -o: the 10 most common words
 
 INPUT is a text file, a glob or a folder (``.gz``/``.bz2``/``.xz`` read transparently).
 """
@@ -118,12 +119,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--executor", default="processes", help="inline, processes (default), redis://…")
     parser.add_argument("-N", "--n-map", type=int, default=None, help="number of map tasks")
     parser.add_argument("-M", "--n-reduce", type=int, default=None, help="number of reduce partitions")
+    parser.add_argument("--top", type=int, default=None, help="without -o: print only the N most common")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing result in OUT")
     args = parser.parse_args(argv)
     result = mrkit.run(JOBS[args.job], args.inputs, output=args.output, executor=args.executor,
                        n_map=args.n_map, n_reduce=args.n_reduce, overwrite=args.overwrite)
     if args.output is None:
-        for word, count in sorted(result, key=lambda kv: (-kv[1], kv[0])):
+        for word, count in sorted(result, key=lambda kv: (-kv[1], kv[0]))[: args.top]:
             print(f"{word}\t{count}")
 
 
