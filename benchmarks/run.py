@@ -81,7 +81,7 @@ def cached_data(data_dir: Path, kind: str, size_mb: float) -> list[str]:
     """
     folder = data_dir / f"{kind}-{size_mb:g}mb"
     marker = folder / ".complete"
-    stamp = json.dumps({"kind": kind, "size_mb": size_mb, "files": N_FILES, "seed": 0,
+    stamp = json.dumps({"kind": kind, "size_mb": float(size_mb), "files": N_FILES, "seed": 0,
                         "generator": _generator_digest()})
     if marker.exists() and marker.read_text() == stamp:
         return sorted(str(p) for p in folder.iterdir() if not p.name.startswith("."))
