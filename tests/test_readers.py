@@ -5,6 +5,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import hashlib
+import io
 import json
 import lzma
 import pickle
@@ -17,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import mrkit.storage
 from mrkit.data.readers import open_split
 from mrkit.data.splits import plan_splits
 from mrkit.errors import ConfigError, InputError
@@ -415,6 +417,54 @@ def test_missing_inputs(tmp_path, store):
         list(open_split(InputSplit(str(tmp_path / "gone.txt"), index=4)).records())
     with pytest.raises(InputError, match=r"input memory://.*#nope of split 0 does not exist"):
         list(open_split(InputSplit(f"{store.url}#nope")).records())
+
+
+class _DroppingFile(io.RawIOBase):
+    """Delivers a few bytes, then fails like a dropped connection."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data[: len(data) // 2]
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if not self._data:
+            raise ConnectionResetError("connection reset by peer")
+        n = min(len(b), len(self._data), 10)
+        b[:n], self._data = self._data[:n], self._data[n:]
+        return n
+
+
+class FlakyStorage(MemoryStorage):
+    """A storage backend whose reads break off midway (a real backend, plugged in by URL)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.url = f"flaky://{name}"
+
+    @classmethod
+    def from_url(cls, url: str) -> FlakyStorage:
+        return cls(url.split("://", 1)[1])
+
+    def open_read(self, key: str, start: int = 0, length: int = -1):
+        with super().open_read(key, start, length) as f:
+            return io.BufferedReader(_DroppingFile(f.read()), 4)
+
+
+@pytest.mark.parametrize("name", ["a.txt", "a.txt.gz"])
+def test_storage_failures_stay_retryable(monkeypatch, name):
+    """A dropped connection is not a bad input: it surfaces as itself (retried), not as InputError."""
+    monkeypatch.setitem(mrkit.storage.BACKENDS, "flaky", f"{__name__}:FlakyStorage")
+    storage = FlakyStorage(f"flaky-{uuid.uuid4().hex[:8]}")
+    try:
+        data = b"some line\n" * 100
+        storage.put(name, gzip.compress(data) if name.endswith(".gz") else data)
+        [split] = plan_splits(f"flaky://{storage.name}/{name}", 1)
+        with pytest.raises(ConnectionResetError):
+            list(open_split(split).records())
+    finally:
+        storage.drop()
 
 
 # -- pickle ----------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ import pickle
 import weakref
 import zlib
 from collections.abc import Iterator, Sequence
-from typing import Any, BinaryIO
+from typing import Any
 
 from mrkit.errors import ConfigError, InputError, MissingExtra
 from mrkit.model.task import InputSplit
@@ -64,6 +64,16 @@ ERRORS = ("strict", "replace", "skip")
 
 _CONTINUE = 1 << 16  # read size past the split's end, while finishing its last line
 _READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)  # what a broken file or stream raises
+
+
+class _StorageFailed(Exception):
+    """Carries an ``OSError`` of a storage backend (a dropped connection...) out through the
+    decompressors, so that it is re-raised as itself, which the runtime retries, instead of becoming
+    an :class:`InputError` (a bad input, which fails the same way on every attempt)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class RecordBatch:
@@ -223,6 +233,8 @@ class SplitReader:
                 del chunk  # the buffer is reused as soon as the next block is read
                 yield RecordBatch(records, first, self, off, gaps)
                 first += len(records)
+        except _StorageFailed as exc:
+            raise exc.error from None
         except _READ_ERRORS as exc:
             raise InputError(
                 f"cannot read {self._where()}: {exc}; the input may be truncated or corrupt"
@@ -383,9 +395,10 @@ class SplitReader:
         """
         split = self.split
         closers: list[Any] = []
+        opened = False  # past opening: errors now come from reading (or decompressing) the data
         try:
             if not self._url:
-                raw: BinaryIO = open(split.uri, "rb", buffering=0)  # noqa: SIM115 - closed by _Stream
+                raw: Any = open(split.uri, "rb", buffering=0)  # noqa: SIM115 - closed by _Stream
                 closers.append(raw)
                 if not split.compression:
                     raw.seek(pos)
@@ -396,8 +409,9 @@ class SplitReader:
                 if not split.compression:
                     end = None if split.length < 0 else split.start + split.length
                     return _Stream(_RangedObject(storage, self._key, pos, end), closers)
-                raw = storage.open_read(self._key)
+                raw = _StorageFile(storage.open_read(self._key))
                 closers.append(raw)
+            opened = True
             stream = _Stream(_decompressor(split.compression, raw), closers)
             closers = stream._closers
             stream.discard(pos)  # a compressed stream can only be entered from its beginning
@@ -405,8 +419,13 @@ class SplitReader:
         except FileNotFoundError:
             _close_all(closers)
             raise InputError(f"input {split.uri} of split {split.index} does not exist") from None
+        except _StorageFailed as exc:
+            _close_all(closers)
+            raise exc.error from None
         except _READ_ERRORS as exc:
             _close_all(closers)
+            if self._url and not opened:
+                raise  # the storage backend failed, perhaps for a moment: let the runtime retry
             raise InputError(f"cannot open {self._where()}: {exc}") from exc
         except BaseException:
             _close_all(closers)
@@ -419,7 +438,7 @@ class SplitReader:
         try:
             with self._open_stream(offset) as stream:
                 byte = offset + _skip_lines(stream, line_index)
-        except (InputError, *_READ_ERRORS):
+        except (InputError, _StorageFailed, *_READ_ERRORS):
             return where
         return f"{where} ({self._byte_label(byte)})"
 
@@ -544,13 +563,41 @@ class _RangedObject:
         self._continued = end is None
 
     def readinto(self, b: memoryview) -> int:
-        n = _readinto(self._f, b)
-        if not n and not self._continued:
-            self._continued = True
-            self._f.close()
-            self._f = self._storage.open_read(self._key, self._end, -1)
+        try:
             n = _readinto(self._f, b)
+            if not n and not self._continued:
+                self._continued = True
+                self._f.close()
+                self._f = self._storage.open_read(self._key, self._end, -1)
+                n = _readinto(self._f, b)
+        except OSError as exc:
+            raise _StorageFailed(exc) from exc
         return n
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class _StorageFile:
+    """A stored object's file, read by a decompressor; its errors become :class:`_StorageFailed`."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return bytes(self._f.read(n))
+        except OSError as exc:
+            raise _StorageFailed(exc) from exc
+
+    def readinto(self, b: memoryview) -> int:
+        try:
+            return _readinto(self._f, b)
+        except OSError as exc:
+            raise _StorageFailed(exc) from exc
 
     def close(self) -> None:
         self._f.close()
@@ -559,7 +606,7 @@ class _RangedObject:
 class _ZstdSource:
     """``zstandard``'s stream reader, with its errors turned into ``OSError`` like the others'."""
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: Any) -> None:
         try:
             import zstandard  # optional: imported only when a .zst split is read (STYLE 9)
         except ImportError:
@@ -577,7 +624,7 @@ class _ZstdSource:
         self._reader.close()
 
 
-def _decompressor(compression: str, raw: BinaryIO) -> Any:
+def _decompressor(compression: str, raw: Any) -> Any:
     if compression == "gz":
         return gzip.GzipFile(fileobj=raw, mode="rb")
     if compression == "bz2":
