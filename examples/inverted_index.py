@@ -54,7 +54,7 @@ class InvertedIndex(mrkit.Job):
             yield word, doc
 
     def reducer(self, word: str, docs: Iterable[DocId]) -> list[DocId]:
-        return sorted(set(docs))  # type: ignore[type-var]
+        return sorted(set(docs))
 
 
 def main(argv: list[str] | None = None) -> None:

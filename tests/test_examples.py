@@ -181,7 +181,7 @@ def test_montecarlo_pi_matches_reference_for_any_split(executor: str, workers: i
 def test_montecarlo_pi_refuses_bare_numbers() -> None:
     job = load_example("montecarlo_pi").MonteCarloPi()
     with pytest.raises(ValueError, match=r"\[index, points\]"):
-        list(job.mapper(100_000))  # type: ignore[arg-type]
+        list(job.mapper(100_000))
 
 
 def test_montecarlo_pi_job_file(tmp_path: Path) -> None:
