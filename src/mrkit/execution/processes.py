@@ -257,6 +257,7 @@ def _worker_main(conn: Connection, lifeline: Connection, runner: str, sys_path: 
         return
     conn.send_bytes(pickle.dumps(("ready", pid)))
     reader, send, loads, dumps = _FrameReader(conn), conn.send_bytes, pickle.loads, pickle.dumps
+    perf_counter = time.perf_counter
     protocol = pickle.HIGHEST_PROTOCOL
     pending: deque[bytes] = deque()  # tasks read but not yet run (several arrive together)
     while True:
@@ -270,14 +271,18 @@ def _worker_main(conn: Connection, lifeline: Connection, runner: str, sys_path: 
         if data == _STOP:
             return
         spec = loads(data)
+        started = perf_counter()
         try:
             result = run(spec, worker=label)
         except Exception as exc:  # SystemExit and friends end the worker; the parent reports it
             result = _crash_result(spec, label, exc)
+        # The worker times its own tasks: the parent's clock also counts its own delays, which grow
+        # under load, and would switch prefetch off exactly when it helps most.
+        seconds = perf_counter() - started
         try:
-            payload = dumps(result, protocol)
+            payload = dumps((seconds, result), protocol)
         except Exception as exc:
-            payload = dumps(_crash_result(spec, label, exc), protocol)
+            payload = dumps((seconds, _crash_result(spec, label, exc)), protocol)
         try:
             send(payload)
         except OSError:
@@ -315,7 +320,7 @@ class _Worker:
         self.inflight: deque[_Item] = deque()  # sent, in order; the head is the one running
         self.ready = False  # its hello arrived
         self.head_since = 0.0  # when the head of `inflight` started (as far as the parent can tell)
-        self.last_seconds = float("inf")  # duration of its last task, for the prefetch decision
+        self.last_seconds = float("inf")  # its slowest task of the last batch, for the prefetch decision
         self.kill_reason = ""  # why the parent killed it, when it did
         self.gone = False
 
@@ -705,19 +710,23 @@ class ProcessExecutor(Executor):
             frames = frames[1:]
             if not frames:
                 return
-        now = time.monotonic()
         outcomes: list[tuple[Any, BaseException | None]] = []
+        slowest = 0.0
         for data in frames:
             try:
-                outcomes.append((pickle.loads(data), None))
+                seconds, result = pickle.loads(data)
             except Exception as exc:
                 outcomes.append((None, exc))
+                slowest = float("inf")
+            else:
+                outcomes.append((result, None))
+                slowest = max(slowest, seconds)
         with self._lock:
             done = [w.inflight.popleft() for _ in range(min(len(outcomes), len(w.inflight)))]
             if done:
-                w.last_seconds = (now - w.head_since) / len(done)
+                w.last_seconds = slowest
                 if w.inflight:
-                    w.head_since = now
+                    w.head_since = time.monotonic()
                 if refill and not w.gone:
                     self._refill_locked(w)
         # Outside the lock: callbacks run here and may call submit().
