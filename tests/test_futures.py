@@ -339,8 +339,11 @@ def test_values_sent_to_workers_survive_pickling():
     import cloudpickle
 
     scale = 3
-    for program, args in [(futures._MapChunk(lambda x: x * scale), ([(1,), (2,)],)),
-                          (futures._ReduceChunk(lambda x: x * scale, operator.add), ([(1,), (2,)],)),
+    times = lambda x: x * scale  # noqa: E731 - a closure, as users write them
+    for program, args in [(futures._MapChunk(times, star=True), ([(1,), (2,)],)),
+                          (futures._MapChunk(times, star=False), ([1, 2],)),
+                          (futures._ReduceChunk(times, operator.add, star=True), ([(1,), (2,)],)),
+                          (futures._ReduceChunk(times, operator.add, star=False), ([1, 2],)),
                           (futures._Fold(operator.add), ([1, 2, 3],))]:
         again = pickle.loads(cloudpickle.dumps(program))
         assert again(*args)[1] is None

@@ -36,6 +36,7 @@ Not thread-safe in one respect: the default executor is one per process, not per
 from __future__ import annotations
 
 import atexit
+import builtins
 import contextlib
 import functools
 import hashlib
@@ -118,12 +119,17 @@ def _failure(index: int, stage: str, exc: BaseException) -> tuple[Any, ...]:
 
 
 class _MapChunk:
-    """Apply ``fn`` to every argument tuple of a chunk, stopping at the first exception."""
+    """Apply ``fn`` to every item of a chunk, stopping at the first exception.
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
+    Items are argument tuples when ``star`` (several iterables, or submit), else single arguments:
+    a flat list pickles about three times faster than a list of 1-tuples.
+    """
+
+    def __init__(self, fn: Callable[..., Any], *, star: bool) -> None:
         self.fn = fn
+        self.star = star
 
-    def __call__(self, items: list[tuple[Any, ...]], kwargs: dict[str, Any] | None = None) -> tuple[Any, ...]:
+    def __call__(self, items: list[Any], kwargs: dict[str, Any] | None = None) -> tuple[Any, ...]:
         out: list[Any] = []
         try:
             if kwargs:
@@ -131,29 +137,31 @@ class _MapChunk:
                 for args in items:
                     out.append(fn(*args, **kwargs))
             else:
-                # starmap loops in C; list.extend keeps what was appended before an exception, so
-                # len(out) is the index of the failing item.
-                out.extend(itertools.starmap(self.fn, items))
+                # map and starmap loop in C; list.extend keeps what was appended before an
+                # exception, so len(out) is the index of the failing item.
+                out.extend(itertools.starmap(self.fn, items) if self.star else builtins.map(self.fn, items))
         except Exception as exc:
             return out, _failure(len(out), "fn", exc)
         return out, None
 
 
 class _ReduceChunk:
-    """Map every argument tuple of a chunk and fold the values left to right into one partial."""
+    """Map every item of a chunk and fold the values left to right into one partial result."""
 
-    def __init__(self, map_fn: Callable[..., Any], reduce_fn: Callable[[Any, Any], Any]) -> None:
+    def __init__(self, map_fn: Callable[..., Any], reduce_fn: Callable[[Any, Any], Any], *,
+                 star: bool) -> None:
         self.map_fn = map_fn
         self.reduce_fn = reduce_fn
+        self.star = star  # as for _MapChunk
 
-    def __call__(self, items: list[tuple[Any, ...]]) -> tuple[Any, ...]:
-        map_fn, reduce_fn = self.map_fn, self.reduce_fn
+    def __call__(self, items: list[Any]) -> tuple[Any, ...]:
+        map_fn, reduce_fn, star = self.map_fn, self.reduce_fn, self.star
         index, stage = 0, "map_fn"
         try:
-            acc = map_fn(*items[0])
+            acc = map_fn(*items[0]) if star else map_fn(items[0])
             for index in range(1, len(items)):
                 stage = "map_fn"
-                value = map_fn(*items[index])
+                value = map_fn(*items[index]) if star else map_fn(items[index])
                 stage = "reduce_fn"
                 acc = reduce_fn(acc, value)
         except Exception as exc:
@@ -314,8 +322,10 @@ class _Feed:
                 lengths.append(len(iterable))  # type: ignore[arg-type]
             except TypeError:
                 pass
-        # strict=False: the shortest input ends the map, as with the builtin.
-        self.args = zip(*[iter(iterable) for iterable in iterables], strict=False)
+        # One iterable: its items themselves (see _MapChunk). Several: tuples, and the shortest
+        # ends the input, as with the builtin map.
+        self.star = len(iterables) > 1
+        self.args: Iterator[Any] = zip(*iterables, strict=False) if self.star else iter(iterables[0])
         if chunksize is not None:
             if not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1:
                 raise ConfigError(f"chunksize must be a positive integer or None, got {chunksize!r}")
@@ -329,8 +339,8 @@ class _Feed:
         self.taken = 0
         self.exhausted = False
 
-    def take(self) -> tuple[int, list[tuple[Any, ...]]] | None:
-        """The next chunk as ``(index of its first item, argument tuples)``, or None at the end."""
+    def take(self) -> tuple[int, list[Any]] | None:
+        """The next chunk as ``(index of its first item, items)``, or None at the end."""
         if self.exhausted:
             return None
         size = self.fixed or self._next_size()
@@ -565,7 +575,7 @@ def map(  # shadows the builtin on purpose: SCOOP's name, used as futures.map
             docstring), or :class:`CallFailed`.
     """
     _check("futures.map", (fn,), iterables)
-    call = _Call(_resolve(executor), "futures.map", _MapChunk(fn))
+    call = _Call(_resolve(executor), "futures.map", _MapChunk(fn, star=len(iterables) > 1))
     feed = _Feed(iterables, chunksize, call.executor.workers)
     return _values(_pump(call, feed, ordered=True))
 
@@ -591,7 +601,7 @@ def map_as_completed(
         As for :func:`map`; a failing chunk raises when it completes, after its earlier items.
     """
     _check("futures.map_as_completed", (fn,), iterables)
-    call = _Call(_resolve(executor), "futures.map_as_completed", _MapChunk(fn))
+    call = _Call(_resolve(executor), "futures.map_as_completed", _MapChunk(fn, star=len(iterables) > 1))
     feed = _Feed(iterables, chunksize, call.executor.workers)
     return _values(_pump(call, feed, ordered=False))
 
@@ -640,7 +650,8 @@ def map_reduce(
         Exception: the exception ``map_fn`` or ``reduce_fn`` raised, or :class:`CallFailed`.
     """
     _check("futures.map_reduce", (map_fn, reduce_fn), iterables)
-    call = _Call(_resolve(executor), "futures.map_reduce", _ReduceChunk(map_fn, reduce_fn))
+    program = _ReduceChunk(map_fn, reduce_fn, star=len(iterables) > 1)
+    call = _Call(_resolve(executor), "futures.map_reduce", program)
     feed = _Feed(iterables, chunksize, call.executor.workers)
     partials: list[Any] = []
     for chunk in _pump(call, feed, ordered=True):
@@ -697,7 +708,7 @@ def submit(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
     """
     if not callable(fn):
         raise TypeError(f"futures.submit() needs a callable, got {type(fn).__name__} {fn!r}")
-    call = _Call(get_executor(), "futures.submit", _MapChunk(fn))
+    call = _Call(get_executor(), "futures.submit", _MapChunk(fn, star=True))
     chunk = _Chunk(call, ([args], kwargs), 0, 1)
     outer: Future[Any] = Future()
 
