@@ -1,8 +1,12 @@
 """ProcessExecutor against real worker processes: results, dead and hung workers, cancel, shutdown.
 
-Every test runs real processes and is bounded in time. The runner is ``tests._process_targets:act``, which
-follows JSON instructions in ``spec.call`` (sleep, write its pid to a file, die, report its hash
-salt), so each test says plainly what its task does.
+Every test runs real processes and is bounded in time. The runner is ``tests._process_targets:act``,
+which follows JSON instructions in ``spec.call`` (sleep, write its pid to a file, die, report its
+hash salt), so each test says plainly what its task does.
+
+What the hash-salt tests establish: forkserver workers all share the fork server's salt (not the
+driver's); spawned workers each draw their own; PYTHONHASHSEED in the environment fixes every salt,
+for forkserver only if it was set before the fork server started (i.e. before the driver's first use).
 """
 
 from __future__ import annotations
@@ -452,6 +456,30 @@ def test_pythonhashseed_fixes_the_salt_of_spawned_workers(make_executor: MakeExe
                               check=True, env=dict(os.environ)).stdout
     pids, hashes = _hashes_of_two_workers(make_executor(workers=2, start_method="spawn"))
     assert len(pids) == 2 and hashes == {int(expected)}
+
+
+@pytest.mark.skipif("forkserver" not in START_METHODS, reason="forkserver is the Linux default")
+def test_pythonhashseed_set_before_the_fork_server_starts_fixes_every_salt(tmp_path: Path) -> None:
+    driver = tmp_path / "driver.py"
+    driver.write_text(textwrap.dedent(f"""
+        import json
+        from mrkit.execution.processes import ProcessExecutor
+        from mrkit.model.task import TaskKind, TaskSpec
+
+        if __name__ == "__main__":
+            with ProcessExecutor(workers=2, runner={RUNNER!r}, start_method="forkserver") as executor:
+                orders = json.dumps({{"hash": "mrkit", "sleep": 0.3}}).encode()
+                specs = [TaskSpec("job", str(i), TaskKind.CALL, call=orders) for i in (1, 2)]
+                futures = [executor.submit(spec) for spec in specs]
+                results = [f.result(timeout=20).counters for f in futures]
+            print(json.dumps({{"driver": hash("mrkit"), "workers": results}}))
+    """))
+    env = dict(os.environ, PYTHONHASHSEED="1234", PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
+    proc = subprocess.run([sys.executable, str(driver)], capture_output=True, text=True, env=env, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert len({r["pid"] for r in report["workers"]}) == 2
+    assert {r["hash"] for r in report["workers"]} == {report["driver"]}
 
 
 # -- throughput ---------------------------------------------------------------------------------------------
