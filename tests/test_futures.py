@@ -291,7 +291,7 @@ def test_submit_returns_a_future_of_the_value(executor):
         failing = futures.submit(div_by_seven_minus, 7)
         error = failing.exception(timeout=10)
         assert isinstance(error, ZeroDivisionError)
-        assert error.__notes__[0].startswith("futures.submit: item 0 raised ZeroDivisionError")
+        assert error.__notes__[0].startswith("futures.submit: div_by_seven_minus() raised ZeroDivisionError")
 
 
 def test_map_as_completed_yields_every_result(executor):
@@ -339,7 +339,7 @@ def test_values_sent_to_workers_survive_pickling():
     import cloudpickle
 
     scale = 3
-    times = lambda x: x * scale  # noqa: E731 - a closure, as users write them
+    times = lambda x: x * scale  # a closure, as users write them
     for program, args in [(futures._MapChunk(times, star=True), ([(1,), (2,)],)),
                           (futures._MapChunk(times, star=False), ([1, 2],)),
                           (futures._ReduceChunk(times, operator.add, star=True), ([(1,), (2,)],)),

@@ -13,24 +13,35 @@ The contract:
   on every core, created on first use and shut down at exit, or whatever :func:`set_executor` (the
   ``python -m mrkit`` launcher calls it) or :func:`using` chose.
 * **Chunks, not items.** Items are batched into chunks, one task each (like ``Pool.map``): with a
-  known length, ``len / (4 * workers)`` items per chunk; otherwise chunks start at one item and grow
-  while they take under a tenth of a second. The function is cloudpickled once per call, so
-  lambdas, closures and functions of a script's ``__main__`` work, and each worker unpickles it once.
+  known length, ``len / (4 * workers)`` items per chunk; otherwise chunks start at one item and
+  grow (to at most twice the largest finished one) while a chunk takes under a tenth of a second.
+  The function is cloudpickled once per call, so lambdas, closures and functions of a script's
+  ``__main__`` work, and each worker unpickles it once (the runtime caches it by digest).
 * **Lazy like the builtin map.** Nothing runs until the first ``next()``; then the inputs are read
   chunk by chunk, with a bounded window of chunks in flight, so an infinite input is fine.
   :func:`map_reduce` consumes its whole input before it returns.
 * **Errors come back as themselves.** An exception raised in a worker is raised again in the
-  caller with its own type (as ``multiprocessing.Pool`` and ``concurrent.futures`` do), so
-  ``except ZeroDivisionError`` works. A PEP 678 note, printed under its message, names the call, the
-  item index, the task and the worker; the worker's traceback is its ``remote_traceback`` attribute
-  and its ``__cause__`` (a :class:`RemoteTraceback`). An exception that cannot be pickled back
-  becomes a :class:`CallFailed` whose message says all of that. ``map`` raises when the failing
-  item is reached, after yielding the items before it.
+  caller with its own type and message (as ``multiprocessing.Pool`` and ``concurrent.futures``
+  do), so ``except ZeroDivisionError`` works. A PEP 678 note, printed under the message, is one
+  sentence naming the call, the item index, the exception, the task and the worker::
+
+      futures.map: item 7 raised ZeroDivisionError: division by zero (task call-000002 of job
+      futures-…, attempt 1, worker pid:4242)
+
+  The worker's traceback is the exception's ``remote_traceback`` attribute and its ``__cause__`` (a
+  :class:`RemoteTraceback`, so it prints above). An exception that cannot make the trip back (it
+  does not pickle, or its class does not exist here) becomes a :class:`CallFailed` whose message is
+  that sentence. ``map`` raises when the failing item is reached, after yielding the items before.
 * **Retries.** A chunk whose worker was lost (killed, crashed, timed out) is run again, up to
   ``MAX_LOST_ATTEMPTS`` attempts in all. An exception raised by the user's function is *not* retried:
   it would most likely fail again, and the function may have had side effects.
 
 Not thread-safe in one respect: the default executor is one per process, not per thread.
+
+The module is longer than our usual (about 700 lines) so that SCOOP's ``from mrkit import futures``
+stays one module; if it grows, split it into a package: the worker-side programs (``_MapChunk``,
+``_ReduceChunk``, ``_Fold``), the caller-side machinery (``_Call``, ``_Chunk``, ``_Feed``,
+``_pump``), the default executor, and the API.
 """
 
 from __future__ import annotations
@@ -189,9 +200,10 @@ class _Fold:
 class _Call:
     """One API call: its job id, its task numbering, its executor and the function it ships."""
 
-    def __init__(self, executor: Executor, label: str, program: Any) -> None:
+    def __init__(self, executor: Executor, label: str, program: Any, subject: str = "") -> None:
         self.executor = executor
         self.label = label
+        self.subject = subject  # how messages name a failing call of the function (default: by item)
         self.job_id = f"futures-{uuid.uuid4().hex}"
         self._count = itertools.count()
         self.program(program)
@@ -287,7 +299,7 @@ class _Chunk:
     def _rebuild(self, failure: tuple[Any, ...]) -> BaseException:
         index, stage, exc_type, message, tb, blob = failure
         item = self.first + index
-        culprit = {"fn": f"item {item}", "map_fn": f"map_fn on item {item}",
+        culprit = {"fn": self.call.subject or f"item {item}", "map_fn": f"map_fn on item {item}",
                    "reduce_fn": f"reduce_fn combining item {item}",
                    "fold": "reduce_fn combining partial results"}[stage]
         where = (f"task {self.spec.task_id} of job {self.call.job_id}, attempt {self.spec.attempt}, "
@@ -708,7 +720,8 @@ def submit(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
     """
     if not callable(fn):
         raise TypeError(f"futures.submit() needs a callable, got {type(fn).__name__} {fn!r}")
-    call = _Call(get_executor(), "futures.submit", _MapChunk(fn, star=True))
+    name = getattr(fn, "__qualname__", None) or type(fn).__name__
+    call = _Call(get_executor(), "futures.submit", _MapChunk(fn, star=True), subject=f"{name}()")
     chunk = _Chunk(call, ([args], kwargs), 0, 1)
     outer: Future[Any] = Future()
 

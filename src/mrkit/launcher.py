@@ -193,10 +193,13 @@ def _run(script: str) -> int:
         print("mrkit: interrupted", file=sys.stderr)
         return 130
     except BaseException as exc:
-        # A futures error's first note already says where and why, in one sentence.
+        # An exception raised again from a worker carries a note (its last) that already says
+        # where and why in one sentence; mrkit's own errors are one sentence.
         notes = [note for note in getattr(exc, "__notes__", None) or () if isinstance(note, str)]
-        if notes:
-            line = f"{script} failed: {notes[0]}"
+        if notes and hasattr(exc, "remote_traceback"):
+            line = f"{script} failed: {notes[-1]}"
+        elif isinstance(exc, MrkitError):
+            line = f"{script} failed: {exc}"
         else:
             line = f"{script} raised {type(exc).__name__}" + (f": {exc}" if str(exc) else "")
         print(f"mrkit: error: {line}", file=sys.stderr)
