@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from mrkit.errors import ConfigError, JobFailed, MrkitError
+from mrkit.errors import ConfigError, MrkitError
 
 # command name -> "module:attribute"; a module is imported only when its command runs.
 COMMANDS: dict[str, str] = {
@@ -81,11 +81,10 @@ def report_error(exc: BaseException) -> int:
         return 2
     if isinstance(exc, MrkitError):
         click.echo(f"mrkit: error: {exc}", err=True)
+        # mrkit's own errors say everything in their sentence; only a task's remote traceback adds to it.
         remote = getattr(exc, "remote_traceback", "")
         if remote:
             click.echo("\nRemote traceback (most recent call last):\n" + remote.rstrip(), err=True)
-        elif not isinstance(exc, JobFailed):
-            click.echo("".join(traceback.format_exception(exc)).rstrip(), err=True)
         return 1
     click.echo(f"mrkit: error: {type(exc).__name__}: {exc}", err=True)
     click.echo("".join(traceback.format_exception(exc)).rstrip(), err=True)
