@@ -182,14 +182,6 @@ def test_broken_link(tmp_path):
         plan_splits(str(tmp_path / "link.txt"), 1)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any file")
-def test_unreadable_file(tmp_path):
-    f = write(tmp_path / "secret.txt", "x\n")
-    f.chmod(0)
-    with pytest.raises(InputError, match=r"input file '.*secret\.txt' cannot be read"):
-        plan_splits(str(f), 1)
-
-
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
