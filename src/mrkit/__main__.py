@@ -12,16 +12,16 @@ import sys
 
 def _main() -> None:
     argv = sys.argv[1:]
-    try:
-        from mrkit.launcher import looks_like_script, main as launch
-    except ImportError:  # the launcher is optional in partial builds
-        looks_like_script = None  # type: ignore[assignment]
-    if looks_like_script is not None and looks_like_script(argv):
+    from mrkit.launcher import looks_like_script
+
+    if looks_like_script(argv):
+        from mrkit.launcher import main as launch
+
         sys.exit(launch(argv))
     from mrkit.cli.main import main
 
     main(argv)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # keep the guard: spawn/forkserver workers import this module as __mp_main__
     _main()

@@ -68,7 +68,8 @@ class LazyGroup(click.Group):
             formatter.write_dl([(name, HELP[name]) for name in sorted(COMMANDS)])
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="Also: python -m mrkit [-n WORKERS] [--executor E] script.py [ARGS] runs a futures script.")
 @click.version_option(package_name="mrkit")
 def cli() -> None:
     """mrkit: MapReduce for Python, from one process to a fleet."""
