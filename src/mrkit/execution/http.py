@@ -1,0 +1,941 @@
+"""Run tasks on HTTP workers: ones the driver starts itself (``http``) or ones already running
+(``http://host:port,host:port``). The far side is :mod:`mrkit.worker.http_server`.
+
+The contract (:class:`HttpExecutor`):
+
+* ``submit(spec)`` returns a future of the attempt's :class:`~mrkit.model.task.TaskResult`. A raising
+  user function is a *result* (``ok=False``); the future raises :class:`~mrkit.errors.WorkerLost`
+  only when the attempt may have been lost with its worker: the connection broke after the request
+  was sent, the worker stopped answering ``/health`` while the attempt ran, it ran past
+  ``task_timeout``, or the executor shut down. The driver then retries it; first-attempt-wins commits
+  make a duplicate harmless.
+* **Metadata only.** The body of ``POST /task`` is the spec's JSON: split URI and byte range, or
+  partition number, plus the storage URL. The job's code is fetched by each worker from storage once,
+  by digest (:mod:`mrkit.worker.runtime` caches it). A futures-API function travels once per worker
+  too: later tasks of the same function omit it (a worker that forgot it answers 409 and gets it).
+* **One keep-alive connection and one request in flight per worker**, each served by its own thread
+  here; a task is handed to whichever connected worker is free first.
+* **Faults.** A task that could not be *delivered* (connection refused or reset before the request
+  was out) is not lost: it goes back to the queue for another worker, a bounded number of times. A
+  worker the driver started is restarted when it dies or hangs (killed first); one that was already
+  running is probed with ``/health`` under exponential backoff (0.1 s doubling to 5 s) and gets tasks
+  again once it answers. Every such event is logged on ``logging.getLogger("mrkit.http")``. When no
+  worker has answered for ``HttpTimeouts.unreachable`` seconds, queued tasks fail with WorkerLost (the
+  driver's ``max_lost`` bounds the retries); three driver-started workers in a row that die before
+  becoming ready make :meth:`submit` raise :class:`~mrkit.errors.ConfigError`.
+* **Authentication.** Every request is signed and every response verified (:mod:`mrkit.http_auth`)
+  before it is decoded. Driver-started workers get a fresh random secret through their stdin (never
+  the command line). For existing workers the secret comes from ``secret=``, ``secret_file=``,
+  ``$MRKIT_SECRET_FILE`` or ``$MRKIT_SECRET``. A worker that refuses our signature is taken out of
+  rotation (logged as an error); when none is left, :meth:`submit` raises
+  :class:`~mrkit.errors.AuthenticationError`.
+* **Storage.** Driver-started workers are local (``local=True``): they share the driver's temp
+  folder. Existing workers are local only if every address is loopback; otherwise ``local=False``
+  and the job needs a ``storage=`` URL that every worker reaches (and an output they reach).
+* **Lifetime.** Driver-started workers are started on demand (no more than ``workers``, and only as
+  many as there are tasks to run), reused across phases and jobs, and stopped by :meth:`shutdown`;
+  they also exit on their own when the driver dies (their stdin closes). They need a POSIX system.
+
+Future callbacks run in this executor's connection threads; keep them short (submitting is fine).
+
+This module is over 500 lines because the connection threads, the worker processes and the fault
+handling share one lock and one queue; splitting them apart would spread that invariant over files.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from typing import Any
+
+from mrkit.errors import AuthenticationError, ConfigError, MrkitError, WorkerLost
+from mrkit.execution.base import Executor
+from mrkit.http_auth import (
+    HEADER_NONCE,
+    HEADER_SIGNATURE,
+    SECRET_ENV,
+    SECRET_FILE_ENV,
+    generate_secret,
+    load_secret,
+    sign_request,
+    verify_response,
+)
+from mrkit.model.task import TaskKind, TaskResult, TaskSpec
+
+logger = logging.getLogger("mrkit.http")
+
+_MAX_STARTUP_FAILURES = 3  # driver-started workers dying before "ready" this many times in a row: give up
+_BACKOFF_FIRST = 0.1
+_BACKOFF_MAX = 5.0
+# The worker drops connections idle for 300 s (http_server.IDLE_TIMEOUT); reconnect well before, so a
+# request never races the worker closing an idle connection.
+_IDLE_RECONNECT = 60.0
+
+
+@dataclass(frozen=True)
+class HttpTimeouts:
+    """How long the executor waits for HTTP workers, and when it gives up on one.
+
+    Attributes:
+        startup: seconds a driver-started worker has to report that it is ready.
+        connect: seconds to open a TCP connection to a worker.
+        health_interval: while an attempt runs, its worker's ``/health`` is checked this often.
+        health_timeout: a ``/health`` answer slower than this counts as a miss.
+        health_misses: consecutive misses after which the worker is lost: the attempt fails with
+            WorkerLost, and the worker is restarted (driver-started) or probed with backoff.
+        unreachable: with no worker answering for this long, queued attempts fail with WorkerLost.
+        task: seconds an attempt may run before it is lost (None: no limit; the driver's
+            ``RetryPolicy.task_timeout`` is another way to say it).
+
+    Example:
+        >>> HttpTimeouts(health_interval=0.2, health_timeout=0.5, health_misses=2).health_misses
+        2
+    """
+
+    startup: float = 30.0
+    connect: float = 5.0
+    health_interval: float = 1.0
+    health_timeout: float = 3.0
+    health_misses: int = 3
+    unreachable: float = 30.0
+    task: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("startup", "connect", "health_interval", "health_timeout", "unreachable"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"HttpTimeouts.{name} must be > 0 seconds, got {getattr(self, name)!r}")
+        if self.health_misses < 1:
+            raise ConfigError(f"HttpTimeouts.health_misses must be at least 1, got {self.health_misses!r}")
+        if self.task is not None and not self.task > 0:
+            raise ConfigError(f"HttpTimeouts.task must be > 0 seconds or None, got {self.task!r}")
+
+
+class _NotSent(Exception):
+    """The request did not reach the worker whole: the attempt did not run and can go elsewhere."""
+
+
+class _Lost(Exception):
+    """The attempt may have run and its outcome is unknown; ``kill`` asks to restart our worker."""
+
+    def __init__(self, reason: str, *, kill: bool = False) -> None:
+        super().__init__(reason)
+        self.kill = kill
+
+
+class _Item:
+    """One submitted attempt."""
+
+    __slots__ = ("spec", "future", "running", "bounces")
+
+    def __init__(self, spec: TaskSpec, future: Future[TaskResult]) -> None:
+        self.spec = spec
+        self.future = future
+        self.running = False  # set_running_or_notify_cancel() succeeded: it can no longer be cancelled
+        self.bounces = 0  # times it could not be delivered
+
+
+class _Slot:
+    """One worker as this executor sees it, served by one thread with its own connections."""
+
+    def __init__(self, index: int, host: str = "", port: int = 0, *, owned: bool) -> None:
+        self.index = index
+        self.host = host
+        self.port = port
+        self.owned = owned
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.conn: _Connection | None = None  # tasks
+        self.health: http.client.HTTPConnection | None = None  # /health checks, not to disturb the above
+        self.ready = False
+        self.busy = False  # holds an item (guarded by the executor's lock)
+        self.removed = False  # refused our signature: out of rotation for good
+        self.known: set[str] = set()  # futures function digests this worker process has been sent
+        self.last_used = 0.0
+        self.last_ready = time.monotonic()
+        self.failures = 0  # consecutive failed probes (existing workers)
+        self.down_until = 0.0
+        self.down_reason = ""
+        self.thread: threading.Thread | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.host}:{self.port}" if self.port else f"http-worker-{self.index}"
+
+    def drop_connections(self) -> None:
+        for conn in (self.conn, self.health):
+            if conn is not None:
+                conn.close()
+        self.conn = self.health = None
+
+    def interrupt(self) -> None:
+        """Unblock this slot's thread if it waits on a response (called from another thread)."""
+        conn = self.conn
+        sock = conn.sock if conn is not None else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _Connection(http.client.HTTPConnection):
+    """An HTTPConnection that sends a request's headers and body in one write.
+
+    http.client writes them separately; the worker would then wake up for the headers, block, and
+    wake up again for the body. :meth:`post` collects what ``request()`` sends and writes it once.
+    """
+
+    _corked: list[bytes] | None = None
+
+    def send(self, data: Any) -> None:
+        if self._corked is not None and isinstance(data, bytes):
+            self._corked.append(data)
+        else:
+            super().send(data)
+
+    def post(self, path: str, body: bytes, headers: dict[str, str]) -> None:
+        self._corked = []
+        try:
+            self.request("POST", path, body, headers)
+            data = b"".join(self._corked)
+        finally:
+            self._corked = None
+        super().send(data)
+
+
+def _dropped(sock: socket.socket) -> bool:
+    """True when a kept-alive connection was closed by the worker (or has unexpected bytes waiting)."""
+    try:
+        sock.setblocking(False)
+        sock.recv(1, socket.MSG_PEEK)
+        return True  # end-of-file (b""), or bytes nobody asked for: either way, not reusable
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    finally:
+        try:
+            sock.settimeout(None)
+        except OSError:
+            pass
+
+
+def _exit_description(proc: subprocess.Popen[bytes]) -> str:
+    code = proc.poll()
+    if code is None:
+        return "is still running"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def parse_addresses(name: str) -> list[tuple[str, int]]:
+    """``http://h1:p1,h2:p2`` (each item may repeat ``http://``) -> ``[("h1", p1), ("h2", p2)]``.
+
+    Raises:
+        ConfigError: for an item without a host or a numeric port.
+    """
+    body = name[len("http://"):] if name.startswith("http://") else name
+    out: list[tuple[str, int]] = []
+    for item in body.split(","):
+        item = item.strip().removeprefix("http://").rstrip("/")
+        host, sep, port = item.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"bad HTTP worker address {item!r} in {name!r}: expected "
+                              "http://host:port[,host:port...], e.g. http://127.0.0.1:8001,127.0.0.1:8002")
+        out.append((host, int(port)))
+    return out
+
+
+class HttpExecutor(Executor):
+    """Runs attempts on HTTP workers, started here (``urls=None``) or already running.
+
+    Example::
+
+        with HttpExecutor(workers=2) as executor:                 # starts 2 local workers on demand
+            result = executor.submit(spec).result()
+        HttpExecutor(["127.0.0.1:8001", "127.0.0.1:8002"], secret_file="secret.txt")
+
+    Args:
+        urls: addresses of running workers (``host:port`` or ``http://host:port``); None starts
+            ``workers`` local workers with a fresh secret.
+        workers: how many workers to start (default: every core); only with ``urls=None``.
+        secret, secret_file: the running workers' shared secret (default: ``$MRKIT_SECRET_FILE``,
+            then ``$MRKIT_SECRET``); only with ``urls``.
+        storage: intermediate storage URL every worker reaches (returned by :meth:`storage_url`);
+            required by ``mrkit.run`` when some worker is not on this machine.
+        timeouts: :class:`HttpTimeouts`.
+        name: the executor string it was built from (for messages and reuse).
+
+    Raises:
+        ConfigError: for a bad option, a missing secret, or driver-started workers on Windows.
+    """
+
+    def __init__(self, urls: Sequence[str] | None = None, *, workers: int | None = None,
+                 secret: bytes | str | None = None, secret_file: str | None = None,
+                 storage: str | None = None, timeouts: HttpTimeouts | None = None,
+                 name: str | None = None) -> None:
+        self.timeouts = timeouts or HttpTimeouts()
+        self._storage = storage
+        self._addresses: list[tuple[str, int]] | None = None
+        if urls is None:
+            if workers is None:
+                workers = os.cpu_count() or 1
+            if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+                raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+            if secret is not None or secret_file is not None:
+                raise ConfigError("secret= and secret_file= are for running workers (http://host:port); "
+                                  "the workers the driver starts get a fresh secret of their own")
+            if os.name != "posix":
+                raise ConfigError("the 'http' executor starts its workers with POSIX pipes; on this system "
+                                  "start them with `mrkit worker http` and use http://host:port,...")
+            self._secret = generate_secret()
+            self.name = name or "http"
+            self.workers = workers
+            self.local = True
+        else:
+            from mrkit.worker.http_server import is_loopback
+
+            self._addresses = [a for url in urls for a in parse_addresses(url)]
+            if not self._addresses:
+                raise ConfigError("give at least one HTTP worker address: http://host:port[,host:port...]")
+            if workers is not None and workers != len(self._addresses):
+                raise ConfigError(f"workers={workers} does not apply to running HTTP workers: there is one "
+                                  f"worker per address ({len(self._addresses)} given); list an address twice "
+                                  "to send it two tasks at once")
+            self._secret = self._client_secret(secret, secret_file)
+            self.name = name or "http://" + ",".join(f"{h}:{p}" for h, p in self._addresses)
+            self.workers = len(self._addresses)
+            self.local = all(is_loopback(h) for h, _ in self._addresses)
+        # One lock guards the queue and every slot's `busy`/`removed`; never held during I/O or callbacks.
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._queue: deque[_Item] = deque()
+        self._slots: list[_Slot] = []
+        self._closing = False
+        self._broken: MrkitError | None = None
+        self._stopped = threading.Event()  # set by shutdown(): wakes threads sleeping in a backoff
+        self._startup_failures = 0
+        self._max_bounces = 2 * self.workers + 3
+
+    @staticmethod
+    def _client_secret(secret: bytes | str | None, secret_file: str | None) -> bytes:
+        if secret is not None:
+            return secret.encode() if isinstance(secret, str) else secret
+        if secret_file is None and not os.environ.get(SECRET_FILE_ENV) and not os.environ.get(SECRET_ENV):
+            raise ConfigError(f"HTTP workers need their shared secret: set {SECRET_ENV} or {SECRET_FILE_ENV} "
+                              "(or pass secret_file=) to what the workers were started with")
+        return load_secret(secret_file)
+
+    @classmethod
+    def from_name(cls, name: str, *, workers: int | None = None, n_map: int | None = None,
+                  n_reduce: int | None = None, **options: Any) -> HttpExecutor:
+        """Build from ``http`` or ``http://h1:p1,h2:p2`` (see :func:`mrkit.execution.base.open_executor`).
+
+        Args:
+            name: the executor string.
+            workers: ``http``: workers to start (default ``max(n_map, n_reduce)`` when either is
+                given, as in seed 003, else every core).
+            n_map, n_reduce: the job's task counts, for that default.
+            options: :class:`HttpExecutor` keyword arguments (``secret_file``, ``storage``, ``timeouts``).
+
+        Raises:
+            ConfigError: for a name that is neither, or a bad option.
+        """
+        if name == "http":
+            if workers is None and (n_map or n_reduce):
+                workers = max(n_map or 0, n_reduce or 0)
+            return cls(workers=workers, name=name, **options)
+        if name.startswith("http://"):
+            return cls([name], workers=workers, name=name, **options)
+        raise ConfigError("HttpExecutor is selected by 'http' or 'http://host:port[,host:port...]', "
+                          f"got {name!r}")
+
+    # -- public API -------------------------------------------------------------------------------
+
+    def submit(self, spec: TaskSpec) -> Future[TaskResult]:
+        """Queue one attempt; the first free worker runs it.
+
+        Returns:
+            A future of its :class:`TaskResult`; it raises :class:`WorkerLost` when the attempt was
+            lost with its worker (see the module docstring).
+
+        Raises:
+            RuntimeError: after :meth:`shutdown`.
+            ConfigError: driver-started workers cannot start.
+            AuthenticationError: every worker refused our signature.
+        """
+        future: Future[TaskResult] = Future()
+        item = _Item(spec, future)
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("cannot submit to an HttpExecutor after shutdown()")
+            if self._broken is not None:
+                raise type(self._broken)(str(self._broken))
+            unreachable = self._unreachable_locked()
+            if not unreachable:
+                self._queue.append(item)
+                self._grow_locked()
+                self._work.notify()
+        if unreachable:
+            self._fail(item, unreachable)
+        return future
+
+    def storage_url(self, job_id: str) -> str | None:
+        """The ``storage=`` URL given to the executor, or None (a local temp folder when ``local``)."""
+        return self._storage
+
+    def warm_up(self, timeout: float | None = 60.0) -> list[str]:
+        """Start (or reach) every worker now and wait until each is ready.
+
+        Returns:
+            The addresses (``host:port``) of the ready workers.
+
+        Raises:
+            TimeoutError: not every worker was ready within ``timeout`` seconds.
+        """
+        with self._lock:
+            while len(self._slots) < self.workers:
+                self._add_slot_locked()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if self._broken is not None:
+                    raise type(self._broken)(str(self._broken))
+                slots = [s for s in self._slots if not s.removed]
+            if all(s.ready for s in slots):
+                return [s.label for s in slots]
+            if deadline is not None and time.monotonic() > deadline:
+                waiting = ", ".join(f"{s.label} ({s.down_reason or 'starting'})"
+                                    for s in slots if not s.ready)
+                raise TimeoutError(f"HTTP workers not ready after {timeout}s: {waiting}")
+            time.sleep(0.02)
+
+    def worker_info(self) -> list[dict[str, Any]]:
+        """One dict per worker: ``address``, ``ready``, ``busy``, and ``pid`` of driver-started ones."""
+        with self._lock:
+            return [{"address": s.label, "ready": s.ready, "busy": s.busy,
+                     "pid": s.proc.pid if s.proc is not None else None} for s in self._slots]
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the workers this executor started and close every connection.
+
+        Queued attempts and attempts still running fail with WorkerLost. Workers that were already
+        running are left running.
+        """
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            items = list(self._queue)
+            self._queue.clear()
+            slots = list(self._slots)
+            self._work.notify_all()
+        self._stopped.set()
+        for item in items:
+            self._fail(item, "the executor shut down before the attempt was sent")
+        for slot in slots:
+            if slot.proc is not None and slot.proc.stdin is not None:
+                try:
+                    slot.proc.stdin.close()  # a driver-started worker exits when its stdin closes
+                except OSError:
+                    pass
+            slot.interrupt()
+        if wait:
+            for slot in slots:
+                if slot.thread is not None and slot.thread is not threading.current_thread():
+                    slot.thread.join(timeout=10.0)
+        for slot in slots:
+            self._stop_process(slot, grace=1.0 if wait else 0.0)
+
+    # -- slots and their threads -------------------------------------------------------------------
+
+    def _grow_locked(self) -> None:
+        if self._addresses is not None:
+            while len(self._slots) < len(self._addresses):
+                self._add_slot_locked()
+            return
+        free = sum(1 for s in self._slots if not s.busy)
+        while len(self._slots) < self.workers and len(self._queue) > free:
+            self._add_slot_locked()
+            free += 1
+
+    def _add_slot_locked(self) -> None:
+        index = len(self._slots)
+        if self._addresses is not None:
+            host, port = self._addresses[index]
+            slot = _Slot(index, host, port, owned=False)
+        else:
+            slot = _Slot(index, owned=True)
+        slot.thread = threading.Thread(target=self._serve_slot, args=(slot,), name=f"mrkit-http-{index}",
+                                       daemon=True)
+        self._slots.append(slot)
+        slot.thread.start()
+
+    def _serve_slot(self, slot: _Slot) -> None:
+        """Body of a slot's thread: keep its worker up, take attempts, run them one at a time."""
+        try:
+            while not self._closing and not slot.removed and self._broken is None:
+                if not slot.ready and not self._bring_up(slot):
+                    continue
+                item = self._take(slot)
+                if item is None:
+                    return
+                try:
+                    self._run(slot, item)
+                except BaseException as exc:  # a bug here must not leave a future pending forever
+                    logger.exception("HTTP executor: unexpected error running %s", item.spec.task_id)
+                    self._fail(item, f"unexpected error in the HTTP executor: {type(exc).__name__}: {exc}")
+                    slot.drop_connections()
+                    slot.ready = False
+                finally:
+                    with self._lock:
+                        slot.busy = False
+        finally:
+            slot.drop_connections()
+
+    def _take(self, slot: _Slot) -> _Item | None:
+        """The next attempt to run (marked running), or None when the executor stops."""
+        while True:
+            with self._lock:
+                while not self._queue and not self._closing and self._broken is None:
+                    self._work.wait()
+                if self._closing or self._broken is not None:
+                    return None
+                item = self._queue.popleft()
+                slot.busy = True
+            if item.running or item.future.set_running_or_notify_cancel():
+                item.running = True
+                return item
+            with self._lock:  # cancelled while queued: never sent
+                slot.busy = False
+
+    def _requeue(self, item: _Item) -> None:
+        with self._lock:
+            if not self._closing and self._broken is None:
+                self._queue.appendleft(item)
+                self._work.notify()
+                return
+        self._fail(item, "the executor shut down before the attempt was sent")
+
+    def _fail(self, item: _Item, message: str, *, worker: str = "", error: Exception | None = None) -> None:
+        """Fail ``item``'s future with WorkerLost(``message``) (or ``error``), unless it was cancelled."""
+        if not item.running and not item.future.set_running_or_notify_cancel():
+            return
+        item.running = True
+        if error is not None:
+            item.future.set_exception(error)
+            return
+        spec = item.spec
+        if message.startswith("task "):
+            text = message
+        else:
+            text = f"task {spec.task_id} attempt {spec.attempt}: {message}"
+        item.future.set_exception(WorkerLost(text, task_id=spec.task_id, attempt=spec.attempt, worker=worker))
+
+    def _unreachable_locked(self) -> str:
+        """Why no worker can be reached (existing workers, none answering for too long), or ``""``."""
+        if self._addresses is None or not self._slots:
+            return ""
+        if any(s.ready for s in self._slots if not s.removed):
+            return ""
+        last = max(s.last_ready for s in self._slots)
+        if time.monotonic() - last < self.timeouts.unreachable:
+            return ""
+        reasons = "; ".join(f"{s.label}: {s.down_reason or 'not answering'}"
+                            for s in self._slots if not s.removed)
+        return f"no HTTP worker has answered for {self.timeouts.unreachable:g}s ({reasons})"
+
+    # -- bringing workers up -----------------------------------------------------------------------
+
+    def _bring_up(self, slot: _Slot) -> bool:
+        return self._start_worker(slot) if slot.owned else self._probe(slot)
+
+    def _probe(self, slot: _Slot) -> bool:
+        """Check an existing worker's /health, at most as often as its backoff allows."""
+        wait = slot.down_until - time.monotonic()
+        if wait > 0:
+            self._stopped.wait(min(wait, 0.5))
+            return False
+        ok, reason = self._healthy(slot)
+        if ok:
+            if slot.failures:
+                logger.warning("HTTP worker %s answers again; sending it tasks", slot.label)
+            slot.failures = 0
+            slot.down_reason = ""
+            slot.last_ready = time.monotonic()
+            slot.ready = True
+            return True
+        slot.failures += 1
+        slot.down_reason = reason
+        delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (slot.failures - 1))
+        slot.down_until = time.monotonic() + delay
+        if slot.failures in (1, 5) or slot.failures % 20 == 0:
+            logger.warning("HTTP worker %s is not answering (%s); trying again in %.1fs (attempt %d)",
+                           slot.label, reason, delay, slot.failures)
+        with self._lock:
+            unreachable = self._unreachable_locked()
+            items = list(self._queue) if unreachable else []
+            if unreachable:
+                self._queue.clear()
+        if items:
+            logger.error("%s: failing %d queued attempt(s)", unreachable, len(items))
+        for item in items:
+            self._fail(item, unreachable)
+        return False
+
+    def _start_worker(self, slot: _Slot) -> bool:
+        """Start (or restart) a driver-started worker; True once it is ready."""
+        restarting = slot.proc is not None
+        if restarting:
+            logger.warning("restarting HTTP worker %s", slot.label)
+        self._stop_process(slot, grace=0.0)
+        try:
+            proc, host, port = self._spawn()
+        except _NotSent as exc:
+            with self._lock:
+                self._startup_failures += 1
+                failures = self._startup_failures
+            logger.warning("an HTTP worker did not start: %s", exc)
+            if failures >= _MAX_STARTUP_FAILURES:
+                self._abort(ConfigError(f"{failures} HTTP workers in a row failed to start (last one: "
+                                        f"{exc}); not starting more"))
+            else:
+                self._stopped.wait(min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** failures))
+            return False
+        with self._lock:
+            self._startup_failures = 0
+        slot.proc, slot.host, slot.port = proc, host, port
+        slot.known.clear()
+        slot.ready = True
+        slot.last_ready = time.monotonic()
+        logger.info("%s HTTP worker pid %d at http://%s", "restarted" if restarting else "started", proc.pid,
+                    slot.label)
+        return True
+
+    def _spawn(self) -> tuple[subprocess.Popen[bytes], str, int]:
+        """Start ``python -m mrkit.worker.http_server --driver`` and wait for the URL it reports.
+
+        The secret goes through the child's stdin (``ps`` shows command lines, not pipes); the
+        child reports its URL on a second pipe, so its stdout and stderr stay the driver's, as
+        with the ``processes`` executor.
+
+        Raises:
+            _NotSent: it died or did not report ready within ``timeouts.startup``.
+        """
+        ready_r, ready_w = os.pipe()
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "mrkit.worker.http_server", "--driver"],
+                                    stdin=subprocess.PIPE, pass_fds=(ready_w,), close_fds=True)
+        except BaseException:
+            os.close(ready_r)
+            raise
+        finally:
+            os.close(ready_w)
+        try:
+            config = {"secret": self._secret.decode("ascii"), "sys_path": sys.path, "ready_fd": ready_w}
+            assert proc.stdin is not None
+            try:
+                proc.stdin.write(json.dumps(config).encode() + b"\n")
+                proc.stdin.flush()
+            except OSError:
+                pass  # it died at once: reading the ready pipe reports it
+            line = self._read_ready(ready_r, proc)
+        except BaseException:
+            self._reap(proc, grace=0.0)
+            raise
+        finally:
+            os.close(ready_r)
+        host, port = parse_addresses(line)[0]
+        return proc, host, port
+
+    def _read_ready(self, fd: int, proc: subprocess.Popen[bytes]) -> str:
+        deadline = time.monotonic() + self.timeouts.startup
+        buffer = b""
+        with selectors.DefaultSelector() as selector:
+            selector.register(fd, selectors.EVENT_READ)
+            while b"\n" not in buffer:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._reap(proc, grace=0.0)
+                    raise _NotSent(f"it did not report ready within {self.timeouts.startup:g}s "
+                                   "and was killed")
+                if self._stopped.is_set():
+                    self._reap(proc, grace=0.0)
+                    raise _NotSent("the executor shut down while it started")
+                if not selector.select(min(left, 0.25)):
+                    continue
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    proc.wait(timeout=5.0)
+                    raise _NotSent(f"it {_exit_description(proc)} before it was ready (its stderr is above)")
+                buffer += chunk
+        return buffer.decode().strip()
+
+    @staticmethod
+    def _reap(proc: subprocess.Popen[bytes], grace: float) -> None:
+        if proc.stdin is not None:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+        try:
+            proc.wait(timeout=grace) if grace > 0 else None
+        except subprocess.TimeoutExpired:
+            pass
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+    def _stop_process(self, slot: _Slot, grace: float) -> None:
+        slot.drop_connections()
+        slot.ready = False
+        if slot.proc is not None:
+            self._reap(slot.proc, grace)
+
+    def _abort(self, error: MrkitError) -> None:
+        """Give up: fail every queued attempt with ``error``; later submits raise it."""
+        with self._lock:
+            if self._broken is None:
+                self._broken = error
+            items = list(self._queue)
+            self._queue.clear()
+            self._work.notify_all()
+        logger.error("HTTP executor: %s", error)
+        for item in items:
+            self._fail(item, "", error=type(error)(str(error)))
+
+    # -- one exchange --------------------------------------------------------------------------------
+
+    def _run(self, slot: _Slot, item: _Item) -> None:
+        spec = item.spec
+        full = False  # send the futures function even if this worker was sent it before
+        while True:
+            sent_fn = (spec.kind is TaskKind.CALL and bool(spec.call_fn)
+                       and (full or spec.call_digest not in slot.known))
+            body = (spec if sent_fn or not spec.call_fn else replace(spec, call_fn=b"")).encode()
+            try:
+                status, data = self._exchange(slot, body)
+            except _NotSent as exc:
+                self._not_delivered(slot, item, str(exc))
+                return
+            except _Lost as exc:
+                self._lost(slot, item, exc)
+                return
+            except AuthenticationError as exc:
+                self._refused(slot, item, str(exc))
+                return
+            slot.last_used = slot.last_ready = time.monotonic()
+            if status == 200:
+                try:
+                    result = TaskResult.decode(data)
+                except Exception as exc:
+                    self._lost(slot, item, _Lost(f"sent an undecodable result ({type(exc).__name__}: {exc})"))
+                    return
+                if sent_fn:
+                    slot.known.add(spec.call_digest)
+                item.future.set_result(result)
+                return
+            if status == 409 and not full:
+                full = True  # it forgot the function (or restarted): send it again, with the function
+                continue
+            excerpt = data[:200].decode("utf-8", "replace")
+            self._lost(slot, item, _Lost(f"answered HTTP {status}: {excerpt}"))
+            return
+
+    def _exchange(self, slot: _Slot, body: bytes) -> tuple[int, bytes]:
+        """POST one task and wait for the answer, checking the worker's health while it runs.
+
+        Raises:
+            _NotSent: the request did not get out whole (the attempt did not run).
+            _Lost: the connection broke after the request was out, or the worker stopped answering.
+            AuthenticationError: the worker refused our signature, or its answer did not verify.
+        """
+        headers = sign_request(self._secret, "POST", "/task", body)
+        nonce = headers[HEADER_NONCE]
+        headers["Content-Type"] = "application/json"
+        conn = self._connection(slot)
+        try:
+            conn.post("/task", body, headers)
+        except (OSError, http.client.HTTPException) as exc:
+            # sendall() failed, so the worker did not receive the whole request and cannot have run it.
+            slot.drop_connections()
+            raise _NotSent(f"the request could not be sent ({type(exc).__name__}: {exc})") from None
+        self._await_answer(slot, conn)
+        try:
+            response = conn.getresponse()
+            try:
+                data = response.read()
+                status = response.status
+                signature = response.getheader(HEADER_SIGNATURE)
+            finally:
+                response.close()
+        except (OSError, http.client.HTTPException) as exc:
+            slot.drop_connections()
+            raise _Lost(self._broken_connection(slot, exc)) from None
+        if status in (401, 403):
+            raise AuthenticationError(f"it refused our request (HTTP {status}: "
+                                      f"{data[:200].decode('utf-8', 'replace')})")
+        verify_response(self._secret, status, nonce, data, signature)
+        return status, data
+
+    def _connection(self, slot: _Slot) -> _Connection:
+        conn = slot.conn
+        if conn is not None and (conn.sock is None or time.monotonic() - slot.last_used > _IDLE_RECONNECT
+                                 or _dropped(conn.sock)):
+            conn.close()
+            conn = slot.conn = None
+        if conn is None:
+            conn = _Connection(slot.host, slot.port, timeout=self.timeouts.connect)
+            try:
+                conn.connect()
+            except OSError as exc:
+                conn.close()
+                raise _NotSent(f"cannot connect ({type(exc).__name__}: {exc})") from None
+            assert conn.sock is not None
+            conn.sock.settimeout(None)  # the answer takes as long as the task; health checks bound it
+            slot.conn = conn
+        return conn
+
+    def _await_answer(self, slot: _Slot, conn: _Connection) -> None:
+        """Block until the answer starts to arrive, checking ``/health`` every ``health_interval``.
+
+        Peeking (``MSG_PEEK``) leaves the bytes for http.client to parse; a timeout on the peek is
+        our cue to check on the worker, from this same thread, over a second connection (the worker
+        serves it from another thread, so a busy worker still answers).
+
+        Raises:
+            _Lost: the worker stopped answering, its process ended, or the attempt ran too long.
+        """
+        sock = conn.sock
+        assert sock is not None
+        t = self.timeouts
+        started = time.monotonic()
+        misses = 0
+        while True:
+            try:
+                sock.settimeout(t.health_interval)
+                sock.recv(1, socket.MSG_PEEK)  # data, or b"" at end-of-file: getresponse() says which
+                return
+            except TimeoutError:
+                pass
+            except OSError:
+                return  # getresponse() raises the same error, with the context we report
+            finally:
+                try:
+                    sock.settimeout(None)
+                except OSError:
+                    pass
+            if self._closing:
+                raise _Lost("was still running the attempt when the executor shut down")
+            if t.task is not None and time.monotonic() - started > t.task:
+                raise _Lost(f"ran the attempt past task_timeout={t.task:g}s", kill=True)
+            if slot.proc is not None and slot.proc.poll() is not None:
+                raise _Lost(_exit_description(slot.proc))
+            ok, reason = self._healthy(slot)
+            misses = 0 if ok else misses + 1
+            if misses >= t.health_misses:
+                raise _Lost(f"stopped answering /health ({misses} checks in a row: {reason})", kill=True)
+
+    def _healthy(self, slot: _Slot) -> tuple[bool, str]:
+        """``(True, "")`` when the worker answers ``GET /health`` in time, else ``(False, why)``."""
+        conn = slot.health
+        if conn is None:
+            conn = slot.health = http.client.HTTPConnection(slot.host, slot.port,
+                                                            timeout=self.timeouts.health_timeout)
+        try:
+            conn.request("GET", "/health")
+            response = conn.getresponse()
+            response.read()
+            response.close()
+            if response.status == 200:
+                return True, ""
+            reason = f"/health answered HTTP {response.status}"
+        except (OSError, http.client.HTTPException) as exc:
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        conn.close()
+        slot.health = None
+        return False, reason
+
+    def _broken_connection(self, slot: _Slot, exc: BaseException) -> str:
+        if slot.proc is not None:
+            try:
+                slot.proc.wait(timeout=0.5)  # it probably just died: say how
+            except subprocess.TimeoutExpired:
+                pass
+            if slot.proc.poll() is not None:
+                return _exit_description(slot.proc)
+        return f"closed the connection mid-attempt ({type(exc).__name__}: {exc})" if str(exc) \
+            else f"closed the connection mid-attempt ({type(exc).__name__})"
+
+    # -- what went wrong ---------------------------------------------------------------------------
+
+    def _not_delivered(self, slot: _Slot, item: _Item, reason: str) -> None:
+        item.bounces += 1
+        spec = item.spec
+        slot.drop_connections()
+        slot.ready = False
+        if slot.owned:
+            how = _exit_description(slot.proc) if slot.proc is not None else "is not running"
+            logger.warning("HTTP worker %s %s (%s); restarting it, task %s attempt %d goes to the next "
+                           "free worker", slot.label, how, reason, spec.task_id, spec.attempt)
+        else:
+            slot.down_reason = reason
+            slot.down_until = time.monotonic()  # probe it at once, then back off
+            logger.warning("HTTP worker %s is not up (%s); task %s attempt %d goes to the next free worker",
+                           slot.label, reason, spec.task_id, spec.attempt)
+        if item.bounces > self._max_bounces:
+            self._fail(item, f"could not be delivered to any HTTP worker after {item.bounces} tries "
+                             f"(last: {slot.label}: {reason})", worker=slot.label)
+        else:
+            self._requeue(item)
+
+    def _lost(self, slot: _Slot, item: _Item, exc: _Lost) -> None:
+        spec = item.spec
+        message = f"task {spec.task_id} attempt {spec.attempt} lost: HTTP worker {slot.label} {exc}"
+        slot.drop_connections()
+        if not slot.owned:
+            slot.ready = False  # probe it before it gets another task
+            slot.down_reason = str(exc)
+            slot.down_until = time.monotonic()
+            logger.warning("%s; the driver retries the task on the next free worker", message)
+        elif exc.kill or slot.proc is None or slot.proc.poll() is not None:
+            self._stop_process(slot, grace=0.0)  # not ready: the slot's thread restarts it next
+            logger.warning("%s; restarting the worker, and the driver retries the task", message)
+        else:
+            # The process lives and answers; only the connection broke. It is reopened for the next task.
+            logger.warning("%s; the driver retries the task", message)
+        self._fail(item, message, worker=slot.label)
+
+    def _refused(self, slot: _Slot, item: _Item, reason: str) -> None:
+        slot.drop_connections()
+        slot.ready = False
+        with self._lock:
+            slot.removed = True
+            left = [s for s in self._slots if not s.removed]
+        logger.error("HTTP worker %s: %s; it gets no more tasks (do the driver and the worker share one "
+                     "secret, and agree on the time?)", slot.label, reason)
+        if left:
+            self._requeue(item)
+            return
+        error = AuthenticationError(f"every HTTP worker refused this driver's requests (last: {slot.label}: "
+                                    f"{reason}): start the workers and the driver with the same secret "
+                                    f"({SECRET_ENV} or --secret-file)")
+        self._fail(item, "", error=AuthenticationError(str(error)))
+        self._abort(error)
