@@ -1,0 +1,166 @@
+"""The object-store backend against a real S3-protocol server (moto's, on 127.0.0.1).
+
+The shared contract suite runs twice: through boto3 (the default for ``s3://``) and through fsspec
+(s3fs), the path every other fsspec URL takes. Then what the contract cannot show: listings past
+one page, ranged reads in several windows, reads cut mid-body by a faulty proxy (retried, or failing
+loudly — never short), conditional writes whose reply was lost, endpoints from options.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import subprocess
+import sys
+
+import pytest
+
+import mrkit.storage.fsspec as fsspec_storage
+from mrkit.errors import ConfigError, MissingExtra, StorageError
+from mrkit.storage import open_storage
+from mrkit.storage.fsspec import FsspecStorage
+from tests.s3_fixtures import *  # noqa: F403 - the moto_server, s3_bucket and s3_url fixtures
+from tests.s3_fixtures import FaultProxy, patched_env
+from tests.storage_contract import StorageContract
+
+
+class TestS3Storage(StorageContract):
+    @pytest.fixture
+    def storage(self, s3_url):
+        return open_storage(s3_url)
+
+
+# s3fs (through aiobotocore/aiohttp) closes its client session from a finaliser and, on some
+# versions, warns about it; that is s3fs's business, not a defect of this backend.
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+class TestS3StorageThroughFsspec(StorageContract):
+    @pytest.fixture
+    def storage(self, s3_url, moto_server):
+        pytest.importorskip("s3fs")
+        return FsspecStorage.from_url(s3_url, driver="fsspec",
+                                      client_kwargs={"endpoint_url": moto_server.endpoint})
+
+
+def test_url_forms_and_options(s3_bucket):
+    assert open_storage(f"s3://{s3_bucket}").url == f"s3://{s3_bucket}"
+    assert open_storage(f"s3://{s3_bucket}/a/b/").url == f"s3://{s3_bucket}/a/b"
+    with pytest.raises(ConfigError, match="unknown s3 storage option"):
+        open_storage(f"s3://{s3_bucket}", endpoint="x")
+    with pytest.raises(ConfigError, match="bucket"):
+        open_storage("s3:///nobucket")
+
+
+def test_prefixes_keep_stores_apart(s3_bucket):
+    a, b, whole = (open_storage(f"s3://{s3_bucket}/{p}") for p in ("a", "b", ""))
+    a.put("k", b"A")
+    b.put("k", b"B")
+    assert (a.get("k"), b.get("k")) == (b"A", b"B")
+    assert sorted(whole.list("")) == ["a/k", "b/k"]
+    assert list(open_storage(f"s3://{s3_bucket}#a/").list("")) == ["k"]
+
+
+def test_listing_paginates_past_1000_objects(s3_url):
+    store = open_storage(s3_url)
+    keys = [f"many/obj-{i:05d}" for i in range(1050)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda k: store.put(k, b"x"), keys))
+    store.put("other/x", b"x")
+    assert sorted(store.list("many/")) == keys  # S3 returns at most 1,000 keys a page
+    assert store.delete_prefix("many/") == 1050
+    assert list(store.list("many/")) == []
+    assert list(store.list("")) == ["other/x"]
+
+
+def test_ranged_reads_span_several_requests(s3_url, monkeypatch):
+    monkeypatch.setattr(fsspec_storage, "WINDOW", 1000)  # one ranged GET per 1,000 bytes
+    store = open_storage(s3_url)
+    data = os.urandom(10_500)
+    store.put("big", data)
+    with store.open_read("big", 123, 7000) as f:
+        assert f.read() == data[123:7123]
+    with store.open_read("big", 9000) as f:
+        assert f.read() == data[9000:]
+    with store.open_read("big", 20_000) as f:  # past the end: empty, like a file
+        assert f.read() == b""
+    store.put("empty", b"")
+    assert store.get("empty") == b""
+    with pytest.raises(FileNotFoundError):
+        store.open_read("missing", 0, 10)
+
+
+def test_ranged_read_cut_mid_body_is_resumed(s3_url, moto_server):
+    store = open_storage(s3_url)
+    data = os.urandom(3 << 20)
+    store.put("big", data)
+    proxy = FaultProxy(moto_server.endpoint, after=200_000, cuts=3)
+    try:
+        cut = open_storage(s3_url, endpoint_url=proxy.endpoint)
+        with cut.open_read("big", 1000, 2 << 20) as f:
+            assert f.read() == data[1000 : 1000 + (2 << 20)]
+        assert proxy.cut_count == 3  # three responses were cut, and every byte still arrived
+    finally:
+        proxy.stop()
+
+
+def test_ranged_read_that_keeps_failing_raises_instead_of_returning_less(s3_url, moto_server):
+    store = open_storage(s3_url)
+    data = os.urandom(1 << 20)
+    store.put("big", data)
+    # Every response is cut inside its headers: no request makes progress. (A cut that delivers some
+    # bytes counts as progress and resets the retry budget, so a slow, flaky link still finishes.)
+    proxy = FaultProxy(moto_server.endpoint, after=10, cuts=-1)
+    try:
+        cut = open_storage(s3_url, endpoint_url=proxy.endpoint, read_retries=2, max_attempts=1)
+        with pytest.raises(StorageError, match=r"giving up after 2 retries"), cut.open_read("big") as f:
+            f.read()
+    finally:
+        proxy.stop()
+
+
+def test_put_if_absent_survives_a_lost_reply(s3_url):
+    store = open_storage(s3_url)
+    # As if our first PUT landed but its reply was lost, and botocore's retry met 412.
+    store.put("c/COMMIT", b"attempt 1")
+    assert store.put_if_absent("c/COMMIT", b"attempt 1") is True
+    assert store.put_if_absent("c/COMMIT", b"attempt 2") is False
+
+
+def test_large_writes_spool_to_disk_and_upload_whole(s3_url, monkeypatch):
+    monkeypatch.setattr(fsspec_storage, "SPOOL", 1 << 16)
+    store = open_storage(s3_url)
+    data = os.urandom(1 << 20)
+    with store.open_write("w") as f:
+        for i in range(0, len(data), 4096):
+            f.write(data[i : i + 4096])
+        assert not store.exists("w")
+    assert store.get("w") == data
+
+
+def test_server_side_move_between_prefixes(s3_bucket):
+    src, dst = open_storage(f"s3://{s3_bucket}/src"), open_storage(f"s3://{s3_bucket}/dst")
+    src.put("p", b"data")
+    src.move("p", "q", target=dst)
+    assert dst.get("q") == b"data"
+    assert not src.exists("p")
+
+
+def test_endpoint_from_options_instead_of_environment(s3_bucket, moto_server):
+    with patched_env({"AWS_ENDPOINT_URL_S3": "", "AWS_ENDPOINT_URL": ""}):
+        store = open_storage(f"s3://{s3_bucket}/opt", endpoint_url=moto_server.endpoint)
+        store.put("k", b"v")
+    assert open_storage(f"s3://{s3_bucket}/opt").get("k") == b"v"
+
+
+def test_missing_boto3_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "boto3.session", None)
+    monkeypatch.setattr(fsspec_storage, "_CLIENTS", {})
+    with pytest.raises(MissingExtra, match=r"mrkit\[s3\]"):
+        open_storage("s3://bucket/x")
+
+
+def test_import_mrkit_loads_no_object_store_package():
+    code = ("import sys, mrkit, mrkit.storage, mrkit.execution.base; "
+            "bad = [m for m in ('boto3', 'botocore', 'fsspec', 's3fs') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    subprocess.run([sys.executable, "-c", code], check=True)
