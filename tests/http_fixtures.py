@@ -1,0 +1,208 @@
+"""Fixtures and helpers for the HTTP worker tests: real servers on 127.0.0.1 only.
+
+* ``thread_worker``: a :class:`~mrkit.worker.http_server.WorkerServer` serving from a thread of the
+  test process (STYLE 33), with a known secret.
+* ``cli_workers``: a factory that starts ``python -m mrkit worker http`` subprocesses, reads the URL
+  each prints on stdout, and kills them all after the test.
+* ``call_spec`` / ``post_task``: build a futures-API task whose function leaves evidence on disk
+  (so a test can assert that a refused request did *no* work) and send it, signed or not.
+
+Test modules import the fixtures by their function names (``thread_worker_fixture``, ...) and use
+them by their fixture names (``thread_worker``, ``cli_workers``).
+
+Functions shipped to workers live here, at module level, so that worker processes import them by
+reference (they run with the repository root on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import pickle
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import pytest
+
+from mrkit.http_auth import sign_request
+from mrkit.model.task import TaskKind, TaskSpec
+from mrkit.worker.http_server import WorkerServer, open_server
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = b"test-secret-0123456789abcdef0123456789"
+
+
+# -- functions that run in workers ------------------------------------------------------------------
+
+
+def touch(path: str, seconds: float = 0.0) -> str:
+    """Sleep ``seconds``, then create ``path``: the evidence that a task ran."""
+    if seconds:
+        time.sleep(seconds)
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return path
+
+
+# -- building and sending tasks ---------------------------------------------------------------------
+
+
+def call_spec(fn: Callable[..., Any], *args: Any, task: str = "call-000000",
+              with_fn: bool = True) -> TaskSpec:
+    """A CALL task running ``fn(*args)`` once (``with_fn=False`` leaves out the function, digest only)."""
+    data = cloudpickle.dumps(fn)
+    return TaskSpec(job_id="futures-test", task_id=task, kind=TaskKind.CALL, call_fn=data if with_fn else b"",
+                    call_digest=hashlib.sha256(data).hexdigest(), call=pickle.dumps([args]))
+
+
+def post(port: int, path: str, body: bytes, headers: dict[str, str], method: str = "POST"
+         ) -> tuple[int, dict[str, str], bytes]:
+    """Send one request on a fresh connection; return status, headers and body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    try:
+        conn.request(method, path, body, headers)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def post_task(port: int, spec: TaskSpec, secret: bytes | None = SECRET, timestamp: float | None = None,
+              **extra: str) -> tuple[int, dict[str, str], bytes]:
+    """POST ``spec`` to ``/task``, signed with ``secret`` (None: unsigned) at ``timestamp`` (default
+    now), plus ``extra`` headers."""
+    body = spec.encode()
+    headers = sign_request(secret, "POST", "/task", body, timestamp=timestamp) if secret is not None else {}
+    headers.update(extra)
+    return post(port, "/task", body, headers)
+
+
+def get_json(port: int, path: str, **headers: str) -> tuple[int, dict[str, Any]]:
+    status, _, body = post(port, path, b"", headers, method="GET")
+    return status, json.loads(body)
+
+
+# -- servers ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(name="thread_worker")
+def thread_worker_fixture() -> Iterator[WorkerServer]:
+    """A worker server in a thread of this process, secret :data:`SECRET`, on a free port."""
+    server = open_server(SECRET, port=None)
+    thread = server.start_in_thread()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def write_secret(folder: Path, secret: bytes = SECRET, mode: int = 0o600) -> Path:
+    path = folder / "secret.txt"
+    path.write_bytes(secret + b"\n")
+    path.chmod(mode)
+    return path
+
+
+def worker_env(**extra: str) -> dict[str, str]:
+    """The environment of a worker subprocess: no inherited secret, the repository importable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MRKIT_SECRET")}
+    paths = [str(ROOT), str(ROOT / "src"), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    env.update(extra)
+    return env
+
+
+def read_line(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> str:
+    """The first line ``proc`` prints on stdout ('' if it exits or the time runs out first)."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    buffer = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        while b"\n" not in buffer and time.monotonic() < deadline:
+            if selector.select(0.1):
+                chunk = os.read(proc.stdout.fileno(), 4096)
+                if not chunk:
+                    break
+                buffer += chunk
+    return buffer.decode().strip()
+
+
+class CliWorkers:
+    """Starts ``python -m mrkit worker http`` processes; :meth:`stop_all` kills and reaps them."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str, secret: bytes | None = SECRET, env: dict[str, str] | None = None,
+              wait: bool = True) -> tuple[subprocess.Popen[bytes], str]:
+        """Start one worker; return it and its URL (read from its stdout; '' when ``wait`` is False)."""
+        argv = [sys.executable, "-m", "mrkit", "worker", "http", *args]
+        if secret is not None and "--secret-file" not in args:
+            argv += ["--secret-file", str(write_secret(self.tmp, secret))]
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env or worker_env(), cwd=self.tmp)
+        self.procs.append(proc)
+        url = read_line(proc) if wait else ""
+        if wait and not url.startswith("http://"):
+            self.stop(proc)
+            raise AssertionError(f"worker did not start: {url!r}; stderr: {proc.stderr.read().decode()!r}")
+        return proc, url
+
+    def stop(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        proc.wait(timeout=10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            self.stop(proc)
+
+
+@pytest.fixture(name="cli_workers")
+def cli_workers_fixture(tmp_path: Path) -> Iterator[CliWorkers]:
+    workers = CliWorkers(tmp_path)
+    try:
+        yield workers
+    finally:
+        workers.stop_all()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
