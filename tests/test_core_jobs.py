@@ -213,3 +213,20 @@ def test_partitioning_does_not_depend_on_the_hash_seed(tmp_path):
         outputs.append([(out / f"part-0000{p}").read_bytes() for p in range(4)])
     assert outputs[0] == outputs[1]
     assert all(outputs[0])
+
+
+UNGUARDED = """
+import mrkit
+job = mrkit.Job(mapper=lambda line: [(w, 1) for w in line.split()], reducer=lambda k, vs: sum(vs))
+print(sorted(mrkit.run(job, mrkit.Records(["a b", "b"]), workers=2, quiet=True)))
+"""
+
+
+def test_scripts_without_main_guard_and_from_stdin_work_on_processes(tmp_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED)
+    expected = "[('a', 1), ('b', 2)]"
+    by_path = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert by_path.stdout.strip() == expected, by_path.stderr
+    by_stdin = subprocess.run([sys.executable, "-"], input=UNGUARDED, capture_output=True, text=True, timeout=60)
+    assert by_stdin.stdout.strip() == expected, by_stdin.stderr

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from mrkit.coordination.plan import JobPlan, RetryPolicy
 from mrkit.coordination.progress import Progress
-from mrkit.errors import JobCancelled, JobFailed, WorkerLost
+from mrkit.errors import ConfigError, JobCancelled, JobFailed, WorkerLost
 from mrkit.execution.base import Executor
 from mrkit.model import layout
 from mrkit.model.task import TaskFailure, TaskResult, TaskSpec
@@ -167,6 +167,9 @@ class PhaseRunner:
         except WorkerLost as exc:
             self._lost(task, str(exc))
             return
+        except ConfigError as exc:  # the executor cannot run anything (e.g. its runner does not import)
+            raise JobFailed(f"{self.phase} task {task.spec.task_id} of job {task.spec.job_id} cannot run: {exc}",
+                            job_id=task.spec.job_id, task_id=task.spec.task_id) from exc
         except Exception as exc:  # an executor that fails a future otherwise: treat as lost, say why
             self._lost(task, f"{type(exc).__name__}: {exc}")
             return

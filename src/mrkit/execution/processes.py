@@ -43,6 +43,7 @@ sections are marked; the worker side (~120 lines) is the natural piece to split 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
 import multiprocessing
 import multiprocessing.util  # imported before our atexit hook is registered, so ours runs first
@@ -56,7 +57,7 @@ import time
 import traceback
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -122,6 +123,31 @@ def _frame(data: bytes) -> bytes:
     if len(data) > 0x7FFFFFFF:
         return _SHORT_HEADER.pack(-1) + _LONG_HEADER.pack(len(data)) + data
     return _SHORT_HEADER.pack(len(data)) + data
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Start a worker without making it re-import the driver's ``__main__``.
+
+    multiprocessing's spawn and forkserver re-run the main script in every child (as ``__mp_main__``)
+    so that pickles can name its functions. mrkit never needs that: jobs and futures functions are
+    cloudpickled, by value for ``__main__``. Re-importing it would only re-run a script that lacks an
+    ``if __name__ == "__main__":`` guard (starting jobs in the workers) and break scripts read from
+    stdin (``python - <<EOF``). Hiding ``__file__``/``__spec__`` while the child is created makes
+    multiprocessing's preparation data omit the main module.
+    """
+    main = sys.modules.get("__main__")
+    names = ("__file__", "__spec__")
+    saved = {name: main.__dict__[name] for name in names if main is not None and name in main.__dict__}
+    try:
+        if main is not None:
+            main.__dict__.pop("__file__", None)
+            main.__dict__["__spec__"] = None
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.pop("__spec__", None)
+            main.__dict__.update(saved)
 
 
 def _send_all(conn: Connection, messages: list[bytes]) -> None:
@@ -416,7 +442,8 @@ class ProcessExecutor(Executor):
             import multiprocessing.forkserver as forkserver  # Unix only, hence imported here
 
             server = getattr(forkserver, "_forkserver", None)
-            current = list(getattr(server, "_preload_modules", ["__main__"]))
+            # '__main__' (multiprocessing's default) is left out on purpose: see _main_module_hidden.
+            current = [m for m in getattr(server, "_preload_modules", []) if m != "__main__"]
             wanted = [__name__, "mrkit.worker.runtime"]
             self._ctx.set_forkserver_preload(current + [m for m in wanted if m not in current])
 
@@ -570,7 +597,8 @@ class ProcessExecutor(Executor):
             target=_worker_main, name="mrkit-worker",
             args=(child_conn, self._lifeline_r, self.runner, list(sys.path), dict(os.environ)),
         )
-        process.start()
+        with _main_module_hidden():
+            process.start()
         # Only the child may hold its end: if the parent kept it, a dead child would never read as EOF.
         child_conn.close()
         w = _Worker(process, parent_conn)
