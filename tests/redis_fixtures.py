@@ -15,6 +15,8 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -129,3 +131,85 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
             client.flushall()
         finally:
             client.close()
+
+
+# -- workers ---------------------------------------------------------------------------------------
+
+MRKIT = [sys.executable, "-c", "import sys; from mrkit.cli.main import main; main(sys.argv[1:])"]
+TEST_SECRET = "test-secret-not-for-production"
+
+
+def mrkit_cmd(*args: str, env: dict[str, str] | None = None, timeout: float = 20.0,
+              check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``mrkit ARGS…`` in a fresh interpreter (bounded by ``timeout``)."""
+    proc = subprocess.run([*MRKIT, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"mrkit {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def start_worker(url: str, *, burst: bool = True, name: str | None = None, concurrency: int = 1,
+                 env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start ``mrkit worker URL`` as a subprocess (stderr piped, for assertions on what it says)."""
+    args = [*MRKIT, "worker", url, "--concurrency", str(concurrency)]
+    if burst:
+        args.append("--burst")
+    if name:
+        args += ["--name", name]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+
+
+def stop_worker(proc: subprocess.Popen[str], timeout: float = 10.0) -> str:
+    """Wait for a worker to exit (SIGKILL it after ``timeout``); return its stderr."""
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=5)
+    return err
+
+
+class WorkerThreads:
+    """``n`` :class:`~mrkit.worker.redis_worker.RedisWorker` loops in threads of the test process.
+
+    Faster to start than processes; the GIL makes them share one core, which is fine for tests of
+    behaviour. Use as a context manager; leaving it stops them and re-raises a worker's exception.
+    """
+
+    def __init__(self, url: str, n: int = 2, *, burst: bool = False, secret: bytes | None = None) -> None:
+        from mrkit.execution.redis_streams import resolve_secret
+        from mrkit.worker.redis_worker import RedisWorker
+
+        key = resolve_secret(url, secret=secret)
+        self.workers = [RedisWorker(url, name=f"thread-{i}", burst=burst, secret=key, capture_output=False)
+                        for i in range(n)]
+        self.errors: list[BaseException] = []
+        self.threads = [threading.Thread(target=self._run, args=(w,), daemon=True) for w in self.workers]
+
+    def _run(self, worker) -> None:  # type: ignore[no-untyped-def]
+        try:
+            worker.run()
+        except BaseException as exc:  # reported on exit
+            self.errors.append(exc)
+
+    def __enter__(self) -> WorkerThreads:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for w in self.workers:
+            w.stop()
+        for t in self.threads:
+            t.join(timeout=10)
+        if self.errors:
+            raise self.errors[0]
+
+
+@pytest.fixture
+def secret_env(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Sets ``MRKIT_SECRET`` for this test and the worker processes it starts."""
+    monkeypatch.setenv("MRKIT_SECRET", TEST_SECRET)
+    return TEST_SECRET

@@ -1,0 +1,174 @@
+"""``mrkit submit`` / ``status`` / ``logs`` / ``result`` / ``cancel`` / ``jobs``: asynchronous jobs.
+
+    mrkit submit JOB INPUT... --executor redis://host:port/db [run options]   prints the job id
+    mrkit status ID [--json]        phase, tasks done/total per phase, attempts, failures, workers
+    mrkit logs ID [--follow]        task events and the user functions' output, per task
+    mrkit result ID [--wait [--timeout S]]   the output, one JSON key TAB JSON value per line
+    mrkit cancel ID
+    mrkit jobs                      the jobs the executor's Redis knows, newest first
+
+Every command but ``submit`` finds the job through ``--executor`` (or ``MRKIT_EXECUTOR``), which must
+name an asynchronous executor; its object provides ``job_handle(id)`` and ``list_jobs()``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import click
+
+from mrkit.cli.options import parse_params, run_options
+from mrkit.errors import ConfigError, JobFailed
+
+_EXECUTOR = click.option("--executor", envvar="MRKIT_EXECUTOR", required=True,
+                         help="The asynchronous executor the job was submitted to (redis://…).")
+
+
+def _executor(name: str) -> Any:
+    from mrkit.execution.base import open_executor
+
+    ex = open_executor(name, workers=1)
+    if not ex.asynchronous or not hasattr(ex, "job_handle"):
+        raise ConfigError(f"executor {name!r} runs jobs in the submitting process; submitted jobs live on an "
+                          "asynchronous executor such as redis://host:port/db")
+    return ex
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("job_ref", metavar="JOB")
+@click.argument("inputs", nargs=-1, metavar="[INPUT]...")
+@run_options
+def submit(job_ref: str, inputs: tuple[str, ...], **opts: Any) -> None:
+    """Submit JOB over INPUT to an asynchronous executor and print the job id at once.
+
+    The job advances without this process. Inputs given as local paths and a local -o folder must
+    exist at the same path on every worker. Without -o the result stays in Redis: `mrkit result ID`.
+
+    \b
+    Example:
+      mrkit submit examples/wordcount.py:WordCount /shared/texts --executor redis://127.0.0.1:6379/0
+    """
+    import mrkit
+    from mrkit.cli.jobfile import load_job, load_job_file
+
+    params = parse_params(opts.pop("param"))
+    opts.pop("counters")
+    options = {k: v for k, v in opts.items() if v is not None}
+    if job_ref.endswith(".json"):
+        spec = load_job_file(job_ref)
+        job = spec.job.with_params(params) if params else spec.job
+        run_inputs: Any = list(inputs) or spec.inputs
+        options = {**spec.options, **options}
+    else:
+        if not inputs:
+            raise ConfigError("no INPUT given: name files, globs or folders after the job (or use a job.json)")
+        job = load_job(job_ref, params or None)
+        run_inputs = list(inputs)
+    if run_inputs and not isinstance(run_inputs[0], str):
+        run_inputs = mrkit.Records(run_inputs)
+    executor = options.pop("executor", None)
+    if not executor:
+        raise ConfigError("mrkit submit needs --executor (or MRKIT_EXECUTOR) naming an asynchronous executor, "
+                          "e.g. redis://127.0.0.1:6379/0")
+    ex = _executor(executor)
+    if options.get("output") is None:
+        options.pop("format", None)
+    handle = mrkit.submit(job, run_inputs, executor=ex, **options)
+    click.echo(handle.id)
+    click.echo(f"mrkit: submitted {handle.id}; follow it with: mrkit status {handle.id} --executor {ex.name}",
+               err=True)
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    click.echo(f"job       {status['id']} ({status.get('name', '')})")
+    click.echo(f"state     {status['state']}" + (f", phase {status['phase']}" if status.get("phase") else ""))
+    if "tasks" in status:
+        for phase in ("map", "reduce"):
+            t = status["tasks"][phase]
+            click.echo(f"{phase:<9} {t['done']}/{t['total']} tasks done, {status['attempts'][phase]} attempts, "
+                       f"{status['failures'][phase]} failed, {status['lost'][phase]} lost")
+        click.echo(f"in flight {status['in_flight']}")
+        click.echo(f"workers   {', '.join(status['workers']) or '(none yet)'}")
+        click.echo(f"elapsed   {status['seconds']:.1f}s")
+        if status.get("output"):
+            click.echo(f"output    {status['output']}")
+    if status.get("error"):
+        click.echo(f"error     {status['error']}")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("job_id", metavar="ID")
+@_EXECUTOR
+@click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON object.")
+def status(job_id: str, executor: str, as_json: bool) -> None:
+    """Show a submitted job's phase, tasks done per phase, attempts, failures and workers.
+
+    Exits 1 when the job failed, was cancelled, was lost or is unknown.
+    """
+    st = _executor(executor).job_handle(job_id).status()
+    if as_json:
+        click.echo(json.dumps(st, indent=1, sort_keys=True))
+    else:
+        _print_status(st)
+    if st["state"] in ("failed", "cancelled", "lost", "unknown"):
+        sys.exit(1)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("job_id", metavar="ID")
+@_EXECUTOR
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the job ends.")
+def logs(job_id: str, executor: str, follow: bool) -> None:
+    """Print a submitted job's task events and the output of its user functions, per task."""
+    for line in _executor(executor).job_handle(job_id).logs(follow=follow):
+        click.echo(line)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("job_id", metavar="ID")
+@_EXECUTOR
+@click.option("--wait", is_flag=True, help="Wait for the job to end instead of failing while it runs.")
+@click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
+def result(job_id: str, executor: str, wait: bool, timeout: float | None) -> None:
+    """Print a finished job's output: one JSON key TAB JSON value per line."""
+    handle = _executor(executor).job_handle(job_id)
+    if not wait:
+        st = handle.status()
+        if st["state"] == "running":
+            tasks = st["tasks"]
+            raise JobFailed(f"job {job_id} is still running (phase {st['phase']}: map {tasks['map']['done']}/"
+                            f"{tasks['map']['total']}, reduce {tasks['reduce']['done']}/{tasks['reduce']['total']}); "
+                            "use --wait to wait for it", job_id=job_id)
+    res = handle.wait(timeout)
+    out = sys.stdout
+    for k, v in res:
+        out.write(f"{json.dumps(k, ensure_ascii=False)}\t{json.dumps(v, ensure_ascii=False, default=repr)}\n")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("job_id", metavar="ID")
+@_EXECUTOR
+def cancel(job_id: str, executor: str) -> None:
+    """Cancel a submitted job; its intermediate data is deleted and nothing is published."""
+    if _executor(executor).job_handle(job_id).cancel():
+        click.echo(f"cancelled {job_id}")
+    else:
+        click.echo(f"job {job_id} had already ended; nothing to cancel", err=True)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@_EXECUTOR
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per job.")
+def jobs(executor: str, as_json: bool) -> None:
+    """List the jobs the executor's Redis knows, newest first."""
+    for st in _executor(executor).list_jobs():
+        if as_json:
+            click.echo(json.dumps(st, sort_keys=True))
+            continue
+        tasks = st["tasks"]
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(st["submitted"]))
+        click.echo(f"{st['id']}  {st['state']:<9} {st['phase']:<9} map {tasks['map']['done']}/{tasks['map']['total']} "
+                   f"reduce {tasks['reduce']['done']}/{tasks['reduce']['total']}  submitted {when}")

@@ -1,0 +1,642 @@
+"""The Redis fleet worker: ``mrkit worker redis://host:port/db [--concurrency K] [--burst] [--name N]``.
+
+One worker process is one consumer of the group ``workers`` on every live task stream listed in
+``mrkit:queues`` (docs/redis.md). Its loop:
+
+1. ``XREADGROUP … COUNT n BLOCK 250ms STREAMS <every live stream> > …``. ``n`` adapts: 1 while tasks
+   take more than 5 ms (a long task must not sit on work another worker could start), doubling up to
+   64 while they are tiny (one round trip per batch instead of per task).
+2. Verify each entry's signature (:mod:`mrkit.security`) *before* decoding it. An entry that does not
+   verify is never decoded, unpickled or run: it is acked, copied to ``mrkit:dead`` with the reason,
+   and logged on stderr.
+3. Run it with :func:`mrkit.worker.runtime.run_task`. A blocking-mode task (its header names a reply
+   stream) gets its signed result ``XADD``\\ed there and is ``XACK``\\ed in the same pipeline. An
+   asynchronous job's task goes to :mod:`mrkit.coordination.redis_jobs`, which records completion
+   and advances the job atomically (the worker hosts the job's coordination; nobody else does).
+4. A heartbeat thread renews the lease of every entry it holds (a Lua script: ``XCLAIM … JUSTID``
+   only if ``XPENDING`` says the entry is still ours, so a worker that was presumed dead cannot take
+   an entry back from the worker that reclaimed it). Idle, or every half lease, the worker reclaims
+   asynchronous jobs' entries whose lease expired (``XAUTOCLAIM``); blocking sessions' expired
+   entries are reclaimed by their executor, which retries them as new attempts.
+
+``--burst``: exit when no live session exists and every job stream is drained (nothing undelivered,
+nothing pending). SIGTERM/SIGINT: finish the task in hand, hand back the prefetched ones (their idle
+time is set past the lease so that the next claimer takes them at once), deregister, exit.
+
+Redis unreachable: the worker retries every second, saying so on stderr; in burst mode it gives up
+after 60 s (exit status 1). Tasks it held are reclaimed by others after their lease.
+
+User output of asynchronous tasks (prints to stdout/stderr and ``logging`` records) is captured per
+task, through per-thread proxies installed once, and appended to the job's log stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from mrkit.errors import AuthenticationError, ConfigError, StorageError
+from mrkit.execution.redis_streams import (
+    DEAD,
+    DEAD_MAXLEN,
+    GROUP,
+    QUEUES,
+    WORKERS,
+    now_ms,
+    pack,
+    resolve_secret,
+    unpack,
+)
+from mrkit.model.task import TaskFailure, TaskResult, TaskSpec
+from mrkit.storage.redis import RedisURL, connect, redact
+from mrkit.worker.runtime import run_task
+
+MAX_BATCH = 64
+TINY_TASK_SECONDS = 0.005
+FLUSH_SECONDS = 0.01  # buffered blocking-mode results are sent at least this often
+BLOCK_MS = 250
+QUEUE_REFRESH_SECONDS = 1.0
+BURST_GIVE_UP_SECONDS = 60.0
+CAPTURE_LIMIT = 64 * 1024  # characters of user output kept per task and stream
+# Exception names that mean Redis itself failed under a task (redis-py's classes).
+_REDIS_FAILURES = {"ConnectionError", "TimeoutError", "BusyLoadingError", "ReadOnlyError", "MasterDownError"}
+HANDBACK_IDLE_MS = 10**12  # "idle forever": the next XAUTOCLAIM takes a handed-back entry at once
+
+# Renew the lease of ARGV[3..] on KEYS[1] for consumer ARGV[2], but only of entries it still owns.
+_HEARTBEAT = """
+local n = 0
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if #p > 0 and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    n = n + 1
+  end
+end
+return n
+"""
+
+
+@dataclass
+class Queue:
+    """A live task stream and how to treat it."""
+
+    stream: str
+    mode: str  # "session" (blocking executor; it reclaims) or "job" (asynchronous; workers reclaim)
+    lease_ms: int
+    last_heartbeat: float = 0.0
+    last_reclaim: float = 0.0
+
+
+# -- capture of user output ------------------------------------------------------------------
+
+_capture = threading.local()
+_install_lock = threading.Lock()
+_installed = False
+
+
+class _Proxy(io.TextIOBase):
+    """Stands in for sys.stdout/sys.stderr: a thread capturing a task gets its writes, others pass."""
+
+    def __init__(self, original: Any, kind: str) -> None:
+        self._original, self._kind = original, kind
+
+    def write(self, text: str) -> int:
+        buffers = getattr(_capture, "buffers", None)
+        if buffers is None:
+            return int(self._original.write(text))
+        buffers.add(self._kind, text)
+        return len(text)
+
+    def flush(self) -> None:
+        if getattr(_capture, "buffers", None) is None:
+            self._original.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return str(getattr(self._original, "encoding", "utf-8"))
+
+    def fileno(self) -> int:
+        return int(self._original.fileno())
+
+
+class _CaptureHandler(logging.Handler):
+    """Routes a task's log records to its capture; outside tasks, warnings still reach stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        buffers = getattr(_capture, "buffers", None)
+        try:
+            line = self.format(record) + "\n"
+        except Exception:
+            self.handleError(record)
+            return
+        if buffers is not None:
+            buffers.add("log", line)
+        elif record.levelno >= logging.WARNING:
+            sys.__stderr__.write(line) if sys.__stderr__ else None
+
+
+class Captured:
+    """User output of one task, per stream, truncated at ``CAPTURE_LIMIT`` characters each."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[str]] = {}
+        self.sizes: dict[str, int] = {}
+
+    def add(self, kind: str, text: str) -> None:
+        size = self.sizes.get(kind, 0)
+        if size < CAPTURE_LIMIT:
+            self.parts.setdefault(kind, []).append(text[: CAPTURE_LIMIT - size])
+        self.sizes[kind] = size + len(text)
+
+    def items(self) -> Iterator[tuple[str, str]]:
+        for kind, parts in self.parts.items():
+            text = "".join(parts)
+            if self.sizes[kind] > CAPTURE_LIMIT:
+                text += f"\n[… {self.sizes[kind] - CAPTURE_LIMIT} more characters not kept]"
+            yield kind, text
+
+
+def install_capture() -> None:
+    """Install the stdout/stderr proxies and the logging handler in this process (once)."""
+    global _installed
+    with _install_lock:
+        if _installed:
+            return
+        sys.stdout = _Proxy(sys.stdout, "stdout")  # type: ignore[assignment]
+        sys.stderr = _Proxy(sys.stderr, "stderr")  # type: ignore[assignment]
+        handler = _CaptureHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        if root.level > logging.INFO:
+            root.setLevel(logging.INFO)  # so that a task's logging.info() is captured too
+        _installed = True
+
+
+@contextmanager
+def capture_output() -> Iterator[Captured]:
+    """Capture this thread's user output (after :func:`install_capture`) for the block."""
+    captured = Captured()
+    previous = getattr(_capture, "buffers", None)
+    _capture.buffers = captured
+    try:
+        yield captured
+    finally:
+        _capture.buffers = previous
+
+
+# -- the worker ------------------------------------------------------------------------------
+
+
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    import redis
+
+    return (redis.ConnectionError, redis.TimeoutError)
+
+
+class RedisWorker:
+    """One consumer of every live task stream of one Redis.
+
+    Args:
+        url: the Redis URL.
+        name: this consumer's name (unique among the fleet; default ``host:pid``).
+        burst: return from :meth:`run` when no work is left.
+        secret: the shared secret (see :func:`~mrkit.execution.redis_streams.resolve_secret`).
+        capture_output: capture user output of asynchronous tasks (needs :func:`install_capture`).
+    """
+
+    def __init__(self, url: str, *, name: str | None = None, burst: bool = False, secret: bytes = b"",
+                 capture_output: bool = True) -> None:
+        self.url = url
+        self.label = redact(url)
+        self.host = socket.gethostname()
+        self.name = name or f"{self.host}:{os.getpid()}"
+        self.burst = burst
+        self.secret = secret
+        self.capture_output = capture_output
+        self.client = connect(url)
+        self.queues: dict[str, Queue] = {}
+        self.tasks_done = 0
+        self._queues_at = 0.0
+        self._count = 1
+        self._stop = threading.Event()
+        self._inflight: dict[str, set[bytes]] = {}
+        self._inflight_lock = threading.Lock()
+        self._heartbeat = self.client.register_script(_HEARTBEAT)
+        from mrkit.coordination.redis_jobs import SCRIPTS
+
+        self.scripts = {name: self.client.register_script(text) for name, text in SCRIPTS.items()}
+        self._replies: Any = None  # pipeline of buffered blocking-mode results
+        self._replies_since = 0.0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the task in hand (safe from a signal handler or thread)."""
+        self._stop.set()
+
+    def run(self) -> int:
+        """Consume tasks until stopped (or, in burst mode, until no work is left).
+
+        Returns:
+            The number of entries processed.
+
+        Raises:
+            StorageError: burst mode and Redis stayed unreachable for ``BURST_GIVE_UP_SECONDS``.
+        """
+        beat = threading.Thread(target=self._heartbeat_loop, name="mrkit-heartbeat", daemon=True)
+        beat.start()
+        down_since: float | None = None
+        try:
+            while not self._stop.is_set():
+                try:
+                    if not self._step():
+                        break
+                    if down_since is not None:
+                        print(f"mrkit worker {self.name}: reconnected to Redis at {self.label}", file=sys.stderr)
+                    down_since = None
+                except _redis_errors() as exc:
+                    with self._inflight_lock:
+                        self._inflight.clear()  # their leases expire; whoever is alive reclaims them
+                    self._replies = None
+                    if down_since is None:
+                        down_since = time.monotonic()
+                        print(f"mrkit worker {self.name}: Redis at {self.label} unreachable ({exc}); "
+                              "retrying every second", file=sys.stderr)
+                    elif self.burst and time.monotonic() - down_since > BURST_GIVE_UP_SECONDS:
+                        raise StorageError(f"Redis at {self.label} unreachable for {BURST_GIVE_UP_SECONDS:g}s; "
+                                           "burst worker gives up") from None
+                    self._stop.wait(1.0)
+        finally:
+            self._stop.set()
+            self._hand_back()
+            beat.join(timeout=2)
+            try:
+                self.client.zrem(WORKERS, self.name)
+            except _redis_errors():
+                pass
+        return self.tasks_done
+
+    def _step(self) -> bool:
+        """One read-and-process round; False when a burst worker should exit."""
+        now = time.monotonic()
+        if now - self._queues_at >= QUEUE_REFRESH_SECONDS or not self.queues:
+            self._refresh_queues()
+        if not self.queues:
+            if self.burst:
+                return False
+            self._stop.wait(BLOCK_MS / 1000)
+            return True
+        entries = self._read()
+        if not entries:
+            entries = self._reclaim(force=True)
+        elif now - min(q.last_reclaim for q in self.queues.values()) > 5.0:
+            entries += self._reclaim(force=False)
+        if entries:
+            self._process(entries)
+            return True
+        return not (self.burst and self._drained())
+
+    def _refresh_queues(self) -> None:
+        self._queues_at = time.monotonic()
+        live = [s.decode() for s in self.client.zrangebyscore(QUEUES, now_ms(), "+inf")]
+        for stream in list(self.queues):
+            if stream not in live:
+                del self.queues[stream]
+        new = [s for s in live if s not in self.queues]
+        if new:
+            pipe = self.client.pipeline(transaction=False)
+            for stream in new:
+                pipe.hgetall(_meta_key(stream))
+            for stream, meta in zip(new, pipe.execute()):
+                if meta:
+                    self.queues[stream] = Queue(stream, meta.get(b"mode", b"job").decode(),
+                                                int(meta.get(b"lease_ms", b"30000")))
+        self.client.zadd(WORKERS, {self.name: now_ms()})
+
+    def _read(self) -> list[tuple[str, bytes, dict[bytes, bytes], bool]]:
+        import redis
+
+        try:
+            reply = self.client.xreadgroup(GROUP, self.name, {q: ">" for q in self.queues},
+                                           count=self._count, block=BLOCK_MS)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
+                raise
+            self._refresh_queues()  # a stream vanished (its session ended, or Redis lost it)
+            for stream in list(self.queues):
+                if not self.client.exists(stream):
+                    del self.queues[stream]
+            return []
+        out = []
+        for stream, items in reply or ():
+            name = stream.decode()
+            for entry_id, fields in items:
+                if fields:  # an entry deleted after delivery comes back without fields
+                    out.append((name, entry_id, fields, False))
+        self._track(out)
+        return out
+
+    def _reclaim(self, *, force: bool) -> list[tuple[str, bytes, dict[bytes, bytes], bool]]:
+        """Take over asynchronous jobs' entries whose lease expired (``XAUTOCLAIM``)."""
+        now = time.monotonic()
+        out: list[tuple[str, bytes, dict[bytes, bytes], bool]] = []
+        for queue in list(self.queues.values()):
+            if queue.mode != "job" or (not force and now - queue.last_reclaim < queue.lease_ms / 2000):
+                continue
+            if force and now - queue.last_reclaim < min(1.0, queue.lease_ms / 4000):
+                continue
+            queue.last_reclaim = now
+            reply = self.client.xautoclaim(queue.stream, GROUP, self.name, queue.lease_ms, "0-0", count=8)
+            for entry_id, fields in reply[1]:
+                if fields:
+                    out.append((queue.stream, entry_id, fields, True))
+        self._track(out)
+        return out
+
+    def _drained(self) -> bool:
+        """Burst mode: no live blocking session, and every job stream has nothing left to do."""
+        if any(q.mode == "session" for q in self.queues.values()):
+            return False
+        pipe = self.client.pipeline(transaction=False)
+        streams = list(self.queues)
+        for stream in streams:
+            pipe.xinfo_groups(stream)
+        for groups in pipe.execute(raise_on_error=False):
+            if isinstance(groups, Exception):
+                continue  # the stream is gone
+            for group in groups:
+                if group.get("name") in (GROUP, GROUP.encode()) and (group.get("pending") or group.get("lag") != 0):
+                    return False
+        return True
+
+    # -- processing -----------------------------------------------------------------------
+
+    def _track(self, entries: list[tuple[str, bytes, dict[bytes, bytes], bool]]) -> None:
+        with self._inflight_lock:
+            for stream, entry_id, _, _ in entries:
+                self._inflight.setdefault(stream, set()).add(entry_id)
+
+    def done_with(self, stream: str, entry_id: bytes) -> None:
+        """Stop heartbeating an entry (it was acked, or handed on)."""
+        with self._inflight_lock:
+            ids = self._inflight.get(stream)
+            if ids is not None:
+                ids.discard(entry_id)
+
+    def _process(self, entries: list[tuple[str, bytes, dict[bytes, bytes], bool]]) -> None:
+        started = time.perf_counter()
+        done = 0
+        for i, (stream, entry_id, fields, reclaimed) in enumerate(entries):
+            if self._stop.is_set():
+                break  # the rest are handed back by run()
+            self._process_one(stream, entry_id, fields, reclaimed)
+            done += 1
+            if self._replies is not None and (time.perf_counter() - self._replies_since > FLUSH_SECONDS
+                                              or i == len(entries) - 1):
+                self._flush()
+        self._flush()
+        if done:
+            per_task = (time.perf_counter() - started) / done
+            self._count = min(MAX_BATCH, self._count * 2) if per_task < TINY_TASK_SECONDS else 1
+
+    def _process_one(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], reclaimed: bool) -> None:
+        try:
+            header, body = unpack(self.secret, fields, f"entry {entry_id.decode()} of {stream}")
+            op = header.get("op")
+            if op not in ("task", "publish"):
+                raise ValueError(f"unknown operation {op!r}")
+        except (AuthenticationError, ValueError) as exc:
+            self.reject(stream, entry_id, str(exc))
+            return
+        self.tasks_done += 1
+        queue = self.queues.get(stream)
+        if header.get("reply"):
+            self._run_blocking(stream, entry_id, header, body)
+        else:
+            from mrkit.coordination import redis_jobs  # the worker hosts asynchronous jobs' coordination
+
+            redis_jobs.process_entry(self, stream, entry_id, fields, header, body, reclaimed,
+                                     queue.lease_ms if queue else 30000)
+
+    def _run_blocking(self, stream: str, entry_id: bytes, header: dict[str, Any], body: bytes) -> None:
+        try:
+            spec = TaskSpec.decode(body)
+        except Exception as exc:
+            self.reject(stream, entry_id, f"undecodable task: {type(exc).__name__}: {exc}")
+            return
+        result, _ = self.run_spec(spec, capture=False)
+        if result.failure is not None and self.is_infrastructure_failure(result.failure):
+            raise self.infrastructure_error(result.failure)  # left pending: the executor retries it
+        if self._replies is None:
+            self._replies = self.client.pipeline(transaction=False)
+            self._replies_since = time.perf_counter()
+        reply = pack(self.secret, {"sid": header.get("sid", 0)}, result.encode())
+        # NOMKSTREAM: if the executor is gone, its result stream is too; do not re-create it forever.
+        self._replies.xadd(str(header["reply"]), reply, nomkstream=True)
+        self._replies.xack(stream, GROUP, entry_id)
+        self.done_with(stream, entry_id)
+
+    def run_spec(self, spec: TaskSpec, *, capture: bool) -> tuple[TaskResult, list[tuple[str, str]]]:
+        """Run one attempt here; return its result and the user output captured (when asked).
+
+        A map task whose local input file does not exist on this host fails with a message naming
+        the path and the host, not retried: inputs given as local paths must exist on every worker.
+        """
+        captured: list[tuple[str, str]] = []
+        if capture and self.capture_output:
+            with capture_output() as out:
+                result = run_task(spec, worker=self.name)
+            captured = list(out.items())
+        else:
+            result = run_task(spec, worker=self.name)
+        split = spec.split
+        if (not result.ok and split is not None and "://" not in split.uri and "#" not in split.uri
+                and not os.path.exists(split.uri)):
+            failure = TaskFailure(
+                where="", exc_type="InputError", retryable=False,
+                message=(f"input {split.uri} is not readable on worker {self.name} (host {self.host}): inputs "
+                         "given as local paths must exist at the same path on every worker; put them in a "
+                         "folder every worker mounts, or pass the records themselves"),
+                traceback=result.failure.traceback if result.failure else "")
+            result = dataclasses.replace(result, failure=failure)
+        return result, captured
+
+    @staticmethod
+    def is_infrastructure_failure(failure: TaskFailure) -> bool:
+        """True when a task failed because Redis failed under it, not because of the user's code."""
+        return failure.exc_type in _REDIS_FAILURES and "redis" in failure.traceback
+
+    @staticmethod
+    def infrastructure_error(failure: TaskFailure) -> BaseException:
+        import redis
+
+        return redis.ConnectionError(f"Redis failed under a task: {failure.sentence()}")
+
+    @staticmethod
+    def is_infrastructure_error(exc: BaseException) -> bool:
+        return isinstance(exc, _redis_errors())
+
+    def _flush(self) -> None:
+        if self._replies is not None:
+            replies, self._replies = self._replies, None
+            replies.execute(raise_on_error=False)
+
+    def reject(self, stream: str, entry_id: bytes, reason: str) -> None:
+        """Refuse an entry without running it: ack it, dead-letter it, say so on stderr."""
+        print(f"mrkit worker {self.name}: REFUSED entry {entry_id.decode()} of {stream}: {reason}", file=sys.stderr)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xack(stream, GROUP, entry_id)
+        pipe.xadd(DEAD, {"stream": stream, "id": entry_id, "reason": reason, "worker": self.name,
+                         "time": now_ms()}, maxlen=DEAD_MAXLEN, approximate=True)
+        pipe.execute()
+        self.done_with(stream, entry_id)
+        job = _scope(stream)
+        if job and self.queues.get(stream, Queue(stream, "session", 0)).mode == "job":
+            from mrkit.coordination import redis_jobs
+
+            redis_jobs.log_event(self.client, job, "", 0, self.name, "event",
+                                 f"refused entry {entry_id.decode()}: {reason}")
+
+    # -- leases ---------------------------------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        last_registered = 0.0
+        while not self._stop.wait(0.5):
+            now = time.monotonic()
+            try:
+                if now - last_registered > 5.0:
+                    self.client.zadd(WORKERS, {self.name: now_ms()})
+                    last_registered = now
+                with self._inflight_lock:
+                    held = {s: list(ids) for s, ids in self._inflight.items() if ids}
+                for stream, ids in held.items():
+                    queue = self.queues.get(stream)
+                    lease_s = (queue.lease_ms if queue else 30000) / 1000
+                    if queue is not None and now - queue.last_heartbeat < lease_s / 4:
+                        continue
+                    if queue is not None:
+                        queue.last_heartbeat = now
+                    self._heartbeat(keys=[stream], args=[GROUP, self.name, *ids])
+            except Exception:
+                continue  # Redis down or the stream gone: the main loop reports it
+
+    def _hand_back(self) -> None:
+        """Give back entries read but not started, so that the next claimer takes them at once."""
+        with self._inflight_lock:
+            held = {s: list(ids) for s, ids in self._inflight.items() if ids}
+            self._inflight.clear()
+        for stream, ids in held.items():
+            try:
+                self.client.xclaim(stream, GROUP, self.name, 0, ids, idle=HANDBACK_IDLE_MS, justid=True)
+            except Exception:
+                pass
+
+
+def _scope(stream: str) -> str:
+    """``mrkit:{job-1}:tasks`` -> ``job-1``."""
+    start, end = stream.find("{"), stream.find("}")
+    return stream[start + 1 : end] if 0 <= start < end else ""
+
+
+def _meta_key(stream: str) -> str:
+    return stream[: stream.rfind(":")] + ":meta"
+
+
+# -- the command -------------------------------------------------------------------------------
+
+
+def serve(url: str, *, concurrency: int | None = None, burst: bool = False, name: str | None = None,
+          secret_file: str | None = None) -> None:
+    """Run ``concurrency`` worker processes on the Redis at ``url`` until stopped (or drained in burst mode).
+
+    Args:
+        url: ``redis://[[user]:password@]host:port/db`` or ``rediss://…``.
+        concurrency: worker processes (default: every core); 1 runs in this process.
+        burst: exit when no work is left.
+        name: worker name shown in ``mrkit status`` (default ``host:pid``; ``name/i`` for several).
+        secret_file: file holding the shared secret (else ``MRKIT_SECRET``).
+
+    Raises:
+        ConfigError: a bad URL, no secret for a non-loopback Redis, or Redis refuses the credentials.
+        StorageError: Redis cannot be reached.
+    """
+    secret = resolve_secret(url, secret_file)
+    _check_connection(url)
+    concurrency = concurrency or os.cpu_count() or 1
+    if concurrency < 1:
+        raise ConfigError(f"--concurrency must be at least 1, got {concurrency}")
+    if concurrency == 1:
+        _serve_one(url, name, burst, secret)
+        return
+    base = name or f"{socket.gethostname()}:{os.getpid()}"
+    # fork: the children need nothing but this module, and no thread has started yet in this process.
+    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    children = [ctx.Process(target=_serve_one, args=(url, f"{base}/{i}", burst, secret), daemon=False)
+                for i in range(concurrency)]
+    for child in children:
+        child.start()
+
+    def forward(signum: int, _frame: Any) -> None:
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                os.kill(child.pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for child in children:
+            child.join()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    failed = [c.exitcode for c in children if c.exitcode]
+    if failed:
+        raise StorageError(f"{len(failed)} of {concurrency} worker processes failed (exit codes {failed})")
+
+
+def _serve_one(url: str, name: str | None, burst: bool, secret: bytes) -> None:
+    install_capture()
+    worker = RedisWorker(url, name=name, burst=burst, secret=secret)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if worker._stop.is_set():
+            raise KeyboardInterrupt  # a second signal: stop now
+        print(f"mrkit worker {worker.name}: stopping after the current task", file=sys.__stderr__)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"mrkit worker {worker.name}: consuming {worker.label}{' (burst)' if burst else ''}", file=sys.__stderr__)
+    done = worker.run()
+    print(f"mrkit worker {worker.name}: exiting after {done} entries", file=sys.__stderr__)
+
+
+def _check_connection(url: str) -> None:
+    import redis
+
+    parsed = RedisURL.parse(url)
+    try:
+        connect(url).ping()
+    except redis.AuthenticationError as exc:
+        raise ConfigError(f"Redis at {redact(parsed.url)} refused the credentials: {exc}") from None
+    except redis.ResponseError as exc:
+        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc) or "NOPERM" in str(exc):
+            raise ConfigError(f"Redis at {redact(parsed.url)} refused the credentials: {exc}") from None
+        raise
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise StorageError(f"cannot reach Redis at {redact(parsed.url)}: {exc}") from None
