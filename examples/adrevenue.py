@@ -74,8 +74,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top", type=int, default=10, help="how many URLs to print without -o")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing result in OUT")
     args = parser.parse_args(argv)
-    result = mrkit.run(AdRevenue(), args.inputs, output=args.output, n_reduce=args.n_reduce,
-                       executor=args.executor, overwrite=args.overwrite)
+    result = mrkit.run(
+        AdRevenue(),
+        args.inputs,
+        output=args.output,
+        n_reduce=args.n_reduce,
+        executor=args.executor,
+        overwrite=args.overwrite,
+    )
     if args.output is None:
         for url, revenue in sorted(result, key=lambda kv: (-kv[1], kv[0]))[: args.top]:
             print(f"{revenue:14,.2f}  {url}")

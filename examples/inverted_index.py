@@ -65,8 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--executor", default="processes", help="inline, processes (default), redis://…")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing result in OUT")
     args = parser.parse_args(argv)
-    result = mrkit.run(InvertedIndex(), args.inputs, output=args.output, executor=args.executor,
-                       overwrite=args.overwrite)
+    result = mrkit.run(
+        InvertedIndex(), args.inputs, output=args.output, executor=args.executor, overwrite=args.overwrite
+    )
     if args.output is None:
         for word, docs in result:
             print(f"{word}\t{json.dumps(docs)}")

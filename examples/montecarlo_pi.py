@@ -70,6 +70,12 @@ def batches(tasks: int, points_per_task: int) -> list[list[int]]:
 if __name__ == "__main__":
     n_tasks = int(sys.argv[1]) if len(sys.argv) > 1 else 8
     per_task = int(sys.argv[2]) if len(sys.argv) > 2 else 250_000
-    result = dict(mrkit.run(MonteCarloPi(params={"seed": 1}), mrkit.Records(batches(n_tasks, per_task)),
-                            n_map=n_tasks, n_reduce=1))
+    result = dict(
+        mrkit.run(
+            MonteCarloPi(params={"seed": 1}),
+            mrkit.Records(batches(n_tasks, per_task)),
+            n_map=n_tasks,
+            n_reduce=1,
+        )
+    )
     print(f"pi ~= {result['pi']:.6f} from {result['points']:,} points ({result['inside']:,} inside)")

@@ -122,8 +122,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top", type=int, default=None, help="without -o: print only the N most common")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing result in OUT")
     args = parser.parse_args(argv)
-    result = mrkit.run(JOBS[args.job], args.inputs, output=args.output, executor=args.executor,
-                       n_map=args.n_map, n_reduce=args.n_reduce, overwrite=args.overwrite)
+    result = mrkit.run(
+        JOBS[args.job],
+        args.inputs,
+        output=args.output,
+        executor=args.executor,
+        n_map=args.n_map,
+        n_reduce=args.n_reduce,
+        overwrite=args.overwrite,
+    )
     if args.output is None:
         for word, count in sorted(result, key=lambda kv: (-kv[1], kv[0]))[: args.top]:
             print(f"{word}\t{count}")

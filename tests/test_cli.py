@@ -13,13 +13,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def mrkit_cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "mrkit", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=120, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "mrkit", *args], capture_output=True, text=True, cwd=ROOT, timeout=120, **kw
+    )
 
 
 def test_run_prints_pairs_and_exits_zero(tmp_path):
     (tmp_path / "in.txt").write_text("b a\na\n")
-    proc = mrkit_cli("run", "tests/jobs_for_tests.py:WordCount", str(tmp_path / "in.txt"), "--executor", "inline")
+    proc = mrkit_cli(
+        "run", "tests/jobs_for_tests.py:WordCount", str(tmp_path / "in.txt"), "--executor", "inline"
+    )
     assert proc.returncode == 0, proc.stderr
     assert sorted(proc.stdout.splitlines()) == ['"a"\t2', '"b"\t1']
     assert "records in" in proc.stderr and "MB/s" in proc.stderr  # the one-line summary
@@ -28,8 +31,18 @@ def test_run_prints_pairs_and_exits_zero(tmp_path):
 def test_run_to_folder_with_counters_and_overwrite(tmp_path):
     (tmp_path / "in.txt").write_text("x y\n")
     out = str(tmp_path / "out")
-    args = ["run", "tests/jobs_for_tests.py:WordCount", str(tmp_path / "in.txt"), "-o", out, "-M", "2",
-            "--executor", "inline", "--counters"]
+    args = [
+        "run",
+        "tests/jobs_for_tests.py:WordCount",
+        str(tmp_path / "in.txt"),
+        "-o",
+        out,
+        "-M",
+        "2",
+        "--executor",
+        "inline",
+        "--counters",
+    ]
     first = mrkit_cli(*args)
     assert first.returncode == 0, first.stderr
     assert "map.records_in" in first.stderr
@@ -43,13 +56,25 @@ def test_run_to_folder_with_counters_and_overwrite(tmp_path):
 def test_failing_job_exits_one_with_sentence_then_traceback(tmp_path):
     (tmp_path / "in.txt").write_text("ok\npoison\n")
     job_file = tmp_path / "job.py"
-    job_file.write_text("import mrkit\nfrom tests.jobs_for_tests import failing_mapper, total\n"
-                        "job = mrkit.Job(mapper=failing_mapper, reducer=total)\n")
-    proc = mrkit_cli("run", f"{job_file}:job", str(tmp_path / "in.txt"), "--executor", "inline",
-                     "-o", str(tmp_path / "out"), env={**os.environ, "PYTHONPATH": ROOT})
+    job_file.write_text(
+        "import mrkit\nfrom tests.jobs_for_tests import failing_mapper, total\n"
+        "job = mrkit.Job(mapper=failing_mapper, reducer=total)\n"
+    )
+    proc = mrkit_cli(
+        "run",
+        f"{job_file}:job",
+        str(tmp_path / "in.txt"),
+        "--executor",
+        "inline",
+        "-o",
+        str(tmp_path / "out"),
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
     assert proc.returncode == 1
     first = proc.stderr.splitlines()[0]
-    assert first.startswith("mrkit: error: map task map-00000") and "record 1" in first and "ValueError" in first
+    assert (
+        first.startswith("mrkit: error: map task map-00000") and "record 1" in first and "ValueError" in first
+    )
     assert "Remote traceback" in proc.stderr
     assert not (tmp_path / "out").exists()
 
@@ -64,15 +89,32 @@ def test_usage_and_config_errors_exit_two(tmp_path):
 
 
 def test_job_file_with_inline_values_and_params(tmp_path):
-    (tmp_path / "job.json").write_text(json.dumps({
-        "job": f"{ROOT}/tests/jobs_for_tests.py:WordCount", "inputs": [1, 2],
-        "n_reduce": 1, "output": "out", "params": {"min_length": 1}, "executor": "inline"}))
+    (tmp_path / "job.json").write_text(
+        json.dumps(
+            {
+                "job": f"{ROOT}/tests/jobs_for_tests.py:WordCount",
+                "inputs": [1, 2],
+                "n_reduce": 1,
+                "output": "out",
+                "params": {"min_length": 1},
+                "executor": "inline",
+            }
+        )
+    )
     # WordCount maps lines of text; inline JSON values reach the mapper as they are.
     proc = mrkit_cli("run", str(tmp_path / "job.json"))
     assert proc.returncode == 1 and "AttributeError" in proc.stderr  # ints have no .lower(): a clear failure
-    (tmp_path / "job.json").write_text(json.dumps({
-        "job": f"{ROOT}/tests/jobs_for_tests.py:WordCount", "inputs": ["*.txt"], "output": "out2",
-        "executor": "inline", "params": {"min_length": 2}}))
+    (tmp_path / "job.json").write_text(
+        json.dumps(
+            {
+                "job": f"{ROOT}/tests/jobs_for_tests.py:WordCount",
+                "inputs": ["*.txt"],
+                "output": "out2",
+                "executor": "inline",
+                "params": {"min_length": 2},
+            }
+        )
+    )
     (tmp_path / "a.txt").write_text("to be or not\n")
     proc = mrkit_cli("run", str(tmp_path / "job.json"))
     assert proc.returncode == 0, proc.stderr

@@ -41,8 +41,11 @@ def test_property_inline_equals_reference(records, n_map, n_reduce):
     assert sorted(got) == reference(J.WORDCOUNT, records)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                  HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(records=LINES, n_map=st.integers(1, 5), n_reduce=st.integers(1, 4))
 def test_property_processes_equals_reference(processes, records, n_map, n_reduce):
     got = run(J.WORDCOUNT, mrkit.Records(records), executor=processes, n_map=n_map, n_reduce=n_reduce)
@@ -94,8 +97,10 @@ def test_generator_reducer_and_identity_reducer():
 def test_custom_partitioner_and_bad_partitioner(tmp_path):
     job = mrkit.Job(mapper=lambda r: [(r, 1)], reducer=J.total, partitioner=lambda k, n: k % n)
     res = run(job, range(10), executor="inline", n_reduce=3, output=str(tmp_path / "out"))
-    parts = {p: [k for k, _ in mrkit.read_output(str(tmp_path / "out")) if k % 3 == int(p[-1])]
-             for p in ("part-00000", "part-00001", "part-00002")}
+    parts = {
+        p: [k for k, _ in mrkit.read_output(str(tmp_path / "out")) if k % 3 == int(p[-1])]
+        for p in ("part-00000", "part-00001", "part-00002")
+    }
     assert sorted(k for ks in parts.values() for k in ks) == list(range(10))
     assert res.counters["reduce.records_out"] == 10
     bad = mrkit.Job(mapper=lambda r: [(r, 1)], reducer=J.total, partitioner=lambda k, n: 99)
@@ -146,8 +151,13 @@ def test_raising_reducer_names_the_key_and_publishes_nothing(tmp_path, processes
     out.mkdir()
     job = mrkit.Job(mapper=J.words, reducer=J.failing_reducer)
     with pytest.raises(mrkit.JobFailed) as info:
-        run(job, mrkit.Records(["good bad", "bad"]), executor=processes, output=str(out),
-            policy=mrkit.RetryPolicy(max_attempts=2))
+        run(
+            job,
+            mrkit.Records(["good bad", "bad"]),
+            executor=processes,
+            output=str(out),
+            policy=mrkit.RetryPolicy(max_attempts=2),
+        )
     msg = str(info.value)
     assert "reduce task reduce-" in msg and "after 2 attempts" in msg
     assert "reducer on key 'bad'" in msg and "KeyError" in msg
@@ -182,8 +192,9 @@ def test_hot_key_is_streamed_to_the_reducer_under_a_memory_cap(tmp_path):
 def test_sigkilled_worker_is_replaced_and_output_is_exact(tmp_path, processes):
     marker = tmp_path / "killed"
     records = [f"line {i}" for i in range(200)] + ["killme now"]
-    job = mrkit.Job(mapper=J.kill_once_mapper, reducer=J.total, combiner=J.total,
-                    params={"marker": str(marker)})
+    job = mrkit.Job(
+        mapper=J.kill_once_mapper, reducer=J.total, combiner=J.total, params={"marker": str(marker)}
+    )
     res = run(job, mrkit.Records(records), executor=processes, n_map=4, n_reduce=2)
     assert marker.exists()
     assert res.counters["map.attempts_lost"] == 1
@@ -207,9 +218,28 @@ def test_partitioning_does_not_depend_on_the_hash_seed(tmp_path):
     for seed in ("1", "2"):
         out = tmp_path / f"out{seed}"
         env = {**os.environ, "PYTHONHASHSEED": seed}
-        subprocess.run([sys.executable, "-m", "mrkit", "run", "tests/jobs_for_tests.py:WordCount",
-                        str(tmp_path / "in.txt"), "-M", "4", "-N", "3", "-o", str(out), "--workers", "2"],
-                       check=True, env=env, cwd=os.path.dirname(os.path.dirname(__file__)), capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mrkit",
+                "run",
+                "tests/jobs_for_tests.py:WordCount",
+                str(tmp_path / "in.txt"),
+                "-M",
+                "4",
+                "-N",
+                "3",
+                "-o",
+                str(out),
+                "--workers",
+                "2",
+            ],
+            check=True,
+            env=env,
+            cwd=os.path.dirname(os.path.dirname(__file__)),
+            capture_output=True,
+        )
         outputs.append([(out / f"part-0000{p}").read_bytes() for p in range(4)])
     assert outputs[0] == outputs[1]
     assert all(outputs[0])
@@ -228,5 +258,7 @@ def test_scripts_without_main_guard_and_from_stdin_work_on_processes(tmp_path):
     expected = "[('a', 1), ('b', 2)]"
     by_path = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert by_path.stdout.strip() == expected, by_path.stderr
-    by_stdin = subprocess.run([sys.executable, "-"], input=UNGUARDED, capture_output=True, text=True, timeout=60)
+    by_stdin = subprocess.run(
+        [sys.executable, "-"], input=UNGUARDED, capture_output=True, text=True, timeout=60
+    )
     assert by_stdin.stdout.strip() == expected, by_stdin.stderr

@@ -79,16 +79,22 @@ def wordcount_expected(texts: list[str]) -> dict[str, int]:
 
 @pytest.mark.parametrize("variant", ["WordCount", "job", "WordCountSplit", "WordCountInMapper"])
 @pytest.mark.parametrize(("executor", "workers"), EXECUTORS)
-def test_wordcount_variants_match_reference(texts: list[str], wordcount_expected: dict[str, int],
-                                            variant: str, executor: str, workers: int | None,
-                                            tmp_path: Path) -> None:
+def test_wordcount_variants_match_reference(
+    texts: list[str],
+    wordcount_expected: dict[str, int],
+    variant: str,
+    executor: str,
+    workers: int | None,
+    tmp_path: Path,
+) -> None:
     wordcount = load_example("wordcount")
     job = wordcount.JOBS[variant]
     # Every variant equals the reference run of itself, and all equal the class form's reference.
     assert dict(reference(job, text_records(texts))) == wordcount_expected
     out = tmp_path / "out"
-    result = mrkit.run(job, texts, output=out, n_map=6, n_reduce=3, executor=executor, workers=workers,
-                       quiet=True)
+    result = mrkit.run(
+        job, texts, output=out, n_map=6, n_reduce=3, executor=executor, workers=workers, quiet=True
+    )
     assert_published(out, 3)
     pairs = list(mrkit.read_output(out))
     assert len(pairs) == len(wordcount_expected)  # each word exactly once
@@ -101,18 +107,40 @@ def test_wordcount_function_form_in_memory(texts: list[str], wordcount_expected:
     assert dict(mrkit.run(job, texts, executor="inline", quiet=True)) == wordcount_expected
 
 
-def test_wordcount_cli_and_script(texts: list[str], wordcount_expected: dict[str, int],
-                                  tmp_path: Path) -> None:
+def test_wordcount_cli_and_script(
+    texts: list[str], wordcount_expected: dict[str, int], tmp_path: Path
+) -> None:
     out = tmp_path / "cli-out"
-    proc = run_cli("-m", "mrkit", "run", "examples/wordcount.py:WordCount", *texts, "-M", "2", "-o", str(out),
-                   "--executor", "processes", "--workers", "2")
+    proc = run_cli(
+        "-m",
+        "mrkit",
+        "run",
+        "examples/wordcount.py:WordCount",
+        *texts,
+        "-M",
+        "2",
+        "-o",
+        str(out),
+        "--executor",
+        "processes",
+        "--workers",
+        "2",
+    )
     assert proc.returncode == 0, proc.stderr
     assert_published(out, 2)
     assert dict(mrkit.read_output(out)) == wordcount_expected
 
     script_out = tmp_path / "script-out"
-    proc = run_cli("examples/wordcount.py", *texts, "-o", str(script_out), "--job", "WordCountSplit",
-                   "--executor", "inline")
+    proc = run_cli(
+        "examples/wordcount.py",
+        *texts,
+        "-o",
+        str(script_out),
+        "--job",
+        "WordCountSplit",
+        "--executor",
+        "inline",
+    )
     assert proc.returncode == 0, proc.stderr
     assert (script_out / "_SUCCESS").exists()
     assert dict(mrkit.read_output(script_out)) == wordcount_expected
@@ -137,8 +165,9 @@ def documents(texts: list[str], tmp_path_factory: pytest.TempPathFactory) -> tup
 
 
 @pytest.mark.parametrize(("executor", "workers"), EXECUTORS)
-def test_inverted_index_matches_reference(documents: tuple[Path, Path], executor: str, workers: int | None,
-                                          tmp_path: Path) -> None:
+def test_inverted_index_matches_reference(
+    documents: tuple[Path, Path], executor: str, workers: int | None, tmp_path: Path
+) -> None:
     example = load_example("inverted_index")
     jsonl, tsv = documents
     with open(jsonl, encoding="utf-8") as f:
@@ -148,13 +177,27 @@ def test_inverted_index_matches_reference(documents: tuple[Path, Path], executor
     assert all(docs == sorted(set(docs)) for docs in expected.values())
     assert len(expected["the"]) > len(records) // 2
     out = tmp_path / "out"
-    mrkit.run(example.InvertedIndex(), str(jsonl), output=out, n_map=3, n_reduce=2, executor=executor,
-              workers=workers, quiet=True)
+    mrkit.run(
+        example.InvertedIndex(),
+        str(jsonl),
+        output=out,
+        n_map=3,
+        n_reduce=2,
+        executor=executor,
+        workers=workers,
+        quiet=True,
+    )
     assert_published(out, 2)
     assert dict(mrkit.read_output(out)) == expected
     # The ID<TAB>text form of the same documents gives the same index.
-    assert dict(mrkit.run(example.InvertedIndex(), str(tsv), n_map=2, executor=executor, workers=workers,
-                          quiet=True)) == expected
+    assert (
+        dict(
+            mrkit.run(
+                example.InvertedIndex(), str(tsv), n_map=2, executor=executor, workers=workers, quiet=True
+            )
+        )
+        == expected
+    )
 
 
 # -- Monte Carlo pi --------------------------------------------------------------------------------
@@ -170,8 +213,17 @@ def test_montecarlo_pi_matches_reference_for_any_split(executor: str, workers: i
     assert set(expected) == {"inside", "pi", "points"} and expected["points"] == 160_000
     assert expected["pi"] == 4 * expected["inside"] / 160_000 and abs(expected["pi"] - math.pi) < 0.05
     for n_map in (1, 3, 8):  # the same points however the batches are dealt out to map tasks
-        got = dict(mrkit.run(job, mrkit.Records(PI_RECORDS), n_map=n_map, n_reduce=1, executor=executor,
-                             workers=workers, quiet=True))
+        got = dict(
+            mrkit.run(
+                job,
+                mrkit.Records(PI_RECORDS),
+                n_map=n_map,
+                n_reduce=1,
+                executor=executor,
+                workers=workers,
+                quiet=True,
+            )
+        )
         assert got == expected
         assert all(type(v) is int for k, v in got.items() if k != "pi") and type(got["pi"]) is float
     other_seed = dict(reference(example.MonteCarloPi(params={"seed": 2}), PI_RECORDS))
@@ -222,22 +274,32 @@ def csv_rows(paths: list[str]) -> list[list[str]]:
 
 def assert_close(got: dict[str, float], expected: dict[str, float]) -> None:
     assert got.keys() == expected.keys()
-    bad = {k: (got[k], v) for k, v in expected.items()
-           if not math.isclose(got[k], v, rel_tol=1e-9, abs_tol=1e-6)}
+    bad = {
+        k: (got[k], v) for k, v in expected.items() if not math.isclose(got[k], v, rel_tol=1e-9, abs_tol=1e-6)
+    }
     assert not bad, list(bad.items())[:5]
 
 
 @pytest.mark.parametrize(("executor", "workers"), EXECUTORS)
-def test_adrevenue_matches_reference(uservisits: list[str], executor: str, workers: int | None,
-                                     tmp_path: Path) -> None:
+def test_adrevenue_matches_reference(
+    uservisits: list[str], executor: str, workers: int | None, tmp_path: Path
+) -> None:
     example = load_example("adrevenue")
     rows = csv_rows(uservisits)
     assert len(rows) > 3000
     expected = dict(reference(example.AdRevenue(), rows))
     assert len(expected) > 1000 and all(isinstance(v, float) for v in expected.values())
     out = tmp_path / "out"
-    result = mrkit.run(example.AdRevenue(), uservisits, output=out, n_map=4, n_reduce=4, executor=executor,
-                       workers=workers, quiet=True)
+    result = mrkit.run(
+        example.AdRevenue(),
+        uservisits,
+        output=out,
+        n_map=4,
+        n_reduce=4,
+        executor=executor,
+        workers=workers,
+        quiet=True,
+    )
     assert_published(out, 4)
     assert_close(dict(mrkit.read_output(out)), expected)
     assert result.counters["map.records_in"] == len(rows)
@@ -248,8 +310,11 @@ def test_adrevenue_matches_reference(uservisits: list[str], executor: str, worke
         assert urls and all(example.partition_by_host(url, 4) == i for url in urls)
     # The same rows read as text lines (the mapper splits them itself) give the same totals.
     lines = text_records(uservisits)
-    got = dict(mrkit.run(example.AdRevenue(), mrkit.Records(lines), n_map=3, executor=executor,
-                         workers=workers, quiet=True))
+    got = dict(
+        mrkit.run(
+            example.AdRevenue(), mrkit.Records(lines), n_map=3, executor=executor, workers=workers, quiet=True
+        )
+    )
     assert_close(got, expected)
 
 
@@ -261,4 +326,3 @@ def test_adrevenue_partitioner_is_stable_and_in_range() -> None:
         assert all(0 <= b < n for b in bins)
         assert bins[0] == bins[1]  # same host, same bin
     assert example.partition_by_host("www.a.com/x.html", 1000) == 92  # crc32, not the salted hash()
-

@@ -71,7 +71,12 @@ def test_map_is_ordered_and_takes_lambdas_and_closures(executor):
     offset = 1000
     assert list(futures.map(lambda x: x * x, range(50), executor=executor)) == [x * x for x in range(50)]
     assert list(futures.map(lambda x: x + offset, range(5), executor=executor, chunksize=2)) == [
-        1000, 1001, 1002, 1003, 1004]
+        1000,
+        1001,
+        1002,
+        1003,
+        1004,
+    ]
     words = iter(["b", "a", "c"] * 7)  # unsized: adaptive chunks, still in order
     assert list(futures.map(str.upper, words, executor=executor)) == ["B", "A", "C"] * 7
 
@@ -193,13 +198,21 @@ def test_a_chunk_whose_worker_was_lost_runs_again():
     recording = Recording(workers=1, lose=2)
     assert list(futures.map(lambda x: x + 1, range(6), executor=recording, chunksize=3)) == list(range(1, 7))
     assert sorted((s.task_id, s.attempt) for s in recording.specs) == [
-        ("call-000000", 1), ("call-000000", 2), ("call-000000", 3),
-        ("call-000001", 1), ("call-000001", 2), ("call-000001", 3)]
+        ("call-000000", 1),
+        ("call-000000", 2),
+        ("call-000000", 3),
+        ("call-000001", 1),
+        ("call-000001", 2),
+        ("call-000001", 3),
+    ]
 
 
 def test_a_chunk_lost_every_time_fails_the_call():
-    with pytest.raises(futures.CallFailed, match=r"task call-000000 of job \S+ \(items 0-1\) lost its "
-                                                 r"worker 3 times; last: call-000000 attempt 3 lost"):
+    with pytest.raises(
+        futures.CallFailed,
+        match=r"task call-000000 of job \S+ \(items 0-1\) lost its "
+        r"worker 3 times; last: call-000000 attempt 3 lost",
+    ):
         list(futures.map(abs, [1, 2], executor=Recording(lose=3), chunksize=2))
 
 
@@ -242,8 +255,9 @@ def test_map_reduce_keeps_order_for_non_commutative_operations(executor, chunksi
     assert total == expected
     # list concatenation: associative, not commutative; with chunks of one, the partials are folded
     # by a level of tasks before the caller adds the last few
-    pairs = futures.map_reduce(lambda x, y: [(x, y)], operator.add, range(61), "abcdefgh" * 8,
-                               executor=executor, chunksize=chunksize)
+    pairs = futures.map_reduce(
+        lambda x, y: [(x, y)], operator.add, range(61), "abcdefgh" * 8, executor=executor, chunksize=chunksize
+    )
     assert pairs == list(zip(range(61), "abcdefgh" * 8, strict=False))
 
 
@@ -340,11 +354,13 @@ def test_values_sent_to_workers_survive_pickling():
 
     scale = 3
     times = lambda x: x * scale  # a closure, as users write them
-    for program, args in [(futures._MapChunk(times, star=True), ([(1,), (2,)],)),
-                          (futures._MapChunk(times, star=False), ([1, 2],)),
-                          (futures._ReduceChunk(times, operator.add, star=True), ([(1,), (2,)],)),
-                          (futures._ReduceChunk(times, operator.add, star=False), ([1, 2],)),
-                          (futures._Fold(operator.add), ([1, 2, 3],))]:
+    for program, args in [
+        (futures._MapChunk(times, star=True), ([(1,), (2,)],)),
+        (futures._MapChunk(times, star=False), ([1, 2],)),
+        (futures._ReduceChunk(times, operator.add, star=True), ([(1,), (2,)],)),
+        (futures._ReduceChunk(times, operator.add, star=False), ([1, 2],)),
+        (futures._Fold(operator.add), ([1, 2, 3],)),
+    ]:
         again = pickle.loads(cloudpickle.dumps(program))
         assert again(*args)[1] is None
     error = pickle.loads(pickle.dumps(futures.CallFailed("boom", job_id="futures-1", remote_traceback="tb")))

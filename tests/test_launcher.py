@@ -19,8 +19,9 @@ ANSWER = "Sum of the products equals 843350"
 def python(*args, cwd=ROOT):
     paths = [os.path.join(ROOT, "src"), os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=60
+    )
 
 
 def script(tmp_path, body, name="job.py"):
@@ -41,29 +42,35 @@ def test_parse_args_reads_options_only_before_the_script():
     assert launcher.parse_args(["-h", "s.py"]).help
 
 
-@pytest.mark.parametrize("argv, message", [
-    ([], "no script given"),
-    (["-n"], "option -n needs a value"),
-    (["-n", "zero", "s.py"], "positive integer, got 'zero'"),
-    (["--workers=0", "s.py"], "positive integer, got '0'"),
-    (["--bogus", "s.py"], "unknown option '--bogus'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "no script given"),
+        (["-n"], "option -n needs a value"),
+        (["-n", "zero", "s.py"], "positive integer, got 'zero'"),
+        (["--workers=0", "s.py"], "positive integer, got '0'"),
+        (["--bogus", "s.py"], "unknown option '--bogus'"),
+    ],
+)
 def test_usage_errors(argv, message):
     with pytest.raises(launcher.UsageError, match=message):
         launcher.parse_args(argv)
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["script.py"], True),
-    (["-n", "2", "anything"], True),
-    (["--executor", "inline", "x"], True),
-    (["-n2", "x.py"], True),
-    (["run", "job.py:Job", "in.txt"], False),
-    (["worker", "http"], False),
-    (["-h"], False),
-    (["--version"], False),
-    ([], False),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["script.py"], True),
+        (["-n", "2", "anything"], True),
+        (["--executor", "inline", "x"], True),
+        (["-n2", "x.py"], True),
+        (["run", "job.py:Job", "in.txt"], False),
+        (["worker", "http"], False),
+        (["-h"], False),
+        (["--version"], False),
+        ([], False),
+    ],
+)
 def test_looks_like_script(argv, expected):
     assert launcher.looks_like_script(argv) is expected
 
@@ -96,14 +103,17 @@ def test_unknown_executor_exits_2(tmp_path, capsys):
 
 def test_script_runs_as_main_with_its_argv_and_folder(tmp_path, capsys):
     (tmp_path / "helper.py").write_text("def triple(x):\n    return 3 * x\n")
-    path = script(tmp_path, """
+    path = script(
+        tmp_path,
+        """
         import sys
         from mrkit import futures
         from helper import triple
         if __name__ == "__main__":
             print(sys.argv[1:], type(futures.get_executor()).__name__)
             print(list(futures.map(triple, range(4))))
-    """)
+    """,
+    )
     saved_argv, saved_path = list(sys.argv), list(sys.path)
     try:
         assert launcher.main(["--executor", "inline", path, "a", "-n", "1"]) == 0
@@ -114,22 +124,28 @@ def test_script_runs_as_main_with_its_argv_and_folder(tmp_path, capsys):
     assert futures._Defaults.executor is None  # shut down and forgotten
 
 
-@pytest.mark.parametrize("body, status", [
-    ("import sys\nsys.exit(3)\n", 3),
-    ("import sys\nsys.exit()\n", 0),
-    ("import sys\nsys.exit('bad input')\n", 1),
-    ("pass\n", 0),
-])
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        ("import sys\nsys.exit(3)\n", 3),
+        ("import sys\nsys.exit()\n", 0),
+        ("import sys\nsys.exit('bad input')\n", 1),
+        ("pass\n", 0),
+    ],
+)
 def test_exit_status_is_the_scripts(tmp_path, body, status):
     assert launcher.main(["-e", "inline", script(tmp_path, body)]) == status
 
 
 def test_uncaught_exception_exits_1_with_one_line_then_traceback(tmp_path, capsys):
-    path = script(tmp_path, """
+    path = script(
+        tmp_path,
+        """
         def fail():
             raise KeyError("missing")
         fail()
-    """)
+    """,
+    )
     assert launcher.main(["-e", "inline", path]) == 1
     lines = capsys.readouterr().err.splitlines()
     assert lines[0] == f"mrkit: error: {path} raised KeyError: 'missing'"
@@ -141,8 +157,11 @@ def test_uncaught_exception_exits_1_with_one_line_then_traceback(tmp_path, capsy
 # -- real runs: python script.py, python -m mrkit [-n 2] script.py ------------------------------------
 
 
-@pytest.mark.parametrize("args", [[EXAMPLE], ["-m", "mrkit", EXAMPLE], ["-m", "mrkit", "-n", "2", EXAMPLE]],
-                         ids=["python", "python -m mrkit", "python -m mrkit -n 2"])
+@pytest.mark.parametrize(
+    "args",
+    [[EXAMPLE], ["-m", "mrkit", EXAMPLE], ["-m", "mrkit", "-n", "2", EXAMPLE]],
+    ids=["python", "python -m mrkit", "python -m mrkit -n 2"],
+)
 def test_seed_example_prints_843350(args):
     proc = python(*args)
     assert proc.returncode == 0, proc.stderr
@@ -151,7 +170,9 @@ def test_seed_example_prints_843350(args):
 
 def test_main_module_functions_and_lambdas_reach_worker_processes(tmp_path):
     (tmp_path / "helper.py").write_text("def offset():\n    return 100\n")
-    path = script(tmp_path, """
+    path = script(
+        tmp_path,
+        """
         import os, sys
         from helper import offset
         from mrkit import futures
@@ -163,14 +184,17 @@ def test_main_module_functions_and_lambdas_reach_worker_processes(tmp_path):
             pids = set(futures.map(lambda _: os.getpid(), range(50), chunksize=1))
             print(list(futures.map(work, range(3))), futures.map_reduce(work, max, range(10)),
                   os.getpid() not in pids, futures.get_executor().workers, sys.argv[1:])
-    """)
+    """,
+    )
     proc = python("-m", "mrkit", "-n", "2", path, "--flag", cwd=str(tmp_path.parent))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "[100, 101, 102] 109 True 2 ['--flag']\n"
 
 
 def test_failures_in_workers_exit_nonzero_with_the_item(tmp_path):
-    path = script(tmp_path, """
+    path = script(
+        tmp_path,
+        """
         import sys
         from mrkit import futures
 
@@ -181,11 +205,14 @@ def test_failures_in_workers_exit_nonzero_with_the_item(tmp_path):
             if sys.argv[1:] == ["exit"]:
                 sys.exit(3)
             print(list(futures.map(f, range(10))))
-    """)
+    """,
+    )
     assert python("-m", "mrkit", "-n", "2", path, "exit").returncode == 3
     proc = python("-m", "mrkit", "-n", "2", path)
     assert proc.returncode == 1
     first = proc.stderr.splitlines()[0]
-    assert first.startswith(f"mrkit: error: {path} failed: futures.map: item 3 raised ZeroDivisionError: "
-                            "division by zero (task call-")
+    assert first.startswith(
+        f"mrkit: error: {path} failed: futures.map: item 3 raised ZeroDivisionError: "
+        "division by zero (task call-"
+    )
     assert "return 1 / (x - 3)" in proc.stderr  # the worker's traceback

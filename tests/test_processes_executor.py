@@ -107,14 +107,17 @@ def test_from_name_options_and_defaults() -> None:
     assert executor.worker_pids() == []  # nothing starts before the first submit
 
 
-@pytest.mark.parametrize("options, fragment", [
-    ({"workers": 0}, "workers must be a positive integer"),
-    ({"task_timeout": 0}, "task_timeout"),
-    ({"start_method": "threads"}, "start_method must be one of"),
-    ({"runner": "no_colon"}, "package.module:function"),
-    ({"prefetch": -1}, "prefetch"),
-    ({"shutdown_grace": -1}, "shutdown_grace"),
-])
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        ({"workers": 0}, "workers must be a positive integer"),
+        ({"task_timeout": 0}, "task_timeout"),
+        ({"start_method": "threads"}, "start_method must be one of"),
+        ({"runner": "no_colon"}, "package.module:function"),
+        ({"prefetch": -1}, "prefetch"),
+        ({"shutdown_grace": -1}, "shutdown_grace"),
+    ],
+)
 def test_bad_options_raise_config_error(options: dict[str, Any], fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         ProcessExecutor(**options)
@@ -129,8 +132,7 @@ def test_from_name_rejects_other_names() -> None:
 
 
 @pytest.mark.parametrize("start_method", START_METHODS)
-def test_results_come_back_right_for_many_tasks(make_executor: MakeExecutor,
-                                                start_method: str) -> None:
+def test_results_come_back_right_for_many_tasks(make_executor: MakeExecutor, start_method: str) -> None:
     executor = make_executor(workers=2, start_method=start_method)
     futures = [executor.submit(task(f"call-{i:04d}", value=i)) for i in range(400)]
     results = [future.result(timeout=20) for future in futures]
@@ -170,8 +172,14 @@ def test_large_specs_and_results_cross_the_pipe(make_executor: MakeExecutor) -> 
 def test_the_real_runtime_runs_a_call_task(make_executor: MakeExecutor) -> None:
     cloudpickle = pytest.importorskip("cloudpickle")
     fn = cloudpickle.dumps(lambda x: x * 10)
-    spec = TaskSpec("job", "call-000001", TaskKind.CALL, call_fn=fn,
-                    call_digest=hashlib.sha256(fn).hexdigest(), call=pickle.dumps([(1,), (2,), (3,)]))
+    spec = TaskSpec(
+        "job",
+        "call-000001",
+        TaskKind.CALL,
+        call_fn=fn,
+        call_digest=hashlib.sha256(fn).hexdigest(),
+        call=pickle.dumps([(1,), (2,), (3,)]),
+    )
     executor = make_executor(workers=1, runner="mrkit.worker.runtime:run_task")
     result = executor.submit(spec).result(timeout=20)
     assert result.ok, result.failure
@@ -199,7 +207,8 @@ def test_a_done_callback_may_submit_more_work(make_executor: MakeExecutor) -> No
 
 @pytest.mark.parametrize("start_method", START_METHODS)
 def test_a_sigkilled_worker_fails_only_its_task_and_is_replaced(
-        make_executor: MakeExecutor, start_method: str, tmp_path: Path) -> None:
+    make_executor: MakeExecutor, start_method: str, tmp_path: Path
+) -> None:
     executor = make_executor(workers=2, start_method=start_method)
     executor.warm_up()
     doomed = executor.submit(task("map-00003", attempt=2, pidfile=str(tmp_path / "doomed"), sleep=30))
@@ -281,8 +290,7 @@ def test_a_runner_that_cannot_be_imported_is_a_config_error(make_executor: MakeE
 # -- cancel and shutdown -------------------------------------------------------------------------------
 
 
-def test_cancel_of_a_queued_future_means_it_never_runs(make_executor: MakeExecutor,
-                                                       tmp_path: Path) -> None:
+def test_cancel_of_a_queued_future_means_it_never_runs(make_executor: MakeExecutor, tmp_path: Path) -> None:
     executor = make_executor(workers=1, prefetch=0)
     running = executor.submit(task("call-1", pidfile=str(tmp_path / "running"), sleep=0.5, value=1))
     queued = executor.submit(task("call-2", pidfile=str(tmp_path / "never")))
@@ -296,8 +304,9 @@ def test_cancel_of_a_queued_future_means_it_never_runs(make_executor: MakeExecut
     assert not (tmp_path / "never").exists()
 
 
-def test_shutdown_fails_pending_futures_and_kills_stragglers(make_executor: MakeExecutor,
-                                                             tmp_path: Path) -> None:
+def test_shutdown_fails_pending_futures_and_kills_stragglers(
+    make_executor: MakeExecutor, tmp_path: Path
+) -> None:
     executor = make_executor(workers=1, shutdown_grace=0.3)
     running = executor.submit(task("call-1", pidfile=str(tmp_path / "running"), sleep=60))
     queued = [executor.submit(task(f"call-{i}")) for i in (2, 3)]
@@ -317,8 +326,9 @@ def test_shutdown_fails_pending_futures_and_kills_stragglers(make_executor: Make
     executor.shutdown()  # again: harmless
 
 
-def test_shutdown_lets_a_running_task_finish_within_the_grace(make_executor: MakeExecutor,
-                                                              tmp_path: Path) -> None:
+def test_shutdown_lets_a_running_task_finish_within_the_grace(
+    make_executor: MakeExecutor, tmp_path: Path
+) -> None:
     executor = make_executor(workers=1, shutdown_grace=5.0)
     running = executor.submit(task("call-1", pidfile=str(tmp_path / "running"), sleep=0.3, value=21))
     read_pid(tmp_path / "running")
@@ -343,7 +353,8 @@ def test_no_worker_outlives_shutdown(make_executor: MakeExecutor, start_method: 
 @pytest.mark.parametrize("start_method", START_METHODS)
 def test_workers_exit_when_the_driver_is_killed(start_method: str, tmp_path: Path) -> None:
     driver = tmp_path / "driver.py"
-    driver.write_text(textwrap.dedent(f"""
+    driver.write_text(
+        textwrap.dedent(f"""
         import json, sys, time
         from mrkit.execution.processes import ProcessExecutor
         from mrkit.model.task import TaskKind, TaskSpec
@@ -355,7 +366,8 @@ def test_workers_exit_when_the_driver_is_killed(start_method: str, tmp_path: Pat
             executor.submit(TaskSpec("job", "busy", TaskKind.CALL, call=orders))
             print(json.dumps(executor.worker_pids()), flush=True)
             time.sleep(60)
-    """))
+    """)
+    )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
     proc = subprocess.Popen([sys.executable, str(driver)], stdout=subprocess.PIPE, env=env, text=True)
     try:
@@ -379,7 +391,8 @@ def test_a_driver_that_exits_without_shutdown_exits_promptly(tmp_path: Path) -> 
     # The atexit hook stops the workers (a busy one is killed after shutdown_grace) before
     # multiprocessing's own exit hook joins them, which would otherwise wait for ever.
     driver = tmp_path / "driver.py"
-    driver.write_text(textwrap.dedent(f"""
+    driver.write_text(
+        textwrap.dedent(f"""
         import json
         from mrkit.execution.processes import ProcessExecutor
         from mrkit.model.task import TaskKind, TaskSpec
@@ -393,7 +406,8 @@ def test_a_driver_that_exits_without_shutdown_exits_promptly(tmp_path: Path) -> 
             while not os.path.exists({str(tmp_path / "busy")!r}):
                 time.sleep(0.01)
             print(json.dumps(executor.worker_pids()), flush=True)
-    """))
+    """)
+    )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
     started = time.monotonic()
     proc = subprocess.run([sys.executable, str(driver)], capture_output=True, text=True, env=env, timeout=15)
@@ -449,11 +463,17 @@ def test_spawned_workers_draw_their_own_hash_salts(make_executor: MakeExecutor) 
     assert len(pids) == 2 and len(hashes) == 2
 
 
-def test_pythonhashseed_fixes_the_salt_of_spawned_workers(make_executor: MakeExecutor,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pythonhashseed_fixes_the_salt_of_spawned_workers(
+    make_executor: MakeExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PYTHONHASHSEED", "1234")
-    expected = subprocess.run([sys.executable, "-c", "print(hash('mrkit'))"], capture_output=True, text=True,
-                              check=True, env=dict(os.environ)).stdout
+    expected = subprocess.run(
+        [sys.executable, "-c", "print(hash('mrkit'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ),
+    ).stdout
     pids, hashes = _hashes_of_two_workers(make_executor(workers=2, start_method="spawn"))
     assert len(pids) == 2 and hashes == {int(expected)}
 
@@ -461,7 +481,8 @@ def test_pythonhashseed_fixes_the_salt_of_spawned_workers(make_executor: MakeExe
 @pytest.mark.skipif("forkserver" not in START_METHODS, reason="forkserver is the Linux default")
 def test_pythonhashseed_set_before_the_fork_server_starts_fixes_every_salt(tmp_path: Path) -> None:
     driver = tmp_path / "driver.py"
-    driver.write_text(textwrap.dedent(f"""
+    driver.write_text(
+        textwrap.dedent(f"""
         import json
         from mrkit.execution.processes import ProcessExecutor
         from mrkit.model.task import TaskKind, TaskSpec
@@ -473,7 +494,8 @@ def test_pythonhashseed_set_before_the_fork_server_starts_fixes_every_salt(tmp_p
                 futures = [executor.submit(spec) for spec in specs]
                 results = [f.result(timeout=20).counters for f in futures]
             print(json.dumps({{"driver": hash("mrkit"), "workers": results}}))
-    """))
+    """)
+    )
     env = dict(os.environ, PYTHONHASHSEED="1234", PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
     proc = subprocess.run([sys.executable, str(driver)], capture_output=True, text=True, env=env, timeout=30)
     assert proc.returncode == 0, proc.stderr

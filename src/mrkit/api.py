@@ -23,7 +23,7 @@ from mrkit.coordination.plan import JobPlan, RetryPolicy, build_plan, new_job_id
 from mrkit.coordination.progress import Progress, summary_line
 from mrkit.coordination.publish import discard_job, existing_output, publish_output
 from mrkit.data.output import check_format, read_output
-from mrkit.errors import ConfigError, JobFailed, OutputExistsError
+from mrkit.errors import ConfigError, OutputExistsError
 from mrkit.execution.base import Executor, open_executor
 from mrkit.model.job import Job
 from mrkit.model.task import TaskSettings
@@ -55,8 +55,14 @@ class Result:
         seconds: wall time of the run.
     """
 
-    def __init__(self, job_id: str, output: str | None, counters: dict[str, int], seconds: float,
-                 pairs: list[tuple[Any, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        output: str | None,
+        counters: dict[str, int],
+        seconds: float,
+        pairs: list[tuple[Any, Any]] | None = None,
+    ) -> None:
         self.job_id = job_id
         self.output = output
         self.counters = counters
@@ -83,20 +89,42 @@ class Result:
 def _is_paths(inputs: Any) -> bool:
     if isinstance(inputs, (str, os.PathLike)):
         return True
-    if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(i, (str, os.PathLike)) for i in inputs):
+    if (
+        isinstance(inputs, (list, tuple))
+        and inputs
+        and all(isinstance(i, (str, os.PathLike)) for i in inputs)
+    ):
         return True
     return False
 
 
-def _plan(job: Job, inputs: Any, *, output: str | None, n_map: int | None, n_reduce: int | None,
-          executor: Executor, storage: Storage, fmt: str, memory_mb: float, overwrite: bool,
-          policy: RetryPolicy, errors: str, input_format: str, job_id: str) -> JobPlan:
+def _plan(
+    job: Job,
+    inputs: Any,
+    *,
+    output: str | None,
+    n_map: int | None,
+    n_reduce: int | None,
+    executor: Executor,
+    storage: Storage,
+    fmt: str,
+    memory_mb: float,
+    overwrite: bool,
+    policy: RetryPolicy,
+    errors: str,
+    input_format: str,
+    job_id: str,
+) -> JobPlan:
     if not isinstance(job, Job):
-        raise ConfigError(f"expected an mrkit.Job, got {type(job).__name__}: define mrkit.Job(mapper=..., reducer=...)")
+        raise ConfigError(
+            f"expected an mrkit.Job, got {type(job).__name__}: define mrkit.Job(mapper=..., reducer=...)"
+        )
     if isinstance(inputs, Records) or not _is_paths(inputs):
         items = inputs.items if isinstance(inputs, Records) else inputs
         if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
-            raise ConfigError(f"inputs must be paths, globs, folders or an iterable of records, got {inputs!r:.80}")
+            raise ConfigError(
+                f"inputs must be paths, globs, folders or an iterable of records, got {inputs!r:.80}"
+            )
         splits = store_records(storage, job_id, items, n_map or max(2, executor.workers * 2))
     else:
         from mrkit.data.splits import plan_splits
@@ -105,8 +133,17 @@ def _plan(job: Job, inputs: Any, *, output: str | None, n_map: int | None, n_red
         splits = plan_splits(paths, n_map, format=input_format, errors=errors)
     n_reduce = n_reduce or max(1, executor.workers)
     settings = TaskSettings(memory_mb=memory_mb, output_format=fmt)
-    return build_plan(job, splits, job_id=job_id, storage=storage, output_url=output or "",
-                      n_reduce=n_reduce, settings=settings, policy=policy, overwrite=overwrite)
+    return build_plan(
+        job,
+        splits,
+        job_id=job_id,
+        storage=storage,
+        output_url=output or "",
+        n_reduce=n_reduce,
+        settings=settings,
+        policy=policy,
+        overwrite=overwrite,
+    )
 
 
 def run(
@@ -187,17 +224,39 @@ def run(
             out_storage = open_storage(out_url)
             previous = existing_output(out_storage)
             if previous and not overwrite:
-                raise OutputExistsError(f"output {out_url} already holds a result ({len(previous)} files): "
-                                        "choose another output or pass overwrite=True (--overwrite)")
-        plan = _plan(job, inputs, output=out_storage.url, n_map=n_map, n_reduce=n_reduce, executor=ex,
-                     storage=inter, fmt=fmt, memory_mb=memory_mb, overwrite=overwrite, policy=policy,
-                     errors=errors, input_format=input_format, job_id=job_id)
+                raise OutputExistsError(
+                    f"output {out_url} already holds a result ({len(previous)} files): "
+                    "choose another output or pass overwrite=True (--overwrite)"
+                )
+        plan = _plan(
+            job,
+            inputs,
+            output=out_storage.url,
+            n_map=n_map,
+            n_reduce=n_reduce,
+            executor=ex,
+            storage=inter,
+            fmt=fmt,
+            memory_mb=memory_mb,
+            overwrite=overwrite,
+            policy=policy,
+            errors=errors,
+            input_format=input_format,
+            job_id=job_id,
+        )
         display = Progress(enabled=progress)
         try:
             counters = run_plan(plan, ex, inter, display)
             seconds = time.monotonic() - started
-            publish_output(inter, out_storage, job_id, plan.n_reduce, output_format=fmt, overwrite=overwrite,
-                           summary={"seconds": round(seconds, 3), "counters": counters})
+            publish_output(
+                inter,
+                out_storage,
+                job_id,
+                plan.n_reduce,
+                output_format=fmt,
+                overwrite=overwrite,
+                summary={"seconds": round(seconds, 3), "counters": counters},
+            )
         except BaseException:
             discard_job(inter, out_storage, job_id)
             if created_output and output is not None:
@@ -206,8 +265,13 @@ def run(
         pairs = list(read_output(out_storage.url)) if output is None else None
         discard_job(inter, None, job_id)
         seconds = time.monotonic() - started
-        result = Result(job_id, None if output is None else out_storage.url.removeprefix("file://"),
-                        counters, seconds, pairs)
+        result = Result(
+            job_id,
+            None if output is None else out_storage.url.removeprefix("file://"),
+            counters,
+            seconds,
+            pairs,
+        )
         if not quiet:
             print(result.summary(), file=sys.stderr)
         return result
@@ -223,7 +287,9 @@ def _intermediate_storage(ex: Executor, storage: str | None, job_id: str, temp_d
     if url:
         return open_storage(url)
     if not ex.local:
-        raise ConfigError(f"executor {ex.name} runs tasks on other machines: give storage= a URL they all reach")
+        raise ConfigError(
+            f"executor {ex.name} runs tasks on other machines: give storage= a URL they all reach"
+        )
     path = tempfile.mkdtemp(prefix="mrkit-job-")
     temp_dirs.append(path)
     return LocalStorage(path)

@@ -88,15 +88,20 @@ class JobFailed(MrkitError):
     the attempt count and the exception; ``error.remote_traceback`` holds the user's traceback.
     """
 
-    def __init__(self, message: str, *, job_id: str = "", task_id: str = "", remote_traceback: str = "") -> None:
+    def __init__(
+        self, message: str, *, job_id: str = "", task_id: str = "", remote_traceback: str = ""
+    ) -> None:
         self.job_id = job_id
         self.task_id = task_id
         self.remote_traceback = remote_traceback
         super().__init__(message)
 
     def __reduce__(self):
-        return (type(self), (str(self),), {"job_id": self.job_id, "task_id": self.task_id,
-                                           "remote_traceback": self.remote_traceback})
+        return (
+            type(self),
+            (str(self),),
+            {"job_id": self.job_id, "task_id": self.task_id, "remote_traceback": self.remote_traceback},
+        )
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)

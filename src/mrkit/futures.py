@@ -159,8 +159,9 @@ class _MapChunk:
 class _ReduceChunk:
     """Map every item of a chunk and fold the values left to right into one partial result."""
 
-    def __init__(self, map_fn: Callable[..., Any], reduce_fn: Callable[[Any, Any], Any], *,
-                 star: bool) -> None:
+    def __init__(
+        self, map_fn: Callable[..., Any], reduce_fn: Callable[[Any, Any], Any], *, star: bool
+    ) -> None:
         self.map_fn = map_fn
         self.reduce_fn = reduce_fn
         self.star = star  # as for _MapChunk
@@ -221,10 +222,18 @@ class _Call:
             try:
                 payload = cloudpickle.dumps([args], protocol=pickle.HIGHEST_PROTOCOL)
             except Exception as exc:
-                raise TypeError(f"{self.label}: cannot pickle the arguments from item {first} on to send "
-                                f"them to a worker: {type(exc).__name__}: {exc}") from exc
-        return TaskSpec(job_id=self.job_id, task_id=f"call-{next(self._count):06d}", kind=TaskKind.CALL,
-                        call_fn=self.call_fn, call_digest=self.call_digest, call=payload)
+                raise TypeError(
+                    f"{self.label}: cannot pickle the arguments from item {first} on to send "
+                    f"them to a worker: {type(exc).__name__}: {exc}"
+                ) from exc
+        return TaskSpec(
+            job_id=self.job_id,
+            task_id=f"call-{next(self._count):06d}",
+            kind=TaskKind.CALL,
+            call_fn=self.call_fn,
+            call_digest=self.call_digest,
+            call=payload,
+        )
 
 
 class _Chunk:
@@ -264,10 +273,15 @@ class _Chunk:
                     return True
                 self.spec = spec
                 return False
-            self._settle([], CallFailed(
-                f"{self.call.label}: task {self.spec.task_id} of job {self.call.job_id} (items {self.first}-"
-                f"{self.first + self.count - 1}) lost its worker {self.spec.attempt} times; last: {exc}",
-                job_id=self.call.job_id, task_id=self.spec.task_id))
+            self._settle(
+                [],
+                CallFailed(
+                    f"{self.call.label}: task {self.spec.task_id} of job {self.call.job_id} (items {self.first}-"
+                    f"{self.first + self.count - 1}) lost its worker {self.spec.attempt} times; last: {exc}",
+                    job_id=self.call.job_id,
+                    task_id=self.spec.task_id,
+                ),
+            )
             return True
         except Exception as exc:  # the executor itself failed (shut down, cannot start workers)
             self._settle([], exc)
@@ -276,18 +290,29 @@ class _Chunk:
         if not result.ok:
             failure = result.failure
             sentence = failure.sentence() if failure is not None else "no reason given"
-            self._settle([], CallFailed(
-                f"{self.call.label}: task {result.task_id} of job {self.call.job_id} failed in worker "
-                f"{result.worker or '?'}: {sentence}", job_id=self.call.job_id, task_id=result.task_id,
-                remote_traceback=failure.traceback if failure is not None else ""))
+            self._settle(
+                [],
+                CallFailed(
+                    f"{self.call.label}: task {result.task_id} of job {self.call.job_id} failed in worker "
+                    f"{result.worker or '?'}: {sentence}",
+                    job_id=self.call.job_id,
+                    task_id=result.task_id,
+                    remote_traceback=failure.traceback if failure is not None else "",
+                ),
+            )
             return True
         try:
             values, failure_tuple = pickle.loads(result.output)[0]
         except Exception as exc:
-            self._settle([], CallFailed(
-                f"{self.call.label}: the results of task {result.task_id} of job {self.call.job_id} cannot "
-                f"be unpickled here: {type(exc).__name__}: {exc}", job_id=self.call.job_id,
-                task_id=result.task_id))
+            self._settle(
+                [],
+                CallFailed(
+                    f"{self.call.label}: the results of task {result.task_id} of job {self.call.job_id} cannot "
+                    f"be unpickled here: {type(exc).__name__}: {exc}",
+                    job_id=self.call.job_id,
+                    task_id=result.task_id,
+                ),
+            )
             return True
         self._settle(values, None if failure_tuple is None else self._rebuild(failure_tuple))
         return True
@@ -299,11 +324,16 @@ class _Chunk:
     def _rebuild(self, failure: tuple[Any, ...]) -> BaseException:
         index, stage, exc_type, message, tb, blob = failure
         item = self.first + index
-        culprit = {"fn": self.call.subject or f"item {item}", "map_fn": f"map_fn on item {item}",
-                   "reduce_fn": f"reduce_fn combining item {item}",
-                   "fold": "reduce_fn combining partial results"}[stage]
-        where = (f"task {self.spec.task_id} of job {self.call.job_id}, attempt {self.spec.attempt}, "
-                 f"worker {self.result.worker if self.result else '?'}")
+        culprit = {
+            "fn": self.call.subject or f"item {item}",
+            "map_fn": f"map_fn on item {item}",
+            "reduce_fn": f"reduce_fn combining item {item}",
+            "fold": "reduce_fn combining partial results",
+        }[stage]
+        where = (
+            f"task {self.spec.task_id} of job {self.call.job_id}, attempt {self.spec.attempt}, "
+            f"worker {self.result.worker if self.result else '?'}"
+        )
         sentence = f"{self.call.label}: {culprit} raised {exc_type}: {message} ({where})"
         exc: BaseException | None = None
         if blob is not None:
@@ -312,8 +342,9 @@ class _Chunk:
             except Exception:  # its class does not exist here, or its __init__ wants other arguments
                 exc = None
         if not isinstance(exc, BaseException):
-            exc = CallFailed(sentence, job_id=self.call.job_id, task_id=self.spec.task_id,
-                             remote_traceback=tb)
+            exc = CallFailed(
+                sentence, job_id=self.call.job_id, task_id=self.spec.task_id, remote_traceback=tb
+            )
         else:
             with contextlib.suppress(AttributeError, TypeError):
                 exc.remote_traceback = tb  # type: ignore[attr-defined]

@@ -94,8 +94,9 @@ def parse_args(argv: list[str]) -> LaunchOptions:
         if name not in _VALUE_OPTIONS and word[:2] in ("-n", "-e") and len(word) > 2:
             name, eq, value = word[:2], "=", word[2:]  # -n4, -einline
         if name not in _VALUE_OPTIONS:
-            raise UsageError(f"unknown option {word!r}; the options are -n/--workers, -e/--executor, "
-                             "-h/--help")
+            raise UsageError(
+                f"unknown option {word!r}; the options are -n/--workers, -e/--executor, -h/--help"
+            )
         if not eq:
             i += 1
             if i == len(argv):
@@ -105,7 +106,7 @@ def parse_args(argv: list[str]) -> LaunchOptions:
         i += 1
     if i >= len(argv):
         raise UsageError("no script given: python -m mrkit [-n WORKERS] [--executor E] script.py [args]")
-    opts.script, opts.args = argv[i], list(argv[i + 1:])
+    opts.script, opts.args = argv[i], list(argv[i + 1 :])
     if "workers" in values:
         try:
             opts.workers = int(values["workers"])

@@ -8,7 +8,9 @@ from typing import Any
 from mrkit.model.job import Job
 
 
-def run_inline(job: Job, records: Iterable[Any], *, n_map: int = 2, n_reduce: int = 2, **options: Any) -> dict[Any, Any]:
+def run_inline(
+    job: Job, records: Iterable[Any], *, n_map: int = 2, n_reduce: int = 2, **options: Any
+) -> dict[Any, Any]:
     """Run ``job`` over in-memory ``records`` with the inline executor; return ``{key: value}``.
 
     The whole pipeline runs (pickling, splits, spill, shuffle, merge), in this process, so a test
@@ -21,6 +23,7 @@ def run_inline(job: Job, records: Iterable[Any], *, n_map: int = 2, n_reduce: in
     """
     from mrkit.api import Records, run
 
-    result = run(job, Records(list(records)), executor="inline", n_map=n_map, n_reduce=n_reduce, quiet=True,
-                 **options)
+    result = run(
+        job, Records(list(records)), executor="inline", n_map=n_map, n_reduce=n_reduce, quiet=True, **options
+    )
     return dict(sorted(result, key=lambda kv: repr(kv[0])))

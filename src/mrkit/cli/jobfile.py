@@ -23,8 +23,20 @@ from typing import Any
 from mrkit.errors import ConfigError
 from mrkit.model.job import Job
 
-_KNOWN_KEYS = {"job", "inputs", "n_map", "n_reduce", "output", "executor", "params", "format", "workers",
-               "memory_mb", "errors", "input_format"}
+_KNOWN_KEYS = {
+    "job",
+    "inputs",
+    "n_map",
+    "n_reduce",
+    "output",
+    "executor",
+    "params",
+    "format",
+    "workers",
+    "memory_mb",
+    "errors",
+    "input_format",
+}
 
 
 def load_job(ref: str, params: dict[str, Any] | None = None) -> Job:
@@ -55,7 +67,9 @@ def load_job(ref: str, params: dict[str, Any] | None = None) -> Job:
         made = obj()
         if isinstance(made, Job):
             return made.with_params(params) if params else made
-    raise ConfigError(f"{ref} is a {type(obj).__name__}, not an mrkit.Job, a Job subclass or a function returning one")
+    raise ConfigError(
+        f"{ref} is a {type(obj).__name__}, not an mrkit.Job, a Job subclass or a function returning one"
+    )
 
 
 def _import(module_ref: str) -> Any:
@@ -101,10 +115,12 @@ def load_job_file(path: str) -> JobFile:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"job file {path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict) or "job" not in data or "inputs" not in data:
-        raise ConfigError(f"job file {path} must be a JSON object with at least \"job\" and \"inputs\"")
+        raise ConfigError(f'job file {path} must be a JSON object with at least "job" and "inputs"')
     unknown = set(data) - _KNOWN_KEYS
     if unknown:
-        raise ConfigError(f"job file {path} has unknown keys {sorted(unknown)}; valid keys: {sorted(_KNOWN_KEYS)}")
+        raise ConfigError(
+            f"job file {path} has unknown keys {sorted(unknown)}; valid keys: {sorted(_KNOWN_KEYS)}"
+        )
     base = os.path.dirname(os.path.abspath(path))
     job_ref = data["job"]
     module_ref, _, name = job_ref.rpartition(":")

@@ -59,7 +59,9 @@ class LazyGroup(click.Group):
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
             if exc.name == module_name:
-                raise click.UsageError(f"the {cmd_name!r} command is not available in this build of mrkit") from None
+                raise click.UsageError(
+                    f"the {cmd_name!r} command is not available in this build of mrkit"
+                ) from None
             raise
         return getattr(module, attr)  # type: ignore[no-any-return]
 
@@ -68,8 +70,11 @@ class LazyGroup(click.Group):
             formatter.write_dl([(name, HELP[name]) for name in sorted(COMMANDS)])
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},
-             epilog="Also: python -m mrkit [-n WORKERS] [--executor E] script.py [ARGS] runs a futures script.")
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Also: python -m mrkit [-n WORKERS] [--executor E] script.py [ARGS] runs a futures script.",
+)
 @click.version_option(package_name="mrkit")
 def cli() -> None:
     """mrkit: MapReduce for Python, from one process to a fleet."""

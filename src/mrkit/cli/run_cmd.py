@@ -47,7 +47,9 @@ def run(job_ref: str, inputs: tuple[str, ...], **opts: Any) -> None:
         options = {**spec.options, **cli_options}
     else:
         if not inputs:
-            raise ConfigError("no INPUT given: name files, globs or folders after the job (or use a job.json)")
+            raise ConfigError(
+                "no INPUT given: name files, globs or folders after the job (or use a job.json)"
+            )
         job = load_job(job_ref, params or None)
         run_inputs, options = list(inputs), cli_options
     if run_inputs and not isinstance(run_inputs[0], str):
@@ -59,18 +61,25 @@ def run(job_ref: str, inputs: tuple[str, ...], **opts: Any) -> None:
     if output is None:
         out = sys.stdout
         for key, value in result:
-            out.write(f"{json.dumps(key, ensure_ascii=False)}\t{json.dumps(value, ensure_ascii=False, default=repr)}\n")
+            key_text = json.dumps(key, ensure_ascii=False)
+            out.write(f"{key_text}\t{json.dumps(value, ensure_ascii=False, default=repr)}\n")
     if show_counters:
         _print_counters(result.counters)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--size-mb", type=float, default=20.0, show_default=True, help="Corpus size to generate.")
-@click.option("--data", "data_dir", default="demo-data", show_default=True, help="Where the corpus is written.")
+@click.option(
+    "--data", "data_dir", default="demo-data", show_default=True, help="Where the corpus is written."
+)
 @click.option("-o", "--output", default="demo-out", show_default=True, help="Output folder (replaced).")
 @click.option("--executor", default="processes", show_default=True, envvar="MRKIT_EXECUTOR")
-@click.option("--workers", type=int, default=None, envvar="MRKIT_WORKERS", help="Parallelism (default: all cores).")
-@click.option("--top", type=int, default=10, show_default=True, help="How many of the most common words to print.")
+@click.option(
+    "--workers", type=int, default=None, envvar="MRKIT_WORKERS", help="Parallelism (default: all cores)."
+)
+@click.option(
+    "--top", type=int, default=10, show_default=True, help="How many of the most common words to print."
+)
 def demo(size_mb: float, data_dir: str, output: str, executor: str, workers: int | None, top: int) -> None:
     """Generate a deterministic word-count corpus and count its words.
 
@@ -89,7 +98,9 @@ def demo(size_mb: float, data_dir: str, output: str, executor: str, workers: int
                     os.unlink(os.path.join(data_dir, name))
         generate_text(data_dir, size_mb=size_mb, files=8, seed=0)
         open(marker, "w").close()
-    result = mrkit.run(WordCount(), data_dir, output=output, overwrite=True, executor=executor, workers=workers)
+    result = mrkit.run(
+        WordCount(), data_dir, output=output, overwrite=True, executor=executor, workers=workers
+    )
     counts = sorted(result, key=lambda kv: (-kv[1], kv[0]))[:top]
     click.echo(f"top {len(counts)} words in {data_dir}/ (full result in {output}/):")
     for word, count in counts:

@@ -18,12 +18,26 @@ from mrkit.errors import ConfigError
 @click.option("--concurrency", type=int, default=None, help="Redis: tasks run at once (default: cores).")
 @click.option("--burst", is_flag=True, help="Redis: exit when no work is left.")
 @click.option("--name", default=None, help="Redis: worker name shown in status (default host:pid).")
-@click.option("--port", type=int, default=None, help="HTTP: port to listen on (default: a free one, printed).")
+@click.option(
+    "--port", type=int, default=None, help="HTTP: port to listen on (default: a free one, printed)."
+)
 @click.option("--bind", default="127.0.0.1", show_default=True, help="HTTP: address to listen on.")
-@click.option("--secret-file", type=click.Path(dir_okay=False), default=None, envvar="MRKIT_SECRET_FILE",
-              help="File holding the shared secret (else $MRKIT_SECRET).")
-def worker(target: str, concurrency: int | None, burst: bool, name: str | None, port: int | None, bind: str,
-           secret_file: str | None) -> None:
+@click.option(
+    "--secret-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    envvar="MRKIT_SECRET_FILE",
+    help="File holding the shared secret (else $MRKIT_SECRET).",
+)
+def worker(
+    target: str,
+    concurrency: int | None,
+    burst: bool,
+    name: str | None,
+    port: int | None,
+    bind: str,
+    secret_file: str | None,
+) -> None:
     """Start a worker for TARGET: a redis:// URL, or the word http."""
     if target.startswith(("redis://", "rediss://", "unix://")):
         from mrkit.worker.redis_worker import serve as serve_redis
@@ -34,4 +48,6 @@ def worker(target: str, concurrency: int | None, burst: bool, name: str | None, 
 
         serve_http(port=port, bind=bind, secret_file=secret_file)
     else:
-        raise ConfigError(f"unknown worker target {target!r}: give a redis://host:port/db URL or the word http")
+        raise ConfigError(
+            f"unknown worker target {target!r}: give a redis://host:port/db URL or the word http"
+        )

@@ -24,7 +24,7 @@ import statistics
 import threading
 import time
 from collections import deque
-from concurrent.futures import CancelledError, Future, wait, FIRST_COMPLETED
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, wait
 from dataclasses import dataclass, field
 
 from mrkit.coordination.plan import JobPlan, RetryPolicy
@@ -98,8 +98,16 @@ class PhaseRunner:
         cancelled: set from another thread to stop the phase with :class:`JobCancelled`.
     """
 
-    def __init__(self, phase: str, specs: tuple[TaskSpec, ...], executor: Executor, storage: Storage,
-                 policy: RetryPolicy, progress: Progress, cancelled: threading.Event) -> None:
+    def __init__(
+        self,
+        phase: str,
+        specs: tuple[TaskSpec, ...],
+        executor: Executor,
+        storage: Storage,
+        policy: RetryPolicy,
+        progress: Progress,
+        cancelled: threading.Event,
+    ) -> None:
         self.phase = phase
         self.tasks = [_Task(spec) for spec in specs]
         self.executor = executor
@@ -122,8 +130,10 @@ class PhaseRunner:
         try:
             while self._done < len(self.tasks):
                 if self.cancelled.is_set():
-                    raise JobCancelled(f"job {self.tasks[0].spec.job_id} was cancelled during the {self.phase} phase",
-                                       job_id=self.tasks[0].spec.job_id)
+                    raise JobCancelled(
+                        f"job {self.tasks[0].spec.job_id} was cancelled during the {self.phase} phase",
+                        job_id=self.tasks[0].spec.job_id,
+                    )
                 while self._pending and len(self._inflight) < capacity:
                     task = self._pending.popleft()
                     if task.state is not TaskState.COMMITTED:
@@ -168,8 +178,11 @@ class PhaseRunner:
             self._lost(task, str(exc))
             return
         except ConfigError as exc:  # the executor cannot run anything (e.g. its runner does not import)
-            raise JobFailed(f"{self.phase} task {task.spec.task_id} of job {task.spec.job_id} cannot run: {exc}",
-                            job_id=task.spec.job_id, task_id=task.spec.task_id) from exc
+            raise JobFailed(
+                f"{self.phase} task {task.spec.task_id} of job {task.spec.job_id} cannot run: {exc}",
+                job_id=task.spec.job_id,
+                task_id=task.spec.task_id,
+            ) from exc
         except Exception as exc:  # an executor that fails a future otherwise: treat as lost, say why
             self._lost(task, f"{type(exc).__name__}: {exc}")
             return
@@ -218,26 +231,42 @@ class PhaseRunner:
         spec = task.spec
         if task.failure is not None:
             failure = task.failure
-            retry_note = ("" if failure.retryable else " (not retried: another attempt would fail the same way)")
+            retry_note = (
+                "" if failure.retryable else " (not retried: another attempt would fail the same way)"
+            )
             where = spec.split.describe() if spec.split is not None and not failure.where else ""
             detail = failure.sentence() if not where else f"{where}: {failure.sentence()}"
-            message = (f"{self.phase} task {spec.task_id} of job {spec.job_id} failed after "
-                       f"{task.failed} attempt{'s' * (task.failed != 1)}{retry_note}: {detail}")
-            raise JobFailed(message, job_id=spec.job_id, task_id=spec.task_id, remote_traceback=failure.traceback)
-        raise JobFailed(f"{self.phase} task {spec.task_id} of job {spec.job_id} failed: its worker was lost "
-                        f"{task.lost} times (last: {task.lost_reason})", job_id=spec.job_id, task_id=spec.task_id)
+            message = (
+                f"{self.phase} task {spec.task_id} of job {spec.job_id} failed after "
+                f"{task.failed} attempt{'s' * (task.failed != 1)}{retry_note}: {detail}"
+            )
+            raise JobFailed(
+                message, job_id=spec.job_id, task_id=spec.task_id, remote_traceback=failure.traceback
+            )
+        raise JobFailed(
+            f"{self.phase} task {spec.task_id} of job {spec.job_id} failed: its worker was lost "
+            f"{task.lost} times (last: {task.lost_reason})",
+            job_id=spec.job_id,
+            task_id=spec.task_id,
+        )
 
     def _maybe_speculate(self, capacity: int) -> None:
         if not self.policy.speculative or not self._durations or len(self._inflight) >= capacity:
             return
-        threshold = max(self.policy.speculative_min_seconds,
-                        self.policy.speculative_after * statistics.median(self._durations))
+        threshold = max(
+            self.policy.speculative_min_seconds,
+            self.policy.speculative_after * statistics.median(self._durations),
+        )
         now = time.monotonic()
         for task, started in list(self._inflight.values()):
             if len(self._inflight) >= capacity:
                 return
-            if task.state is TaskState.RUNNING and not task.speculated and task.running == 1 \
-                    and now - started > threshold:
+            if (
+                task.state is TaskState.RUNNING
+                and not task.speculated
+                and task.running == 1
+                and now - started > threshold
+            ):
                 self._launch(task, speculative=True)
 
     def _expire_timeouts(self) -> None:
@@ -263,8 +292,13 @@ class PhaseRunner:
         self.stats.counters = totals
 
 
-def run_plan(plan: JobPlan, executor: Executor, storage: Storage, progress: Progress,
-             cancelled: threading.Event | None = None) -> dict[str, int]:
+def run_plan(
+    plan: JobPlan,
+    executor: Executor,
+    storage: Storage,
+    progress: Progress,
+    cancelled: threading.Event | None = None,
+) -> dict[str, int]:
     """Run the map phase, then the reduce phase, of ``plan``; return the job's counters.
 
     Publishing the output is the caller's step (it knows the output storage and overwrite policy).

@@ -108,11 +108,24 @@ def pickle_job(job: Job) -> bytes:
     loaded by path) are pickled by value; installed packages are pickled by reference.
     """
     module = sys.modules.get(type(job).__module__)
-    modules = {module} | {sys.modules.get(getattr(getattr(job, s, None), "__module__", "") or "")
-                          for s in ("mapper", "reducer", "combiner", "partitioner", "mapper_init",
-                                    "mapper_final", "mapper_split")}
+    modules = {module} | {
+        sys.modules.get(getattr(getattr(job, s, None), "__module__", "") or "")
+        for s in (
+            "mapper",
+            "reducer",
+            "combiner",
+            "partitioner",
+            "mapper_init",
+            "mapper_final",
+            "mapper_split",
+        )
+    }
     for mod in modules:
-        if mod is None or mod.__name__ in ("__main__", "builtins", "mrkit") or mod.__name__.startswith("mrkit."):
+        if (
+            mod is None
+            or mod.__name__ in ("__main__", "builtins", "mrkit")
+            or mod.__name__.startswith("mrkit.")
+        ):
             continue
         path = getattr(mod, "__file__", None) or ""
         if path and "site-packages" not in path and not path.startswith(sys.base_prefix):
@@ -130,8 +143,14 @@ def store_records(storage: Storage, job_id: str, records: Iterable[Any], n_map: 
         data = cloudpickle.dumps(chunk, protocol=5)
         key = layout.input_chunk_key(job_id, i)
         storage.put(key, data)
-        splits.append(InputSplit(uri=f"{storage.url}#{key}", format="pickle", index=i,
-                                 options={"sha256": hashlib.sha256(data).hexdigest(), "records": len(chunk)}))
+        splits.append(
+            InputSplit(
+                uri=f"{storage.url}#{key}",
+                format="pickle",
+                index=i,
+                options={"sha256": hashlib.sha256(data).hexdigest(), "records": len(chunk)},
+            )
+        )
     return splits
 
 
@@ -153,17 +172,37 @@ def build_plan(
     code = pickle_job(job)
     storage.put(layout.job_key(job_id), code)
     base = TaskSpec(
-        job_id=job_id, task_id="", kind=TaskKind.MAP, storage_url=storage.url,
-        job_key=layout.job_key(job_id), job_digest=hashlib.sha256(code).hexdigest(),
-        n_map=len(splits), n_reduce=n_reduce, output_url=output_url, settings=settings,
+        job_id=job_id,
+        task_id="",
+        kind=TaskKind.MAP,
+        storage_url=storage.url,
+        job_key=layout.job_key(job_id),
+        job_digest=hashlib.sha256(code).hexdigest(),
+        n_map=len(splits),
+        n_reduce=n_reduce,
+        output_url=output_url,
+        settings=settings,
     )
-    maps = tuple(dataclasses.replace(base, task_id=layout.task_id("map", i), split=s) for i, s in enumerate(splits))
-    reduces = tuple(dataclasses.replace(base, task_id=layout.task_id("reduce", p), kind=TaskKind.REDUCE, partition=p)
-                    for p in range(n_reduce))
+    maps = tuple(
+        dataclasses.replace(base, task_id=layout.task_id("map", i), split=s) for i, s in enumerate(splits)
+    )
+    reduces = tuple(
+        dataclasses.replace(base, task_id=layout.task_id("reduce", p), kind=TaskKind.REDUCE, partition=p)
+        for p in range(n_reduce)
+    )
     input_bytes = sum(_split_bytes(s) for s in splits)
-    return JobPlan(job_id=job_id, name=job.name, storage_url=storage.url, output_url=output_url,
-                   map_specs=maps, reduce_specs=reduces, output_format=settings.output_format,
-                   overwrite=overwrite, policy=policy, input_bytes=input_bytes)
+    return JobPlan(
+        job_id=job_id,
+        name=job.name,
+        storage_url=storage.url,
+        output_url=output_url,
+        map_specs=maps,
+        reduce_specs=reduces,
+        output_format=settings.output_format,
+        overwrite=overwrite,
+        policy=policy,
+        input_bytes=input_bytes,
+    )
 
 
 def _split_bytes(split: InputSplit) -> int:

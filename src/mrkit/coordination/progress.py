@@ -38,7 +38,9 @@ class Progress:
         self._phase_start = time.monotonic()
         self.update(phase, 0, 0, 0, 0, force=True)
 
-    def update(self, phase: str, done: int, total: int, records: int, nbytes: int, *, force: bool = False) -> None:
+    def update(
+        self, phase: str, done: int, total: int, records: int, nbytes: int, *, force: bool = False
+    ) -> None:
         if not self.enabled:
             return
         now = time.monotonic()
@@ -48,8 +50,10 @@ class Progress:
         width = 24
         filled = int(width * done / total) if total else 0
         rate = nbytes / max(1e-6, now - self._phase_start) / (1 << 20)
-        line = (f"\r{phase:<6} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} tasks "
-                f"{records:,} records {rate:.1f} MB/s")
+        line = (
+            f"\r{phase:<6} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} tasks "
+            f"{records:,} records {rate:.1f} MB/s"
+        )
         self.stream.write(line)
         if done >= total and total:
             self.stream.write("\n")
@@ -64,6 +68,7 @@ def summary_line(job_id: str, seconds: float, counters: dict[str, int], ok: bool
     return (
         f"mrkit: job {job_id} {state} in {seconds:.2f} s: "
         f"{counters.get('map.records_in', 0):,} records in ({human_bytes(nbytes)}, {rate:.1f} MB/s), "
-        f"{counters.get('reduce.records_out', 0):,} records out ({human_bytes(counters.get('reduce.bytes_out', 0))}), "
+        f"{counters.get('reduce.records_out', 0):,} records out "
+        f"({human_bytes(counters.get('reduce.bytes_out', 0))}), "
         f"{counters.get('map.tasks', 0)} map + {counters.get('reduce.tasks', 0)} reduce tasks"
     )

@@ -45,4 +45,4 @@ def group_values(entries: Iterable[Entry]) -> Iterator[tuple[Any, Iterator[Any]]
     """
     for _kb, group in groupby(entries, key=_first):
         first = next(group)
-        yield first[1], chain(first[2], chain.from_iterable(map(itemgetter(2), group)))
+        yield first[1], chain(first[2], chain.from_iterable(map(itemgetter(2), group)))  # noqa: B031 - group is read once, after next()

@@ -21,7 +21,7 @@ def open_runs(storage: Storage, parts: list[tuple[str, list[int]]]) -> list[Iter
     """Open every run of every ``(key, boundaries)`` object as a streaming entry iterator."""
     runs: list[Iterator[Entry]] = []
     for key, bounds in parts:
-        for start, end in zip(bounds, bounds[1:]):
+        for start, end in zip(bounds, bounds[1:], strict=False):
             runs.append(_stream(storage, key, start, end - start))
     return runs
 
@@ -32,7 +32,9 @@ def _stream(storage: Storage, key: str, start: int, length: int) -> Iterator[Ent
         yield from read_run(f)
 
 
-def reduce_partition(job: Job, runs: list[Iterator[Entry]], counters: dict[str, int]) -> Iterator[tuple[Any, Any]]:
+def reduce_partition(
+    job: Job, runs: list[Iterator[Entry]], counters: dict[str, int]
+) -> Iterator[tuple[Any, Any]]:
     """Yield the reducer's output pairs for the merged ``runs``.
 
     Raises:

@@ -23,8 +23,12 @@ FRAME_ENTRIES = 2048  # entries per frame: big enough to amortise pickling, smal
 FRAME_VALUES = 8192  # values per frame (and per entry of a hot key): bounds a reader's memory per run
 
 
-def write_run(f: BinaryIO, entries: Iterable[Entry], frame_entries: int = FRAME_ENTRIES,
-              frame_values: int = FRAME_VALUES) -> int:
+def write_run(
+    f: BinaryIO,
+    entries: Iterable[Entry],
+    frame_entries: int = FRAME_ENTRIES,
+    frame_values: int = FRAME_VALUES,
+) -> int:
     """Write sorted ``entries`` as one run of frames to ``f``; returns the bytes written.
 
     A frame closes after ``frame_entries`` entries or ``frame_values`` values, and a key with more

@@ -92,7 +92,9 @@ def executor_key(name: str) -> str:
     return name.split("://", 1)[0] if "://" in name else name
 
 
-def open_executor(name: str | Executor | None = None, *, workers: int | None = None, **options: Any) -> Executor:
+def open_executor(
+    name: str | Executor | None = None, *, workers: int | None = None, **options: Any
+) -> Executor:
     """Return the executor named ``name`` (an :class:`Executor` is returned as is).
 
     Args:

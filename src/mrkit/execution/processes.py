@@ -159,7 +159,7 @@ def _send_all(conn: Connection, messages: list[bytes]) -> None:
     view = memoryview(b"".join(_frame(data) for data in messages))
     fd = conn.fileno()
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 class _FrameReader:
@@ -197,7 +197,7 @@ class _FrameReader:
                 start += 8
             if end - start < size:
                 break
-            frames.append(bytes(buffer[start:start + size]))
+            frames.append(bytes(buffer[start : start + size]))
             pos = start + size
         del buffer[:pos]
         return frames
@@ -249,8 +249,12 @@ def _watch_driver(lifeline: Connection, parent_pid: int) -> None:
 
 def _crash_result(spec: TaskSpec, label: str, exc: BaseException) -> TaskResult:
     """A result for an attempt whose runner raised (run_task should not, but a worker must answer)."""
-    failure = TaskFailure(where=f"worker {label}", exc_type=type(exc).__name__, message=str(exc),
-                          traceback=traceback.format_exc())
+    failure = TaskFailure(
+        where=f"worker {label}",
+        exc_type=type(exc).__name__,
+        message=str(exc),
+        traceback=traceback.format_exc(),
+    )
     return TaskResult(spec.task_id, spec.attempt, ok=False, worker=label, failure=failure)
 
 
@@ -258,8 +262,9 @@ def _ignore_signal(signum: int, frame: object) -> None:
     pass
 
 
-def _worker_main(conn: Connection, lifeline: Connection, runner: str, sys_path: list[str],
-                 environ: dict[str, str]) -> None:
+def _worker_main(
+    conn: Connection, lifeline: Connection, runner: str, sys_path: list[str], environ: dict[str, str]
+) -> None:
     """Body of a worker process: say hello, then run tasks from ``conn`` until told to stop."""
     # Ctrl-C reaches the whole process group; the driver decides what happens to running tasks.
     # A no-op handler rather than SIG_IGN: an ignored signal stays ignored across exec, so programs
@@ -271,8 +276,9 @@ def _worker_main(conn: Connection, lifeline: Connection, runner: str, sys_path: 
     if dict(os.environ) != environ:
         os.environ.clear()
         os.environ.update(environ)
-    watcher = threading.Thread(target=_watch_driver, args=(lifeline, os.getppid()), name="mrkit-watch",
-                               daemon=True)
+    watcher = threading.Thread(
+        target=_watch_driver, args=(lifeline, os.getppid()), name="mrkit-watch", daemon=True
+    )
     watcher.start()
     pid = os.getpid()
     label = f"pid:{pid}"
@@ -334,8 +340,19 @@ class _Item:
 class _Worker:
     """The parent's handle on one worker process."""
 
-    __slots__ = ("process", "conn", "reader", "pid", "label", "inflight", "ready", "head_since",
-                 "last_seconds", "kill_reason", "gone")
+    __slots__ = (
+        "process",
+        "conn",
+        "reader",
+        "pid",
+        "label",
+        "inflight",
+        "ready",
+        "head_since",
+        "last_seconds",
+        "kill_reason",
+        "gone",
+    )
 
     def __init__(self, process: Any, conn: Connection) -> None:
         self.process = process
@@ -529,7 +546,8 @@ class ProcessExecutor(Executor):
             if not self._started:
                 self._start_locked()
             ready = self._ready_cv.wait_for(
-                lambda: self._broken or self._closing or all(w.ready for w in self._workers), timeout)
+                lambda: self._broken or self._closing or all(w.ready for w in self._workers), timeout
+            )
             if self._broken:
                 raise ConfigError(self._broken)
             if not ready:
@@ -594,7 +612,8 @@ class ProcessExecutor(Executor):
         # may well use multiprocessing. Our atexit hook stops workers before multiprocessing's own
         # hook would join them.
         process = self._ctx.Process(  # type: ignore[attr-defined]
-            target=_worker_main, name="mrkit-worker",
+            target=_worker_main,
+            name="mrkit-worker",
             args=(child_conn, self._lifeline_r, self.runner, list(sys.path), dict(os.environ)),
         )
         with _main_module_hidden():
@@ -625,8 +644,11 @@ class ProcessExecutor(Executor):
         # Bytes sent ahead and probably still unread in the pipe: every in-flight task but the head.
         ahead = sum(len(item.data) for item in w.inflight) - len(w.inflight[0].data) if n else 0
         while queue:
-            if n and (n > self.prefetch or w.last_seconds >= _PREFETCH_BELOW_SECONDS
-                      or ahead + len(queue[0].data) > _PREFETCH_MAX_BYTES):
+            if n and (
+                n > self.prefetch
+                or w.last_seconds >= _PREFETCH_BELOW_SECONDS
+                or ahead + len(queue[0].data) > _PREFETCH_MAX_BYTES
+            ):
                 break
             item = queue.popleft()
             if not item.running:
@@ -805,8 +827,13 @@ class ProcessExecutor(Executor):
             if self._closing or self._broken:
                 for item in items:
                     spec = item.spec
-                    lost.append((item, f"executor shut down: task {spec.task_id} attempt {spec.attempt} "
-                                       f"on worker {w.label} {w.kill_reason or description}"))
+                    lost.append(
+                        (
+                            item,
+                            f"executor shut down: task {spec.task_id} attempt {spec.attempt} "
+                            f"on worker {w.label} {w.kill_reason or description}",
+                        )
+                    )
             else:
                 if items:
                     # Only the head was running; the ones sent ahead never started: run them elsewhere.
@@ -814,14 +841,21 @@ class ProcessExecutor(Executor):
                     how = description
                     if w.kill_reason:
                         how = f"{w.kill_reason} (exit code {w.process.exitcode})"
-                    lost.append((head, f"task {head.spec.task_id} attempt {head.spec.attempt} lost: "
-                                       f"worker {w.label} {how}"))
+                    lost.append(
+                        (
+                            head,
+                            f"task {head.spec.task_id} attempt {head.spec.attempt} lost: "
+                            f"worker {w.label} {how}",
+                        )
+                    )
                     self._queue.extendleft(reversed(items))
                 if not w.ready:
                     self._startup_failures += 1
                 if self._startup_failures >= _MAX_STARTUP_FAILURES:
-                    self._broken = (f"{_MAX_STARTUP_FAILURES} workers in a row died before starting "
-                                    f"(last one {description}); not starting more")
+                    self._broken = (
+                        f"{_MAX_STARTUP_FAILURES} workers in a row died before starting "
+                        f"(last one {description}); not starting more"
+                    )
                 else:
                     self._refill_locked(self._start_worker_locked())
             try:
@@ -857,8 +891,11 @@ def _fail(item: _Item, message: str, *, worker: str = "", config: bool = False) 
     if not item.running and not item.future.set_running_or_notify_cancel():
         return
     item.running = True
-    exc: Exception = ConfigError(message) if config else WorkerLost(
-        message, task_id=item.spec.task_id, attempt=item.spec.attempt, worker=worker)
+    exc: Exception = (
+        ConfigError(message)
+        if config
+        else WorkerLost(message, task_id=item.spec.task_id, attempt=item.spec.attempt, worker=worker)
+    )
     item.future.set_exception(exc)
 
 

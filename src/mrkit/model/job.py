@@ -39,7 +39,15 @@ from mrkit.errors import ConfigError
 
 Pair = tuple[Any, Any]
 
-_FUNCTION_SLOTS = ("mapper", "combiner", "reducer", "partitioner", "mapper_init", "mapper_final", "mapper_split")
+_FUNCTION_SLOTS = (
+    "mapper",
+    "combiner",
+    "reducer",
+    "partitioner",
+    "mapper_init",
+    "mapper_final",
+    "mapper_split",
+)
 
 
 class Job:
@@ -88,8 +96,13 @@ class Job:
         name: str | None = None,
     ) -> None:
         given = {
-            "mapper": mapper, "reducer": reducer, "combiner": combiner, "partitioner": partitioner,
-            "mapper_init": mapper_init, "mapper_final": mapper_final, "mapper_split": mapper_split,
+            "mapper": mapper,
+            "reducer": reducer,
+            "combiner": combiner,
+            "partitioner": partitioner,
+            "mapper_init": mapper_init,
+            "mapper_final": mapper_final,
+            "mapper_split": mapper_split,
         }
         for slot, fn in given.items():
             if fn is None:
@@ -145,10 +158,13 @@ def returns_pairs(fn: Callable[..., Any]) -> bool:
     target = getattr(fn, "__func__", fn)
     while hasattr(target, "func"):  # functools.partial
         target = target.func
-    return inspect.isgeneratorfunction(target) or inspect.isgeneratorfunction(getattr(target, "__call__", None))
+    # A callable object counts by its class's __call__.
+    return inspect.isgeneratorfunction(target) or inspect.isgeneratorfunction(type(target).__call__)
 
 
-def reduce_values(fn: Callable[..., Any], key: Any, values: Iterable[Any], yields_pairs: bool) -> Iterator[Pair]:
+def reduce_values(
+    fn: Callable[..., Any], key: Any, values: Iterable[Any], yields_pairs: bool
+) -> Iterator[Pair]:
     """Apply a reducer or combiner to one key and iterate the ``(key, value)`` pairs it produces."""
     if yields_pairs:
         return iter(fn(key, iter(values)))

@@ -64,7 +64,9 @@ def checked_partitioner(fn: Callable[[Any, int], int] | None) -> Callable[[Any, 
     def partition(key: Any, n_reduce: int) -> int:
         p = fn(key, n_reduce)
         if type(p) is not int or not 0 <= p < n_reduce:
-            raise ValueError(f"partitioner returned {p!r} for key {key!r}; expected an int in range({n_reduce})")
+            raise ValueError(
+                f"partitioner returned {p!r} for key {key!r}; expected an int in range({n_reduce})"
+            )
         return p
 
     return partition

@@ -164,7 +164,11 @@ class TaskFailure:
     retryable: bool = True
 
     def sentence(self) -> str:
-        return f"{self.where}: {self.exc_type}: {self.message}" if self.where else f"{self.exc_type}: {self.message}"
+        return (
+            f"{self.where}: {self.exc_type}: {self.message}"
+            if self.where
+            else f"{self.exc_type}: {self.message}"
+        )
 
 
 @dataclass(frozen=True)

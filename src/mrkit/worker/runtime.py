@@ -62,7 +62,9 @@ def load_job(storage: Storage, key: str, digest: str) -> Job:
         return job
     raw = storage.get(key)
     if hashlib.sha256(raw).hexdigest() != digest:
-        raise StorageError(f"job code at {storage.url}/{key} does not match its digest; refusing to unpickle it")
+        raise StorageError(
+            f"job code at {storage.url}/{key} does not match its digest; refusing to unpickle it"
+        )
     import cloudpickle  # noqa: F401 - registers the reducers cloudpickled code needs
 
     job = pickle.loads(raw)
@@ -78,7 +80,9 @@ def _load_function(spec: TaskSpec) -> Callable[..., Any]:
         fn = _FUNCTIONS.get(spec.call_digest)
     if fn is None:
         if hashlib.sha256(spec.call_fn).hexdigest() != spec.call_digest:
-            raise StorageError(f"function of {spec.task_id} does not match its digest; refusing to unpickle it")
+            raise StorageError(
+                f"function of {spec.task_id} does not match its digest; refusing to unpickle it"
+            )
         import cloudpickle  # noqa: F401
 
         fn = pickle.loads(spec.call_fn)
@@ -105,8 +109,16 @@ def run_task(spec: TaskSpec, *, worker: str = "") -> TaskResult:
     try:
         if spec.kind is TaskKind.CALL:
             output = _run_call(spec, counters)
-            return TaskResult(spec.task_id, spec.attempt, ok=True, committed=True, counters=counters,
-                              output=output, worker=worker, seconds=time.perf_counter() - started)
+            return TaskResult(
+                spec.task_id,
+                spec.attempt,
+                ok=True,
+                committed=True,
+                counters=counters,
+                output=output,
+                worker=worker,
+                seconds=time.perf_counter() - started,
+            )
         storage = storage_for(spec.storage_url)
         job = load_job(storage, spec.job_key, spec.job_digest)
         ctx = TaskContext(job_id=spec.job_id, task_id=spec.task_id, attempt=spec.attempt, params=job.params)
@@ -115,8 +127,15 @@ def run_task(spec: TaskSpec, *, worker: str = "") -> TaskResult:
                 committed = _run_map(spec, job, storage, counters, ctx)
             else:
                 committed = _run_reduce(spec, job, storage, counters, ctx)
-        return TaskResult(spec.task_id, spec.attempt, ok=True, committed=committed, counters=counters,
-                          worker=worker, seconds=time.perf_counter() - started)
+        return TaskResult(
+            spec.task_id,
+            spec.attempt,
+            ok=True,
+            committed=committed,
+            counters=counters,
+            worker=worker,
+            seconds=time.perf_counter() - started,
+        )
     except UserCodeError as exc:
         failure = exc.failure
     except InputError as exc:
@@ -124,8 +143,15 @@ def run_task(spec: TaskSpec, *, worker: str = "") -> TaskResult:
         failure = TaskFailure(where="", exc_type=type(exc).__name__, message=str(exc), retryable=False)
     except Exception as exc:
         failure = user_failure("", exc).failure
-    return TaskResult(spec.task_id, spec.attempt, ok=False, counters=counters, worker=worker,
-                      seconds=time.perf_counter() - started, failure=failure)
+    return TaskResult(
+        spec.task_id,
+        spec.attempt,
+        ok=False,
+        counters=counters,
+        worker=worker,
+        seconds=time.perf_counter() - started,
+        failure=failure,
+    )
 
 
 def _run_map(spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, int], ctx: TaskContext) -> bool:
@@ -139,7 +165,9 @@ def _run_map(spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, int
         partitioner=job.partitioner,
         combiner=job.combiner,
         memory_bytes=int(spec.settings.memory_mb * (1 << 20)),
-        open_part=lambda p: storage.open_write(layout.map_part_key(spec.job_id, spec.task_id, spec.attempt, p)),
+        open_part=lambda p: storage.open_write(
+            layout.map_part_key(spec.job_id, spec.task_id, spec.attempt, p)
+        ),
     )
     try:
         records = map_split(job, reader.batches(), out, split.describe)
@@ -157,14 +185,20 @@ def _run_map(spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, int
     counters.update((f"user.{name}", value) for name, value in ctx.counters.items())
     manifest = {
         "attempt": spec.attempt,
-        "parts": {str(p): [layout.map_part_key(spec.job_id, spec.task_id, spec.attempt, p), bounds]
-                  for p, bounds in offsets.items()},
+        "parts": {
+            str(p): [layout.map_part_key(spec.job_id, spec.task_id, spec.attempt, p), bounds]
+            for p, bounds in offsets.items()
+        },
         "counters": counters,
     }
-    return _commit(storage, spec, manifest, layout.map_attempt_prefix(spec.job_id, spec.task_id, spec.attempt))
+    return _commit(
+        storage, spec, manifest, layout.map_attempt_prefix(spec.job_id, spec.task_id, spec.attempt)
+    )
 
 
-def _run_reduce(spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, int], ctx: TaskContext) -> bool:
+def _run_reduce(
+    spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, int], ctx: TaskContext
+) -> bool:
     parts: list[tuple[str, list[int]]] = []
     for m in range(spec.n_map):
         map_task = layout.task_id("map", m)
@@ -184,7 +218,9 @@ def _run_reduce(spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, 
     counters["runs_in"] = len(runs)
     counters.update((f"user.{name}", value) for name, value in ctx.counters.items())
     manifest = {"attempt": spec.attempt, "key": temp_key, "counters": counters}
-    committed = storage.put_if_absent(layout.commit_key(spec.job_id, spec.task_id), json.dumps(manifest).encode())
+    committed = storage.put_if_absent(
+        layout.commit_key(spec.job_id, spec.task_id), json.dumps(manifest).encode()
+    )
     if not committed:
         output.delete(temp_key)
     return committed
@@ -204,7 +240,7 @@ def _run_call(spec: TaskSpec, counters: dict[str, int]) -> bytes:
     results = []
     index = 0
     try:
-        for index, args in enumerate(chunk):
+        for index, args in enumerate(chunk):  # noqa: B007 - index names the item in the except below
             results.append(fn(*args))
     except Exception as exc:
         raise user_failure(f"item {index} of {spec.task_id}", exc) from exc
