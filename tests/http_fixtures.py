@@ -57,16 +57,24 @@ def touch(path: str, seconds: float = 0.0) -> str:
 # -- building and sending tasks ---------------------------------------------------------------------
 
 
-def call_spec(fn: Callable[..., Any], *args: Any, task: str = "call-000000",
-              with_fn: bool = True) -> TaskSpec:
+def call_spec(
+    fn: Callable[..., Any], *args: Any, task: str = "call-000000", with_fn: bool = True
+) -> TaskSpec:
     """A CALL task running ``fn(*args)`` once (``with_fn=False`` leaves out the function, digest only)."""
     data = cloudpickle.dumps(fn)
-    return TaskSpec(job_id="futures-test", task_id=task, kind=TaskKind.CALL, call_fn=data if with_fn else b"",
-                    call_digest=hashlib.sha256(data).hexdigest(), call=pickle.dumps([args]))
+    return TaskSpec(
+        job_id="futures-test",
+        task_id=task,
+        kind=TaskKind.CALL,
+        call_fn=data if with_fn else b"",
+        call_digest=hashlib.sha256(data).hexdigest(),
+        call=pickle.dumps([args]),
+    )
 
 
-def post(port: int, path: str, body: bytes, headers: dict[str, str], method: str = "POST"
-         ) -> tuple[int, dict[str, str], bytes]:
+def post(
+    port: int, path: str, body: bytes, headers: dict[str, str], method: str = "POST"
+) -> tuple[int, dict[str, str], bytes]:
     """Send one request on a fresh connection; return status, headers and body."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
     try:
@@ -77,8 +85,9 @@ def post(port: int, path: str, body: bytes, headers: dict[str, str], method: str
         conn.close()
 
 
-def post_task(port: int, spec: TaskSpec, secret: bytes | None = SECRET, timestamp: float | None = None,
-              **extra: str) -> tuple[int, dict[str, str], bytes]:
+def post_task(
+    port: int, spec: TaskSpec, secret: bytes | None = SECRET, timestamp: float | None = None, **extra: str
+) -> tuple[int, dict[str, str], bytes]:
     """POST ``spec`` to ``/task``, signed with ``secret`` (None: unsigned) at ``timestamp`` (default
     now), plus ``extra`` headers."""
     body = spec.encode()
@@ -147,14 +156,21 @@ class CliWorkers:
         self.tmp = tmp
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, *args: str, secret: bytes | None = SECRET, env: dict[str, str] | None = None,
-              wait: bool = True) -> tuple[subprocess.Popen[bytes], str]:
+    def start(
+        self, *args: str, secret: bytes | None = SECRET, env: dict[str, str] | None = None, wait: bool = True
+    ) -> tuple[subprocess.Popen[bytes], str]:
         """Start one worker; return it and its URL (read from its stdout; '' when ``wait`` is False)."""
         argv = [sys.executable, "-m", "mrkit", "worker", "http", *args]
         if secret is not None and "--secret-file" not in args:
             argv += ["--secret-file", str(write_secret(self.tmp, secret))]
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=env or worker_env(), cwd=self.tmp)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env or worker_env(),
+            cwd=self.tmp,
+        )
         self.procs.append(proc)
         url = read_line(proc) if wait else ""
         if wait and not url.startswith("http://"):

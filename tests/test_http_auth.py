@@ -49,11 +49,14 @@ def test_a_signed_request_verifies_once_and_its_replay_is_refused() -> None:
         v.verify("POST", "/task", BODY, headers)
 
 
-@pytest.mark.parametrize(("method", "path", "body"), [
-    ("POST", "/task", BODY + b" "),  # tampered body
-    ("POST", "/status", BODY),  # re-targeted path
-    ("PUT", "/task", BODY),  # another method
-])
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/task", BODY + b" "),  # tampered body
+        ("POST", "/status", BODY),  # re-targeted path
+        ("PUT", "/task", BODY),  # another method
+    ],
+)
 def test_anything_the_signature_covers_cannot_change(method: str, path: str, body: bytes) -> None:
     with pytest.raises(AuthenticationError, match="bad signature"):
         verifier().verify(method, path, body, signed())
@@ -136,20 +139,26 @@ def test_a_replay_after_the_clock_moved_on_is_still_refused() -> None:
 def test_responses_verify_only_for_their_own_request_and_body() -> None:
     signature = sign_response(SECRET, 200, "n" * 32, b"result")
     verify_response(SECRET, 200, "n" * 32, b"result", signature)
-    for args in [(SECRET, 200, "m" * 32, b"result"), (SECRET, 200, "n" * 32, b"resulT"),
-                 (SECRET, 500, "n" * 32, b"result"), (b"t" * 32, 200, "n" * 32, b"result")]:
+    for args in [
+        (SECRET, 200, "m" * 32, b"result"),
+        (SECRET, 200, "n" * 32, b"resulT"),
+        (SECRET, 500, "n" * 32, b"result"),
+        (b"t" * 32, 200, "n" * 32, b"result"),
+    ]:
         with pytest.raises(AuthenticationError):
             verify_response(*args, signature)  # type: ignore[arg-type]
     with pytest.raises(AuthenticationError, match="not signed"):
         verify_response(SECRET, 200, "n" * 32, b"result", None)
 
 
-def test_load_secret_from_a_private_file(tmp_path: Path) -> None:
+def test_load_secret_from_a_private_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MRKIT_SECRET", raising=False)
     path = tmp_path / "secret"
     path.write_bytes(SECRET + b"\n")
     path.chmod(0o600)
-    assert load_secret(path, environ={}) == SECRET
-    assert load_secret(None, environ={"MRKIT_SECRET_FILE": str(path)}) == SECRET
+    assert load_secret(path) == SECRET
+    monkeypatch.setenv("MRKIT_SECRET_FILE", str(path))
+    assert load_secret(None) == SECRET
 
 
 @pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
@@ -158,18 +167,29 @@ def test_load_secret_refuses_a_file_others_can_read(tmp_path: Path) -> None:
     path.write_bytes(SECRET)
     path.chmod(0o644)
     with pytest.raises(ConfigError, match="chmod 600"):
-        load_secret(path, environ={})
+        load_secret(path)
 
 
-def test_load_secret_from_the_environment_and_its_errors(tmp_path: Path) -> None:
-    assert load_secret(None, environ={"MRKIT_SECRET": "x" * 20}) == b"x" * 20
-    with pytest.raises(ConfigError, match="needs a shared secret: pass --secret-file") as info:
-        load_secret(None, environ={})
-    assert str(info.value).count(". ") == 0  # one sentence
+def test_load_secret_from_the_environment_and_its_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MRKIT_SECRET_FILE", raising=False)
+    monkeypatch.setenv("MRKIT_SECRET", "x" * 20)
+    assert load_secret(None) == b"x" * 20
+    monkeypatch.setenv("MRKIT_SECRET", "short")
     with pytest.raises(ConfigError, match="at least 16"):
-        load_secret(None, environ={"MRKIT_SECRET": "short"})
+        load_secret(None)
+    monkeypatch.delenv("MRKIT_SECRET")
+    with pytest.raises(ConfigError, match="needs a shared secret: pass --secret-file") as info:
+        load_secret(None)
+    assert str(info.value).count(". ") == 0  # one sentence
     with pytest.raises(ConfigError, match="cannot read"):
-        load_secret(tmp_path / "missing", environ={})
+        load_secret(tmp_path / "missing")
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"\n")
+    empty.chmod(0o600)
+    with pytest.raises(ConfigError, match="is empty"):
+        load_secret(empty)
 
 
 def test_generated_secrets_are_fresh_and_long() -> None:

@@ -38,7 +38,8 @@ from tests.http_fixtures import (  # noqa: F401 - fixtures
 
 
 def test_health_and_status_answer_without_auth_and_reveal_nothing_sensitive(
-        thread_worker: WorkerServer) -> None:
+    thread_worker: WorkerServer,
+) -> None:
     port = thread_worker.server_port
     assert get_json(port, "/health") == (200, {"ok": True})
     status, data = get_json(port, "/status")
@@ -79,16 +80,26 @@ def _replayed(port: int, marker: Path) -> int:
 
 REFUSALS = {
     "unsigned": (lambda port, marker: post_task(port, call_spec(touch, str(marker)), secret=None)[0], 401),
-    "wrong secret": (lambda port, marker: post_task(port, call_spec(touch, str(marker)),
-                                                    secret=b"w" * 32)[0], 401),
+    "wrong secret": (
+        lambda port, marker: post_task(port, call_spec(touch, str(marker)), secret=b"w" * 32)[0],
+        401,
+    ),
     "tampered body": (_tampered, 401),
     "replayed": (_replayed, 401),
-    "stale timestamp": (lambda port, marker: post_task(port, call_spec(touch, str(marker)),
-                                                       timestamp=time.time() - 3600)[0], 401),
-    "browser Origin": (lambda port, marker: post_task(port, call_spec(touch, str(marker)),
-                                                      Origin="https://evil.example")[0], 403),
-    "browser Sec-Fetch-Site": (lambda port, marker: post_task(port, call_spec(touch, str(marker)),
-                                                              **{"Sec-Fetch-Site": "cross-site"})[0], 403),
+    "stale timestamp": (
+        lambda port, marker: post_task(port, call_spec(touch, str(marker)), timestamp=time.time() - 3600)[0],
+        401,
+    ),
+    "browser Origin": (
+        lambda port, marker: post_task(port, call_spec(touch, str(marker)), Origin="https://evil.example")[0],
+        403,
+    ),
+    "browser Sec-Fetch-Site": (
+        lambda port, marker: post_task(
+            port, call_spec(touch, str(marker)), **{"Sec-Fetch-Site": "cross-site"}
+        )[0],
+        403,
+    ),
 }
 
 
@@ -117,8 +128,9 @@ def test_unknown_paths_and_methods(thread_worker: WorkerServer, tmp_path: Path) 
     assert not (tmp_path / "ran").exists()
 
 
-def test_chunked_and_oversized_bodies_are_refused(thread_worker: WorkerServer, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_chunked_and_oversized_bodies_are_refused(
+    thread_worker: WorkerServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     port = thread_worker.server_port
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(b"POST /task HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
@@ -179,8 +191,14 @@ def test_a_port_in_use_is_a_clear_error_and_no_port_means_a_free_one() -> None:
 
 
 def _run_cli(*args: str, tmp: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mrkit", "worker", "http", *args], capture_output=True,
-                          text=True, timeout=20, env=env or worker_env(), cwd=tmp)
+    return subprocess.run(
+        [sys.executable, "-m", "mrkit", "worker", "http", *args],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env=env or worker_env(),
+        cwd=tmp,
+    )
 
 
 def test_the_cli_worker_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
@@ -205,8 +223,9 @@ def test_the_cli_worker_reports_a_squatted_port_at_once(tmp_path: Path) -> None:
     assert time.monotonic() - started < 15
 
 
-def test_the_cli_worker_prints_its_url_serves_and_stops_on_ctrl_c(cli_workers: CliWorkers,
-                                                                  tmp_path: Path) -> None:
+def test_the_cli_worker_prints_its_url_serves_and_stops_on_ctrl_c(
+    cli_workers: CliWorkers, tmp_path: Path
+) -> None:
     env = worker_env(MRKIT_SECRET=SECRET.decode())
     proc, url = cli_workers.start(secret=None, env=env)  # the secret from the environment this time
     port = int(url.rsplit(":", 1)[1])

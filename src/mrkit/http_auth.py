@@ -20,9 +20,10 @@ The contract:
   file that only its owner can read, or from ``$MRKIT_SECRET``; :func:`generate_secret` makes the
   fresh one a driver hands to the workers it starts.
 
-This module is self-contained on purpose: the Redis transport's ``mrkit.security`` (``load_secret``,
-``sign``, ``verify``) had not landed when it was written; the two can share the secret-loading rules
-once it has.
+The HMAC itself and the secret sources are :mod:`mrkit.security`'s (shared with the Redis
+transport); this module adds what HTTP needs on top: what is signed, the clock and replay checks,
+and stricter secret rules (a secret is required, at least 16 bytes, and a secret file must be
+private), because an HTTP worker is a listening socket that runs whatever a signed request says.
 
 Raises :class:`~mrkit.errors.AuthenticationError` for anything that fails verification and
 :class:`~mrkit.errors.ConfigError` for an unusable secret.
@@ -31,7 +32,6 @@ Raises :class:`~mrkit.errors.AuthenticationError` for anything that fails verifi
 from __future__ import annotations
 
 import hashlib
-import hmac
 import math
 import os
 import re
@@ -43,6 +43,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from email.message import Message
 
+from mrkit import security
 from mrkit.errors import AuthenticationError, ConfigError
 
 HEADER_TIMESTAMP = "X-Mrkit-Timestamp"
@@ -51,7 +52,7 @@ HEADER_SIGNATURE = "X-Mrkit-Signature"
 
 DEFAULT_SKEW = 60.0  # seconds a request's timestamp may differ from the receiver's clock
 MIN_SECRET_BYTES = 16
-SECRET_ENV = "MRKIT_SECRET"
+SECRET_ENV = security.SECRET_ENV  # MRKIT_SECRET
 SECRET_FILE_ENV = "MRKIT_SECRET_FILE"
 # A nonce is 16 random bytes in hex; accept 16-64 hex digits so that other clients may use longer ones,
 # and nothing else, so that the replay cache cannot be filled with arbitrary strings.
@@ -64,16 +65,15 @@ def generate_secret() -> bytes:
     return secrets.token_hex(32).encode("ascii")
 
 
-def load_secret(secret_file: str | os.PathLike[str] | None = None, *,
-                environ: Mapping[str, str] | None = None) -> bytes:
+def load_secret(secret_file: str | os.PathLike[str] | None = None) -> bytes:
     """Return the shared secret from ``secret_file``, else ``$MRKIT_SECRET_FILE``, else ``$MRKIT_SECRET``.
 
-    Surrounding whitespace (a trailing newline) is not part of the secret.
+    Surrounding whitespace (a trailing newline) is not part of the secret
+    (:func:`mrkit.security.load_secret` reads it).
 
     Args:
         secret_file: a file holding the secret; it must not be readable by group or others (like
             an ssh key), because anyone who reads it can run code on every worker.
-        environ: the environment to read (default ``os.environ``).
 
     Returns:
         The secret, at least :data:`MIN_SECRET_BYTES` long.
@@ -82,29 +82,30 @@ def load_secret(secret_file: str | os.PathLike[str] | None = None, *,
         ConfigError: no secret was given, the file cannot be read or is readable by others, or the
             secret is too short. Each message is one sentence naming the fix.
     """
-    env = os.environ if environ is None else environ
-    path = os.fspath(secret_file) if secret_file is not None else env.get(SECRET_FILE_ENV) or None
+    path = os.fspath(secret_file) if secret_file is not None else os.environ.get(SECRET_FILE_ENV) or None
     if path is not None:
         try:
             mode = os.stat(path).st_mode
-            with open(path, "rb") as f:
-                secret = f.read().strip()
         except OSError as exc:
-            raise ConfigError(f"cannot read the secret file {path}: {exc.strerror or exc}") from None
+            raise ConfigError(f"cannot read the secret file {path!r}: {exc.strerror or exc}") from None
         if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(f"the secret file {path} is readable by other users "
-                              f"(mode {stat.S_IMODE(mode):04o}): run `chmod 600 {path}`")
-        origin = f"the secret file {path}"
-    elif env.get(SECRET_ENV):
-        secret = env[SECRET_ENV].strip().encode("utf-8")
-        origin = f"${SECRET_ENV}"
-    else:
-        raise ConfigError("an HTTP worker needs a shared secret: pass --secret-file FILE (a file only you "
-                          f"can read) or set {SECRET_ENV}, and give the driver the same one")
+            raise ConfigError(
+                f"the secret file {path} is readable by other users "
+                f"(mode {stat.S_IMODE(mode):04o}): run `chmod 600 {path}`"
+            )
+    secret = security.load_secret(path)
+    origin = f"the secret file {path}" if path is not None else f"${SECRET_ENV}"
+    if secret is None:
+        raise ConfigError(
+            "an HTTP worker needs a shared secret: pass --secret-file FILE (a file only you "
+            f"can read) or set {SECRET_ENV}, and give the driver the same one"
+        )
     if len(secret) < MIN_SECRET_BYTES:
         hint = "python -c 'import secrets; print(secrets.token_hex(32))'"
-        raise ConfigError(f"the secret in {origin} is {len(secret)} bytes long; use at least "
-                          f"{MIN_SECRET_BYTES}, e.g. from `{hint}`")
+        raise ConfigError(
+            f"the secret in {origin} is {len(secret)} bytes long; use at least "
+            f"{MIN_SECRET_BYTES}, e.g. from `{hint}`"
+        )
     return secret
 
 
@@ -113,13 +114,23 @@ def body_digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def _request_signature(secret: bytes, method: str, path: str, digest: str, timestamp: str, nonce: str) -> str:
-    message = f"{method.upper()}\n{path}\n{digest}\n{timestamp}\n{nonce}".encode()
-    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+def _request_message(method: str, path: str, body: bytes, timestamp: str, nonce: str) -> bytes:
+    return f"{method.upper()}\n{path}\n{body_digest(body)}\n{timestamp}\n{nonce}".encode()
 
 
-def sign_request(secret: bytes, method: str, path: str, body: bytes, *, timestamp: float | None = None,
-                 nonce: str | None = None) -> dict[str, str]:
+def _response_message(status: int, request_nonce: str, body: bytes) -> bytes:
+    return f"response\n{status}\n{request_nonce}\n{body_digest(body)}".encode()
+
+
+def sign_request(
+    secret: bytes,
+    method: str,
+    path: str,
+    body: bytes,
+    *,
+    timestamp: float | None = None,
+    nonce: str | None = None,
+) -> dict[str, str]:
     """Return the three auth headers for a request.
 
     Args:
@@ -134,18 +145,18 @@ def sign_request(secret: bytes, method: str, path: str, body: bytes, *, timestam
     """
     ts = f"{time.time() if timestamp is None else timestamp:.3f}"
     nonce = nonce or secrets.token_hex(16)
-    signature = _request_signature(secret, method, path, body_digest(body), ts, nonce)
+    signature = security.sign(secret, _request_message(method, path, body, ts, nonce))
     return {HEADER_TIMESTAMP: ts, HEADER_NONCE: nonce, HEADER_SIGNATURE: signature}
 
 
 def sign_response(secret: bytes, status: int, request_nonce: str, body: bytes) -> str:
     """Return the ``X-Mrkit-Signature`` of a worker's answer to the request that carried ``request_nonce``."""
-    message = f"response\n{status}\n{request_nonce}\n{body_digest(body)}".encode()
-    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+    return security.sign(secret, _response_message(status, request_nonce, body))
 
 
-def verify_response(secret: bytes, status: int, request_nonce: str, body: bytes,
-                    signature: str | None) -> None:
+def verify_response(
+    secret: bytes, status: int, request_nonce: str, body: bytes, signature: str | None
+) -> None:
     """Check a worker's answer before anything in it is decoded.
 
     Raises:
@@ -154,9 +165,11 @@ def verify_response(secret: bytes, status: int, request_nonce: str, body: bytes,
     """
     if not signature:
         raise AuthenticationError("the worker's response is not signed")
-    if not hmac.compare_digest(sign_response(secret, status, request_nonce, body), signature):
-        raise AuthenticationError("the worker's response signature does not match: another secret, or a "
-                                  "tampered or misdirected response")
+    if not security.verify(secret, _response_message(status, request_nonce, body), signature):
+        raise AuthenticationError(
+            "the worker's response signature does not match: another secret, or a "
+            "tampered or misdirected response"
+        )
 
 
 class NonceCache:
@@ -205,8 +218,9 @@ class RequestVerifier:
         clock: ``time.time`` (tests pass a fake one).
     """
 
-    def __init__(self, secret: bytes, *, skew: float = DEFAULT_SKEW,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, secret: bytes, *, skew: float = DEFAULT_SKEW, clock: Callable[[], float] = time.time
+    ) -> None:
         if not skew > 0:
             raise ConfigError(f"skew must be > 0 seconds, got {skew!r}")
         self._secret = secret
@@ -224,11 +238,15 @@ class RequestVerifier:
             AuthenticationError: a header is missing or malformed, the timestamp is outside the allowed
                 skew, the signature does not match, or the nonce was already used.
         """
-        ts_text, nonce, signature = (headers.get(HEADER_TIMESTAMP), headers.get(HEADER_NONCE),
-                                     headers.get(HEADER_SIGNATURE))
+        ts_text, nonce, signature = (
+            headers.get(HEADER_TIMESTAMP),
+            headers.get(HEADER_NONCE),
+            headers.get(HEADER_SIGNATURE),
+        )
         if not ts_text or not nonce or not signature:
-            raise AuthenticationError(f"unsigned request: {HEADER_TIMESTAMP}, {HEADER_NONCE} and "
-                                      f"{HEADER_SIGNATURE} are required")
+            raise AuthenticationError(
+                f"unsigned request: {HEADER_TIMESTAMP}, {HEADER_NONCE} and {HEADER_SIGNATURE} are required"
+            )
         try:
             timestamp = float(ts_text)
         except ValueError:
@@ -237,10 +255,12 @@ class RequestVerifier:
             raise AuthenticationError(f"malformed {HEADER_NONCE}: 16-64 lowercase hex digits expected")
         now = self._clock()
         if not math.isfinite(timestamp) or abs(now - timestamp) > self.skew:
-            raise AuthenticationError(f"stale request: its timestamp is {now - timestamp:+.0f}s from this "
-                                      f"worker's clock (allowed: {self.skew:g}s); check both clocks")
-        expected = _request_signature(self._secret, method, path, body_digest(body), ts_text, nonce)
-        if not hmac.compare_digest(expected, signature):
+            raise AuthenticationError(
+                f"stale request: its timestamp is {now - timestamp:+.0f}s from this "
+                f"worker's clock (allowed: {self.skew:g}s); check both clocks"
+            )
+        # security.verify compares in constant time.
+        if not security.verify(self._secret, _request_message(method, path, body, ts_text, nonce), signature):
             raise AuthenticationError("bad signature: another secret, or a tampered request")
         if not self.nonces.add(nonce, now):
             raise AuthenticationError("replayed request: this nonce was already used")

@@ -74,6 +74,7 @@ from mrkit.http_auth import (
     verify_response,
 )
 from mrkit.model.task import TaskKind, TaskResult, TaskSpec
+from mrkit.security import is_loopback
 
 logger = logging.getLogger("mrkit.http")
 
@@ -250,15 +251,17 @@ def parse_addresses(name: str) -> list[tuple[str, int]]:
     Raises:
         ConfigError: for an item without a host or a numeric port.
     """
-    body = name[len("http://"):] if name.startswith("http://") else name
+    body = name[len("http://") :] if name.startswith("http://") else name
     out: list[tuple[str, int]] = []
     for item in body.split(","):
         item = item.strip().removeprefix("http://").rstrip("/")
         host, sep, port = item.rpartition(":")
         host = host.strip("[]")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"bad HTTP worker address {item!r} in {name!r}: expected "
-                              "http://host:port[,host:port...], e.g. http://127.0.0.1:8001,127.0.0.1:8002")
+            raise ConfigError(
+                f"bad HTTP worker address {item!r} in {name!r}: expected "
+                "http://host:port[,host:port...], e.g. http://127.0.0.1:8001,127.0.0.1:8002"
+            )
         out.append((host, int(port)))
     return out
 
@@ -287,10 +290,17 @@ class HttpExecutor(Executor):
         ConfigError: for a bad option, a missing secret, or driver-started workers on Windows.
     """
 
-    def __init__(self, urls: Sequence[str] | None = None, *, workers: int | None = None,
-                 secret: bytes | str | None = None, secret_file: str | None = None,
-                 storage: str | None = None, timeouts: HttpTimeouts | None = None,
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        urls: Sequence[str] | None = None,
+        *,
+        workers: int | None = None,
+        secret: bytes | str | None = None,
+        secret_file: str | None = None,
+        storage: str | None = None,
+        timeouts: HttpTimeouts | None = None,
+        name: str | None = None,
+    ) -> None:
         self.timeouts = timeouts or HttpTimeouts()
         self._storage = storage
         self._addresses: list[tuple[str, int]] | None = None
@@ -300,25 +310,29 @@ class HttpExecutor(Executor):
             if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
                 raise ConfigError(f"workers must be a positive integer, got {workers!r}")
             if secret is not None or secret_file is not None:
-                raise ConfigError("secret= and secret_file= are for running workers (http://host:port); "
-                                  "the workers the driver starts get a fresh secret of their own")
+                raise ConfigError(
+                    "secret= and secret_file= are for running workers (http://host:port); "
+                    "the workers the driver starts get a fresh secret of their own"
+                )
             if os.name != "posix":
-                raise ConfigError("the 'http' executor starts its workers with POSIX pipes; on this system "
-                                  "start them with `mrkit worker http` and use http://host:port,...")
+                raise ConfigError(
+                    "the 'http' executor starts its workers with POSIX pipes; on this system "
+                    "start them with `mrkit worker http` and use http://host:port,..."
+                )
             self._secret = generate_secret()
             self.name = name or "http"
             self.workers = workers
             self.local = True
         else:
-            from mrkit.worker.http_server import is_loopback
-
             self._addresses = [a for url in urls for a in parse_addresses(url)]
             if not self._addresses:
                 raise ConfigError("give at least one HTTP worker address: http://host:port[,host:port...]")
             if workers is not None and workers != len(self._addresses):
-                raise ConfigError(f"workers={workers} does not apply to running HTTP workers: there is one "
-                                  f"worker per address ({len(self._addresses)} given); list an address twice "
-                                  "to send it two tasks at once")
+                raise ConfigError(
+                    f"workers={workers} does not apply to running HTTP workers: there is one "
+                    f"worker per address ({len(self._addresses)} given); list an address twice "
+                    "to send it two tasks at once"
+                )
             self._secret = self._client_secret(secret, secret_file)
             self.name = name or "http://" + ",".join(f"{h}:{p}" for h, p in self._addresses)
             self.workers = len(self._addresses)
@@ -339,13 +353,22 @@ class HttpExecutor(Executor):
         if secret is not None:
             return secret.encode() if isinstance(secret, str) else secret
         if secret_file is None and not os.environ.get(SECRET_FILE_ENV) and not os.environ.get(SECRET_ENV):
-            raise ConfigError(f"HTTP workers need their shared secret: set {SECRET_ENV} or {SECRET_FILE_ENV} "
-                              "(or pass secret_file=) to what the workers were started with")
+            raise ConfigError(
+                f"HTTP workers need their shared secret: set {SECRET_ENV} or {SECRET_FILE_ENV} "
+                "(or pass secret_file=) to what the workers were started with"
+            )
         return load_secret(secret_file)
 
     @classmethod
-    def from_name(cls, name: str, *, workers: int | None = None, n_map: int | None = None,
-                  n_reduce: int | None = None, **options: Any) -> HttpExecutor:
+    def from_name(
+        cls,
+        name: str,
+        *,
+        workers: int | None = None,
+        n_map: int | None = None,
+        n_reduce: int | None = None,
+        **options: Any,
+    ) -> HttpExecutor:
         """Build from ``http`` or ``http://h1:p1,h2:p2`` (see :func:`mrkit.execution.base.open_executor`).
 
         Args:
@@ -364,8 +387,9 @@ class HttpExecutor(Executor):
             return cls(workers=workers, name=name, **options)
         if name.startswith("http://"):
             return cls([name], workers=workers, name=name, **options)
-        raise ConfigError("HttpExecutor is selected by 'http' or 'http://host:port[,host:port...]', "
-                          f"got {name!r}")
+        raise ConfigError(
+            f"HttpExecutor is selected by 'http' or 'http://host:port[,host:port...]', got {name!r}"
+        )
 
     # -- public API -------------------------------------------------------------------------------
 
@@ -422,16 +446,24 @@ class HttpExecutor(Executor):
             if all(s.ready for s in slots):
                 return [s.label for s in slots]
             if deadline is not None and time.monotonic() > deadline:
-                waiting = ", ".join(f"{s.label} ({s.down_reason or 'starting'})"
-                                    for s in slots if not s.ready)
+                waiting = ", ".join(
+                    f"{s.label} ({s.down_reason or 'starting'})" for s in slots if not s.ready
+                )
                 raise TimeoutError(f"HTTP workers not ready after {timeout}s: {waiting}")
             time.sleep(0.02)
 
     def worker_info(self) -> list[dict[str, Any]]:
         """One dict per worker: ``address``, ``ready``, ``busy``, and ``pid`` of driver-started ones."""
         with self._lock:
-            return [{"address": s.label, "ready": s.ready, "busy": s.busy,
-                     "pid": s.proc.pid if s.proc is not None else None} for s in self._slots]
+            return [
+                {
+                    "address": s.label,
+                    "ready": s.ready,
+                    "busy": s.busy,
+                    "pid": s.proc.pid if s.proc is not None else None,
+                }
+                for s in self._slots
+            ]
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop the workers this executor started and close every connection.
@@ -483,8 +515,9 @@ class HttpExecutor(Executor):
             slot = _Slot(index, host, port, owned=False)
         else:
             slot = _Slot(index, owned=True)
-        slot.thread = threading.Thread(target=self._serve_slot, args=(slot,), name=f"mrkit-http-{index}",
-                                       daemon=True)
+        slot.thread = threading.Thread(
+            target=self._serve_slot, args=(slot,), name=f"mrkit-http-{index}", daemon=True
+        )
         self._slots.append(slot)
         slot.thread.start()
 
@@ -558,8 +591,9 @@ class HttpExecutor(Executor):
         last = max(s.last_ready for s in self._slots)
         if time.monotonic() - last < self.timeouts.unreachable:
             return ""
-        reasons = "; ".join(f"{s.label}: {s.down_reason or 'not answering'}"
-                            for s in self._slots if not s.removed)
+        reasons = "; ".join(
+            f"{s.label}: {s.down_reason or 'not answering'}" for s in self._slots if not s.removed
+        )
         return f"no HTTP worker has answered for {self.timeouts.unreachable:g}s ({reasons})"
 
     # -- bringing workers up -----------------------------------------------------------------------
@@ -587,8 +621,13 @@ class HttpExecutor(Executor):
         delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (slot.failures - 1))
         slot.down_until = time.monotonic() + delay
         if slot.failures in (1, 5) or slot.failures % 20 == 0:
-            logger.warning("HTTP worker %s is not answering (%s); trying again in %.1fs (attempt %d)",
-                           slot.label, reason, delay, slot.failures)
+            logger.warning(
+                "HTTP worker %s is not answering (%s); trying again in %.1fs (attempt %d)",
+                slot.label,
+                reason,
+                delay,
+                slot.failures,
+            )
         with self._lock:
             unreachable = self._unreachable_locked()
             items = list(self._queue) if unreachable else []
@@ -614,10 +653,14 @@ class HttpExecutor(Executor):
                 failures = self._startup_failures
             logger.warning("an HTTP worker did not start: %s", exc)
             if failures >= _MAX_STARTUP_FAILURES:
-                self._abort(ConfigError(f"{failures} HTTP workers in a row failed to start (last one: "
-                                        f"{exc}); not starting more"))
+                self._abort(
+                    ConfigError(
+                        f"{failures} HTTP workers in a row failed to start (last one: "
+                        f"{exc}); not starting more"
+                    )
+                )
             else:
-                self._stopped.wait(min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** failures))
+                self._stopped.wait(min(_BACKOFF_MAX, _BACKOFF_FIRST * 2**failures))
             return False
         with self._lock:
             self._startup_failures = 0
@@ -625,8 +668,12 @@ class HttpExecutor(Executor):
         slot.known.clear()
         slot.ready = True
         slot.last_ready = time.monotonic()
-        logger.info("%s HTTP worker pid %d at http://%s", "restarted" if restarting else "started", proc.pid,
-                    slot.label)
+        logger.info(
+            "%s HTTP worker pid %d at http://%s",
+            "restarted" if restarting else "started",
+            proc.pid,
+            slot.label,
+        )
         return True
 
     def _spawn(self) -> tuple[subprocess.Popen[bytes], str, int]:
@@ -641,8 +688,12 @@ class HttpExecutor(Executor):
         """
         ready_r, ready_w = os.pipe()
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "mrkit.worker.http_server", "--driver"],
-                                    stdin=subprocess.PIPE, pass_fds=(ready_w,), close_fds=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "mrkit.worker.http_server", "--driver"],
+                stdin=subprocess.PIPE,
+                pass_fds=(ready_w,),
+                close_fds=True,
+            )
         except BaseException:
             os.close(ready_r)
             raise
@@ -674,8 +725,9 @@ class HttpExecutor(Executor):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     self._reap(proc, grace=0.0)
-                    raise _NotSent(f"it did not report ready within {self.timeouts.startup:g}s "
-                                   "and was killed")
+                    raise _NotSent(
+                        f"it did not report ready within {self.timeouts.startup:g}s and was killed"
+                    )
                 if self._stopped.is_set():
                     self._reap(proc, grace=0.0)
                     raise _NotSent("the executor shut down while it started")
@@ -727,8 +779,11 @@ class HttpExecutor(Executor):
         spec = item.spec
         full = False  # send the futures function even if this worker was sent it before
         while True:
-            sent_fn = (spec.kind is TaskKind.CALL and bool(spec.call_fn)
-                       and (full or spec.call_digest not in slot.known))
+            sent_fn = (
+                spec.kind is TaskKind.CALL
+                and bool(spec.call_fn)
+                and (full or spec.call_digest not in slot.known)
+            )
             body = (spec if sent_fn or not spec.call_fn else replace(spec, call_fn=b"")).encode()
             try:
                 status, data = self._exchange(slot, body)
@@ -790,15 +845,17 @@ class HttpExecutor(Executor):
             slot.drop_connections()
             raise _Lost(self._broken_connection(slot, exc)) from None
         if status in (401, 403):
-            raise AuthenticationError(f"it refused our request (HTTP {status}: "
-                                      f"{data[:200].decode('utf-8', 'replace')})")
+            raise AuthenticationError(
+                f"it refused our request (HTTP {status}: {data[:200].decode('utf-8', 'replace')})"
+            )
         verify_response(self._secret, status, nonce, data, signature)
         return status, data
 
     def _connection(self, slot: _Slot) -> _Connection:
         conn = slot.conn
-        if conn is not None and (conn.sock is None or time.monotonic() - slot.last_used > _IDLE_RECONNECT
-                                 or _dropped(conn.sock)):
+        if conn is not None and (
+            conn.sock is None or time.monotonic() - slot.last_used > _IDLE_RECONNECT or _dropped(conn.sock)
+        ):
             conn.close()
             conn = slot.conn = None
         if conn is None:
@@ -857,8 +914,9 @@ class HttpExecutor(Executor):
         """``(True, "")`` when the worker answers ``GET /health`` in time, else ``(False, why)``."""
         conn = slot.health
         if conn is None:
-            conn = slot.health = http.client.HTTPConnection(slot.host, slot.port,
-                                                            timeout=self.timeouts.health_timeout)
+            conn = slot.health = http.client.HTTPConnection(
+                slot.host, slot.port, timeout=self.timeouts.health_timeout
+            )
         try:
             conn.request("GET", "/health")
             response = conn.getresponse()
@@ -881,8 +939,11 @@ class HttpExecutor(Executor):
                 pass
             if slot.proc.poll() is not None:
                 return _exit_description(slot.proc)
-        return f"closed the connection mid-attempt ({type(exc).__name__}: {exc})" if str(exc) \
+        return (
+            f"closed the connection mid-attempt ({type(exc).__name__}: {exc})"
+            if str(exc)
             else f"closed the connection mid-attempt ({type(exc).__name__})"
+        )
 
     # -- what went wrong ---------------------------------------------------------------------------
 
@@ -893,16 +954,31 @@ class HttpExecutor(Executor):
         slot.ready = False
         if slot.owned:
             how = _exit_description(slot.proc) if slot.proc is not None else "is not running"
-            logger.warning("HTTP worker %s %s (%s); restarting it, task %s attempt %d goes to the next "
-                           "free worker", slot.label, how, reason, spec.task_id, spec.attempt)
+            logger.warning(
+                "HTTP worker %s %s (%s); restarting it, task %s attempt %d goes to the next free worker",
+                slot.label,
+                how,
+                reason,
+                spec.task_id,
+                spec.attempt,
+            )
         else:
             slot.down_reason = reason
             slot.down_until = time.monotonic()  # probe it at once, then back off
-            logger.warning("HTTP worker %s is not up (%s); task %s attempt %d goes to the next free worker",
-                           slot.label, reason, spec.task_id, spec.attempt)
+            logger.warning(
+                "HTTP worker %s is not up (%s); task %s attempt %d goes to the next free worker",
+                slot.label,
+                reason,
+                spec.task_id,
+                spec.attempt,
+            )
         if item.bounces > self._max_bounces:
-            self._fail(item, f"could not be delivered to any HTTP worker after {item.bounces} tries "
-                             f"(last: {slot.label}: {reason})", worker=slot.label)
+            self._fail(
+                item,
+                f"could not be delivered to any HTTP worker after {item.bounces} tries "
+                f"(last: {slot.label}: {reason})",
+                worker=slot.label,
+            )
         else:
             self._requeue(item)
 
@@ -929,13 +1005,19 @@ class HttpExecutor(Executor):
         with self._lock:
             slot.removed = True
             left = [s for s in self._slots if not s.removed]
-        logger.error("HTTP worker %s: %s; it gets no more tasks (do the driver and the worker share one "
-                     "secret, and agree on the time?)", slot.label, reason)
+        logger.error(
+            "HTTP worker %s: %s; it gets no more tasks (do the driver and the worker share one "
+            "secret, and agree on the time?)",
+            slot.label,
+            reason,
+        )
         if left:
             self._requeue(item)
             return
-        error = AuthenticationError(f"every HTTP worker refused this driver's requests (last: {slot.label}: "
-                                    f"{reason}): start the workers and the driver with the same secret "
-                                    f"({SECRET_ENV} or --secret-file)")
+        error = AuthenticationError(
+            f"every HTTP worker refused this driver's requests (last: {slot.label}: "
+            f"{reason}): start the workers and the driver with the same secret "
+            f"({SECRET_ENV} or --secret-file)"
+        )
         self._fail(item, "", error=AuthenticationError(str(error)))
         self._abort(error)

@@ -39,7 +39,6 @@ import argparse
 import dataclasses
 import errno
 import hashlib
-import ipaddress
 import json
 import logging
 import os
@@ -57,6 +56,7 @@ from typing import Any
 from mrkit.errors import AuthenticationError, ConfigError
 from mrkit.http_auth import HEADER_NONCE, HEADER_SIGNATURE, RequestVerifier, load_secret, sign_response
 from mrkit.model.task import TaskFailure, TaskKind, TaskResult, TaskSpec
+from mrkit.security import is_loopback
 
 logger = logging.getLogger("mrkit.http")
 
@@ -88,9 +88,14 @@ class WorkerState:
         from mrkit import __version__
 
         with self.lock:
-            return {"version": __version__, "running": self.running, "completed": self.completed,
-                    "failed": self.failed, "refused": self.refused,
-                    "uptime_seconds": round(time.monotonic() - self.started, 1)}
+            return {
+                "version": __version__,
+                "running": self.running,
+                "completed": self.completed,
+                "failed": self.failed,
+                "refused": self.refused,
+                "uptime_seconds": round(time.monotonic() - self.started, 1),
+            }
 
     def remember_function(self, digest: str, data: bytes) -> None:
         """Keep a verified function pickle by digest (least recently used ones go first)."""
@@ -100,8 +105,9 @@ class WorkerState:
                 return
             self._functions[digest] = data
             self._function_bytes += len(data)
-            while self._functions and (len(self._functions) > _FUNCTION_CACHE_ENTRIES
-                                       or self._function_bytes > _FUNCTION_CACHE_BYTES):
+            while self._functions and (
+                len(self._functions) > _FUNCTION_CACHE_ENTRIES or self._function_bytes > _FUNCTION_CACHE_BYTES
+            ):
                 _, old = self._functions.popitem(last=False)
                 self._function_bytes -= len(old)
 
@@ -164,8 +170,12 @@ class WorkerServer(ThreadingHTTPServer):
 
     def start_in_thread(self) -> threading.Thread:
         """Serve from a daemon thread (tests, embedding); stop with ``shutdown()`` then ``server_close()``."""
-        thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1},
-                                  name=f"mrkit-http-worker-{self.server_port}", daemon=True)
+        thread = threading.Thread(
+            target=self.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=f"mrkit-http-worker-{self.server_port}",
+            daemon=True,
+        )
         thread.start()
         return thread
 
@@ -232,8 +242,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if spec.kind is TaskKind.CALL and spec.call_digest:
             if spec.call_fn:
-                if state.function(spec.call_digest) is None \
-                        and hashlib.sha256(spec.call_fn).hexdigest() == spec.call_digest:
+                if (
+                    state.function(spec.call_digest) is None
+                    and hashlib.sha256(spec.call_fn).hexdigest() == spec.call_digest
+                ):
                     state.remember_function(spec.call_digest, spec.call_fn)
             else:
                 cached = state.function(spec.call_digest)
@@ -255,8 +267,12 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             result = run_task(spec, worker=state.label)
         except Exception as exc:  # run_task should not raise, but the driver must get an answer
-            failure = TaskFailure(where=f"worker {state.label}", exc_type=type(exc).__name__,
-                                  message=str(exc), traceback=traceback.format_exc())
+            failure = TaskFailure(
+                where=f"worker {state.label}",
+                exc_type=type(exc).__name__,
+                message=str(exc),
+                traceback=traceback.format_exc(),
+            )
             result = TaskResult(spec.task_id, spec.attempt, ok=False, worker=state.label, failure=failure)
         finally:
             with state.lock:
@@ -319,16 +335,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def open_server(secret: bytes, *, port: int | None = None, bind: str = "127.0.0.1") -> WorkerServer:
     """Bind a worker server (not yet serving).
 
@@ -349,8 +355,10 @@ def open_server(secret: bytes, *, port: int | None = None, bind: str = "127.0.0.
         return WorkerServer((bind, port or 0), secret)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise ConfigError(f"port {port} on {bind} is already in use: pick another --port, or omit "
-                              "--port to get a free one") from None
+            raise ConfigError(
+                f"port {port} on {bind} is already in use: pick another --port, or omit "
+                "--port to get a free one"
+            ) from None
         raise ConfigError(f"cannot listen on {bind}:{port or 0}: {exc.strerror or exc}") from None
 
 
@@ -379,8 +387,11 @@ def serve(*, port: int | None = None, bind: str = "127.0.0.1", secret_file: str 
     try:
         _preload()
         if not is_loopback(bind):
-            print(f"mrkit worker: listening on {bind}, reachable from the network: requests are signed but "
-                  "not encrypted (use a private network or a TLS tunnel)", file=sys.stderr)
+            print(
+                f"mrkit worker: listening on {bind}, reachable from the network: requests are signed but "
+                "not encrypted (use a private network or a TLS tunnel)",
+                file=sys.stderr,
+            )
         print(server.url, flush=True)
         print(f"mrkit worker: ready at {server.url}; Ctrl-C stops it", file=sys.stderr, flush=True)
         server.serve_forever(poll_interval=0.5)
@@ -419,8 +430,12 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 def driver_main(argv: list[str] | None = None) -> int:
     """Entry point of a worker started by an ``http`` driver (internal; see the module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m mrkit.worker.http_server")
-    parser.add_argument("--driver", action="store_true", required=True,
-                        help="read the configuration from stdin and exit when stdin closes")
+    parser.add_argument(
+        "--driver",
+        action="store_true",
+        required=True,
+        help="read the configuration from stdin and exit when stdin closes",
+    )
     parser.parse_args(argv)
     # The process group's Ctrl-C is the driver's to handle; it stops us by closing our stdin.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

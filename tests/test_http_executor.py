@@ -1,0 +1,263 @@
+"""HttpExecutor end to end on real workers (127.0.0.1): the same results, counters and errors as the
+``processes`` executor, the futures API, existing workers, and how the executor is configured."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+
+import mrkit
+from mrkit import futures
+from mrkit.corpus import generate_text
+from mrkit.errors import ConfigError, JobFailed
+from mrkit.execution.base import open_executor
+from mrkit.execution.http import HttpExecutor, HttpTimeouts, parse_addresses
+from mrkit.model.reference import reference
+from tests.http_fixtures import (  # noqa: F401 - fixtures
+    ROOT,
+    SECRET,
+    CliWorkers,
+    call_spec,
+    cli_workers_fixture,
+    get_json,
+    pid_alive,
+    touch,
+    wait_until,
+    worker_env,
+    write_secret,
+)
+from tests.jobs_for_tests import WORDCOUNT, WordCount, failing_mapper, total
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    return generate_text(tmp_path_factory.mktemp("corpus"), size_mb=1.0, files=4, seed=3)
+
+
+@pytest.fixture(scope="module")
+def http2() -> Iterator[HttpExecutor]:
+    """Two driver-started workers, shared by the tests that only need a working executor."""
+    executor = HttpExecutor(workers=2)
+    try:
+        yield executor
+    finally:
+        executor.shutdown()
+
+
+def _lines(paths: list[str]) -> list[str]:
+    out: list[str] = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            out.extend(line.rstrip("\n") for line in f)
+    return out
+
+
+def _stable(counters: dict[str, int]) -> dict[str, int]:
+    return {k: v for k, v in counters.items() if not k.endswith(".millis")}
+
+
+def test_wordcount_equals_processes_and_the_reference(
+    corpus: list[str], http2: HttpExecutor, tmp_path: Path
+) -> None:
+    options = dict(n_map=6, n_reduce=3, quiet=True)
+    by_http = mrkit.run(WORDCOUNT, corpus, output=tmp_path / "http", executor=http2, **options)
+    by_processes = mrkit.run(
+        WORDCOUNT, corpus, output=tmp_path / "processes", executor="processes", workers=2, **options
+    )
+    assert sorted(by_http) == sorted(by_processes) == reference(WORDCOUNT, _lines(corpus))
+    for p in range(3):  # byte for byte
+        name = f"part-{p:05d}"
+        assert (tmp_path / "http" / name).read_bytes() == (tmp_path / "processes" / name).read_bytes()
+    assert (tmp_path / "http" / "_SUCCESS").exists()
+    assert _stable(by_http.counters) == _stable(by_processes.counters)
+
+
+def test_in_memory_records_and_class_jobs_with_params(http2: HttpExecutor) -> None:
+    records = [f"alpha beta {i % 5} gamma{i % 3}" for i in range(500)] + ["", "a", "ab abc"]
+    result = mrkit.run(
+        WordCount(), mrkit.Records(records), executor=http2, params={"min_length": 2}, quiet=True
+    )
+    assert sorted(result) == reference(WordCount().with_params({"min_length": 2}), records)
+    assert dict(mrkit.run(WORDCOUNT, mrkit.Records([]), executor=http2, quiet=True)) == {}
+
+
+def test_a_failing_user_function_fails_the_job_as_with_processes(http2: HttpExecutor) -> None:
+    job = mrkit.Job(mapper=failing_mapper, reducer=total)
+    records = mrkit.Records(["ok line", "a poison line", "fine"])
+    errors = []
+    for executor in (http2, "processes"):
+        with pytest.raises(JobFailed) as info:
+            mrkit.run(
+                job,
+                records,
+                executor=executor,
+                workers=None if executor is http2 else 2,
+                n_map=2,
+                job_id="failing-job",
+                quiet=True,
+            )
+        errors.append(info.value)
+    same = [re.sub(r"mrkit-job-\w+", "TEMP", str(e)) for e in errors]  # each run has its own temp folder
+    assert same[0] == same[1]
+    assert "failed after 4 attempts" in str(errors[0]) and "ValueError: cannot map 'a poison line'" in str(
+        errors[0]
+    )
+    assert "failing_mapper" in errors[0].remote_traceback
+
+
+def test_the_futures_api_runs_unchanged(http2: HttpExecutor) -> None:
+    offset = 7
+    with futures.using(http2):
+        assert list(futures.map(lambda x: x + offset, range(200))) == [x + 7 for x in range(200)]
+        assert futures.submit(pow, 2, 10).result(timeout=30) == 1024
+        assert futures.map_reduce(lambda x: x * x, lambda a, b: a + b, range(100)) == sum(
+            x * x for x in range(100)
+        )
+        with pytest.raises(ZeroDivisionError):
+            list(futures.map(lambda x: 1 // x, [1, 0]))
+
+
+def test_python_m_mrkit_runs_a_script_on_http_workers(tmp_path: Path) -> None:
+    script = tmp_path / "squares.py"
+    script.write_text(
+        textwrap.dedent("""
+        from mrkit import futures
+        if __name__ == "__main__":
+            print(sum(futures.map(lambda x: x * x, range(1000))))
+    """)
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "mrkit", "--executor", "http", "-n", "2", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=worker_env(),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(sum(x * x for x in range(1000)))
+
+
+def test_existing_workers_run_a_job_and_share_the_work(
+    cli_workers: CliWorkers, corpus: list[str], tmp_path: Path
+) -> None:
+    ports = [int(cli_workers.start()[1].rsplit(":", 1)[1]) for _ in range(2)]
+    executor = open_executor(
+        f"http://127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}", secret_file=str(write_secret(tmp_path))
+    )
+    try:
+        assert isinstance(executor, HttpExecutor) and executor.workers == 2 and executor.local
+        result = mrkit.run(WORDCOUNT, corpus, executor=executor, n_map=8, n_reduce=2, quiet=True)
+    finally:
+        executor.shutdown()
+    assert sorted(result) == reference(WORDCOUNT, _lines(corpus))
+    completed = [get_json(port, "/status")[1]["completed"] for port in ports]
+    tasks = result.counters["map.attempts_launched"] + result.counters["reduce.attempts_launched"]
+    assert sum(completed) == tasks and all(completed), completed
+
+
+def test_workers_start_on_demand_and_are_reused_across_phases_and_jobs() -> None:
+    executor = HttpExecutor(workers=4)
+    try:
+        for _ in range(2):
+            result = mrkit.run(
+                WORDCOUNT, mrkit.Records(["a b", "b c"]), executor=executor, n_map=1, n_reduce=1, quiet=True
+            )
+            assert dict(result) == {"a": 1, "b": 2, "c": 1}
+        info = executor.worker_info()
+        assert len(info) == 1, info  # one task at a time needed only one worker, reused 4 times
+        pid = info[0]["pid"]
+    finally:
+        executor.shutdown()
+    assert wait_until(lambda: not pid_alive(pid), timeout=5)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        executor.submit(call_spec(touch, "/nonexistent"))
+
+
+def test_driver_started_workers_get_their_secret_through_a_pipe_not_argv_or_env() -> None:
+    executor = HttpExecutor(workers=1)
+    try:
+        executor.warm_up()
+        pid = executor.worker_info()[0]["pid"]
+        secret = executor._secret
+        for name in ("cmdline", "environ"):
+            assert secret not in Path(f"/proc/{pid}/{name}").read_bytes(), name
+    finally:
+        executor.shutdown()
+
+
+def test_a_queued_attempt_can_be_cancelled_and_never_runs(tmp_path: Path) -> None:
+    executor = HttpExecutor(workers=1)
+    try:
+        first = executor.submit(call_spec(touch, str(tmp_path / "first"), 1.0, task="call-000001"))
+        second: Future[object] = executor.submit(
+            call_spec(touch, str(tmp_path / "second"), task="call-000002")
+        )
+        assert second.cancel()
+        assert first.result(timeout=30).ok
+        time.sleep(0.3)
+    finally:
+        executor.shutdown()
+    assert (tmp_path / "first").exists() and not (tmp_path / "second").exists()
+
+
+# -- configuration ----------------------------------------------------------------------------------
+
+
+def test_from_name_worker_counts() -> None:
+    assert HttpExecutor.from_name("http", n_map=30, n_reduce=20).workers == 30  # seed 003: max(N, M)
+    assert HttpExecutor.from_name("http", workers=3, n_map=30).workers == 3
+    assert HttpExecutor.from_name("http").workers == (os.cpu_count() or 1)
+    assert open_executor("http", workers=2).name == "http"
+
+
+def test_addresses_are_parsed_and_checked() -> None:
+    assert parse_addresses("http://h1:1,h2:2,http://[::1]:3") == [("h1", 1), ("h2", 2), ("::1", 3)]
+    for bad in ("http://h1", "http://h1:port", "http://:80", "http://h:70000"):
+        with pytest.raises(ConfigError, match="expected http://host:port"):
+            parse_addresses(bad)
+
+
+def test_existing_workers_need_the_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MRKIT_SECRET", raising=False)
+    monkeypatch.delenv("MRKIT_SECRET_FILE", raising=False)
+    with pytest.raises(ConfigError, match="need their shared secret: set MRKIT_SECRET"):
+        open_executor("http://127.0.0.1:8001")
+    monkeypatch.setenv("MRKIT_SECRET", SECRET.decode())
+    assert open_executor("http://127.0.0.1:8001").workers == 1
+    with pytest.raises(ConfigError, match="one worker per address"):
+        open_executor("http://127.0.0.1:8001", workers=4)
+    with pytest.raises(ConfigError, match="fresh secret of their own"):
+        HttpExecutor(workers=1, secret="x" * 20)
+
+
+def test_remote_workers_need_shared_storage(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MRKIT_SECRET", SECRET.decode())
+    remote = open_executor("http://10.0.0.1:8001,127.0.0.1:8002")
+    assert not remote.local and remote.storage_url("job") is None
+    with pytest.raises(ConfigError, match="give storage= a URL they all reach"):
+        mrkit.run(WORDCOUNT, mrkit.Records(["a"]), executor=remote, quiet=True)
+    shared = open_executor("http://10.0.0.1:8001", storage="s3://bucket/mrkit")
+    assert shared.storage_url("job") == "s3://bucket/mrkit"
+    assert open_executor("http://localhost:1,127.0.0.2:2,[::1]:3").local
+
+
+def test_timeouts_are_checked() -> None:
+    with pytest.raises(ConfigError, match="health_interval must be > 0"):
+        HttpTimeouts(health_interval=0)
+    with pytest.raises(ConfigError, match="health_misses must be at least 1"):
+        HttpTimeouts(health_misses=0)
+
+
+def test_worker_labels_in_results(http2: HttpExecutor, tmp_path: Path) -> None:
+    result = http2.submit(call_spec(touch, str(tmp_path / "x"))).result(timeout=30)
+    assert re.fullmatch(r"127\.0\.0\.1:\d+", result.worker)
