@@ -1,0 +1,489 @@
+"""The serverless driver: a job that advances itself from inside its function invocations.
+
+``mrkit.submit(job, inputs, executor="lambda://fn", storage="s3://bucket/mrkit")`` plans the job,
+writes the plan to the object store, invokes one function per map task and returns an
+:class:`ObjectStoreJobHandle` at once; the submitting process may exit. From then on:
+
+* every invocation runs its task (commit: first attempt wins), then records the task as completed
+  (``state/committed/{phase}/{task}``, written only once the task's ``COMMIT`` key exists) and lists
+  that folder: completion is a *set of task ids*, never a counter, so a retried or duplicated
+  invocation cannot count twice;
+* the invocation that sees the last map task completed takes the ``state/reduce`` guard with
+  ``put_if_absent`` and invokes the reduce tasks; exactly one invocation wins the guard. (Object
+  stores list strongly after writes, so of two tasks completing at once, at least the later sees both.)
+* the invocation that sees the last reduce task completed takes the ``state/publish`` guard, calls
+  :func:`~mrkit.coordination.publish.publish_output` (parts, then ``_SUCCESS``), records the summary
+  in ``state/end`` and deletes the intermediate data;
+* a task whose user code raised is re-invoked as its next attempt (once, guarded per attempt) until
+  ``RetryPolicy.max_attempts``; one lost with every delivery (the on-failure record) likewise until
+  ``max_lost``; then the job fails: ``state/end`` records the first failure and nothing is published.
+
+A guard holds the request id of its taker. Lambda retries a failed delivery with the same request
+id, so a retry of the invocation that took a guard and died before finishing its step takes it
+again (``put_if_absent`` reports success for identical bytes) and finishes the step; the step is
+idempotent (invoking a reduce task twice is harmless, and publishing resumes where it stopped).
+
+Keys, in the job's storage (beside those of :mod:`mrkit.model.layout` and
+:mod:`mrkit.execution.aws_lambda`)::
+
+    {job}/state/plan.json                the plan: specs, output URL, format, policy (written once)
+    {job}/state/committed/{phase}/{task} a completed task (empty; listed to count a phase)
+    {job}/state/attempt/{task}/a{n}      guard: attempt n was launched once; JSON failed/lost counts
+    {job}/state/reduce                   guard: who starts the reduce tasks (a request id)
+    {job}/state/reduce-sent              the reduce tasks were invoked
+    {job}/state/publish                  guard: who publishes the output (a request id)
+    {job}/state/end                      the job's end, first writer wins: done (with counters and
+                                         seconds, written after _SUCCESS), failed or cancelled
+
+Not handled: a job whose every attempt of some task vanishes without an on-failure record (no
+destination configured, or Lambda dropped the event) stays ``running``; ``status()`` shows which
+tasks have not completed. Invocations that were already running when a job ended may leave keys
+under ``{job}/`` (a bucket lifecycle rule on the prefix removes them; docs/serverless.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from mrkit.coordination.handle import JobHandle
+from mrkit.coordination.plan import JobPlan, RetryPolicy, build_plan, new_job_id, store_records
+from mrkit.coordination.publish import existing_output, publish_output
+from mrkit.data.output import check_format, read_output
+from mrkit.errors import ConfigError, JobCancelled, JobFailed, OutputExistsError
+from mrkit.model import layout
+from mrkit.model.job import Job
+from mrkit.model.task import TaskFailure, TaskKind, TaskResult, TaskSettings, TaskSpec
+from mrkit.storage import open_storage
+from mrkit.storage.base import Storage
+
+
+def plan_key(job_id: str) -> str:
+    return f"{job_id}/state/plan.json"
+
+
+def committed_prefix(job_id: str, phase: str) -> str:
+    return f"{job_id}/state/committed/{phase}/"
+
+
+def attempt_key(job_id: str, task_id: str, attempt: int) -> str:
+    return f"{job_id}/state/attempt/{task_id}/a{attempt}"
+
+
+def end_key(job_id: str) -> str:
+    return f"{job_id}/state/end"
+
+
+# -- submitting ------------------------------------------------------------------------------------
+
+
+def submit_job(executor: Any, job: Job, inputs: Any, *, output: str | os.PathLike[str] | None = None,
+               n_map: int | None = None, n_reduce: int | None = None, storage: str | None = None,
+               format: str = "tsv", memory_mb: float = 256.0, overwrite: bool = False,
+               policy: RetryPolicy | None = None, errors: str = "strict", input_format: str = "auto",
+               params: dict[str, Any] | None = None, job_id: str | None = None, workers: int | None = None,
+               progress: bool | None = None, quiet: bool = False) -> ObjectStoreJobHandle:
+    """Plan ``job``, store the plan, invoke its map tasks and return at once.
+
+    Args:
+        executor: a :class:`~mrkit.execution.aws_lambda.LambdaExecutor` (its invoker and storage).
+        job, inputs, output, n_map, n_reduce, storage, format, memory_mb, overwrite, policy, errors,
+            input_format, params, job_id: as for :func:`mrkit.run`.
+        workers, progress, quiet: accepted for symmetry with ``mrkit.run``; unused here.
+
+    Returns:
+        The job's :class:`ObjectStoreJobHandle`.
+
+    Raises:
+        ConfigError: no storage the functions reach, or bad options.
+        OutputExistsError: ``output`` holds a result and ``overwrite`` is False.
+        InputError: unreadable inputs.
+    """
+    from mrkit.execution.aws_lambda import invoker_from_config
+
+    if not isinstance(job, Job):
+        raise ConfigError(f"expected an mrkit.Job, got {type(job).__name__}")
+    policy = policy or RetryPolicy()
+    fmt = check_format(format if output is not None else "pickle")
+    if params:
+        job = job.with_params(params)
+    job_id = job_id or new_job_id(job.name)
+    url = storage or executor.storage_url(job_id)
+    if not url:
+        raise ConfigError(f"executor {executor.name} needs storage=URL (e.g. s3://bucket/mrkit) "
+                          "for a submitted job")
+    inter = open_storage(url)
+    if output is None:
+        out_url = f"{inter.url}#{job_id}/output/"
+    else:
+        out_url = os.fspath(output)
+        previous = existing_output(open_storage(out_url))
+        if previous and not overwrite:
+            raise OutputExistsError(f"output {out_url} already holds a result ({len(previous)} files): "
+                                    "choose another output or pass overwrite=True (--overwrite)")
+    splits = _splits(inputs, inter, job_id, n_map, errors, input_format, executor.workers)
+    settings = TaskSettings(memory_mb=memory_mb, output_format=fmt)
+    plan = build_plan(job, splits, job_id=job_id, storage=inter, output_url=open_storage(out_url).url,
+                      n_reduce=n_reduce or max(1, executor.workers), settings=settings, policy=policy,
+                      overwrite=overwrite)
+    for spec in (*plan.map_specs, *plan.reduce_specs):
+        executor.check_reachable(spec.output_url)
+    invoker = invoker_from_config(executor.invoker.config())
+    document = {"plan": _plan_to_dict(plan), "invoker": invoker.config(), "submitted": time.time(),
+                "executor": executor.name}
+    if not inter.put_if_absent(plan_key(job_id), json.dumps(document).encode()):
+        raise ConfigError(f"job id {job_id} is already taken in {inter.url}")
+    job_event = {"invoker": invoker.config()}
+    if plan.map_specs:
+        _invoke_all(invoker, plan.map_specs, inter.url, job_event)
+    else:  # no input bytes at all: the reduce phase starts at once (and publishes empty parts)
+        inter.put(f"{job_id}/state/reduce", b"submit")
+        _invoke_all(invoker, plan.reduce_specs, inter.url, job_event)
+    return ObjectStoreJobHandle(job_id, inter.url)
+
+
+def _splits(inputs: Any, storage: Storage, job_id: str, n_map: int | None, errors: str, input_format: str,
+            workers: int) -> list[Any]:
+    from mrkit.api import Records  # the input conventions are the user API's (mrkit.run's)
+
+    path_like = (str, os.PathLike)
+    is_paths = isinstance(inputs, path_like) or (
+        isinstance(inputs, (list, tuple)) and bool(inputs) and all(isinstance(i, path_like) for i in inputs))
+    if isinstance(inputs, Records) or not is_paths:
+        items = inputs.items if isinstance(inputs, Records) else inputs
+        if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+            raise ConfigError("inputs must be paths, globs, folders or an iterable of records, "
+                              f"got {inputs!r:.80}")
+        return store_records(storage, job_id, items, n_map or max(2, min(workers, 64)))
+    from mrkit.data.splits import plan_splits
+
+    paths = [os.fspath(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
+    return plan_splits(paths, n_map, format=input_format, errors=errors)
+
+
+def _plan_to_dict(plan: JobPlan) -> dict[str, Any]:
+    return {"job_id": plan.job_id, "name": plan.name, "storage_url": plan.storage_url,
+            "output_url": plan.output_url, "output_format": plan.output_format, "overwrite": plan.overwrite,
+            "policy": dataclasses.asdict(plan.policy), "input_bytes": plan.input_bytes,
+            "map_specs": [s.encode().decode() for s in plan.map_specs],
+            "reduce_specs": [s.encode().decode() for s in plan.reduce_specs]}
+
+
+def _plan_from_dict(data: dict[str, Any]) -> JobPlan:
+    return JobPlan(job_id=data["job_id"], name=data["name"], storage_url=data["storage_url"],
+                   output_url=data["output_url"], output_format=data["output_format"],
+                   overwrite=data["overwrite"], policy=RetryPolicy(**data["policy"]),
+                   input_bytes=data["input_bytes"],
+                   map_specs=tuple(TaskSpec.decode(s) for s in data["map_specs"]),
+                   reduce_specs=tuple(TaskSpec.decode(s) for s in data["reduce_specs"]))
+
+
+def _invoke_all(invoker: Any, specs: Iterable[TaskSpec], url: str, job_event: dict[str, Any]) -> None:
+    from mrkit.execution.aws_lambda import build_event
+
+    events = [build_event([spec], url, job=job_event) for spec in specs]
+    # An Invoke call is a round trip (~10-50 ms on AWS; a process spawn locally): overlap them.
+    with ThreadPoolExecutor(max_workers=min(16, len(events) or 1)) as pool:
+        list(pool.map(invoker.invoke, events))
+
+
+_PLANS: dict[str, dict[str, Any]] = {}
+_PLANS_LOCK = threading.Lock()
+
+
+def _load(storage: Storage, job_id: str) -> dict[str, Any]:
+    """The job's plan document, read once per process (it never changes)."""
+    with _PLANS_LOCK:
+        doc = _PLANS.get(job_id)
+    if doc is None:
+        raw = storage.get_or_none(plan_key(job_id))
+        if raw is None:
+            raise ConfigError(f"no job {job_id!r} in {storage.url} (no {plan_key(job_id)})")
+        doc = json.loads(raw)
+        with _PLANS_LOCK:
+            if len(_PLANS) > 16:
+                _PLANS.clear()
+            _PLANS[job_id] = doc
+    return doc
+
+
+# -- advancing, inside the functions --------------------------------------------------------------------
+
+
+def stopped(storage: Storage, job_id: str) -> dict[str, Any] | None:
+    """The job's end record (done, failed or cancelled), or None while it runs."""
+    raw = storage.get_or_none(end_key(job_id))
+    return None if raw is None else dict(json.loads(raw))
+
+
+def advance(storage: Storage, spec: TaskSpec, result: TaskResult, job_event: dict[str, Any],
+            request_id: str) -> None:
+    """After one task attempt: record it, and start the next phase or publish when it completed one.
+
+    Args:
+        storage: the job's storage.
+        spec: the attempt that ran (as the executor sent it).
+        result: its result.
+        job_event: the event's ``job`` member (the invoker of further tasks).
+        request_id: this invocation's request id (held by the guards it takes).
+    """
+    job_id = spec.job_id
+    if spec.kind is TaskKind.CALL or stopped(storage, job_id) is not None:
+        return
+    committed = storage.exists(layout.commit_key(job_id, spec.task_id))
+    if not result.ok and not committed:
+        failure = result.failure or TaskFailure("", "Error", "no failure reported")
+        _retry_or_fail(storage, spec, job_event, failure=failure)
+        return
+    phase = spec.kind.value
+    storage.put(committed_prefix(job_id, phase) + spec.task_id, b"")
+    done = len(set(storage.list(committed_prefix(job_id, phase))))
+    plan = _plan_from_dict(_load(storage, job_id)["plan"])
+    if phase == "map" and done >= plan.n_map:
+        _start_reduce(storage, plan, job_event, request_id)
+    elif phase == "reduce" and done >= plan.n_reduce:
+        _publish(storage, plan, request_id)
+
+
+def lost(storage: Storage, spec: TaskSpec, job_event: dict[str, Any], reason: str) -> None:
+    """Every delivery of ``spec``'s event failed: launch its next attempt, or fail the job."""
+    if stopped(storage, spec.job_id) is not None:
+        return
+    if not storage.exists(layout.commit_key(spec.job_id, spec.task_id)):
+        _retry_or_fail(storage, spec, job_event, lost_reason=reason)
+
+
+def _retry_or_fail(storage: Storage, spec: TaskSpec, job_event: dict[str, Any], *,
+                   failure: TaskFailure | None = None, lost_reason: str = "") -> None:
+    from mrkit.execution.aws_lambda import invoker_from_config
+
+    plan = _plan_from_dict(_load(storage, spec.job_id)["plan"])
+    policy = plan.policy
+    raw = storage.get_or_none(attempt_key(spec.job_id, spec.task_id, spec.attempt))
+    counts: dict[str, Any] = json.loads(raw) if raw else {"failed": 0, "lost": 0, "last": ""}
+    if failure is not None:
+        counts["failed"] += 1
+        counts["last"] = failure.sentence()
+        give_up = not failure.retryable or counts["failed"] >= policy.max_attempts
+    else:
+        counts["lost"] += 1
+        counts["last"] = lost_reason
+        give_up = counts["lost"] > policy.max_lost
+    if give_up:
+        _fail_job(storage, plan, spec, counts, failure)
+        return
+    nxt = spec.next_attempt()
+    if storage.put_if_absent(attempt_key(spec.job_id, nxt.task_id, nxt.attempt), json.dumps(counts).encode()):
+        _invoke_all(invoker_from_config(job_event["invoker"]), [nxt], plan.storage_url, job_event)
+
+
+def _fail_job(storage: Storage, plan: JobPlan, spec: TaskSpec, counts: dict[str, Any],
+              failure: TaskFailure | None) -> None:
+    phase = spec.kind.value
+    if failure is not None:
+        retry_note = "" if failure.retryable else " (not retried: another attempt would fail the same way)"
+        where = spec.split.describe() if spec.split is not None and not failure.where else ""
+        detail = failure.sentence() if not where else f"{where}: {failure.sentence()}"
+        message = (f"{phase} task {spec.task_id} of job {spec.job_id} failed after {counts['failed']} "
+                   f"attempt{'s' * (counts['failed'] != 1)}{retry_note}: {detail}")
+        traceback = failure.traceback
+    else:
+        message = (f"{phase} task {spec.task_id} of job {spec.job_id} failed: its invocations were lost "
+                   f"{counts['lost']} times (last: {counts['last']})")
+        traceback = ""
+    record = {"state": "failed", "error": message, "task_id": spec.task_id, "traceback": traceback,
+              "time": time.time()}
+    if storage.put_if_absent(end_key(spec.job_id), json.dumps(record).encode()):
+        _discard(storage, plan, keep_logs=True)
+
+
+def _start_reduce(storage: Storage, plan: JobPlan, job_event: dict[str, Any],
+                  request_id: str) -> None:
+    from mrkit.execution.aws_lambda import invoker_from_config
+
+    guard = f"{plan.job_id}/state/reduce"
+    if not storage.put_if_absent(guard, request_id.encode()):
+        return  # another invocation saw the last map commit first (or a retry of it holds the guard)
+    if storage.exists(f"{plan.job_id}/state/reduce-sent"):
+        return
+    _invoke_all(invoker_from_config(job_event["invoker"]), plan.reduce_specs, plan.storage_url, job_event)
+    storage.put(f"{plan.job_id}/state/reduce-sent", request_id.encode())
+
+
+def _publish(storage: Storage, plan: JobPlan, request_id: str) -> None:
+    if not storage.put_if_absent(f"{plan.job_id}/state/publish", request_id.encode()):
+        return
+    doc = _load(storage, plan.job_id)
+    output = open_storage(plan.output_url)
+    _restage(storage, output, plan)
+    counters = _counters(storage, plan)
+    seconds = time.time() - float(doc["submitted"])
+    publish_output(storage, output, plan.job_id, plan.n_reduce, output_format=plan.output_format,
+                   overwrite=plan.overwrite, summary={"seconds": round(seconds, 3), "counters": counters})
+    record = {"state": "done", "counters": counters, "seconds": round(seconds, 3), "time": time.time(),
+              "output": plan.output_url}
+    storage.put_if_absent(end_key(plan.job_id), json.dumps(record).encode())
+    _discard(storage, plan)
+
+
+def _restage(storage: Storage, output: Storage, plan: JobPlan) -> None:
+    """Undo a publish that a crashed invocation began: move published parts back to their temp keys.
+
+    Only a retry of the publishing invocation gets here with work to undo; on a first publish
+    every temp key exists and this costs one ``size`` per part.
+    """
+    for p in range(plan.n_reduce):
+        manifest = json.loads(storage.get(layout.commit_key(plan.job_id, layout.task_id("reduce", p))))
+        if not output.exists(manifest["key"]) and output.exists(layout.part_key(p)):
+            output.move(layout.part_key(p), manifest["key"])
+
+
+def _counters(storage: Storage, plan: JobPlan) -> dict[str, int]:
+    """Job counters from the winning attempts' manifests, plus attempts and deliveries per phase."""
+    totals: dict[str, int] = {}
+    for phase, specs in (("map", plan.map_specs), ("reduce", plan.reduce_specs)):
+        totals[f"{phase}.tasks"] = len(specs)
+        for spec in specs:
+            manifest = json.loads(storage.get(layout.commit_key(plan.job_id, spec.task_id)))
+            for name, value in manifest.get("counters", {}).items():
+                key = name if name.startswith("user.") else f"{phase}.{name}"
+                totals[key] = totals.get(key, 0) + int(value)
+    attempts: set[tuple[str, str]] = set()
+    for key in storage.list(f"{plan.job_id}/lambda/claims/"):
+        task, attempt, _delivery = key.split("/")[-3:]
+        phase = task.split("-", 1)[0]
+        totals[f"{phase}.deliveries"] = totals.get(f"{phase}.deliveries", 0) + 1
+        attempts.add((task, attempt))
+    for task, _attempt in attempts:
+        phase = task.split("-", 1)[0]
+        totals[f"{phase}.attempts_launched"] = totals.get(f"{phase}.attempts_launched", 0) + 1
+    return totals
+
+
+def _discard(storage: Storage, plan: JobPlan, *, keep_logs: bool = False) -> None:
+    """Delete the intermediate keys; keep the plan and the end record (status reads them), and
+    with ``keep_logs`` the deliveries and results that :meth:`ObjectStoreJobHandle.logs` reads."""
+    folders = ["map", "reduce", "input", "state/committed", "state/attempt"]
+    if not keep_logs:
+        folders.append("lambda")
+    for folder in folders:
+        storage.delete_prefix(f"{plan.job_id}/{folder}/")
+    storage.delete(layout.job_key(plan.job_id))
+    open_storage(plan.output_url).delete_prefix(f"_temporary/{plan.job_id}/")
+
+
+# -- following a job from anywhere -----------------------------------------------------------------------
+
+
+def open_job_handle(job_id: str, storage_url: str) -> ObjectStoreJobHandle:
+    """A handle on the serverless job ``job_id`` whose state lies in ``storage_url``.
+
+    This is the hook for ``mrkit status/result/cancel/logs ID --storage URL``.
+
+    Raises:
+        ConfigError: there is no such job in that storage.
+    """
+    handle = ObjectStoreJobHandle(job_id, storage_url)
+    _load(handle.storage, job_id)
+    return handle
+
+
+class ObjectStoreJobHandle(JobHandle):
+    """Follows a serverless job by reading its state from the object store (from any process).
+
+    Args:
+        job_id: the job's id.
+        storage_url: the job's storage (the executor's ``storage=``).
+        poll_interval: seconds between state reads in :meth:`wait`.
+    """
+
+    def __init__(self, job_id: str, storage_url: str, *, poll_interval: float = 0.25) -> None:
+        self.id = job_id
+        self.storage_url = storage_url
+        self.storage = open_storage(storage_url)
+        self.poll_interval = poll_interval
+
+    def status(self) -> dict[str, Any]:
+        """``{"id", "state", "phase", "map": {"committed", "tasks"}, "reduce": {…}, "output", …}``.
+
+        ``state`` is running, done, failed or cancelled; a done job adds ``counters`` and
+        ``seconds``, a failed one ``error``.
+        """
+        doc = _load(self.storage, self.id)
+        plan = doc["plan"]
+        status: dict[str, Any] = {"id": self.id, "executor": doc.get("executor", ""),
+                                  "output": None if "#" in plan["output_url"] else plan["output_url"]}
+        end = stopped(self.storage, self.id)
+        if end is not None:
+            status.update(end)
+            status.pop("traceback", None)
+            status["phase"] = "end"
+            return status
+        counts = {phase: len(set(self.storage.list(committed_prefix(self.id, phase))))
+                  for phase in ("map", "reduce")}
+        n_map, n_reduce = len(plan["map_specs"]), len(plan["reduce_specs"])
+        phase = "map" if counts["map"] < n_map else "reduce" if counts["reduce"] < n_reduce else "publish"
+        status.update(state="running", phase=phase, seconds=round(time.time() - doc["submitted"], 3),
+                      map={"committed": counts["map"], "tasks": n_map},
+                      reduce={"committed": counts["reduce"], "tasks": n_reduce})
+        return status
+
+    def wait(self, timeout: float | None = None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            end = stopped(self.storage, self.id)
+            if end is not None:
+                return self._finish(end)
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {self.id} still running after {timeout}s: {self.status()}")
+            time.sleep(self.poll_interval)
+
+    def _finish(self, end: dict[str, Any]) -> Any:
+        from mrkit.api import Result  # the user-facing value; coordination sits below the API
+
+        if end["state"] == "cancelled":
+            raise JobCancelled(f"job {self.id} was cancelled", job_id=self.id)
+        if end["state"] == "failed":
+            raise JobFailed(end["error"], job_id=self.id, task_id=end.get("task_id", ""),
+                            remote_traceback=end.get("traceback", ""))
+        output = _load(self.storage, self.id)["plan"]["output_url"]
+        pairs = list(read_output(output)) if "#" in output else None
+        return Result(self.id, None if pairs is not None else output.removeprefix("file://"),
+                      end.get("counters", {}), float(end.get("seconds", 0.0)), pairs)
+
+    def cancel(self) -> bool:
+        """Record the cancellation (invocations that start afterwards do nothing); False when the
+        job had already ended."""
+        record = {"state": "cancelled", "time": time.time()}
+        if not self.storage.put_if_absent(end_key(self.id), json.dumps(record).encode()):
+            return False
+        _discard(self.storage, _plan_from_dict(_load(self.storage, self.id)["plan"]))
+        return True
+
+    def logs(self, follow: bool = False) -> Iterator[str]:
+        """One line per delivery and per result, in time order (``follow`` is not supported)."""
+        lines: list[tuple[float, str]] = []
+        for key in self.storage.list(f"{self.id}/lambda/claims/"):
+            claim = json.loads(self.storage.get(key))
+            task, attempt, delivery = key.split("/")[-3:]
+            lines.append((claim["time"], f"{task} {attempt} delivery {delivery[1:]} started "
+                                         f"(request {claim['request_id']})"))
+        for key in self.storage.list(f"{self.id}/lambda/done/"):
+            raw = self.storage.get(key)
+            task, attempt = key.split("/")[-2:]
+            if attempt.endswith(".lost"):
+                lines.append((time.time(), f"{task} {attempt[:-5]} lost: {json.loads(raw).get('reason')}"))
+                continue
+            result = TaskResult.decode(raw)
+            state = ("committed" if result.committed else "ok (duplicate)") if result.ok else \
+                f"failed: {result.failure.sentence() if result.failure else '?'}"
+            lines.append((time.time(), f"{task} {attempt} {state} in {result.seconds:.3f}s "
+                                       f"on {result.worker}"))
+        for _, line in sorted(lines, key=lambda item: item[0]):
+            yield line

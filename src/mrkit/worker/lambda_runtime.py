@@ -1,0 +1,410 @@
+"""The local function runtime: AWS Lambda's invocation contract on this machine (``lambda-local``).
+
+It runs the handler that a deployed function runs (``mrkit.worker.lambda_handler.handler``) with the
+same ``(event, context)`` contract, and keeps what a serverless job has to survive on Lambda:
+
+* **A fresh process per delivery** (``python -m mrkit.worker.lambda_runtime run``): every
+  invocation is a cold start; nothing survives in memory from one invocation to the next.
+* **A timeout per invocation**: a delivery still running after ``timeout`` seconds is killed
+  (SIGKILL of its process group), like Lambda's "Task timed out".
+* **A memory limit per invocation**: the delivery lowers its own ``RLIMIT_AS`` to ``memory_mb``
+  before it imports the handler, so an allocation beyond it raises ``MemoryError`` inside.
+* **Synchronous invocations** (``RequestResponse``): one delivery; its return value, or
+  :class:`FunctionError`; never retried (Lambda does not retry them either).
+* **Asynchronous invocations** (``Event``): queued until one of ``max_concurrency`` slots is free
+  (slots are ``flock``-ed files, shared by every process using the same ``state_dir``, so
+  invocations made from inside functions are throttled too), then delivered **at least once**: a
+  delivery that raises, crashes, is killed or times out is retried ``max_retry_attempts`` times
+  (Lambda's default: 2) with the same request id; ``duplicate_rate`` injects a second, concurrent
+  delivery of the same event, as Lambda occasionally does. When every retry failed, an on-failure
+  record in Lambda's destination format (``requestContext.condition == "RetriesExhausted"``,
+  ``requestPayload`` = the event) is sent to the function itself (``on_failure="self"``), as
+  ``mrkit lambda deploy`` configures on AWS.
+* **Detached invocations**: an asynchronous invocation made with ``detached=True`` (by the
+  serverless driver, from the submitter or from inside a function) is supervised by its own
+  process in a new session, so it outlives the process that made it.
+
+Not emulated: Lambda's delays between retries (about one and two minutes; here ``retry_delay``), the
+maximum event age, warm sandboxes being reused, and the payload limits (checked by the executor).
+
+Each delivery appends its stdout and stderr, framed by ``START``/``END``/``REPORT`` lines as in
+CloudWatch Logs, to ``{state_dir}/function.log``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import importlib
+import json
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from mrkit.errors import ConfigError, WorkerLost
+
+HANDLER = "mrkit.worker.lambda_handler:handler"
+
+
+class FunctionError(WorkerLost):
+    """Raised by a synchronous invocation whose delivery raised, crashed or timed out.
+
+    Attributes:
+        error_type: ``TimedOut``, ``Runtime.ExitError`` or the handler's exception class name.
+        request_id: the invocation's request id.
+    """
+
+    def __init__(self, message: str, *, error_type: str, request_id: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class FunctionConfig:
+    """A local function's configuration, as a deployed function has one.
+
+    Attributes:
+        name: the function's name (reported in the context; names the default ``state_dir``).
+        handler: ``module:function`` called with ``(event, context)``.
+        timeout: seconds a delivery may run before it is killed.
+        memory_mb: address-space limit of a delivery (``RLIMIT_AS``); the interpreter, boto3 and
+            the job's data must fit (Lambda's memory setting limits resident memory instead).
+        max_concurrency: deliveries running at once across every process sharing ``state_dir``.
+        max_retry_attempts: retries of a failed asynchronous delivery (Lambda: 0-2, default 2).
+        retry_delay: seconds between them.
+        duplicate_rate: probability that an asynchronous event is delivered twice at once.
+        on_failure: ``"self"``: send the on-failure record to this function; ``""``: drop it.
+        environment: extra environment variables of every delivery.
+        state_dir: folder for slot locks and the log (default: ``{tmp}/mrkit-lambda-local/{name}``).
+
+    Example:
+        >>> FunctionConfig(name="wc", timeout=30).to_dict()["timeout"]
+        30
+    """
+
+    name: str = "mrkit-local"
+    handler: str = HANDLER
+    timeout: float = 900.0
+    memory_mb: int = 2048
+    max_concurrency: int = field(default_factory=lambda: os.cpu_count() or 2)
+    max_retry_attempts: int = 2
+    retry_delay: float = 0.2
+    duplicate_rate: float = 0.0
+    on_failure: str = "self"
+    environment: dict[str, str] = field(default_factory=dict)
+    state_dir: str = ""
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0 or self.memory_mb < 64 or self.max_concurrency < 1:
+            raise ConfigError(f"local function {self.name}: timeout > 0, memory_mb >= 64 and "
+                              f"max_concurrency >= 1 are required, got {self.timeout}, {self.memory_mb}, "
+                              f"{self.max_concurrency}")
+        if not 0 <= self.duplicate_rate <= 1 or self.max_retry_attempts < 0:
+            raise ConfigError(f"duplicate_rate must be in [0, 1] and max_retry_attempts >= 0, got "
+                              f"{self.duplicate_rate}, {self.max_retry_attempts}")
+        if self.on_failure not in ("self", ""):
+            raise ConfigError(f"on_failure must be 'self' or '', got {self.on_failure!r}")
+
+    def folder(self) -> str:
+        return self.state_dir or os.path.join(tempfile.gettempdir(), "mrkit-lambda-local", self.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FunctionConfig:
+        return cls(**data)
+
+
+class LambdaContext:
+    """The context object a handler receives, with the attributes of AWS Lambda's Python one."""
+
+    def __init__(self, *, function_name: str, memory_limit_in_mb: int, aws_request_id: str,
+                 deadline: float, invoked_function_arn: str = "") -> None:
+        self.function_name = function_name
+        self.function_version = "$LATEST"
+        self.invoked_function_arn = invoked_function_arn or \
+            f"arn:aws:lambda:local:000000000000:function:{function_name}"
+        self.memory_limit_in_mb = memory_limit_in_mb
+        self.aws_request_id = aws_request_id
+        self.log_group_name = f"/aws/lambda/{function_name}"
+        self.log_stream_name = f"local/{os.getpid()}"
+        self._deadline = deadline
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.time()) * 1000))
+
+
+@dataclass
+class Delivery:
+    """How one delivery went: ``ok`` with the handler's ``response``, or an ``error`` record."""
+
+    ok: bool
+    response: Any = None
+    error: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class LocalFunction:
+    """Invoke a local function (see the module docstring for the contract).
+
+    Args:
+        config: the function's :class:`FunctionConfig`.
+        detached: asynchronous invocations get their own supervising process (they outlive this
+            one) instead of a thread of this process.
+    """
+
+    def __init__(self, config: FunctionConfig, *, detached: bool = False) -> None:
+        self.config = config
+        self.detached = detached
+        self._procs: set[subprocess.Popen[bytes]] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self.deliveries: list[Delivery] = []  # completed deliveries of this object (for the benchmark)
+        os.makedirs(os.path.join(config.folder(), "slots"), exist_ok=True)
+
+    def invoke(self, event: dict[str, Any], *, sync: bool = False) -> Any:
+        """Invoke the function with ``event``.
+
+        Returns:
+            Synchronously: the handler's return value. Asynchronously: None, at once.
+
+        Raises:
+            FunctionError: (sync only) the delivery raised, crashed or timed out.
+        """
+        request_id = str(uuid.uuid4())
+        if sync:
+            outcome = self.deliver(event, request_id, 1)
+            if not outcome.ok:
+                raise FunctionError(f"function {self.config.name} request {request_id}: "
+                                    f"{outcome.error.get('errorType')}: {outcome.error.get('errorMessage')}",
+                                    error_type=str(outcome.error.get("errorType")), request_id=request_id)
+            return outcome.response
+        if self.detached:
+            self._spawn_supervisor(event, request_id)
+        else:
+            threading.Thread(target=self.deliver_async, args=(event, request_id), daemon=True,
+                             name=f"lambda-local-{request_id[:8]}").start()
+        return None
+
+    # -- asynchronous delivery -------------------------------------------------------------------
+
+    def deliver_async(self, event: dict[str, Any], request_id: str) -> None:
+        """Deliver ``event`` at least once: retries, injected duplicates, then the on-failure record."""
+        if random.random() < self.config.duplicate_rate:
+            twin = threading.Thread(target=self._deliver_with_retries, args=(event, request_id), daemon=True)
+            twin.start()
+            self._deliver_with_retries(event, request_id)
+            twin.join()
+        else:
+            self._deliver_with_retries(event, request_id)
+
+    def _deliver_with_retries(self, event: dict[str, Any], request_id: str) -> None:
+        outcome = Delivery(ok=False)
+        attempts = 1 + self.config.max_retry_attempts
+        for count in range(1, attempts + 1):
+            if self._closed:
+                return
+            outcome = self.deliver(event, request_id, count)
+            if outcome.ok:
+                return
+            if count < attempts:
+                time.sleep(self.config.retry_delay)
+        if self.config.on_failure == "self" and "requestPayload" not in event and not self._closed:
+            # Lambda's destination record; never one for a record, so failures cannot loop.
+            arn = f"arn:aws:lambda:local:000000000000:function:{self.config.name}"
+            record = {
+                "version": "1.0",
+                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+                "requestContext": {"requestId": request_id, "condition": "RetriesExhausted",
+                                   "approximateInvokeCount": attempts,
+                                   "functionArn": arn},
+                "requestPayload": event,
+                "responseContext": {"statusCode": 200, "executedVersion": "$LATEST",
+                                    "functionError": "Unhandled"},
+                "responsePayload": outcome.error,
+            }
+            self.invoke(record)
+
+    def _spawn_supervisor(self, event: dict[str, Any], request_id: str) -> None:
+        folder = self.config.folder()
+        fd, path = tempfile.mkstemp(prefix="event-", suffix=".json", dir=folder)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"config": self.config.to_dict(), "event": event, "request_id": request_id}, f)
+        log = os.path.join(folder, "function.log")
+        # `sh -c '... &'` backgrounds the supervisor and exits at once: the supervisor is re-parented
+        # (no zombie here, no Popen left running in this process) and, in its new session, is not
+        # killed with the delivery that invoked it.
+        subprocess.run(["/bin/sh", "-c", '"$@" </dev/null >>"$LOG" 2>&1 &', "sh", sys.executable, "-m",
+                        "mrkit.worker.lambda_runtime", "async", path],
+                       env={**os.environ, "LOG": log}, start_new_session=True, check=True)
+
+    # -- one delivery ----------------------------------------------------------------------------
+
+    def deliver(self, event: dict[str, Any], request_id: str, count: int) -> Delivery:
+        """Run the handler once on ``event`` in a fresh process (waits for a concurrency slot)."""
+        config = self.config
+        folder = config.folder()
+        with self._slot():
+            started = time.monotonic()
+            fd, response_path = tempfile.mkstemp(prefix="response-", suffix=".json", dir=folder)
+            os.close(fd)
+            os.unlink(response_path)  # the delivery creates it (atomically) when it has something to say
+            context = {"function_name": config.name, "memory_limit_in_mb": config.memory_mb,
+                       "aws_request_id": request_id, "deadline": time.time() + config.timeout,
+                       "handler": config.handler, "count": count}
+            env = {**os.environ, **config.environment, "MRKIT_LAMBDA_CONTEXT": json.dumps(context),
+                   "MRKIT_LAMBDA_RESPONSE": response_path, "AWS_LAMBDA_FUNCTION_NAME": config.name}
+            with open(os.path.join(folder, "function.log"), "ab") as log:
+                log.write(f"START RequestId: {request_id} Attempt: {count} Version: $LATEST\n".encode())
+                log.flush()
+                proc = subprocess.Popen([sys.executable, "-m", "mrkit.worker.lambda_runtime", "run"],
+                                        stdin=subprocess.PIPE, stdout=log, stderr=log, env=env,
+                                        start_new_session=True)  # its own group: a timeout kills all of it
+                with self._lock:
+                    self._procs.add(proc)
+                try:
+                    outcome = self._wait(proc, event, response_path)
+                finally:
+                    with self._lock:
+                        self._procs.discard(proc)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(response_path)
+                outcome.seconds = time.monotonic() - started
+                status = "ok" if outcome.ok else outcome.error.get("errorType", "error")
+                log.write(f"END RequestId: {request_id}\nREPORT RequestId: {request_id} "
+                          f"Duration: {outcome.seconds * 1000:.2f} ms Memory Size: {config.memory_mb} MB "
+                          f"Status: {status}\n".encode())
+        with self._lock:
+            self.deliveries.append(outcome)
+        return outcome
+
+    def _wait(self, proc: subprocess.Popen[bytes], event: dict[str, Any], response_path: str) -> Delivery:
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(json.dumps(event).encode())
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # it died before reading its event; the exit status says why
+        try:
+            proc.wait(self.config.timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            proc.wait()
+            return Delivery(ok=False, error={"errorType": "TimedOut", "errorMessage":
+                                             f"Task timed out after {self.config.timeout:.2f} seconds"})
+        try:
+            with open(response_path) as f:
+                reply = json.load(f)
+        except (FileNotFoundError, json.JSONDecodeError):
+            reply = None
+        if proc.returncode == 0 and reply is not None and reply.get("ok"):
+            return Delivery(ok=True, response=reply.get("response"))
+        if reply is not None and not reply.get("ok"):
+            return Delivery(ok=False, error={k: v for k, v in reply.items() if k != "ok"})
+        code = proc.returncode
+        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        return Delivery(ok=False, error={"errorType": "Runtime.ExitError",
+                                         "errorMessage": f"Runtime exited without a response ({how})"})
+
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[None]:
+        """Hold one of ``max_concurrency`` slot files (``flock``), waiting for one if all are held."""
+        folder = os.path.join(self.config.folder(), "slots")
+        n = self.config.max_concurrency
+        first = random.randrange(n)
+        while True:
+            for i in range(n):
+                path = os.path.join(folder, f"slot-{(first + i) % n}")
+                f = open(path, "a+b")  # noqa: SIM115 - held until the delivery ends
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    f.close()
+                    continue
+                try:
+                    yield
+                finally:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+                    f.close()
+                return
+            time.sleep(0.01 + random.random() * 0.02)
+
+    def shutdown(self) -> None:
+        """Kill the deliveries this object started and still runs (detached ones are not ours)."""
+        self._closed = True
+        with self._lock:
+            procs = list(self._procs)
+        for proc in procs:
+            _kill_group(proc)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+# -- the far side: what a delivery process and a supervisor process run -------------------------------------
+
+
+def _run_delivery() -> int:
+    """Body of ``python -m mrkit.worker.lambda_runtime run``: one invocation, then exit."""
+    ctx = json.loads(os.environ["MRKIT_LAMBDA_CONTEXT"])
+    response_path = os.environ["MRKIT_LAMBDA_RESPONSE"]
+    limit = int(ctx["memory_limit_in_mb"]) << 20
+    # Lowered before the handler is imported, so the whole invocation runs under it; a delivery
+    # cannot raise it again (the hard limit drops too).
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    event = json.loads(sys.stdin.buffer.read())
+    context = LambdaContext(function_name=ctx["function_name"], memory_limit_in_mb=ctx["memory_limit_in_mb"],
+                            aws_request_id=ctx["aws_request_id"], deadline=ctx["deadline"])
+    try:
+        module_name, fn_name = ctx["handler"].split(":")
+        handler = getattr(importlib.import_module(module_name), fn_name)
+        reply: dict[str, Any] = {"ok": True, "response": handler(event, context)}
+        status = 0
+    except BaseException as exc:  # the handler raised: Lambda reports it as an Unhandled function error
+        reply = {"ok": False, "errorType": type(exc).__name__, "errorMessage": str(exc),
+                 "stackTrace": traceback.format_exception(exc)}
+        traceback.print_exc()
+        status = 1
+    tmp = f"{response_path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(reply, f, default=str)
+    os.replace(tmp, response_path)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return status
+
+
+def _run_supervisor(path: str) -> int:
+    """Body of ``python -m mrkit.worker.lambda_runtime async FILE``: deliver one detached event."""
+    with open(path) as f:
+        job = json.load(f)
+    os.unlink(path)
+    function = LocalFunction(FunctionConfig.from_dict(job["config"]), detached=True)
+    function.deliver_async(job["event"], job["request_id"])
+    return 0
+
+
+if __name__ == "__main__":
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    if command == "run":
+        sys.exit(_run_delivery())
+    elif command == "async" and len(sys.argv) == 3:
+        sys.exit(_run_supervisor(sys.argv[2]))
+    print("usage: python -m mrkit.worker.lambda_runtime run | async EVENT_FILE", file=sys.stderr)
+    sys.exit(2)
