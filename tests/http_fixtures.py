@@ -34,9 +34,11 @@ from typing import Any
 import cloudpickle
 import pytest
 
+import mrkit
 from mrkit.http_auth import sign_request
 from mrkit.model.task import TaskKind, TaskSpec
 from mrkit.worker.http_server import WorkerServer, open_server
+from tests.jobs_for_tests import words
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = b"test-secret-0123456789abcdef0123456789"
@@ -52,6 +54,19 @@ def touch(path: str, seconds: float = 0.0) -> str:
     with open(path, "a") as f:
         f.write(f"{os.getpid()}\n")
     return path
+
+
+def stop_once_mapper(line: str) -> Iterator[tuple[str, int]]:
+    """Freezes its own worker (SIGSTOP: alive, but answering nothing) the first time it sees 'hangme'.
+
+    A marker file (``params["marker"]``) remembers that it did, and holds the frozen pid.
+    """
+    marker = mrkit.context().params["marker"]
+    if "hangme" in line and not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGSTOP)
+    yield from words(line)
 
 
 # -- building and sending tasks ---------------------------------------------------------------------

@@ -160,6 +160,7 @@ class _Slot:
         self.conn: _Connection | None = None  # tasks
         self.health: http.client.HTTPConnection | None = None  # /health checks, not to disturb the above
         self.ready = False
+        self.started = False  # a worker process was started for it once (driver-started workers)
         self.busy = False  # holds an item (guarded by the executor's lock)
         self.removed = False  # refused our signature: out of rotation for good
         self.known: set[str] = set()  # futures function digests this worker process has been sent
@@ -483,9 +484,10 @@ class HttpExecutor(Executor):
         for item in items:
             self._fail(item, "the executor shut down before the attempt was sent")
         for slot in slots:
-            if slot.proc is not None and slot.proc.stdin is not None:
+            proc = slot.proc  # read once: the slot's thread may be replacing it
+            if proc is not None and proc.stdin is not None:
                 try:
-                    slot.proc.stdin.close()  # a driver-started worker exits when its stdin closes
+                    proc.stdin.close()  # a driver-started worker exits when its stdin closes
                 except OSError:
                     pass
             slot.interrupt()
@@ -641,13 +643,15 @@ class HttpExecutor(Executor):
 
     def _start_worker(self, slot: _Slot) -> bool:
         """Start (or restart) a driver-started worker; True once it is ready."""
-        restarting = slot.proc is not None
+        restarting = slot.started
         if restarting:
             logger.warning("restarting HTTP worker %s", slot.label)
         self._stop_process(slot, grace=0.0)
         try:
             proc, host, port = self._spawn()
         except _NotSent as exc:
+            if self._closing:
+                return False
             with self._lock:
                 self._startup_failures += 1
                 failures = self._startup_failures
@@ -665,6 +669,7 @@ class HttpExecutor(Executor):
         with self._lock:
             self._startup_failures = 0
         slot.proc, slot.host, slot.port = proc, host, port
+        slot.started = True
         slot.known.clear()
         slot.ready = True
         slot.last_ready = time.monotonic()
@@ -758,8 +763,9 @@ class HttpExecutor(Executor):
     def _stop_process(self, slot: _Slot, grace: float) -> None:
         slot.drop_connections()
         slot.ready = False
-        if slot.proc is not None:
-            self._reap(slot.proc, grace)
+        proc, slot.proc = slot.proc, None
+        if proc is not None:
+            self._reap(proc, grace)
 
     def _abort(self, error: MrkitError) -> None:
         """Give up: fail every queued attempt with ``error``; later submits raise it."""

@@ -1,0 +1,281 @@
+"""HTTP workers that die, hang, are not up, refuse us, cannot start, or lose their driver.
+
+Each test uses real processes on 127.0.0.1 and checks two things: the job's output is still exactly
+the reference's (or the job fails with a clear error, when nothing can run it), and the executor
+said what happened on the ``mrkit.http`` logger.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import mrkit
+from mrkit.coordination.plan import RetryPolicy
+from mrkit.errors import AuthenticationError, JobFailed
+from mrkit.execution.http import HttpExecutor, HttpTimeouts
+from mrkit.model.reference import reference
+from tests.http_fixtures import (  # noqa: F401 - fixtures
+    ROOT,
+    CliWorkers,
+    cli_workers_fixture,
+    free_port,
+    get_json,
+    pid_alive,
+    read_line,
+    stop_once_mapper,
+    wait_until,
+    worker_env,
+    write_secret,
+)
+from tests.jobs_for_tests import kill_once_mapper, total, words
+
+RECORDS = [f"line {i} of the text with words {i % 13}" for i in range(400)]
+# What the fault mappers compute, minus their side effects (the oracle runs outside any task).
+PLAIN = mrkit.Job(mapper=words, reducer=total)
+FAST = HttpTimeouts(health_interval=0.2, health_timeout=0.5, health_misses=2, unreachable=2.0)
+
+
+def _records(marker_word: str) -> list[str]:
+    records = list(RECORDS)
+    records[150] = f"{marker_word} {records[150]}"
+    return records
+
+
+def test_a_driver_started_worker_killed_mid_task_is_restarted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="mrkit.http")
+    marker = tmp_path / "killed"
+    records = _records("killme")
+    job = mrkit.Job(mapper=kill_once_mapper, reducer=total, combiner=total)
+    executor = HttpExecutor(workers=2, timeouts=FAST)
+    try:
+        result = mrkit.run(
+            job,
+            mrkit.Records(records),
+            executor=executor,
+            n_map=4,
+            n_reduce=2,
+            params={"marker": str(marker)},
+            quiet=True,
+        )
+        killed = int(marker.read_text())
+
+        def replaced() -> bool:
+            info = executor.worker_info()
+            return all(w["ready"] for w in info) and killed not in [w["pid"] for w in info]
+
+        assert wait_until(replaced, timeout=10), executor.worker_info()
+    finally:
+        executor.shutdown()
+    assert sorted(result) == reference(PLAIN, records)
+    assert result.counters["map.attempts_lost"] == 1
+    assert "was killed by SIGKILL" in caplog.text and "restarting the worker" in caplog.text
+
+
+def test_a_user_started_worker_killed_mid_task_sends_the_task_elsewhere(
+    cli_workers: CliWorkers, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="mrkit.http")
+    urls = [cli_workers.start()[1] for _ in range(2)]
+    marker = tmp_path / "killed"
+    records = _records("killme")
+    job = mrkit.Job(mapper=kill_once_mapper, reducer=total, combiner=total)
+    executor = HttpExecutor(urls, secret_file=str(write_secret(tmp_path)), timeouts=FAST)
+    try:
+        result = mrkit.run(
+            job,
+            mrkit.Records(records),
+            executor=executor,
+            n_map=4,
+            n_reduce=2,
+            params={"marker": str(marker)},
+            quiet=True,
+        )
+    finally:
+        executor.shutdown()
+    assert sorted(result) == reference(PLAIN, records)
+    assert result.counters["map.attempts_lost"] == 1
+    assert "closed the connection mid-attempt" in caplog.text and "next free worker" in caplog.text
+    assert sum(p.poll() is None for p in cli_workers.procs) == 1  # the killed one stays dead
+
+
+def test_a_hung_worker_is_detected_by_health_checks_killed_and_restarted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="mrkit.http")
+    marker = tmp_path / "frozen"
+    records = _records("hangme")
+    job = mrkit.Job(mapper=stop_once_mapper, reducer=total, combiner=total)
+    executor = HttpExecutor(workers=2, timeouts=FAST)
+    started = time.monotonic()
+    try:
+        result = mrkit.run(
+            job,
+            mrkit.Records(records),
+            executor=executor,
+            n_map=4,
+            n_reduce=2,
+            params={"marker": str(marker)},
+            policy=RetryPolicy(speculative=False),
+            quiet=True,
+        )
+    finally:
+        executor.shutdown()
+        if marker.exists() and pid_alive(int(marker.read_text())):
+            os.kill(int(marker.read_text()), signal.SIGKILL)
+    assert sorted(result) == reference(PLAIN, records)
+    assert result.counters["map.attempts_lost"] == 1
+    assert "stopped answering /health" in caplog.text and "restarting the worker" in caplog.text
+    assert time.monotonic() - started < 15
+    assert not pid_alive(int(marker.read_text()))
+
+
+def test_an_attempt_past_task_timeout_is_lost_and_its_worker_restarted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.jobs_for_tests import straggler_mapper
+
+    caplog.set_level(logging.WARNING, logger="mrkit.http")
+    records = ["slow " + r if i == 0 else r for i, r in enumerate(RECORDS)]
+    job = mrkit.Job(mapper=straggler_mapper, reducer=total)
+    executor = HttpExecutor(workers=2, timeouts=HttpTimeouts(health_interval=0.2, task=1.0))
+    try:
+        # n_map=2: record 0 ("slow ...") is in map-00000; put it in map-00001 by rotating.
+        rotated = records[200:] + records[:200]
+        result = mrkit.run(
+            job,
+            mrkit.Records(rotated),
+            executor=executor,
+            n_map=2,
+            n_reduce=1,
+            params={"sleep": 30.0},
+            policy=RetryPolicy(speculative=False),
+            quiet=True,
+        )
+    finally:
+        executor.shutdown()
+    assert sorted(result) == reference(PLAIN, rotated)
+    assert result.counters["map.attempts_lost"] == 1
+    assert "past task_timeout=1s" in caplog.text
+
+
+def test_a_worker_that_is_not_up_is_skipped_and_probed(
+    cli_workers: CliWorkers, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="mrkit.http")
+    _, url = cli_workers.start()
+    dead = f"127.0.0.1:{free_port()}"
+    executor = HttpExecutor([dead, url], secret_file=str(write_secret(tmp_path)), timeouts=FAST)
+    try:
+        result = mrkit.run(PLAIN, mrkit.Records(RECORDS), executor=executor, n_map=6, n_reduce=2, quiet=True)
+    finally:
+        executor.shutdown()
+    assert sorted(result) == reference(PLAIN, RECORDS)
+    assert result.counters["map.attempts_lost"] == 0  # nothing was sent to it, so nothing was lost
+    assert f"HTTP worker {dead} is not answering (ConnectionRefusedError" in caplog.text
+
+
+def test_no_reachable_worker_fails_the_job_in_bounded_time(tmp_path: Path) -> None:
+    executor = HttpExecutor(
+        [f"127.0.0.1:{free_port()}"], secret_file=str(write_secret(tmp_path)), timeouts=FAST
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(JobFailed, match="no HTTP worker has answered for 2s .*ConnectionRefusedError"):
+            mrkit.run(
+                PLAIN,
+                mrkit.Records(RECORDS),
+                executor=executor,
+                n_map=2,
+                quiet=True,
+            )
+    finally:
+        executor.shutdown()
+    assert time.monotonic() - started < 15
+
+
+def test_a_worker_with_another_secret_refuses_us_and_runs_nothing(
+    cli_workers: CliWorkers, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, url = cli_workers.start()
+    port = int(url.rsplit(":", 1)[1])
+    executor = HttpExecutor([url], secret=b"another-secret-0123456789", timeouts=FAST)
+    try:
+        with pytest.raises(AuthenticationError, match="every HTTP worker refused .*bad signature"):
+            mrkit.run(
+                PLAIN,
+                mrkit.Records(RECORDS),
+                executor=executor,
+                quiet=True,
+            )
+    finally:
+        executor.shutdown()
+    status = get_json(port, "/status")[1]
+    assert status["completed"] == status["failed"] == status["running"] == 0 and status["refused"] >= 1
+
+
+def test_workers_that_cannot_start_are_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # every worker "starts" and exits with 1
+    executor = HttpExecutor(workers=1)
+    try:
+        with pytest.raises(
+            JobFailed, match="cannot run: 3 HTTP workers in a row failed to start .*exited with code 1"
+        ):
+            mrkit.run(
+                PLAIN,
+                mrkit.Records(RECORDS),
+                executor=executor,
+                quiet=True,
+            )
+    finally:
+        executor.shutdown()
+
+
+DRIVER = textwrap.dedent("""
+    import json, sys, time
+    from mrkit.execution.http import HttpExecutor
+    from tests.http_fixtures import call_spec, touch
+    executor = HttpExecutor(workers=2)
+    executor.warm_up()
+    executor.submit(call_spec(touch, sys.argv[1], 60.0))  # one worker is busy for a minute
+    time.sleep(0.5)
+    print(json.dumps([w["pid"] for w in executor.worker_info()]), flush=True)
+    time.sleep(120)
+""")
+
+
+def test_workers_exit_when_their_driver_is_sigkilled_even_mid_task(tmp_path: Path) -> None:
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    driver = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "ran")],
+        stdout=subprocess.PIPE,
+        env=worker_env(),
+        cwd=ROOT,
+    )
+    try:
+        pids = json.loads(read_line(driver, timeout=30))
+        assert len(pids) == 2 and all(pid_alive(pid) for pid in pids)
+        driver.kill()
+        driver.wait(timeout=10)
+        assert wait_until(lambda: not any(pid_alive(pid) for pid in pids), timeout=5), pids
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        assert driver.stdout is not None
+        driver.stdout.close()
+    assert not (tmp_path / "ran").exists()  # the busy one died mid-task
