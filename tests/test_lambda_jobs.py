@@ -1,0 +1,188 @@
+"""Whole jobs on function workers, with inputs, shuffle and output in the moto S3 server.
+
+``lambda-local`` runs every task in a fresh process through the same handler a deployed function
+runs; ``lambda://`` is exercised with a stand-in for boto3's Lambda client that calls the handler
+(there is no Lambda runtime here). Both the in-process driver (``mrkit.run``) and the serverless
+driver (``mrkit.submit``: the functions advance the job) are covered.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+import mrkit
+from mrkit.coordination.object_store_jobs import open_job_handle
+from mrkit.errors import ConfigError, JobCancelled, JobFailed
+from mrkit.execution.aws_lambda import LambdaExecutor, LocalLambdaExecutor, build_event
+from mrkit.model.reference import reference
+from mrkit.model.task import TaskKind, TaskSpec
+from mrkit.storage import open_storage
+from mrkit.worker.lambda_handler import handler
+from mrkit.worker.lambda_runtime import LambdaContext
+from tests.jobs_for_tests import WORDCOUNT
+from tests.s3_fixtures import *  # noqa: F403 - moto_server, s3_bucket, s3_url
+
+WORDS = "the cat sat on the mat and a dog ate the hat while it rained in spain".split()
+
+
+def corpus(bucket: str, files: int = 3, lines: int = 400) -> list[str]:
+    """Write ``files`` text objects under ``s3://bucket/in/``; return all their lines."""
+    store = open_storage(f"s3://{bucket}/in")
+    every = []
+    for f in range(files):
+        text = [" ".join(WORDS[(f * 7 + i * 3 + j) % len(WORDS)] for j in range(1 + i % 9))
+                for i in range(lines)]
+        store.put(f"part-{f}.txt", ("\n".join(text) + "\n").encode())
+        every += text
+    return every
+
+
+def executor(tmp_path, s3_url: str, **options) -> LocalLambdaExecutor:
+    options.setdefault("timeout", 20)
+    return LocalLambdaExecutor.from_name("lambda-local", state_dir=str(tmp_path / "fn"), storage=s3_url,
+                                         **options)
+
+
+def test_word_count_with_inputs_shuffle_and_output_in_s3(tmp_path, s3_bucket, s3_url):
+    lines = corpus(s3_bucket)
+    with executor(tmp_path, s3_url) as ex:
+        result = mrkit.run(WORDCOUNT, f"s3://{s3_bucket}/in/*.txt", output=f"s3://{s3_bucket}/out",
+                           executor=ex, n_reduce=2, quiet=True)
+    assert sorted(result) == sorted(reference(WORDCOUNT, lines))
+    assert result.counters["map.records_in"] == len(lines) and result.counters["map.tasks"] == 3
+    bucket = open_storage(f"s3://{s3_bucket}")
+    assert sorted(bucket.list("out/")) == ["out/_SUCCESS", "out/part-00000", "out/part-00001"]
+    assert list(bucket.list("mrkit/")) == []  # intermediate data and results were removed
+
+
+def test_executor_named_by_string_with_sync_invocations(tmp_path, s3_bucket, s3_url):
+    lines = corpus(s3_bucket, files=2)
+    name = f"lambda-local://wc?storage={s3_url}&invocation=sync&timeout=20&state_dir={tmp_path / 'fn'}"
+    result = mrkit.run(WORDCOUNT, f"s3://{s3_bucket}/in/", executor=name, n_reduce=1, quiet=True)
+    assert sorted(result) == sorted(reference(WORDCOUNT, lines))  # in-memory result, kept in S3
+
+
+def test_submit_returns_at_once_and_is_followed_from_anywhere(tmp_path, s3_bucket, s3_url):
+    lines = corpus(s3_bucket)
+    ex = executor(tmp_path, s3_url)
+    started = time.monotonic()
+    handle = mrkit.submit(WORDCOUNT, f"s3://{s3_bucket}/in/*.txt", executor=ex, output=f"s3://{s3_bucket}/out",
+                          n_reduce=2)
+    assert time.monotonic() - started < 5  # planned and invoked; nothing has run yet
+    status = handle.status()
+    assert status["state"] == "running" and status["map"]["tasks"] == 3
+    # Another process follows the job by id: the state lives in the object store.
+    code = ("import json, sys; from mrkit.coordination.object_store_jobs import open_job_handle; "
+            "h = open_job_handle(sys.argv[1], sys.argv[2]); r = h.wait(60); "
+            "print(json.dumps({'state': h.status()['state'], 'records': r.counters['map.records_in']}))")
+    out = subprocess.run([sys.executable, "-c", code, handle.id, s3_url], capture_output=True, text=True,
+                         timeout=90, check=True).stdout
+    assert json.loads(out) == {"state": "done", "records": len(lines)}
+    result = handle.result(10)
+    assert sorted(result) == sorted(reference(WORDCOUNT, lines))
+    assert result.counters["map.deliveries"] == 3 and result.counters["reduce.attempts_launched"] == 2
+    assert not [k for k in open_storage(s3_url).list(f"{handle.id}/") if "/state/" not in k]
+    assert list(handle.logs()) == []  # a job that succeeded keeps only its plan and end record
+
+
+def test_serverless_job_in_memory_result(tmp_path, s3_url):
+    records = ["a b", "b c", "c"] * 30
+    handle = mrkit.submit(WORDCOUNT, mrkit.Records(records), executor=executor(tmp_path, s3_url), n_map=3,
+                          n_reduce=2)
+    assert dict(handle.wait(60)) == dict(reference(WORDCOUNT, records))
+    assert open_job_handle(handle.id, s3_url).status()["state"] == "done"
+
+
+def _no_hats(line: str):
+    if "hat" in line:
+        raise ValueError("no hats")
+    yield from ((w, 1) for w in line.split())
+
+
+def test_serverless_job_that_fails_publishes_nothing(tmp_path, s3_bucket, s3_url):
+    corpus(s3_bucket, files=1)
+    job = mrkit.Job(mapper=_no_hats, reducer=lambda k, vs: sum(vs))
+    handle = mrkit.submit(job, f"s3://{s3_bucket}/in/*.txt", executor=executor(tmp_path, s3_url),
+                          output=f"s3://{s3_bucket}/out", policy=mrkit.RetryPolicy(max_attempts=2))
+    with pytest.raises(JobFailed, match=r"map task map-00000 of job .* failed after 2 attempts: "
+                                        r".*part-0.txt.*ValueError: no hats") as info:
+        handle.wait(60)
+    assert "ValueError: no hats" in info.value.remote_traceback
+    assert list(open_storage(f"s3://{s3_bucket}").list("out/")) == []
+    assert handle.status()["state"] == "failed"
+    assert any("failed: " in line and "no hats" in line for line in handle.logs())
+
+
+def _slow(line: str):
+    time.sleep(0.05)
+    yield line, 1
+
+
+def test_cancelled_serverless_job_stops(tmp_path, s3_url):
+    job = mrkit.Job(mapper=_slow, reducer=lambda k, vs: sum(vs))
+    records = mrkit.Records([str(i) for i in range(200)])
+    handle = mrkit.submit(job, records, executor=executor(tmp_path, s3_url), n_map=2, n_reduce=1)
+    assert handle.cancel() is True
+    assert handle.cancel() is False  # already ended
+    with pytest.raises(JobCancelled):
+        handle.wait(30)
+    assert handle.status()["state"] == "cancelled"
+
+
+def test_storage_the_functions_cannot_reach_is_refused(tmp_path):
+    ex = LambdaExecutor.from_name("lambda://fn?region=eu-west-1&max_concurrency=5", storage=f"file://{tmp_path}")
+    assert ex.workers == 5 and ex.invoker.region == "eu-west-1" and not ex.local
+    spec = TaskSpec(job_id="j", task_id="map-00000", kind=TaskKind.MAP, storage_url=f"file://{tmp_path}")
+    with pytest.raises(ConfigError, match="cannot reach storage"):
+        ex.submit(spec)
+    with pytest.raises(ConfigError, match="unknown option"):
+        LambdaExecutor.from_name("lambda://fn?concurrency=5")
+    with pytest.raises(ConfigError, match="names no function"):
+        LambdaExecutor.from_name("lambda://")
+    big = TaskSpec(job_id="j", task_id="call-000001", kind=TaskKind.CALL, call=b"x" * 300_000)
+    with pytest.raises(ConfigError, match="over Lambda's 262,144-byte limit"):
+        build_event([big], "s3://b/p")
+
+
+class FakeLambdaClient:
+    """Stands in for boto3's Lambda client: accepts Invoke like the service, then runs the handler
+    (in a thread for Event, inline for RequestResponse). Records every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def invoke(self, *, FunctionName: str, InvocationType: str, Payload: bytes) -> dict:  # noqa: N803 - boto3's names
+        self.calls.append({"FunctionName": FunctionName, "InvocationType": InvocationType,
+                           "size": len(Payload)})
+        event = json.loads(Payload)
+        ctx = LambdaContext(function_name=FunctionName, memory_limit_in_mb=1024,
+                            aws_request_id=str(uuid.uuid4()), deadline=time.time() + 60)
+        if InvocationType == "Event":
+            threading.Thread(target=handler, args=(event, ctx)).start()
+            return {"StatusCode": 202}
+        return {"StatusCode": 200, "Payload": io.BytesIO(json.dumps(handler(event, ctx)).encode())}
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("invocation", ["event", "sync"])
+def test_lambda_executor_drives_boto3_invoke(s3_bucket, s3_url, invocation):
+    lines = corpus(s3_bucket, files=2)
+    ex = LambdaExecutor.from_name(f"lambda://wordcount?region=us-east-1&invocation={invocation}",
+                                  storage=s3_url, max_concurrency=4, poll_interval=0.05, lost_after=60)
+    client = ex.invoker._client = FakeLambdaClient()
+    result = mrkit.run(WORDCOUNT, f"s3://{s3_bucket}/in/*.txt", executor=ex, n_reduce=2, quiet=True)
+    assert sorted(result) == sorted(reference(WORDCOUNT, lines))
+    expected = "Event" if invocation == "event" else "RequestResponse"
+    assert {c["InvocationType"] for c in client.calls} == {expected} and len(client.calls) == 4
+    assert {c["FunctionName"] for c in client.calls} == {"wordcount"}
+    assert max(c["size"] for c in client.calls) < 4096
