@@ -18,7 +18,7 @@ import pytest
 import mrkit
 from mrkit import futures
 from mrkit.corpus import generate_text
-from mrkit.errors import ConfigError, JobFailed
+from mrkit.errors import ConfigError, JobFailed, WorkerLost
 from mrkit.execution.base import open_executor
 from mrkit.execution.http import HttpExecutor, HttpTimeouts, parse_addresses
 from mrkit.model.reference import reference
@@ -208,6 +208,20 @@ def test_a_queued_attempt_can_be_cancelled_and_never_runs(tmp_path: Path) -> Non
     finally:
         executor.shutdown()
     assert (tmp_path / "first").exists() and not (tmp_path / "second").exists()
+
+
+def test_shutdown_fails_a_running_attempt_with_worker_lost_and_stops_its_worker(tmp_path: Path) -> None:
+    executor = HttpExecutor(workers=1)
+    future = executor.submit(call_spec(touch, str(tmp_path / "ran"), 30.0))
+    assert wait_until(lambda: any(w["busy"] and w["pid"] for w in executor.worker_info()), timeout=15)
+    time.sleep(0.2)  # the request is out
+    pid = executor.worker_info()[0]["pid"]
+    started = time.monotonic()
+    executor.shutdown()
+    with pytest.raises(WorkerLost, match="the executor shut down"):
+        future.result(timeout=10)
+    assert time.monotonic() - started < 5
+    assert not pid_alive(pid) and not (tmp_path / "ran").exists()
 
 
 # -- configuration ----------------------------------------------------------------------------------

@@ -225,23 +225,22 @@ def test_a_worker_with_another_secret_refuses_us_and_runs_nothing(
     assert status["completed"] == status["failed"] == status["running"] == 0 and status["refused"] >= 1
 
 
-def test_workers_that_cannot_start_are_a_config_error(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("executable", "why"),
+    [("/bin/false", "exited with code 1 before it was ready"), ("/nonexistent/python", "could not be run")],
+)
+def test_workers_that_cannot_start_fail_the_job(
+    monkeypatch: pytest.MonkeyPatch, executable: str, why: str
 ) -> None:
-    monkeypatch.setattr(sys, "executable", "/bin/false")  # every worker "starts" and exits with 1
+    monkeypatch.setattr(sys, "executable", executable)
     executor = HttpExecutor(workers=1)
+    started = time.monotonic()
     try:
-        with pytest.raises(
-            JobFailed, match="cannot run: 3 HTTP workers in a row failed to start .*exited with code 1"
-        ):
-            mrkit.run(
-                PLAIN,
-                mrkit.Records(RECORDS),
-                executor=executor,
-                quiet=True,
-            )
+        with pytest.raises(JobFailed, match=f"cannot run: 3 HTTP workers in a row failed to start .*{why}"):
+            mrkit.run(PLAIN, mrkit.Records(RECORDS), executor=executor, quiet=True)
     finally:
         executor.shutdown()
+    assert time.monotonic() - started < 10
 
 
 DRIVER = textwrap.dedent("""

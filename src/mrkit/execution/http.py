@@ -44,6 +44,7 @@ handling share one lock and one queue; splitting them apart would spread that in
 
 from __future__ import annotations
 
+import atexit
 import http.client
 import json
 import logging
@@ -55,6 +56,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -348,6 +350,7 @@ class HttpExecutor(Executor):
         self._stopped = threading.Event()  # set by shutdown(): wakes threads sleeping in a backoff
         self._startup_failures = 0
         self._max_bounces = 2 * self.workers + 3
+        _LIVE.add(self)
 
     @staticmethod
     def _client_secret(secret: bytes | str | None, secret_file: str | None) -> bytes:
@@ -527,8 +530,17 @@ class HttpExecutor(Executor):
         """Body of a slot's thread: keep its worker up, take attempts, run them one at a time."""
         try:
             while not self._closing and not slot.removed and self._broken is None:
-                if not slot.ready and not self._bring_up(slot):
-                    continue
+                try:
+                    if not slot.ready and not self._bring_up(slot):
+                        continue
+                except Exception as exc:  # a bug or an unexpected OS error: fail loudly, never hang
+                    logger.exception("HTTP executor: cannot bring up worker %s", slot.label)
+                    self._abort(
+                        ConfigError(
+                            f"HTTP worker {slot.label} cannot be brought up: {type(exc).__name__}: {exc}"
+                        )
+                    )
+                    return
                 item = self._take(slot)
                 if item is None:
                     return
@@ -699,13 +711,18 @@ class HttpExecutor(Executor):
                 pass_fds=(ready_w,),
                 close_fds=True,
             )
+        except OSError as exc:
+            os.close(ready_r)
+            raise _NotSent(f"{sys.executable} could not be run ({type(exc).__name__}: {exc})") from None
         except BaseException:
             os.close(ready_r)
             raise
         finally:
             os.close(ready_w)
         try:
-            config = {"secret": self._secret.decode("ascii"), "sys_path": sys.path, "ready_fd": ready_w}
+            # The driver's sys.path (as `processes` workers get it), so jobs pickled by reference import.
+            sys_path = [os.fspath(p) for p in sys.path if isinstance(p, (str, os.PathLike))]
+            config = {"secret": self._secret.decode("ascii"), "sys_path": sys_path, "ready_fd": ready_w}
             assert proc.stdin is not None
             try:
                 proc.stdin.write(json.dumps(config).encode() + b"\n")
@@ -740,7 +757,10 @@ class HttpExecutor(Executor):
                     continue
                 chunk = os.read(fd, 4096)
                 if not chunk:
-                    proc.wait(timeout=5.0)
+                    try:
+                        proc.wait(timeout=5.0)
+                    except subprocess.TimeoutExpired:
+                        pass  # it closed the pipe yet lives on: _exit_description says so
                     raise _NotSent(f"it {_exit_description(proc)} before it was ready (its stderr is above)")
                 buffer += chunk
         return buffer.decode().strip()
@@ -954,6 +974,10 @@ class HttpExecutor(Executor):
     # -- what went wrong ---------------------------------------------------------------------------
 
     def _not_delivered(self, slot: _Slot, item: _Item, reason: str) -> None:
+        if self._closing:
+            slot.drop_connections()
+            self._fail(item, "the executor shut down before the attempt was sent", worker=slot.label)
+            return
         item.bounces += 1
         spec = item.spec
         slot.drop_connections()
@@ -992,6 +1016,14 @@ class HttpExecutor(Executor):
         spec = item.spec
         message = f"task {spec.task_id} attempt {spec.attempt} lost: HTTP worker {slot.label} {exc}"
         slot.drop_connections()
+        if self._closing:
+            self._fail(
+                item,
+                f"task {spec.task_id} attempt {spec.attempt} lost: the executor shut down while "
+                f"HTTP worker {slot.label} ran it",
+                worker=slot.label,
+            )
+            return
         if not slot.owned:
             slot.ready = False  # probe it before it gets another task
             slot.down_reason = str(exc)
@@ -1027,3 +1059,17 @@ class HttpExecutor(Executor):
         )
         self._fail(item, "", error=AuthenticationError(str(error)))
         self._abort(error)
+
+
+# Executors that may still have workers when the interpreter exits. Their workers would exit anyway
+# (their stdin closes with this process), but stopping them here also reaps them. A WeakSet, so
+# registering does not keep an executor alive.
+_LIVE: weakref.WeakSet[HttpExecutor] = weakref.WeakSet()
+
+
+def _shutdown_at_exit() -> None:
+    for executor in list(_LIVE):
+        executor.shutdown(wait=False)
+
+
+atexit.register(_shutdown_at_exit)
