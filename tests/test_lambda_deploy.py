@@ -95,3 +95,40 @@ def test_cli_deploy_and_remove(role, tmp_path):
     assert result.exit_code == 0 and "removed function wc" in result.output
     result = runner.invoke(cli, ["lambda", "deploy", "wc", "--memory", "64"])
     assert result.exit_code == 2  # usage: --role missing, --memory out of range
+
+
+def test_package_runs_the_handler_without_an_installed_mrkit(tmp_path):
+    """What the Lambda runtime would do: import the handler from the zip, with only boto3 & co. beside it."""
+    import subprocess
+    import sys
+    import sysconfig
+
+    package = tmp_path / "fn.zip"
+    package.write_bytes(build_package())
+    code = f"""
+import sys, json, uuid
+sys.path[:0] = [{str(package)!r}]
+sys.path.append({sysconfig.get_paths()["purelib"]!r})  # boto3 & co. (the Lambda runtime has them)
+import mrkit
+from mrkit.coordination.plan import RetryPolicy, build_plan, store_records
+from mrkit.execution.aws_lambda import build_event
+from mrkit.model.task import TaskResult, TaskSettings
+from mrkit.storage import open_storage
+from mrkit.worker.lambda_handler import handler
+from mrkit.worker.lambda_runtime import LambdaContext
+assert mrkit.__file__.startswith({str(package)!r}), mrkit.__file__
+storage = open_storage({str(tmp_path / "store")!r})
+job = mrkit.Job(mapper=lambda line: [(w, 1) for w in line.split()], reducer=lambda k, vs: sum(vs))
+splits = store_records(storage, "j1", ["a b", "b"], 1)
+plan = build_plan(job, splits, job_id="j1", storage=storage, output_url=storage.url + "#out/", n_reduce=1,
+                  settings=TaskSettings(), policy=RetryPolicy())
+ctx = LambdaContext(function_name="f", memory_limit_in_mb=128, aws_request_id=str(uuid.uuid4()),
+                    deadline=1e12)
+[raw] = handler(build_event(list(plan.map_specs), storage.url), ctx)["results"]
+assert TaskResult.decode(raw).committed
+print("click" in sys.modules, sorted(m for m in ("boto3", "fsspec", "s3fs") if m in sys.modules))
+"""
+    # -S: no site-packages, hence no installed (editable) mrkit; -I: ignore PYTHON* variables.
+    out = subprocess.run([sys.executable, "-S", "-I", "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "[]"]  # neither the CLI nor an object-store client was needed
