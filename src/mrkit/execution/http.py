@@ -358,8 +358,8 @@ class HttpExecutor(Executor):
             return secret.encode() if isinstance(secret, str) else secret
         if secret_file is None and not os.environ.get(SECRET_FILE_ENV) and not os.environ.get(SECRET_ENV):
             raise ConfigError(
-                f"HTTP workers need their shared secret: set {SECRET_ENV} or {SECRET_FILE_ENV} "
-                "(or pass secret_file=) to what the workers were started with"
+                f"HTTP workers need their shared secret: set {SECRET_ENV}, or {SECRET_FILE_ENV} to a file "
+                "holding it (secret_file= in Python), as the workers were started with"
             )
         return load_secret(secret_file)
 
