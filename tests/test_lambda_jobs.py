@@ -78,7 +78,7 @@ def test_submit_returns_at_once_and_is_followed_from_anywhere(tmp_path, s3_bucke
                           n_reduce=2)
     assert time.monotonic() - started < 5  # planned and invoked; nothing has run yet
     status = handle.status()
-    assert status["state"] == "running" and status["map"]["tasks"] == 3
+    assert status["state"] == "running" and status["tasks"]["map"]["total"] == 3
     # Another process follows the job by id: the state lives in the object store.
     code = ("import json, sys; from mrkit.coordination.object_store_jobs import open_job_handle; "
             "h = open_job_handle(sys.argv[1], sys.argv[2]); r = h.wait(60); "
@@ -186,3 +186,25 @@ def test_lambda_executor_drives_boto3_invoke(s3_bucket, s3_url, invocation):
     assert {c["InvocationType"] for c in client.calls} == {expected} and len(client.calls) == 4
     assert {c["FunctionName"] for c in client.calls} == {"wordcount"}
     assert max(c["size"] for c in client.calls) < 4096
+
+
+def test_cli_submit_status_result(tmp_path, s3_bucket, s3_url):
+    from click.testing import CliRunner
+
+    from mrkit.cli.main import cli
+
+    lines = corpus(s3_bucket, files=2)
+    executor = f"lambda-local://wc?storage={s3_url}&state_dir={tmp_path / 'fn'}&max_concurrency=2"
+    runner = CliRunner()
+    submitted = runner.invoke(cli, ["submit", "tests/jobs_for_tests.py:WORDCOUNT", f"s3://{s3_bucket}/in/",
+                                    "--executor", executor, "-M", "2"])
+    assert submitted.exit_code == 0, submitted.output
+    job_id = submitted.stdout.split()[0]
+    result = runner.invoke(cli, ["result", job_id, "--executor", executor, "--wait", "--timeout", "60"])
+    assert result.exit_code == 0, result.output
+    pairs = [line.split("\t") for line in result.stdout.splitlines()]
+    assert sorted((json.loads(k), json.loads(v)) for k, v in pairs) == sorted(reference(WORDCOUNT, lines))
+    status = runner.invoke(cli, ["status", job_id, "--executor", executor, "--json"])
+    assert status.exit_code == 0 and json.loads(status.stdout)["state"] == "done"
+    listed = runner.invoke(cli, ["jobs", "--executor", executor, "--json"])
+    assert json.loads(listed.stdout.splitlines()[0])["id"] == job_id

@@ -34,6 +34,7 @@ Keys, in the job's storage (beside those of :mod:`mrkit.model.layout` and
     {job}/state/publish                  guard: who publishes the output (a request id)
     {job}/state/end                      the job's end, first writer wins: done (with counters and
                                          seconds, written after _SUCCESS), failed or cancelled
+    _jobs/{job}                          index of submitted jobs (empty), listed by ``list_jobs``
 
 Not handled: a job whose every attempt of some task vanishes without an on-failure record (no
 destination configured, or Lambda dropped the event) stays ``running``; ``status()`` shows which
@@ -78,6 +79,9 @@ def attempt_key(job_id: str, task_id: str, attempt: int) -> str:
 
 def end_key(job_id: str) -> str:
     return f"{job_id}/state/end"
+
+
+JOBS_INDEX = "_jobs/"  # one empty key per submitted job, so that listing jobs lists only this folder
 
 
 # -- submitting ------------------------------------------------------------------------------------
@@ -139,6 +143,7 @@ def submit_job(executor: Any, job: Job, inputs: Any, *, output: str | os.PathLik
                 "executor": executor.name}
     if not inter.put_if_absent(plan_key(job_id), json.dumps(document).encode()):
         raise ConfigError(f"job id {job_id} is already taken in {inter.url}")
+    inter.put(JOBS_INDEX + job_id, b"")
     job_event = {"invoker": invoker.config()}
     if plan.map_specs:
         _invoke_all(invoker, plan.map_specs, inter.url, job_event)
@@ -381,6 +386,14 @@ def _discard(storage: Storage, plan: JobPlan, *, keep_logs: bool = False) -> Non
 # -- following a job from anywhere -----------------------------------------------------------------------
 
 
+def list_jobs(storage_url: str) -> list[dict[str, Any]]:
+    """The status of every job submitted with this storage, newest first."""
+    storage = open_storage(storage_url)
+    ids = [key[len(JOBS_INDEX):] for key in storage.list(JOBS_INDEX)]
+    found = [ObjectStoreJobHandle(job_id, storage_url).status() for job_id in ids]
+    return sorted((s for s in found if s["state"] != "unknown"), key=lambda s: -float(s["submitted"]))
+
+
 def open_job_handle(job_id: str, storage_url: str) -> ObjectStoreJobHandle:
     """A handle on the serverless job ``job_id`` whose state lies in ``storage_url``.
 
@@ -410,28 +423,60 @@ class ObjectStoreJobHandle(JobHandle):
         self.poll_interval = poll_interval
 
     def status(self) -> dict[str, Any]:
-        """``{"id", "state", "phase", "map": {"committed", "tasks"}, "reduce": {…}, "output", …}``.
+        """The job's state, in the shape ``mrkit status`` prints for every asynchronous executor.
 
-        ``state`` is running, done, failed or cancelled; a done job adds ``counters`` and
-        ``seconds``, a failed one ``error``.
+        Returns:
+            ``{"id", "name", "executor", "state", "phase", "submitted", "seconds", "output",
+            "tasks": {"map": {"done", "total"}, "reduce": {…}}, "attempts": {"map", "reduce"},
+            "failures": {…}, "lost": {…}, "in_flight", "workers"}``; ``state`` is running, done,
+            failed, cancelled or unknown (no such job); a done job adds ``counters``, a failed one
+            ``error``. Attempt counts of an ended job come from its counters (its claims are gone).
         """
-        doc = _load(self.storage, self.id)
+        try:
+            doc = _load(self.storage, self.id)
+        except ConfigError:
+            return {"id": self.id, "state": "unknown", "error": f"no job {self.id} in {self.storage_url}"}
         plan = doc["plan"]
-        status: dict[str, Any] = {"id": self.id, "executor": doc.get("executor", ""),
-                                  "output": None if "#" in plan["output_url"] else plan["output_url"]}
+        totals = {"map": len(plan["map_specs"]), "reduce": len(plan["reduce_specs"])}
+        status: dict[str, Any] = {
+            "id": self.id, "name": plan["name"], "executor": doc.get("executor", ""),
+            "submitted": doc["submitted"], "seconds": round(time.time() - doc["submitted"], 3),
+            "output": None if "#" in plan["output_url"] else plan["output_url"].removeprefix("file://"),
+            "workers": [doc.get("executor", "")], "in_flight": 0,
+        }
+        zero = {"map": 0, "reduce": 0}
         end = stopped(self.storage, self.id)
         if end is not None:
-            status.update(end)
-            status.pop("traceback", None)
-            status["phase"] = "end"
+            counters = end.get("counters", {})
+            done = totals if end["state"] == "done" else zero
+            status.update({k: v for k, v in end.items() if k not in ("traceback", "time")}, phase="end",
+                          tasks={p: {"done": done[p], "total": totals[p]} for p in totals},
+                          attempts={p: counters.get(f"{p}.attempts_launched", 0) for p in totals},
+                          failures=dict(zero), lost=dict(zero))
+            if "seconds" in end:
+                status["seconds"] = end["seconds"]
             return status
-        counts = {phase: len(set(self.storage.list(committed_prefix(self.id, phase))))
-                  for phase in ("map", "reduce")}
-        n_map, n_reduce = len(plan["map_specs"]), len(plan["reduce_specs"])
-        phase = "map" if counts["map"] < n_map else "reduce" if counts["reduce"] < n_reduce else "publish"
-        status.update(state="running", phase=phase, seconds=round(time.time() - doc["submitted"], 3),
-                      map={"committed": counts["map"], "tasks": n_map},
-                      reduce={"committed": counts["reduce"], "tasks": n_reduce})
+        done = {p: len(set(self.storage.list(committed_prefix(self.id, p)))) for p in totals}
+        attempts: dict[str, set[str]] = {"map": set(), "reduce": set()}
+        for key in self.storage.list(f"{self.id}/lambda/claims/"):
+            task, attempt, _delivery = key.split("/")[-3:]
+            attempts[task.split("-", 1)[0]].add(f"{task}/{attempt}")
+        finished = {"/".join(k.split("/")[-2:]).removesuffix(".lost")
+                    for k in self.storage.list(f"{self.id}/lambda/done/")}
+        failures, lost = dict(zero), dict(zero)
+        for key in self.storage.list(f"{self.id}/state/attempt/"):
+            raw = self.storage.get_or_none(key)
+            if raw:  # the guard of attempt n holds the counts of attempts 1..n-1
+                task = key.split("/")[-2]
+                phase = task.split("-", 1)[0]
+                counts = json.loads(raw)
+                failures[phase] = max(failures[phase], int(counts["failed"]))
+                lost[phase] = max(lost[phase], int(counts["lost"]))
+        phase = next((p for p in ("map", "reduce") if done[p] < totals[p]), "publish")
+        status.update(state="running", phase=phase,
+                      tasks={p: {"done": done[p], "total": totals[p]} for p in totals},
+                      attempts={p: len(attempts[p]) for p in totals}, failures=failures, lost=lost,
+                      in_flight=sum(len(a - finished) for a in attempts.values()))
         return status
 
     def wait(self, timeout: float | None = None) -> Any:

@@ -358,6 +358,24 @@ class LambdaExecutor(Executor):
 
         return submit_job(self, job, inputs, **options)
 
+    def job_handle(self, job_id: str) -> Any:
+        """A handle on a job submitted with this executor's storage (``mrkit status/result/…``)."""
+        from mrkit.coordination.object_store_jobs import ObjectStoreJobHandle
+
+        return ObjectStoreJobHandle(job_id, self._require_storage())
+
+    def list_jobs(self) -> list[dict[str, Any]]:
+        """The status of every job submitted with this executor's storage, newest first."""
+        from mrkit.coordination.object_store_jobs import list_jobs
+
+        return list_jobs(self._require_storage())
+
+    def _require_storage(self) -> str:
+        if not self._storage_url:
+            raise ConfigError(f"executor {self.name} names no storage: add ?storage=s3://bucket/prefix (the "
+                              "storage the job was submitted with)")
+        return self._storage_url
+
     def shutdown(self, wait: bool = True) -> None:
         self._closed.set()
         for _ in self._threads:
