@@ -208,3 +208,27 @@ def test_cli_submit_status_result(tmp_path, s3_bucket, s3_url):
     assert status.exit_code == 0 and json.loads(status.stdout)["state"] == "done"
     listed = runner.invoke(cli, ["jobs", "--executor", executor, "--json"])
     assert json.loads(listed.stdout.splitlines()[0])["id"] == job_id
+
+
+def test_invoke_requests_match_the_lambda_api():
+    """botocore's Stubber validates our Invoke parameters against the Lambda service model."""
+    import boto3
+    from botocore.response import StreamingBody
+    from botocore.stub import ANY, Stubber
+
+    from mrkit.execution.aws_lambda import BotoInvoker
+
+    invoker = BotoInvoker("mrkit-wc", "us-east-1")
+    client = boto3.client("lambda", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    invoker._client = client
+    event = build_event([TaskSpec(job_id="j", task_id="map-00000", kind=TaskKind.MAP)], "s3://b/p")
+    body = json.dumps({"results": []}).encode()
+    with Stubber(client) as stub:
+        stub.add_response("invoke", {"StatusCode": 202},
+                          {"FunctionName": "mrkit-wc", "InvocationType": "Event", "Payload": ANY})
+        reply = {"StatusCode": 200, "Payload": StreamingBody(io.BytesIO(body), len(body))}
+        stub.add_response("invoke", reply,
+                          {"FunctionName": "mrkit-wc", "InvocationType": "RequestResponse", "Payload": ANY})
+        assert invoker.invoke(event) is None
+        assert invoker.invoke(event, sync=True) == {"results": []}
+        stub.assert_no_pending_responses()
