@@ -195,13 +195,39 @@ class _Slot:
 
 
 class _Connection(http.client.HTTPConnection):
-    """An HTTPConnection that sends a request's headers and body in one write.
+    """An HTTPConnection that sends a request's headers and body in one write, and can wait for input.
 
-    http.client writes them separately; the worker would then wake up for the headers, block, and
-    wake up again for the body. :meth:`post` collects what ``request()`` sends and writes it once.
+    http.client writes headers and body separately; the worker would then wake up for the headers,
+    block, and wake up again for the body. :meth:`post` collects what ``request()`` sends and writes
+    it once. :meth:`readable` waits for the answer with one ``epoll``/``kqueue`` call on a selector
+    kept per connection, leaving the socket in blocking mode: toggling timeouts around a peek would
+    cost several system calls per task, each one a chance for another driver thread to take the GIL.
     """
 
     _corked: list[bytes] | None = None
+    _selector: selectors.BaseSelector | None = None
+
+    def connect(self) -> None:
+        super().connect()
+        assert self.sock is not None
+        self.sock.settimeout(None)  # an answer takes as long as its task; health checks bound the wait
+        if self._selector is not None:
+            self._selector.close()
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self.sock, selectors.EVENT_READ)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self._selector is not None:
+                self._selector.close()
+                self._selector = None
+
+    def readable(self, timeout: float) -> bool:
+        """True when bytes, or end-of-file, wait to be read; waits at most ``timeout`` seconds."""
+        selector = self._selector
+        return True if selector is None else bool(selector.select(timeout))
 
     def send(self, data: Any) -> None:
         if self._corked is not None and isinstance(data, bytes):
@@ -217,23 +243,6 @@ class _Connection(http.client.HTTPConnection):
         finally:
             self._corked = None
         super().send(data)
-
-
-def _dropped(sock: socket.socket) -> bool:
-    """True when a kept-alive connection was closed by the worker (or has unexpected bytes waiting)."""
-    try:
-        sock.setblocking(False)
-        sock.recv(1, socket.MSG_PEEK)
-        return True  # end-of-file (b""), or bytes nobody asked for: either way, not reusable
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-    finally:
-        try:
-            sock.settimeout(None)
-        except OSError:
-            pass
 
 
 def _exit_description(proc: subprocess.Popen[bytes]) -> str:
@@ -880,7 +889,11 @@ class HttpExecutor(Executor):
     def _connection(self, slot: _Slot) -> _Connection:
         conn = slot.conn
         if conn is not None and (
-            conn.sock is None or time.monotonic() - slot.last_used > _IDLE_RECONNECT or _dropped(conn.sock)
+            conn.sock is None
+            or time.monotonic() - slot.last_used > _IDLE_RECONNECT
+            # Readable before we asked anything: the worker closed it (end-of-file), or sent bytes
+            # nobody asked for. Either way it cannot carry a request.
+            or conn.readable(0)
         ):
             conn.close()
             conn = slot.conn = None
@@ -891,40 +904,24 @@ class HttpExecutor(Executor):
             except OSError as exc:
                 conn.close()
                 raise _NotSent(f"cannot connect ({type(exc).__name__}: {exc})") from None
-            assert conn.sock is not None
-            conn.sock.settimeout(None)  # the answer takes as long as the task; health checks bound it
             slot.conn = conn
         return conn
 
     def _await_answer(self, slot: _Slot, conn: _Connection) -> None:
         """Block until the answer starts to arrive, checking ``/health`` every ``health_interval``.
 
-        Peeking (``MSG_PEEK``) leaves the bytes for http.client to parse; a timeout on the peek is
-        our cue to check on the worker, from this same thread, over a second connection (the worker
-        serves it from another thread, so a busy worker still answers).
+        Waiting for readability leaves the bytes for http.client to parse; each ``health_interval``
+        without them is our cue to check on the worker, from this same thread, over a second
+        connection (the worker serves it from another thread, so a busy worker still answers).
 
         Raises:
             _Lost: the worker stopped answering, its process ended, or the attempt ran too long.
         """
-        sock = conn.sock
-        assert sock is not None
         t = self.timeouts
         started = time.monotonic()
         misses = 0
-        while True:
-            try:
-                sock.settimeout(t.health_interval)
-                sock.recv(1, socket.MSG_PEEK)  # data, or b"" at end-of-file: getresponse() says which
-                return
-            except TimeoutError:
-                pass
-            except OSError:
-                return  # getresponse() raises the same error, with the context we report
-            finally:
-                try:
-                    sock.settimeout(None)
-                except OSError:
-                    pass
+        # Data, end-of-file or an error all make it readable: getresponse() then says which.
+        while not conn.readable(t.health_interval):
             if self._closing:
                 raise _Lost("was still running the attempt when the executor shut down")
             if t.task is not None and time.monotonic() - started > t.task:

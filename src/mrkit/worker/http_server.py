@@ -202,7 +202,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.track(self.connection, False)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
-        logger.debug("%s %s", self.address_string(), format % args)
+        # Called for every request (send_response logs it): format only when someone listens.
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s %s", self.address_string(), format % args)
 
     # -- endpoints ---------------------------------------------------------------------------------
 
