@@ -81,8 +81,15 @@ def cached_data(data_dir: Path, kind: str, size_mb: float) -> list[str]:
     """
     folder = data_dir / f"{kind}-{size_mb:g}mb"
     marker = folder / ".complete"
-    stamp = json.dumps({"kind": kind, "size_mb": float(size_mb), "files": N_FILES, "seed": 0,
-                        "generator": _generator_digest()})
+    stamp = json.dumps(
+        {
+            "kind": kind,
+            "size_mb": float(size_mb),
+            "files": N_FILES,
+            "seed": 0,
+            "generator": _generator_digest(),
+        }
+    )
     if marker.exists() and marker.read_text() == stamp:
         return sorted(str(p) for p in folder.iterdir() if not p.name.startswith("."))
     if folder.exists():
@@ -92,8 +99,10 @@ def cached_data(data_dir: Path, kind: str, size_mb: float) -> list[str]:
     make = corpus.generate_text if kind == "text" else corpus.generate_uservisits
     paths = make(folder, size_mb=size_mb, files=N_FILES, seed=0)
     seconds = time.perf_counter() - started
-    print(f"  generated {kind} {size_mb:g} MB in {folder} in {seconds:.1f}s ({size_mb / seconds:.0f} MB/s)",
-          file=sys.stderr)
+    print(
+        f"  generated {kind} {size_mb:g} MB in {folder} in {seconds:.1f}s ({size_mb / seconds:.0f} MB/s)",
+        file=sys.stderr,
+    )
     marker.write_text(stamp)
     return paths
 
@@ -135,9 +144,18 @@ class Outcome:
         return f"{self.name:<12} {rates} | {ratio} {verdict}{why}{note}"
 
     def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "target": self.target, "mrkit_s": self.mrkit_s, "baseline_s": self.base_s,
-                "mb": self.mb, "ratio": self.ratio, "same": self.same, "passed": self.passed,
-                "note": self.note, **self.extra}
+        return {
+            "name": self.name,
+            "target": self.target,
+            "mrkit_s": self.mrkit_s,
+            "baseline_s": self.base_s,
+            "mb": self.mb,
+            "ratio": self.ratio,
+            "same": self.same,
+            "passed": self.passed,
+            "note": self.note,
+            **self.extra,
+        }
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -150,15 +168,24 @@ def _same(a: dict[Any, Any], b: dict[Any, Any]) -> tuple[bool, str]:
     """Equal keys, and equal values (floats within a relative 1e-9)."""
     if a.keys() != b.keys():
         return False, f"{len(a.keys() ^ b.keys())} keys differ ({len(a)} vs {len(b)} keys)"
-    bad = [k for k, v in a.items() if v != b[k] and not (
-        isinstance(v, float) and math.isclose(v, b[k], rel_tol=1e-9, abs_tol=1e-9))]
+    bad = [
+        k
+        for k, v in a.items()
+        if v != b[k] and not (isinstance(v, float) and math.isclose(v, b[k], rel_tol=1e-9, abs_tol=1e-9))
+    ]
     if bad:
         return False, f"{len(bad)} values differ, e.g. {bad[0]!r}: {a[bad[0]]!r} vs {b[bad[0]]!r}"
     return True, ""
 
 
-def race(name: str, target: float, mb: float, repeat: int, run_mrkit: Callable[[], dict[Any, Any]],
-         run_base: Callable[[], dict[Any, Any]]) -> Outcome:
+def race(
+    name: str,
+    target: float,
+    mb: float,
+    repeat: int,
+    run_mrkit: Callable[[], dict[Any, Any]],
+    run_base: Callable[[], dict[Any, Any]],
+) -> Outcome:
     """Alternate the two sides ``repeat`` times and compare every pair of results."""
     out = Outcome(name, target, mb=mb)
     for i in range(repeat):
@@ -178,15 +205,24 @@ def race(name: str, target: float, mb: float, repeat: int, run_mrkit: Callable[[
 def mrkit_runner(job: mrkit.Job, paths: list[str], workers: int) -> Callable[[], dict[Any, Any]]:
     def run() -> dict[Any, Any]:
         # input_format="text": every workload reads lines (the baseline splits CSV lines itself too).
-        result = mrkit.run(job, paths, executor="processes", workers=workers, n_reduce=workers,
-                           input_format="text", quiet=True, progress=False)
+        result = mrkit.run(
+            job,
+            paths,
+            executor="processes",
+            workers=workers,
+            n_reduce=workers,
+            input_format="text",
+            quiet=True,
+            progress=False,
+        )
         return dict(result)
 
     return run
 
 
-def pool_runner(merge: Callable[..., dict[Any, Any]], task: Callable[[str], Any], paths: list[str],
-                workers: int) -> Callable[[], dict[Any, Any]]:
+def pool_runner(
+    merge: Callable[..., dict[Any, Any]], task: Callable[[str], Any], paths: list[str], workers: int
+) -> Callable[[], dict[Any, Any]]:
     def run() -> dict[Any, Any]:
         with multiprocessing.Pool(workers) as pool:
             return merge(pool, task, paths)
@@ -330,9 +366,11 @@ def big(data_dir: Path, repeat: int, workers: int) -> Outcome:
     peak_small, peak_large = max(peaks["small"]), max(peaks["large"])
     memory_ratio = peak_large / peak_small
     out.extra = {"peak_100mb_bytes": peak_small, "peak_1gb_bytes": peak_large, "memory_ratio": memory_ratio}
-    out.note = (f"peak RSS of the process tree: 100 MB {peak_small / 2**20:.0f} MiB, "
-                f"1 GB {peak_large / 2**20:.0f} MiB, ratio {memory_ratio:.2f} (target <= 1.3) "
-                f"{'PASS' if memory_ratio <= 1.3 else 'FAIL'}")
+    out.note = (
+        f"peak RSS of the process tree: 100 MB {peak_small / 2**20:.0f} MiB, "
+        f"1 GB {peak_large / 2**20:.0f} MiB, ratio {memory_ratio:.2f} (target <= 1.3) "
+        f"{'PASS' if memory_ratio <= 1.3 else 'FAIL'}"
+    )
     return out
 
 
@@ -349,6 +387,14 @@ RACES: dict[str, tuple[float, str, type[mrkit.Job], Callable[..., dict[Any, Any]
 NAMES = (*RACES, "futures", "big")
 
 
+def _load() -> str:
+    """The 1-minute load average (how busy the machine was), or "?" where there is none."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "?"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, run the selected workloads and print one line each.
 
@@ -359,8 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size-mb", type=float, default=100.0, help="input size per workload (default 100)")
     parser.add_argument("--only", default="", help=f"comma-separated workloads out of: {', '.join(NAMES)}")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each side per workload (default 3)")
-    parser.add_argument("--data-dir", type=Path, default=ROOT / ".bench",
-                        help="data cache (default <repo>/.bench)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=ROOT / ".bench", help="data cache (default <repo>/.bench)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="worker processes on each side (default 2)")
     parser.add_argument("--big", action="store_true", help="also run the 1 GB vs 100 MB workload")
     parser.add_argument("--json", type=Path, help="also write the measurements to this file")
@@ -375,8 +422,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeat must be >= 1 and --size-mb > 0")
 
     size, repeat, workers = args.size_mb, args.repeat, args.workers
-    print(f"mrkit benchmarks: {size:g} MB per workload, {workers} workers, median of {repeat}, "
-          f"{os.cpu_count()} cores, Python {sys.version.split()[0]}", flush=True)
+    print(
+        f"mrkit benchmarks: {size:g} MB per workload, {workers} workers, median of {repeat}, "
+        f"{os.cpu_count()} cores, Python {sys.version.split()[0]}",
+        flush=True,
+    )
     kinds = {RACES[n][1] for n in selected if n in RACES}
     data = {kind: cached_data(args.data_dir, kind, size) for kind in sorted(kinds)}
     outcomes: list[Outcome] = []
@@ -386,8 +436,14 @@ def main(argv: list[str] | None = None) -> int:
             if name in RACES:
                 target, kind, job, merge, task = RACES[name]
                 paths = data[kind]
-                out = race(name, target, size, repeat, mrkit_runner(job(), paths, workers),
-                           pool_runner(merge, task, paths, workers))
+                out = race(
+                    name,
+                    target,
+                    size,
+                    repeat,
+                    mrkit_runner(job(), paths, workers),
+                    pool_runner(merge, task, paths, workers),
+                )
             elif name == "futures":
                 out = tiny_tasks(repeat, workers)
                 if not out.mrkit_s:
@@ -403,18 +459,31 @@ def main(argv: list[str] | None = None) -> int:
         if name == "big":
             m, b = statistics.median(out.mrkit_s), statistics.median(out.base_s)
             memory_ok = out.extra["memory_ratio"] <= 1.3
-            print(f"{name:<12} 1 GB {m:7.2f}s {1000 / m:6.1f} MB/s | 100 MB {b:7.2f}s {100 / b:6.1f} MB/s | "
-                  f"time ratio {out.ratio:5.2f} (target <= 11) {'PASS' if out.ratio <= 11 else 'FAIL'}; "
-                  f"{out.note}; {'PASS' if out.ratio <= 11 and memory_ok else 'FAIL'}", flush=True)
+            print(
+                f"{name:<12} 1 GB {m:7.2f}s {1000 / m:6.1f} MB/s | 100 MB {b:7.2f}s {100 / b:6.1f} MB/s | "
+                f"time ratio {out.ratio:5.2f} (target <= 11) {'PASS' if out.ratio <= 11 else 'FAIL'}; "
+                f"{out.note}; {'PASS' if out.ratio <= 11 and memory_ok else 'FAIL'}",
+                flush=True,
+            )
             out_passed = out.ratio <= 11 and memory_ok
         else:
             print(out.line(), flush=True)
             out_passed = out.passed
         failed = failed or not out.same or (args.strict and not out_passed)
     if args.json:
-        args.json.write_text(json.dumps({"size_mb": size, "workers": workers, "repeat": repeat,
-                                         "cores": os.cpu_count(), "python": sys.version.split()[0],
-                                         "results": [o.as_json() for o in outcomes]}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "size_mb": size,
+                    "workers": workers,
+                    "repeat": repeat,
+                    "cores": os.cpu_count(),
+                    "python": sys.version.split()[0],
+                    "results": [o.as_json() for o in outcomes],
+                },
+                indent=2,
+            )
+        )
     return 1 if failed else 0
 
 
