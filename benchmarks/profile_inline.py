@@ -41,8 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     profile = cProfile.Profile()
     started = time.perf_counter()
     profile.enable()
-    result = dict(mrkit.run(job(), paths, executor="inline", n_reduce=2, input_format="text", quiet=True,
-                            progress=False))
+    result = dict(
+        mrkit.run(
+            job(), paths, executor="inline", n_reduce=2, input_format="text", quiet=True, progress=False
+        )
+    )
     profile.disable()
     seconds = time.perf_counter() - started
     print(f"== mrkit {args.name}, inline, {args.size_mb:g} MB: {seconds:.2f}s (profiled), {len(result)} keys")
@@ -58,9 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     base = merged(_SerialPool(), task, paths)
     profile.disable()
     seconds = time.perf_counter() - started
-    print(f"== baseline {args.name}, serial, {args.size_mb:g} MB: {seconds:.2f}s (profiled), "
-          f"{len(base)} keys",
-          flush=True)
+    print(
+        f"== baseline {args.name}, serial, {args.size_mb:g} MB: {seconds:.2f}s (profiled), {len(base)} keys",
+        flush=True,
+    )
     pstats.Stats(profile, stream=sys.stdout).sort_stats("tottime").print_stats(min(args.top, 10))
     return 0
 

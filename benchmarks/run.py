@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     size, repeat, workers = args.size_mb, args.repeat, args.workers
     print(
         f"mrkit benchmarks: {size:g} MB per workload, {workers} workers, median of {repeat}, "
-        f"{os.cpu_count()} cores, Python {sys.version.split()[0]}",
+        f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, load average {_load()}",
         flush=True,
     )
     kinds = {RACES[n][1] for n in selected if n in RACES}
@@ -470,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
             print(out.line(), flush=True)
             out_passed = out.passed
         failed = failed or not out.same or (args.strict and not out_passed)
+    # Others' work on a shared machine shows up here; compare ratios within one line, not across runs.
+    print(f"done; load average {_load()}", flush=True)
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -479,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
                     "repeat": repeat,
                     "cores": os.cpu_count(),
                     "python": sys.version.split()[0],
+                    "load_after": _load(),
                     "results": [o.as_json() for o in outcomes],
                 },
                 indent=2,
