@@ -24,6 +24,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -66,7 +67,8 @@ class MotoServer:
         """
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -101,8 +103,13 @@ class MotoServer:
         import boto3
 
         name = name or f"mrkit-test-{uuid.uuid4().hex[:12]}"
-        client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
         client.create_bucket(Bucket=name)
         client.close()
         return name
@@ -127,6 +134,12 @@ def patched_env(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = old
 
 
+# One server per test process. Each test module star-imports these fixtures, and pytest then sees one
+# session-scoped `moto_server` fixture *per module*; without sharing, a second module would start a
+# second server and re-point the environment while clients cached by the first still talk to the first.
+_SHARED: dict[str, Any] = {"server": None, "users": 0, "env": None}
+
+
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:
     try:
@@ -136,15 +149,23 @@ def moto_server() -> Iterator[MotoServer]:
         if os.environ.get("CI"):
             raise
         pytest.skip(f"moto[server] and boto3 are needed for the S3 tests: {exc}")
-    server = MotoServer().start()
-    # AWS_CONFIG_FILE/AWS_SHARED_CREDENTIALS_FILE pointed at nothing: never read a developer's profile.
-    env = {**server.env(), "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-           "AWS_PROFILE": ""}
-    with patched_env(env):
-        try:
-            yield server
-        finally:
-            server.stop()
+    if _SHARED["server"] is None:
+        server = MotoServer().start()
+        # AWS_CONFIG_FILE/AWS_SHARED_CREDENTIALS_FILE pointed at nothing: never read a developer's profile.
+        env = {**server.env(), "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+               "AWS_PROFILE": ""}
+        patch = patched_env(env)
+        patch.__enter__()
+        _SHARED.update(server=server, env=patch)
+    _SHARED["users"] += 1
+    try:
+        yield _SHARED["server"]
+    finally:
+        _SHARED["users"] -= 1
+        if _SHARED["users"] == 0:
+            _SHARED["env"].__exit__(None, None, None)
+            _SHARED["server"].stop()
+            _SHARED.update(server=None, env=None)
 
 
 @pytest.fixture
