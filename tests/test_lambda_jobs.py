@@ -232,3 +232,15 @@ def test_invoke_requests_match_the_lambda_api():
         assert invoker.invoke(event) is None
         assert invoker.invoke(event, sync=True) == {"results": []}
         stub.assert_no_pending_responses()
+
+
+def test_futures_map_on_local_functions(tmp_path):
+    from mrkit import futures
+
+    ex = LocalLambdaExecutor.from_name("lambda-local", state_dir=str(tmp_path / "fn"), max_concurrency=2,
+                                       batch_size=4)
+    with ex:
+        squares = list(futures.map(lambda x: x * x, range(50), executor=ex, chunksize=5))
+    assert squares == [x * x for x in range(50)]
+    log = (tmp_path / "fn" / "function.log").read_text()
+    assert 1 <= log.count("START RequestId") <= 10  # ten chunks, some sent together in one event

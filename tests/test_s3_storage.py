@@ -38,8 +38,9 @@ class TestS3StorageThroughFsspec(StorageContract):
     @pytest.fixture
     def storage(self, s3_url, moto_server):
         pytest.importorskip("s3fs")
-        return FsspecStorage.from_url(s3_url, driver="fsspec",
-                                      client_kwargs={"endpoint_url": moto_server.endpoint})
+        return FsspecStorage.from_url(
+            s3_url, driver="fsspec", client_kwargs={"endpoint_url": moto_server.endpoint}
+        )
 
 
 def test_url_forms_and_options(s3_bucket):
@@ -160,7 +161,33 @@ def test_missing_boto3_names_the_extra(monkeypatch):
 
 
 def test_import_mrkit_loads_no_object_store_package():
-    code = ("import sys, mrkit, mrkit.storage, mrkit.execution.base; "
-            "bad = [m for m in ('boto3', 'botocore', 'fsspec', 's3fs') if m in sys.modules]; "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, mrkit, mrkit.storage, mrkit.execution.base; "
+        "bad = [m for m in ('boto3', 'botocore', 'fsspec', 's3fs') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_open_ended_reads_start_small_and_grow(s3_url, monkeypatch):
+    # The input reader opens an open-ended read just to finish a split's last line: ask little first.
+    monkeypatch.setattr(fsspec_storage, "FIRST_OPEN_WINDOW", 256)
+    monkeypatch.setattr(fsspec_storage, "WINDOW", 1024)
+    store = open_storage(s3_url)
+    data = os.urandom(5000)
+    store.put("o", data)
+    ranges: list[str] = []
+    client = store.objects.client
+
+    def record(request, **_kwargs):
+        value = request.headers.get("Range")
+        ranges.append(value.decode() if isinstance(value, bytes) else str(value))
+
+    client.meta.events.register("before-send.s3.GetObject", record)
+    try:
+        with store.open_read("o", 100) as f:
+            assert f.read() == data[100:]
+    finally:
+        client.meta.events.unregister("before-send.s3.GetObject", record)
+    assert ranges == ["bytes=100-355", "bytes=356-867", "bytes=868-1891", "bytes=1892-2915",
+                      "bytes=2916-3939", "bytes=3940-4963", "bytes=4964-5987"]

@@ -1,4 +1,4 @@
-"""Object stores as storage: ``s3://bucket/prefix`` (boto3) and any other fsspec URL (``gs://``, ``az://`` …).
+"""Object stores as storage: ``s3://bucket/prefix`` (boto3), any other fsspec URL (``gs://``, ``az://`` …).
 
 The contract is :class:`mrkit.storage.base.Storage`'s; how each primitive keeps it on an object store:
 
@@ -53,12 +53,24 @@ from mrkit.storage.base import Storage, check_key
 
 READ_RETRIES = 5  # re-issues of a failed ranged GET before the read fails (reset by progress)
 WINDOW = 64 << 20  # bytes asked of one ranged GET (S3); the body is streamed, not held
+# An open-ended read (``length=-1``) starts with a small window and doubles it: the input reader
+# opens one just to finish a split's last line, and a large request would be cut after a few KB.
+FIRST_OPEN_WINDOW = 1 << 20
 FSSPEC_WINDOW = 8 << 20  # bytes fetched per request (and held) by the generic fsspec adapter
 SPOOL = 8 << 20  # write buffer kept in memory before spilling to a temporary file
 MULTIPART_OVER = 64 << 20  # uploads above this size use multipart (parallel parts)
 
-S3_OPTIONS = ("endpoint_url", "region_name", "aws_access_key_id", "aws_secret_access_key",
-              "aws_session_token", "profile_name", "max_attempts", "read_retries", "driver")
+S3_OPTIONS = (
+    "endpoint_url",
+    "region_name",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "aws_session_token",
+    "profile_name",
+    "max_attempts",
+    "read_retries",
+    "driver",
+)
 
 
 class FsspecStorage(Storage):
@@ -74,8 +86,9 @@ class FsspecStorage(Storage):
         read_retries: re-issues of a failed ranged read before :class:`StorageError`.
     """
 
-    def __init__(self, url: str, objects: _S3Objects | _FsspecObjects, root: str, *,
-                 read_retries: int = READ_RETRIES) -> None:
+    def __init__(
+        self, url: str, objects: _S3Objects | _FsspecObjects, root: str, *, read_retries: int = READ_RETRIES
+    ) -> None:
         self.url = url
         self.objects = objects
         self.root = root
@@ -114,14 +127,16 @@ class FsspecStorage(Storage):
         if driver == "boto3" and scheme == "s3":
             unknown = sorted(set(options) - set(S3_OPTIONS))
             if unknown:
-                raise ConfigError(f"unknown s3 storage option(s) {', '.join(unknown)}; "
-                                  f"valid: {', '.join(S3_OPTIONS)}")
+                raise ConfigError(
+                    f"unknown s3 storage option(s) {', '.join(unknown)}; valid: {', '.join(S3_OPTIONS)}"
+                )
             objects = _S3Objects(bucket, options)
         elif driver == "fsspec":
             objects = _FsspecObjects(scheme, bucket, options)
         else:
-            raise ConfigError(f"storage driver {driver!r} is not valid for {scheme}://; "
-                              "choose boto3 (s3 only) or fsspec")
+            raise ConfigError(
+                f"storage driver {driver!r} is not valid for {scheme}://; choose boto3 (s3 only) or fsspec"
+            )
         return cls(canonical, objects, f"{prefix}/" if prefix else "", read_retries=read_retries)
 
     # -- the primitives ------------------------------------------------------------------------
@@ -187,12 +202,20 @@ class _RangeReader(io.RawIOBase):
     requests. A request that fails or ends before its window does is re-issued from the next byte
     not yet delivered; ``retries`` failures in a row without progress raise :class:`StorageError`."""
 
-    def __init__(self, objects: _S3Objects | _FsspecObjects, path: str, start: int, end: int | None,
-                 retries: int, label: str) -> None:
+    def __init__(
+        self,
+        objects: _S3Objects | _FsspecObjects,
+        path: str,
+        start: int,
+        end: int | None,
+        retries: int,
+        label: str,
+    ) -> None:
         self._objects, self._path, self._label = objects, path, label
         self._pos, self._end, self._retries = start, end, retries
         self._stream: Any = None
         self._window_end = start  # the request in flight covers [.., window_end)
+        self._window = min(FIRST_OPEN_WINDOW, WINDOW) if end is None else WINDOW
 
     def readable(self) -> bool:
         return True
@@ -204,7 +227,9 @@ class _RangeReader(io.RawIOBase):
         if self._end is not None and self._pos >= self._end:
             self._stream, self._window_end = _Body(io.BytesIO(), self._pos), self._pos
             return
-        self._stream, self._window_end = self._objects.open_range(self._path, self._pos, self._end)
+        opened = self._objects.open_range(self._path, self._pos, self._end, self._window)
+        self._stream, self._window_end = opened
+        self._window = min(self._window * 2, WINDOW)
 
     def readinto(self, buf: Any) -> int:
         view = memoryview(buf).cast("B")
@@ -251,15 +276,17 @@ class _RangeReader(io.RawIOBase):
                 raise
             except Exception as exc:
                 if not self._objects.transient(exc):
-                    raise StorageError(f"cannot read {self._label} at byte {self._pos}: "
-                                       f"{type(exc).__name__}: {exc}") from exc
+                    raise StorageError(
+                        f"cannot read {self._label} at byte {self._pos}: {type(exc).__name__}: {exc}"
+                    ) from exc
                 self._drop_stream()
                 failures = 1 if self._pos > before else failures + 1
                 if failures > self._retries:
                     raise StorageError(
                         f"cannot read {self._label} at byte {self._pos}: {failures} requests in a row "
                         f"failed (last: {type(exc).__name__}: {exc}); giving up after "
-                        f"{self._retries} retries") from exc
+                        f"{self._retries} retries"
+                    ) from exc
                 time.sleep(min(2.0, 0.05 * 2**failures) * (0.5 + random.random()))
 
     def _drop_stream(self) -> None:
@@ -337,8 +364,12 @@ def _s3_client(options: dict[str, Any]) -> Any:
             # Standard retry mode retries throttling and connection errors on every call; our reader
             # adds resumable retries for failures in the middle of a streamed body, which it cannot.
             attempts = int(opts.pop("max_attempts", 4))
-            config = Config(retries={"max_attempts": attempts, "mode": "standard"}, connect_timeout=10,
-                            read_timeout=60, max_pool_connections=32)
+            config = Config(
+                retries={"max_attempts": attempts, "mode": "standard"},
+                connect_timeout=10,
+                read_timeout=60,
+                max_pool_connections=32,
+            )
             client = _CLIENTS[key] = session.client("s3", config=config, **opts)
         return client
 
@@ -379,13 +410,16 @@ class _S3Objects:
         if isinstance(exc, errors.ClientError):
             code, status = self._code(exc)
             return status >= 500 or status == 429 or code in ("SlowDown", "RequestTimeout", "InternalError")
-        return isinstance(exc, (errors.BotoCoreError, OSError)) or "urllib3" in type(exc).__module__ \
+        return (
+            isinstance(exc, (errors.BotoCoreError, OSError))
+            or "urllib3" in type(exc).__module__
             or "http.client" in type(exc).__module__
+        )
 
-    def open_range(self, path: str, start: int, end: int | None) -> tuple[Any, int]:
-        """A streamed body of ``[start, end)`` (capped at :data:`WINDOW`) and where it ends."""
+    def open_range(self, path: str, start: int, end: int | None, window: int) -> tuple[Any, int]:
+        """A streamed body of ``[start, end)`` (at most ``window`` bytes of it) and where it ends."""
         errors = self._errors()
-        stop = start + WINDOW if end is None else min(end, start + WINDOW)
+        stop = start + window if end is None else min(end, start + window)
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=path, Range=f"bytes={start}-{stop - 1}")
         except errors.ClientError as exc:
@@ -408,8 +442,9 @@ class _S3Objects:
             else:
                 from boto3.s3.transfer import TransferConfig
 
-                config = TransferConfig(multipart_threshold=MULTIPART_OVER,
-                                        multipart_chunksize=MULTIPART_OVER)
+                config = TransferConfig(
+                    multipart_threshold=MULTIPART_OVER, multipart_chunksize=MULTIPART_OVER
+                )
                 self.client.upload_fileobj(f, self.bucket, path, Config=config)
         except self._errors().ClientError as exc:
             raise StorageError(f"cannot write s3://{self.bucket}/{path}: {exc}") from exc
@@ -452,12 +487,15 @@ class _S3Objects:
             return
         for i in range(0, len(paths), 1000):  # DeleteObjects takes at most 1,000 keys
             batch = [{"Key": p} for p in paths[i : i + 1000]]
-            response = self.client.delete_objects(Bucket=self.bucket,
-                                                  Delete={"Objects": batch, "Quiet": True})
+            response = self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+            )
             if response.get("Errors"):
                 first = response["Errors"][0]
-                raise StorageError(f"cannot delete s3://{self.bucket}/{first.get('Key')}: "
-                                   f"{first.get('Message')} ({len(response['Errors'])} keys failed)")
+                raise StorageError(
+                    f"cannot delete s3://{self.bucket}/{first.get('Key')}: "
+                    f"{first.get('Message')} ({len(response['Errors'])} keys failed)"
+                )
 
     def size(self, path: str) -> int:
         try:
@@ -524,9 +562,10 @@ class _FsspecObjects:
     def transient(self, exc: BaseException) -> bool:
         return not isinstance(exc, (PermissionError, ValueError, NotImplementedError))
 
-    def open_range(self, path: str, start: int, end: int | None) -> tuple[Any, int]:
+    def open_range(self, path: str, start: int, end: int | None, window: int) -> tuple[Any, int]:
         size = self.size(path)
-        stop = min(size, start + FSSPEC_WINDOW if end is None else min(end, start + FSSPEC_WINDOW))
+        window = min(window, FSSPEC_WINDOW)  # held in memory here: keep it bounded
+        stop = min(size, start + window if end is None else min(end, start + window))
         if start >= stop:
             return _Body(io.BytesIO(), size), start
         data = self.fs.cat_file(self._path(path), start=start, end=stop)
@@ -551,8 +590,10 @@ class _FsspecObjects:
             except FileNotFoundError:
                 return False
         except (NotImplementedError, TypeError, ValueError) as exc:
-            raise StorageError(f"{self.scheme}:// (fsspec {type(self.fs).__name__}) has no atomic create, "
-                               f"which mrkit's commits need: {exc}") from exc
+            raise StorageError(
+                f"{self.scheme}:// (fsspec {type(self.fs).__name__}) has no atomic create, "
+                f"which mrkit's commits need: {exc}"
+            ) from exc
 
     def list(self, prefix: str) -> Iterator[str]:
         folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
