@@ -92,14 +92,16 @@ def submit_job(executor: Any, job: Job, inputs: Any, *, output: str | os.PathLik
                format: str = "tsv", memory_mb: float = 256.0, overwrite: bool = False,
                policy: RetryPolicy | None = None, errors: str = "strict", input_format: str = "auto",
                params: dict[str, Any] | None = None, job_id: str | None = None, workers: int | None = None,
-               progress: bool | None = None, quiet: bool = False) -> ObjectStoreJobHandle:
+               progress: bool | None = None, quiet: bool = False,
+               executor_options: dict[str, Any] | None = None) -> ObjectStoreJobHandle:
     """Plan ``job``, store the plan, invoke its map tasks and return at once.
 
     Args:
         executor: a :class:`~mrkit.execution.aws_lambda.LambdaExecutor` (its invoker and storage).
         job, inputs, output, n_map, n_reduce, storage, format, memory_mb, overwrite, policy, errors,
             input_format, params, job_id: as for :func:`mrkit.run`.
-        workers, progress, quiet: accepted for symmetry with ``mrkit.run``; unused here.
+        workers, progress, quiet, executor_options: accepted for symmetry with ``mrkit.run``; unused
+            here (``executor`` was opened with them).
 
     Returns:
         The job's :class:`ObjectStoreJobHandle`.

@@ -550,7 +550,9 @@ class _FsspecObjects:
             # Listing caches would let one process see a stale listing after another process wrote.
             self.fs = fsspec.filesystem(scheme, use_listings_cache=False, **options)
         except ImportError as exc:
-            raise MissingExtra(f"{scheme}:// storage", "s3", exc.name or scheme) from None
+            # fsspec's backend for this scheme (gcsfs, adlfs, s3fs …) is not one of mrkit's extras.
+            raise ConfigError(f"{scheme}:// storage needs fsspec's backend for {scheme}, which is not "
+                              f"installed: {exc}") from None
         self.scheme, self.bucket = scheme, bucket
 
     def _path(self, path: str) -> str:
