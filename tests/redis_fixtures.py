@@ -66,8 +66,21 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         """Start the server (same port and dir as before on a restart) and wait until it answers PING."""
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.directory,
-                "--save", "", "--logfile", os.path.join(self.directory, "redis.log"), "--daemonize", "no"]
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            self.directory,
+            "--save",
+            "",
+            "--logfile",
+            os.path.join(self.directory, "redis.log"),
+            "--daemonize",
+            "no",
+        ]
         if self.appendonly:
             args += ["--appendonly", "yes", "--appendfsync", "always"]
         else:
@@ -139,26 +152,37 @@ MRKIT = [sys.executable, "-c", "import sys; from mrkit.cli.main import main; mai
 TEST_SECRET = "test-secret-not-for-production"
 
 
-def mrkit_cmd(*args: str, env: dict[str, str] | None = None, timeout: float = 20.0,
-              check: bool = True) -> subprocess.CompletedProcess[str]:
+def mrkit_cmd(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 20.0, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     """Run ``mrkit ARGS…`` in a fresh interpreter (bounded by ``timeout``)."""
-    proc = subprocess.run([*MRKIT, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [*MRKIT, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"mrkit {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"mrkit {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
-def start_worker(url: str, *, burst: bool = True, name: str | None = None, concurrency: int = 1,
-                 env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+def start_worker(
+    url: str,
+    *,
+    burst: bool = True,
+    name: str | None = None,
+    concurrency: int = 1,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[str]:
     """Start ``mrkit worker URL`` as a subprocess (stderr piped, for assertions on what it says)."""
     args = [*MRKIT, "worker", url, "--concurrency", str(concurrency)]
     if burst:
         args.append("--burst")
     if name:
         args += ["--name", name]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+    )
 
 
 def stop_worker(proc: subprocess.Popen[str], timeout: float = 10.0) -> str:
@@ -183,8 +207,10 @@ class WorkerThreads:
         from mrkit.worker.redis_worker import RedisWorker
 
         key = resolve_secret(url, secret=secret)
-        self.workers = [RedisWorker(url, name=f"thread-{i}", burst=burst, secret=key, capture_output=False)
-                        for i in range(n)]
+        self.workers = [
+            RedisWorker(url, name=f"thread-{i}", burst=burst, secret=key, capture_output=False)
+            for i in range(n)
+        ]
         self.errors: list[BaseException] = []
         self.threads = [threading.Thread(target=self._run, args=(w,), daemon=True) for w in self.workers]
 

@@ -32,8 +32,11 @@ def run(job, inputs, **kw):
     return mrkit.run(job, inputs, **kw)
 
 
-@pytest.mark.parametrize("job", [J.WORDCOUNT, J.WordCount(), J.InMapperWordCount(), J.SplitWordCount()],
-                         ids=["functions", "class", "in-mapper", "mapper_split"])
+@pytest.mark.parametrize(
+    "job",
+    [J.WORDCOUNT, J.WordCount(), J.InMapperWordCount(), J.SplitWordCount()],
+    ids=["functions", "class", "in-mapper", "mapper_split"],
+)
 def test_run_gives_the_same_result_as_processes(redis_url, job):  # noqa: F811
     # One worker thread: run_task shares a process's cached Job between threads, so two threads would
     # share an in-mapper combiner's state (worker processes never run two tasks at once).
@@ -48,7 +51,9 @@ def test_files_in_and_output_folder_out(redis_url, tmp_path):  # noqa: F811
     src = tmp_path / "in.txt"
     src.write_text("\n".join(TEXT) + "\n")
     with WorkerThreads(redis_url, 2):
-        result = run(J.WORDCOUNT, str(src), executor=redis_url, n_map=3, n_reduce=2, output=str(tmp_path / "out"))
+        result = run(
+            J.WORDCOUNT, str(src), executor=redis_url, n_map=3, n_reduce=2, output=str(tmp_path / "out")
+        )
     assert sorted(mrkit.read_output(str(tmp_path / "out"))) == reference(J.WORDCOUNT, TEXT)
     assert result.output == str(tmp_path / "out")
     assert sorted(os.listdir(tmp_path / "out")) == ["_SUCCESS", "part-00000", "part-00001"]
@@ -56,8 +61,14 @@ def test_files_in_and_output_folder_out(redis_url, tmp_path):  # noqa: F811
 
 def test_intermediate_data_in_a_shared_folder(redis_url, tmp_path, redis_server):  # noqa: F811
     with WorkerThreads(redis_url, 2):
-        got = run(J.WORDCOUNT, mrkit.Records(TEXT), executor=redis_url, storage=str(tmp_path / "shared"),
-                  n_map=3, n_reduce=2)
+        got = run(
+            J.WORDCOUNT,
+            mrkit.Records(TEXT),
+            executor=redis_url,
+            storage=str(tmp_path / "shared"),
+            n_map=3,
+            n_reduce=2,
+        )
     assert sorted(got) == reference(J.WORDCOUNT, TEXT)
     assert not [k for k in redis_server.client().keys("*") if b":data:" in k]  # nothing went to Redis
 
@@ -78,7 +89,9 @@ def test_real_worker_processes(redis_url, tmp_path, secret_env):  # noqa: F811
 
 def test_futures_map_on_redis(redis_url):  # noqa: F811
     with WorkerThreads(redis_url, 2):
-        assert list(futures.map(lambda x: x * x, range(200), executor=redis_url)) == [x * x for x in range(200)]
+        assert list(futures.map(lambda x: x * x, range(200), executor=redis_url)) == [
+            x * x for x in range(200)
+        ]
         assert futures.map_reduce(lambda x: x, lambda a, b: a + b, range(100), executor=redis_url) == 4950
         with pytest.raises(ZeroDivisionError):
             list(futures.map(lambda x: 1 / (x - 5), range(10), executor=redis_url))
@@ -90,9 +103,26 @@ def test_user_failure_fails_with_the_driver_message(redis_url):  # noqa: F811
     job = mrkit.Job(mapper=J.failing_mapper, reducer=J.total)
     policy = mrkit.RetryPolicy(max_attempts=2, speculative=False)
     with WorkerThreads(redis_url, 2), pytest.raises(JobFailed) as info:
-        run(job, mrkit.Records(records), executor=redis_url, n_map=1, n_reduce=1, policy=policy, job_id="fail-r")
+        run(
+            job,
+            mrkit.Records(records),
+            executor=redis_url,
+            n_map=1,
+            n_reduce=1,
+            policy=policy,
+            job_id="fail-r",
+        )
     with pytest.raises(JobFailed) as inline:
-        run(job, mrkit.Records(records), executor="inline", n_map=1, n_reduce=1, policy=policy, job_id="fail-r")
+        run(
+            job,
+            mrkit.Records(records),
+            executor="inline",
+            n_map=1,
+            n_reduce=1,
+            policy=policy,
+            job_id="fail-r",
+        )
+
     def same(message: str) -> str:  # the in-memory records' storage URL differs, nothing else
         return re.sub(r"\S+#fail-r/", "STORAGE#fail-r/", message)
 

@@ -90,8 +90,10 @@ def require(secret: bytes, payload: bytes, signature: str | bytes | None, what: 
     """
     if not verify(secret, payload, signature):
         state = "has no signature" if not signature else "has a signature that does not verify"
-        raise AuthenticationError(f"{what} {state}: refusing it (do sender and receiver share the same "
-                                  f"{SECRET_ENV} / --secret-file?)")
+        raise AuthenticationError(
+            f"{what} {state}: refusing it (do sender and receiver share the same "
+            f"{SECRET_ENV} / --secret-file?)"
+        )
 
 
 def is_loopback(host: str | None) -> bool:

@@ -23,8 +23,12 @@ import click
 from mrkit.cli.options import parse_params, run_options
 from mrkit.errors import ConfigError, JobFailed
 
-_EXECUTOR = click.option("--executor", envvar="MRKIT_EXECUTOR", required=True,
-                         help="The asynchronous executor the job was submitted to (redis://…).")
+_EXECUTOR = click.option(
+    "--executor",
+    envvar="MRKIT_EXECUTOR",
+    required=True,
+    help="The asynchronous executor the job was submitted to (redis://…).",
+)
 
 
 def _executor(name: str) -> Any:
@@ -32,8 +36,10 @@ def _executor(name: str) -> Any:
 
     ex = open_executor(name, workers=1)
     if not ex.asynchronous or not hasattr(ex, "job_handle"):
-        raise ConfigError(f"executor {name!r} runs jobs in the submitting process; submitted jobs live on an "
-                          "asynchronous executor such as redis://host:port/db")
+        raise ConfigError(
+            f"executor {name!r} runs jobs in the submitting process; submitted jobs live on an "
+            "asynchronous executor such as redis://host:port/db"
+        )
     return ex
 
 
@@ -64,22 +70,28 @@ def submit(job_ref: str, inputs: tuple[str, ...], **opts: Any) -> None:
         options = {**spec.options, **options}
     else:
         if not inputs:
-            raise ConfigError("no INPUT given: name files, globs or folders after the job (or use a job.json)")
+            raise ConfigError(
+                "no INPUT given: name files, globs or folders after the job (or use a job.json)"
+            )
         job = load_job(job_ref, params or None)
         run_inputs = list(inputs)
     if run_inputs and not isinstance(run_inputs[0], str):
         run_inputs = mrkit.Records(run_inputs)
     executor = options.pop("executor", None)
     if not executor:
-        raise ConfigError("mrkit submit needs --executor (or MRKIT_EXECUTOR) naming an asynchronous executor, "
-                          "e.g. redis://127.0.0.1:6379/0")
+        raise ConfigError(
+            "mrkit submit needs --executor (or MRKIT_EXECUTOR) naming an asynchronous executor, "
+            "e.g. redis://127.0.0.1:6379/0"
+        )
     ex = _executor(executor)
     if options.get("output") is None:
         options.pop("format", None)
     handle = mrkit.submit(job, run_inputs, executor=ex, **options)
     click.echo(handle.id)
-    click.echo(f"mrkit: submitted {handle.id}; follow it with: mrkit status {handle.id} --executor {ex.name}",
-               err=True)
+    click.echo(
+        f"mrkit: submitted {handle.id}; follow it with: mrkit status {handle.id} --executor {ex.name}",
+        err=True,
+    )
 
 
 def _print_status(status: dict[str, Any]) -> None:
@@ -88,8 +100,10 @@ def _print_status(status: dict[str, Any]) -> None:
     if "tasks" in status:
         for phase in ("map", "reduce"):
             t = status["tasks"][phase]
-            click.echo(f"{phase:<9} {t['done']}/{t['total']} tasks done, {status['attempts'][phase]} attempts, "
-                       f"{status['failures'][phase]} failed, {status['lost'][phase]} lost")
+            click.echo(
+                f"{phase:<9} {t['done']}/{t['total']} tasks done, {status['attempts'][phase]} attempts, "
+                f"{status['failures'][phase]} failed, {status['lost'][phase]} lost"
+            )
         click.echo(f"in flight {status['in_flight']}")
         click.echo(f"workers   {', '.join(status['workers']) or '(none yet)'}")
         click.echo(f"elapsed   {status['seconds']:.1f}s")
@@ -139,9 +153,12 @@ def result(job_id: str, executor: str, wait: bool, timeout: float | None) -> Non
         st = handle.status()
         if st["state"] == "running":
             tasks = st["tasks"]
-            raise JobFailed(f"job {job_id} is still running (phase {st['phase']}: map {tasks['map']['done']}/"
-                            f"{tasks['map']['total']}, reduce {tasks['reduce']['done']}/{tasks['reduce']['total']}); "
-                            "use --wait to wait for it", job_id=job_id)
+            raise JobFailed(
+                f"job {job_id} is still running (phase {st['phase']}: map {tasks['map']['done']}/"
+                f"{tasks['map']['total']}, reduce {tasks['reduce']['done']}/{tasks['reduce']['total']}); "
+                "use --wait to wait for it",
+                job_id=job_id,
+            )
     res = handle.wait(timeout)
     out = sys.stdout
     for k, v in res:
@@ -170,5 +187,8 @@ def jobs(executor: str, as_json: bool) -> None:
             continue
         tasks = st["tasks"]
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(st["submitted"]))
-        click.echo(f"{st['id']}  {st['state']:<9} {st['phase']:<9} map {tasks['map']['done']}/{tasks['map']['total']} "
-                   f"reduce {tasks['reduce']['done']}/{tasks['reduce']['total']}  submitted {when}")
+        maps, reduces = tasks["map"], tasks["reduce"]
+        click.echo(
+            f"{st['id']}  {st['state']:<9} {st['phase']:<9} map {maps['done']}/{maps['total']} "
+            f"reduce {reduces['done']}/{reduces['total']}  submitted {when}"
+        )

@@ -193,12 +193,28 @@ def lost_message(phase: str, task_id: str, job_id: str, lost: int | str, reason:
 # -- submitting --------------------------------------------------------------------------------
 
 
-def submit_job(executor: Any, job: Any, inputs: Any, *, output: str | os.PathLike[str] | None = None,
-               n_map: int | None = None, n_reduce: int | None = None, storage: str | None = None,
-               format: str = "tsv", memory_mb: float = 256.0, overwrite: bool = False,
-               policy: RetryPolicy | None = None, errors: str = "strict", input_format: str = "auto",
-               params: dict[str, Any] | None = None, job_id: str | None = None, ttl: float | None = None,
-               workers: int | None = None, progress: bool | None = None, quiet: bool = False) -> RedisJobHandle:
+def submit_job(
+    executor: Any,
+    job: Any,
+    inputs: Any,
+    *,
+    output: str | os.PathLike[str] | None = None,
+    n_map: int | None = None,
+    n_reduce: int | None = None,
+    storage: str | None = None,
+    format: str = "tsv",
+    memory_mb: float = 256.0,
+    overwrite: bool = False,
+    policy: RetryPolicy | None = None,
+    errors: str = "strict",
+    input_format: str = "auto",
+    params: dict[str, Any] | None = None,
+    job_id: str | None = None,
+    ttl: float | None = None,
+    workers: int | None = None,
+    progress: bool | None = None,
+    quiet: bool = False,
+) -> RedisJobHandle:
     """Plan ``job``, store its state and first tasks in Redis, and return at once.
 
     Args:
@@ -237,11 +253,26 @@ def submit_job(executor: Any, job: Any, inputs: Any, *, output: str | os.PathLik
         out_storage = open_storage(os.fspath(output))
         previous = existing_output(out_storage)
         if previous and not overwrite:
-            raise OutputExistsError(f"output {os.fspath(output)} already holds a result ({len(previous)} files): "
-                                    "choose another output or pass overwrite=True (--overwrite)")
-    plan = _plan(job, inputs, output=out_storage.url, n_map=n_map, n_reduce=n_reduce, executor=executor,
-                 storage=inter, fmt=fmt, memory_mb=memory_mb, overwrite=overwrite, policy=policy,
-                 errors=errors, input_format=input_format, job_id=job_id)
+            raise OutputExistsError(
+                f"output {os.fspath(output)} already holds a result ({len(previous)} files): "
+                "choose another output or pass overwrite=True (--overwrite)"
+            )
+    plan = _plan(
+        job,
+        inputs,
+        output=out_storage.url,
+        n_map=n_map,
+        n_reduce=n_reduce,
+        executor=executor,
+        storage=inter,
+        fmt=fmt,
+        memory_mb=memory_mb,
+        overwrite=overwrite,
+        policy=policy,
+        errors=errors,
+        input_format=input_format,
+        job_id=job_id,
+    )
     k = JobKeys(job_id)
     secret = executor.secret
     maps = [pack(secret, {"op": "task", "job": job_id}, spec.encode()) for spec in plan.map_specs]
@@ -249,11 +280,24 @@ def submit_job(executor: Any, job: Any, inputs: Any, *, output: str | os.PathLik
     publish = pack(secret, {"op": "publish", "job": job_id}, b"")
     submitted = now_ms()
     state = {
-        "state": "running", "phase": "map", "id": job_id, "name": plan.name, "submitted": submitted,
-        "map_started": submitted, "n_map": plan.n_map, "n_reduce": plan.n_reduce, "storage": inter.url,
-        "output": out_storage.url, "in_memory": int(output is None), "format": fmt, "overwrite": int(overwrite),
-        "max_attempts": policy.max_attempts, "max_lost": policy.max_lost, "ttl": int(ttl),
-        "input_bytes": plan.input_bytes, "lease_ms": int(executor.lease * 1000),
+        "state": "running",
+        "phase": "map",
+        "id": job_id,
+        "name": plan.name,
+        "submitted": submitted,
+        "map_started": submitted,
+        "n_map": plan.n_map,
+        "n_reduce": plan.n_reduce,
+        "storage": inter.url,
+        "output": out_storage.url,
+        "in_memory": int(output is None),
+        "format": fmt,
+        "overwrite": int(overwrite),
+        "max_attempts": policy.max_attempts,
+        "max_lost": policy.max_lost,
+        "ttl": int(ttl),
+        "input_bytes": plan.input_bytes,
+        "lease_ms": int(executor.lease * 1000),
     }
     pipe = client.pipeline(transaction=True)  # all or nothing: a half-submitted job never exists
     pipe.hset(k.state, mapping=state)
@@ -263,9 +307,14 @@ def submit_job(executor: Any, job: Any, inputs: Any, *, output: str | os.PathLik
         pipe.xadd(k.tasks, fields)
     pipe.rpush(k.next("reduce"), *[v for fields in reduces for v in (fields["p"], fields["s"])])
     pipe.rpush(k.next("publish"), publish["p"], publish["s"])
-    pipe.xadd(k.logs, _log_fields("", 0, "submitter", "event",
-                                  f"submitted: {plan.n_map} map and {plan.n_reduce} reduce tasks"),
-              maxlen=LOG_MAXLEN, approximate=True)
+    pipe.xadd(
+        k.logs,
+        _log_fields(
+            "", 0, "submitter", "event", f"submitted: {plan.n_map} map and {plan.n_reduce} reduce tasks"
+        ),
+        maxlen=LOG_MAXLEN,
+        approximate=True,
+    )
     pipe.zadd(JOBS, {job_id: submitted})
     pipe.zadd(QUEUES, {k.tasks: "+inf"})  # a job's stream stays live until the job ends
     pipe.execute()
@@ -276,18 +325,37 @@ def submit_job(executor: Any, job: Any, inputs: Any, *, output: str | os.PathLik
 
 
 def _log_fields(task: str, attempt: int, worker: str, kind: str, text: str) -> dict[str, Any]:
-    return {"t": f"{time.time():.3f}", "task": task, "attempt": attempt, "worker": worker, "kind": kind,
-            "text": text}
+    return {
+        "t": f"{time.time():.3f}",
+        "task": task,
+        "attempt": attempt,
+        "worker": worker,
+        "kind": kind,
+        "text": text,
+    }
 
 
 def log_event(client: Any, job_id: str, task: str, attempt: int, worker: str, kind: str, text: str) -> None:
     """Append one line to the job's log stream (trimmed to about ``LOG_MAXLEN`` entries)."""
-    client.xadd(key(job_id, "logs"), _log_fields(task, attempt, worker, kind, text), maxlen=LOG_MAXLEN,
-                approximate=True, nomkstream=True)
+    client.xadd(
+        key(job_id, "logs"),
+        _log_fields(task, attempt, worker, kind, text),
+        maxlen=LOG_MAXLEN,
+        approximate=True,
+        nomkstream=True,
+    )
 
 
-def process_entry(worker: Any, stream: str, entry_id: bytes, fields: dict[bytes, bytes], header: dict[str, Any],
-                  body: bytes, reclaimed: bool, lease_ms: int) -> None:
+def process_entry(
+    worker: Any,
+    stream: str,
+    entry_id: bytes,
+    fields: dict[bytes, bytes],
+    header: dict[str, Any],
+    body: bytes,
+    reclaimed: bool,
+    lease_ms: int,
+) -> None:
     """Run one verified entry of an asynchronous job's stream on ``worker`` and advance the job.
 
     Args:
@@ -316,8 +384,15 @@ def process_entry(worker: Any, stream: str, entry_id: bytes, fields: dict[bytes,
         worker.done_with(stream, entry_id)
 
 
-def _run_task(worker: Any, k: JobKeys, entry_id: bytes, spec: TaskSpec, fields: dict[bytes, bytes],
-              reclaimed: bool, lease_ms: int) -> None:
+def _run_task(
+    worker: Any,
+    k: JobKeys,
+    entry_id: bytes,
+    spec: TaskSpec,
+    fields: dict[bytes, bytes],
+    reclaimed: bool,
+    lease_ms: int,
+) -> None:
     client = worker.client
     phase = spec.kind.value
     pipe = client.pipeline(transaction=False)
@@ -336,8 +411,15 @@ def _run_task(worker: Any, k: JobKeys, entry_id: bytes, spec: TaskSpec, fields: 
         reason = f"its lease of {lease_ms / 1000:g}s expired: the worker died, hung or lost Redis"
         outcome = worker.scripts["lost"](
             keys=[k.state, k.done(phase), k.tasks, k.lost],
-            args=[GROUP, entry_id, spec.task_id, max_lost, lost_message(phase, spec.task_id, k.job, "{n}", reason),
-                  now_ms()])
+            args=[
+                GROUP,
+                entry_id,
+                spec.task_id,
+                max_lost,
+                lost_message(phase, spec.task_id, k.job, "{n}", reason),
+                now_ms(),
+            ],
+        )
         verdict = outcome[0].decode()
         if verdict == "lost":
             _job_lost(worker, k.job, spec, entry_id)
@@ -348,6 +430,7 @@ def _run_task(worker: Any, k: JobKeys, entry_id: bytes, spec: TaskSpec, fields: 
         if verdict != "run":
             return
         log_event(client, k.job, spec.task_id, 0, worker.name, "event", f"reclaimed ({reason})")
+    worker.job_places[k.job] = (spec.storage_url, spec.output_url)  # to clean up if the job is lost
     pipe = client.pipeline(transaction=False)
     pipe.hincrby(k.attempts, spec.task_id, 1)
     pipe.zadd(k.workers, {worker.name: now_ms()})
@@ -361,21 +444,36 @@ def _run_task(worker: Any, k: JobKeys, entry_id: bytes, spec: TaskSpec, fields: 
         raise worker.infrastructure_error(result.failure)
     pipe = client.pipeline(transaction=False)
     for kind, text in captured:
-        pipe.xadd(k.logs, _log_fields(spec.task_id, attempt, worker.name, kind, text), maxlen=LOG_MAXLEN,
-                  approximate=True, nomkstream=True)
+        pipe.xadd(
+            k.logs,
+            _log_fields(spec.task_id, attempt, worker.name, kind, text),
+            maxlen=LOG_MAXLEN,
+            approximate=True,
+            nomkstream=True,
+        )
     if result.ok:
         next_phase = "reduce" if spec.kind is TaskKind.MAP else "publish"
         total = spec.n_map if spec.kind is TaskKind.MAP else spec.n_reduce
         note = "committed" if result.committed else "finished; a previous attempt had committed (discarded)"
-        pipe.xadd(k.logs, _log_fields(spec.task_id, attempt, worker.name, "event", f"{note} in {result.seconds:.3f}s"),
-                  maxlen=LOG_MAXLEN, approximate=True, nomkstream=True)
-        worker.scripts["commit"](keys=[k.state, k.done(phase), k.tasks, k.trigger(next_phase), k.next(next_phase)],
-                                 args=[GROUP, entry_id, spec.task_id, attempt, total, next_phase, now_ms()],
-                                 client=pipe)
+        pipe.xadd(
+            k.logs,
+            _log_fields(spec.task_id, attempt, worker.name, "event", f"{note} in {result.seconds:.3f}s"),
+            maxlen=LOG_MAXLEN,
+            approximate=True,
+            nomkstream=True,
+        )
+        worker.scripts["commit"](
+            keys=[k.state, k.done(phase), k.tasks, k.trigger(next_phase), k.next(next_phase)],
+            args=[GROUP, entry_id, spec.task_id, attempt, total, next_phase, now_ms()],
+            client=pipe,
+        )
         verdict = pipe.execute()[-1].decode()
         if verdict == "advanced":
-            text = ("every map task committed: reduce phase started" if next_phase == "reduce"
-                    else "every reduce task committed: publishing the output")
+            text = (
+                "every map task committed: reduce phase started"
+                if next_phase == "reduce"
+                else "every reduce task committed: publishing the output"
+            )
             log_event(client, k.job, "", 0, worker.name, "event", text)
         elif verdict == "lost":
             _job_lost(worker, k.job, spec, entry_id)
@@ -385,12 +483,31 @@ def _run_task(worker: Any, k: JobKeys, entry_id: bytes, spec: TaskSpec, fields: 
     failure = result.failure
     assert failure is not None
     prefix, suffix = failure_message_parts(phase, spec, failure)
-    pipe.xadd(k.logs, _log_fields(spec.task_id, attempt, worker.name, "event", f"failed: {failure.sentence()}"),
-              maxlen=LOG_MAXLEN, approximate=True, nomkstream=True)
-    worker.scripts["fail"](keys=[k.state, k.done(phase), k.tasks, k.failures],
-                           args=[GROUP, entry_id, worker.name, spec.task_id, int(failure.retryable), max_attempts,
-                                 prefix, suffix, failure.traceback, fields[b"p"], fields.get(b"s", b""), now_ms()],
-                           client=pipe)
+    pipe.xadd(
+        k.logs,
+        _log_fields(spec.task_id, attempt, worker.name, "event", f"failed: {failure.sentence()}"),
+        maxlen=LOG_MAXLEN,
+        approximate=True,
+        nomkstream=True,
+    )
+    worker.scripts["fail"](
+        keys=[k.state, k.done(phase), k.tasks, k.failures],
+        args=[
+            GROUP,
+            entry_id,
+            worker.name,
+            spec.task_id,
+            int(failure.retryable),
+            max_attempts,
+            prefix,
+            suffix,
+            failure.traceback,
+            fields[b"p"],
+            fields.get(b"s", b""),
+            now_ms(),
+        ],
+        client=pipe,
+    )
     outcome = pipe.execute()[-1]
     verdict = outcome[0].decode()
     if verdict == "failed":
@@ -399,16 +516,26 @@ def _run_task(worker: Any, k: JobKeys, entry_id: bytes, spec: TaskSpec, fields: 
         _job_lost(worker, k.job, spec, entry_id)
     elif verdict == "stolen":
         # Our lease had expired and another worker holds the entry now: its outcome counts, not ours.
-        log_event(client, k.job, spec.task_id, attempt, worker.name, "event",
-                  "failure not counted: the entry was reclaimed by another worker meanwhile")
+        log_event(
+            client,
+            k.job,
+            spec.task_id,
+            attempt,
+            worker.name,
+            "event",
+            "failure not counted: the entry was reclaimed by another worker meanwhile",
+        )
 
 
 def _run_publish(worker: Any, k: JobKeys, entry_id: bytes, reclaimed: bool) -> None:
     client = worker.client
     raw = client.hgetall(k.state)
     if not raw:
-        print(f"mrkit worker {worker.name}: job {k.job} was lost: Redis has no record of it any more "
-              "(restarted without persistence?); nothing was published", file=sys.stderr)
+        print(
+            f"mrkit worker {worker.name}: job {k.job} was lost: Redis has no record of it any more "
+            "(restarted without persistence?); nothing was published",
+            file=sys.stderr,
+        )
         client.xack(k.tasks, GROUP, entry_id)
         return
     state = {kk.decode(): v.decode() for kk, v in raw.items()}
@@ -427,12 +554,16 @@ def _run_publish(worker: Any, k: JobKeys, entry_id: bytes, reclaimed: bool) -> N
         if reclaimed:
             _resume_publish(storage, output, k.job, n_reduce, fmt, summary)
         else:
-            publish_output(storage, output, k.job, n_reduce, output_format=fmt, overwrite=overwrite, summary=summary)
+            publish_output(
+                storage, output, k.job, n_reduce, output_format=fmt, overwrite=overwrite, summary=summary
+            )
     except Exception as exc:
         if worker.is_infrastructure_error(exc):
             raise
-        message = (f"publishing the output of job {k.job} failed on worker {worker.name} "
-                   f"(host {worker.host}): {type(exc).__name__}: {exc}")
+        message = (
+            f"publishing the output of job {k.job} failed on worker {worker.name} "
+            f"(host {worker.host}): {type(exc).__name__}: {exc}"
+        )
         _end(worker, k, entry_id, "failed", {}, message)
         _log_and_end(worker, k, None, "failed", message, ended=True)
         return
@@ -440,12 +571,21 @@ def _run_publish(worker: Any, k: JobKeys, entry_id: bytes, reclaimed: bool) -> N
     ended = _end(worker, k, entry_id, "done", counters, "")
     if ended == -1:
         return
-    log_event(client, k.job, "", 0, worker.name, "event", f"done in {seconds:.2f}s: output at {redact(state['output'])}")
+    log_event(
+        client,
+        k.job,
+        "",
+        0,
+        worker.name,
+        "event",
+        f"done in {seconds:.2f}s: output at {redact(state['output'])}",
+    )
     _cleanup(client, k.job, state, failed=False)
 
 
-def _resume_publish(storage: Storage, output: Storage, job_id: str, n_reduce: int, fmt: str,
-                    summary: dict[str, Any]) -> None:
+def _resume_publish(
+    storage: Storage, output: Storage, job_id: str, n_reduce: int, fmt: str, summary: dict[str, Any]
+) -> None:
     """Finish a publish whose worker died: move the parts not yet moved, then write ``_SUCCESS``.
 
     ``publish_output`` is not re-run because its overwrite step would delete parts already moved.
@@ -472,12 +612,18 @@ def collect_counters(client: Any, k: JobKeys, storage: Storage, state: dict[str,
     attempts, failures, lost = ({kk.decode(): int(v) for kk, v in h.items()} for h in pipe.execute())
     counters: dict[str, int] = {}
     now = now_ms()
-    bounds = {"map": (int(state["map_started"]), int(state.get("reduce_started", now))),
-              "reduce": (int(state.get("reduce_started", now)), int(state.get("publish_started", now)))}
+    bounds = {
+        "map": (int(state["map_started"]), int(state.get("reduce_started", now))),
+        "reduce": (int(state.get("reduce_started", now)), int(state.get("publish_started", now))),
+    }
     for phase, n in (("map", int(state["n_map"])), ("reduce", int(state["n_reduce"]))):
         tasks = [layout.task_id(phase, i) for i in range(n)]
-        stats = PhaseStats(tasks=n, launched=sum(attempts.get(t, 0) for t in tasks),
-                           failed=sum(failures.get(t, 0) for t in tasks), lost=sum(lost.get(t, 0) for t in tasks))
+        stats = PhaseStats(
+            tasks=n,
+            launched=sum(attempts.get(t, 0) for t in tasks),
+            failed=sum(failures.get(t, 0) for t in tasks),
+            lost=sum(lost.get(t, 0) for t in tasks),
+        )
         for task in tasks:
             raw = storage.get_or_none(layout.commit_key(k.job, task))
             for name, value in (json.loads(raw)["counters"] if raw else {}).items():
@@ -487,13 +633,20 @@ def collect_counters(client: Any, k: JobKeys, storage: Storage, state: dict[str,
     return counters
 
 
-def _end(worker: Any, k: JobKeys, entry_id: bytes | str, final: str, counters: dict[str, int], error: str) -> int:
-    return int(worker.scripts["end"](keys=[k.state, k.tasks, QUEUES],
-                                     args=[GROUP, entry_id, final, json.dumps(counters), error, now_ms()]))
+def _end(
+    worker: Any, k: JobKeys, entry_id: bytes | str, final: str, counters: dict[str, int], error: str
+) -> int:
+    return int(
+        worker.scripts["end"](
+            keys=[k.state, k.tasks, QUEUES],
+            args=[GROUP, entry_id, final, json.dumps(counters), error, now_ms()],
+        )
+    )
 
 
-def _log_and_end(worker: Any, k: JobKeys, spec: TaskSpec | None, final: str, message: str,
-                 ended: bool = False) -> None:
+def _log_and_end(
+    worker: Any, k: JobKeys, spec: TaskSpec | None, final: str, message: str, ended: bool = False
+) -> None:
     """The job just failed (its state says so): log it, dequeue it, delete its data, set TTLs."""
     client = worker.client
     if not ended:
@@ -533,16 +686,31 @@ def expire_job(client: Any, job_id: str, ttl: int | None = None) -> int:
 
 
 def _job_lost(worker: Any, job_id: str, spec: TaskSpec, entry_id: bytes) -> None:
-    """Redis has no state for the job (restarted without persistence): drop the task, delete what it
-    wrote after the restart, and say so. Nothing is published."""
-    print(f"mrkit worker {worker.name}: job {job_id} was lost: Redis has no record of it any more "
-          f"(restarted without persistence?); dropping {spec.task_id} and what it wrote", file=sys.stderr)
+    job_lost(worker.name, job_id, spec.storage_url, spec.output_url, f"dropping {spec.task_id}")
+
+
+def job_lost(worker_name: str, job_id: str, storage_url: str, output_url: str, what: str) -> None:
+    """Redis has no state for the job (it restarted without persistence): say so, and delete what this
+    worker's tasks wrote since (no TTL would ever remove it). Nothing is published.
+
+    Args:
+        worker_name: for the message.
+        job_id: the lost job.
+        storage_url, output_url: where its tasks wrote (from a task spec of the job; may be empty).
+        what: what the worker does about it, for the message (``dropping map-00003``).
+    """
+    print(
+        f"mrkit worker {worker_name}: job {job_id} was lost: Redis has no record of it any more "
+        f"(restarted without persistence?); {what}",
+        file=sys.stderr,
+    )
     try:
-        storage_for(spec.storage_url).delete_prefix(f"{job_id}/")
-        if spec.output_url:
-            storage_for(spec.output_url).delete_prefix(f"_temporary/{job_id}/")
+        if storage_url:
+            storage_for(storage_url).delete_prefix(f"{job_id}/")
+        if output_url:
+            storage_for(output_url).delete_prefix(f"_temporary/{job_id}/")
     except Exception as exc:  # best effort: the job is gone either way
-        print(f"mrkit worker {worker.name}: could not delete the lost job's data: {exc}", file=sys.stderr)
+        print(f"mrkit worker {worker_name}: could not delete the lost job's data: {exc}", file=sys.stderr)
 
 
 # -- following a job ---------------------------------------------------------------------------
@@ -561,11 +729,14 @@ def _missing_job(client: Any, job_id: str, url: str) -> tuple[str, str]:
     if match and uptime >= 0:
         submitted = time.mktime(time.strptime(match.group(1), "%Y%m%d-%H%M%S"))
         if submitted < time.time() - uptime:
-            return "lost", (f"job {job_id} was lost: Redis at {where} has no record of it, and it was submitted "
-                            f"before Redis last started ({uptime}s ago) — Redis restarted without persistence "
-                            "(or the job ended more than its TTL ago); nothing was published")
-    return "unknown", (f"Redis at {where} has no job {job_id}: it never existed there, or it ended more than "
-                       "its TTL ago")
+            return "lost", (
+                f"job {job_id} was lost: Redis at {where} has no record of it, and it was submitted "
+                f"before Redis last started ({uptime}s ago) — Redis restarted without persistence "
+                "(or the job ended more than its TTL ago); nothing was published"
+            )
+    return "unknown", (
+        f"Redis at {where} has no job {job_id}: it never existed there, or it ended more than its TTL ago"
+    )
 
 
 def job_status(client: Any, job_id: str, url: str) -> dict[str, Any]:
@@ -585,7 +756,9 @@ def job_status(client: Any, job_id: str, url: str) -> dict[str, Any]:
         pipe.hgetall(name)
     pipe.zrange(k.workers, 0, -1)
     pipe.xpending(k.tasks, GROUP)
-    raw, done_map, done_reduce, attempts, failures, lost, workers, pending = pipe.execute(raise_on_error=False)
+    raw, done_map, done_reduce, attempts, failures, lost, workers, pending = pipe.execute(
+        raise_on_error=False
+    )
     if not raw:
         state, why = _missing_job(client, job_id, url)
         return {"id": job_id, "state": state, "error": why}
@@ -593,19 +766,27 @@ def job_status(client: Any, job_id: str, url: str) -> dict[str, Any]:
 
     def per_phase(h: Any) -> dict[str, int]:
         out = {"map": 0, "reduce": 0}
-        for task, n in (h.items() if isinstance(h, dict) else ()):
+        for task, n in h.items() if isinstance(h, dict) else ():
             out[task.decode().split("-", 1)[0]] = out.get(task.decode().split("-", 1)[0], 0) + int(n)
         return out
 
     ended = int(s["ended"]) if "ended" in s else None
     status: dict[str, Any] = {
-        "id": job_id, "name": s.get("name", ""), "state": s["state"], "phase": s.get("phase", ""),
-        "tasks": {"map": {"done": int(done_map), "total": int(s["n_map"])},
-                  "reduce": {"done": int(done_reduce), "total": int(s["n_reduce"])}},
-        "attempts": per_phase(attempts), "failures": per_phase(failures), "lost": per_phase(lost),
+        "id": job_id,
+        "name": s.get("name", ""),
+        "state": s["state"],
+        "phase": s.get("phase", ""),
+        "tasks": {
+            "map": {"done": int(done_map), "total": int(s["n_map"])},
+            "reduce": {"done": int(done_reduce), "total": int(s["n_reduce"])},
+        },
+        "attempts": per_phase(attempts),
+        "failures": per_phase(failures),
+        "lost": per_phase(lost),
         "in_flight": int(pending["pending"]) if isinstance(pending, dict) else 0,
         "workers": [w.decode() for w in workers] if isinstance(workers, list) else [],
-        "submitted": int(s["submitted"]) / 1000, "ended": ended / 1000 if ended else None,
+        "submitted": int(s["submitted"]) / 1000,
+        "ended": ended / 1000 if ended else None,
         "seconds": ((ended or now_ms()) - int(s["submitted"])) / 1000,
         "output": redact(s["output"]) if s.get("in_memory") != "1" else None,
     }
@@ -679,8 +860,10 @@ class RedisJobHandle(JobHandle):
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 down_since = down_since or time.monotonic()
                 if time.monotonic() - down_since > REDIS_DOWN_SECONDS:
-                    raise StorageError(f"Redis at {redact(self.url)} unreachable for {REDIS_DOWN_SECONDS:g}s "
-                                       f"while waiting for job {self.id}: {exc}") from None
+                    raise StorageError(
+                        f"Redis at {redact(self.url)} unreachable for {REDIS_DOWN_SECONDS:g}s "
+                        f"while waiting for job {self.id}: {exc}"
+                    ) from None
                 raw = [b"?"]
             state = raw[0].decode() if raw[0] else None
             if state is None:
@@ -691,11 +874,17 @@ class RedisJobHandle(JobHandle):
             if state in ("failed", "cancelled"):
                 error = raw[1].decode() if raw[1] else f"job {self.id} {state}"
                 cls = JobCancelled if state == "cancelled" else JobFailed
-                raise cls(error, job_id=self.id, task_id=raw[3].decode() if raw[3] else "",
-                          remote_traceback=raw[2].decode() if raw[2] else "")
+                raise cls(
+                    error,
+                    job_id=self.id,
+                    task_id=raw[3].decode() if raw[3] else "",
+                    remote_traceback=raw[2].decode() if raw[2] else "",
+                )
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {self.id} still running after {timeout}s")
-            time.sleep(POLL_SECONDS if deadline is None else max(0.0, min(POLL_SECONDS, deadline - time.monotonic())))
+            time.sleep(
+                POLL_SECONDS if deadline is None else max(0.0, min(POLL_SECONDS, deadline - time.monotonic()))
+            )
 
     def _result(self) -> Any:
         from mrkit.api import Result
@@ -751,7 +940,9 @@ def cancel_job(client: Any, job_id: str) -> bool:
     k = JobKeys(job_id)
     script = client.register_script(_END)
     message = f"job {job_id} was cancelled"
-    outcome = int(script(keys=[k.state, k.tasks, QUEUES], args=[GROUP, "", "cancelled", "{}", message, now_ms()]))
+    outcome = int(
+        script(keys=[k.state, k.tasks, QUEUES], args=[GROUP, "", "cancelled", "{}", message, now_ms()])
+    )
     if outcome == -1:
         raise JobFailed(f"Redis has no job {job_id} to cancel", job_id=job_id)
     if outcome == 1:

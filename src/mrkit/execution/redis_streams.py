@@ -93,8 +93,10 @@ def resolve_secret(url: str, secret_file: str | None = None, *, secret: bytes | 
         return secret
     parsed = RedisURL.parse(url)
     if not is_loopback(parsed.host):
-        raise ConfigError(f"Redis at {parsed.host} is not on loopback: every submitter and worker must share a "
-                          "secret to sign tasks; set MRKIT_SECRET or pass --secret-file")
+        raise ConfigError(
+            f"Redis at {parsed.host} is not on loopback: every submitter and worker must share a "
+            "secret to sign tasks; set MRKIT_SECRET or pass --secret-file"
+        )
     return b""
 
 
@@ -208,8 +210,14 @@ class RedisExecutor(Executor):
                 raise WorkerLost(f"executor {self.name} was shut down")
             try:
                 pipe = self.client.pipeline(transaction=True)
-                pipe.hset(self.meta, mapping={"mode": "session", "lease_ms": int(self.lease * 1000),
-                                              "owner": f"{socket.gethostname()}:{os.getpid()}"})
+                pipe.hset(
+                    self.meta,
+                    mapping={
+                        "mode": "session",
+                        "lease_ms": int(self.lease * 1000),
+                        "owner": f"{socket.gethostname()}:{os.getpid()}",
+                    },
+                )
                 pipe.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
                 pipe.xadd(self.results, {"hello": "1"})  # the stream must exist for NOMKSTREAM replies
                 for k in (self.meta, self.stream, self.results):
@@ -240,7 +248,9 @@ class RedisExecutor(Executor):
             if self._closing:
                 raise WorkerLost(f"executor {self.name} was shut down", task_id=spec.task_id)
             sid = next(self._sids)
-            fields = pack(self.secret, {"op": "task", "sid": sid, "reply": self.results, "job": spec.job_id}, body)
+            fields = pack(
+                self.secret, {"op": "task", "sid": sid, "reply": self.results, "job": spec.job_id}, body
+            )
             self._pending[sid] = [future, spec, None]
             self._outbox.append((sid, fields))
             if len(self._outbox) == 1:
@@ -299,11 +309,11 @@ class RedisExecutor(Executor):
                 if self._closing:
                     return
                 batch, self._outbox = self._outbox, []
-            ids = self._with_retries(lambda: self._xadd_batch(batch))
+            ids = self._with_retries(lambda batch=batch: self._xadd_batch(batch))
             if ids is None:
                 return
             with self._lock:
-                for (sid, _), entry_id in zip(batch, ids):
+                for (sid, _), entry_id in zip(batch, ids, strict=True):
                     slot = self._pending.get(sid)
                     if slot is not None:
                         slot[2] = entry_id
@@ -343,8 +353,10 @@ class RedisExecutor(Executor):
                     except _redis_errors():
                         raise
                     except Exception as exc:  # housekeeping failed; results can still arrive
-                        print(f"mrkit: Redis executor housekeeping failed: {type(exc).__name__}: {exc}",
-                              file=sys.stderr)
+                        print(
+                            f"mrkit: Redis executor housekeeping failed: {type(exc).__name__}: {exc}",
+                            file=sys.stderr,
+                        )
             except _redis_errors() as exc:
                 if not self._wait_for_redis(exc):
                     return
@@ -369,13 +381,22 @@ class RedisExecutor(Executor):
             return  # a zombie's late result, or the result of an attempt already failed as lost
         future, spec = slot[0], slot[1]
         if header.get("lost"):
-            _settle(future, exc=WorkerLost(str(header["lost"]), task_id=spec.task_id, attempt=spec.attempt,
-                                           worker=str(header.get("worker", ""))))
+            _settle(
+                future,
+                exc=WorkerLost(
+                    str(header["lost"]),
+                    task_id=spec.task_id,
+                    attempt=spec.attempt,
+                    worker=str(header.get("worker", "")),
+                ),
+            )
             return
         try:
             result = TaskResult.decode(body)
         except Exception as exc:
-            _settle(future, exc=WorkerLost(f"undecodable result for {spec.task_id}: {exc}", task_id=spec.task_id))
+            _settle(
+                future, exc=WorkerLost(f"undecodable result for {spec.task_id}: {exc}", task_id=spec.task_id)
+            )
             return
         _settle(future, result=result)
 
@@ -390,8 +411,15 @@ class RedisExecutor(Executor):
         if slot is not None:
             reason = fields.get(b"reason", b"").decode(errors="replace")
             worker = fields.get(b"worker", b"").decode(errors="replace")
-            _settle(slot[0], exc=WorkerLost(f"worker {worker} refused task {slot[1].task_id}: {reason}",
-                                            task_id=slot[1].task_id, attempt=slot[1].attempt, worker=worker))
+            _settle(
+                slot[0],
+                exc=WorkerLost(
+                    f"worker {worker} refused task {slot[1].task_id}: {reason}",
+                    task_id=slot[1].task_id,
+                    attempt=slot[1].attempt,
+                    worker=worker,
+                ),
+            )
 
     def _chores(self, last_result: bytes) -> None:
         """Refresh the session, detect data loss, reclaim expired leases, trim both streams."""
@@ -403,8 +431,10 @@ class RedisExecutor(Executor):
         exists = pipe.execute()[0]
         if not exists:
             self.client.zrem(QUEUES, self.stream)
-            self._break(f"Redis at {self.name} lost this executor's task stream (it restarted without "
-                        "persistence, or the keys were deleted): the tasks in flight are lost")
+            self._break(
+                f"Redis at {self.name} lost this executor's task stream (it restarted without "
+                "persistence, or the keys were deleted): the tasks in flight are lost"
+            )
             return
         self._reclaim()
         with self._lock:
@@ -433,9 +463,15 @@ class RedisExecutor(Executor):
                     slot = self._pending.pop(sid, None) if sid is not None else None
                 if slot is not None:
                     spec = slot[1]
-                    _settle(slot[0], exc=WorkerLost(
-                        f"the worker running {spec.task_id} (attempt {spec.attempt}) sent no heartbeat for "
-                        f"{self.lease:g}s: it died, hung or lost Redis", task_id=spec.task_id, attempt=spec.attempt))
+                    _settle(
+                        slot[0],
+                        exc=WorkerLost(
+                            f"the worker running {spec.task_id} (attempt {spec.attempt}) sent no heartbeat "
+                            f"for {self.lease:g}s: it died, hung or lost Redis",
+                            task_id=spec.task_id,
+                            attempt=spec.attempt,
+                        ),
+                    )
             if start in (b"0-0", "0-0"):
                 return
 
@@ -477,8 +513,9 @@ class RedisExecutor(Executor):
             _settle(future, exc=WorkerLost(reason, task_id=spec.task_id, attempt=spec.attempt))
 
 
-def _settle(future: Future[TaskResult], *, result: TaskResult | None = None,
-            exc: BaseException | None = None) -> None:
+def _settle(
+    future: Future[TaskResult], *, result: TaskResult | None = None, exc: BaseException | None = None
+) -> None:
     """Resolve ``future`` unless the driver cancelled it meanwhile (a speculative twin won)."""
     if future.done():
         return

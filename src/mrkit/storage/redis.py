@@ -79,7 +79,9 @@ class RedisURL:
         """
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ConfigError(f"not a Redis URL: {redact(url)!r}; use redis://[:password@]host:port/db or rediss://…")
+            raise ConfigError(
+                f"not a Redis URL: {redact(url)!r}; use redis://[:password@]host:port/db or rediss://…"
+            )
         query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
         ours = {k: v for k, v in query if k in MRKIT_OPTIONS}
         rest = urllib.parse.urlencode([(k, v) for k, v in query if k not in MRKIT_OPTIONS])
@@ -180,8 +182,17 @@ class _Writer(io.BytesIO):
 
     def close(self) -> None:
         if not self.closed and not self._aborted:
-            self._client.set(self._rkey, self.getbuffer())
+            # Release the view even when SET raises: a live export would make BytesIO.close() raise
+            # BufferError, so an abort() after a failed SET could not discard the other writers.
+            with self.getbuffer() as view:
+                self._client.set(self._rkey, view)
         super().close()
+
+    def __del__(self) -> None:
+        # Garbage that was never closed (a task that died half-way, an interpreter exiting) must not
+        # publish: IOBase's finalizer would call close(), which SETs.
+        self._aborted = True
+        super().__del__()
 
 
 class _RangeReader(io.RawIOBase):

@@ -59,11 +59,12 @@ from mrkit.execution.redis_streams import (
     resolve_secret,
     unpack,
 )
-from mrkit.model.task import TaskFailure, TaskResult, TaskSpec
+from mrkit.model.task import TaskFailure, TaskKind, TaskResult, TaskSpec
 from mrkit.storage.redis import RedisURL, connect, redact
 from mrkit.worker.runtime import run_task
 
 MAX_BATCH = 64
+ATTEMPTS_TTL = 7 * 86400  # blocking jobs' attempt counters outlive any job; the TTL removes them
 TINY_TASK_SECONDS = 0.005
 FLUSH_SECONDS = 0.01  # buffered blocking-mode results are sent at least this often
 BLOCK_MS = 250
@@ -220,8 +221,15 @@ class RedisWorker:
         capture_output: capture user output of asynchronous tasks (needs :func:`install_capture`).
     """
 
-    def __init__(self, url: str, *, name: str | None = None, burst: bool = False, secret: bytes = b"",
-                 capture_output: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str | None = None,
+        burst: bool = False,
+        secret: bytes = b"",
+        capture_output: bool = True,
+    ) -> None:
         self.url = url
         self.label = redact(url)
         self.host = socket.gethostname()
@@ -232,6 +240,7 @@ class RedisWorker:
         self.client = connect(url)
         self.queues: dict[str, Queue] = {}
         self.tasks_done = 0
+        self.job_places: dict[str, tuple[str, str]] = {}  # job -> (storage URL, output URL) of tasks run
         self._queues_at = 0.0
         self._count = 1
         self._stop = threading.Event()
@@ -268,7 +277,9 @@ class RedisWorker:
                     if not self._step():
                         break
                     if down_since is not None:
-                        print(f"mrkit worker {self.name}: reconnected to Redis at {self.label}", file=sys.stderr)
+                        print(
+                            f"mrkit worker {self.name}: reconnected to Redis at {self.label}", file=sys.stderr
+                        )
                     down_since = None
                 except _redis_errors() as exc:
                     with self._inflight_lock:
@@ -276,11 +287,16 @@ class RedisWorker:
                     self._replies = None
                     if down_since is None:
                         down_since = time.monotonic()
-                        print(f"mrkit worker {self.name}: Redis at {self.label} unreachable ({exc}); "
-                              "retrying every second", file=sys.stderr)
+                        print(
+                            f"mrkit worker {self.name}: Redis at {self.label} unreachable ({exc}); "
+                            "retrying every second",
+                            file=sys.stderr,
+                        )
                     elif self.burst and time.monotonic() - down_since > BURST_GIVE_UP_SECONDS:
-                        raise StorageError(f"Redis at {self.label} unreachable for {BURST_GIVE_UP_SECONDS:g}s; "
-                                           "burst worker gives up") from None
+                        raise StorageError(
+                            f"Redis at {self.label} unreachable for {BURST_GIVE_UP_SECONDS:g}s; "
+                            "burst worker gives up"
+                        ) from None
                     self._stop.wait(1.0)
         finally:
             self._stop.set()
@@ -315,26 +331,39 @@ class RedisWorker:
     def _refresh_queues(self) -> None:
         self._queues_at = time.monotonic()
         live = [s.decode() for s in self.client.zrangebyscore(QUEUES, now_ms(), "+inf")]
-        for stream in list(self.queues):
-            if stream not in live:
-                del self.queues[stream]
+        gone = [self.queues.pop(stream) for stream in list(self.queues) if stream not in live]
+        jobs = [_scope(q.stream) for q in gone if q.mode == "job"]
+        if jobs:
+            # A job's stream leaves the queue list when the job ends, which leaves its state behind
+            # (with a TTL). No state at all means Redis lost the job: say so, once, here.
+            pipe = self.client.pipeline(transaction=False)
+            for job in jobs:
+                pipe.exists(f"mrkit:{{{job}}}:state")
+            for job, exists in zip(jobs, pipe.execute(), strict=True):
+                places = self.job_places.pop(job, None)
+                if not exists:
+                    from mrkit.coordination.redis_jobs import job_lost
+
+                    job_lost(self.name, job, *(places or ("", "")), "its tasks are dropped")
         new = [s for s in live if s not in self.queues]
         if new:
             pipe = self.client.pipeline(transaction=False)
             for stream in new:
                 pipe.hgetall(_meta_key(stream))
-            for stream, meta in zip(new, pipe.execute()):
+            for stream, meta in zip(new, pipe.execute(), strict=True):
                 if meta:
-                    self.queues[stream] = Queue(stream, meta.get(b"mode", b"job").decode(),
-                                                int(meta.get(b"lease_ms", b"30000")))
+                    self.queues[stream] = Queue(
+                        stream, meta.get(b"mode", b"job").decode(), int(meta.get(b"lease_ms", b"30000"))
+                    )
         self.client.zadd(WORKERS, {self.name: now_ms()})
 
     def _read(self) -> list[tuple[str, bytes, dict[bytes, bytes], bool]]:
         import redis
 
         try:
-            reply = self.client.xreadgroup(GROUP, self.name, {q: ">" for q in self.queues},
-                                           count=self._count, block=BLOCK_MS)
+            reply = self.client.xreadgroup(
+                GROUP, self.name, {q: ">" for q in self.queues}, count=self._count, block=BLOCK_MS
+            )
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
                 raise
@@ -381,7 +410,9 @@ class RedisWorker:
             if isinstance(groups, Exception):
                 continue  # the stream is gone
             for group in groups:
-                if group.get("name") in (GROUP, GROUP.encode()) and (group.get("pending") or group.get("lag") != 0):
+                if group.get("name") in (GROUP, GROUP.encode()) and (
+                    group.get("pending") or group.get("lag") != 0
+                ):
                     return False
         return True
 
@@ -407,8 +438,9 @@ class RedisWorker:
                 break  # the rest are handed back by run()
             self._process_one(stream, entry_id, fields, reclaimed)
             done += 1
-            if self._replies is not None and (time.perf_counter() - self._replies_since > FLUSH_SECONDS
-                                              or i == len(entries) - 1):
+            if self._replies is not None and (
+                time.perf_counter() - self._replies_since > FLUSH_SECONDS or i == len(entries) - 1
+            ):
                 self._flush()
         self._flush()
         if done:
@@ -431,8 +463,9 @@ class RedisWorker:
         else:
             from mrkit.coordination import redis_jobs  # the worker hosts asynchronous jobs' coordination
 
-            redis_jobs.process_entry(self, stream, entry_id, fields, header, body, reclaimed,
-                                     queue.lease_ms if queue else 30000)
+            redis_jobs.process_entry(
+                self, stream, entry_id, fields, header, body, reclaimed, queue.lease_ms if queue else 30000
+            )
 
     def _run_blocking(self, stream: str, entry_id: bytes, header: dict[str, Any], body: bytes) -> None:
         try:
@@ -440,6 +473,16 @@ class RedisWorker:
         except Exception as exc:
             self.reject(stream, entry_id, f"undecodable task: {type(exc).__name__}: {exc}")
             return
+        if spec.kind is not TaskKind.CALL:
+            # The attempt number names the attempt's keys. The driver's numbers are unique per launch,
+            # but an entry duplicated in the stream (a pipeline retried after a dropped connection)
+            # would run the same number twice, and the loser of the commit would delete the winner's
+            # files with its own. Numbers drawn here, per run, are unique whatever the stream holds.
+            pipe = self.client.pipeline(transaction=False)
+            attempts = f"mrkit:{{{spec.job_id}}}:attempts"
+            pipe.hincrby(attempts, spec.task_id, 1)
+            pipe.expire(attempts, ATTEMPTS_TTL)
+            spec = dataclasses.replace(spec, attempt=int(pipe.execute()[0]))
         result, _ = self.run_spec(spec, capture=False)
         if result.failure is not None and self.is_infrastructure_failure(result.failure):
             raise self.infrastructure_error(result.failure)  # left pending: the executor retries it
@@ -466,14 +509,24 @@ class RedisWorker:
         else:
             result = run_task(spec, worker=self.name)
         split = spec.split
-        if (not result.ok and split is not None and "://" not in split.uri and "#" not in split.uri
-                and not os.path.exists(split.uri)):
+        if (
+            not result.ok
+            and split is not None
+            and "://" not in split.uri
+            and "#" not in split.uri
+            and not os.path.exists(split.uri)
+        ):
             failure = TaskFailure(
-                where="", exc_type="InputError", retryable=False,
-                message=(f"input {split.uri} is not readable on worker {self.name} (host {self.host}): inputs "
-                         "given as local paths must exist at the same path on every worker; put them in a "
-                         "folder every worker mounts, or pass the records themselves"),
-                traceback=result.failure.traceback if result.failure else "")
+                where="",
+                exc_type="InputError",
+                retryable=False,
+                message=(
+                    f"input {split.uri} is not readable on worker {self.name} (host {self.host}): inputs "
+                    "given as local paths must exist at the same path on every worker; put them in a "
+                    "folder every worker mounts, or pass the records themselves"
+                ),
+                traceback=result.failure.traceback if result.failure else "",
+            )
             result = dataclasses.replace(result, failure=failure)
         return result, captured
 
@@ -499,19 +552,27 @@ class RedisWorker:
 
     def reject(self, stream: str, entry_id: bytes, reason: str) -> None:
         """Refuse an entry without running it: ack it, dead-letter it, say so on stderr."""
-        print(f"mrkit worker {self.name}: REFUSED entry {entry_id.decode()} of {stream}: {reason}", file=sys.stderr)
+        print(
+            f"mrkit worker {self.name}: REFUSED entry {entry_id.decode()} of {stream}: {reason}",
+            file=sys.stderr,
+        )
         pipe = self.client.pipeline(transaction=False)
         pipe.xack(stream, GROUP, entry_id)
-        pipe.xadd(DEAD, {"stream": stream, "id": entry_id, "reason": reason, "worker": self.name,
-                         "time": now_ms()}, maxlen=DEAD_MAXLEN, approximate=True)
+        pipe.xadd(
+            DEAD,
+            {"stream": stream, "id": entry_id, "reason": reason, "worker": self.name, "time": now_ms()},
+            maxlen=DEAD_MAXLEN,
+            approximate=True,
+        )
         pipe.execute()
         self.done_with(stream, entry_id)
         job = _scope(stream)
         if job and self.queues.get(stream, Queue(stream, "session", 0)).mode == "job":
             from mrkit.coordination import redis_jobs
 
-            redis_jobs.log_event(self.client, job, "", 0, self.name, "event",
-                                 f"refused entry {entry_id.decode()}: {reason}")
+            redis_jobs.log_event(
+                self.client, job, "", 0, self.name, "event", f"refused entry {entry_id.decode()}: {reason}"
+            )
 
     # -- leases ---------------------------------------------------------------------------
 
@@ -561,8 +622,14 @@ def _meta_key(stream: str) -> str:
 # -- the command -------------------------------------------------------------------------------
 
 
-def serve(url: str, *, concurrency: int | None = None, burst: bool = False, name: str | None = None,
-          secret_file: str | None = None) -> None:
+def serve(
+    url: str,
+    *,
+    concurrency: int | None = None,
+    burst: bool = False,
+    name: str | None = None,
+    secret_file: str | None = None,
+) -> None:
     """Run ``concurrency`` worker processes on the Redis at ``url`` until stopped (or drained in burst mode).
 
     Args:
@@ -587,8 +654,10 @@ def serve(url: str, *, concurrency: int | None = None, burst: bool = False, name
     base = name or f"{socket.gethostname()}:{os.getpid()}"
     # fork: the children need nothing but this module, and no thread has started yet in this process.
     ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    children = [ctx.Process(target=_serve_one, args=(url, f"{base}/{i}", burst, secret), daemon=False)
-                for i in range(concurrency)]
+    children = [
+        ctx.Process(target=_serve_one, args=(url, f"{base}/{i}", burst, secret), daemon=False)
+        for i in range(concurrency)
+    ]
     for child in children:
         child.start()
 
@@ -621,7 +690,10 @@ def _serve_one(url: str, name: str | None, burst: bool, secret: bytes) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    print(f"mrkit worker {worker.name}: consuming {worker.label}{' (burst)' if burst else ''}", file=sys.__stderr__)
+    print(
+        f"mrkit worker {worker.name}: consuming {worker.label}{' (burst)' if burst else ''}",
+        file=sys.__stderr__,
+    )
     done = worker.run()
     print(f"mrkit worker {worker.name}: exiting after {done} entries", file=sys.__stderr__)
 

@@ -1,0 +1,134 @@
+"""Security of the Redis fleet: signed entries, secrets, passwords in the URL."""
+
+from __future__ import annotations
+
+import pickle
+import tempfile
+
+import pytest
+
+import mrkit
+from mrkit.coordination.redis_jobs import JobKeys
+from mrkit.errors import AuthenticationError, ConfigError, JobFailed
+from mrkit.execution.redis_streams import DEAD, pack, resolve_secret, unpack
+from mrkit.model.reference import reference
+from mrkit.security import load_secret, sign, verify
+from mrkit.worker.redis_worker import serve
+from tests import jobs_for_tests as J
+from tests.redis_fixtures import (  # noqa: F401 - fixtures
+    RedisServer,
+    WorkerThreads,
+    redis_server,
+    redis_url,
+    secret_env,
+    start_worker,
+    stop_worker,
+)
+
+TEXT = ["a b c", "b c", "c"] * 5
+
+
+class Evil:
+    """Unpickling this would create a file: the proof that a worker ran an injected payload."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (self.path, "w"))
+
+
+def test_sign_and_verify():
+    sig = sign(b"k", b"payload")
+    assert verify(b"k", b"payload", sig) and verify(b"k", b"payload", sig.encode())
+    assert not verify(b"k", b"payload!", sig) and not verify(b"other", b"payload", sig)
+    assert not verify(b"k", b"payload", None) and not verify(b"k", b"payload", b"\xff")
+    header, body = unpack(
+        b"k",
+        {
+            k.encode(): v if isinstance(v, bytes) else v.encode()
+            for k, v in pack(b"k", {"op": "task"}, b"body").items()
+        },
+        "x",
+    )
+    assert header == {"op": "task"} and body == b"body"
+    with pytest.raises(AuthenticationError, match="does not verify"):
+        unpack(b"k2", {b"p": b'{"op":"task"}\nbody', b"s": sig.encode()}, "an entry")
+
+
+def test_secret_sources(tmp_path, monkeypatch):
+    monkeypatch.delenv("MRKIT_SECRET", raising=False)
+    assert load_secret() is None
+    monkeypatch.setenv("MRKIT_SECRET", " s3 \n")
+    assert load_secret() == b"s3"
+    (tmp_path / "f").write_text("from-file\n")
+    assert load_secret(str(tmp_path / "f")) == b"from-file"
+    with pytest.raises(ConfigError, match="cannot read the secret file"):
+        load_secret(str(tmp_path / "missing"))
+
+
+def test_no_secret_is_refused_off_loopback(monkeypatch):
+    monkeypatch.delenv("MRKIT_SECRET", raising=False)
+    assert resolve_secret("redis://127.0.0.1:6379/0") == b""
+    assert resolve_secret("redis://localhost:6379/0") == b""
+    with pytest.raises(ConfigError, match="not on loopback.*MRKIT_SECRET"):
+        serve("redis://10.1.2.3:6379/0", concurrency=1, burst=True)
+    with pytest.raises(ConfigError, match="not on loopback"):
+        mrkit.submit(J.WORDCOUNT, mrkit.Records(TEXT), executor="rediss://10.1.2.3:6380/0")
+
+
+def test_injected_entry_is_refused_logged_and_never_run(redis_url, redis_server, tmp_path, secret_env):  # noqa: F811
+    proof = tmp_path / "pwned"
+    handle = mrkit.submit(J.WORDCOUNT, mrkit.Records(TEXT), executor=redis_url, n_map=2, n_reduce=1)
+    client = redis_server.client()
+    stream = JobKeys(handle.id).tasks
+    evil = pickle.dumps(Evil(str(proof)))
+    client.xadd(stream, {"p": b'{"op":"task","job":"%s"}\n' % handle.id.encode() + evil, "s": "0" * 64})
+    client.xadd(stream, {"p": evil})  # no signature at all
+    client.xadd(stream, {"p": b"x\n" + evil, "s": sign(b"wrong secret", b"x\n" + evil)})
+    worker = start_worker(redis_url, name="guard")
+    try:
+        result = handle.wait(timeout=15)
+    finally:
+        err = stop_worker(worker)
+    assert sorted(result) == reference(J.WORDCOUNT, TEXT)  # the job itself was unaffected
+    assert not proof.exists()
+    assert err.count("REFUSED entry") == 3 and "does not verify" in err and "has no signature" in err
+    dead = client.xrange(DEAD)
+    assert len(dead) == 3 and all(f[b"stream"] == stream.encode() for _, f in dead)
+    assert sum("refused entry" in line for line in handle.logs()) == 3
+    assert client.xpending(stream, "workers")["pending"] == 0  # acked: never redelivered
+
+
+def test_mismatched_secrets_fail_the_blocking_job_clearly(redis_url, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("MRKIT_SECRET", "submitter-secret")
+    policy = mrkit.RetryPolicy(max_lost=1)
+    with WorkerThreads(redis_url, 1, secret=b"worker-secret"), pytest.raises(JobFailed) as info:
+        mrkit.run(
+            J.WORDCOUNT,
+            mrkit.Records(TEXT),
+            executor=redis_url,
+            n_map=1,
+            n_reduce=1,
+            policy=policy,
+            quiet=True,
+        )
+    assert "refused task map-00000" in str(info.value) and "does not verify" in str(info.value)
+
+
+def test_password_in_the_url(tmp_path, secret_env):  # noqa: F811
+    server = RedisServer(tempfile.mkdtemp(dir=tmp_path), extra=["--requirepass", "hunter2"]).start()
+    try:
+        good = f"redis://:hunter2@127.0.0.1:{server.port}/0"
+        handle = mrkit.submit(J.WORDCOUNT, mrkit.Records(TEXT), executor=good, n_map=2, n_reduce=1)
+        worker = start_worker(good, name="authed")
+        try:
+            assert sorted(handle.wait(timeout=15)) == reference(J.WORDCOUNT, TEXT)
+            assert "hunter2" not in repr(handle.status())
+        finally:
+            stop_worker(worker)
+        with pytest.raises(ConfigError, match=r"refused the credentials") as info:
+            serve(f"redis://:wrong@127.0.0.1:{server.port}/0", concurrency=1, burst=True)
+        assert "wrong" not in str(info.value)
+    finally:
+        server.stop()
