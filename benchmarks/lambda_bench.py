@@ -84,8 +84,14 @@ TASKS: dict[str, int] = {}  # tasks per run, from the counters (one invocation e
 
 
 def run_job(executor: Any, inputs: Any) -> dict[str, int]:
-    result = mrkit.run(workloads.WordCountSplit(), inputs, executor=executor, n_reduce=N_REDUCE, quiet=True,
-                       input_format="text")
+    result = mrkit.run(
+        workloads.WordCountSplit(),
+        inputs,
+        executor=executor,
+        n_reduce=N_REDUCE,
+        quiet=True,
+        input_format="text",
+    )
     TASKS["last"] = result.counters["map.tasks"] + result.counters["reduce.tasks"]
     return dict(result)
 
@@ -110,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--pings", type=int, default=10)
-    parser.add_argument("--s3", action="store_true",
-                        help="also run with inputs and storage in moto's S3 server")
+    parser.add_argument(
+        "--s3", action="store_true", help="also run with inputs and storage in moto's S3 server"
+    )
     parser.add_argument("--data-dir", type=Path, default=ROOT / ".bench")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -121,9 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="mrkit-lambda-bench-"))
     server = None
     try:
-        local = LocalLambdaExecutor.from_name("lambda-local://bench", max_concurrency=args.workers,
-                                              state_dir=str(scratch / "fn"),
-                                              storage=f"file://{scratch / 'store'}")
+        local = LocalLambdaExecutor.from_name(
+            "lambda-local://bench",
+            max_concurrency=args.workers,
+            state_dir=str(scratch / "fn"),
+            storage=f"file://{scratch / 'store'}",
+        )
         sides: dict[str, Callable[[], dict[str, int]]] = {
             "processes": lambda: run_job(open_executor("processes", workers=args.workers), paths),
             "lambda-local": lambda: run_job(local, paths),
@@ -142,9 +152,12 @@ def main(argv: list[str] | None = None) -> int:
                 with open(p, "rb") as f:
                     inputs.put(os.path.basename(p), f.read())
             s3_inputs = f"s3://{bucket}/in/*.txt"
-            on_s3 = LocalLambdaExecutor.from_name("lambda-local://bench-s3", max_concurrency=args.workers,
-                                                  state_dir=str(scratch / "fn-s3"),
-                                                  storage=f"s3://{bucket}/mrkit")
+            on_s3 = LocalLambdaExecutor.from_name(
+                "lambda-local://bench-s3",
+                max_concurrency=args.workers,
+                state_dir=str(scratch / "fn-s3"),
+                storage=f"s3://{bucket}/mrkit",
+            )
             sides["lambda-local+s3"] = lambda: run_job(on_s3, s3_inputs)
 
         times: dict[str, list[float]] = {name: [] for name in sides}
@@ -159,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         differ = [name for name, value in results.items() if value != reference]
         invocations = TASKS["last"]
         n_map = invocations - N_REDUCE
-        print(f"word count, {mb:.1f} MB in {N_FILES} files, {invocations} tasks ({n_map} map + {N_REDUCE} "
-              f"reduce), {args.workers} workers, median of {args.repeat}")
+        print(
+            f"word count, {mb:.1f} MB in {N_FILES} files, {invocations} tasks ({n_map} map + {N_REDUCE} "
+            f"reduce), {args.workers} workers, median of {args.repeat}"
+        )
         base = statistics.median(times["processes"])
         report: dict[str, Any] = {"size_mb": mb, "workers": args.workers, "repeat": args.repeat, "sides": {}}
         for name, values in times.items():
@@ -174,9 +189,11 @@ def main(argv: list[str] | None = None) -> int:
 
         fn = LocalFunction(FunctionConfig(name="ping", state_dir=str(scratch / "ping")))
         noop = ping_ms(fn, {"mrkit": 1, "specs": [], "results": ""}, args.pings)
-        print(f"cold start, no-op invocation (fresh process + import of the handler): median "
-              f"{statistics.median(noop):.0f} ms (min {min(noop):.0f}, max {max(noop):.0f}) "
-              f"over {args.pings}")
+        print(
+            f"cold start, no-op invocation (fresh process + import of the handler): median "
+            f"{statistics.median(noop):.0f} ms (min {min(noop):.0f}, max {max(noop):.0f}) "
+            f"over {args.pings}"
+        )
         report["cold_start_noop_ms"] = noop
         if args.s3:
             store = open_storage(f"s3://{bucket}/mrkit")
@@ -184,8 +201,10 @@ def main(argv: list[str] | None = None) -> int:
             store.put(result_key(spec.job_id, spec.task_id, 1), TaskResult(spec.task_id, 1).encode())
             event = build_event([dataclasses.replace(spec, storage_url=store.url)], store.url)
             s3 = ping_ms(fn, event, args.pings)
-            print(f"cold start with S3 (+ import boto3, create a client, one GET): median "
-                  f"{statistics.median(s3):.0f} ms (min {min(s3):.0f}, max {max(s3):.0f}) over {args.pings}")
+            print(
+                f"cold start with S3 (+ import boto3, create a client, one GET): median "
+                f"{statistics.median(s3):.0f} ms (min {min(s3):.0f}, max {max(s3):.0f}) over {args.pings}"
+            )
             report["cold_start_s3_ms"] = s3
         if args.json:
             args.json.write_text(json.dumps(report, indent=1))

@@ -152,8 +152,12 @@ def moto_server() -> Iterator[MotoServer]:
     if _SHARED["server"] is None:
         server = MotoServer().start()
         # AWS_CONFIG_FILE/AWS_SHARED_CREDENTIALS_FILE pointed at nothing: never read a developer's profile.
-        env = {**server.env(), "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-               "AWS_PROFILE": ""}
+        env = {
+            **server.env(),
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            "AWS_PROFILE": "",
+        }
         patch = patched_env(env)
         patch.__enter__()
         _SHARED.update(server=server, env=patch)

@@ -20,14 +20,18 @@ from mrkit.cli.main import cli
 moto = pytest.importorskip("moto")
 boto3 = pytest.importorskip("boto3")
 
-JOB = '''import mrkit\n\ndef mapper(line):\n    yield line, 1\n'''
+JOB = """import mrkit\n\ndef mapper(line):\n    yield line, 1\n"""
 
 
 @pytest.fixture
 def aws(monkeypatch):
     """Dummy credentials and moto's mock of every AWS service, for one test."""
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(key, value)
     for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_LAMBDA", "AWS_ENDPOINT_URL_IAM", "AWS_PROFILE"):
         monkeypatch.delenv(key, raising=False)
@@ -37,8 +41,12 @@ def aws(monkeypatch):
 
 @pytest.fixture
 def role(aws) -> str:
-    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
-                                                     "Principal": {"Service": "lambda.amazonaws.com"}}]}
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"Service": "lambda.amazonaws.com"}}
+        ],
+    }
     iam = boto3.client("iam", region_name="us-east-1")
     created = iam.create_role(RoleName="mrkit-fn", AssumeRolePolicyDocument=json.dumps(trust))
     return str(created["Role"]["Arn"])
@@ -58,20 +66,26 @@ def test_package_holds_the_handler_cloudpickle_and_the_job(tmp_path):
 
 
 def test_deploy_creates_then_updates_then_remove_deletes(role):
-    action, config = deploy_function("mrkit-wc", role, memory=512, timeout=60, region="us-east-1",
-                                     environment={"MRKIT_X": "1"})
+    action, config = deploy_function(
+        "mrkit-wc", role, memory=512, timeout=60, region="us-east-1", environment={"MRKIT_X": "1"}
+    )
     assert action == "created"
     client = boto3.client("lambda", region_name="us-east-1")
     live = client.get_function_configuration(FunctionName="mrkit-wc")
-    assert (live["Handler"], live["Runtime"], live["MemorySize"], live["Timeout"]) == \
-        (HANDLER, runtime_name(), 512, 60)
+    assert (live["Handler"], live["Runtime"], live["MemorySize"], live["Timeout"]) == (
+        HANDLER,
+        runtime_name(),
+        512,
+        60,
+    )
     assert live["Environment"]["Variables"] == {"MRKIT_X": "1"}
     invoke = client.get_function_event_invoke_config(FunctionName="mrkit-wc")
     assert invoke["MaximumRetryAttempts"] == 2
     assert invoke["DestinationConfig"]["OnFailure"]["Destination"] == live["FunctionArn"]
 
-    action, config = deploy_function("mrkit-wc", role, memory=2048, timeout=900, region="us-east-1",
-                                     concurrency=10)
+    action, config = deploy_function(
+        "mrkit-wc", role, memory=2048, timeout=900, region="us-east-1", concurrency=10
+    )
     assert action == "updated"
     live = client.get_function_configuration(FunctionName="mrkit-wc")
     assert (live["MemorySize"], live["Timeout"]) == (2048, 900)
@@ -86,8 +100,24 @@ def test_deploy_creates_then_updates_then_remove_deletes(role):
 def test_cli_deploy_and_remove(role, tmp_path):
     runner = CliRunner()
     zip_path = tmp_path / "fn.zip"
-    result = runner.invoke(cli, ["lambda", "deploy", "wc", "--role", role, "--memory", "256", "--timeout",
-                                 "30", "--region", "us-east-1", "--zip", str(zip_path)])
+    result = runner.invoke(
+        cli,
+        [
+            "lambda",
+            "deploy",
+            "wc",
+            "--role",
+            role,
+            "--memory",
+            "256",
+            "--timeout",
+            "30",
+            "--region",
+            "us-east-1",
+            "--zip",
+            str(zip_path),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "created arn:aws:lambda:us-east-1:" in result.output and "--executor lambda://wc" in result.output
     assert zipfile.ZipFile(zip_path).testzip() is None

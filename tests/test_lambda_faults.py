@@ -50,8 +50,9 @@ def run_flaky(tmp_path, s3_bucket: str, s3_url: str, how: str, *, submit: bool =
     job = FlakyWordCount(params={"how": how, "flag": str(tmp_path / "flag")} if how else {})
     options.setdefault("timeout", 20)
     options.setdefault("retry_delay", 0.05)
-    ex = LocalLambdaExecutor.from_name("lambda-local", state_dir=str(tmp_path / "fn"), storage=s3_url,
-                                       **options)
+    ex = LocalLambdaExecutor.from_name(
+        "lambda-local", state_dir=str(tmp_path / "fn"), storage=s3_url, **options
+    )
     inputs = f"s3://{s3_bucket}/in/*.txt"
     if submit:
         result = mrkit.submit(job, inputs, executor=ex, n_reduce=2).wait(60)
@@ -101,11 +102,22 @@ def test_failed_ranged_reads_in_a_job_are_retried(tmp_path, s3_bucket, s3_url, m
     proxy = FaultProxy(moto_server.endpoint, after=256 << 10, cuts=4)
     try:
         # The functions reach S3 through the proxy, which cuts four responses mid-body.
-        ex = LocalLambdaExecutor.from_name("lambda-local", state_dir=str(tmp_path / "fn"), storage=s3_url,
-                                           timeout=20, environment={"AWS_ENDPOINT_URL_S3": proxy.endpoint})
+        ex = LocalLambdaExecutor.from_name(
+            "lambda-local",
+            state_dir=str(tmp_path / "fn"),
+            storage=s3_url,
+            timeout=20,
+            environment={"AWS_ENDPOINT_URL_S3": proxy.endpoint},
+        )
         with ex:
-            result = mrkit.run(mrkit.Job(mapper=_words, reducer=_total, combiner=_total),
-                               f"s3://{s3_bucket}/in/*.txt", executor=ex, n_map=4, n_reduce=1, quiet=True)
+            result = mrkit.run(
+                mrkit.Job(mapper=_words, reducer=_total, combiner=_total),
+                f"s3://{s3_bucket}/in/*.txt",
+                executor=ex,
+                n_map=4,
+                n_reduce=1,
+                quiet=True,
+            )
     finally:
         proxy.stop()
     assert proxy.cut_count == 4

@@ -33,8 +33,12 @@ LINES = ["the cat sat", "on the mat", "the end", "a cat and a hat"] * 25
 
 
 def context(request_id: str | None = None) -> LambdaContext:
-    return LambdaContext(function_name="mrkit-test", memory_limit_in_mb=512,
-                         aws_request_id=request_id or str(uuid.uuid4()), deadline=time.time() + 60)
+    return LambdaContext(
+        function_name="mrkit-test",
+        memory_limit_in_mb=512,
+        aws_request_id=request_id or str(uuid.uuid4()),
+        deadline=time.time() + 60,
+    )
 
 
 def plan_job(url: str, job: mrkit.Job = WORDCOUNT, n_map: int = 2, n_reduce: int = 2):
@@ -42,8 +46,16 @@ def plan_job(url: str, job: mrkit.Job = WORDCOUNT, n_map: int = 2, n_reduce: int
     job_id = f"t-{uuid.uuid4().hex[:8]}"
     splits = store_records(storage, job_id, LINES, n_map)
     out = open_storage(f"{url}#{job_id}/output/")
-    plan = build_plan(job, splits, job_id=job_id, storage=storage, output_url=out.url, n_reduce=n_reduce,
-                      settings=TaskSettings(output_format="pickle"), policy=RetryPolicy())
+    plan = build_plan(
+        job,
+        splits,
+        job_id=job_id,
+        storage=storage,
+        output_url=out.url,
+        n_reduce=n_reduce,
+        settings=TaskSettings(output_format="pickle"),
+        policy=RetryPolicy(),
+    )
     return storage, out, plan
 
 
@@ -119,9 +131,11 @@ def test_on_failure_record_marks_the_tasks_lost(s3_url):
     storage, _out, plan = plan_job(s3_url)
     first, second = plan.map_specs
     handler(build_event([second], storage.url), context())  # this one has a result: not lost
-    record = {"requestContext": {"condition": "RetriesExhausted", "approximateInvokeCount": 3},
-              "requestPayload": build_event([first, second], storage.url),
-              "responsePayload": {"errorType": "Runtime.ExitError", "errorMessage": "signal SIGKILL"}}
+    record = {
+        "requestContext": {"condition": "RetriesExhausted", "approximateInvokeCount": 3},
+        "requestPayload": build_event([first, second], storage.url),
+        "responsePayload": {"errorType": "Runtime.ExitError", "errorMessage": "signal SIGKILL"},
+    }
     assert handler(record, context()) == {"lost": [first.task_id]}
     reason = json.loads(storage.get(lost_key(plan.job_id, first.task_id, 1)))["reason"]
     assert "RetriesExhausted after 3 deliveries" in reason and "SIGKILL" in reason
@@ -149,13 +163,31 @@ def echo_handler(event, context):
     """Report what a delivery sees (imported by name in the delivery process)."""
     if "requestPayload" in event:  # an on-failure record: log it against the original event's file
         with open(event["requestPayload"]["log"], "a") as f:
-            f.write(json.dumps({"pid": os.getpid(), "request_id": context.aws_request_id,
-                                "start": time.time(), "record": True}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "pid": os.getpid(),
+                        "request_id": context.aws_request_id,
+                        "start": time.time(),
+                        "record": True,
+                    }
+                )
+                + "\n"
+            )
         return {}
     if event.get("log"):
         with open(event["log"], "a") as f:
-            f.write(json.dumps({"pid": os.getpid(), "request_id": context.aws_request_id,
-                                "start": time.time(), "record": False}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "pid": os.getpid(),
+                        "request_id": context.aws_request_id,
+                        "start": time.time(),
+                        "record": False,
+                    }
+                )
+                + "\n"
+            )
     if event.get("fail_first") and not os.path.exists(event["fail_first"]):
         open(event["fail_first"], "w").close()
         raise RuntimeError("first delivery fails")
@@ -165,15 +197,27 @@ def echo_handler(event, context):
         _hold = bytearray(event["allocate_mb"] << 20)  # noqa: F841 - the allocation is the point
     if event.get("always_fail"):
         raise RuntimeError("always")
-    return {"pid": os.getpid(), "event": event, "function_name": context.function_name,
-            "request_id": context.aws_request_id, "remaining_ms": context.get_remaining_time_in_millis(),
-            "memory": context.memory_limit_in_mb, "rlimit_as": resource.getrlimit(resource.RLIMIT_AS)[0]}
+    return {
+        "pid": os.getpid(),
+        "event": event,
+        "function_name": context.function_name,
+        "request_id": context.aws_request_id,
+        "remaining_ms": context.get_remaining_time_in_millis(),
+        "memory": context.memory_limit_in_mb,
+        "rlimit_as": resource.getrlimit(resource.RLIMIT_AS)[0],
+    }
 
 
 def local(tmp_path, **fields) -> LocalFunction:
     fields.setdefault("timeout", 20)
-    return LocalFunction(FunctionConfig(name="echo", handler="tests.test_lambda_handler:echo_handler",
-                                        state_dir=str(tmp_path / "fn"), **fields))
+    return LocalFunction(
+        FunctionConfig(
+            name="echo",
+            handler="tests.test_lambda_handler:echo_handler",
+            state_dir=str(tmp_path / "fn"),
+            **fields,
+        )
+    )
 
 
 def test_sync_invocation_is_a_cold_start_with_the_lambda_context(tmp_path):
@@ -231,8 +275,12 @@ def test_async_events_are_retried_duplicated_and_finally_reported(tmp_path):
 
 def test_detached_invocations_outlive_their_invoker(tmp_path):
     log = tmp_path / "log.jsonl"
-    fn = LocalFunction(FunctionConfig(name="echo", handler="tests.test_lambda_handler:echo_handler",
-                                      state_dir=str(tmp_path / "fn")), detached=True)
+    fn = LocalFunction(
+        FunctionConfig(
+            name="echo", handler="tests.test_lambda_handler:echo_handler", state_dir=str(tmp_path / "fn")
+        ),
+        detached=True,
+    )
     fn.invoke({"log": str(log)})
     assert wait_for_lines(log, 1)[0]["pid"] != os.getpid()
 

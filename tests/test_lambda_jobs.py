@@ -38,8 +38,9 @@ def corpus(bucket: str, files: int = 3, lines: int = 400) -> list[str]:
     store = open_storage(f"s3://{bucket}/in")
     every = []
     for f in range(files):
-        text = [" ".join(WORDS[(f * 7 + i * 3 + j) % len(WORDS)] for j in range(1 + i % 9))
-                for i in range(lines)]
+        text = [
+            " ".join(WORDS[(f * 7 + i * 3 + j) % len(WORDS)] for j in range(1 + i % 9)) for i in range(lines)
+        ]
         store.put(f"part-{f}.txt", ("\n".join(text) + "\n").encode())
         every += text
     return every
@@ -47,15 +48,22 @@ def corpus(bucket: str, files: int = 3, lines: int = 400) -> list[str]:
 
 def executor(tmp_path, s3_url: str, **options) -> LocalLambdaExecutor:
     options.setdefault("timeout", 20)
-    return LocalLambdaExecutor.from_name("lambda-local", state_dir=str(tmp_path / "fn"), storage=s3_url,
-                                         **options)
+    return LocalLambdaExecutor.from_name(
+        "lambda-local", state_dir=str(tmp_path / "fn"), storage=s3_url, **options
+    )
 
 
 def test_word_count_with_inputs_shuffle_and_output_in_s3(tmp_path, s3_bucket, s3_url):
     lines = corpus(s3_bucket)
     with executor(tmp_path, s3_url) as ex:
-        result = mrkit.run(WORDCOUNT, f"s3://{s3_bucket}/in/*.txt", output=f"s3://{s3_bucket}/out",
-                           executor=ex, n_reduce=2, quiet=True)
+        result = mrkit.run(
+            WORDCOUNT,
+            f"s3://{s3_bucket}/in/*.txt",
+            output=f"s3://{s3_bucket}/out",
+            executor=ex,
+            n_reduce=2,
+            quiet=True,
+        )
     assert sorted(result) == sorted(reference(WORDCOUNT, lines))
     assert result.counters["map.records_in"] == len(lines) and result.counters["map.tasks"] == 3
     bucket = open_storage(f"s3://{s3_bucket}")
@@ -74,17 +82,25 @@ def test_submit_returns_at_once_and_is_followed_from_anywhere(tmp_path, s3_bucke
     lines = corpus(s3_bucket)
     ex = executor(tmp_path, s3_url)
     started = time.monotonic()
-    handle = mrkit.submit(WORDCOUNT, f"s3://{s3_bucket}/in/*.txt", executor=ex, output=f"s3://{s3_bucket}/out",
-                          n_reduce=2)
+    handle = mrkit.submit(
+        WORDCOUNT, f"s3://{s3_bucket}/in/*.txt", executor=ex, output=f"s3://{s3_bucket}/out", n_reduce=2
+    )
     assert time.monotonic() - started < 5  # planned and invoked; nothing has run yet
     status = handle.status()
     assert status["state"] == "running" and status["tasks"]["map"]["total"] == 3
     # Another process follows the job by id: the state lives in the object store.
-    code = ("import json, sys; from mrkit.coordination.object_store_jobs import open_job_handle; "
-            "h = open_job_handle(sys.argv[1], sys.argv[2]); r = h.wait(60); "
-            "print(json.dumps({'state': h.status()['state'], 'records': r.counters['map.records_in']}))")
-    out = subprocess.run([sys.executable, "-c", code, handle.id, s3_url], capture_output=True, text=True,
-                         timeout=90, check=True).stdout
+    code = (
+        "import json, sys; from mrkit.coordination.object_store_jobs import open_job_handle; "
+        "h = open_job_handle(sys.argv[1], sys.argv[2]); r = h.wait(60); "
+        "print(json.dumps({'state': h.status()['state'], 'records': r.counters['map.records_in']}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, handle.id, s3_url],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=True,
+    ).stdout
     assert json.loads(out) == {"state": "done", "records": len(lines)}
     result = handle.result(10)
     assert sorted(result) == sorted(reference(WORDCOUNT, lines))
@@ -95,8 +111,9 @@ def test_submit_returns_at_once_and_is_followed_from_anywhere(tmp_path, s3_bucke
 
 def test_serverless_job_in_memory_result(tmp_path, s3_url):
     records = ["a b", "b c", "c"] * 30
-    handle = mrkit.submit(WORDCOUNT, mrkit.Records(records), executor=executor(tmp_path, s3_url), n_map=3,
-                          n_reduce=2)
+    handle = mrkit.submit(
+        WORDCOUNT, mrkit.Records(records), executor=executor(tmp_path, s3_url), n_map=3, n_reduce=2
+    )
     assert dict(handle.wait(60)) == dict(reference(WORDCOUNT, records))
     assert open_job_handle(handle.id, s3_url).status()["state"] == "done"
 
@@ -110,10 +127,18 @@ def _no_hats(line: str):
 def test_serverless_job_that_fails_publishes_nothing(tmp_path, s3_bucket, s3_url):
     corpus(s3_bucket, files=1)
     job = mrkit.Job(mapper=_no_hats, reducer=lambda k, vs: sum(vs))
-    handle = mrkit.submit(job, f"s3://{s3_bucket}/in/*.txt", executor=executor(tmp_path, s3_url),
-                          output=f"s3://{s3_bucket}/out", policy=mrkit.RetryPolicy(max_attempts=2))
-    with pytest.raises(JobFailed, match=r"map task map-00000 of job .* failed after 2 attempts: "
-                                        r".*part-0.txt.*ValueError: no hats") as info:
+    handle = mrkit.submit(
+        job,
+        f"s3://{s3_bucket}/in/*.txt",
+        executor=executor(tmp_path, s3_url),
+        output=f"s3://{s3_bucket}/out",
+        policy=mrkit.RetryPolicy(max_attempts=2),
+    )
+    with pytest.raises(
+        JobFailed,
+        match=r"map task map-00000 of job .* failed after 2 attempts: "
+        r".*part-0.txt.*ValueError: no hats",
+    ) as info:
         handle.wait(60)
     assert "ValueError: no hats" in info.value.remote_traceback
     assert list(open_storage(f"s3://{s3_bucket}").list("out/")) == []
@@ -138,7 +163,9 @@ def test_cancelled_serverless_job_stops(tmp_path, s3_url):
 
 
 def test_storage_the_functions_cannot_reach_is_refused(tmp_path):
-    ex = LambdaExecutor.from_name("lambda://fn?region=eu-west-1&max_concurrency=5", storage=f"file://{tmp_path}")
+    ex = LambdaExecutor.from_name(
+        "lambda://fn?region=eu-west-1&max_concurrency=5", storage=f"file://{tmp_path}"
+    )
     assert ex.workers == 5 and ex.invoker.region == "eu-west-1" and not ex.local
     spec = TaskSpec(job_id="j", task_id="map-00000", kind=TaskKind.MAP, storage_url=f"file://{tmp_path}")
     with pytest.raises(ConfigError, match="cannot reach storage"):
@@ -160,11 +187,16 @@ class FakeLambdaClient:
         self.calls: list[dict] = []
 
     def invoke(self, *, FunctionName: str, InvocationType: str, Payload: bytes) -> dict:  # noqa: N803 - boto3's names
-        self.calls.append({"FunctionName": FunctionName, "InvocationType": InvocationType,
-                           "size": len(Payload)})
+        self.calls.append(
+            {"FunctionName": FunctionName, "InvocationType": InvocationType, "size": len(Payload)}
+        )
         event = json.loads(Payload)
-        ctx = LambdaContext(function_name=FunctionName, memory_limit_in_mb=1024,
-                            aws_request_id=str(uuid.uuid4()), deadline=time.time() + 60)
+        ctx = LambdaContext(
+            function_name=FunctionName,
+            memory_limit_in_mb=1024,
+            aws_request_id=str(uuid.uuid4()),
+            deadline=time.time() + 60,
+        )
         if InvocationType == "Event":
             threading.Thread(target=handler, args=(event, ctx)).start()
             return {"StatusCode": 202}
@@ -177,8 +209,13 @@ class FakeLambdaClient:
 @pytest.mark.parametrize("invocation", ["event", "sync"])
 def test_lambda_executor_drives_boto3_invoke(s3_bucket, s3_url, invocation):
     lines = corpus(s3_bucket, files=2)
-    ex = LambdaExecutor.from_name(f"lambda://wordcount?region=us-east-1&invocation={invocation}",
-                                  storage=s3_url, max_concurrency=4, poll_interval=0.05, lost_after=60)
+    ex = LambdaExecutor.from_name(
+        f"lambda://wordcount?region=us-east-1&invocation={invocation}",
+        storage=s3_url,
+        max_concurrency=4,
+        poll_interval=0.05,
+        lost_after=60,
+    )
     client = ex.invoker._client = FakeLambdaClient()
     result = mrkit.run(WORDCOUNT, f"s3://{s3_bucket}/in/*.txt", executor=ex, n_reduce=2, quiet=True)
     assert sorted(result) == sorted(reference(WORDCOUNT, lines))
@@ -196,8 +233,18 @@ def test_cli_submit_status_result(tmp_path, s3_bucket, s3_url):
     lines = corpus(s3_bucket, files=2)
     executor = f"lambda-local://wc?storage={s3_url}&state_dir={tmp_path / 'fn'}&max_concurrency=2"
     runner = CliRunner()
-    submitted = runner.invoke(cli, ["submit", "tests/jobs_for_tests.py:WORDCOUNT", f"s3://{s3_bucket}/in/",
-                                    "--executor", executor, "-M", "2"])
+    submitted = runner.invoke(
+        cli,
+        [
+            "submit",
+            "tests/jobs_for_tests.py:WORDCOUNT",
+            f"s3://{s3_bucket}/in/",
+            "--executor",
+            executor,
+            "-M",
+            "2",
+        ],
+    )
     assert submitted.exit_code == 0, submitted.output
     job_id = submitted.stdout.split()[0]
     result = runner.invoke(cli, ["result", job_id, "--executor", executor, "--wait", "--timeout", "60"])
@@ -224,11 +271,15 @@ def test_invoke_requests_match_the_lambda_api():
     event = build_event([TaskSpec(job_id="j", task_id="map-00000", kind=TaskKind.MAP)], "s3://b/p")
     body = json.dumps({"results": []}).encode()
     with Stubber(client) as stub:
-        stub.add_response("invoke", {"StatusCode": 202},
-                          {"FunctionName": "mrkit-wc", "InvocationType": "Event", "Payload": ANY})
+        stub.add_response(
+            "invoke",
+            {"StatusCode": 202},
+            {"FunctionName": "mrkit-wc", "InvocationType": "Event", "Payload": ANY},
+        )
         reply = {"StatusCode": 200, "Payload": StreamingBody(io.BytesIO(body), len(body))}
-        stub.add_response("invoke", reply,
-                          {"FunctionName": "mrkit-wc", "InvocationType": "RequestResponse", "Payload": ANY})
+        stub.add_response(
+            "invoke", reply, {"FunctionName": "mrkit-wc", "InvocationType": "RequestResponse", "Payload": ANY}
+        )
         assert invoker.invoke(event) is None
         assert invoker.invoke(event, sync=True) == {"results": []}
         stub.assert_no_pending_responses()
@@ -237,8 +288,9 @@ def test_invoke_requests_match_the_lambda_api():
 def test_futures_map_on_local_functions(tmp_path):
     from mrkit import futures
 
-    ex = LocalLambdaExecutor.from_name("lambda-local", state_dir=str(tmp_path / "fn"), max_concurrency=2,
-                                       batch_size=4)
+    ex = LocalLambdaExecutor.from_name(
+        "lambda-local", state_dir=str(tmp_path / "fn"), max_concurrency=2, batch_size=4
+    )
     with ex:
         squares = list(futures.map(lambda x: x * x, range(50), executor=ex, chunksize=5))
     assert squares == [x * x for x in range(50)]

@@ -189,5 +189,12 @@ def test_open_ended_reads_start_small_and_grow(s3_url, monkeypatch):
             assert f.read() == data[100:]
     finally:
         client.meta.events.unregister("before-send.s3.GetObject", record)
-    assert ranges == ["bytes=100-355", "bytes=356-867", "bytes=868-1891", "bytes=1892-2915",
-                      "bytes=2916-3939", "bytes=3940-4963", "bytes=4964-5987"]
+    assert ranges == [
+        "bytes=100-355",
+        "bytes=356-867",
+        "bytes=868-1891",
+        "bytes=1892-2915",
+        "bytes=2916-3939",
+        "bytes=3940-4963",
+        "bytes=4964-5987",
+    ]

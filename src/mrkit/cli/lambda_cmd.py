@@ -71,8 +71,9 @@ def _module_source(job: str) -> tuple[str, str]:
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.origin or spec.origin in ("built-in", "frozen"):
-        raise click.BadParameter(f"{job!r} is neither a .py file, a package folder nor an importable module",
-                                 param_hint="--job")
+        raise click.BadParameter(
+            f"{job!r} is neither a .py file, a package folder nor an importable module", param_hint="--job"
+        )
     if spec.submodule_search_locations:
         return os.path.dirname(spec.origin), top
     return spec.origin, f"{top}.py"
@@ -124,15 +125,24 @@ def _wait_ready(client: Any, name: str, timeout: float = 120.0) -> dict[str, Any
         if config.get("State", "Active") != "Pending" and config.get("LastUpdateStatus") != "InProgress":
             return config
         if time.monotonic() > deadline:
-            raise click.ClickException(f"function {name} is still {config.get('State')}/"
-                                       f"{config.get('LastUpdateStatus')} after {timeout:.0f}s")
+            raise click.ClickException(
+                f"function {name} is still {config.get('State')}/"
+                f"{config.get('LastUpdateStatus')} after {timeout:.0f}s"
+            )
         time.sleep(1.0)
 
 
-def deploy_function(name: str, role: str, *, memory: int = 1024, timeout: int = 900,
-                    region: str | None = None, jobs: Sequence[str] = (),
-                    environment: dict[str, str] | None = None,
-                    concurrency: int | None = None) -> tuple[str, dict[str, Any]]:
+def deploy_function(
+    name: str,
+    role: str,
+    *,
+    memory: int = 1024,
+    timeout: int = 900,
+    region: str | None = None,
+    jobs: Sequence[str] = (),
+    environment: dict[str, str] | None = None,
+    concurrency: int | None = None,
+) -> tuple[str, dict[str, Any]]:
     """Create or update the function ``name``.
 
     Returns:
@@ -143,11 +153,22 @@ def deploy_function(name: str, role: str, *, memory: int = 1024, timeout: int = 
     """
     client = _client(region)
     package = build_package(jobs)
-    settings = {"Role": role, "Handler": HANDLER, "Runtime": runtime_name(), "Timeout": timeout,
-                "MemorySize": memory, "Environment": {"Variables": dict(environment or {})}}
+    settings = {
+        "Role": role,
+        "Handler": HANDLER,
+        "Runtime": runtime_name(),
+        "Timeout": timeout,
+        "MemorySize": memory,
+        "Environment": {"Variables": dict(environment or {})},
+    }
     try:
-        client.create_function(FunctionName=name, Code={"ZipFile": package}, Publish=False,
-                               Description="mrkit function worker", **settings)
+        client.create_function(
+            FunctionName=name,
+            Code={"ZipFile": package},
+            Publish=False,
+            Description="mrkit function worker",
+            **settings,
+        )
         action = "created"
     except client.exceptions.ResourceConflictException:
         client.update_function_code(FunctionName=name, ZipFile=package)
@@ -156,8 +177,10 @@ def deploy_function(name: str, role: str, *, memory: int = 1024, timeout: int = 
         action = "updated"
     config = _wait_ready(client, name)
     client.put_function_event_invoke_config(
-        FunctionName=name, MaximumRetryAttempts=2,
-        DestinationConfig={"OnFailure": {"Destination": config["FunctionArn"]}})
+        FunctionName=name,
+        MaximumRetryAttempts=2,
+        DestinationConfig={"OnFailure": {"Destination": config["FunctionArn"]}},
+    )
     if concurrency is not None:
         client.put_function_concurrency(FunctionName=name, ReservedConcurrentExecutions=concurrency)
     return action, config
@@ -190,23 +213,63 @@ def lambda_group() -> None:
 
 @lambda_group.command()
 @click.argument("name")
-@click.option("--role", required=True, envvar="MRKIT_LAMBDA_ROLE",
-              help="ARN of the IAM role the function runs as (see docs/serverless.md for its policy).")
-@click.option("--memory", type=click.IntRange(128, 10240), default=1024, show_default=True,
-              envvar="MRKIT_LAMBDA_MEMORY", help="Memory in MB (also sets the CPU share).")
-@click.option("--timeout", type=click.IntRange(1, 900), default=900, show_default=True,
-              envvar="MRKIT_LAMBDA_TIMEOUT", help="Seconds one invocation (one task) may run.")
-@click.option("--region", default=None, envvar="MRKIT_LAMBDA_REGION",
-              help="AWS region (default: AWS_REGION).")
-@click.option("--job", "jobs", multiple=True, metavar="MODULE",
-              help="A job module to include: file.py, a package folder or a module name (repeatable).")
+@click.option(
+    "--role",
+    required=True,
+    envvar="MRKIT_LAMBDA_ROLE",
+    help="ARN of the IAM role the function runs as (see docs/serverless.md for its policy).",
+)
+@click.option(
+    "--memory",
+    type=click.IntRange(128, 10240),
+    default=1024,
+    show_default=True,
+    envvar="MRKIT_LAMBDA_MEMORY",
+    help="Memory in MB (also sets the CPU share).",
+)
+@click.option(
+    "--timeout",
+    type=click.IntRange(1, 900),
+    default=900,
+    show_default=True,
+    envvar="MRKIT_LAMBDA_TIMEOUT",
+    help="Seconds one invocation (one task) may run.",
+)
+@click.option(
+    "--region", default=None, envvar="MRKIT_LAMBDA_REGION", help="AWS region (default: AWS_REGION)."
+)
+@click.option(
+    "--job",
+    "jobs",
+    multiple=True,
+    metavar="MODULE",
+    help="A job module to include: file.py, a package folder or a module name (repeatable).",
+)
 @click.option("--env", "env", multiple=True, metavar="NAME=VALUE", help="Function environment variable.")
-@click.option("--concurrency", type=click.IntRange(1), default=None,
-              help="Reserved concurrency: at most this many invocations at once.")
-@click.option("--zip", "zip_path", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Also write the package to this file.")
-def deploy(name: str, role: str, memory: int, timeout: int, region: str | None, jobs: tuple[str, ...],
-           env: tuple[str, ...], concurrency: int | None, zip_path: str | None) -> None:
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1),
+    default=None,
+    help="Reserved concurrency: at most this many invocations at once.",
+)
+@click.option(
+    "--zip",
+    "zip_path",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Also write the package to this file.",
+)
+def deploy(
+    name: str,
+    role: str,
+    memory: int,
+    timeout: int,
+    region: str | None,
+    jobs: tuple[str, ...],
+    env: tuple[str, ...],
+    concurrency: int | None,
+    zip_path: str | None,
+) -> None:
     """Package mrkit (and --job modules) and create or update the function NAME.
 
     \b
@@ -218,17 +281,28 @@ def deploy(name: str, role: str, memory: int, timeout: int, region: str | None, 
     if zip_path:
         with open(zip_path, "wb") as f:
             f.write(build_package(jobs))
-    action, config = deploy_function(name, role, memory=memory, timeout=timeout, region=region, jobs=jobs,
-                                     environment=_parse_env(env), concurrency=concurrency)
-    click.echo(f"{action} {config['FunctionArn']}: {config['Runtime']}, {config['MemorySize']} MB, "
-               f"{config['Timeout']} s, package {config.get('CodeSize', 0) / 1024:.0f} KiB; "
-               f"use --executor lambda://{name}")
+    action, config = deploy_function(
+        name,
+        role,
+        memory=memory,
+        timeout=timeout,
+        region=region,
+        jobs=jobs,
+        environment=_parse_env(env),
+        concurrency=concurrency,
+    )
+    click.echo(
+        f"{action} {config['FunctionArn']}: {config['Runtime']}, {config['MemorySize']} MB, "
+        f"{config['Timeout']} s, package {config.get('CodeSize', 0) / 1024:.0f} KiB; "
+        f"use --executor lambda://{name}"
+    )
 
 
 @lambda_group.command()
 @click.argument("name")
-@click.option("--region", default=None, envvar="MRKIT_LAMBDA_REGION",
-              help="AWS region (default: AWS_REGION).")
+@click.option(
+    "--region", default=None, envvar="MRKIT_LAMBDA_REGION", help="AWS region (default: AWS_REGION)."
+)
 def remove(name: str, region: str | None) -> None:
     """Delete the function NAME."""
     if remove_function(name, region=region):

@@ -36,6 +36,10 @@ Keys, in the job's storage (beside those of :mod:`mrkit.model.layout` and
                                          seconds, written after _SUCCESS), failed or cancelled
     _jobs/{job}                          index of submitted jobs (empty), listed by ``list_jobs``
 
+Why one module of ~650 lines: submitting, advancing (inside the functions) and following a job all
+read and write the same keys, listed above once; :class:`ObjectStoreJobHandle` would be the first to
+move out if it grows.
+
 Not handled: a job whose every attempt of some task vanishes without an on-failure record (no
 destination configured, or Lambda dropped the event) stays ``running``; ``status()`` shows which
 tasks have not completed. Invocations that were already running when a job ended may leave keys
@@ -87,13 +91,28 @@ JOBS_INDEX = "_jobs/"  # one empty key per submitted job, so that listing jobs l
 # -- submitting ------------------------------------------------------------------------------------
 
 
-def submit_job(executor: Any, job: Job, inputs: Any, *, output: str | os.PathLike[str] | None = None,
-               n_map: int | None = None, n_reduce: int | None = None, storage: str | None = None,
-               format: str = "tsv", memory_mb: float = 256.0, overwrite: bool = False,
-               policy: RetryPolicy | None = None, errors: str = "strict", input_format: str = "auto",
-               params: dict[str, Any] | None = None, job_id: str | None = None, workers: int | None = None,
-               progress: bool | None = None, quiet: bool = False,
-               executor_options: dict[str, Any] | None = None) -> ObjectStoreJobHandle:
+def submit_job(
+    executor: Any,
+    job: Job,
+    inputs: Any,
+    *,
+    output: str | os.PathLike[str] | None = None,
+    n_map: int | None = None,
+    n_reduce: int | None = None,
+    storage: str | None = None,
+    format: str = "tsv",
+    memory_mb: float = 256.0,
+    overwrite: bool = False,
+    policy: RetryPolicy | None = None,
+    errors: str = "strict",
+    input_format: str = "auto",
+    params: dict[str, Any] | None = None,
+    job_id: str | None = None,
+    workers: int | None = None,
+    progress: bool | None = None,
+    quiet: bool = False,
+    executor_options: dict[str, Any] | None = None,
+) -> ObjectStoreJobHandle:
     """Plan ``job``, store the plan, invoke its map tasks and return at once.
 
     Args:
@@ -122,8 +141,9 @@ def submit_job(executor: Any, job: Job, inputs: Any, *, output: str | os.PathLik
     job_id = job_id or new_job_id(job.name)
     url = storage or executor.storage_url(job_id)
     if not url:
-        raise ConfigError(f"executor {executor.name} needs storage=URL (e.g. s3://bucket/mrkit) "
-                          "for a submitted job")
+        raise ConfigError(
+            f"executor {executor.name} needs storage=URL (e.g. s3://bucket/mrkit) for a submitted job"
+        )
     inter = open_storage(url)
     if output is None:
         out_url = f"{inter.url}#{job_id}/output/"
@@ -131,18 +151,32 @@ def submit_job(executor: Any, job: Job, inputs: Any, *, output: str | os.PathLik
         out_url = os.fspath(output)
         previous = existing_output(open_storage(out_url))
         if previous and not overwrite:
-            raise OutputExistsError(f"output {out_url} already holds a result ({len(previous)} files): "
-                                    "choose another output or pass overwrite=True (--overwrite)")
+            raise OutputExistsError(
+                f"output {out_url} already holds a result ({len(previous)} files): "
+                "choose another output or pass overwrite=True (--overwrite)"
+            )
     splits = _splits(inputs, inter, job_id, n_map, errors, input_format, executor.workers)
     settings = TaskSettings(memory_mb=memory_mb, output_format=fmt)
-    plan = build_plan(job, splits, job_id=job_id, storage=inter, output_url=open_storage(out_url).url,
-                      n_reduce=n_reduce or max(1, executor.workers), settings=settings, policy=policy,
-                      overwrite=overwrite)
+    plan = build_plan(
+        job,
+        splits,
+        job_id=job_id,
+        storage=inter,
+        output_url=open_storage(out_url).url,
+        n_reduce=n_reduce or max(1, executor.workers),
+        settings=settings,
+        policy=policy,
+        overwrite=overwrite,
+    )
     for spec in (*plan.map_specs, *plan.reduce_specs):
         executor.check_reachable(spec.output_url)
     invoker = invoker_from_config(executor.invoker.config())
-    document = {"plan": _plan_to_dict(plan), "invoker": invoker.config(), "submitted": time.time(),
-                "executor": executor.name}
+    document = {
+        "plan": _plan_to_dict(plan),
+        "invoker": invoker.config(),
+        "submitted": time.time(),
+        "executor": executor.name,
+    }
     if not inter.put_if_absent(plan_key(job_id), json.dumps(document).encode()):
         raise ConfigError(f"job id {job_id} is already taken in {inter.url}")
     inter.put(JOBS_INDEX + job_id, b"")
@@ -155,18 +189,27 @@ def submit_job(executor: Any, job: Job, inputs: Any, *, output: str | os.PathLik
     return ObjectStoreJobHandle(job_id, inter.url)
 
 
-def _splits(inputs: Any, storage: Storage, job_id: str, n_map: int | None, errors: str, input_format: str,
-            workers: int) -> list[Any]:
+def _splits(
+    inputs: Any,
+    storage: Storage,
+    job_id: str,
+    n_map: int | None,
+    errors: str,
+    input_format: str,
+    workers: int,
+) -> list[Any]:
     from mrkit.api import Records  # the input conventions are the user API's (mrkit.run's)
 
     path_like = (str, os.PathLike)
     is_paths = isinstance(inputs, path_like) or (
-        isinstance(inputs, (list, tuple)) and bool(inputs) and all(isinstance(i, path_like) for i in inputs))
+        isinstance(inputs, (list, tuple)) and bool(inputs) and all(isinstance(i, path_like) for i in inputs)
+    )
     if isinstance(inputs, Records) or not is_paths:
         items = inputs.items if isinstance(inputs, Records) else inputs
         if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
-            raise ConfigError("inputs must be paths, globs, folders or an iterable of records, "
-                              f"got {inputs!r:.80}")
+            raise ConfigError(
+                f"inputs must be paths, globs, folders or an iterable of records, got {inputs!r:.80}"
+            )
         return store_records(storage, job_id, items, n_map or max(2, min(workers, 64)))
     from mrkit.data.splits import plan_splits
 
@@ -175,20 +218,33 @@ def _splits(inputs: Any, storage: Storage, job_id: str, n_map: int | None, error
 
 
 def _plan_to_dict(plan: JobPlan) -> dict[str, Any]:
-    return {"job_id": plan.job_id, "name": plan.name, "storage_url": plan.storage_url,
-            "output_url": plan.output_url, "output_format": plan.output_format, "overwrite": plan.overwrite,
-            "policy": dataclasses.asdict(plan.policy), "input_bytes": plan.input_bytes,
-            "map_specs": [s.encode().decode() for s in plan.map_specs],
-            "reduce_specs": [s.encode().decode() for s in plan.reduce_specs]}
+    return {
+        "job_id": plan.job_id,
+        "name": plan.name,
+        "storage_url": plan.storage_url,
+        "output_url": plan.output_url,
+        "output_format": plan.output_format,
+        "overwrite": plan.overwrite,
+        "policy": dataclasses.asdict(plan.policy),
+        "input_bytes": plan.input_bytes,
+        "map_specs": [s.encode().decode() for s in plan.map_specs],
+        "reduce_specs": [s.encode().decode() for s in plan.reduce_specs],
+    }
 
 
 def _plan_from_dict(data: dict[str, Any]) -> JobPlan:
-    return JobPlan(job_id=data["job_id"], name=data["name"], storage_url=data["storage_url"],
-                   output_url=data["output_url"], output_format=data["output_format"],
-                   overwrite=data["overwrite"], policy=RetryPolicy(**data["policy"]),
-                   input_bytes=data["input_bytes"],
-                   map_specs=tuple(TaskSpec.decode(s) for s in data["map_specs"]),
-                   reduce_specs=tuple(TaskSpec.decode(s) for s in data["reduce_specs"]))
+    return JobPlan(
+        job_id=data["job_id"],
+        name=data["name"],
+        storage_url=data["storage_url"],
+        output_url=data["output_url"],
+        output_format=data["output_format"],
+        overwrite=data["overwrite"],
+        policy=RetryPolicy(**data["policy"]),
+        input_bytes=data["input_bytes"],
+        map_specs=tuple(TaskSpec.decode(s) for s in data["map_specs"]),
+        reduce_specs=tuple(TaskSpec.decode(s) for s in data["reduce_specs"]),
+    )
 
 
 def _invoke_all(invoker: Any, specs: Iterable[TaskSpec], url: str, job_event: dict[str, Any]) -> None:
@@ -229,8 +285,9 @@ def stopped(storage: Storage, job_id: str) -> dict[str, Any] | None:
     return None if raw is None else dict(json.loads(raw))
 
 
-def advance(storage: Storage, spec: TaskSpec, result: TaskResult, job_event: dict[str, Any],
-            request_id: str) -> None:
+def advance(
+    storage: Storage, spec: TaskSpec, result: TaskResult, job_event: dict[str, Any], request_id: str
+) -> None:
     """After one task attempt: record it, and start the next phase or publish when it completed one.
 
     Args:
@@ -266,8 +323,14 @@ def lost(storage: Storage, spec: TaskSpec, job_event: dict[str, Any], reason: st
         _retry_or_fail(storage, spec, job_event, lost_reason=reason)
 
 
-def _retry_or_fail(storage: Storage, spec: TaskSpec, job_event: dict[str, Any], *,
-                   failure: TaskFailure | None = None, lost_reason: str = "") -> None:
+def _retry_or_fail(
+    storage: Storage,
+    spec: TaskSpec,
+    job_event: dict[str, Any],
+    *,
+    failure: TaskFailure | None = None,
+    lost_reason: str = "",
+) -> None:
     from mrkit.execution.aws_lambda import invoker_from_config
 
     plan = _plan_from_dict(_load(storage, spec.job_id)["plan"])
@@ -290,28 +353,37 @@ def _retry_or_fail(storage: Storage, spec: TaskSpec, job_event: dict[str, Any], 
         _invoke_all(invoker_from_config(job_event["invoker"]), [nxt], plan.storage_url, job_event)
 
 
-def _fail_job(storage: Storage, plan: JobPlan, spec: TaskSpec, counts: dict[str, Any],
-              failure: TaskFailure | None) -> None:
+def _fail_job(
+    storage: Storage, plan: JobPlan, spec: TaskSpec, counts: dict[str, Any], failure: TaskFailure | None
+) -> None:
     phase = spec.kind.value
     if failure is not None:
         retry_note = "" if failure.retryable else " (not retried: another attempt would fail the same way)"
         where = spec.split.describe() if spec.split is not None and not failure.where else ""
         detail = failure.sentence() if not where else f"{where}: {failure.sentence()}"
-        message = (f"{phase} task {spec.task_id} of job {spec.job_id} failed after {counts['failed']} "
-                   f"attempt{'s' * (counts['failed'] != 1)}{retry_note}: {detail}")
+        message = (
+            f"{phase} task {spec.task_id} of job {spec.job_id} failed after {counts['failed']} "
+            f"attempt{'s' * (counts['failed'] != 1)}{retry_note}: {detail}"
+        )
         traceback = failure.traceback
     else:
-        message = (f"{phase} task {spec.task_id} of job {spec.job_id} failed: its invocations were lost "
-                   f"{counts['lost']} times (last: {counts['last']})")
+        message = (
+            f"{phase} task {spec.task_id} of job {spec.job_id} failed: its invocations were lost "
+            f"{counts['lost']} times (last: {counts['last']})"
+        )
         traceback = ""
-    record = {"state": "failed", "error": message, "task_id": spec.task_id, "traceback": traceback,
-              "time": time.time()}
+    record = {
+        "state": "failed",
+        "error": message,
+        "task_id": spec.task_id,
+        "traceback": traceback,
+        "time": time.time(),
+    }
     if storage.put_if_absent(end_key(spec.job_id), json.dumps(record).encode()):
         _discard(storage, plan, keep_logs=True)
 
 
-def _start_reduce(storage: Storage, plan: JobPlan, job_event: dict[str, Any],
-                  request_id: str) -> None:
+def _start_reduce(storage: Storage, plan: JobPlan, job_event: dict[str, Any], request_id: str) -> None:
     from mrkit.execution.aws_lambda import invoker_from_config
 
     guard = f"{plan.job_id}/state/reduce"
@@ -331,10 +403,22 @@ def _publish(storage: Storage, plan: JobPlan, request_id: str) -> None:
     _restage(storage, output, plan)
     counters = _counters(storage, plan)
     seconds = time.time() - float(doc["submitted"])
-    publish_output(storage, output, plan.job_id, plan.n_reduce, output_format=plan.output_format,
-                   overwrite=plan.overwrite, summary={"seconds": round(seconds, 3), "counters": counters})
-    record = {"state": "done", "counters": counters, "seconds": round(seconds, 3), "time": time.time(),
-              "output": plan.output_url}
+    publish_output(
+        storage,
+        output,
+        plan.job_id,
+        plan.n_reduce,
+        output_format=plan.output_format,
+        overwrite=plan.overwrite,
+        summary={"seconds": round(seconds, 3), "counters": counters},
+    )
+    record = {
+        "state": "done",
+        "counters": counters,
+        "seconds": round(seconds, 3),
+        "time": time.time(),
+        "output": plan.output_url,
+    }
     storage.put_if_absent(end_key(plan.job_id), json.dumps(record).encode())
     _discard(storage, plan)
 
@@ -391,7 +475,7 @@ def _discard(storage: Storage, plan: JobPlan, *, keep_logs: bool = False) -> Non
 def list_jobs(storage_url: str) -> list[dict[str, Any]]:
     """The status of every job submitted with this storage, newest first."""
     storage = open_storage(storage_url)
-    ids = [key[len(JOBS_INDEX):] for key in storage.list(JOBS_INDEX)]
+    ids = [key[len(JOBS_INDEX) :] for key in storage.list(JOBS_INDEX)]
     found = [ObjectStoreJobHandle(job_id, storage_url).status() for job_id in ids]
     return sorted((s for s in found if s["state"] != "unknown"), key=lambda s: -float(s["submitted"]))
 
@@ -441,20 +525,28 @@ class ObjectStoreJobHandle(JobHandle):
         plan = doc["plan"]
         totals = {"map": len(plan["map_specs"]), "reduce": len(plan["reduce_specs"])}
         status: dict[str, Any] = {
-            "id": self.id, "name": plan["name"], "executor": doc.get("executor", ""),
-            "submitted": doc["submitted"], "seconds": round(time.time() - doc["submitted"], 3),
+            "id": self.id,
+            "name": plan["name"],
+            "executor": doc.get("executor", ""),
+            "submitted": doc["submitted"],
+            "seconds": round(time.time() - doc["submitted"], 3),
             "output": None if "#" in plan["output_url"] else plan["output_url"].removeprefix("file://"),
-            "workers": [doc.get("executor", "")], "in_flight": 0,
+            "workers": [doc.get("executor", "")],
+            "in_flight": 0,
         }
         zero = {"map": 0, "reduce": 0}
         end = stopped(self.storage, self.id)
         if end is not None:
             counters = end.get("counters", {})
             done = totals if end["state"] == "done" else zero
-            status.update({k: v for k, v in end.items() if k not in ("traceback", "time")}, phase="end",
-                          tasks={p: {"done": done[p], "total": totals[p]} for p in totals},
-                          attempts={p: counters.get(f"{p}.attempts_launched", 0) for p in totals},
-                          failures=dict(zero), lost=dict(zero))
+            status.update(
+                {k: v for k, v in end.items() if k not in ("traceback", "time")},
+                phase="end",
+                tasks={p: {"done": done[p], "total": totals[p]} for p in totals},
+                attempts={p: counters.get(f"{p}.attempts_launched", 0) for p in totals},
+                failures=dict(zero),
+                lost=dict(zero),
+            )
             if "seconds" in end:
                 status["seconds"] = end["seconds"]
             return status
@@ -463,8 +555,10 @@ class ObjectStoreJobHandle(JobHandle):
         for key in self.storage.list(f"{self.id}/lambda/claims/"):
             task, attempt, _delivery = key.split("/")[-3:]
             attempts[task.split("-", 1)[0]].add(f"{task}/{attempt}")
-        finished = {"/".join(k.split("/")[-2:]).removesuffix(".lost")
-                    for k in self.storage.list(f"{self.id}/lambda/done/")}
+        finished = {
+            "/".join(k.split("/")[-2:]).removesuffix(".lost")
+            for k in self.storage.list(f"{self.id}/lambda/done/")
+        }
         failures, lost = dict(zero), dict(zero)
         for key in self.storage.list(f"{self.id}/state/attempt/"):
             raw = self.storage.get_or_none(key)
@@ -475,10 +569,15 @@ class ObjectStoreJobHandle(JobHandle):
                 failures[phase] = max(failures[phase], int(counts["failed"]))
                 lost[phase] = max(lost[phase], int(counts["lost"]))
         phase = next((p for p in ("map", "reduce") if done[p] < totals[p]), "publish")
-        status.update(state="running", phase=phase,
-                      tasks={p: {"done": done[p], "total": totals[p]} for p in totals},
-                      attempts={p: len(attempts[p]) for p in totals}, failures=failures, lost=lost,
-                      in_flight=sum(len(a - finished) for a in attempts.values()))
+        status.update(
+            state="running",
+            phase=phase,
+            tasks={p: {"done": done[p], "total": totals[p]} for p in totals},
+            attempts={p: len(attempts[p]) for p in totals},
+            failures=failures,
+            lost=lost,
+            in_flight=sum(len(a - finished) for a in attempts.values()),
+        )
         return status
 
     def wait(self, timeout: float | None = None) -> Any:
@@ -497,12 +596,21 @@ class ObjectStoreJobHandle(JobHandle):
         if end["state"] == "cancelled":
             raise JobCancelled(f"job {self.id} was cancelled", job_id=self.id)
         if end["state"] == "failed":
-            raise JobFailed(end["error"], job_id=self.id, task_id=end.get("task_id", ""),
-                            remote_traceback=end.get("traceback", ""))
+            raise JobFailed(
+                end["error"],
+                job_id=self.id,
+                task_id=end.get("task_id", ""),
+                remote_traceback=end.get("traceback", ""),
+            )
         output = _load(self.storage, self.id)["plan"]["output_url"]
         pairs = list(read_output(output)) if "#" in output else None
-        return Result(self.id, None if pairs is not None else output.removeprefix("file://"),
-                      end.get("counters", {}), float(end.get("seconds", 0.0)), pairs)
+        return Result(
+            self.id,
+            None if pairs is not None else output.removeprefix("file://"),
+            end.get("counters", {}),
+            float(end.get("seconds", 0.0)),
+            pairs,
+        )
 
     def cancel(self) -> bool:
         """Record the cancellation (invocations that start afterwards do nothing); False when the
@@ -519,8 +627,12 @@ class ObjectStoreJobHandle(JobHandle):
         for key in self.storage.list(f"{self.id}/lambda/claims/"):
             claim = json.loads(self.storage.get(key))
             task, attempt, delivery = key.split("/")[-3:]
-            lines.append((claim["time"], f"{task} {attempt} delivery {delivery[1:]} started "
-                                         f"(request {claim['request_id']})"))
+            lines.append(
+                (
+                    claim["time"],
+                    f"{task} {attempt} delivery {delivery[1:]} started (request {claim['request_id']})",
+                )
+            )
         for key in self.storage.list(f"{self.id}/lambda/done/"):
             raw = self.storage.get(key)
             task, attempt = key.split("/")[-2:]
@@ -528,9 +640,13 @@ class ObjectStoreJobHandle(JobHandle):
                 lines.append((time.time(), f"{task} {attempt[:-5]} lost: {json.loads(raw).get('reason')}"))
                 continue
             result = TaskResult.decode(raw)
-            state = ("committed" if result.committed else "ok (duplicate)") if result.ok else \
-                f"failed: {result.failure.sentence() if result.failure else '?'}"
-            lines.append((time.time(), f"{task} {attempt} {state} in {result.seconds:.3f}s "
-                                       f"on {result.worker}"))
+            state = (
+                ("committed" if result.committed else "ok (duplicate)")
+                if result.ok
+                else f"failed: {result.failure.sentence() if result.failure else '?'}"
+            )
+            lines.append(
+                (time.time(), f"{task} {attempt} {state} in {result.seconds:.3f}s on {result.worker}")
+            )
         for _, line in sorted(lines, key=lambda item: item[0]):
             yield line

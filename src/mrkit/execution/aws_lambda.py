@@ -26,6 +26,10 @@ The contract (:class:`LambdaExecutor`):
 runtime (:mod:`mrkit.worker.lambda_runtime`) in place of AWS: a fresh process per delivery, timeouts,
 memory limits, retries and injected duplicates; its default storage is a local folder.
 
+Why one module of ~600 lines: the key scheme, the event, the two invokers (boto3 and local) and the
+executor are one contract that the handler, the serverless driver and the tests import together;
+the invokers would be the first to move out if it grows.
+
 Keys this module writes and reads, in the job's storage (``layout.py`` holds the job's own)::
 
     {job}/lambda/claims/{task}/a{attempt}/d{n}   delivery n of an attempt's event (put_if_absent),
@@ -86,24 +90,30 @@ def lost_key(job_id: str, task_id: str, attempt: int) -> str:
     return result_key(job_id, task_id, attempt) + ".lost"
 
 
-def build_event(specs: list[TaskSpec], results_url: str, *, job: dict[str, Any] | None = None,
-                sync: bool = False) -> dict[str, Any]:
+def build_event(
+    specs: list[TaskSpec], results_url: str, *, job: dict[str, Any] | None = None, sync: bool = False
+) -> dict[str, Any]:
     """The event of one invocation: specs by reference, where results go, and (serverless) the job.
 
     Raises:
         ConfigError: the event exceeds Lambda's payload limit (only a futures call with large
             arguments can: send fewer items per task, or references instead of data).
     """
-    event: dict[str, Any] = {"mrkit": EVENT_VERSION, "specs": [s.encode().decode() for s in specs],
-                             "results": results_url}
+    event: dict[str, Any] = {
+        "mrkit": EVENT_VERSION,
+        "specs": [s.encode().decode() for s in specs],
+        "results": results_url,
+    }
     if job is not None:
         event["job"] = job
     size = len(json.dumps(event))
     limit = MAX_SYNC_EVENT if sync else MAX_ASYNC_EVENT
     if size > limit:
-        raise ConfigError(f"the event of {', '.join(s.task_id for s in specs)} is {size:,} bytes, over "
-                          f"Lambda's {limit:,}-byte limit: pass references (paths, keys) instead of data, "
-                          "or fewer items")
+        raise ConfigError(
+            f"the event of {', '.join(s.task_id for s in specs)} is {size:,} bytes, over "
+            f"Lambda's {limit:,}-byte limit: pass references (paths, keys) instead of data, "
+            "or fewer items"
+        )
     return event
 
 
@@ -153,16 +163,19 @@ class BotoInvoker:
                 except ImportError:
                     raise MissingExtra("the lambda:// executor", "lambda", "boto3") from None
                 # Invoke returns 202 at once for Event; a sync call may run for the function's whole timeout.
-                config = Config(read_timeout=905, retries={"max_attempts": 4, "mode": "standard"},
-                                max_pool_connections=64)
+                config = Config(
+                    read_timeout=905, retries={"max_attempts": 4, "mode": "standard"}, max_pool_connections=64
+                )
                 session = boto3.session.Session()
                 self._client = session.client("lambda", region_name=self.region, config=config)
             return self._client
 
     def invoke(self, event: dict[str, Any], *, sync: bool = False) -> Any:
-        response = self.client.invoke(FunctionName=self.function,
-                                      InvocationType="RequestResponse" if sync else "Event",
-                                      Payload=json.dumps(event).encode())
+        response = self.client.invoke(
+            FunctionName=self.function,
+            InvocationType="RequestResponse" if sync else "Event",
+            Payload=json.dumps(event).encode(),
+        )
         if not sync:
             return None
         payload = json.loads(response["Payload"].read() or b"null")
@@ -232,8 +245,9 @@ class _Pending:
     deadline: float
 
 
-def _resolve(future: Future[TaskResult], result: TaskResult | None = None,
-             error: BaseException | None = None) -> None:
+def _resolve(
+    future: Future[TaskResult], result: TaskResult | None = None, error: BaseException | None = None
+) -> None:
     try:
         if error is not None:
             future.set_exception(error)
@@ -243,14 +257,30 @@ def _resolve(future: Future[TaskResult], result: TaskResult | None = None,
         pass  # cancelled by the driver, or resolved by the other path (sync response vs listing)
 
 
-EXECUTOR_OPTIONS = {"storage": str, "max_concurrency": int, "invocation": str, "batch_size": int,
-                    "poll_interval": float, "lost_after": float, "region": str}
-LOCAL_OPTIONS = {"timeout": float, "memory_mb": int, "max_retry_attempts": int, "retry_delay": float,
-                 "duplicate_rate": float, "on_failure": str, "state_dir": str, "environment": dict}
+EXECUTOR_OPTIONS = {
+    "storage": str,
+    "max_concurrency": int,
+    "invocation": str,
+    "batch_size": int,
+    "poll_interval": float,
+    "lost_after": float,
+    "region": str,
+}
+LOCAL_OPTIONS = {
+    "timeout": float,
+    "memory_mb": int,
+    "max_retry_attempts": int,
+    "retry_delay": float,
+    "duplicate_rate": float,
+    "on_failure": str,
+    "state_dir": str,
+    "environment": dict,
+}
 
 
-def _parse_options(name: str, options: dict[str, Any],
-                   allowed: dict[str, type]) -> tuple[str, dict[str, Any]]:
+def _parse_options(
+    name: str, options: dict[str, Any], allowed: dict[str, type]
+) -> tuple[str, dict[str, Any]]:
     """Split ``scheme://target?k=v`` into the target and typed options (keyword options win)."""
     target, _, query = name.partition("://")[2].partition("?") if "://" in name else ("", "", "")
     parsed = urllib.parse.parse_qs(query, strict_parsing=bool(query))
@@ -258,16 +288,19 @@ def _parse_options(name: str, options: dict[str, Any],
     merged.update(options)
     unknown = sorted(set(merged) - set(allowed))
     if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(unknown)} for executor {name!r}; "
-                          f"valid: {', '.join(sorted(allowed))}")
+        raise ConfigError(
+            f"unknown option(s) {', '.join(unknown)} for executor {name!r}; "
+            f"valid: {', '.join(sorted(allowed))}"
+        )
     typed = {}
     for key, value in merged.items():
         kind = allowed[key]
         try:
             typed[key] = json.loads(value) if kind is dict and isinstance(value, str) else kind(value)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"option {key}={value!r} of executor {name!r} is not "
-                              f"a {kind.__name__}") from exc
+            raise ConfigError(
+                f"option {key}={value!r} of executor {name!r} is not a {kind.__name__}"
+            ) from exc
     return target, typed
 
 
@@ -289,14 +322,24 @@ class LambdaExecutor(Executor):
     local = False
     asynchronous = True
 
-    def __init__(self, invoker: BotoInvoker | LocalInvoker, *, name: str, storage: str | None = None,
-                 max_concurrency: int = 64, invocation: str = "event", batch_size: int = 1,
-                 poll_interval: float = 0.25, lost_after: float | None = None) -> None:
+    def __init__(
+        self,
+        invoker: BotoInvoker | LocalInvoker,
+        *,
+        name: str,
+        storage: str | None = None,
+        max_concurrency: int = 64,
+        invocation: str = "event",
+        batch_size: int = 1,
+        poll_interval: float = 0.25,
+        lost_after: float | None = None,
+    ) -> None:
         if invocation not in ("event", "sync"):
             raise ConfigError(f"invocation must be 'event' or 'sync', got {invocation!r}")
         if max_concurrency < 1 or batch_size < 1:
-            raise ConfigError(f"max_concurrency and batch_size must be at least 1, got {max_concurrency}, "
-                              f"{batch_size}")
+            raise ConfigError(
+                f"max_concurrency and batch_size must be at least 1, got {max_concurrency}, {batch_size}"
+            )
         self.invoker = invoker
         self.name = name
         self.workers = max_concurrency
@@ -335,8 +378,10 @@ class LambdaExecutor(Executor):
     def submit(self, spec: TaskSpec) -> Future[TaskResult]:
         results_url = spec.storage_url or self._storage_url
         if not results_url:
-            raise ConfigError(f"executor {self.name} needs storage=URL (e.g. s3://bucket/mrkit) that its "
-                              "functions reach, for results and intermediate data")
+            raise ConfigError(
+                f"executor {self.name} needs storage=URL (e.g. s3://bucket/mrkit) that its "
+                "functions reach, for results and intermediate data"
+            )
         self.check_reachable(results_url)
         if spec.output_url:
             self.check_reachable(spec.output_url)
@@ -344,8 +389,9 @@ class LambdaExecutor(Executor):
         future: Future[TaskResult] = Future()
         deadline = time.monotonic() + self._lost_after()
         with self._lock:
-            self._pending[result_key(spec.job_id, spec.task_id, spec.attempt)] = \
-                _Pending(future, spec, results_url, deadline)
+            self._pending[result_key(spec.job_id, spec.task_id, spec.attempt)] = _Pending(
+                future, spec, results_url, deadline
+            )
         if self.invocation == "sync":
             threading.Thread(target=self._invoke_sync, args=(spec, results_url), daemon=True).start()
         else:
@@ -372,8 +418,10 @@ class LambdaExecutor(Executor):
 
     def _require_storage(self) -> str:
         if not self._storage_url:
-            raise ConfigError(f"executor {self.name} names no storage: add ?storage=s3://bucket/prefix (the "
-                              "storage the job was submitted with)")
+            raise ConfigError(
+                f"executor {self.name} names no storage: add ?storage=s3://bucket/prefix (the "
+                "storage the job was submitted with)"
+            )
         return self._storage_url
 
     def shutdown(self, wait: bool = True) -> None:
@@ -391,8 +439,10 @@ class LambdaExecutor(Executor):
 
     def check_reachable(self, url: str) -> None:
         if "://" not in url or url.startswith(("file://", "memory://")):
-            raise ConfigError(f"functions of {self.name} cannot reach storage {url}: give storage= an object-"
-                              "store URL such as s3://bucket/mrkit")
+            raise ConfigError(
+                f"functions of {self.name} cannot reach storage {url}: give storage= an object-"
+                "store URL such as s3://bucket/mrkit"
+            )
 
     def _lost_after(self) -> float:
         if self.lost_after is None:
@@ -463,9 +513,15 @@ class LambdaExecutor(Executor):
         with self._lock:
             pending = self._pending.pop(result_key(spec.job_id, spec.task_id, spec.attempt), None)
         if pending is not None:
-            _resolve(pending.future, error=WorkerLost(
-                f"{spec.task_id} attempt {spec.attempt} on {self.name}: {reason}",
-                task_id=spec.task_id, attempt=spec.attempt, worker=self.name))
+            _resolve(
+                pending.future,
+                error=WorkerLost(
+                    f"{spec.task_id} attempt {spec.attempt} on {self.name}: {reason}",
+                    task_id=spec.task_id,
+                    attempt=spec.attempt,
+                    worker=self.name,
+                ),
+            )
 
     def _poll(self) -> None:
         """List each job's results once per interval; resolve what arrived, expire what is overdue."""
@@ -483,8 +539,11 @@ class LambdaExecutor(Executor):
                 except Exception:  # a listing that fails is retried at the next interval
                     continue
                 with self._lock:
-                    ready = [(k, p) for k, p in self._pending.items()
-                             if p.spec.job_id == job_id and (k in found or k + ".lost" in found)]
+                    ready = [
+                        (k, p)
+                        for k, p in self._pending.items()
+                        if p.spec.job_id == job_id and (k in found or k + ".lost" in found)
+                    ]
                 for key, pending in ready:
                     self._collect(storage, key, pending, lost=key not in found)
             now = time.monotonic()
@@ -531,17 +590,24 @@ class LocalLambdaExecutor(LambdaExecutor):
         if workers:
             opts["max_concurrency"] = workers
         fields = {k: opts.pop(k) for k in list(opts) if k in LOCAL_OPTIONS}
-        config = FunctionConfig(name=function or "mrkit-local",
-                                max_concurrency=opts.get("max_concurrency", os.cpu_count() or 2), **fields)
+        config = FunctionConfig(
+            name=function or "mrkit-local",
+            max_concurrency=opts.get("max_concurrency", os.cpu_count() or 2),
+            **fields,
+        )
         opts.setdefault("max_concurrency", config.max_concurrency)
         opts.setdefault("poll_interval", 0.02)
         opts.setdefault("lost_after", config.timeout * (1 + config.max_retry_attempts) + 60.0)
         if "storage" not in opts:
-            opts["storage"] = "file://" + os.path.join(config.state_dir or os.path.join(
-                tempfile.gettempdir(), "mrkit-lambda-local", config.name), "store")
+            opts["storage"] = "file://" + os.path.join(
+                config.state_dir or os.path.join(tempfile.gettempdir(), "mrkit-lambda-local", config.name),
+                "store",
+            )
         return cls(LocalInvoker(config), name=name, **opts)
 
     def check_reachable(self, url: str) -> None:
         if url.startswith("memory://"):
-            raise ConfigError(f"local functions run in fresh processes and cannot reach {url}: give storage= "
-                              "a folder or an object-store URL")
+            raise ConfigError(
+                f"local functions run in fresh processes and cannot reach {url}: give storage= "
+                "a folder or an object-store URL"
+            )

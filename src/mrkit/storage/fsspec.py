@@ -31,6 +31,11 @@ had in fact succeeded, the retry gets ``412 Precondition Failed``. ``put_if_abse
 object back and reports success when it holds exactly our bytes — so callers store a value unique
 to the writer (mrkit's commit manifests name their attempt; guard keys hold a request id).
 
+Why one module of ~600 lines: the issue gave the object-store backend this one file (registered in
+``storage/__init__.py``). It reads in three parts — the storage, the streamed reader and writer, then
+the two adapters (S3 via boto3, the rest via fsspec); the adapters would be the first to move out
+(``storage/s3.py``) if it grows.
+
 Endpoint and credentials come from the usual AWS sources (``AWS_ENDPOINT_URL_S3`` /
 ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID`` …, profiles, instance and function roles), or from
 options: ``open_storage("s3://b/p", endpoint_url="http://127.0.0.1:9000")``. Clients are created
@@ -551,8 +556,9 @@ class _FsspecObjects:
             self.fs = fsspec.filesystem(scheme, use_listings_cache=False, **options)
         except ImportError as exc:
             # fsspec's backend for this scheme (gcsfs, adlfs, s3fs …) is not one of mrkit's extras.
-            raise ConfigError(f"{scheme}:// storage needs fsspec's backend for {scheme}, which is not "
-                              f"installed: {exc}") from None
+            raise ConfigError(
+                f"{scheme}:// storage needs fsspec's backend for {scheme}, which is not installed: {exc}"
+            ) from None
         self.scheme, self.bucket = scheme, bucket
 
     def _path(self, path: str) -> str:

@@ -70,8 +70,10 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if "requestPayload" in event:
         return _report_lost(event)
     if event.get("mrkit") != EVENT_VERSION:
-        raise ConfigError(f"not an mrkit event (format {event.get('mrkit')!r}, this mrkit reads "
-                          f"{EVENT_VERSION}); keys: {sorted(event)[:8]}")
+        raise ConfigError(
+            f"not an mrkit event (format {event.get('mrkit')!r}, this mrkit reads "
+            f"{EVENT_VERSION}); keys: {sorted(event)[:8]}"
+        )
     request_id = str(getattr(context, "aws_request_id", "") or "unknown")
     label = f"lambda:{getattr(context, 'function_name', '?')}:{request_id[:8]}"
     specs = [TaskSpec.decode(raw) for raw in event.get("specs", ())]
@@ -86,18 +88,31 @@ def _run_one(spec: TaskSpec, url: str, job: dict[str, Any] | None, request_id: s
     if stored is not None:
         result = TaskResult.decode(stored)  # a duplicate that arrived after the first delivery ended
     elif job is not None and _job_stopped(storage, spec.job_id):
-        return TaskResult(spec.task_id, spec.attempt, ok=False, worker=label, failure=TaskFailure(
-            "", "JobStopped", f"job {spec.job_id} has already ended; task not run", retryable=False))
+        return TaskResult(
+            spec.task_id,
+            spec.attempt,
+            ok=False,
+            worker=label,
+            failure=TaskFailure(
+                "", "JobStopped", f"job {spec.job_id} has already ended; task not run", retryable=False
+            ),
+        )
     else:
         delivery = _claim(storage, spec, request_id)
         if delivery is None:
             reason = f"{MAX_DELIVERIES} deliveries of this event already ran"
-            storage.put_if_absent(lost_key(spec.job_id, spec.task_id, spec.attempt),
-                                  json.dumps({"reason": reason}).encode())
+            storage.put_if_absent(
+                lost_key(spec.job_id, spec.task_id, spec.attempt), json.dumps({"reason": reason}).encode()
+            )
             if job is not None:
                 _serverless().lost(storage, spec, job, reason)
-            return TaskResult(spec.task_id, spec.attempt, ok=False, worker=label,
-                              failure=TaskFailure("", "WorkerLost", reason))
+            return TaskResult(
+                spec.task_id,
+                spec.attempt,
+                ok=False,
+                worker=label,
+                failure=TaskFailure("", "WorkerLost", reason),
+            )
         attempt = spec.attempt + DELIVERY_STRIDE * delivery
         run_as = dataclasses.replace(spec, attempt=attempt) if delivery else spec
         result = run_task(run_as, worker=f"{label}/d{delivery}")
@@ -126,17 +141,20 @@ def _report_lost(record: dict[str, Any]) -> dict[str, Any]:
     event = record["requestPayload"]
     context = record.get("requestContext", {})
     error = record.get("responsePayload") or {}
-    reason = (f"{context.get('condition', 'RetriesExhausted')} after "
-              f"{context.get('approximateInvokeCount', '?')} deliveries; last: "
-              f"{error.get('errorType', '?')}: {error.get('errorMessage', '')}")
+    reason = (
+        f"{context.get('condition', 'RetriesExhausted')} after "
+        f"{context.get('approximateInvokeCount', '?')} deliveries; last: "
+        f"{error.get('errorType', '?')}: {error.get('errorMessage', '')}"
+    )
     lost = []
     for raw in event.get("specs", ()):
         spec = TaskSpec.decode(raw)
         storage = storage_for(event["results"])
         if storage.exists(result_key(spec.job_id, spec.task_id, spec.attempt)):
             continue  # a duplicate delivery finished after all
-        storage.put_if_absent(lost_key(spec.job_id, spec.task_id, spec.attempt),
-                              json.dumps({"reason": reason}).encode())
+        storage.put_if_absent(
+            lost_key(spec.job_id, spec.task_id, spec.attempt), json.dumps({"reason": reason}).encode()
+        )
         if event.get("job") is not None:
             _serverless().lost(storage, spec, event["job"], reason)
         lost.append(spec.task_id)

@@ -109,12 +109,16 @@ class FunctionConfig:
 
     def __post_init__(self) -> None:
         if self.timeout <= 0 or self.memory_mb < 64 or self.max_concurrency < 1:
-            raise ConfigError(f"local function {self.name}: timeout > 0, memory_mb >= 64 and "
-                              f"max_concurrency >= 1 are required, got {self.timeout}, {self.memory_mb}, "
-                              f"{self.max_concurrency}")
+            raise ConfigError(
+                f"local function {self.name}: timeout > 0, memory_mb >= 64 and "
+                f"max_concurrency >= 1 are required, got {self.timeout}, {self.memory_mb}, "
+                f"{self.max_concurrency}"
+            )
         if not 0 <= self.duplicate_rate <= 1 or self.max_retry_attempts < 0:
-            raise ConfigError(f"duplicate_rate must be in [0, 1] and max_retry_attempts >= 0, got "
-                              f"{self.duplicate_rate}, {self.max_retry_attempts}")
+            raise ConfigError(
+                f"duplicate_rate must be in [0, 1] and max_retry_attempts >= 0, got "
+                f"{self.duplicate_rate}, {self.max_retry_attempts}"
+            )
         if self.on_failure not in ("self", ""):
             raise ConfigError(f"on_failure must be 'self' or '', got {self.on_failure!r}")
 
@@ -132,12 +136,20 @@ class FunctionConfig:
 class LambdaContext:
     """The context object a handler receives, with the attributes of AWS Lambda's Python one."""
 
-    def __init__(self, *, function_name: str, memory_limit_in_mb: int, aws_request_id: str,
-                 deadline: float, invoked_function_arn: str = "") -> None:
+    def __init__(
+        self,
+        *,
+        function_name: str,
+        memory_limit_in_mb: int,
+        aws_request_id: str,
+        deadline: float,
+        invoked_function_arn: str = "",
+    ) -> None:
         self.function_name = function_name
         self.function_version = "$LATEST"
-        self.invoked_function_arn = invoked_function_arn or \
-            f"arn:aws:lambda:local:000000000000:function:{function_name}"
+        self.invoked_function_arn = (
+            invoked_function_arn or f"arn:aws:lambda:local:000000000000:function:{function_name}"
+        )
         self.memory_limit_in_mb = memory_limit_in_mb
         self.aws_request_id = aws_request_id
         self.log_group_name = f"/aws/lambda/{function_name}"
@@ -189,15 +201,22 @@ class LocalFunction:
         if sync:
             outcome = self.deliver(event, request_id, 1)
             if not outcome.ok:
-                raise FunctionError(f"function {self.config.name} request {request_id}: "
-                                    f"{outcome.error.get('errorType')}: {outcome.error.get('errorMessage')}",
-                                    error_type=str(outcome.error.get("errorType")), request_id=request_id)
+                raise FunctionError(
+                    f"function {self.config.name} request {request_id}: "
+                    f"{outcome.error.get('errorType')}: {outcome.error.get('errorMessage')}",
+                    error_type=str(outcome.error.get("errorType")),
+                    request_id=request_id,
+                )
             return outcome.response
         if self.detached:
             self._spawn_supervisor(event, request_id)
         else:
-            threading.Thread(target=self.deliver_async, args=(event, request_id), daemon=True,
-                             name=f"lambda-local-{request_id[:8]}").start()
+            threading.Thread(
+                target=self.deliver_async,
+                args=(event, request_id),
+                daemon=True,
+                name=f"lambda-local-{request_id[:8]}",
+            ).start()
         return None
 
     # -- asynchronous delivery -------------------------------------------------------------------
@@ -229,12 +248,18 @@ class LocalFunction:
             record = {
                 "version": "1.0",
                 "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
-                "requestContext": {"requestId": request_id, "condition": "RetriesExhausted",
-                                   "approximateInvokeCount": attempts,
-                                   "functionArn": arn},
+                "requestContext": {
+                    "requestId": request_id,
+                    "condition": "RetriesExhausted",
+                    "approximateInvokeCount": attempts,
+                    "functionArn": arn,
+                },
                 "requestPayload": event,
-                "responseContext": {"statusCode": 200, "executedVersion": "$LATEST",
-                                    "functionError": "Unhandled"},
+                "responseContext": {
+                    "statusCode": 200,
+                    "executedVersion": "$LATEST",
+                    "functionError": "Unhandled",
+                },
                 "responsePayload": outcome.error,
             }
             self.invoke(record)
@@ -248,9 +273,22 @@ class LocalFunction:
         # `sh -c '... &'` backgrounds the supervisor and exits at once: the supervisor is re-parented
         # (no zombie here, no Popen left running in this process) and, in its new session, is not
         # killed with the delivery that invoked it.
-        subprocess.run(["/bin/sh", "-c", '"$@" </dev/null >>"$LOG" 2>&1 &', "sh", sys.executable, "-m",
-                        "mrkit.worker.lambda_runtime", "async", path],
-                       env={**os.environ, "LOG": log}, start_new_session=True, check=True)
+        subprocess.run(
+            [
+                "/bin/sh",
+                "-c",
+                '"$@" </dev/null >>"$LOG" 2>&1 &',
+                "sh",
+                sys.executable,
+                "-m",
+                "mrkit.worker.lambda_runtime",
+                "async",
+                path,
+            ],
+            env={**os.environ, "LOG": log},
+            start_new_session=True,
+            check=True,
+        )
 
     # -- one delivery ----------------------------------------------------------------------------
 
@@ -263,17 +301,32 @@ class LocalFunction:
             fd, response_path = tempfile.mkstemp(prefix="response-", suffix=".json", dir=folder)
             os.close(fd)
             os.unlink(response_path)  # the delivery creates it (atomically) when it has something to say
-            context = {"function_name": config.name, "memory_limit_in_mb": config.memory_mb,
-                       "aws_request_id": request_id, "deadline": time.time() + config.timeout,
-                       "handler": config.handler, "count": count}
-            env = {**os.environ, **config.environment, "MRKIT_LAMBDA_CONTEXT": json.dumps(context),
-                   "MRKIT_LAMBDA_RESPONSE": response_path, "AWS_LAMBDA_FUNCTION_NAME": config.name}
+            context = {
+                "function_name": config.name,
+                "memory_limit_in_mb": config.memory_mb,
+                "aws_request_id": request_id,
+                "deadline": time.time() + config.timeout,
+                "handler": config.handler,
+                "count": count,
+            }
+            env = {
+                **os.environ,
+                **config.environment,
+                "MRKIT_LAMBDA_CONTEXT": json.dumps(context),
+                "MRKIT_LAMBDA_RESPONSE": response_path,
+                "AWS_LAMBDA_FUNCTION_NAME": config.name,
+            }
             with open(os.path.join(folder, "function.log"), "ab") as log:
                 log.write(f"START RequestId: {request_id} Attempt: {count} Version: $LATEST\n".encode())
                 log.flush()
-                proc = subprocess.Popen([sys.executable, "-m", "mrkit.worker.lambda_runtime", "run"],
-                                        stdin=subprocess.PIPE, stdout=log, stderr=log, env=env,
-                                        start_new_session=True)  # its own group: a timeout kills all of it
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "mrkit.worker.lambda_runtime", "run"],
+                    stdin=subprocess.PIPE,
+                    stdout=log,
+                    stderr=log,
+                    env=env,
+                    start_new_session=True,
+                )  # its own group: a timeout kills all of it
                 with self._lock:
                     self._procs.add(proc)
                 try:
@@ -285,9 +338,11 @@ class LocalFunction:
                         os.unlink(response_path)
                 outcome.seconds = time.monotonic() - started
                 status = "ok" if outcome.ok else outcome.error.get("errorType", "error")
-                log.write(f"END RequestId: {request_id}\nREPORT RequestId: {request_id} "
-                          f"Duration: {outcome.seconds * 1000:.2f} ms Memory Size: {config.memory_mb} MB "
-                          f"Status: {status}\n".encode())
+                log.write(
+                    f"END RequestId: {request_id}\nREPORT RequestId: {request_id} "
+                    f"Duration: {outcome.seconds * 1000:.2f} ms Memory Size: {config.memory_mb} MB "
+                    f"Status: {status}\n".encode()
+                )
         with self._lock:
             self.deliveries.append(outcome)
         return outcome
@@ -304,8 +359,13 @@ class LocalFunction:
         except subprocess.TimeoutExpired:
             _kill_group(proc)
             proc.wait()
-            return Delivery(ok=False, error={"errorType": "TimedOut", "errorMessage":
-                                             f"Task timed out after {self.config.timeout:.2f} seconds"})
+            return Delivery(
+                ok=False,
+                error={
+                    "errorType": "TimedOut",
+                    "errorMessage": f"Task timed out after {self.config.timeout:.2f} seconds",
+                },
+            )
         try:
             with open(response_path) as f:
                 reply = json.load(f)
@@ -317,8 +377,13 @@ class LocalFunction:
             return Delivery(ok=False, error={k: v for k, v in reply.items() if k != "ok"})
         code = proc.returncode
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
-        return Delivery(ok=False, error={"errorType": "Runtime.ExitError",
-                                         "errorMessage": f"Runtime exited without a response ({how})"})
+        return Delivery(
+            ok=False,
+            error={
+                "errorType": "Runtime.ExitError",
+                "errorMessage": f"Runtime exited without a response ({how})",
+            },
+        )
 
     @contextlib.contextmanager
     def _slot(self) -> Iterator[None]:
@@ -369,16 +434,24 @@ def _run_delivery() -> int:
     # cannot raise it again (the hard limit drops too).
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     event = json.loads(sys.stdin.buffer.read())
-    context = LambdaContext(function_name=ctx["function_name"], memory_limit_in_mb=ctx["memory_limit_in_mb"],
-                            aws_request_id=ctx["aws_request_id"], deadline=ctx["deadline"])
+    context = LambdaContext(
+        function_name=ctx["function_name"],
+        memory_limit_in_mb=ctx["memory_limit_in_mb"],
+        aws_request_id=ctx["aws_request_id"],
+        deadline=ctx["deadline"],
+    )
     try:
         module_name, fn_name = ctx["handler"].split(":")
         handler = getattr(importlib.import_module(module_name), fn_name)
         reply: dict[str, Any] = {"ok": True, "response": handler(event, context)}
         status = 0
     except BaseException as exc:  # the handler raised: Lambda reports it as an Unhandled function error
-        reply = {"ok": False, "errorType": type(exc).__name__, "errorMessage": str(exc),
-                 "stackTrace": traceback.format_exception(exc)}
+        reply = {
+            "ok": False,
+            "errorType": type(exc).__name__,
+            "errorMessage": str(exc),
+            "stackTrace": traceback.format_exception(exc),
+        }
         traceback.print_exc()
         status = 1
     tmp = f"{response_path}.tmp"
