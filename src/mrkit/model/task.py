@@ -122,7 +122,11 @@ class TaskSpec:
 
     def encode(self) -> bytes:
         """Serialise to JSON bytes (no pickle at this level)."""
-        data = dataclasses.asdict(self)
+        # A shallow dict, not dataclasses.asdict(): asdict deep-copies every value, which made
+        # encoding ~3x slower and dominated the per-task cost of remote executors (same output).
+        data = dict(self.__dict__)
+        data["split"] = None if self.split is None else dict(self.split.__dict__)
+        data["settings"] = dict(self.settings.__dict__)
         data["kind"] = self.kind.value
         for name in ("call", "call_fn"):
             data[name] = base64.b64encode(data[name]).decode("ascii") if data[name] else ""
@@ -198,7 +202,9 @@ class TaskResult:
     failure: TaskFailure | None = None
 
     def encode(self) -> bytes:
-        data = dataclasses.asdict(self)
+        data = dict(self.__dict__)  # shallow, not dataclasses.asdict(): see TaskSpec.encode
+        if self.failure is not None:
+            data["failure"] = dict(self.failure.__dict__)
         data["output"] = base64.b64encode(self.output).decode("ascii") if self.output else ""
         return json.dumps(data, separators=(",", ":")).encode()
 
