@@ -242,7 +242,7 @@ def submit_job(
     job_id = job_id or new_job_id(job.name)
     if "{" in job_id or "}" in job_id or ":" in job_id:
         raise ConfigError(f"job id {job_id!r} may not contain braces or colons (they delimit Redis keys)")
-    ttl = ttl or getattr(executor, "ttl", DEFAULT_TTL)
+    ttl_seconds: float = ttl if ttl is not None else getattr(executor, "ttl", DEFAULT_TTL)
     client = executor.client
     if client.exists(key(job_id, "state")):
         raise ConfigError(f"job {job_id} already exists in Redis at {executor.name}; choose another job id")
@@ -295,7 +295,7 @@ def submit_job(
         "overwrite": int(overwrite),
         "max_attempts": policy.max_attempts,
         "max_lost": policy.max_lost,
-        "ttl": int(ttl),
+        "ttl": int(ttl_seconds),
         "input_bytes": plan.input_bytes,
         "lease_ms": int(executor.lease * 1000),
     }

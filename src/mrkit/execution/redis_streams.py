@@ -365,40 +365,36 @@ class RedisExecutor(Executor):
                 return
 
     def _on_result(self, fields: dict[bytes, bytes]) -> None:
+        """One result entry: a worker's results for several tasks (``sids`` and one line of body each)."""
         if b"p" not in fields:
             return  # the stream's first entry (created with the session)
         try:
             header, body = unpack(self.secret, fields, "a task result")
-        except (AuthenticationError, ValueError) as exc:
-            print(f"mrkit: ignoring a result on {self.results}: {exc}", file=sys.stderr)
+            sids = [int(sid) for sid in header["sids"]]
+            bodies = body.split(b"\n")  # JSON never holds a raw newline: one result per line
+            if len(bodies) != len(sids):
+                raise ValueError(f"{len(sids)} task numbers but {len(bodies)} results")
+        except (AuthenticationError, ValueError, KeyError, TypeError) as exc:
+            print(f"mrkit: ignoring a result entry on {self.results}: {exc}", file=sys.stderr)
             return
-        sid = int(header.get("sid", 0))
         with self._lock:
-            slot = self._pending.pop(sid, None)
-            if slot is not None and slot[2] is not None:
-                self._by_entry.pop(slot[2], None)
-        if slot is None:
-            return  # a zombie's late result, or the result of an attempt already failed as lost
-        future, spec = slot[0], slot[1]
-        if header.get("lost"):
-            _settle(
-                future,
-                exc=WorkerLost(
-                    str(header["lost"]),
-                    task_id=spec.task_id,
-                    attempt=spec.attempt,
-                    worker=str(header.get("worker", "")),
-                ),
-            )
-            return
-        try:
-            result = TaskResult.decode(body)
-        except Exception as exc:
-            _settle(
-                future, exc=WorkerLost(f"undecodable result for {spec.task_id}: {exc}", task_id=spec.task_id)
-            )
-            return
-        _settle(future, result=result)
+            slots = [self._pending.pop(sid, None) for sid in sids]
+            for slot in slots:
+                if slot is not None and slot[2] is not None:
+                    self._by_entry.pop(slot[2], None)
+        for slot, raw in zip(slots, bodies, strict=True):
+            if slot is None:
+                continue  # a zombie's late result, or the result of an attempt already failed as lost
+            try:
+                result = TaskResult.decode(raw)
+            except Exception as exc:
+                spec = slot[1]
+                _settle(
+                    slot[0],
+                    exc=WorkerLost(f"undecodable result for {spec.task_id}: {exc}", task_id=spec.task_id),
+                )
+                continue
+            _settle(slot[0], result=result)
 
     def _on_dead(self, fields: dict[bytes, bytes]) -> None:
         """A worker refused one of our entries (its signature did not verify): fail that attempt."""

@@ -27,13 +27,10 @@ import threading
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 from mrkit.errors import ConfigError, MissingExtra, UnsafeKeyError
 from mrkit.storage.base import Storage, check_key
-
-if TYPE_CHECKING:
-    import redis as redis_module
 
 NAMESPACE = "mrkit"
 _DATA = ":data:"
@@ -120,8 +117,11 @@ def redact(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[-1]}"))
 
 
-def connect(url: str) -> redis_module.Redis:
-    """A Redis client for ``url``, sharing one connection pool per URL in this process.
+def connect(url: str) -> Any:
+    """A ``redis.Redis`` client for ``url``, sharing one connection pool per URL in this process.
+
+    Typed ``Any``: redis-py's annotations cover its sync and async clients at once (every reply is
+    ``X | Awaitable[X]``), which would bury this package's real type errors.
 
     Raises:
         MissingExtra: redis-py is not installed.

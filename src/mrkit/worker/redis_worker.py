@@ -250,7 +250,11 @@ class RedisWorker:
         from mrkit.coordination.redis_jobs import SCRIPTS
 
         self.scripts = {name: self.client.register_script(text) for name, text in SCRIPTS.items()}
-        self._replies: Any = None  # pipeline of buffered blocking-mode results
+        # Blocking-mode results not yet sent: reply stream -> [(sid, result bytes)], and the entries
+        # to ack per task stream. One flush sends one signed entry per reply stream and one XACK per
+        # task stream, however many tasks finished since the last flush.
+        self._replies: dict[str, list[tuple[int, bytes]]] = {}
+        self._acks: dict[str, list[bytes]] = {}
         self._replies_since = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -284,7 +288,7 @@ class RedisWorker:
                 except _redis_errors() as exc:
                     with self._inflight_lock:
                         self._inflight.clear()  # their leases expire; whoever is alive reclaims them
-                    self._replies = None
+                    self._replies, self._acks = {}, {}
                     if down_since is None:
                         down_since = time.monotonic()
                         print(
@@ -433,14 +437,12 @@ class RedisWorker:
     def _process(self, entries: list[tuple[str, bytes, dict[bytes, bytes], bool]]) -> None:
         started = time.perf_counter()
         done = 0
-        for i, (stream, entry_id, fields, reclaimed) in enumerate(entries):
+        for stream, entry_id, fields, reclaimed in entries:
             if self._stop.is_set():
                 break  # the rest are handed back by run()
             self._process_one(stream, entry_id, fields, reclaimed)
             done += 1
-            if self._replies is not None and (
-                time.perf_counter() - self._replies_since > FLUSH_SECONDS or i == len(entries) - 1
-            ):
+            if self._replies and time.perf_counter() - self._replies_since > FLUSH_SECONDS:
                 self._flush()
         self._flush()
         if done:
@@ -486,14 +488,12 @@ class RedisWorker:
         result, _ = self.run_spec(spec, capture=False)
         if result.failure is not None and self.is_infrastructure_failure(result.failure):
             raise self.infrastructure_error(result.failure)  # left pending: the executor retries it
-        if self._replies is None:
-            self._replies = self.client.pipeline(transaction=False)
+        if not self._replies:
             self._replies_since = time.perf_counter()
-        reply = pack(self.secret, {"sid": header.get("sid", 0)}, result.encode())
-        # NOMKSTREAM: if the executor is gone, its result stream is too; do not re-create it forever.
-        self._replies.xadd(str(header["reply"]), reply, nomkstream=True)
-        self._replies.xack(stream, GROUP, entry_id)
-        self.done_with(stream, entry_id)
+        self._replies.setdefault(str(header["reply"]), []).append(
+            (int(header.get("sid", 0)), result.encode())
+        )
+        self._acks.setdefault(stream, []).append(entry_id)
 
     def run_spec(self, spec: TaskSpec, *, capture: bool) -> tuple[TaskResult, list[tuple[str, str]]]:
         """Run one attempt here; return its result and the user output captured (when asked).
@@ -546,9 +546,24 @@ class RedisWorker:
         return isinstance(exc, _redis_errors())
 
     def _flush(self) -> None:
-        if self._replies is not None:
-            replies, self._replies = self._replies, None
-            replies.execute(raise_on_error=False)
+        """Send the buffered results (one signed entry per reply stream) and acks, in one round trip."""
+        if not self._replies and not self._acks:
+            return
+        replies, acks = self._replies, self._acks
+        self._replies, self._acks = {}, {}
+        pipe = self.client.pipeline(transaction=False)
+        for reply, items in replies.items():
+            fields = pack(
+                self.secret, {"sids": [sid for sid, _ in items]}, b"\n".join(body for _, body in items)
+            )
+            # NOMKSTREAM: if the executor is gone, its result stream is too; do not re-create it.
+            pipe.xadd(reply, fields, nomkstream=True)
+        for stream, ids in acks.items():
+            pipe.xack(stream, GROUP, *ids)
+        pipe.execute(raise_on_error=False)
+        for stream, ids in acks.items():
+            for entry_id in ids:
+                self.done_with(stream, entry_id)
 
     def reject(self, stream: str, entry_id: bytes, reason: str) -> None:
         """Refuse an entry without running it: ack it, dead-letter it, say so on stderr."""
@@ -653,7 +668,7 @@ def serve(
         return
     base = name or f"{socket.gethostname()}:{os.getpid()}"
     # fork: the children need nothing but this module, and no thread has started yet in this process.
-    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    ctx: Any = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     children = [
         ctx.Process(target=_serve_one, args=(url, f"{base}/{i}", burst, secret), daemon=False)
         for i in range(concurrency)
