@@ -276,8 +276,9 @@ class _Chunk:
             self._settle(
                 [],
                 CallFailed(
-                    f"{self.call.label}: task {self.spec.task_id} of job {self.call.job_id} (items {self.first}-"
-                    f"{self.first + self.count - 1}) lost its worker {self.spec.attempt} times; last: {exc}",
+                    f"{self.call.label}: task {self.spec.task_id} of job {self.call.job_id} "
+                    f"(items {self.first}-{self.first + self.count - 1}) lost its worker "
+                    f"{self.spec.attempt} times; last: {exc}",
                     job_id=self.call.job_id,
                     task_id=self.spec.task_id,
                 ),
@@ -307,8 +308,8 @@ class _Chunk:
             self._settle(
                 [],
                 CallFailed(
-                    f"{self.call.label}: the results of task {result.task_id} of job {self.call.job_id} cannot "
-                    f"be unpickled here: {type(exc).__name__}: {exc}",
+                    f"{self.call.label}: the results of task {result.task_id} of job {self.call.job_id} "
+                    f"cannot be unpickled here: {type(exc).__name__}: {exc}",
                     job_id=self.call.job_id,
                     task_id=result.task_id,
                 ),
