@@ -18,6 +18,8 @@ says what failed, where, and why; the remote traceback, when there is one, comes
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class MrkitError(Exception):
     """Root of every error mrkit raises on purpose."""
@@ -103,8 +105,8 @@ class JobFailed(MrkitError):
             {"job_id": self.job_id, "task_id": self.task_id, "remote_traceback": self.remote_traceback},
         )
 
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
+    def __setstate__(self, state: dict[str, Any] | None) -> None:
+        self.__dict__.update(state or {})
 
 
 class JobCancelled(JobFailed):

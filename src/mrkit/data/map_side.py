@@ -103,8 +103,8 @@ class MapOutput:
         key_size = sum(sys.getsizeof(k) for k, _ in sample) / len(sample)
         values = [v for _, vs in sample for v in vs[:4]]
         # Small ints are shared singletons: a list slot (8 bytes) is all they cost.
-        value_size = sum(0 if type(v) is int and -5 <= v <= 256 else sys.getsizeof(v) for v in values)
-        value_size = value_size / max(1, len(values))
+        value_bytes = sum(0 if type(v) is int and -5 <= v <= 256 else sys.getsizeof(v) for v in values)
+        value_size = value_bytes / max(1, len(values))
         self._entry_cost = key_size + 160  # dict slot + list object + its header
         self._value_cost = value_size + 8
 
@@ -212,6 +212,7 @@ def map_split(job: Job, batches: Iterable[Any], out: MapOutput, where: Callable[
     buf = out.buf
     get = buf.get
     mapper = job.mapper
+    assert mapper is not None  # Job.__init__ refuses a job with neither mapper nor mapper_split
     check = out.check_memory
     n_records = 0
     if job.mapper_init is not None:

@@ -20,7 +20,7 @@ from mrkit.storage.base import Storage, check_key
 class _RangeReader(io.RawIOBase):
     """Raw reader over ``[start, start+length)`` of an open file."""
 
-    def __init__(self, f: BinaryIO, length: int) -> None:
+    def __init__(self, f: io.BufferedReader, length: int) -> None:
         self._f, self._left = f, length
 
     def readable(self) -> bool:
