@@ -504,16 +504,15 @@ def test_pythonhashseed_set_before_the_fork_server_starts_fixes_every_salt(tmp_p
     assert {r["hash"] for r in report["workers"]} == {report["driver"]}
 
 
-# -- throughput ---------------------------------------------------------------------------------------------
+# -- many small tasks -----------------------------------------------------------------------------------
 
 
-def test_tiny_tasks_run_at_thousands_per_second(make_executor: MakeExecutor) -> None:
+def test_thousands_of_tiny_tasks_all_come_back_in_order(make_executor: MakeExecutor) -> None:
+    # Throughput is measured by benchmarks/run.py (the `futures` workload), not asserted here: this
+    # checks that a burst of small tasks through the pipes loses, duplicates or mixes up none.
     executor = make_executor(workers=2, runner="tests._process_targets:tiny")
     executor.warm_up()
     specs = [TaskSpec("job", f"call-{i:06d}", TaskKind.CALL, partition=i) for i in range(3000)]
-    started = time.perf_counter()
-    results = [f.result(timeout=30) for f in [executor.submit(spec) for spec in specs]]
-    rate = len(specs) / (time.perf_counter() - started)
+    results = [f.result(timeout=60) for f in [executor.submit(spec) for spec in specs]]
     assert [r.counters["p"] for r in results] == list(range(3000))
-    print(f"\n{rate:.0f} tiny tasks/s on 2 workers")
-    assert rate > 1000  # a loose floor for a loaded shared machine; we measure ~15,000/s
+    assert [r.task_id for r in results] == [s.task_id for s in specs]
