@@ -181,7 +181,8 @@ def run(
         workers: parallelism of the executor (default: every core).
         storage: URL for intermediate data (default: the executor's choice, else a temp folder).
         format: output format, ``tsv`` (default), ``jsonl`` or ``pickle``.
-        memory_mb: map-side buffer budget per task before sorted runs spill to storage.
+        memory_mb: per-task memory budget: map output past it spills to sorted runs; a reduce
+            partition whose runs fit in it is grouped in memory, a larger one is streamed.
         overwrite: replace an existing result in ``output``.
         policy: :class:`RetryPolicy` (attempts, speculation, timeouts).
         errors: undecodable input: ``strict`` (fail, default), ``replace`` or ``skip`` (counted).

@@ -72,7 +72,8 @@ class TaskSettings:
     """Per-job knobs every task needs; small and JSON-able.
 
     Attributes:
-        memory_mb: map-side buffer budget before a sorted run is spilled.
+        memory_mb: per-task memory budget: the map side spills a sorted run past it; the reduce side
+            groups a partition in a dict when its runs fit in it, else streams a k-way merge.
         output_format: ``tsv`` (JSON key TAB JSON value), ``jsonl`` or ``pickle`` (in-memory results).
         params: the job's ``params`` (also baked into the stored job; repeated here for logs).
     """

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mrkit.data.map_side import MapOutput, UserCodeError, map_split, user_failure
-from mrkit.data.reduce_side import open_runs, reduce_partition, write_partition
+from mrkit.data.reduce_side import fits_in_memory, open_runs, reduce_partition, write_partition
 from mrkit.errors import InputError, StorageError
 from mrkit.model import layout
 from mrkit.model.context import TaskContext, activate
@@ -209,11 +209,15 @@ def _run_reduce(
         if entry is not None:
             parts.append((entry[0], entry[1]))
     runs = open_runs(storage, parts)
+    run_bytes = sum(bounds[-1] - bounds[0] for _key, bounds in parts)
+    in_memory = fits_in_memory(run_bytes, int(spec.settings.memory_mb * (1 << 20)))
     output = storage_for(spec.output_url)
     temp_key = layout.reduce_temp_key(spec.job_id, spec.task_id, spec.attempt, spec.partition)
     fmt = spec.settings.output_format
-    written = write_partition(lambda: output.open_write(temp_key), reduce_partition(job, runs, counters), fmt)
+    pairs = reduce_partition(job, runs, counters, in_memory=in_memory)
+    written = write_partition(lambda: output.open_write(temp_key), pairs, fmt)
     counters["records_out"] = written
+    counters["grouped_in_memory"] = int(in_memory)
     counters["bytes_out"] = output.size(temp_key)
     counters["runs_in"] = len(runs)
     counters.update((f"user.{name}", value) for name, value in ctx.counters.items())

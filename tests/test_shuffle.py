@@ -1,0 +1,79 @@
+"""The shuffle's pure core: sorted runs, the k-way merge and the in-memory grouping agree.
+
+Also runs the doctests of the modules whose docstrings teach the algorithms (STYLE 19), so that an
+example in a docstring that stops being true fails the suite.
+"""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import io
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mrkit
+from mrkit.data.merging import group_in_memory, group_values, merge_sorted_runs
+from mrkit.data.runs import read_run, write_run
+from mrkit.model.partition import key_bytes
+from mrkit.model.reference import reference
+from tests import jobs_for_tests as J
+
+DOCTESTED = [
+    "mrkit.data.merging",
+    "mrkit.data.runs",
+    "mrkit.model.job",
+    "mrkit.model.partition",
+]
+
+
+@pytest.mark.parametrize("name", DOCTESTED)
+def test_docstring_examples_hold(name):
+    module = importlib.import_module(name)
+    failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert tried > 0, f"{name} has no doctest"
+    assert failures == 0
+
+
+keys = st.one_of(st.text(max_size=4), st.integers(-5, 5), st.tuples(st.integers(0, 2)))
+run_contents = st.lists(st.lists(st.tuples(keys, st.integers()), max_size=30), max_size=6)
+
+
+def _sorted_run(pairs):
+    """One map task's run: pairs grouped per key, sorted by encoded key, cut small to make frames."""
+    grouped: dict = {}
+    for k, v in pairs:
+        grouped.setdefault(k, []).append(v)
+    entries = sorted(((key_bytes(k), k, vs) for k, vs in grouped.items()), key=lambda e: e[0])
+    buf = io.BytesIO()
+    write_run(buf, entries, frame_entries=3, frame_values=4)
+    return buf.getvalue()
+
+
+@settings(max_examples=200, deadline=None)
+@given(run_contents)
+def test_in_memory_grouping_equals_the_streaming_merge(contents):
+    blobs = [_sorted_run(pairs) for pairs in contents]
+    streamed = [
+        (k, list(vs)) for k, vs in group_values(merge_sorted_runs(read_run(io.BytesIO(b)) for b in blobs))
+    ]
+    in_memory = [(k, list(vs)) for k, vs in group_in_memory(read_run(io.BytesIO(b)) for b in blobs)]
+    assert in_memory == streamed
+    expected: dict = {}
+    for pairs in contents:
+        for k, v in pairs:
+            expected.setdefault(k, []).append(v)
+    assert sorted(map(repr, streamed)) == sorted(repr((k, vs)) for k, vs in expected.items())
+
+
+@pytest.mark.parametrize("memory_mb", [0.05, 64])
+def test_both_reduce_paths_give_the_reference_output(memory_mb):
+    records = [f"w{i % 300} w{i % 7} x{i % 11}" for i in range(6000)]
+    res = mrkit.run(
+        J.WordCount(), mrkit.Records(records), executor="inline", n_map=3, n_reduce=2, memory_mb=memory_mb
+    )
+    assert dict(res) == dict(reference(J.WORDCOUNT, records))
+    in_memory_tasks = res.counters["reduce.grouped_in_memory"]
+    assert in_memory_tasks == (0 if memory_mb < 1 else 2)
