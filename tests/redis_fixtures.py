@@ -16,9 +16,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -50,26 +52,54 @@ class RedisServer:
         directory: its working dir (append-only file and logs go there).
         appendonly: run with ``--appendonly yes --appendfsync always`` (survives a restart).
         extra: more ``redis-server`` arguments (e.g. ``["--requirepass", "pw"]``).
+        tls: ``(cert, key, ca)`` file paths: listen with TLS only (``rediss://``), see :func:`make_tls_files`.
     """
 
-    def __init__(self, directory: str, *, appendonly: bool = False, extra: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        directory: str,
+        *,
+        appendonly: bool = False,
+        extra: list[str] | None = None,
+        tls: tuple[str, str, str] | None = None,
+    ) -> None:
         self.binary = require_redis_server()
         self.directory = directory
         self.appendonly = appendonly
         self.extra = list(extra or [])
+        self.tls = tls
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        if self.tls:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls[2]}"
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def _ping(self) -> bytes:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
+            if self.tls is None:
+                raw.sendall(b"PING\r\n")
+                return raw.recv(64)
+            import ssl
+
+            context = ssl.create_default_context(cafile=self.tls[2])
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64)
 
     def start(self) -> RedisServer:
         """Start the server (same port and dir as before on a restart) and wait until it answers PING."""
+        if self.tls:
+            cert, key, ca = self.tls
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", cert]
+            ports += ["--tls-key-file", key, "--tls-ca-cert-file", ca, "--tls-auth-clients", "no"]
+        else:
+            ports = ["--port", str(self.port)]
         args = [
             self.binary,
-            "--port",
-            str(self.port),
+            *ports,
             "--bind",
             "127.0.0.1",
             "--dir",
@@ -92,12 +122,9 @@ class RedisServer:
                 log = os.path.join(self.directory, "redis.log")
                 raise RuntimeError(f"redis-server exited ({self.proc.returncode}); see {log}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    reply = s.recv(64)
-                    if reply.startswith((b"+PONG", b"-NOAUTH")):
-                        return self
-            except OSError:
+                if self._ping().startswith((b"+PONG", b"-NOAUTH")):
+                    return self
+            except OSError:  # not listening yet (ssl.SSLError is an OSError too)
                 pass
             time.sleep(0.02)
         self.stop()
@@ -120,6 +147,58 @@ class RedisServer:
         import redis
 
         return redis.Redis.from_url(self.url)
+
+
+def make_tls_files(directory: str) -> tuple[str, str, str]:
+    """A throwaway CA and a server certificate for 127.0.0.1 signed by it: ``(cert, key, ca)`` paths."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    valid = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1))
+
+    def build(subject: str, key: Any, issuer: str, signer: Any, ca: bool) -> Any:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(valid[0])
+            .not_valid_after(valid[1])
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if ca:
+            builder = builder.add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            )
+        else:
+            san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+            builder = builder.add_extension(san, critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = build("mrkit test CA", ca_key, "mrkit test CA", ca_key, True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = build("127.0.0.1", key, "mrkit test CA", ca_key, False)
+    paths = tuple(os.path.join(directory, name) for name in ("server.crt", "server.key", "ca.crt"))
+    pem = serialization.Encoding.PEM
+    with open(paths[0], "wb") as f:
+        f.write(cert.public_bytes(pem))
+    with open(paths[1], "wb") as f:
+        f.write(
+            key.private_bytes(
+                pem, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+            )
+        )
+    with open(paths[2], "wb") as f:
+        f.write(ca_cert.public_bytes(pem))
+    return paths  # type: ignore[return-value]
 
 
 @pytest.fixture(scope="module")
@@ -173,26 +252,73 @@ def start_worker(
     name: str | None = None,
     concurrency: int = 1,
     env: dict[str, str] | None = None,
+    args: list[str] | None = None,
+    drop_env: tuple[str, ...] = (),
+    new_session: bool = False,
 ) -> subprocess.Popen[str]:
-    """Start ``mrkit worker URL`` as a subprocess (stderr piped, for assertions on what it says)."""
-    args = [*MRKIT, "worker", url, "--concurrency", str(concurrency)]
+    """Start ``mrkit worker URL`` as a subprocess.
+
+    Its stderr goes to a temp file (never a pipe nobody reads, which would block a chatty worker):
+    :func:`worker_stderr` reads it so far, :func:`stop_worker` returns it. ``drop_env`` removes
+    variables of this process from the worker's environment; ``new_session`` puts it in its own
+    process group (to signal the group, as a terminal's Ctrl-C does).
+    """
+    argv = [*MRKIT, "worker", url, "--concurrency", str(concurrency), *(args or [])]
     if burst:
-        args.append("--burst")
+        argv.append("--burst")
     if name:
-        args += ["--name", name]
-    return subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
-    )
+        argv += ["--name", name]
+    environ = {k: v for k, v in os.environ.items() if k not in drop_env}
+    fd, path = tempfile.mkstemp(prefix="mrkit-worker-", suffix=".err")
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=fd,
+            text=True,
+            env={**environ, **(env or {})},
+            start_new_session=new_session,
+        )
+    finally:
+        os.close(fd)
+    proc.err_path = path  # type: ignore[attr-defined]
+    return proc
 
 
-def stop_worker(proc: subprocess.Popen[str], timeout: float = 10.0) -> str:
+def worker_stderr(proc: subprocess.Popen[str]) -> str:
+    """What a worker started by :func:`start_worker` wrote on stderr so far."""
+    with open(proc.err_path, errors="replace") as f:  # type: ignore[attr-defined]
+        return f.read()
+
+
+def stop_worker(proc: subprocess.Popen[str], timeout: float = 30.0) -> str:
     """Wait for a worker to exit (SIGKILL it after ``timeout``); return its stderr."""
     try:
-        _, err = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.kill(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate(timeout=5)
+        proc.wait(timeout=10)
+    err = worker_stderr(proc)
+    try:
+        os.unlink(proc.err_path)  # type: ignore[attr-defined]
+    except FileNotFoundError:
+        pass
     return err
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy (returned); fail after ``timeout``.
+
+    Generous timeouts only bound a failing test: a passing one returns as soon as the condition holds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
 
 
 class WorkerThreads:

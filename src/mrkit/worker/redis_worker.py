@@ -20,8 +20,12 @@ One worker process is one consumer of the group ``workers`` on every live task s
    entries are reclaimed by their executor, which retries them as new attempts.
 
 ``--burst``: exit when no live session exists and every job stream is drained (nothing undelivered,
-nothing pending). SIGTERM/SIGINT: finish the task in hand, hand back the prefetched ones (their idle
-time is set past the lease so that the next claimer takes them at once), deregister, exit.
+nothing pending). SIGTERM/SIGINT: finish the task in hand, hand back the prefetched ones, deregister,
+exit. An asynchronous job's prefetched entries are re-queued as fresh entries (a Lua script: ``XACK``
+and ``XADD`` if still ours), so they do not count as lost attempts; other entries get an idle time
+past the lease, so that the next claimer takes them at once. With ``--concurrency K`` the pool process
+forwards each SIGTERM/SIGINT to its children once (they ignore the terminal's own SIGINT), and a child
+whose pool process is gone stops after its task.
 
 Redis unreachable: the worker retries every second, saying so on stderr; in burst mode it gives up
 after 60 s (exit status 1). Tasks it held are reclaimed by others after their lease.
@@ -74,6 +78,22 @@ CAPTURE_LIMIT = 64 * 1024  # characters of user output kept per task and stream
 # Exception names that mean Redis itself failed under a task (redis-py's classes).
 _REDIS_FAILURES = {"ConnectionError", "TimeoutError", "BusyLoadingError", "ReadOnlyError", "MasterDownError"}
 HANDBACK_IDLE_MS = 10**12  # "idle forever": the next XAUTOCLAIM takes a handed-back entry at once
+
+# Hand back entries of KEYS[1] that consumer ARGV[2] read but did not start: ARGV[3..] are triples
+# (entry id, field p, field s). Each one still ours is acked and added again at the stream's end, so
+# the next reader gets it as a fresh delivery, not as the task of a worker presumed dead.
+_REQUEUE = """
+local n = 0
+for i = 3, #ARGV, 3 do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if #p > 0 and p[1][2] == ARGV[2] then
+    redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+    redis.call('XADD', KEYS[1], '*', 'p', ARGV[i + 1], 's', ARGV[i + 2])
+    n = n + 1
+  end
+end
+return n
+"""
 
 # Renew the lease of ARGV[3..] on KEYS[1] for consumer ARGV[2], but only of entries it still owns.
 _HEARTBEAT = """
@@ -247,6 +267,7 @@ class RedisWorker:
         self._inflight: dict[str, set[bytes]] = {}
         self._inflight_lock = threading.Lock()
         self._heartbeat = self.client.register_script(_HEARTBEAT)
+        self._requeue = self.client.register_script(_REQUEUE)
         from mrkit.coordination.redis_jobs import SCRIPTS
 
         self.scripts = {name: self.client.register_script(text) for name, text in SCRIPTS.items()}
@@ -437,9 +458,10 @@ class RedisWorker:
     def _process(self, entries: list[tuple[str, bytes, dict[bytes, bytes], bool]]) -> None:
         started = time.perf_counter()
         done = 0
-        for stream, entry_id, fields, reclaimed in entries:
+        for i, (stream, entry_id, fields, reclaimed) in enumerate(entries):
             if self._stop.is_set():
-                break  # the rest are handed back by run()
+                self._requeue_unstarted(entries[i:])  # anything left is handed back by run()
+                break
             self._process_one(stream, entry_id, fields, reclaimed)
             done += 1
             if self._replies and time.perf_counter() - self._replies_since > FLUSH_SECONDS:
@@ -448,6 +470,30 @@ class RedisWorker:
         if done:
             per_task = (time.perf_counter() - started) / done
             self._count = min(MAX_BATCH, self._count * 2) if per_task < TINY_TASK_SECONDS else 1
+
+    def _requeue_unstarted(self, entries: list[tuple[str, bytes, dict[bytes, bytes], bool]]) -> None:
+        """Give back asynchronous jobs' entries read ahead but not started, as fresh entries.
+
+        Handing them back by lease expiry (:meth:`_hand_back`) would count a lost attempt for each,
+        as if this worker had died: a fleet restarted a few times while it runs tiny tasks would use
+        up their ``max_lost``. Entries that were themselves reclaimed keep that path, so that the loss
+        of the worker they came from is still counted; blocking sessions' entries too (their executor
+        knows its tasks by entry id).
+        """
+        by_stream: dict[str, list[Any]] = {}
+        for stream, entry_id, fields, reclaimed in entries:
+            queue = self.queues.get(stream)
+            if queue is not None and queue.mode == "job" and not reclaimed:
+                by_stream.setdefault(stream, []).extend(
+                    (entry_id, fields.get(b"p", b""), fields.get(b"s", b""))
+                )
+        for stream, args in by_stream.items():
+            try:
+                self._requeue(keys=[stream], args=[GROUP, self.name, *args])
+            except _redis_errors():
+                return  # still in flight: handed back by lease expiry instead
+            for entry_id in args[::3]:
+                self.done_with(stream, entry_id)
 
     def _process_one(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], reclaimed: bool) -> None:
         try:
@@ -669,17 +715,21 @@ def serve(
     base = name or f"{socket.gethostname()}:{os.getpid()}"
     # fork: the children need nothing but this module, and no thread has started yet in this process.
     ctx: Any = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    parent = os.getpid()
     children = [
-        ctx.Process(target=_serve_one, args=(url, f"{base}/{i}", burst, secret), daemon=False)
+        ctx.Process(target=_serve_one, args=(url, f"{base}/{i}", burst, secret, parent), daemon=False)
         for i in range(concurrency)
     ]
     for child in children:
         child.start()
 
     def forward(signum: int, _frame: Any) -> None:
+        # Always SIGTERM: the children ignore SIGINT, because a terminal's Ctrl-C reaches the whole
+        # process group, and each child must see one request to stop per Ctrl-C, not two (a second
+        # request means "stop now", which would abandon the task in hand).
         for child in children:
             if child.pid is not None and child.is_alive():
-                os.kill(child.pid, signum)
+                os.kill(child.pid, signal.SIGTERM)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -693,7 +743,8 @@ def serve(
         raise StorageError(f"{len(failed)} of {concurrency} worker processes failed (exit codes {failed})")
 
 
-def _serve_one(url: str, name: str | None, burst: bool, secret: bytes) -> None:
+def _serve_one(url: str, name: str | None, burst: bool, secret: bytes, parent: int | None = None) -> None:
+    """One worker in this process; ``parent``: the pid of the pool process that started it, if any."""
     install_capture()
     worker = RedisWorker(url, name=name, burst=burst, secret=secret)
 
@@ -704,13 +755,32 @@ def _serve_one(url: str, name: str | None, burst: bool, secret: bytes) -> None:
         worker.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    if parent is None:
+        signal.signal(signal.SIGINT, on_signal)
+    else:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the pool forwards Ctrl-C as one SIGTERM
+        threading.Thread(
+            target=_watch_parent, args=(worker, parent), name="mrkit-parent", daemon=True
+        ).start()
     print(
         f"mrkit worker {worker.name}: consuming {worker.label}{' (burst)' if burst else ''}",
         file=sys.__stderr__,
     )
     done = worker.run()
     print(f"mrkit worker {worker.name}: exiting after {done} entries", file=sys.__stderr__)
+
+
+def _watch_parent(worker: RedisWorker, parent: int) -> None:
+    """Stop a pool's worker after the task in hand when the pool process is gone (SIGKILLed, say):
+    nobody would forward signals to it any more, and it must not consume tasks as an orphan."""
+    while not worker._stop.wait(1.0):
+        if os.getppid() != parent:
+            print(
+                f"mrkit worker {worker.name}: the worker pool's process is gone; stopping",
+                file=sys.__stderr__,
+            )
+            worker.stop()
+            return
 
 
 def _check_connection(url: str) -> None:

@@ -1,0 +1,157 @@
+"""The fleet worker's lifecycle: signals, hand-back, pools, leases kept alive by heartbeats."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import mrkit
+from mrkit.coordination.redis_jobs import JobKeys
+from mrkit.execution.redis_streams import WORKERS
+from mrkit.model.reference import reference
+from tests import jobs_for_tests as J
+from tests.redis_fixtures import (  # noqa: F401 - fixtures
+    WorkerThreads,
+    redis_server,
+    redis_url,
+    secret_env,
+    start_worker,
+    stop_worker,
+    wait_for,
+)
+
+TEXT = ["the cat sat on the mat", "The dog sat", "a b c a b a", "it's 42 o'clock"] * 10
+WORDS = mrkit.Job(mapper=J.words, reducer=J.total)
+GATE_SECONDS = 60.0
+
+
+def gated_mapper(line: str) -> Iterator[tuple[str, int]]:
+    """The first attempt of the task ``params["hold"]`` says it started, then waits for a go file."""
+    ctx = mrkit.context()
+    gate = ctx.params["gate"]
+    if ctx.task_id == ctx.params["hold"] and ctx.attempt == 1:
+        started = os.path.join(gate, f"started-{os.getpid()}")
+        if not os.path.exists(started):
+            with open(started, "w") as f:
+                f.write(str(os.getpid()))
+        deadline = time.monotonic() + GATE_SECONDS
+        while not os.path.exists(os.path.join(gate, "go")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    yield from J.words(line)
+
+
+def slow_mapper(line: str) -> Iterator[tuple[str, int]]:
+    """Each map task takes several leases of 1 s (one record sleeps)."""
+    if line.startswith("the cat"):
+        time.sleep(float(mrkit.context().params["sleep"]))
+    yield from J.words(line)
+
+
+def gated_job(gate: str, hold: str = "map-00000") -> mrkit.Job:
+    return mrkit.Job(mapper=gated_mapper, reducer=J.total, params={"gate": gate, "hold": hold})
+
+
+def started_pids(gate: str) -> list[int]:
+    return [int(name.split("-", 1)[1]) for name in os.listdir(gate) if name.startswith("started-")]
+
+
+def open_gate(gate: str) -> None:
+    with open(os.path.join(gate, "go"), "w"):
+        pass
+
+
+def test_sigterm_finishes_the_task_in_hand_then_exits(redis_url, redis_server, tmp_path, secret_env):  # noqa: F811
+    gate = str(tmp_path)
+    handle = mrkit.submit(gated_job(gate), mrkit.Records(TEXT), executor=redis_url, n_map=3, n_reduce=1)
+    worker = start_worker(redis_url, name="leaver", burst=False)
+    try:
+        wait_for(lambda: started_pids(gate), what="the held map task to start")
+        worker.send_signal(signal.SIGTERM)
+        time.sleep(0.3)  # the signal is handled at once; the task is still held at the gate
+        assert worker.poll() is None, "the worker left before finishing its task"
+        open_gate(gate)
+        assert worker.wait(timeout=60) == 0
+    finally:
+        err = stop_worker(worker)
+    assert "stopping after the current task" in err, err
+    client = redis_server.client()
+    k = JobKeys(handle.id)
+    assert client.hget(k.done("map"), "map-00000") == b"1", err  # committed by the worker that left
+    assert client.zscore(WORKERS, "leaver") is None  # it deregistered
+    with WorkerThreads(redis_url, 1, burst=True):
+        result = handle.wait(timeout=60)
+    assert sorted(result) == reference(WORDS, TEXT)
+    st = handle.status()
+    assert st["lost"] == {"map": 0, "reduce": 0} and st["attempts"]["map"] == 3
+
+
+def test_ctrl_c_on_a_worker_pool_finishes_the_task_in_hand(redis_url, redis_server, tmp_path, secret_env):  # noqa: F811
+    """A terminal's Ctrl-C signals the whole process group (the pool's parent and its children): each
+    child must still see one request to stop, not two (a second one means "stop now")."""
+    gate = str(tmp_path)
+    handle = mrkit.submit(gated_job(gate), mrkit.Records(TEXT), executor=redis_url, n_map=3, n_reduce=1)
+    pool = start_worker(redis_url, name="pool", concurrency=2, burst=False, new_session=True)
+    client = redis_server.client()
+    try:
+        wait_for(
+            lambda: {b"pool/0", b"pool/1"} <= set(client.zrange(WORKERS, 0, -1)), what="both pool workers"
+        )
+        wait_for(lambda: started_pids(gate), what="the held map task to start")
+        os.killpg(pool.pid, signal.SIGINT)
+        time.sleep(0.3)
+        open_gate(gate)
+        assert pool.wait(timeout=60) == 0
+    finally:
+        if pool.poll() is None:
+            os.killpg(pool.pid, signal.SIGKILL)
+        err = stop_worker(pool)
+    assert client.hget(JobKeys(handle.id).done("map"), "map-00000") == b"1", err
+    assert client.zrange(WORKERS, 0, -1) == []
+    with WorkerThreads(redis_url, 1, burst=True):
+        result = handle.wait(timeout=60)
+    assert sorted(result) == reference(WORDS, TEXT)
+    assert handle.status()["lost"] == {"map": 0, "reduce": 0}
+
+
+def test_stop_hands_back_prefetched_entries_without_counting_them_lost(redis_url, tmp_path):  # noqa: F811
+    gate = str(tmp_path)
+    handle = mrkit.submit(gated_job(gate), mrkit.Records(TEXT), executor=redis_url, n_map=6, n_reduce=1)
+    first = WorkerThreads(redis_url, 1)
+    first.workers[0]._count = 8  # read every map entry at once, as a worker running tiny tasks does
+    with first:
+        wait_for(lambda: started_pids(gate), what="the held map task to start")
+        assert handle.status()["in_flight"] == 6  # all six were delivered to it
+        first.workers[0].stop()
+        open_gate(gate)
+    assert first.workers[0].tasks_done == 1
+    with WorkerThreads(redis_url, 1, burst=True):
+        result = handle.wait(timeout=60)
+    assert sorted(result) == reference(WORDS, TEXT)
+    st = handle.status()
+    assert st["lost"] == {"map": 0, "reduce": 0} and st["attempts"]["map"] == 6
+    assert not [line for line in handle.logs() if "reclaimed" in line]
+
+
+def test_heartbeats_keep_a_long_task_leased(redis_url, secret_env):  # noqa: F811
+    """Tasks lasting 3 leases are never reclaimed while their workers live (asynchronous and blocking)."""
+    url = redis_url + "?lease=1"
+    job = mrkit.Job(mapper=slow_mapper, reducer=J.total, params={"sleep": 3})
+    handle = mrkit.submit(job, mrkit.Records(TEXT), executor=url, n_map=2, n_reduce=1)
+    workers = [start_worker(url, name=f"hb{i}") for i in range(2)]
+    try:
+        result = handle.wait(timeout=90)
+    finally:
+        errs = [stop_worker(w) for w in workers]
+    assert sorted(result) == reference(WORDS, TEXT), errs
+    st = handle.status()
+    assert st["lost"] == {"map": 0, "reduce": 0} and st["attempts"]["map"] == 2, (st, errs)
+
+    policy = mrkit.RetryPolicy(speculative=False)
+    with WorkerThreads(url, 2):
+        got = mrkit.run(
+            job, mrkit.Records(TEXT), executor=url, n_map=2, n_reduce=1, policy=policy, quiet=True
+        )
+    assert sorted(got) == reference(WORDS, TEXT)
+    assert got.counters["map.attempts_lost"] == 0 and got.counters["map.attempts_launched"] == 2
