@@ -10,23 +10,27 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 import mrkit
 from mrkit.coordination.plan import RetryPolicy
-from mrkit.errors import AuthenticationError, JobFailed
+from mrkit.errors import AuthenticationError, JobFailed, WorkerLost
 from mrkit.execution.http import HttpExecutor, HttpTimeouts
 from mrkit.model.reference import reference
 from tests.http_fixtures import (  # noqa: F401 - fixtures
     ROOT,
     CliWorkers,
+    call_spec,
     cli_workers_fixture,
     free_port,
     get_json,
@@ -278,3 +282,87 @@ def test_workers_exit_when_their_driver_is_sigkilled_even_mid_task(tmp_path: Pat
         assert driver.stdout is not None
         driver.stdout.close()
     assert not (tmp_path / "ran").exists()  # the busy one died mid-task
+
+
+# -- transfers that stop midway ---------------------------------------------------------------------
+
+BIG = "x" * (8 << 20)  # far more than a frozen worker's socket buffers take in
+
+
+def test_a_driver_started_worker_that_stops_reading_a_request_is_restarted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="mrkit.http")
+    executor = HttpExecutor(workers=1, timeouts=FAST)
+    try:
+        executor.warm_up()
+        frozen = executor.worker_info()[0]["pid"]
+        os.kill(frozen, signal.SIGSTOP)
+        result = executor.submit(call_spec(len, BIG)).result(timeout=60)
+        assert result.ok and pickle.loads(result.output) == [len(BIG)]
+        assert executor.worker_info()[0]["pid"] != frozen
+    finally:
+        executor.shutdown()
+    assert wait_until(lambda: not pid_alive(frozen), timeout=10)
+    assert "accepted no bytes of the request" in caplog.text and "restarting it" in caplog.text
+
+
+def test_a_user_started_worker_that_stops_reading_a_request_fails_the_attempt_in_bounded_time(
+    cli_workers: CliWorkers, tmp_path: Path
+) -> None:
+    proc, url = cli_workers.start()
+    executor = HttpExecutor([url], secret_file=str(write_secret(tmp_path)), timeouts=FAST)
+    try:
+        executor.warm_up()
+        proc.send_signal(signal.SIGSTOP)
+        future = executor.submit(call_spec(len, BIG))
+        with pytest.raises(WorkerLost, match="no HTTP worker has answered for 2s"):
+            future.result(timeout=60)
+    finally:
+        executor.shutdown()
+        proc.send_signal(signal.SIGCONT)
+
+
+class _StallingHandler(BaseHTTPRequestHandler):
+    """Answers /health, then starts an answer to POST /task and stops sending midway."""
+
+    protocol_version = "HTTP/1.1"
+    release = threading.Event()
+
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.wfile.write(b'HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n{"task_id":')
+        self.wfile.flush()
+        self.release.wait(timeout=60)
+        self.close_connection = True
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+def test_an_answer_that_stops_midway_loses_the_attempt_although_health_answers(tmp_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _StallingHandler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    executor = HttpExecutor(
+        [f"127.0.0.1:{server.server_port}"], secret_file=str(write_secret(tmp_path)), timeouts=FAST
+    )
+    started = time.monotonic()
+    try:
+        future = executor.submit(call_spec(len, "abc"))
+        with pytest.raises(WorkerLost, match="stalled: its answer stopped arriving midway"):
+            future.result(timeout=30)
+    finally:
+        executor.shutdown()
+        _StallingHandler.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    assert time.monotonic() - started < 20

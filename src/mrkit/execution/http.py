@@ -46,12 +46,14 @@ from __future__ import annotations
 
 import atexit
 import http.client
+import io
 import json
 import logging
 import os
 import selectors
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -103,9 +105,15 @@ class HttpTimeouts:
         task: seconds an attempt may run before it is lost (None: no limit; the driver's
             ``RetryPolicy.task_timeout`` is another way to say it).
 
+    A request or an answer that stops moving mid-transfer for :attr:`stall` seconds also gives up
+    on the worker (a frozen worker stops reading a large request; one frozen mid-answer stops
+    sending), as a worker that misses ``/health`` ``health_misses`` times in a row does.
+
     Example:
         >>> HttpTimeouts(health_interval=0.2, health_timeout=0.5, health_misses=2).health_misses
         2
+        >>> HttpTimeouts().stall
+        12.0
     """
 
     startup: float = 30.0
@@ -124,6 +132,11 @@ class HttpTimeouts:
             raise ConfigError(f"HttpTimeouts.health_misses must be at least 1, got {self.health_misses!r}")
         if self.task is not None and not self.task > 0:
             raise ConfigError(f"HttpTimeouts.task must be > 0 seconds or None, got {self.task!r}")
+
+    @property
+    def stall(self) -> float:
+        """Seconds a transfer may make no progress: ``health_misses × (health_interval + health_timeout)``."""
+        return self.health_misses * (self.health_interval + self.health_timeout)
 
 
 class _NotSent(Exception):
@@ -194,6 +207,54 @@ class _Slot:
                 pass
 
 
+def _set_stall_timeout(sock: socket.socket, seconds: float) -> None:
+    """Make a blocking send or receive on ``sock`` fail after ``seconds`` without progress.
+
+    SO_SNDTIMEO/SO_RCVTIMEO bound each system call in the kernel, so the socket stays in blocking
+    mode and the normal path costs no extra system call (a Python-level timeout would add a poll
+    before every send and receive). ``sendall`` keeps going while bytes move, and raises once
+    ``seconds`` pass with none accepted.
+    """
+    if os.name == "nt":
+        value = struct.pack("L", max(1, int(seconds * 1000)))  # a DWORD of milliseconds
+    else:
+        whole = int(seconds)
+        value = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))  # struct timeval
+    for option in (socket.SO_SNDTIMEO, socket.SO_RCVTIMEO):
+        sock.setsockopt(socket.SOL_SOCKET, option, value)
+
+
+class _StallReader(io.RawIOBase):
+    """The raw stream an answer is read from: a receive that timed out raises TimeoutError.
+
+    http.client reads through ``socket.SocketIO``, which returns None when a receive would block
+    (its non-blocking-socket case); after SO_RCVTIMEO expired it would then take a stalled answer
+    for a short one, or return None as its body.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            return self._sock.recv_into(buffer)
+        except BlockingIOError:
+            raise TimeoutError("its answer stopped arriving midway") from None
+
+
+class _Response(http.client.HTTPResponse):
+    """An HTTPResponse read through :class:`_StallReader`."""
+
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        self.fp.close()  # the SocketIO reader http.client made; it holds no data yet
+        self.fp = io.BufferedReader(_StallReader(sock))
+
+
 class _Connection(http.client.HTTPConnection):
     """An HTTPConnection that sends a request's headers and body in one write, and can wait for input.
 
@@ -204,6 +265,8 @@ class _Connection(http.client.HTTPConnection):
     cost several system calls per task, each one a chance for another driver thread to take the GIL.
     """
 
+    response_class = _Response
+    stall = 0.0  # seconds a send or receive may make no progress (0: no bound)
     _corked: list[bytes] | None = None
     _selector: selectors.BaseSelector | None = None
 
@@ -211,6 +274,8 @@ class _Connection(http.client.HTTPConnection):
         super().connect()
         assert self.sock is not None
         self.sock.settimeout(None)  # an answer takes as long as its task; health checks bound the wait
+        if self.stall > 0:
+            _set_stall_timeout(self.sock, self.stall)  # ...but once it moves, it must keep moving
         if self._selector is not None:
             self._selector.close()
         self._selector = selectors.DefaultSelector()
@@ -863,6 +928,9 @@ class HttpExecutor(Executor):
         conn = self._connection(slot)
         try:
             conn.post("/task", body, headers)
+        except (BlockingIOError, TimeoutError):
+            slot.drop_connections()  # SO_SNDTIMEO: it stopped reading (frozen, or cut off)
+            raise _NotSent(f"it accepted no bytes of the request for {conn.stall:g}s") from None
         except (OSError, http.client.HTTPException) as exc:
             # sendall() failed, so the worker did not receive the whole request and cannot have run it.
             slot.drop_connections()
@@ -876,6 +944,9 @@ class HttpExecutor(Executor):
                 signature = response.getheader(HEADER_SIGNATURE)
             finally:
                 response.close()
+        except TimeoutError as exc:
+            slot.drop_connections()
+            raise _Lost(f"stalled: {exc} (nothing for {conn.stall:g}s)", kill=True) from None
         except (OSError, http.client.HTTPException) as exc:
             slot.drop_connections()
             raise _Lost(self._broken_connection(slot, exc)) from None
@@ -899,6 +970,7 @@ class HttpExecutor(Executor):
             conn = slot.conn = None
         if conn is None:
             conn = _Connection(slot.host, slot.port, timeout=self.timeouts.connect)
+            conn.stall = self.timeouts.stall
             try:
                 conn.connect()
             except OSError as exc:
