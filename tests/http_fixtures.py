@@ -69,6 +69,45 @@ def stop_once_mapper(line: str) -> Iterator[tuple[str, int]]:
     yield from words(line)
 
 
+class PidWordCount(mrkit.Job):
+    """Word count that leaves evidence of the processes that ran it, for ``mrkit run`` tests.
+
+    Params: ``pids`` (required), a folder that gets one empty file ``<phase>-<pid>`` per process
+    that ran a map or reduce task; ``poison``, a word that makes the mapper raise ValueError on its
+    line; ``sleep``, seconds the mapper sleeps on a line holding the word ``sleepy`` (after noting
+    ``sleep-<pid>``).
+    """
+
+    def mapper(self, line: str) -> Iterator[tuple[str, int]]:
+        _note_pid(self.params["pids"], "map")
+        poison = self.params.get("poison")
+        if poison and poison in line:
+            raise ValueError(f"cannot map {line!r}")
+        if "sleepy" in line:
+            _note_pid(self.params["pids"], "sleep")
+            time.sleep(float(self.params.get("sleep", 0)))
+        yield from words(line)
+
+    def reducer(self, word: str, counts: Iterator[int]) -> int:
+        _note_pid(self.params["pids"], "reduce")
+        return sum(counts)
+
+
+def _note_pid(folder: str, phase: str) -> None:
+    path = os.path.join(folder, f"{phase}-{os.getpid()}")
+    if not os.path.exists(path):
+        open(path, "w").close()
+
+
+def noted_pids(folder: Path, phase: str = "") -> set[int]:
+    """The pids :class:`PidWordCount` noted in ``folder`` for ``phase`` (default: map and reduce)."""
+    return {
+        int(p.name.rsplit("-", 1)[1])
+        for p in folder.iterdir()
+        if p.name.startswith(phase or ("map", "reduce"))
+    }
+
+
 # -- building and sending tasks ---------------------------------------------------------------------
 
 
@@ -228,6 +267,29 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0, interval: f
             return True
         time.sleep(interval)
     return condition()
+
+
+TAG_VARIABLE = "MRKIT_TEST_PROCESS_TAG"
+
+
+def tagged_processes(tag: str) -> list[int]:
+    """Live processes whose environment holds ``MRKIT_TEST_PROCESS_TAG=<tag>``.
+
+    A driver started with that variable passes it to every worker it starts, so after the driver
+    exits this lists the workers it left behind, whoever their parent now is.
+    """
+    needle = f"{TAG_VARIABLE}={tag}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone, or not ours
+            continue
+        if needle in environ.split(b"\0") and pid_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
 
 
 def pid_alive(pid: int) -> bool:

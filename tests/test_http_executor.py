@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -25,11 +26,14 @@ from mrkit.model.reference import reference
 from tests.http_fixtures import (  # noqa: F401 - fixtures
     ROOT,
     SECRET,
+    TAG_VARIABLE,
     CliWorkers,
     call_spec,
     cli_workers_fixture,
     get_json,
     pid_alive,
+    post_task,
+    tagged_processes,
     touch,
     wait_until,
     worker_env,
@@ -135,16 +139,18 @@ def test_python_m_mrkit_runs_a_script_on_http_workers(tmp_path: Path) -> None:
             print(sum(futures.map(lambda x: x * x, range(1000))))
     """)
     )
+    tag = uuid.uuid4().hex
     done = subprocess.run(
         [sys.executable, "-m", "mrkit", "--executor", "http", "-n", "2", str(script)],
         capture_output=True,
         text=True,
         timeout=60,
-        env=worker_env(),
+        env=worker_env(**{TAG_VARIABLE: tag}),
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(sum(x * x for x in range(1000)))
+    assert not tagged_processes(tag)  # its workers stopped with it
 
 
 def test_existing_workers_run_a_job_and_share_the_work(
@@ -193,6 +199,21 @@ def test_driver_started_workers_get_their_secret_through_a_pipe_not_argv_or_env(
             assert secret not in Path(f"/proc/{pid}/{name}").read_bytes(), name
     finally:
         executor.shutdown()
+
+
+def test_each_executor_gives_its_workers_a_fresh_secret_the_others_workers_refuse(tmp_path: Path) -> None:
+    first, second = HttpExecutor(workers=1), HttpExecutor(workers=1)
+    try:
+        first.warm_up()
+        second.warm_up()
+        assert first._secret != second._secret
+        port = int(second.worker_info()[0]["address"].rsplit(":", 1)[1])
+        marker = tmp_path / "ran"
+        assert post_task(port, call_spec(touch, str(marker)), secret=first._secret)[0] == 401
+        assert not marker.exists()
+    finally:
+        first.shutdown()
+        second.shutdown()
 
 
 def test_a_queued_attempt_can_be_cancelled_and_never_runs(tmp_path: Path) -> None:

@@ -87,6 +87,25 @@ def test_a_driver_started_worker_killed_mid_task_is_restarted(
     assert "was killed by SIGKILL" in caplog.text and "restarting the worker" in caplog.text
 
 
+def test_a_driver_started_worker_killed_between_jobs_is_restarted_and_nothing_is_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="mrkit.http")
+    executor = HttpExecutor(workers=1, timeouts=FAST)
+    try:
+        first = mrkit.run(PLAIN, mrkit.Records(RECORDS), executor=executor, n_map=2, n_reduce=1, quiet=True)
+        killed = executor.worker_info()[0]["pid"]
+        os.kill(killed, signal.SIGKILL)
+        assert wait_until(lambda: not pid_alive(killed), timeout=10)
+        second = mrkit.run(PLAIN, mrkit.Records(RECORDS), executor=executor, n_map=2, n_reduce=1, quiet=True)
+        assert executor.worker_info()[0]["pid"] not in (None, killed)
+    finally:
+        executor.shutdown()
+    assert sorted(first) == sorted(second) == reference(PLAIN, RECORDS)
+    assert second.counters["map.attempts_lost"] == 0  # it was not sent, so it was not lost
+    assert "was killed by SIGKILL" in caplog.text and "restarting it" in caplog.text
+
+
 def test_a_user_started_worker_killed_mid_task_sends_the_task_elsewhere(
     cli_workers: CliWorkers, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

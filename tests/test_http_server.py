@@ -207,6 +207,12 @@ def test_the_cli_worker_refuses_to_start_without_a_secret(tmp_path: Path) -> Non
     assert "needs a shared secret" in done.stderr and done.stdout == ""
 
 
+def test_the_cli_worker_refuses_a_network_bind_without_a_secret(tmp_path: Path) -> None:
+    done = _run_cli("--bind", "0.0.0.0", tmp=tmp_path)
+    assert done.returncode == 2
+    assert "needs a shared secret" in done.stderr and done.stdout == ""  # no URL: it never listened
+
+
 def test_the_cli_worker_refuses_a_secret_file_others_can_read(tmp_path: Path) -> None:
     done = _run_cli("--secret-file", str(write_secret(tmp_path, mode=0o644)), tmp=tmp_path)
     assert done.returncode == 2 and "chmod 600" in done.stderr
