@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import mrkit
 from mrkit.data.merging import group_in_memory, group_values, merge_sorted_runs
-from mrkit.data.runs import read_run, write_run
+from mrkit.data.runs import read_frames, read_run, write_run
 from mrkit.model.partition import key_bytes
 from mrkit.model.reference import reference
 from tests import jobs_for_tests as J
@@ -77,3 +77,27 @@ def test_both_reduce_paths_give_the_reference_output(memory_mb):
     assert dict(res) == dict(reference(J.WORDCOUNT, records))
     in_memory_tasks = res.counters["reduce.grouped_in_memory"]
     assert in_memory_tasks == (0 if memory_mb < 1 else 2)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(0, 20), max_size=15),
+    st.integers(1, 5),
+    st.integers(1, 6),
+)
+def test_frames_hold_every_entry_within_their_bounds(sizes, frame_entries, frame_values):
+    entries = [(b"s%03d" % i, f"k{i}", list(range(size))) for i, size in enumerate(sizes)]
+    buf = io.BytesIO()
+    written, n_values = write_run(buf, entries, frame_entries, frame_values)
+    assert (written, n_values) == (len(buf.getvalue()), sum(sizes))
+    rejoined: list = []
+    for frame in read_frames(io.BytesIO(buf.getvalue())):
+        assert 1 <= len(frame) <= frame_entries
+        assert all(len(values) <= frame_values for _kb, _key, values in frame)  # hot keys are cut
+        assert sum(len(values) for _kb, _key, values in frame) < 2 * frame_values
+        for kb, key, values in frame:
+            if rejoined and rejoined[-1][0] == kb:
+                rejoined[-1][2].extend(values)  # the pieces of a cut entry follow each other
+            else:
+                rejoined.append((kb, key, list(values)))
+    assert rejoined == entries

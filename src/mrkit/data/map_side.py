@@ -176,8 +176,9 @@ class MapOutput:
             if writer is None:
                 writer = self._writers[p] = self._open_part(p)
                 self.offsets[p] = [0]
-            self.offsets[p].append(self.offsets[p][-1] + write_run(writer, entries))
-            self.pairs_out += sum(len(e[2]) for e in entries)
+            written, n_values = write_run(writer, entries)
+            self.offsets[p].append(self.offsets[p][-1] + written)
+            self.pairs_out += n_values
         self.spills += 1
 
     def finish(self) -> dict[int, list[int]]:

@@ -8,11 +8,12 @@ an iterator, so memory stays bounded whatever the number of values of a key.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from itertools import chain
 from typing import Any, BinaryIO
 
 from mrkit.data.map_side import _short, user_failure
 from mrkit.data.merging import group_in_memory, group_values, merge_sorted_runs
-from mrkit.data.runs import Entry, read_run
+from mrkit.data.runs import Entry, read_frames
 from mrkit.model.job import Job, identity_reducer, returns_pairs
 from mrkit.storage.base import Storage
 
@@ -27,9 +28,14 @@ def open_runs(storage: Storage, parts: list[tuple[str, list[int]]]) -> list[Iter
 
 
 def _stream(storage: Storage, key: str, start: int, length: int) -> Iterator[Entry]:
+    # chain hands out each frame's entries in C; the frames generator runs once per frame.
+    return chain.from_iterable(_frames(storage, key, start, length))
+
+
+def _frames(storage: Storage, key: str, start: int, length: int) -> Iterator[list[Entry]]:
     # Opened lazily, on first use by the merge, so at most one buffer per run is live at a time.
     with storage.open_read(key, start, length) as f:
-        yield from read_run(f)
+        yield from read_frames(f)
 
 
 # Pickled run bytes -> bytes of the Python objects they unpickle to, for short str keys and small
