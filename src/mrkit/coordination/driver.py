@@ -125,7 +125,7 @@ class PhaseRunner:
 
     def run(self) -> PhaseStats:
         started = time.monotonic()
-        self.progress.start_phase(self.phase)
+        self.progress.start_phase(self.phase, len(self.tasks))
         capacity = max(1, self.executor.workers)
         try:
             while self._done < len(self.tasks):
@@ -199,7 +199,8 @@ class PhaseRunner:
         self._done += 1
         self._durations.append(result.seconds)
         self._records += result.counters.get("records_in", result.counters.get("records_out", 0))
-        self._bytes += result.counters.get("bytes_in", 0)
+        # Map tasks report the input bytes they read, reduce tasks the output bytes they wrote.
+        self._bytes += result.counters.get("bytes_in", result.counters.get("bytes_out", 0))
         for other, (t, _) in list(self._inflight.items()):
             if t is task:
                 other.cancel()

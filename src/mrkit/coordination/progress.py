@@ -34,9 +34,10 @@ class Progress:
         self._last = 0.0
         self._phase_start = time.monotonic()
 
-    def start_phase(self, phase: str) -> None:
+    def start_phase(self, phase: str, total: int) -> None:
+        """Start timing ``phase`` of ``total`` tasks and draw its empty bar."""
         self._phase_start = time.monotonic()
-        self.update(phase, 0, 0, 0, 0, force=True)
+        self.update(phase, 0, total, 0, 0, force=True)
 
     def update(
         self, phase: str, done: int, total: int, records: int, nbytes: int, *, force: bool = False
