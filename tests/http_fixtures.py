@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import io
 import json
 import os
 import pickle
@@ -26,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -252,6 +254,81 @@ def cli_workers_fixture(tmp_path: Path) -> Iterator[CliWorkers]:
         yield workers
     finally:
         workers.stop_all()
+
+
+class RecordingRelay:
+    """A TCP relay on 127.0.0.1 in front of a worker that keeps every byte sent *to* the worker.
+
+    Point an executor at ``127.0.0.1:<port>``; :meth:`requests` then parses what went over the
+    wire with the standard library's header parser. Use as a context manager.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.streams: list[bytearray] = []
+        self._sockets: list[socket.socket] = []
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def __enter__(self) -> RecordingRelay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=10)
+            for sock in (client, upstream):
+                sock.settimeout(None)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # relay at once, as they send
+            record = bytearray()
+            self.streams.append(record)
+            self._sockets += [client, upstream]
+            for source, target, keep in ((client, upstream, record), (upstream, client, None)):
+                thread = threading.Thread(target=self._pump, args=(source, target, keep), daemon=True)
+                self._threads.append(thread)
+                thread.start()
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket, record: bytearray | None) -> None:
+        try:
+            while data := source.recv(1 << 16):
+                if record is not None:
+                    record += data
+                target.sendall(data)
+            target.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def requests(self) -> list[tuple[str, str, bytes]]:
+        """``(method, path, body)`` of every request relayed so far."""
+        out = []
+        for record in list(self.streams):
+            stream = io.BytesIO(bytes(record))
+            while line := stream.readline():
+                method, path, _ = line.decode("latin-1").split(" ", 2)
+                headers = http.client.parse_headers(stream)
+                out.append((method, path, stream.read(int(headers.get("Content-Length", 0)))))
+        return out
+
+    def close(self) -> None:
+        for sock in (self.listener, *self._sockets):  # shutdown, not close, wakes a blocked accept()
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.listener.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        for sock in self._sockets:
+            sock.close()
 
 
 def free_port() -> int:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -28,6 +29,7 @@ from tests.http_fixtures import (  # noqa: F401 - fixtures
     SECRET,
     TAG_VARIABLE,
     CliWorkers,
+    RecordingRelay,
     call_spec,
     cli_workers_fixture,
     get_json,
@@ -169,6 +171,38 @@ def test_existing_workers_run_a_job_and_share_the_work(
     completed = [get_json(port, "/status")[1]["completed"] for port in ports]
     tasks = result.counters["map.attempts_launched"] + result.counters["reduce.attempts_launched"]
     assert sum(completed) == tasks and all(completed), completed
+
+
+def test_requests_carry_references_only_and_a_function_travels_once_per_worker(
+    cli_workers: CliWorkers, tmp_path: Path
+) -> None:
+    _, url = cli_workers.start()
+    text = tmp_path / "in.txt"
+    text.write_text("".join(f"zyzzogeton line {i}\n" for i in range(2000)))
+    offset = 3
+    with RecordingRelay(int(url.rsplit(":", 1)[1])) as relay:
+        executor = HttpExecutor([f"127.0.0.1:{relay.port}"], secret_file=str(write_secret(tmp_path)))
+        try:
+            result = mrkit.run(WORDCOUNT, str(text), executor=executor, n_map=4, n_reduce=2, quiet=True)
+            squares = list(futures.map(lambda x: x + offset, range(30), executor=executor, chunksize=1))
+        finally:
+            executor.shutdown()
+        requests = relay.requests()
+    assert dict(result)["zyzzogeton"] == 2000 and squares == [x + 3 for x in range(30)]
+    assert {(m, p) for m, p, _ in requests} <= {("POST", "/task"), ("GET", "/health")}
+    tasks = [json.loads(body) for _, path, body in requests if path == "/task"]
+    jobs = [t for t in tasks if t["kind"] in ("map", "reduce")]
+    launched = result.counters["map.attempts_launched"] + result.counters["reduce.attempts_launched"]
+    assert len(jobs) == launched
+    for task in jobs:  # the job's code by key and digest, the input by file and byte range
+        assert task["job_key"] and len({t["job_digest"] for t in jobs}) == 1
+        assert task["call_fn"] == task["call"] == ""
+        assert task["kind"] == "reduce" or str(text) in task["split"]["uri"]
+    bodies = [body for _, path, body in requests if path == "/task"]
+    assert not any(b"zyzzogeton" in body for body in bodies)
+    assert max(len(body) for body, task in zip(bodies, tasks, strict=True) if task in jobs) < 2048
+    calls = [t for t in tasks if t["kind"] == "call"]
+    assert len(calls) == 30 and sum(1 for t in calls if t["call_fn"]) == 1  # then by digest only
 
 
 def test_workers_start_on_demand_and_are_reused_across_phases_and_jobs() -> None:
