@@ -29,6 +29,13 @@ from mrkit.errors import (
     WorkerLost,
 )
 from mrkit.model.context import TaskContext, context
+from mrkit.model.decorators import (
+    combine_handler,
+    job_from_module,
+    map_handler,
+    partition_handler,
+    reduce_handler,
+)
 from mrkit.model.job import Job
 from mrkit.model.partition import stable_partition
 
@@ -54,8 +61,13 @@ __all__ = [
     "UnsafeKeyError",
     "WorkerLost",
     "__version__",
+    "combine_handler",
     "context",
+    "job_from_module",
+    "map_handler",
+    "partition_handler",
     "read_output",
+    "reduce_handler",
     "run",
     "stable_partition",
     "submit",

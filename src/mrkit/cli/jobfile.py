@@ -1,4 +1,5 @@
-"""Finding the user's job: ``module:Name`` / ``path/to/file.py:Name`` references and JSON job files.
+"""Finding the user's job: ``module:Name`` / ``path/to/file.py:Name`` references, modules of decorated
+functions, and JSON job files.
 
 A job file (seed 000's ``job.json``, extended)::
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mrkit.errors import ConfigError
+from mrkit.model.decorators import job_from_module
 from mrkit.model.job import Job
 
 _KNOWN_KEYS = {
@@ -44,7 +46,8 @@ def load_job(ref: str, params: dict[str, Any] | None = None) -> Job:
 
     Args:
         ref: ``package.module:Name`` or ``path/to/file.py:Name``; ``Name`` is a Job instance, a
-            Job subclass (instantiated with ``params``) or a function returning a Job.
+            Job subclass (instantiated with ``params``) or a function returning a Job. Without
+            ``:Name``, the module's decorated functions are the job (:mod:`mrkit.model.decorators`).
         params: job parameters.
 
     Raises:
@@ -52,7 +55,8 @@ def load_job(ref: str, params: dict[str, Any] | None = None) -> Job:
             is not a job.
     """
     if ":" not in ref:
-        raise ConfigError(f"job reference {ref!r} must look like module:Name or path/to/file.py:Name")
+        # A bare module: its @mrkit.map_handler / @mrkit.reduce_handler functions are the job.
+        return job_from_module(_import(ref), params)
     module_ref, _, name = ref.rpartition(":")
     module = _import(module_ref)
     try:
@@ -123,9 +127,11 @@ def load_job_file(path: str) -> JobFile:
         )
     base = os.path.dirname(os.path.abspath(path))
     job_ref = data["job"]
-    module_ref, _, name = job_ref.rpartition(":")
+    module_ref, sep, name = job_ref.rpartition(":")
+    if not sep:  # a bare module of decorated functions
+        module_ref, name = job_ref, ""
     if module_ref.endswith(".py") and not os.path.isabs(module_ref):
-        job_ref = os.path.join(base, module_ref) + ":" + name
+        job_ref = os.path.join(base, module_ref) + sep + name
     job = load_job(job_ref, data.get("params") or None)
     raw_inputs = data["inputs"] if isinstance(data["inputs"], list) else [data["inputs"]]
     paths = [os.path.join(base, i) for i in raw_inputs if isinstance(i, str)]

@@ -26,7 +26,8 @@ def _print_counters(counters: dict[str, int]) -> None:
 def run(job_ref: str, inputs: tuple[str, ...], **opts: Any) -> None:
     """Run JOB over INPUT files, globs or folders and wait for the result.
 
-    JOB is path/to/file.py:Name, package.module:Name, or a JSON job file (job.json). Without -o the
+    JOB is path/to/file.py:Name, package.module:Name, a module of @mrkit.map_handler/@mrkit.reduce_handler
+    functions (path/to/file.py or package.module), or a JSON job file (job.json). Without -o the
     result is printed to stdout, one JSON key TAB JSON value per line.
 
     \b
