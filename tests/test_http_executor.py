@@ -257,9 +257,10 @@ def test_a_queued_attempt_can_be_cancelled_and_never_runs(tmp_path: Path) -> Non
         second: Future[object] = executor.submit(
             call_spec(touch, str(tmp_path / "second"), task="call-000002")
         )
+        third = executor.submit(call_spec(touch, str(tmp_path / "third"), task="call-000003"))
         assert second.cancel()
         assert first.result(timeout=30).ok
-        time.sleep(0.3)
+        assert third.result(timeout=30).ok  # one worker, first in first out: "second" had its turn
     finally:
         executor.shutdown()
     assert (tmp_path / "first").exists() and not (tmp_path / "second").exists()
@@ -269,8 +270,9 @@ def test_shutdown_fails_a_running_attempt_with_worker_lost_and_stops_its_worker(
     executor = HttpExecutor(workers=1)
     future = executor.submit(call_spec(touch, str(tmp_path / "ran"), 30.0))
     assert wait_until(lambda: any(w["busy"] and w["pid"] for w in executor.worker_info()), timeout=15)
-    time.sleep(0.2)  # the request is out
-    pid = executor.worker_info()[0]["pid"]
+    pid, address = executor.worker_info()[0]["pid"], executor.worker_info()[0]["address"]
+    port = int(address.rsplit(":", 1)[1])
+    assert wait_until(lambda: get_json(port, "/status")[1]["running"] == 1, timeout=15)  # it runs
     started = time.monotonic()
     executor.shutdown()
     with pytest.raises(WorkerLost, match="the executor shut down"):

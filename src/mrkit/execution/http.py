@@ -102,8 +102,10 @@ class HttpTimeouts:
         health_misses: consecutive misses after which the worker is lost: the attempt fails with
             WorkerLost, and the worker is restarted (driver-started) or probed with backoff.
         unreachable: with no worker answering for this long, queued attempts fail with WorkerLost.
-        task: seconds an attempt may run before it is lost (None: no limit; the driver's
-            ``RetryPolicy.task_timeout`` is another way to say it).
+        task: seconds an attempt may run before it is lost and a driver-started worker running it
+            is killed and restarted (None: no limit). The driver's ``RetryPolicy.task_timeout`` is
+            not the same: it stops waiting for the attempt and launches another, but the abandoned
+            attempt keeps its worker busy until it ends (its future cannot be cancelled once running).
 
     A request or an answer that stops moving mid-transfer for :attr:`stall` seconds also gives up
     on the worker (a frozen worker stops reading a large request; one frozen mid-answer stops
