@@ -28,6 +28,7 @@ from mrkit.worker.lambda_handler import handler
 from mrkit.worker.lambda_runtime import FunctionConfig, FunctionError, LambdaContext, LocalFunction
 from tests.jobs_for_tests import WORDCOUNT
 from tests.s3_fixtures import *  # noqa: F403 - moto_server, s3_bucket, s3_url
+from tests.test_lambda_jobs import no_function_left_running  # noqa: F401 - autouse fixture
 
 LINES = ["the cat sat", "on the mat", "the end", "a cat and a hat"] * 25
 
@@ -156,6 +157,87 @@ def test_claims_are_numbered_per_attempt(s3_url):
     assert json.loads(storage.get(layout.commit_key(plan.job_id, spec.task_id)))["attempt"] == 1001
 
 
+def serverless_job(url: str, lease: float):
+    """A planned serverless job whose map tasks and first reduce task have run (through the handler),
+    so that the next delivery of ``reduce-00001`` is the one that publishes."""
+    from mrkit.coordination import object_store_jobs as osj
+
+    storage, out, plan = plan_job(url)
+    fn = FunctionConfig(name="unused", handler="tests.test_lambda_handler:echo_handler")
+    job = {"invoker": {"kind": "local", "config": fn.to_dict()}}  # never invoked: maps are done
+    doc = {"plan": osj._plan_to_dict(plan), "submitted": time.time(), "executor": "t", "lease": lease}
+    storage.put(osj.plan_key(plan.job_id), json.dumps(doc).encode())
+    handler(build_event(list(plan.map_specs), storage.url), context())  # plain tasks: no phase change
+    handler(build_event([plan.reduce_specs[0]], storage.url, job=job), context())
+    return storage, out, plan, build_event([plan.reduce_specs[1]], storage.url, job=job)
+
+
+def count_publishes(monkeypatch) -> list[float]:
+    """Record each call of publish_output (the real one runs, slowly enough for twins to overlap)."""
+    from mrkit.coordination import object_store_jobs as osj
+
+    calls: list[float] = []
+    real = osj.publish_output
+
+    def publish(*args, **kwargs):
+        calls.append(time.monotonic())
+        time.sleep(0.5)
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(osj, "publish_output", publish)
+    return calls
+
+
+def test_concurrent_twins_of_the_last_task_publish_once(s3_url, monkeypatch):
+    # Lambda delivers duplicates of an event with the same request id, possibly at the same time.
+    storage, out, plan, event = serverless_job(s3_url, lease=5.0)
+    calls = count_publishes(monkeypatch)
+    barrier = threading.Barrier(2)
+    ctx = context()
+
+    def deliver() -> None:
+        barrier.wait()
+        handler(event, ctx)
+
+    twins = [threading.Thread(target=deliver) for _ in range(2)]
+    for t in twins:
+        t.start()
+    for t in twins:
+        t.join(60)
+    assert len(calls) == 1  # the other twin saw the lease renewed or the job ended, and stood aside
+    assert json.loads(storage.get(f"{plan.job_id}/state/end"))["state"] == "done"
+    assert sorted(mrkit.read_output(out.url)) == sorted(reference(WORDCOUNT, LINES))
+
+
+def test_a_publisher_that_died_is_taken_over_by_the_retry(s3_url, monkeypatch):
+    storage, out, plan, event = serverless_job(s3_url, lease=1.0)
+    calls = count_publishes(monkeypatch)
+    # The first delivery took the lease and died before publishing: nobody renews it any more.
+    dead = {"token": "dead", "request_id": "r-1", "renewals": 0}
+    storage.put(f"{plan.job_id}/state/publish/g0", json.dumps(dead).encode())
+    started = time.monotonic()
+    handler(event, context("r-1"))  # Lambda's retry: same event, same request id
+    assert 1.0 <= time.monotonic() - started < 30  # it waited out one lease, then took over
+    assert len(calls) == 1 and storage.exists(f"{plan.job_id}/state/publish/g1")
+    assert sorted(mrkit.read_output(out.url)) == sorted(reference(WORDCOUNT, LINES))
+
+
+def test_a_holder_presumed_dead_stands_aside(s3_url):
+    from mrkit.coordination.object_store_jobs import _StepLease
+
+    storage = open_storage(s3_url)
+    first = _StepLease.take(storage, "j/state/publish/", "r", seconds=0.4, done=lambda: False)
+    assert first is not None and first.held()
+    # A live holder renews: a second taker sees it change and stands aside.
+    assert _StepLease.take(storage, "j/state/publish/", "r", seconds=0.4, done=lambda: False) is None
+    first._stop.set()  # frozen (say, a long pause): it stops renewing but does not know it
+    first._thread.join()
+    second = _StepLease.take(storage, "j/state/publish/", "r", seconds=0.4, done=lambda: False)
+    assert second is not None and second.key == "j/state/publish/g1"
+    assert not first.held() and second.held()  # the old holder checks before irreversible work
+    second.release()
+
+
 # -- the local function runtime ------------------------------------------------------------------------
 
 
@@ -281,8 +363,28 @@ def test_detached_invocations_outlive_their_invoker(tmp_path):
         ),
         detached=True,
     )
-    fn.invoke({"log": str(log)})
+    fn.invoke({"log": str(log), "sleep": 1})
+    assert not fn.wait_idle(0)  # its supervisor (another process) is waiting or running
     assert wait_for_lines(log, 1)[0]["pid"] != os.getpid()
+    assert fn.wait_idle(30)  # ... and then it ends, with its delivery
+    assert "Status: ok" in (tmp_path / "fn" / "function.log").read_text()
+
+
+def test_shutdown_kills_running_deliveries_and_drops_queued_ones(tmp_path):
+    log = tmp_path / "log.jsonl"
+    fn = local(tmp_path, max_concurrency=1)
+    fn.invoke({"log": str(log), "sleep": 60})  # holds the only slot
+    fn.invoke({"log": str(log)}, sync=False)  # waits for it
+    wait_for_lines(log, 1)
+    started = time.monotonic()
+    fn.shutdown()
+    assert time.monotonic() - started < 10 and fn.wait_idle(0)
+    # The queued event never started, then or later; the running one was killed.
+    text = (tmp_path / "fn" / "function.log").read_text()
+    assert text.count("START RequestId") == 1 and "Status: Runtime.ExitError" in text
+    assert len(log.read_text().splitlines()) == 1
+    fn.invoke({"log": str(log)})  # a shut-down function accepts nothing
+    assert fn.wait_idle(0) and len(log.read_text().splitlines()) == 1
 
 
 def test_concurrency_is_capped_across_invocations(tmp_path):

@@ -26,7 +26,7 @@ from mrkit.model.reference import reference
 from mrkit.model.task import TaskKind, TaskSpec
 from mrkit.storage import open_storage
 from mrkit.worker.lambda_handler import handler
-from mrkit.worker.lambda_runtime import LambdaContext
+from mrkit.worker.lambda_runtime import FunctionConfig, LambdaContext, LocalFunction
 from tests.jobs_for_tests import WORDCOUNT
 from tests.s3_fixtures import *  # noqa: F403 - moto_server, s3_bucket, s3_url
 
@@ -44,6 +44,16 @@ def corpus(bucket: str, files: int = 3, lines: int = 400) -> list[str]:
         store.put(f"part-{f}.txt", ("\n".join(text) + "\n").encode())
         every += text
     return every
+
+
+@pytest.fixture(autouse=True)
+def no_function_left_running(tmp_path):
+    """After each test, every local delivery under ``tmp_path/fn`` has ended, detached ones included
+    (a serverless job is done once it is published, while late duplicates may still be running)."""
+    yield
+    if (tmp_path / "fn").exists():
+        function = LocalFunction(FunctionConfig(state_dir=str(tmp_path / "fn")))
+        assert function.wait_idle(90), "local function deliveries still running 90 s after the test"
 
 
 def executor(tmp_path, s3_url: str, **options) -> LocalLambdaExecutor:

@@ -8,19 +8,25 @@ writes the plan to the object store, invokes one function per map task and retur
   (``state/committed/{phase}/{task}``, written only once the task's ``COMMIT`` key exists) and lists
   that folder: completion is a *set of task ids*, never a counter, so a retried or duplicated
   invocation cannot count twice;
-* the invocation that sees the last map task completed takes the ``state/reduce`` guard with
-  ``put_if_absent`` and invokes the reduce tasks; exactly one invocation wins the guard. (Object
-  stores list strongly after writes, so of two tasks completing at once, at least the later sees both.)
-* the invocation that sees the last reduce task completed takes the ``state/publish`` guard, calls
+* the invocation that sees the last map task completed takes the ``state/reduce`` lease and invokes
+  the reduce tasks. (Object stores list strongly after writes, so of two tasks completing at once,
+  at least the later sees both.)
+* the invocation that sees the last reduce task completed takes the ``state/publish`` lease, calls
   :func:`~mrkit.coordination.publish.publish_output` (parts, then ``_SUCCESS``), records the summary
   in ``state/end`` and deletes the intermediate data;
-* a task whose user code raised is re-invoked as its next attempt (once, guarded per attempt) until
+* a task whose user code raised is re-invoked as its next attempt (guarded per attempt by the failure
+  counts, so a retry of the guard's taker takes it again; a concurrent twin may too, and the event
+  is then sent twice, which the delivery claims make harmless) until
   ``RetryPolicy.max_attempts``; one lost with every delivery (the on-failure record) likewise until
   ``max_lost``; then the job fails: ``state/end`` records the first failure and nothing is published.
 
-A guard holds the request id of its taker. Lambda retries a failed delivery with the same request
-id, so a retry of the invocation that took a guard and died before finishing its step takes it
-again (``put_if_absent`` reports success for identical bytes) and finishes the step; the step is
+A phase change is run by one live invocation at a time, under a lease (:class:`_StepLease`), not a
+guard holding the request id: Lambda runs duplicates of an event *with the same request id*, at
+the same time, and two concurrent publishers destroy each other's output (the second moves the
+first's published parts back to resume "its" publish, or deletes them as a previous result). The
+lease is taken with ``put_if_absent`` and renewed while its holder works; a holder that stops
+renewing for a whole lease is dead (killed, timed out), and whoever then arrives — Lambda's retry of
+that invocation, with the same event — takes the next generation and redoes the step, which is
 idempotent (invoking a reduce task twice is harmless, and publishing resumes where it stopped).
 
 Keys, in the job's storage (beside those of :mod:`mrkit.model.layout` and
@@ -29,9 +35,9 @@ Keys, in the job's storage (beside those of :mod:`mrkit.model.layout` and
     {job}/state/plan.json                the plan: specs, output URL, format, policy (written once)
     {job}/state/committed/{phase}/{task} a completed task (empty; listed to count a phase)
     {job}/state/attempt/{task}/a{n}      guard: attempt n was launched once; JSON failed/lost counts
-    {job}/state/reduce                   guard: who starts the reduce tasks (a request id)
+    {job}/state/reduce/g{n}              lease, generation n: who starts the reduce tasks
     {job}/state/reduce-sent              the reduce tasks were invoked
-    {job}/state/publish                  guard: who publishes the output (a request id)
+    {job}/state/publish/g{n}             lease, generation n: who publishes the output
     {job}/state/end                      the job's end, first writer wins: done (with counters and
                                          seconds, written after _SUCCESS), failed or cancelled
     _jobs/{job}                          index of submitted jobs (empty), listed by ``list_jobs``
@@ -86,6 +92,17 @@ def end_key(job_id: str) -> str:
 
 
 JOBS_INDEX = "_jobs/"  # one empty key per submitted job, so that listing jobs lists only this folder
+LEASE_SECONDS = 30.0  # a phase change's lease (shorter for functions whose timeout is short)
+
+
+def lease_seconds(function_timeout: float) -> float:
+    """The lease of a job's phase changes: a quarter of the function's timeout, 1 to 30 seconds, so
+    that a retry of a dead holder can wait one lease out and still do the step in its own time.
+
+    >>> lease_seconds(900), lease_seconds(20)
+    (30.0, 5.0)
+    """
+    return max(1.0, min(LEASE_SECONDS, function_timeout / 4))
 
 
 # -- submitting ------------------------------------------------------------------------------------
@@ -176,6 +193,7 @@ def submit_job(
         "invoker": invoker.config(),
         "submitted": time.time(),
         "executor": executor.name,
+        "lease": lease_seconds(invoker.timeout()),
     }
     if not inter.put_if_absent(plan_key(job_id), json.dumps(document).encode()):
         raise ConfigError(f"job id {job_id} is already taken in {inter.url}")
@@ -184,8 +202,8 @@ def submit_job(
     if plan.map_specs:
         _invoke_all(invoker, plan.map_specs, inter.url, job_event)
     else:  # no input bytes at all: the reduce phase starts at once (and publishes empty parts)
-        inter.put(f"{job_id}/state/reduce", b"submit")
         _invoke_all(invoker, plan.reduce_specs, inter.url, job_event)
+        inter.put(f"{job_id}/state/reduce-sent", b"submit")
     return ObjectStoreJobHandle(job_id, inter.url)
 
 
@@ -295,7 +313,7 @@ def advance(
         spec: the attempt that ran (as the executor sent it).
         result: its result.
         job_event: the event's ``job`` member (the invoker of further tasks).
-        request_id: this invocation's request id (held by the guards it takes).
+        request_id: this invocation's request id (recorded in the leases it takes).
     """
     job_id = spec.job_id
     if spec.kind is TaskKind.CALL or stopped(storage, job_id) is not None:
@@ -386,41 +404,148 @@ def _fail_job(
 def _start_reduce(storage: Storage, plan: JobPlan, job_event: dict[str, Any], request_id: str) -> None:
     from mrkit.execution.aws_lambda import invoker_from_config
 
-    guard = f"{plan.job_id}/state/reduce"
-    if not storage.put_if_absent(guard, request_id.encode()):
-        return  # another invocation saw the last map commit first (or a retry of it holds the guard)
-    if storage.exists(f"{plan.job_id}/state/reduce-sent"):
-        return
-    _invoke_all(invoker_from_config(job_event["invoker"]), plan.reduce_specs, plan.storage_url, job_event)
-    storage.put(f"{plan.job_id}/state/reduce-sent", request_id.encode())
+    sent = f"{plan.job_id}/state/reduce-sent"
+    lease = _StepLease.take(
+        storage,
+        f"{plan.job_id}/state/reduce/",
+        request_id,
+        seconds=float(_load(storage, plan.job_id).get("lease", LEASE_SECONDS)),
+        done=lambda: storage.exists(sent) or stopped(storage, plan.job_id) is not None,
+    )
+    if lease is None:
+        return  # another invocation started (or is starting) the reduce tasks
+    try:
+        if storage.exists(sent):
+            return
+        _invoke_all(invoker_from_config(job_event["invoker"]), plan.reduce_specs, plan.storage_url, job_event)
+        storage.put(sent, request_id.encode())
+    finally:
+        lease.release()
 
 
 def _publish(storage: Storage, plan: JobPlan, request_id: str) -> None:
-    if not storage.put_if_absent(f"{plan.job_id}/state/publish", request_id.encode()):
-        return
     doc = _load(storage, plan.job_id)
-    output = open_storage(plan.output_url)
-    _restage(storage, output, plan)
-    counters = _counters(storage, plan)
-    seconds = time.time() - float(doc["submitted"])
-    publish_output(
+    lease = _StepLease.take(
         storage,
-        output,
-        plan.job_id,
-        plan.n_reduce,
-        output_format=plan.output_format,
-        overwrite=plan.overwrite,
-        summary={"seconds": round(seconds, 3), "counters": counters},
+        f"{plan.job_id}/state/publish/",
+        request_id,
+        seconds=float(doc.get("lease", LEASE_SECONDS)),
+        done=lambda: stopped(storage, plan.job_id) is not None,
     )
-    record = {
-        "state": "done",
-        "counters": counters,
-        "seconds": round(seconds, 3),
-        "time": time.time(),
-        "output": plan.output_url,
-    }
-    storage.put_if_absent(end_key(plan.job_id), json.dumps(record).encode())
-    _discard(storage, plan)
+    if lease is None:
+        return  # another invocation published (or is publishing) the output
+    try:
+        if stopped(storage, plan.job_id) is not None:
+            return
+        output = open_storage(plan.output_url)
+        _restage(storage, output, plan)
+        counters = _counters(storage, plan)
+        seconds = time.time() - float(doc["submitted"])
+        if not lease.held():
+            return  # taken over while we prepared (we were presumed dead): the new holder publishes
+        publish_output(
+            storage,
+            output,
+            plan.job_id,
+            plan.n_reduce,
+            output_format=plan.output_format,
+            overwrite=plan.overwrite,
+            summary={"seconds": round(seconds, 3), "counters": counters},
+        )
+        record = {
+            "state": "done",
+            "counters": counters,
+            "seconds": round(seconds, 3),
+            "time": time.time(),
+            "output": plan.output_url,
+        }
+        storage.put_if_absent(end_key(plan.job_id), json.dumps(record).encode())
+        _discard(storage, plan)
+    finally:
+        lease.release()
+
+
+class _StepLease:
+    """The right to run one phase change of a job, held by one live invocation at a time.
+
+    Generation ``n`` of the lease is the key ``{prefix}g{n}``, created with ``put_if_absent`` and
+    holding a token unique to its holder, which rewrites it every ``seconds / 4`` while it works.
+    Whoever finds generation ``n`` taken watches it (polling, bounded by one lease):
+
+    * the step's ``done`` test turns true: nothing to do;
+    * the key changes: its holder is alive (and if it dies later, Lambda's retry of *its* event
+      comes back here): nothing to do;
+    * it stays unchanged for a whole lease: its holder is dead; take generation ``n + 1``.
+
+    Liveness is judged by observed change, on this process's clock, never by comparing timestamps
+    written by other machines. A holder checks :meth:`held` before irreversible work: a slow holder
+    presumed dead and replaced steps aside.
+    """
+
+    def __init__(self, storage: Storage, key: str, next_key: str, record: dict[str, Any], seconds: float):
+        self.storage, self.key, self.next_key = storage, key, next_key
+        self._record, self._seconds = record, seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="mrkit-lease", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def take(
+        cls, storage: Storage, prefix: str, request_id: str, *, seconds: float, done: Any
+    ) -> _StepLease | None:
+        """Take the lease, or return None when the step is done or a live invocation holds it."""
+        import uuid
+
+        record = {"token": uuid.uuid4().hex, "request_id": request_id, "renewals": 0}
+        n = 0
+        while True:
+            key = f"{prefix}g{n}"
+            if storage.put_if_absent(key, json.dumps(record).encode()):
+                return cls(storage, key, f"{prefix}g{n + 1}", record, seconds)
+            if storage.exists(f"{prefix}g{n + 1}"):
+                n += 1  # superseded generation
+                continue
+            if cls._watch(storage, key, seconds, done) != "dead":
+                return None
+            n += 1
+
+    @staticmethod
+    def _watch(storage: Storage, key: str, seconds: float, done: Any) -> str:
+        first = storage.get_or_none(key)
+        until = time.monotonic() + seconds
+        pause = min(0.25, seconds / 8)
+        while True:
+            if done():
+                return "done"
+            now = storage.get_or_none(key)
+            if now != first:
+                return "alive"  # renewed (or the job's state was discarded: it ended)
+            if time.monotonic() > until:
+                return "dead"
+            time.sleep(pause)
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self._seconds / 4):
+            if self.storage.exists(self.next_key):
+                return  # replaced: stop claiming to be alive
+            self._record["renewals"] += 1
+            try:
+                self.storage.put(self.key, json.dumps(self._record).encode())
+            except Exception:  # a failed renewal is retried at the next tick; one lease of them is death
+                continue
+
+    def held(self) -> bool:
+        """False once another invocation took the next generation (we were presumed dead)."""
+        return not self.storage.exists(self.next_key)
+
+    def release(self) -> None:
+        """Stop renewing (the key stays: the step's done marker, not the lease, says it finished).
+
+        Joined, not left to run: on AWS a sandbox is frozen after the handler returns and thawed
+        for the next invocation, where a leftover renewal would keep a dead holder looking alive.
+        """
+        self._stop.set()
+        self._thread.join()
 
 
 def _restage(storage: Storage, output: Storage, plan: JobPlan) -> None:

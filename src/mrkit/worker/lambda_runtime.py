@@ -23,6 +23,10 @@ same ``(event, context)`` contract, and keeps what a serverless job has to survi
 * **Detached invocations**: an asynchronous invocation made with ``detached=True`` (by the
   serverless driver, from the submitter or from inside a function) is supervised by its own
   process in a new session, so it outlives the process that made it.
+* **Shutdown** (:meth:`LocalFunction.shutdown`) kills the deliveries this object runs and drops the
+  ones still waiting for a slot: nothing it invoked starts afterwards. :meth:`LocalFunction.wait_idle`
+  waits until no delivery of the ``state_dir`` runs or waits, detached ones included (tests use it
+  so that no process outlives them).
 
 Not emulated: Lambda's delays between retries (about one and two minutes; here ``retry_delay``), the
 maximum event age, warm sandboxes being reused, and the payload limits (checked by the executor).
@@ -133,6 +137,10 @@ class FunctionConfig:
         return cls(**data)
 
 
+class _Closed(Exception):
+    """The function was shut down while a delivery waited for a slot: it is dropped, never started."""
+
+
 class LambdaContext:
     """The context object a handler receives, with the attributes of AWS Lambda's Python one."""
 
@@ -183,10 +191,12 @@ class LocalFunction:
         self.config = config
         self.detached = detached
         self._procs: set[subprocess.Popen[bytes]] = set()
+        self._threads: set[threading.Thread] = set()  # asynchronous deliveries of this object
         self._lock = threading.Lock()
         self._closed = False
         self.deliveries: list[Delivery] = []  # completed deliveries of this object (for the benchmark)
-        os.makedirs(os.path.join(config.folder(), "slots"), exist_ok=True)
+        for sub in ("slots", "running"):
+            os.makedirs(os.path.join(config.folder(), sub), exist_ok=True)
 
     def invoke(self, event: dict[str, Any], *, sync: bool = False) -> Any:
         """Invoke the function with ``event``.
@@ -211,23 +221,39 @@ class LocalFunction:
         if self.detached:
             self._spawn_supervisor(event, request_id)
         else:
-            threading.Thread(
-                target=self.deliver_async,
-                args=(event, request_id),
-                daemon=True,
-                name=f"lambda-local-{request_id[:8]}",
-            ).start()
+            self._start_thread(self.deliver_async, event, request_id)
         return None
+
+    def _start_thread(self, target: Any, event: dict[str, Any], request_id: str) -> threading.Thread:
+        thread = threading.Thread(
+            target=self._forget_when_done,
+            args=(target, event, request_id),
+            daemon=True,
+            name=f"lambda-local-{request_id[:8]}",
+        )
+        with self._lock:
+            if self._closed:
+                return thread  # never started: the function is shut down
+            self._threads.add(thread)
+        thread.start()
+        return thread
+
+    def _forget_when_done(self, target: Any, event: dict[str, Any], request_id: str) -> None:
+        try:
+            target(event, request_id)
+        finally:
+            with self._lock:
+                self._threads.discard(threading.current_thread())
 
     # -- asynchronous delivery -------------------------------------------------------------------
 
     def deliver_async(self, event: dict[str, Any], request_id: str) -> None:
         """Deliver ``event`` at least once: retries, injected duplicates, then the on-failure record."""
         if random.random() < self.config.duplicate_rate:
-            twin = threading.Thread(target=self._deliver_with_retries, args=(event, request_id), daemon=True)
-            twin.start()
+            twin = self._start_thread(self._deliver_with_retries, event, request_id)
             self._deliver_with_retries(event, request_id)
-            twin.join()
+            if twin.is_alive():
+                twin.join()
         else:
             self._deliver_with_retries(event, request_id)
 
@@ -237,7 +263,10 @@ class LocalFunction:
         for count in range(1, attempts + 1):
             if self._closed:
                 return
-            outcome = self.deliver(event, request_id, count)
+            try:
+                outcome = self.deliver(event, request_id, count)
+            except _Closed:
+                return  # shut down while waiting for a slot: dropped, as Lambda drops nothing (see shutdown)
             if outcome.ok:
                 return
             if count < attempts:
@@ -293,7 +322,11 @@ class LocalFunction:
     # -- one delivery ----------------------------------------------------------------------------
 
     def deliver(self, event: dict[str, Any], request_id: str, count: int) -> Delivery:
-        """Run the handler once on ``event`` in a fresh process (waits for a concurrency slot)."""
+        """Run the handler once on ``event`` in a fresh process (waits for a concurrency slot).
+
+        Raises:
+            _Closed: the function was shut down before the delivery started (it never starts).
+        """
         config = self.config
         folder = config.folder()
         with self._slot():
@@ -317,18 +350,20 @@ class LocalFunction:
                 "AWS_LAMBDA_FUNCTION_NAME": config.name,
             }
             with open(os.path.join(folder, "function.log"), "ab") as log:
-                log.write(f"START RequestId: {request_id} Attempt: {count} Version: $LATEST\n".encode())
-                log.flush()
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "mrkit.worker.lambda_runtime", "run"],
-                    stdin=subprocess.PIPE,
-                    stdout=log,
-                    stderr=log,
-                    env=env,
-                    start_new_session=True,
-                )  # its own group: a timeout kills all of it
                 with self._lock:
-                    self._procs.add(proc)
+                    if self._closed:  # shut down while we waited for the slot: never start
+                        raise _Closed()
+                    log.write(f"START RequestId: {request_id} Attempt: {count} Version: $LATEST\n".encode())
+                    log.flush()
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "mrkit.worker.lambda_runtime", "run"],
+                        stdin=subprocess.PIPE,
+                        stdout=log,
+                        stderr=log,
+                        env=env,
+                        start_new_session=True,
+                    )  # its own group: a timeout kills all of it
+                    self._procs.add(proc)  # under the lock: shutdown() cannot miss it
                 try:
                     outcome = self._wait(proc, event, response_path)
                 finally:
@@ -348,17 +383,14 @@ class LocalFunction:
         return outcome
 
     def _wait(self, proc: subprocess.Popen[bytes], event: dict[str, Any], response_path: str) -> Delivery:
-        assert proc.stdin is not None
         try:
-            proc.stdin.write(json.dumps(event).encode())
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass  # it died before reading its event; the exit status says why
-        try:
-            proc.wait(self.config.timeout)
+            # communicate() hands the event over and waits, both within the timeout (a delivery that
+            # never reads its stdin cannot block us on a full pipe). A delivery that dies before
+            # reading its event just closes the pipe; its exit status says why.
+            proc.communicate(json.dumps(event).encode(), timeout=self.config.timeout)
         except subprocess.TimeoutExpired:
             _kill_group(proc)
-            proc.wait()
+            proc.communicate()  # reaps it and closes our end of its stdin
             return Delivery(
                 ok=False,
                 error={
@@ -406,15 +438,75 @@ class LocalFunction:
                     fcntl.flock(f.fileno(), fcntl.LOCK_UN)
                     f.close()
                 return
+            if self._closed:
+                raise _Closed()
             time.sleep(0.01 + random.random() * 0.02)
 
-    def shutdown(self) -> None:
-        """Kill the deliveries this object started and still runs (detached ones are not ours)."""
-        self._closed = True
+    def shutdown(self, wait: bool = True, timeout: float = 30.0) -> None:
+        """Kill the deliveries this object runs and drop those waiting for a slot or a retry
+        (detached ones are not ours): nothing this object invoked starts afterwards.
+
+        Args:
+            wait: also wait (up to ``timeout`` seconds) until its delivery threads have ended.
+        """
         with self._lock:
+            self._closed = True
             procs = list(self._procs)
+            threads = list(self._threads)
         for proc in procs:
             _kill_group(proc)
+        if wait:
+            deadline = time.monotonic() + timeout
+            for thread in threads:
+                thread.join(max(0.0, deadline - time.monotonic()))
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no delivery of this function's ``state_dir`` runs, waits for a slot or is about
+        to be supervised (detached ones of every process included).
+
+        Returns:
+            True once idle; False if deliveries were still running after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self._busy():
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+    def _busy(self) -> bool:
+        folder = self.config.folder()
+        with self._lock:
+            if any(t.is_alive() for t in self._threads):
+                return True
+        names = os.listdir(folder)
+        if any(n.startswith("event-") and n.endswith(".json") for n in names):
+            return True  # a detached invocation whose supervisor has not taken its lock yet
+        running = os.path.join(folder, "running")
+        locks = [os.path.join(running, n) for n in os.listdir(running)]
+        slots = os.path.join(folder, "slots")
+        return any(_held(p, remove_stale=True) for p in locks) or any(
+            _held(os.path.join(slots, n)) for n in os.listdir(slots)
+        )
+
+
+def _held(path: str, *, remove_stale: bool = False) -> bool:
+    """True when another open file holds the ``flock`` of ``path``."""
+    try:
+        f = open(path, "a+b")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return False
+    with f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        if remove_stale:  # its supervisor ended (or was killed) without removing it
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return False
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -430,6 +522,9 @@ def _run_delivery() -> int:
     ctx = json.loads(os.environ["MRKIT_LAMBDA_CONTEXT"])
     response_path = os.environ["MRKIT_LAMBDA_RESPONSE"]
     limit = int(ctx["memory_limit_in_mb"]) << 20
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)  # an already stricter limit (ulimit -v) stays in force
     # Lowered before the handler is imported, so the whole invocation runs under it; a delivery
     # cannot raise it again (the hard limit drops too).
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -464,12 +559,24 @@ def _run_delivery() -> int:
 
 
 def _run_supervisor(path: str) -> int:
-    """Body of ``python -m mrkit.worker.lambda_runtime async FILE``: deliver one detached event."""
+    """Body of ``python -m mrkit.worker.lambda_runtime async FILE``: deliver one detached event.
+
+    The supervisor holds the ``flock`` of ``running/{event file}.lock`` from before it removes the
+    event file until it ends, so :meth:`LocalFunction.wait_idle` always sees it (the lock is
+    released by the kernel even if the supervisor is killed).
+    """
     with open(path) as f:
         job = json.load(f)
-    os.unlink(path)
-    function = LocalFunction(FunctionConfig.from_dict(job["config"]), detached=True)
-    function.deliver_async(job["event"], job["request_id"])
+    config = FunctionConfig.from_dict(job["config"])
+    lock_path = os.path.join(config.folder(), "running", os.path.basename(path) + ".lock")
+    with open(lock_path, "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        os.unlink(path)
+        try:
+            LocalFunction(config, detached=True).deliver_async(job["event"], job["request_id"])
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock_path)
     return 0
 
 
