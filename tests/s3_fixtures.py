@@ -192,18 +192,26 @@ class FaultProxy:
     that gets that far. Small responses (PUT, HEAD, listings) pass; large ranged GETs are cut in the
     middle of their body, as a dropped connection would.
 
+    With ``match``, only responses to ``GET`` requests whose request line contains it are cut, each
+    after its headers and ``after`` bytes of its body (so ``after=0`` delivers no byte of a body:
+    every such request fails without progress); other requests pass untouched.
+
     Args:
         upstream: ``http://127.0.0.1:PORT`` of the real server.
-        after: bytes of a connection's responses let through before a cut.
+        after: bytes of a connection's responses (with ``match``: of a body) let through before a cut.
         cuts: how many connections to cut (``-1``: all).
+        match: cut only responses to GETs whose request line holds these bytes (e.g. ``b"/in/"``).
     """
 
-    def __init__(self, upstream: str, *, after: int = 64 << 10, cuts: int = 0) -> None:
+    def __init__(
+        self, upstream: str, *, after: int = 64 << 10, cuts: int = 0, match: bytes | None = None
+    ) -> None:
         import threading
 
         self.upstream_port = int(upstream.rsplit(":", 1)[1])
         self.after = after
         self.cuts = cuts
+        self.match = match
         self.cut_count = 0
         self._lock = threading.Lock()
         self._listener = socket.socket()
@@ -226,25 +234,44 @@ class FaultProxy:
             server = socket.create_connection(("127.0.0.1", self.upstream_port))
             with self._lock:
                 self._open.update((client, server))
-            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+            doomed: dict[str, Any] = {"on": False, "head": b""}  # the connection's current response
+            threading.Thread(target=self._pump, args=(client, server, False, doomed), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True, doomed), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, response: bool) -> None:
+    def _take_cut(self) -> bool:
+        with self._lock:
+            if self.cuts == 0:
+                return False
+            self.cuts -= 1 if self.cuts > 0 else 0
+            self.cut_count += 1
+            return True
+
+    def _pump(self, src: socket.socket, dst: socket.socket, response: bool, doomed: dict[str, Any]) -> None:
         sent = 0
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
-                if response and sent + len(data) > self.after:
-                    with self._lock:
-                        cut = self.cuts != 0
-                        if cut:
-                            self.cuts -= 1 if self.cuts > 0 else 0
-                            self.cut_count += 1
-                    if cut:
-                        dst.sendall(data[: max(0, self.after - sent)])
-                        break
+                if self.match is not None:
+                    if not response and data[:1].isalpha():  # a request line (HTTP/1.1: one at a time)
+                        line = data.split(b"\r\n", 1)[0]
+                        doomed.update(
+                            on=line.startswith(b"GET ") and self.match in line and self._take_cut(), head=b""
+                        )
+                    elif response and doomed["on"]:
+                        head = doomed["head"] + data
+                        end = head.find(b"\r\n\r\n")
+                        if end < 0:
+                            doomed["head"] = head
+                        else:  # headers, `after` bytes of the body, then the connection drops
+                            dst.sendall(data[: max(0, end + 4 + self.after - len(doomed["head"]))])
+                            break
+                    dst.sendall(data)
+                    continue
+                if response and sent + len(data) > self.after and self._take_cut():
+                    dst.sendall(data[: max(0, self.after - sent)])
+                    break
                 dst.sendall(data)
                 sent += len(data)
         except OSError:

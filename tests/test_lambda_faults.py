@@ -9,6 +9,7 @@ created atomically, remembers that it did), so the retry that follows behaves.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import pytest
 import mrkit
 from mrkit.execution.aws_lambda import LocalLambdaExecutor
 from mrkit.model.reference import reference
+from mrkit.storage import open_storage
 from tests.s3_fixtures import *  # noqa: F403 - moto_server, s3_bucket, s3_url
 from tests.s3_fixtures import FaultProxy
 from tests.test_lambda_jobs import corpus, no_function_left_running  # noqa: F401 - autouse fixture
@@ -141,3 +143,45 @@ def _words(line: str):
 
 def _total(key: str, counts) -> int:
     return sum(counts)
+
+
+def test_ranged_read_that_keeps_failing_fails_the_job_naming_file_and_range(
+    tmp_path, s3_bucket, s3_url, moto_server
+):
+    corpus(s3_bucket, files=1, lines=2_000)
+    size = open_storage(f"s3://{s3_bucket}/in").size("part-0.txt")
+    # Every GET of an input object loses its connection right after the headers: no byte of any
+    # body arrives, so each ranged read fails read_retries + 1 times in a row, then gives up loudly.
+    proxy = FaultProxy(moto_server.endpoint, after=0, cuts=-1, match=b"/in/")
+    ex = LocalLambdaExecutor.from_name(
+        "lambda-local",
+        state_dir=str(tmp_path / "fn"),
+        storage=s3_url,
+        timeout=60,
+        environment={"AWS_ENDPOINT_URL_S3": proxy.endpoint},
+    )
+    try:
+        with ex, pytest.raises(mrkit.JobFailed) as info:
+            mrkit.run(
+                mrkit.Job(mapper=_words, reducer=_total),
+                f"s3://{s3_bucket}/in/*.txt",
+                executor=ex,
+                n_map=2,
+                n_reduce=1,
+                policy=mrkit.RetryPolicy(max_attempts=2),
+                quiet=True,
+            )
+    finally:
+        proxy.stop()
+    message = str(info.value)
+    # The task, the file and its byte range, the attempts, and the read that failed.
+    found = re.search(
+        rf"map task map-0000[01] of job \S+ failed after 2 attempts: "
+        rf"s3://{s3_bucket}#in/part-0.txt bytes (\d+)-(\d+): StorageError: cannot read "
+        rf"s3://{s3_bucket}/in/part-0.txt at byte \d+: 6 requests in a row failed "
+        r"\(last: IncompleteReadError.*\); giving up after 5 retries",
+        message,
+    )
+    assert found and 0 <= int(found[1]) < int(found[2]) <= size, message
+    assert proxy.cut_count >= 2 * 6  # two attempts, each retried its read 5 times
+    assert list(open_storage(s3_url).list("")) == []  # nothing published, intermediate data removed
