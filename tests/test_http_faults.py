@@ -102,8 +102,11 @@ def test_a_driver_started_worker_killed_between_jobs_is_restarted_and_nothing_is
     finally:
         executor.shutdown()
     assert sorted(first) == sorted(second) == reference(PLAIN, RECORDS)
-    assert second.counters["map.attempts_lost"] == 0  # it was not sent, so it was not lost
-    assert "was killed by SIGKILL" in caplog.text and "restarting it" in caplog.text
+    # Usually the dead connection is noticed before a task is sent on it ("restarting it"); on a
+    # loaded machine the kernel may deliver its end-of-file just after the send, and the attempt is
+    # then lost and retried ("restarting the worker"). Either way the output is exact.
+    assert second.counters["map.attempts_lost"] <= 1 and second.counters["map.attempts_failed"] == 0
+    assert "was killed by SIGKILL" in caplog.text and "restarting" in caplog.text
 
 
 def test_a_user_started_worker_killed_mid_task_sends_the_task_elsewhere(
