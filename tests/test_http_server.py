@@ -27,6 +27,7 @@ from tests.http_fixtures import (  # noqa: F401 - fixtures
     CliWorkers,
     call_spec,
     cli_workers_fixture,
+    free_port,
     get_json,
     post,
     post_task,
@@ -199,6 +200,13 @@ def _run_cli(*args: str, tmp: Path, env: dict[str, str] | None = None) -> subpro
         env=env or worker_env(),
         cwd=tmp,
     )
+
+
+def test_the_cli_worker_listens_on_the_port_and_address_given(cli_workers: CliWorkers) -> None:
+    port = free_port()
+    _, url = cli_workers.start("--port", str(port), "--bind", "127.0.0.1")
+    assert url == f"http://127.0.0.1:{port}"
+    assert get_json(port, "/health") == (200, {"ok": True})
 
 
 def test_the_cli_worker_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
