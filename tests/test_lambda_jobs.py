@@ -306,3 +306,75 @@ def test_futures_map_on_local_functions(tmp_path):
     assert squares == [x * x for x in range(50)]
     log = (tmp_path / "fn" / "function.log").read_text()
     assert 1 <= log.count("START RequestId") <= 10  # ten chunks, some sent together in one event
+
+
+def test_events_of_a_2000_split_job_over_1050_objects_stay_small(s3_bucket, s3_url):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mrkit.coordination.plan import RetryPolicy, build_plan
+    from mrkit.data.splits import plan_splits
+    from mrkit.execution.aws_lambda import MAX_ASYNC_EVENT, pack
+    from mrkit.model.task import TaskSettings
+    from mrkit.worker.lambda_runtime import FunctionConfig
+
+    inputs = open_storage(f"s3://{s3_bucket}/in")
+    text = "".join(f"{' '.join(WORDS[i % 7 : i % 7 + 5])}\n" for i in range(60)).encode()  # ~1.7 KB
+    names = [f"d{i % 7}/obj-{i:05d}.txt" for i in range(1050)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda name: inputs.put(name, text), names))
+    # The input glob lists past S3's 1,000-key page; 2,000 splits are cut from the 1,050 objects.
+    splits = plan_splits(f"s3://{s3_bucket}/in/*/*.txt", 2000, min_split_bytes=512)
+    assert len(splits) == 2000 and len({s.uri for s in splits}) == 1050
+    storage = open_storage(s3_url)
+    plan = build_plan(
+        WORDCOUNT,
+        splits,
+        job_id="big-job",
+        storage=storage,
+        output_url=f"s3://{s3_bucket}/out",
+        n_reduce=500,
+        settings=TaskSettings(),
+        policy=RetryPolicy(),
+    )
+    specs = [*plan.map_specs, *plan.reduce_specs]
+    # What the serverless driver sends: the job member names the invoker of further tasks.
+    job = {"invoker": {"kind": "local", "config": FunctionConfig(name="wc").to_dict()}}
+    sizes = [len(json.dumps(build_event([spec], storage.url, job=job))) for spec in specs]
+    assert max(sizes) < 2048  # references only: 1/128 of the 256 KB asynchronous limit
+    # Batched (tiny tasks), events are closed before the limit rather than refused by Lambda.
+    groups = pack(list(plan.map_specs), storage.url, job=job, batch_size=1000)
+    batched = [len(json.dumps(build_event(g, storage.url, job=job))) for g in groups]
+    assert sum(len(g) for g in groups) == 2000 and len(groups) >= 2
+    assert max(batched) <= MAX_ASYNC_EVENT and min(len(g) for g in groups[:-1]) > 100
+
+
+def _echo_len(text: str) -> int:
+    return len(text)
+
+
+def test_batches_of_large_calls_are_split_under_the_payload_limit(s3_url):
+    from mrkit import futures
+
+    ex = LambdaExecutor.from_name(
+        "lambda://calls",
+        storage=s3_url,
+        max_concurrency=12,
+        batch_size=100,
+        poll_interval=0.05,
+        lost_after=60,
+    )
+    client = ex.invoker._client = FakeLambdaClient()
+    items = [str(i) * (60_000 // len(str(i))) for i in range(1, 13)]  # ~60 KB of argument each
+    with ex:
+        assert list(futures.map(_echo_len, items, executor=ex, chunksize=1)) == [len(s) for s in items]
+    assert max(c["size"] for c in client.calls) <= 256 * 1024  # no event refused, no task lost
+    assert len(client.calls) < len(items)  # several calls still share an event
+
+
+def test_serverless_job_with_batched_events(tmp_path, s3_url):
+    records = [f"w{i % 5} w{i % 3}" for i in range(120)]
+    ex = executor(tmp_path, s3_url, batch_size=3, max_concurrency=2)
+    handle = mrkit.submit(WORDCOUNT, mrkit.Records(records), executor=ex, n_map=6, n_reduce=3)
+    assert dict(handle.wait(60)) == dict(reference(WORDCOUNT, records))
+    log = (tmp_path / "fn" / "function.log").read_text()
+    assert log.count("START RequestId") == 3  # two events of three map tasks, one of three reduces

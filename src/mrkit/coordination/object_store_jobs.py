@@ -198,7 +198,9 @@ def submit_job(
     if not inter.put_if_absent(plan_key(job_id), json.dumps(document).encode()):
         raise ConfigError(f"job id {job_id} is already taken in {inter.url}")
     inter.put(JOBS_INDEX + job_id, b"")
-    job_event = {"invoker": invoker.config()}
+    job_event: dict[str, Any] = {"invoker": invoker.config()}
+    if executor.batch_size > 1:  # tiny tasks: several per invocation, here and inside the functions
+        job_event["batch_size"] = executor.batch_size
     if plan.map_specs:
         _invoke_all(invoker, plan.map_specs, inter.url, job_event)
     else:  # no input bytes at all: the reduce phase starts at once (and publishes empty parts)
@@ -266,9 +268,11 @@ def _plan_from_dict(data: dict[str, Any]) -> JobPlan:
 
 
 def _invoke_all(invoker: Any, specs: Iterable[TaskSpec], url: str, job_event: dict[str, Any]) -> None:
-    from mrkit.execution.aws_lambda import build_event
+    """Invoke ``specs``, ``job_event["batch_size"]`` (default 1) to an event, within the payload limit."""
+    from mrkit.execution.aws_lambda import build_event, pack
 
-    events = [build_event([spec], url, job=job_event) for spec in specs]
+    groups = pack(list(specs), url, job=job_event, batch_size=int(job_event.get("batch_size", 1)))
+    events = [build_event(group, url, job=job_event) for group in groups]
     # An Invoke call is a round trip (~10-50 ms on AWS; a process spawn locally): overlap them.
     with ThreadPoolExecutor(max_workers=min(16, len(events) or 1)) as pool:
         list(pool.map(invoker.invoke, events))

@@ -40,9 +40,10 @@ Keys this module writes and reads, in the job's storage (``layout.py`` holds the
 
 Options (keyword arguments, or the query string: ``lambda://fn?region=eu-west-1&max_concurrency=50``):
 ``storage``, ``max_concurrency``, ``invocation`` (``event`` or ``sync``), ``batch_size`` (tasks per
-event when several are queued), ``poll_interval``, ``lost_after``, ``region`` (lambda://), and for
-``lambda-local`` the :class:`~mrkit.worker.lambda_runtime.FunctionConfig` fields (``timeout``,
-``memory_mb``, ``max_retry_attempts``, ``retry_delay``, ``duplicate_rate``, ``state_dir``, …).
+event when several are queued, fewer when the payload limit requires: :func:`pack`),
+``poll_interval``, ``lost_after``, ``region`` (lambda://), and for ``lambda-local`` the
+:class:`~mrkit.worker.lambda_runtime.FunctionConfig` fields (``timeout``, ``memory_mb``,
+``max_retry_attempts``, ``retry_delay``, ``duplicate_rate``, ``state_dir``, …).
 """
 
 from __future__ import annotations
@@ -115,6 +116,42 @@ def build_event(
             "or fewer items"
         )
     return event
+
+
+def pack(
+    specs: list[TaskSpec],
+    results_url: str,
+    *,
+    job: dict[str, Any] | None = None,
+    batch_size: int = 1,
+    sync: bool = False,
+) -> list[list[TaskSpec]]:
+    """Group ``specs`` into events of at most ``batch_size`` specs, in order, and never over Lambda's
+    payload limit: a batch that would pass it is closed early (a spec too large on its own gets an
+    event of its own, which :func:`build_event` then refuses).
+
+    >>> specs = [TaskSpec(job_id="j", task_id=f"call-{i:06d}", kind=TaskKind.CALL, call=b"x" * 70_000)
+    ...          for i in range(5)]
+    >>> [len(group) for group in pack(specs, "s3://b/p", batch_size=4)]  # ~93 KB each; 256 KB limit
+    [2, 2, 1]
+    """
+    limit = MAX_SYNC_EVENT if sync else MAX_ASYNC_EVENT
+    empty = {"mrkit": EVENT_VERSION, "specs": [], "results": results_url, **({"job": job} if job else {})}
+    base = len(json.dumps(empty))
+    groups: list[list[TaskSpec]] = []
+    group: list[TaskSpec] = []
+    size = base
+    for spec in specs:
+        item = len(json.dumps(spec.encode().decode())) + (2 if group else 0)  # json.dumps puts ", "
+        if group and (len(group) >= batch_size or size + item > limit):
+            groups.append(group)
+            group, size = [], base
+            item -= 2
+        group.append(spec)
+        size += item
+    if group:
+        groups.append(group)
+    return groups
 
 
 # -- invokers: how an event reaches a function -------------------------------------------------------
@@ -313,7 +350,8 @@ class LambdaExecutor(Executor):
         storage: URL of the job storage the functions reach (``s3://bucket/mrkit``).
         max_concurrency: tasks in flight at once (default 64).
         invocation: ``event`` (asynchronous, results polled from storage) or ``sync``.
-        batch_size: queued tasks sent in one event (tiny tasks; default 1).
+        batch_size: queued tasks sent in one event (tiny tasks; default 1); an event is closed
+            early rather than pass Lambda's payload limit.
         poll_interval: seconds between result listings.
         lost_after: seconds without a result after which an attempt is lost (default: three
             function timeouts plus four minutes, Lambda's retry delays).
@@ -483,10 +521,14 @@ class LambdaExecutor(Executor):
             self._invoke_event(batch, url)
 
     def _invoke_event(self, batch: list[TaskSpec], url: str) -> None:
+        for group in pack(batch, url, batch_size=len(batch)):
+            self._invoke_group(group, url)
+
+    def _invoke_group(self, group: list[TaskSpec], url: str) -> None:
         last: BaseException | None = None
         for attempt in range(4):
             try:
-                self.invoker.invoke(build_event(batch, url))
+                self.invoker.invoke(build_event(group, url))
                 return
             except ConfigError as exc:
                 last = exc
@@ -494,7 +536,7 @@ class LambdaExecutor(Executor):
             except Exception as exc:  # throttled or unreachable API: back off, then call it lost
                 last = exc
                 time.sleep(0.2 * 2**attempt)
-        for spec in batch:
+        for spec in group:
             self._fail(spec, f"invoking {self.name} failed: {type(last).__name__}: {last}")
 
     def _invoke_sync(self, spec: TaskSpec, url: str) -> None:
