@@ -198,3 +198,33 @@ def test_open_ended_reads_start_small_and_grow(s3_url, monkeypatch):
         "bytes=3940-4963",
         "bytes=4964-5987",
     ]
+
+
+def test_commit_is_one_conditional_put_decided_by_the_server(s3_url):
+    """put_if_absent sends PutObject with If-None-Match: * and nothing before it: the server, not a
+    client-side read, decides the winner (moto answers 412 as S3 does; S3 makes it atomic)."""
+    store = open_storage(s3_url)
+    client = store.objects.client
+    wire: list[tuple[str, str | None, int | None]] = []
+
+    def before(request, **_kwargs):
+        header = request.headers.get("If-None-Match")
+        wire.append((request.method, header.decode() if isinstance(header, bytes) else header, None))
+
+    def after(http_response, **_kwargs):
+        method, header, _ = wire[-1]
+        wire[-1] = (method, header, http_response.status_code)
+
+    client.meta.events.register("before-send.s3", before)
+    client.meta.events.register("after-call.s3", after)
+    try:
+        assert store.put_if_absent("c/COMMIT", b"attempt 1") is True
+        assert wire == [("PUT", "*", 200)]
+        wire.clear()
+        assert store.put_if_absent("c/COMMIT", b"attempt 2") is False
+        # Refused by the server; then one read, only to tell a lost reply to our own PUT from a loss.
+        assert wire == [("PUT", "*", 412), ("GET", None, 200)]
+    finally:
+        client.meta.events.unregister("before-send.s3", before)
+        client.meta.events.unregister("after-call.s3", after)
+    assert store.get("c/COMMIT") == b"attempt 1"
