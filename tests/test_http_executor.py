@@ -291,6 +291,23 @@ def test_from_name_worker_counts() -> None:
     assert open_executor("http", workers=2).name == "http"
 
 
+def _pid_mapper(line: str) -> Iterator[tuple[str, int]]:
+    mrkit.context().increment(f"pid-{os.getpid()}")
+    for word in line.split():
+        yield word, 1
+
+
+def test_run_sizes_driver_started_workers_from_n_map_and_n_reduce() -> None:
+    # Seed 003: without --workers, `-N 3 -M 2` starts max(3, 2) workers, used by both phases.
+    records = [f"w{i % 9} x" for i in range(300)]
+    job = mrkit.Job(mapper=_pid_mapper, reducer=total)
+    result = mrkit.run(job, mrkit.Records(records), executor="http", n_map=3, n_reduce=2)
+    assert dict(result) == dict(reference(WORDCOUNT, records))
+    pids = {name for name in result.counters if name.startswith("user.pid-")}
+    assert 1 <= len(pids) <= 3
+    assert all(int(name.rpartition("-")[2]) != os.getpid() for name in pids)  # not the driver
+
+
 def test_addresses_are_parsed_and_checked() -> None:
     assert parse_addresses("http://h1:1,h2:2,http://[::1]:3") == [("h1", 1), ("h2", 2), ("::1", 3)]
     for bad in ("http://h1", "http://h1:port", "http://:80", "http://h:70000"):

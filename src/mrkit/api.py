@@ -31,6 +31,12 @@ from mrkit.storage import LocalStorage, open_storage
 from mrkit.storage.base import Storage
 
 
+def _sizing(executor: str | Executor | None, n_map: int | None, n_reduce: int | None) -> dict[str, Any]:
+    """Task counts for the one executor that sizes itself from them: driver-started HTTP workers
+    default to ``max(n_map, n_reduce)``, as seed 003 does (``--workers`` overrides it)."""
+    return {"n_map": n_map, "n_reduce": n_reduce} if executor == "http" else {}
+
+
 class Records:
     """Marks an iterable as input *records*, even when its items are strings.
 
@@ -206,7 +212,7 @@ def run(
     if params:
         job = job.with_params(params)
     owns_executor = not isinstance(executor, Executor)
-    ex = open_executor(executor, workers=workers)
+    ex = open_executor(executor, workers=workers, **_sizing(executor, n_map, n_reduce))
     job_id = job_id or new_job_id(job.name)
     temp_dirs: list[str] = []
     created_output = False
@@ -317,7 +323,11 @@ def submit(job: Job, inputs: Any, *, executor: str | Executor = "processes", **o
         job, inputs, executor: as for :func:`run`.
         options: the other keyword arguments of :func:`run`.
     """
-    ex = open_executor(executor, workers=options.get("workers"))
+    ex = open_executor(
+        executor,
+        workers=options.get("workers"),
+        **_sizing(executor, options.get("n_map"), options.get("n_reduce")),
+    )
     if ex.asynchronous:
         return ex.submit_job(job, inputs, **options)  # type: ignore[attr-defined,no-any-return]
     future: Future[Result] = Future()
