@@ -263,6 +263,19 @@ def test_cli_submit_status_result(tmp_path, s3_bucket, s3_url):
     assert sorted((json.loads(k), json.loads(v)) for k, v in pairs) == sorted(reference(WORDCOUNT, lines))
     status = runner.invoke(cli, ["status", job_id, "--executor", executor, "--json"])
     assert status.exit_code == 0 and json.loads(status.stdout)["state"] == "done"
+    # ... and from another process, which knows only the job id and the executor string.
+    for command in (["status", job_id, "--json"], ["result", job_id]):
+        out = subprocess.run(
+            [sys.executable, "-m", "mrkit", *command, "--executor", executor],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        if command[0] == "status":
+            assert json.loads(out.stdout)["state"] == "done"
+        else:
+            assert sorted(out.stdout.splitlines()) == sorted(result.stdout.splitlines())
     listed = runner.invoke(cli, ["jobs", "--executor", executor, "--json"])
     assert json.loads(listed.stdout.splitlines()[0])["id"] == job_id
 
