@@ -262,3 +262,18 @@ def test_scripts_without_main_guard_and_from_stdin_work_on_processes(tmp_path):
         [sys.executable, "-"], input=UNGUARDED, capture_output=True, text=True, timeout=60
     )
     assert by_stdin.stdout.strip() == expected, by_stdin.stderr
+
+
+def test_task_timeout_clock_starts_when_an_attempt_runs_not_when_it_is_queued():
+    # One worker; map-00001's first attempt sleeps 5 s, past task_timeout=1 s. The driver gives up on
+    # it, but the worker is still busy, so the retries wait in the executor's queue. Those queued
+    # retries must not time out too (their clock has not started): the job succeeds once the
+    # straggler lets go of the worker.
+    records = ["fast a"] * 5 + ["slow b"] + ["fast c"] * 14
+    job = mrkit.Job(mapper=J.straggler_mapper, reducer=J.total, params={"sleep": 5.0})
+    policy = mrkit.RetryPolicy(task_timeout=1.0, speculative=False, max_lost=2)
+    res = run(
+        job, mrkit.Records(records), executor="processes", workers=1, n_map=4, n_reduce=1, policy=policy
+    )
+    assert dict(res) == dict(reference(J.WORDCOUNT, records))
+    assert res.counters["map.attempts_lost"] == 1

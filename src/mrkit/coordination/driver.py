@@ -117,7 +117,10 @@ class PhaseRunner:
         self.cancelled = cancelled
         self.stats = PhaseStats(tasks=len(specs))
         self._pending: deque[_Task] = deque(self.tasks)
+        # future -> (task, when the attempt started running); the time is the submit time until
+        # an executor that reports running() says the attempt has left its queue (see _clock).
         self._inflight: dict[Future[TaskResult], tuple[_Task, float]] = {}
+        self._queued: set[Future[TaskResult]] = set()
         self._durations: list[float] = []
         self._done = 0
         self._records = 0
@@ -166,8 +169,22 @@ class PhaseRunner:
         spec = dataclasses.replace(task.spec, attempt=task.launched)
         future = self.executor.submit(spec)
         self._inflight[future] = (task, time.monotonic())
+        if self.executor.reports_running:
+            self._queued.add(future)
+
+    def _clock(self, now: float) -> None:
+        """Restart the clock of attempts seen leaving the executor's queue since the last call.
+
+        Timeouts and straggler detection measure how long an attempt has *run*: a retry queued
+        behind an abandoned attempt that still holds its worker must not time out for waiting.
+        """
+        for future in [f for f in self._queued if f.running() or f.done()]:
+            self._queued.discard(future)
+            if future in self._inflight:
+                self._inflight[future] = (self._inflight[future][0], now)
 
     def _handle(self, future: Future[TaskResult]) -> None:
+        self._queued.discard(future)
         task, _started = self._inflight.pop(future)
         task.running -= 1
         try:
@@ -259,7 +276,10 @@ class PhaseRunner:
             self.policy.speculative_after * statistics.median(self._durations),
         )
         now = time.monotonic()
-        for task, started in list(self._inflight.values()):
+        self._clock(now)
+        for future, (task, started) in list(self._inflight.items()):
+            if future in self._queued:
+                continue
             if len(self._inflight) >= capacity:
                 return
             if (
@@ -275,9 +295,11 @@ class PhaseRunner:
         if timeout is None:
             return
         now = time.monotonic()
+        self._clock(now)
         for future, (task, started) in list(self._inflight.items()):
-            if now - started > timeout:
+            if future not in self._queued and now - started > timeout:
                 del self._inflight[future]
+                self._queued.discard(future)
                 future.cancel()
                 task.running -= 1
                 self._lost(task, f"attempt ran longer than task_timeout={timeout}s")

@@ -37,12 +37,16 @@ class Executor:
         local: True when tasks run on this machine and may use a local temp folder for
             intermediate data; remote executors return False and provide ``storage_url``.
         asynchronous: True when a job can advance without the submitting process (Redis, Lambda).
+        reports_running: True when the futures it returns report ``running()`` once an attempt
+            leaves its queue for a worker; the driver then times attempts from that moment
+            instead of from submission.
     """
 
     name: str = "executor"
     workers: int = 1
     local: bool = True
     asynchronous: bool = False
+    reports_running: bool = False
 
     def submit(self, spec: TaskSpec) -> Future[TaskResult]:
         """Start one attempt of one task; the future resolves to its :class:`TaskResult`.

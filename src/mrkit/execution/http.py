@@ -369,6 +369,8 @@ class HttpExecutor(Executor):
         ConfigError: for a bad option, a missing secret, or driver-started workers on Windows.
     """
 
+    reports_running = True  # futures turn running() when a connection slot takes their attempt
+
     def __init__(
         self,
         urls: Sequence[str] | None = None,

@@ -402,6 +402,7 @@ class ProcessExecutor(Executor):
 
     name = "processes"
     local = True
+    reports_running = True  # futures turn running() when their attempt is sent to a worker
 
     def __init__(
         self,
