@@ -228,3 +228,38 @@ def test_commit_is_one_conditional_put_decided_by_the_server(s3_url):
         client.meta.events.unregister("before-send.s3", before)
         client.meta.events.unregister("after-call.s3", after)
     assert store.get("c/COMMIT") == b"attempt 1"
+
+
+def test_map_splits_of_an_s3_object_are_read_by_ranged_gets(s3_bucket):
+    """What a map task reads: its split, plus at most 64 KiB to finish its last line (the first window
+    of an open-ended read was 1 MiB, all of it transferred for the few bytes of one line)."""
+    from mrkit.data.readers import open_split
+    from mrkit.data.splits import plan_splits
+
+    lines = [f"line {i} " + "x" * (i % 150) for i in range(30_000)]
+    data = ("\n".join(lines) + "\n").encode()  # ~2.5 MB: more than 1 MiB after each split but the last
+    open_storage(f"s3://{s3_bucket}").put("in/big.txt", data)
+    splits = plan_splits(f"s3://{s3_bucket}/in/*.txt", 4, min_split_bytes=1024)
+    assert len(splits) == 4
+    client = open_storage(f"s3://{s3_bucket}").objects.client  # the per-process client readers share
+    ranges: list[tuple[int, int]] = []
+
+    def record(request, **_kwargs):
+        value = request.headers.get("Range")
+        assert value is not None, "a GET without Range would fetch the whole object"
+        first, last = (
+            (value.decode() if isinstance(value, bytes) else value).removeprefix("bytes=").split("-")
+        )
+        ranges.append((int(first), int(last)))
+
+    client.meta.events.register("before-send.s3.GetObject", record)
+    try:
+        got = []
+        for split in splits:
+            before = len(ranges)
+            got += [r for batch in open_split(split).batches() for r in batch.records]
+            asked = sum(last + 1 - first for first, last in ranges[before:])
+            assert split.length <= asked <= split.length + (64 << 10) + 1
+    finally:
+        client.meta.events.unregister("before-send.s3.GetObject", record)
+    assert got == lines  # every record once, in order

@@ -59,8 +59,10 @@ from mrkit.storage.base import Storage, check_key
 READ_RETRIES = 5  # re-issues of a failed ranged GET before the read fails (reset by progress)
 WINDOW = 64 << 20  # bytes asked of one ranged GET (S3); the body is streamed, not held
 # An open-ended read (``length=-1``) starts with a small window and doubles it: the input reader
-# opens one just to finish a split's last line, and a large request would be cut after a few KB.
-FIRST_OPEN_WINDOW = 1 << 20
+# opens one just to finish a split's last line, reading 64 KiB past the split's end at a time, and
+# a request's whole window is transferred however little of it is read (1 MiB here cost every split
+# but an object's last one an extra MiB; tests/test_s3_storage.py measures the ranges a split asks).
+FIRST_OPEN_WINDOW = 64 << 10
 FSSPEC_WINDOW = 8 << 20  # bytes fetched per request (and held) by the generic fsspec adapter
 SPOOL = 8 << 20  # write buffer kept in memory before spilling to a temporary file
 MULTIPART_OVER = 64 << 20  # uploads above this size use multipart (parallel parts)
