@@ -191,10 +191,24 @@ def test_storage_the_functions_cannot_reach_is_refused(tmp_path):
 
 class FakeLambdaClient:
     """Stands in for boto3's Lambda client: accepts Invoke like the service, then runs the handler
-    (in a thread for Event, inline for RequestResponse). Records every call."""
+    (in a thread for Event, inline for RequestResponse). Records every call, and how many
+    invocations ran at once (``peak``)."""
 
     def __init__(self) -> None:
         self.calls: list[dict] = []
+        self.running = self.peak = 0
+        self._lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+
+    def _run(self, event: dict, ctx: LambdaContext) -> dict:
+        with self._lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            return handler(event, ctx)
+        finally:
+            with self._lock:
+                self.running -= 1
 
     def invoke(self, *, FunctionName: str, InvocationType: str, Payload: bytes) -> dict:  # noqa: N803 - boto3's names
         self.calls.append(
@@ -208,9 +222,11 @@ class FakeLambdaClient:
             deadline=time.time() + 60,
         )
         if InvocationType == "Event":
-            threading.Thread(target=handler, args=(event, ctx)).start()
+            thread = threading.Thread(target=self._run, args=(event, ctx))
+            self.threads.append(thread)
+            thread.start()
             return {"StatusCode": 202}
-        return {"StatusCode": 200, "Payload": io.BytesIO(json.dumps(handler(event, ctx)).encode())}
+        return {"StatusCode": 200, "Payload": io.BytesIO(json.dumps(self._run(event, ctx)).encode())}
 
     def close(self) -> None:
         pass
@@ -233,6 +249,32 @@ def test_lambda_executor_drives_boto3_invoke(s3_bucket, s3_url, invocation):
     assert {c["InvocationType"] for c in client.calls} == {expected} and len(client.calls) == 4
     assert {c["FunctionName"] for c in client.calls} == {"wordcount"}
     assert max(c["size"] for c in client.calls) < 4096
+    for thread in client.threads:
+        thread.join(30)
+
+
+def _slow_words(line: str):
+    time.sleep(0.01)
+    yield from ((w, 1) for w in line.split())
+
+
+def test_max_concurrency_caps_invocations_in_flight(s3_url):
+    records = [" ".join(WORDS[i % 9 : i % 9 + 4]) for i in range(240)]
+    ex = LambdaExecutor.from_name(
+        "lambda://wc?max_concurrency=2", storage=s3_url, poll_interval=0.05, lost_after=60
+    )
+    client = ex.invoker._client = FakeLambdaClient()
+    job = mrkit.Job(mapper=_slow_words, reducer=_sum, combiner=_sum)
+    with ex:
+        result = mrkit.run(job, mrkit.Records(records), executor=ex, n_map=8, n_reduce=2, quiet=True)
+    for thread in client.threads:
+        thread.join(30)
+    assert dict(result) == dict(reference(job, records))
+    assert len(client.calls) == 10 and client.peak <= 2  # 10 tasks, never more than 2 at once
+
+
+def _sum(key, values):
+    return sum(values)
 
 
 def test_cli_submit_status_result(tmp_path, s3_bucket, s3_url):
