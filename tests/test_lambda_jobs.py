@@ -422,6 +422,8 @@ def test_batches_of_large_calls_are_split_under_the_payload_limit(s3_url):
     items = [str(i) * (60_000 // len(str(i))) for i in range(1, 13)]  # ~60 KB of argument each
     with ex:
         assert list(futures.map(_echo_len, items, executor=ex, chunksize=1)) == [len(s) for s in items]
+    for thread in client.threads:
+        thread.join(30)
     assert max(c["size"] for c in client.calls) <= 256 * 1024  # no event refused, no task lost
     assert len(client.calls) < len(items)  # several calls still share an event
 
