@@ -126,3 +126,15 @@ def test_help_lists_every_command():
     assert proc.returncode == 0
     for name in ("run", "demo", "submit", "status", "logs", "result", "cancel", "jobs", "worker", "lambda"):
         assert name in proc.stdout
+
+
+def test_max_concurrency_is_the_workers_option_for_function_executors(tmp_path):
+    (tmp_path / "in.txt").write_text("b a\na\n")
+    job = "tests/jobs_for_tests.py:WordCount"
+    proc = mrkit_cli(
+        "run", job, str(tmp_path / "in.txt"), "--executor", "lambda-local", "--max-concurrency", "1"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(proc.stdout.splitlines()) == ['"a"\t2', '"b"\t1']
+    help_text = mrkit_cli("run", "--help").stdout
+    assert "--workers, --max-concurrency" in help_text

@@ -46,10 +46,13 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--workers",
+            "--max-concurrency",
+            "workers",
             type=int,
             default=None,
             envvar="MRKIT_WORKERS",
-            help="Parallelism (default: all cores).",
+            help="Parallelism: worker processes, HTTP workers, or function invocations in flight "
+            "(--max-concurrency, for lambda://). Default: all cores.",
         ),
         click.option("--storage", default=None, envvar="MRKIT_STORAGE", help="Intermediate storage URL."),
         click.option(
