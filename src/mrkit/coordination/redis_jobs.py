@@ -29,9 +29,15 @@ Every transition is one Lua script, so it is atomic with the facts it depends on
   marks the job failed with the driver's one-sentence message.
 * **LOST** (a worker reclaimed an entry whose lease expired, ``XAUTOCLAIM``): counts a lost attempt;
   more than ``max_lost`` fails the job.
+* **PUBLISH** (a publish entry is about to run): only during the publish phase, and only for the
+  first publish entry that starts (``publisher`` in the state hash); a duplicate is acked and dropped.
 * **FINISH** (after :func:`~mrkit.coordination.publish.publish_output`): marks the job done. The
   publish step is itself a stream entry, enqueued once by the last reduce's COMMIT, so a publisher
   that dies is replaced like any task (its successor resumes the moves; see :func:`_resume_publish`).
+
+A reduce entry seen during the map phase is a duplicate (the real ones are enqueued with the phase
+change): it is acked and dropped without using an attempt. A task that finishes after its job ended
+(a zombie) deletes what it wrote (:func:`_discard_late_attempt`).
 
 Scripts refuse to act when the job's state hash is missing: Redis lost it (restarted without
 persistence). The worker then drops the task, deletes what it wrote, and says so; nothing is
@@ -137,6 +143,23 @@ redis.call('HSET', KEYS[1], 'state', ARGV[3], 'phase', ARGV[3], 'counters', ARGV
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end
 redis.call('ZREM', KEYS[3], KEYS[2])
 return 1
+"""
+
+
+# KEYS: state, tasks stream. ARGV: group, entry id. Lets one publish entry run the publish step:
+# the first to start it becomes the job's ``publisher`` (a reclaim of that same entry resumes it);
+# a duplicate, or a publish entry delivered before the publish phase, is acked and dropped.
+_PUBLISH = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'lost' end
+if state ~= 'running' then redis.call('XACK', KEYS[2], ARGV[1], ARGV[2]); return 'ended' end
+if redis.call('HGET', KEYS[1], 'phase') ~= 'publish' then
+  redis.call('XACK', KEYS[2], ARGV[1], ARGV[2]); return 'early'
+end
+local owner = redis.call('HGET', KEYS[1], 'publisher')
+if owner and owner ~= ARGV[2] then redis.call('XACK', KEYS[2], ARGV[1], ARGV[2]); return 'taken:' .. owner end
+redis.call('HSET', KEYS[1], 'publisher', ARGV[2])
+return 'ok'
 """
 
 
@@ -375,7 +398,11 @@ def process_entry(
         if header["op"] == "publish":
             _run_publish(worker, k, entry_id, reclaimed)
         else:
-            spec = TaskSpec.decode(body)
+            try:
+                spec = TaskSpec.decode(body)
+            except Exception as exc:  # signed, yet not a task of this mrkit (another version?)
+                worker.reject(stream, entry_id, f"undecodable task: {type(exc).__name__}: {exc}")
+                return
             if spec.job_id != job_id:
                 worker.reject(stream, entry_id, f"task of job {spec.job_id} in the stream of job {job_id}")
                 return
@@ -396,15 +423,21 @@ def _run_task(
     client = worker.client
     phase = spec.kind.value
     pipe = client.pipeline(transaction=False)
-    pipe.hmget(k.state, "state", "max_attempts", "max_lost")
-    pipe.exists(k.done(phase))
+    pipe.hmget(k.state, "state", "max_attempts", "max_lost", "phase")
     pipe.hexists(k.done(phase), spec.task_id)
-    state, _, already = pipe.execute()
+    state, already = pipe.execute()
     if state[0] is None:
         _job_lost(worker, k.job, spec, entry_id)
         return
     if state[0] != b"running" or already:
         client.xack(k.tasks, GROUP, entry_id)  # ended, or a duplicate of a committed task
+        return
+    if spec.kind is TaskKind.REDUCE and state[3] == b"map":
+        # The reduce entries are enqueued by the script that records the last map commit, atomically
+        # with the phase change: one seen during the map phase is a duplicate. Running it would fail
+        # (no map output yet) and use up one of the task's attempts.
+        client.xack(k.tasks, GROUP, entry_id)
+        log_event(client, k.job, spec.task_id, 0, worker.name, "event", "dropped: delivered before its phase")
         return
     max_attempts, max_lost = int(state[1]), int(state[2])
     if reclaimed:
@@ -478,7 +511,7 @@ def _run_task(
         elif verdict == "lost":
             _job_lost(worker, k.job, spec, entry_id)
         elif verdict == "ended":
-            expire_job(client, k.job)  # we may have written after the job's cleanup: give it a TTL too
+            _discard_late_attempt(client, k, spec, result.committed)
         return
     failure = result.failure
     assert failure is not None
@@ -527,10 +560,29 @@ def _run_task(
         )
 
 
+def _discard_late_attempt(client: Any, k: JobKeys, spec: TaskSpec, committed: bool) -> None:
+    """A task finished after its job ended (a zombie, or a task running when the job was cancelled):
+    delete what this attempt wrote after the job's cleanup, and give any key it created a TTL.
+
+    Safe when the job was published: its output parts were moved away from the attempts' keys.
+    """
+    try:
+        storage = storage_for(spec.storage_url)
+        if spec.kind is TaskKind.MAP:
+            storage.delete_prefix(layout.map_attempt_prefix(k.job, spec.task_id, spec.attempt))
+        else:
+            temp = layout.reduce_temp_key(k.job, spec.task_id, spec.attempt, spec.partition)
+            storage_for(spec.output_url).delete_prefix(temp.rsplit("/", 1)[0] + "/")
+        if committed:  # the commit key was won after the cleanup had deleted the winner's
+            storage.delete(layout.commit_key(k.job, spec.task_id))
+    finally:
+        expire_job(client, k.job)
+
+
 def _run_publish(worker: Any, k: JobKeys, entry_id: bytes, reclaimed: bool) -> None:
     client = worker.client
-    raw = client.hgetall(k.state)
-    if not raw:
+    verdict = worker.scripts["publish"](keys=[k.state, k.tasks], args=[GROUP, entry_id]).decode()
+    if verdict == "lost":
         print(
             f"mrkit worker {worker.name}: job {k.job} was lost: Redis has no record of it any more "
             "(restarted without persistence?); nothing was published",
@@ -538,10 +590,16 @@ def _run_publish(worker: Any, k: JobKeys, entry_id: bytes, reclaimed: bool) -> N
         )
         client.xack(k.tasks, GROUP, entry_id)
         return
-    state = {kk.decode(): v.decode() for kk, v in raw.items()}
-    if state["state"] != "running":
-        client.xack(k.tasks, GROUP, entry_id)
+    if verdict in ("early", "ended") or verdict.startswith("taken:"):
+        if verdict != "ended":
+            why = (
+                "before its phase"
+                if verdict == "early"
+                else f"publish step already taken by entry {verdict[6:]}"
+            )
+            log_event(client, k.job, "", 0, worker.name, "event", f"dropped a publish entry: {why}")
         return
+    state = {kk.decode(): v.decode() for kk, v in client.hgetall(k.state).items()}
     started = time.time()
     log_event(client, k.job, "", 0, worker.name, "event", "publishing" + (" (resumed)" if reclaimed else ""))
     try:
@@ -952,4 +1010,4 @@ def cancel_job(client: Any, job_id: str) -> bool:
     return outcome == 1
 
 
-SCRIPTS = {"commit": _COMMIT, "fail": _FAIL, "lost": _LOST, "end": _END}
+SCRIPTS = {"commit": _COMMIT, "fail": _FAIL, "lost": _LOST, "end": _END, "publish": _PUBLISH}
