@@ -178,6 +178,9 @@ class RedisExecutor(Executor):
         # sid -> (future, spec, entry id once sent); insertion order is stream order, for trimming
         self._pending: OrderedDict[int, list[Any]] = OrderedDict()
         self._by_entry: dict[bytes, int] = {}
+        # Refusals of entries whose id the sender has not recorded yet (a worker may refuse an entry
+        # before XADD's reply is back): entry id -> (reason, worker), matched when it is recorded.
+        self._early_dead: OrderedDict[bytes, tuple[str, str]] = OrderedDict()
         self._threads: list[threading.Thread] = []
         self._opened = False
         self._closing = False
@@ -312,12 +315,20 @@ class RedisExecutor(Executor):
             ids = self._with_retries(lambda batch=batch: self._xadd_batch(batch))
             if ids is None:
                 return
+            refused = []
             with self._lock:
                 for (sid, _), entry_id in zip(batch, ids, strict=True):
                     slot = self._pending.get(sid)
-                    if slot is not None:
+                    if slot is None:
+                        continue
+                    dead = self._early_dead.pop(entry_id, None) if self._early_dead else None
+                    if dead is None:
                         slot[2] = entry_id
                         self._by_entry[entry_id] = sid
+                    else:
+                        refused.append((self._pending.pop(sid), *dead))
+            for slot, reason, worker in refused:
+                self._refused(slot, reason, worker)
 
     def _xadd_batch(self, batch: list[tuple[int, dict[str, Any]]]) -> list[bytes]:
         pipe = self.client.pipeline(transaction=False)
@@ -401,21 +412,30 @@ class RedisExecutor(Executor):
         if fields.get(b"stream", b"").decode() != self.stream:
             return
         entry_id = fields.get(b"id", b"")
+        reason = fields.get(b"reason", b"").decode(errors="replace")
+        worker = fields.get(b"worker", b"").decode(errors="replace")
         with self._lock:
             sid = self._by_entry.pop(entry_id, None)
             slot = self._pending.pop(sid, None) if sid is not None else None
+            if sid is None:
+                # Not recorded yet (or not ours: an injected entry); the sender matches it later.
+                self._early_dead[entry_id] = (reason, worker)
+                while len(self._early_dead) > DEAD_MAXLEN:
+                    self._early_dead.popitem(last=False)
         if slot is not None:
-            reason = fields.get(b"reason", b"").decode(errors="replace")
-            worker = fields.get(b"worker", b"").decode(errors="replace")
-            _settle(
-                slot[0],
-                exc=WorkerLost(
-                    f"worker {worker} refused task {slot[1].task_id}: {reason}",
-                    task_id=slot[1].task_id,
-                    attempt=slot[1].attempt,
-                    worker=worker,
-                ),
-            )
+            self._refused(slot, reason, worker)
+
+    @staticmethod
+    def _refused(slot: list[Any], reason: str, worker: str) -> None:
+        _settle(
+            slot[0],
+            exc=WorkerLost(
+                f"worker {worker} refused task {slot[1].task_id}: {reason}",
+                task_id=slot[1].task_id,
+                attempt=slot[1].attempt,
+                worker=worker,
+            ),
+        )
 
     def _chores(self, last_result: bytes) -> None:
         """Refresh the session, detect data loss, reclaim expired leases, trim both streams."""
