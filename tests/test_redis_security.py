@@ -9,7 +9,7 @@ import pytest
 
 import mrkit
 from mrkit.coordination.redis_jobs import JobKeys
-from mrkit.errors import AuthenticationError, ConfigError, JobFailed
+from mrkit.errors import AuthenticationError, ConfigError, JobFailed, StorageError
 from mrkit.execution.redis_streams import DEAD, pack, resolve_secret, unpack
 from mrkit.model.reference import reference
 from mrkit.security import load_secret, sign, verify
@@ -18,6 +18,7 @@ from tests import jobs_for_tests as J
 from tests.redis_fixtures import (  # noqa: F401 - fixtures
     RedisServer,
     WorkerThreads,
+    make_tls_files,
     redis_server,
     redis_url,
     secret_env,
@@ -130,5 +131,61 @@ def test_password_in_the_url(tmp_path, secret_env):  # noqa: F811
         with pytest.raises(ConfigError, match=r"refused the credentials") as info:
             serve(f"redis://:wrong@127.0.0.1:{server.port}/0", concurrency=1, burst=True)
         assert "wrong" not in str(info.value)
+    finally:
+        server.stop()
+
+
+def test_acl_user_in_the_url_and_the_secret_from_a_file(tmp_path, monkeypatch):
+    """An ACL user (the default user disabled) in the URL; the worker reads the secret from
+    --secret-file, the submitter from MRKIT_SECRET."""
+    acl = ["--user", "default", "off", "--user", "fleet", "on", ">s3cret", "~*", "&*", "+@all"]
+    server = RedisServer(tempfile.mkdtemp(dir=tmp_path), extra=acl).start()
+    try:
+        url = f"redis://fleet:s3cret@127.0.0.1:{server.port}/0"
+        (tmp_path / "secret").write_text("shared by file\n")
+        monkeypatch.setenv("MRKIT_SECRET", "shared by file")
+        handle = mrkit.submit(J.WORDCOUNT, mrkit.Records(TEXT), executor=url, n_map=2, n_reduce=1)
+        worker = start_worker(
+            url, name="acl", args=["--secret-file", str(tmp_path / "secret")], drop_env=("MRKIT_SECRET",)
+        )
+        try:
+            assert sorted(handle.wait(timeout=60)) == reference(J.WORDCOUNT, TEXT)
+        finally:
+            err = stop_worker(worker)
+        assert "REFUSED" not in err and "s3cret" not in err
+        assert "s3cret" not in repr(handle.status()) and handle.status()["workers"] == ["acl"]
+        with pytest.raises(ConfigError, match=r"refused the credentials") as info:
+            serve(f"redis://fleet:wrong@127.0.0.1:{server.port}/0", concurrency=1, burst=True)
+        assert "wrong" not in str(info.value)
+        with pytest.raises(ConfigError, match=r"refused the credentials"):  # the default user is off
+            serve(f"redis://127.0.0.1:{server.port}/0", concurrency=1, burst=True)
+    finally:
+        server.stop()
+
+
+def test_tls_rediss(tmp_path, secret_env):  # noqa: F811
+    """A TLS-only redis-server (Debian's is built with TLS): async and blocking jobs over rediss://."""
+    import redis
+
+    directory = tempfile.mkdtemp(dir=tmp_path)
+    server = RedisServer(directory, tls=make_tls_files(directory)).start()
+    try:
+        url = server.url
+        assert url.startswith("rediss://")
+        with pytest.raises(redis.ConnectionError):  # the port speaks TLS only
+            redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=5).ping()
+        handle = mrkit.submit(J.WORDCOUNT, mrkit.Records(TEXT), executor=url, n_map=2, n_reduce=1)
+        worker = start_worker(url, name="tls")
+        try:
+            assert sorted(handle.wait(timeout=60)) == reference(J.WORDCOUNT, TEXT)
+        finally:
+            err = stop_worker(worker)
+        assert worker.returncode == 0, err
+        with WorkerThreads(url, 1):
+            got = mrkit.run(J.WORDCOUNT, mrkit.Records(TEXT), executor=url, n_map=2, n_reduce=1, quiet=True)
+        assert sorted(got) == reference(J.WORDCOUNT, TEXT)
+        untrusted = f"rediss://127.0.0.1:{server.port}/0"  # no CA given: the certificate does not verify
+        with pytest.raises(StorageError, match="cannot reach Redis"):
+            serve(untrusted, concurrency=1, burst=True)
     finally:
         server.stop()
