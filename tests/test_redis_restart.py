@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -13,15 +14,30 @@ import mrkit
 from mrkit.errors import JobFailed
 from mrkit.model.reference import reference
 from tests import jobs_for_tests as J
-from tests.redis_fixtures import RedisServer, mrkit_cmd, secret_env, start_worker, stop_worker  # noqa: F401
+from tests.redis_fixtures import (  # noqa: F401 - fixtures
+    MRKIT,
+    RedisServer,
+    mrkit_cmd,
+    secret_env,
+    start_worker,
+    stop_worker,
+    wait_for,
+    worker_stderr,
+)
 
 TEXT = ["the cat sat on the mat", "The dog sat", "a b c a b a"] * 30
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def slow_mapper(line: str) -> Iterator[tuple[str, int]]:
     """Slow enough (~0.3 s per map task) that Redis can be restarted while maps run."""
     time.sleep(0.01)
     yield from J.words(line)
+
+
+SLOW = mrkit.Job(mapper=slow_mapper, reducer=J.total)
 
 
 @pytest.fixture
@@ -74,7 +90,12 @@ def test_restart_without_persistence_reports_the_job_lost(server, tmp_path, secr
             handle.wait(timeout=5)
         status = mrkit_cmd("status", handle.id, "--executor", server.url, check=False)
         assert status.returncode == 1 and "was lost" in status.stdout
-        time.sleep(1.0)  # let the workers finish the maps they held when Redis went away
+        # The workers finish the maps they held when Redis went away, then find the job gone.
+        wait_for(
+            lambda: any(f"job {handle.id} was lost" in worker_stderr(w) for w in workers),
+            timeout=60,
+            what="a worker to report the job lost",
+        )
     finally:
         for w in workers:
             w.send_signal(signal.SIGTERM)
@@ -87,3 +108,60 @@ def test_restart_without_persistence_reports_the_job_lost(server, tmp_path, secr
     assert leftovers == [], print(
         leftovers, errs
     )  # what the workers wrote after the restart was deleted again
+
+
+def _blocking_run_with_restart(
+    server: RedisServer, tmp_path
+) -> tuple[subprocess.CompletedProcess[str], str, str]:
+    """``mrkit run`` on the fleet (a subprocess); Redis is killed and restarted once two of its eight
+    map tasks committed."""
+    url = server.url + "?lease=2"
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(8):  # one map task per file
+        (src / f"part-{i}.txt").write_text("\n".join(TEXT) + "\n")  # ~1 s per map task
+    out = str(tmp_path / "out")
+    job_ref = f"{os.path.join(HERE, 'test_redis_restart.py')}:SLOW"
+    workers = [start_worker(url, name=f"w{i}", burst=False) for i in range(2)]
+    run = subprocess.Popen(
+        [*MRKIT, "run", job_ref, str(src), "-N", "8", "-M", "2", "-o", out, "--executor", url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        client = server.client()
+        wait_for(
+            lambda: len([k for k in client.keys("*") if k.endswith(b"/COMMIT")]) >= 2,
+            timeout=60,
+            what="two map commits",
+        )
+        client.close()
+        assert run.poll() is None, "the job finished before Redis could be restarted"
+        server.restart(down_seconds=0.5)
+        stdout, stderr = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+        for w in workers:
+            w.send_signal(signal.SIGTERM)
+        errs = "".join(stop_worker(w) for w in workers)
+    return subprocess.CompletedProcess(run.args, run.returncode, stdout, stderr), out, errs
+
+
+@pytest.mark.parametrize("server", [True], indirect=True, ids=["appendonly"])
+def test_blocking_run_survives_a_restart_with_appendonly(server, tmp_path, secret_env):  # noqa: F811
+    proc, out, errs = _blocking_run_with_restart(server, tmp_path)
+    assert proc.returncode == 0, (proc.stderr, errs)
+    assert sorted(mrkit.read_output(out)) == reference(mrkit.Job(mapper=J.words, reducer=J.total), TEXT * 8)
+
+
+@pytest.mark.parametrize("server", [False], indirect=True, ids=["no-persistence"])
+def test_blocking_run_fails_clearly_when_redis_loses_its_data(server, tmp_path, secret_env):  # noqa: F811
+    proc, out, errs = _blocking_run_with_restart(server, tmp_path)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr, errs)
+    assert "lost this executor's task stream" in proc.stderr, proc.stderr
+    assert not os.path.exists(os.path.join(out, "_SUCCESS")) and not [
+        name for name in (os.listdir(out) if os.path.exists(out) else []) if name.startswith("part-")
+    ]
