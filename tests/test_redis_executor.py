@@ -22,6 +22,7 @@ from tests.redis_fixtures import (  # noqa: F401 - fixtures
     secret_env,
     start_worker,
     stop_worker,
+    wait_for,
 )
 
 TEXT = ["the cat sat on the mat", "The dog sat", "", "a b c a b a", "it's 42 o'clock"] * 20
@@ -153,3 +154,22 @@ def test_worker_killed_mid_task_is_retried(redis_url, tmp_path, secret_env):  # 
                 p.send_signal(signal.SIGTERM)
         [stop_worker(p) for p in procs]
     assert sorted(p.returncode for p in procs) == [-signal.SIGKILL, 0]
+
+
+def test_session_streams_are_trimmed(redis_url, redis_server):  # noqa: F811
+    """Once results are in, both streams of a session shrink (XTRIM MINID), even when nothing is
+    pending any more; the session's keys go when the executor shuts down."""
+    ex = open_executor(redis_url + "?lease=2", workers=8)  # housekeeping every second
+    client = redis_server.client()
+    try:
+        with WorkerThreads(redis_url, 2):
+            assert sum(futures.map(lambda x: x, range(1000), executor=ex)) == sum(range(1000))
+            # Approximate trimming removes whole stream nodes (100 entries each by default).
+            wait_for(
+                lambda: client.xlen(ex.stream) <= 200 and client.xlen(ex.results) <= 200,
+                what=f"trimming (now {client.xlen(ex.stream)} tasks, {client.xlen(ex.results)} results)",
+            )
+    finally:
+        ex.shutdown()
+    assert not client.exists(ex.stream, ex.results, ex.meta)
+    assert client.zscore("mrkit:queues", ex.stream) is None
