@@ -165,3 +165,37 @@ def test_blocking_run_fails_clearly_when_redis_loses_its_data(server, tmp_path, 
     assert not os.path.exists(os.path.join(out, "_SUCCESS")) and not [
         name for name in (os.listdir(out) if os.path.exists(out) else []) if name.startswith("part-")
     ]
+
+
+@pytest.mark.parametrize("server", [False], indirect=True, ids=["frozen"])
+def test_a_frozen_redis_times_out_instead_of_hanging(server, tmp_path, secret_env):  # noqa: F811
+    """SIGSTOP redis-server: connections stay open but nothing answers. Commands time out (here after
+    2 s, given in the URL; 60 s by default) instead of waiting forever, and the fleet recovers once
+    Redis thaws."""
+    import redis
+
+    from mrkit.coordination.redis_jobs import RedisJobHandle
+    from mrkit.storage.redis import SOCKET_TIMEOUT, connect
+
+    assert connect(server.url).connection_pool.connection_kwargs["socket_timeout"] == SOCKET_TIMEOUT
+    url = server.url + "?lease=2&socket_timeout=2"
+    handle = mrkit.submit(SLOW, mrkit.Records(TEXT), executor=url, n_map=8, n_reduce=2)
+    worker = start_worker(url, name="w0", burst=False)
+    assert server.proc is not None
+    try:
+        wait_for(lambda: handle.status()["tasks"]["map"]["done"] >= 1, timeout=60, what="a map commit")
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(redis.TimeoutError):
+                RedisJobHandle(url, handle.id).status()
+            assert time.monotonic() - started < 30
+            wait_for(lambda: "unreachable" in worker_stderr(worker), timeout=60, what="the worker's notice")
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        result = handle.wait(timeout=120)
+        worker.send_signal(signal.SIGTERM)
+    finally:
+        err = stop_worker(worker)
+    assert sorted(result) == reference(mrkit.Job(mapper=J.words, reducer=J.total), TEXT), err
+    assert "reconnected to Redis" in err

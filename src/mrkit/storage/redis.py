@@ -15,9 +15,12 @@ The contract (the six primitives of :class:`~mrkit.storage.base.Storage`, on one
   (raise ``n_map`` or ``n_reduce``, or use ``--storage`` with a shared folder, for bigger jobs).
 
 URLs: ``redis://[[user]:password@]host:port/db`` or ``rediss://…`` (TLS), plus redis-py's own query
-options (``?ssl_cert_reqs=none``…). mrkit's own options (``lease``, ``ttl``, ``block``; see
-docs/redis.md) may appear in the query too; they are removed before the URL reaches redis-py.
+options (``?ssl_cert_reqs=none``…). mrkit's own options (``lease``, ``ttl``; see docs/redis.md) may
+appear in the query too; they are removed before the URL reaches redis-py.
 :func:`connect` shares one connection pool per URL per process (redis-py re-creates it after a fork).
+Its connections time out (``SOCKET_TIMEOUT``, or ``?socket_timeout=S`` in the URL): no mrkit command
+blocks in Redis for more than a second, so a reply that does not come means Redis hung or the network
+dropped the connection without a word, and waiting for it would hang the worker or the driver forever.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ NAMESPACE = "mrkit"
 _DATA = ":data:"
 _FIRST_BLOCK = 8 << 20  # first GETRANGE of a read: small objects and ranges arrive in one round trip
 _BLOCK = 1 << 20  # later GETRANGEs: one block per open run keeps a k-way merge's memory bounded
-MRKIT_OPTIONS = ("lease", "ttl", "block")  # query options that belong to mrkit, not redis-py
+MRKIT_OPTIONS = ("lease", "ttl")  # query options that belong to mrkit, not redis-py
+SOCKET_TIMEOUT = 60.0  # seconds without a reply before a command fails (redis.TimeoutError)
+CONNECT_TIMEOUT = 10.0
 
 _CLIENTS: dict[str, Any] = {}
 _CLIENTS_LOCK = threading.Lock()
@@ -133,7 +138,14 @@ def connect(url: str) -> Any:
         if client is None:
             # health_check_interval: a connection idle in the pool for 30 s is PINGed before use, so a
             # Redis restart surfaces as one reconnect instead of an error on the first command.
-            client = _CLIENTS[clean] = _redis().Redis.from_url(clean, health_check_interval=30)
+            # Timeouts and keepalive: see the module docstring (the URL's own values win).
+            client = _CLIENTS[clean] = _redis().Redis.from_url(
+                clean,
+                health_check_interval=30,
+                socket_timeout=SOCKET_TIMEOUT,
+                socket_connect_timeout=CONNECT_TIMEOUT,
+                socket_keepalive=True,
+            )
         return client
 
 
