@@ -19,11 +19,13 @@ from tests.redis_fixtures import (  # noqa: F401 - fixtures
     RedisServer,
     WorkerThreads,
     make_tls_files,
+    mrkit_cmd,
     redis_server,
     redis_url,
     secret_env,
     start_worker,
     stop_worker,
+    wait_for,
 )
 
 TEXT = ["a b c", "b c", "c"] * 5
@@ -97,7 +99,7 @@ def test_injected_entry_is_refused_logged_and_never_run(redis_url, redis_server,
     assert err.count("REFUSED entry") == 3 and "does not verify" in err and "has no signature" in err
     dead = client.xrange(DEAD)
     assert len(dead) == 3 and all(f[b"stream"] == stream.encode() for _, f in dead)
-    assert sum("refused entry" in line for line in handle.logs()) == 3
+    assert sum("refused entry" in line for line in handle.logs()) == 3 and handle.status()["refused"] == 3
     assert client.xpending(stream, "workers")["pending"] == 0  # acked: never redelivered
 
 
@@ -189,3 +191,16 @@ def test_tls_rediss(tmp_path, secret_env):  # noqa: F811
             serve(untrusted, concurrency=1, burst=True)
     finally:
         server.stop()
+
+
+def test_an_async_job_whose_entries_are_all_refused_says_so(redis_url, monkeypatch):  # noqa: F811
+    """Submitter and workers with different secrets: nothing runs, and status says why."""
+    monkeypatch.setenv("MRKIT_SECRET", "submitter-secret")
+    handle = mrkit.submit(J.WORDCOUNT, mrkit.Records(TEXT), executor=redis_url, n_map=2, n_reduce=1)
+    with WorkerThreads(redis_url, 1, secret=b"worker-secret"):
+        wait_for(lambda: handle.status()["refused"] == 2, what="both map entries to be refused")
+    st = handle.status()
+    assert st["state"] == "running" and st["attempts"] == {"map": 0, "reduce": 0}
+    status = mrkit_cmd("status", handle.id, "--executor", redis_url)
+    assert "refused   2 entries" in status.stdout and "share one secret" in status.stdout
+    handle.cancel()

@@ -109,6 +109,11 @@ def _print_status(status: dict[str, Any]) -> None:
         click.echo(f"elapsed   {status['seconds']:.1f}s")
         if status.get("output"):
             click.echo(f"output    {status['output']}")
+        if status.get("refused"):
+            click.echo(
+                f"refused   {status['refused']} entries did not verify or decode (mrkit logs ID says why); "
+                "do the submitter and the workers share one secret (MRKIT_SECRET / --secret-file)?"
+            )
     if status.get("error"):
         click.echo(f"error     {status['error']}")
 

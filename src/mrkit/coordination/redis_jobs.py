@@ -163,6 +163,13 @@ return 'ok'
 """
 
 
+# KEYS: state. Counts an entry a worker refused in the job's stream, if the job exists.
+_REFUSED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return redis.call('HINCRBY', KEYS[1], 'refused', 1)
+"""
+
+
 class JobKeys:
     """The Redis keys of one asynchronous job (docs/redis.md describes each)."""
 
@@ -367,6 +374,18 @@ def log_event(client: Any, job_id: str, task: str, attempt: int, worker: str, ki
         approximate=True,
         nomkstream=True,
     )
+
+
+def note_refused(worker: Any, job_id: str, entry_id: bytes, reason: str) -> None:
+    """A worker refused an entry of ``job_id``'s stream: log it, and count it in the job's state.
+
+    The count shows in ``mrkit status``: a job whose every entry is refused (submitter and workers
+    do not share one secret) would otherwise look like a job no worker has reached yet.
+    """
+    log_event(
+        worker.client, job_id, "", 0, worker.name, "event", f"refused entry {entry_id.decode()}: {reason}"
+    )
+    worker.scripts["refused"](keys=[key(job_id, "state")])
 
 
 def process_entry(
@@ -803,7 +822,8 @@ def job_status(client: Any, job_id: str, url: str) -> dict[str, Any]:
     Keys: ``id``, ``state`` (running, done, failed, cancelled, lost, unknown), ``phase``, ``name``,
     ``tasks`` ({phase: {done, total}}), ``attempts``/``failures``/``lost`` ({phase: count}),
     ``in_flight``, ``workers``, ``submitted``/``ended`` (unix seconds), ``seconds``, ``output``,
-    ``error`` (when failed, lost or unknown), ``counters`` (when done).
+    ``refused`` (entries of its stream workers refused to run), ``error`` (when failed, lost or
+    unknown), ``counters`` (when done).
     """
     k = JobKeys(job_id)
     pipe = client.pipeline(transaction=False)
@@ -847,6 +867,7 @@ def job_status(client: Any, job_id: str, url: str) -> dict[str, Any]:
         "ended": ended / 1000 if ended else None,
         "seconds": ((ended or now_ms()) - int(s["submitted"])) / 1000,
         "output": redact(s["output"]) if s.get("in_memory") != "1" else None,
+        "refused": int(s.get("refused", 0)),
     }
     if s.get("error"):
         status["error"] = s["error"]
@@ -1010,4 +1031,11 @@ def cancel_job(client: Any, job_id: str) -> bool:
     return outcome == 1
 
 
-SCRIPTS = {"commit": _COMMIT, "fail": _FAIL, "lost": _LOST, "end": _END, "publish": _PUBLISH}
+SCRIPTS = {
+    "commit": _COMMIT,
+    "fail": _FAIL,
+    "lost": _LOST,
+    "end": _END,
+    "publish": _PUBLISH,
+    "refused": _REFUSED,
+}

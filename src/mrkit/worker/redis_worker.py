@@ -631,9 +631,7 @@ class RedisWorker:
         if job and self.queues.get(stream, Queue(stream, "session", 0)).mode == "job":
             from mrkit.coordination import redis_jobs
 
-            redis_jobs.log_event(
-                self.client, job, "", 0, self.name, "event", f"refused entry {entry_id.decode()}: {reason}"
-            )
+            redis_jobs.note_refused(self, job, entry_id, reason)
 
     # -- leases ---------------------------------------------------------------------------
 
