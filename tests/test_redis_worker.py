@@ -155,3 +155,26 @@ def test_heartbeats_keep_a_long_task_leased(redis_url, secret_env):  # noqa: F81
         )
     assert sorted(got) == reference(WORDS, TEXT)
     assert got.counters["map.attempts_lost"] == 0 and got.counters["map.attempts_launched"] == 2
+
+
+def test_task_timeout_abandons_a_hung_task_of_an_async_job(redis_url, tmp_path, secret_env):  # noqa: F811
+    """A user function that never returns keeps its worker heartbeating; with RetryPolicy.task_timeout
+    the worker stops renewing that task's lease, and another worker takes it over as lost."""
+    gate = str(tmp_path)
+    url = redis_url + "?lease=1"
+    policy = mrkit.RetryPolicy(task_timeout=2)
+    handle = mrkit.submit(
+        gated_job(gate), mrkit.Records(TEXT), executor=url, n_map=2, n_reduce=1, policy=policy
+    )
+    workers = [start_worker(url, name=f"t{i}", burst=False) for i in range(2)]
+    try:
+        wait_for(lambda: started_pids(gate), what="the map task to hang")
+        result = handle.wait(timeout=90)  # never returns if the hung task keeps its lease
+    finally:
+        open_gate(gate)
+        for w in workers:
+            w.send_signal(signal.SIGTERM)
+        errs = [stop_worker(w) for w in workers]
+    assert sorted(result) == reference(WORDS, TEXT), errs
+    assert handle.status()["lost"]["map"] == 1
+    assert [line for line in handle.logs() if "ran longer than task_timeout=2s" in line]

@@ -328,10 +328,14 @@ def submit_job(
         "ttl": int(ttl_seconds),
         "input_bytes": plan.input_bytes,
         "lease_ms": int(executor.lease * 1000),
+        "task_timeout": policy.task_timeout or 0,
     }
+    meta = {"mode": "job", "lease_ms": int(executor.lease * 1000)}
+    if policy.task_timeout:
+        meta["task_timeout_ms"] = int(policy.task_timeout * 1000)
     pipe = client.pipeline(transaction=True)  # all or nothing: a half-submitted job never exists
     pipe.hset(k.state, mapping=state)
-    pipe.hset(k.meta, mapping={"mode": "job", "lease_ms": int(executor.lease * 1000)})
+    pipe.hset(k.meta, mapping=meta)
     pipe.xgroup_create(k.tasks, GROUP, id="0", mkstream=True)
     for fields in maps:
         pipe.xadd(k.tasks, fields)
@@ -442,7 +446,7 @@ def _run_task(
     client = worker.client
     phase = spec.kind.value
     pipe = client.pipeline(transaction=False)
-    pipe.hmget(k.state, "state", "max_attempts", "max_lost", "phase")
+    pipe.hmget(k.state, "state", "max_attempts", "max_lost", "phase", "task_timeout")
     pipe.hexists(k.done(phase), spec.task_id)
     state, already = pipe.execute()
     if state[0] is None:
@@ -461,6 +465,8 @@ def _run_task(
     max_attempts, max_lost = int(state[1]), int(state[2])
     if reclaimed:
         reason = f"its lease of {lease_ms / 1000:g}s expired: the worker died, hung or lost Redis"
+        if float(state[4] or 0):
+            reason += f", or the attempt ran longer than task_timeout={float(state[4]):g}s"
         outcome = worker.scripts["lost"](
             keys=[k.state, k.done(phase), k.tasks, k.lost],
             args=[

@@ -116,6 +116,7 @@ class Queue:
     stream: str
     mode: str  # "session" (blocking executor; it reclaims) or "job" (asynchronous; workers reclaim)
     lease_ms: int
+    task_timeout_ms: int = 0  # asynchronous jobs: stop renewing the lease of a task running longer
     last_heartbeat: float = 0.0
     last_reclaim: float = 0.0
 
@@ -266,6 +267,7 @@ class RedisWorker:
         self._stop = threading.Event()
         self._inflight: dict[str, set[bytes]] = {}
         self._inflight_lock = threading.Lock()
+        self._running: tuple[str, bytes, float] | None = None  # the job entry being run, since when
         self._heartbeat = self.client.register_script(_HEARTBEAT)
         self._requeue = self.client.register_script(_REQUEUE)
         from mrkit.coordination.redis_jobs import SCRIPTS
@@ -378,7 +380,10 @@ class RedisWorker:
             for stream, meta in zip(new, pipe.execute(), strict=True):
                 if meta:
                     self.queues[stream] = Queue(
-                        stream, meta.get(b"mode", b"job").decode(), int(meta.get(b"lease_ms", b"30000"))
+                        stream,
+                        meta.get(b"mode", b"job").decode(),
+                        int(meta.get(b"lease_ms", b"30000")),
+                        int(meta.get(b"task_timeout_ms", b"0")),
                     )
         self.client.zadd(WORKERS, {self.name: now_ms()})
 
@@ -511,9 +516,20 @@ class RedisWorker:
         else:
             from mrkit.coordination import redis_jobs  # the worker hosts asynchronous jobs' coordination
 
-            redis_jobs.process_entry(
-                self, stream, entry_id, fields, header, body, reclaimed, queue.lease_ms if queue else 30000
-            )
+            self._running = (stream, entry_id, time.monotonic())
+            try:
+                redis_jobs.process_entry(
+                    self,
+                    stream,
+                    entry_id,
+                    fields,
+                    header,
+                    body,
+                    reclaimed,
+                    queue.lease_ms if queue else 30000,
+                )
+            finally:
+                self._running = None
 
     def _run_blocking(self, stream: str, entry_id: bytes, header: dict[str, Any], body: bytes) -> None:
         try:
@@ -645,8 +661,22 @@ class RedisWorker:
                     last_registered = now
                 with self._inflight_lock:
                     held = {s: list(ids) for s, ids in self._inflight.items() if ids}
+                running = self._running
                 for stream, ids in held.items():
                     queue = self.queues.get(stream)
+                    if (
+                        queue is not None
+                        and queue.task_timeout_ms
+                        and running is not None
+                        and running[0] == stream
+                        and running[1] in ids
+                        and (now - running[2]) * 1000 > queue.task_timeout_ms
+                    ):
+                        # The job's task_timeout: let this task's lease expire, so that another worker
+                        # takes it over as lost, as the in-process driver abandons an attempt.
+                        ids.remove(running[1])
+                        if not ids:
+                            continue
                     lease_s = (queue.lease_ms if queue else 30000) / 1000
                     if queue is not None and now - queue.last_heartbeat < lease_s / 4:
                         continue
