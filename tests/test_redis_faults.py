@@ -7,8 +7,11 @@ import os
 import signal
 from collections.abc import Iterable
 
+import pytest
+
 import mrkit
 from mrkit.coordination.redis_jobs import JobKeys
+from mrkit.errors import JobFailed
 from mrkit.execution.redis_streams import DEAD, pack, resolve_secret
 from mrkit.model.reference import reference
 from tests import jobs_for_tests as J
@@ -139,3 +142,36 @@ def test_a_zombie_reducer_finishing_after_the_job_ended_changes_nothing(
     keys = client.keys(f"mrkit:{{{handle.id}}}:*")
     assert keys and all(client.ttl(key) > 0 for key in keys), [(key, client.ttl(key)) for key in keys]
     assert not [key for key in keys if b":data:" in key], keys
+
+
+def killer_mapper(line: str) -> Iterable[tuple[str, int]]:
+    """SIGKILLs its own worker on every attempt of the task that reads 'killme'."""
+    if "killme" in line:
+        os.kill(os.getpid(), signal.SIGKILL)
+    yield from J.words(line)
+
+
+def test_a_task_that_kills_every_worker_fails_the_job_after_max_lost(redis_url, tmp_path, secret_env):  # noqa: F811
+    url = redis_url + "?lease=1"
+    out = tmp_path / "out"
+    job = mrkit.Job(mapper=killer_mapper, reducer=J.total)
+    policy = mrkit.RetryPolicy(max_lost=1)
+    records = ["a b", "killme now", "c d"]
+    handle = mrkit.submit(
+        job, mrkit.Records(records), executor=url, n_map=3, n_reduce=1, output=str(out), policy=policy
+    )
+    workers = [start_worker(url, name=f"k{i}", burst=False) for i in range(3)]
+    try:
+        with pytest.raises(JobFailed) as info:
+            handle.wait(timeout=90)
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.send_signal(signal.SIGTERM)
+        errs = [stop_worker(w) for w in workers]
+    assert str(info.value).startswith("map task map-00001 of job ") and "its worker was lost 2 times" in str(
+        info.value
+    ), errs
+    assert sorted(w.returncode for w in workers) == [-signal.SIGKILL, -signal.SIGKILL, 0]
+    assert handle.status()["lost"]["map"] == 2
+    assert not out.exists() or os.listdir(out) == []
