@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -173,3 +174,19 @@ def test_session_streams_are_trimmed(redis_url, redis_server):  # noqa: F811
         ex.shutdown()
     assert not client.exists(ex.stream, ex.results, ex.meta)
     assert client.zscore("mrkit:queues", ex.stream) is None
+
+
+def test_tasks_waiting_without_any_worker_are_reported(redis_url, capfd, monkeypatch):  # noqa: F811
+    from mrkit.execution import redis_streams
+
+    monkeypatch.setattr(redis_streams, "NO_WORKER_NOTICE", 1.0)  # instead of 10 s
+    ex = open_executor(redis_url + "?lease=2", workers=2)
+    try:
+        results = futures.map(lambda x: x * 2, [21], executor=ex)  # lazy: the first next() submits
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(next, results)
+            wait_for(lambda: "no worker consumes Redis" in capfd.readouterr().err, what="the notice")
+            with WorkerThreads(redis_url, 1):
+                assert first.result(timeout=60) == 42
+    finally:
+        ex.shutdown()

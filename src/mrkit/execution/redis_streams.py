@@ -62,6 +62,7 @@ SESSION_TTL = 60.0  # a session's keys expire this long after its executor stops
 SESSION_REFRESH = 5.0
 RECONNECT_SECONDS = 60.0  # how long the executor retries a lost Redis before failing every task
 WORKER_ALIVE_MS = 15_000  # a worker whose heartbeat is older than this is not counted as live
+NO_WORKER_NOTICE = 10.0  # seconds tasks wait with no live worker before the executor says so
 
 
 def key(scope: str, name: str) -> str:
@@ -185,6 +186,7 @@ class RedisExecutor(Executor):
         self._opened = False
         self._closing = False
         self._broken = ""
+        self._idle_since: float | None = None  # since when tasks wait and no worker is alive
 
     @classmethod
     def from_name(cls, name: str, *, workers: int | None = None, **options: Any) -> RedisExecutor:
@@ -441,10 +443,12 @@ class RedisExecutor(Executor):
         """Refresh the session, detect data loss, reclaim expired leases, trim both streams."""
         pipe = self.client.pipeline(transaction=False)
         pipe.exists(self.meta)
+        pipe.zcount(WORKERS, now_ms() - WORKER_ALIVE_MS, "+inf")
         pipe.zadd(QUEUES, {self.stream: now_ms() + int(SESSION_TTL * 1000)})
         for k in (self.meta, self.stream, self.results):
             pipe.expire(k, int(SESSION_TTL))
-        exists = pipe.execute()[0]
+        exists, alive = pipe.execute()[:2]
+        self._notice_no_workers(int(alive))
         if not exists:
             self.client.zrem(QUEUES, self.stream)
             self._break(
@@ -463,6 +467,23 @@ class RedisExecutor(Executor):
             pipe.xtrim(self.stream, minid=oldest, approximate=True)
         pipe.xtrim(self.results, minid=last_result, approximate=True)
         pipe.execute()
+
+    def _notice_no_workers(self, alive: int) -> None:
+        """Say so (once per idle spell) when tasks have waited ``NO_WORKER_NOTICE`` seconds and no
+        worker is alive: a run on a fleet nobody started waits for one, silently otherwise."""
+        if alive or not self._pending:
+            self._idle_since = None
+            return
+        now = time.monotonic()
+        if self._idle_since is None:
+            self._idle_since = now
+        elif now - self._idle_since >= NO_WORKER_NOTICE:
+            print(
+                f"mrkit: {len(self._pending)} tasks are waiting and no worker consumes Redis at "
+                f"{self.name}; start some with: mrkit worker {self.name}",
+                file=sys.stderr,
+            )
+            self._idle_since = float("inf")  # once, until a worker shows up
 
     def _reclaim(self) -> None:
         min_idle = int(self.lease * 1000)
