@@ -81,7 +81,7 @@ def test_sigterm_finishes_the_task_in_hand_then_exits(redis_url, redis_server, t
     assert client.hget(k.done("map"), "map-00000") == b"1", err  # committed by the worker that left
     assert client.zscore(WORKERS, "leaver") is None  # it deregistered
     with WorkerThreads(redis_url, 1, burst=True):
-        result = handle.wait(timeout=60)
+        result = handle.result(timeout=60)
     assert sorted(result) == reference(WORDS, TEXT)
     st = handle.status()
     assert st["lost"] == {"map": 0, "reduce": 0} and st["attempts"]["map"] == 3
