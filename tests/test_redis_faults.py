@@ -120,7 +120,9 @@ def test_a_zombie_reducer_finishing_after_the_job_ended_changes_nothing(
         os.kill(pid, signal.SIGCONT)
         open_gate(str(gate))
         wait_for(
-            lambda: [line for line in handle.logs() if "[zombie]" in line and " in " in line],
+            lambda: [
+                line for line in handle.logs() if "reduce-00000 a1 [zombie] event: committed in" in line
+            ],
             what="the zombie to finish its reduce",
         )
         zombie.send_signal(signal.SIGTERM)

@@ -43,7 +43,7 @@ def gated_mapper(line: str) -> Iterator[tuple[str, int]]:
 
 
 def slow_mapper(line: str) -> Iterator[tuple[str, int]]:
-    """Each map task takes several leases of 1 s (one record sleeps)."""
+    """Each map task outlasts several leases (one record sleeps ``params["sleep"]`` seconds)."""
     if line.startswith("the cat"):
         time.sleep(float(mrkit.context().params["sleep"]))
     yield from J.words(line)
@@ -135,9 +135,10 @@ def test_stop_hands_back_prefetched_entries_without_counting_them_lost(redis_url
 
 
 def test_heartbeats_keep_a_long_task_leased(redis_url, secret_env):  # noqa: F811
-    """Tasks lasting 3 leases are never reclaimed while their workers live (asynchronous and blocking)."""
-    url = redis_url + "?lease=1"
-    job = mrkit.Job(mapper=slow_mapper, reducer=J.total, params={"sleep": 3})
+    """Tasks lasting 2.5 leases are never reclaimed while their workers live (asynchronous and
+    blocking). Workers renew every half second, so a loaded machine has 1.5 s of slack."""
+    url = redis_url + "?lease=2"
+    job = mrkit.Job(mapper=slow_mapper, reducer=J.total, params={"sleep": 5})
     handle = mrkit.submit(job, mrkit.Records(TEXT), executor=url, n_map=2, n_reduce=1)
     workers = [start_worker(url, name=f"hb{i}") for i in range(2)]
     try:
