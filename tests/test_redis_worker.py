@@ -44,7 +44,7 @@ def gated_mapper(line: str) -> Iterator[tuple[str, int]]:
 
 def slow_mapper(line: str) -> Iterator[tuple[str, int]]:
     """Each map task outlasts several leases (one record sleeps ``params["sleep"]`` seconds)."""
-    if line.startswith("the cat"):
+    if line == "sleep here":
         time.sleep(float(mrkit.context().params["sleep"]))
     yield from J.words(line)
 
@@ -138,23 +138,24 @@ def test_heartbeats_keep_a_long_task_leased(redis_url, secret_env):  # noqa: F81
     """Tasks lasting 2.5 leases are never reclaimed while their workers live (asynchronous and
     blocking). Workers renew every half second, so a loaded machine has 1.5 s of slack."""
     url = redis_url + "?lease=2"
+    records = ["sleep here", *TEXT[:20], "sleep here", *TEXT[20:]]  # one sleep in each of 2 splits
     job = mrkit.Job(mapper=slow_mapper, reducer=J.total, params={"sleep": 5})
-    handle = mrkit.submit(job, mrkit.Records(TEXT), executor=url, n_map=2, n_reduce=1)
+    handle = mrkit.submit(job, mrkit.Records(records), executor=url, n_map=2, n_reduce=1)
     workers = [start_worker(url, name=f"hb{i}") for i in range(2)]
     try:
         result = handle.wait(timeout=90)
     finally:
         errs = [stop_worker(w) for w in workers]
-    assert sorted(result) == reference(WORDS, TEXT), errs
+    assert sorted(result) == reference(WORDS, records), errs
     st = handle.status()
     assert st["lost"] == {"map": 0, "reduce": 0} and st["attempts"]["map"] == 2, (st, errs)
 
     policy = mrkit.RetryPolicy(speculative=False)
     with WorkerThreads(url, 2):
         got = mrkit.run(
-            job, mrkit.Records(TEXT), executor=url, n_map=2, n_reduce=1, policy=policy, quiet=True
+            job, mrkit.Records(records), executor=url, n_map=2, n_reduce=1, policy=policy, quiet=True
         )
-    assert sorted(got) == reference(WORDS, TEXT)
+    assert sorted(got) == reference(WORDS, records)
     assert got.counters["map.attempts_lost"] == 0 and got.counters["map.attempts_launched"] == 2
 
 
