@@ -76,6 +76,8 @@ def test_no_secret_is_refused_off_loopback(monkeypatch):
     assert resolve_secret("redis://localhost:6379/0") == b""
     with pytest.raises(ConfigError, match="not on loopback.*MRKIT_SECRET"):
         serve("redis://10.1.2.3:6379/0", concurrency=1, burst=True)
+    with pytest.raises(ConfigError, match="--concurrency must be at least 1, got 0"):
+        serve("redis://127.0.0.1:6379/0", concurrency=0, burst=True)
     with pytest.raises(ConfigError, match="not on loopback"):
         mrkit.submit(J.WORDCOUNT, mrkit.Records(TEXT), executor="rediss://10.1.2.3:6380/0")
 

@@ -736,11 +736,11 @@ def serve(
         ConfigError: a bad URL, no secret for a non-loopback Redis, or Redis refuses the credentials.
         StorageError: Redis cannot be reached.
     """
+    if concurrency is not None and concurrency < 1:
+        raise ConfigError(f"--concurrency must be at least 1, got {concurrency}")
     secret = resolve_secret(url, secret_file)
     _check_connection(url)
     concurrency = concurrency or os.cpu_count() or 1
-    if concurrency < 1:
-        raise ConfigError(f"--concurrency must be at least 1, got {concurrency}")
     if concurrency == 1:
         _serve_one(url, name, burst, secret)
         return
