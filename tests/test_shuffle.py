@@ -101,3 +101,28 @@ def test_frames_hold_every_entry_within_their_bounds(sizes, frame_entries, frame
             else:
                 rejoined.append((kb, key, list(values)))
     assert rejoined == entries
+
+
+def test_a_combiner_keeps_the_map_buffer_near_its_distinct_keys_not_the_budget():
+    # 1 GiB budget, 50 keys, 3M values: combined whenever the buffer passes COMBINE_FLOOR_BYTES,
+    # so it never holds the values, and nothing is spilled before the end.
+    from mrkit.data.map_side import COMBINE_FLOOR_BYTES, MapOutput
+
+    out = MapOutput(
+        n_reduce=2,
+        partitioner=None,
+        combiner=lambda key, values: sum(values),
+        memory_bytes=1 << 30,
+        open_part=lambda p: io.BytesIO(),
+    )
+    peak = 0
+    for block in range(300):
+        for i in range(10_000):
+            out.buf.setdefault(f"k{i % 50}", []).append(block + 1000)  # not a cached small int
+        out.check_memory()
+        peak = max(peak, out.estimated_bytes())
+    assert out.combines > 3 and out.spills == 0
+    assert peak <= COMBINE_FLOOR_BYTES + 10_000 * 40
+    assert sum(v for values in out.buf.values() for v in values) == sum(
+        10_000 * (b + 1000) for b in range(300)
+    )

@@ -28,6 +28,11 @@ from mrkit.model.partition import checked_partitioner, key_bytes, stable_partiti
 from mrkit.model.task import TaskFailure
 
 SLICE = 4096  # records between two memory checks
+# With a combiner, the buffer is combined as soon as it passes this many (estimated) bytes, or twice
+# its size after the last combine, whichever is more (and never past the budget): a job with a
+# combiner then holds about its distinct keys, not its whole budget, so memory stays flat as the
+# input grows, and the doubling keeps the combining cost linear in the records.
+COMBINE_FLOOR_BYTES = 16 << 20
 _kb_first = itemgetter(0)
 
 
@@ -85,6 +90,7 @@ class MapOutput:
         self.pairs_out = 0
         self._entry_cost = 0.0
         self._value_cost = 0.0
+        self._next_check = self._reset_threshold()
 
     # -- memory ------------------------------------------------------------------------------
 
@@ -108,15 +114,27 @@ class MapOutput:
         self._entry_cost = key_size + 160  # dict slot + list object + its header
         self._value_cost = value_size + 8
 
+    def _reset_threshold(self) -> int:
+        return (
+            min(self.memory_bytes, COMBINE_FLOOR_BYTES) if self._combiner is not None else self.memory_bytes
+        )
+
     def check_memory(self) -> None:
-        """Combine, then spill, when the buffer passes the budget; called between slices."""
-        if self.estimated_bytes() <= self.memory_bytes:
+        """Combine, then spill, when the buffer passes its threshold; called between slices.
+
+        Without a combiner the threshold is the budget (``memory_bytes``). With one, it starts at
+        ``COMBINE_FLOOR_BYTES`` and follows the buffer's size after each combine (see there).
+        """
+        if self.estimated_bytes() <= self._next_check:
             return
         if self._combiner is not None:
             self.combine()
-            if self.estimated_bytes() <= self.memory_bytes // 2:
+            after = self.estimated_bytes()
+            if after <= self.memory_bytes // 2:
+                self._next_check = min(self.memory_bytes, max(COMBINE_FLOOR_BYTES, 2 * after))
                 return
         self.spill()
+        self._next_check = self._reset_threshold()
 
     # -- combine, partition, sort, write -----------------------------------------------------
 
