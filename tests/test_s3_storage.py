@@ -9,12 +9,14 @@ loudly — never short), conditional writes whose reply was lost, endpoints from
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import subprocess
 import sys
 
 import pytest
 
+import mrkit
 import mrkit.storage.fsspec as fsspec_storage
 from mrkit.errors import ConfigError, MissingExtra, StorageError
 from mrkit.storage import open_storage
@@ -22,6 +24,8 @@ from mrkit.storage.fsspec import FsspecStorage
 from tests.s3_fixtures import *  # noqa: F403 - the moto_server, s3_bucket and s3_url fixtures
 from tests.s3_fixtures import FaultProxy, patched_env
 from tests.storage_contract import StorageContract
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class TestS3Storage(StorageContract):
@@ -263,3 +267,35 @@ def test_map_splits_of_an_s3_object_are_read_by_ranged_gets(s3_bucket):
     finally:
         client.meta.events.unregister("before-send.s3.GetObject", record)
     assert got == lines  # every record once, in order
+
+
+def test_storage_options_on_the_command_line_reach_the_driver_and_its_workers(
+    moto_server, s3_bucket, tmp_path
+):
+    # No AWS_ENDPOINT_URL* in the environment: the endpoint comes only from --storage-options, and
+    # the worker processes (which open the input splits and write the shuffle) must see it too.
+    storage = open_storage(f"s3://{s3_bucket}", endpoint_url=moto_server.endpoint)
+    storage.put("in/a.txt", b"b a\na\n")
+    storage.put("in/b.txt", b"c a\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL")}
+    env.pop("MRKIT_STORAGE_OPTIONS", None)
+    options = json.dumps({"endpoint_url": moto_server.endpoint})
+    args = [
+        sys.executable,
+        "-m",
+        "mrkit",
+        "run",
+        "tests/jobs_for_tests.py:WordCount",
+        f"s3://{s3_bucket}/in/*.txt",
+    ]
+    args += ["-o", f"s3://{s3_bucket}/out", "--storage", f"s3://{s3_bucket}/tmp", "--workers", "2"]
+    done = subprocess.run(
+        [*args, "--storage-options", options], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    with patched_env({"MRKIT_STORAGE_OPTIONS": options}):
+        assert dict(mrkit.read_output(f"s3://{s3_bucket}/out")) == {"a": 3, "b": 1, "c": 1}
+    bad = subprocess.run(
+        [*args, "--storage-options", "[1]"], capture_output=True, text=True, timeout=60, env=env, cwd=ROOT
+    )
+    assert bad.returncode == 2 and "--storage-options must be a JSON object" in bad.stderr

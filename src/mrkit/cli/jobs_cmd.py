@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from mrkit.cli.options import parse_params, run_options
+from mrkit.cli.options import apply_storage_options, parse_params, run_options
 from mrkit.errors import ConfigError, JobFailed
 
 _EXECUTOR = click.option(
@@ -61,6 +61,7 @@ def submit(job_ref: str, inputs: tuple[str, ...], **opts: Any) -> None:
     from mrkit.cli.jobfile import load_job, load_job_file
 
     params = parse_params(opts.pop("param"))
+    apply_storage_options(opts.pop("storage_options"))
     opts.pop("counters")
     options = {k: v for k, v in opts.items() if v is not None}
     if job_ref.endswith(".json"):

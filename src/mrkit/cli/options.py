@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,24 @@ def parse_params(items: tuple[str, ...]) -> dict[str, Any]:
         except json.JSONDecodeError:
             params[name] = raw
     return params
+
+
+def apply_storage_options(raw: str | None) -> None:
+    """Make ``--storage-options`` (a JSON object) the object-store options of this process and of
+    every worker process it starts, through ``MRKIT_STORAGE_OPTIONS`` (which they inherit).
+
+    Workers started elsewhere (a Redis fleet, user-started HTTP workers, deployed functions) read
+    their own ``MRKIT_STORAGE_OPTIONS`` or AWS variables.
+
+    Raises:
+        ConfigError: ``raw`` is not a JSON object.
+    """
+    if raw is None:
+        return
+    from mrkit.storage.fsspec import parse_storage_options  # no object-store package is imported
+
+    parse_storage_options(raw, "--storage-options")
+    os.environ["MRKIT_STORAGE_OPTIONS"] = raw
 
 
 def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -55,6 +74,14 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "(--max-concurrency, for lambda://). Default: all cores.",
         ),
         click.option("--storage", default=None, envvar="MRKIT_STORAGE", help="Intermediate storage URL."),
+        click.option(
+            "--storage-options",
+            default=None,
+            metavar="JSON",
+            help='Object-store options for inputs, shuffle and output, e.g. \'{"endpoint_url": '
+            '"http://127.0.0.1:9000", "region_name": "eu-west-1"}\' (also $MRKIT_STORAGE_OPTIONS; '
+            "credentials are better left to the AWS variables).",
+        ),
         click.option(
             "--format",
             "format",

@@ -45,6 +45,7 @@ once per process and option set (creating one costs ~100-300 ms) and are never s
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import tempfile
@@ -78,6 +79,27 @@ S3_OPTIONS = (
     "read_retries",
     "driver",
 )
+
+
+def parse_storage_options(raw: str, source: str) -> dict[str, Any]:
+    """Parse a JSON object of storage options; ``source`` names where it came from in errors.
+
+    >>> parse_storage_options('{"endpoint_url": "http://127.0.0.1:9000"}', "test")
+    {'endpoint_url': 'http://127.0.0.1:9000'}
+    """
+    try:
+        options = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{source} must be a JSON object of storage options: {exc}") from None
+    if not isinstance(options, dict):
+        raise ConfigError(f"{source} must be a JSON object of storage options, got {raw!r}")
+    return options
+
+
+def env_storage_options() -> dict[str, Any]:
+    """The options in ``$MRKIT_STORAGE_OPTIONS`` (a JSON object), or ``{}``."""
+    raw = os.environ.get("MRKIT_STORAGE_OPTIONS")
+    return parse_storage_options(raw, "$MRKIT_STORAGE_OPTIONS") if raw else {}
 
 
 class FsspecStorage(Storage):
@@ -126,7 +148,9 @@ class FsspecStorage(Storage):
         prefix = prefix.strip("/")
         if prefix:
             check_key(prefix)
-        options = dict(options)
+        # Explicit options win over $MRKIT_STORAGE_OPTIONS (set by --storage-options, inherited by
+        # the worker processes the driver starts).
+        options = {**env_storage_options(), **options}
         read_retries = int(options.pop("read_retries", READ_RETRIES))
         driver = options.pop("driver", "boto3" if scheme == "s3" else "fsspec")
         canonical = f"{scheme}://{bucket}" + (f"/{prefix}" if prefix else "")
