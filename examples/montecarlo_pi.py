@@ -24,8 +24,8 @@ Run it::
 
 from __future__ import annotations
 
+import argparse
 import random
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 
 import mrkit
@@ -68,8 +68,11 @@ def batches(tasks: int, points_per_task: int) -> list[list[int]]:
 
 
 if __name__ == "__main__":
-    n_tasks = int(sys.argv[1]) if len(sys.argv) > 1 else 8
-    per_task = int(sys.argv[2]) if len(sys.argv) > 2 else 250_000
+    parser = argparse.ArgumentParser(description="Estimate pi by Monte Carlo on all local cores.")
+    parser.add_argument("tasks", type=int, nargs="?", default=8, help="batches of points (map tasks)")
+    parser.add_argument("points", type=int, nargs="?", default=250_000, help="points per batch")
+    args = parser.parse_args()
+    n_tasks, per_task = args.tasks, args.points
     result = dict(
         mrkit.run(
             MonteCarloPi(params={"seed": 1}),

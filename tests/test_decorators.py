@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -123,3 +124,38 @@ def test_missing_or_doubled_handlers_are_config_errors(tmp_path):
     )
     with pytest.raises(ConfigError, match="marks two functions as mapper: a and b"):
         load_job(str(two))
+
+
+@pytest.mark.parametrize("ref", ["smr", "smr/", "smr:job"])
+def test_the_mrkit_command_finds_a_package_in_the_current_folder(tmp_path, ref):
+    # The console script (unlike `python -m mrkit`) does not put the current folder on sys.path.
+    import shutil
+
+    command = shutil.which("mrkit", path=os.path.dirname(sys.executable)) or shutil.which("mrkit")
+    assert command, "the mrkit console script is not installed (pip install -e .)"
+    (tmp_path / "smr").mkdir()
+    (tmp_path / "smr" / "__init__.py").write_text(
+        textwrap.dedent(
+            """
+            import mrkit
+            @mrkit.map_handler
+            def map_function(line):
+                for word in line.split():
+                    yield word, 1
+            @mrkit.reduce_handler
+            def reduce_function(word, counts):
+                return sum(counts)
+            job = mrkit.Job(mapper=map_function, reducer=reduce_function)
+            """
+        )
+    )
+    (tmp_path / "in.txt").write_text("a b a\nc\n")
+    done = subprocess.run(
+        [command, "run", ref, "in.txt", "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.splitlines()) == ['"a"\t2', '"b"\t1', '"c"\t1']

@@ -77,6 +77,13 @@ def load_job(ref: str, params: dict[str, Any] | None = None) -> Job:
 
 
 def _import(module_ref: str) -> Any:
+    folder = module_ref.rstrip("/" + os.sep)
+    if folder and os.path.isfile(os.path.join(folder, "__init__.py")):
+        # A package given as a folder (`mrkit run user_job/ …`): import it by name from its parent.
+        parent, name = os.path.split(os.path.abspath(folder))
+        if parent not in sys.path:
+            sys.path.insert(0, parent)
+        return _import_by_name(name)
     if module_ref.endswith(".py") or os.sep in module_ref or "/" in module_ref:
         path = os.path.abspath(module_ref)
         if not os.path.isfile(path):
@@ -90,6 +97,15 @@ def _import(module_ref: str) -> Any:
         sys.path.insert(0, os.path.dirname(path))
         spec.loader.exec_module(module)
         return module
+    return _import_by_name(module_ref)
+
+
+def _import_by_name(module_ref: str) -> Any:
+    # The `mrkit` console script, unlike `python -m mrkit`, does not put the current folder on
+    # sys.path; a user running `mrkit run mypackage.jobs:Job …` from their project expects it there.
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
     try:
         return importlib.import_module(module_ref)
     except ModuleNotFoundError as exc:

@@ -1,4 +1,5 @@
-"""Options shared by ``mrkit run`` and ``mrkit submit``; each has an ``MRKIT_*`` variable (STYLE 40)."""
+"""Options shared by ``mrkit run`` and ``mrkit submit``; the ones a fleet or shell sets once have an
+``MRKIT_*`` variable: EXECUTOR, WORKERS, STORAGE, STORAGE_OPTIONS, MEMORY_MB (STYLE 40)."""
 
 from __future__ import annotations
 
