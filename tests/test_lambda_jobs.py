@@ -19,6 +19,7 @@ import uuid
 import pytest
 
 import mrkit
+import mrkit.execution.base
 from mrkit.coordination.object_store_jobs import open_job_handle
 from mrkit.errors import ConfigError, JobCancelled, JobFailed
 from mrkit.execution.aws_lambda import LambdaExecutor, LocalLambdaExecutor, build_event
@@ -457,3 +458,12 @@ def test_serverless_job_with_batched_events(tmp_path, s3_url):
     assert dict(handle.wait(60)) == dict(reference(WORDCOUNT, records))
     log = (tmp_path / "fn" / "function.log").read_text()
     assert log.count("START RequestId") == 3  # two events of three map tasks, one of three reduces
+
+
+def test_lambda_local_takes_options_without_a_function_name():
+    # `lambda-local[://NAME][?option=…]`: the name may be left out and options still given.
+    ex = mrkit.execution.base.open_executor("lambda-local?max_concurrency=3")
+    try:
+        assert isinstance(ex, LocalLambdaExecutor) and ex.workers == 3
+    finally:
+        ex.shutdown()

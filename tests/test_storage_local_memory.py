@@ -24,6 +24,19 @@ class TestLocalStorage(StorageContract):
         with pytest.raises(UnsafeKeyError):
             store.put("link/evil", b"x")
 
+    def test_delete_prefix_removes_half_written_files_of_killed_writers(self, tmp_path):
+        # A worker SIGKILLed mid-write leaves `<key>.tmp-<id>`; discarding the attempt must not leave
+        # it (it used to stay in out/_temporary/ after a successful job).
+        store = LocalStorage(tmp_path / "store")
+        store.put("_temporary/job/r1/a1/done", b"x")
+        half = tmp_path / "store" / "_temporary" / "job" / "r1" / "a2" / "part-00001.tmp-0123abcd"
+        half.parent.mkdir(parents=True)
+        half.write_bytes(b"half")  # what open_write() leaves when its process dies before close()
+        store.put("_temporary/other/keep", b"y")
+        assert store.delete_prefix("_temporary/job/") == 1
+        assert not (tmp_path / "store" / "_temporary" / "job").exists()
+        assert list(store.list()) == ["_temporary/other/keep"]
+
 
 class TestMemoryStorage(StorageContract):
     @pytest.fixture

@@ -318,8 +318,12 @@ LOCAL_OPTIONS = {
 def _parse_options(
     name: str, options: dict[str, Any], allowed: dict[str, type]
 ) -> tuple[str, dict[str, Any]]:
-    """Split ``scheme://target?k=v`` into the target and typed options (keyword options win)."""
-    target, _, query = name.partition("://")[2].partition("?") if "://" in name else ("", "", "")
+    """Split ``scheme://target?k=v`` (or ``scheme?k=v``) into the target and typed options (keyword
+    options win)."""
+    if "://" in name:
+        target, _, query = name.partition("://")[2].partition("?")
+    else:
+        target, query = "", name.partition("?")[2]
     parsed = urllib.parse.parse_qs(query, strict_parsing=bool(query))
     merged: dict[str, Any] = {k: v[-1] for k, v in parsed.items()}
     merged.update(options)

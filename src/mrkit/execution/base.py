@@ -92,8 +92,12 @@ EXECUTORS: dict[str, str] = {
 
 
 def executor_key(name: str) -> str:
-    """The registry key for an executor string: its URL scheme, or the whole name."""
-    return name.split("://", 1)[0] if "://" in name else name
+    """The registry key for an executor string: its URL scheme, or the name before any ``?options``.
+
+    >>> executor_key("redis://h:6379/0"), executor_key("lambda-local?max_concurrency=2")
+    ('redis', 'lambda-local')
+    """
+    return name.split("://", 1)[0] if "://" in name else name.split("?", 1)[0]
 
 
 def open_executor(

@@ -143,7 +143,14 @@ class LocalStorage(Storage):
         count = super().delete_prefix(prefix)
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         folder = os.path.join(self.root, base) if base else self.root
-        for dirpath, _dirs, _files in os.walk(folder, topdown=False) if os.path.isdir(folder) else ():
+        for dirpath, _dirs, files in os.walk(folder, topdown=False) if os.path.isdir(folder) else ():
+            # Half-written files (``.tmp-``, not listed as keys) of a writer that was killed go too;
+            # a writer still running loses its file and fails its close, as a discarded attempt should.
+            rel = os.path.relpath(dirpath, self.root)
+            rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            for name in files:
+                if ".tmp-" in name and (rel + name).startswith(prefix):
+                    _unlink_quietly(os.path.join(dirpath, name))
             _rmdir_quietly(dirpath, self.root)
         while folder != self.root and folder.startswith(self.root + os.sep):
             if os.path.isdir(folder) and not _rmdir_quietly(folder, self.root):
