@@ -467,3 +467,26 @@ def test_lambda_local_takes_options_without_a_function_name():
         assert isinstance(ex, LocalLambdaExecutor) and ex.workers == 3
     finally:
         ex.shutdown()
+
+
+def test_submit_prints_a_follow_up_command_that_finds_the_job(tmp_path, s3_bucket, s3_url):
+    import shlex
+
+    from click.testing import CliRunner
+
+    from mrkit.cli.main import cli
+
+    corpus(s3_bucket, files=1)
+    executor = f"lambda-local://wc?state_dir={tmp_path / 'fn'}&max_concurrency=2"
+    runner = CliRunner()
+    args = ["submit", "tests/jobs_for_tests.py:WORDCOUNT", f"s3://{s3_bucket}/in/", "--executor", executor]
+    submitted = runner.invoke(cli, [*args, "--storage", s3_url])  # storage given apart from the executor
+    assert submitted.exit_code == 0, submitted.output
+    job_id = submitted.stdout.split()[0]
+    hint = submitted.stderr.strip().rpartition("follow it with: ")[2]
+    follow = shlex.split(hint)
+    assert follow[:3] == ["mrkit", "status", job_id] and f"storage={s3_url}" in follow[-1]
+    waited = runner.invoke(cli, ["result", job_id, "--executor", follow[-1], "--wait", "--timeout", "60"])
+    assert waited.exit_code == 0, waited.output
+    status = runner.invoke(cli, [*follow[1:], "--json"])
+    assert status.exit_code == 0 and json.loads(status.stdout)["state"] == "done"

@@ -14,6 +14,7 @@ name an asynchronous executor; its object provides ``job_handle(id)`` and ``list
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 from typing import Any
@@ -89,8 +90,14 @@ def submit(job_ref: str, inputs: tuple[str, ...], **opts: Any) -> None:
         options.pop("format", None)
     handle = mrkit.submit(job, run_inputs, executor=ex, **options)
     click.echo(handle.id)
+    follow = ex.name
+    storage = options.get("storage")
+    if storage and follow.startswith("lambda") and "storage=" not in follow:
+        # A serverless job's state lives in its storage: the follow-up commands must name it too.
+        follow += f"{'&' if '?' in follow else '?'}storage={storage}"
     click.echo(
-        f"mrkit: submitted {handle.id}; follow it with: mrkit status {handle.id} --executor {ex.name}",
+        f"mrkit: submitted {handle.id}; follow it with: "
+        f"mrkit status {handle.id} --executor {shlex.quote(follow)}",
         err=True,
     )
 
