@@ -373,9 +373,9 @@ def test_detached_invocations_outlive_their_invoker(tmp_path):
 def test_shutdown_kills_running_deliveries_and_drops_queued_ones(tmp_path):
     log = tmp_path / "log.jsonl"
     fn = local(tmp_path, max_concurrency=1)
-    fn.invoke({"log": str(log), "sleep": 60})  # holds the only slot
+    fn.invoke({"log": str(log), "sleep": 60})  # holds the only slot ...
+    wait_for_lines(log, 1)  # ... once it has started (two queued events may start in either order)
     fn.invoke({"log": str(log)}, sync=False)  # waits for it
-    wait_for_lines(log, 1)
     started = time.monotonic()
     fn.shutdown()
     assert time.monotonic() - started < 10 and fn.wait_idle(0)
