@@ -138,3 +138,15 @@ def test_max_concurrency_is_the_workers_option_for_function_executors(tmp_path):
     assert sorted(proc.stdout.splitlines()) == ['"a"\t2', '"b"\t1']
     help_text = mrkit_cli("run", "--help").stdout
     assert "--workers, --max-concurrency" in help_text
+
+
+def test_submit_refuses_counters_it_could_not_print(tmp_path):
+    proc = mrkit_cli(
+        "submit",
+        "tests/jobs_for_tests.py:WordCount",
+        "x.txt",
+        "--executor",
+        "redis://127.0.0.1:1/0",
+        "--counters",
+    )
+    assert proc.returncode == 2 and "--counters applies to mrkit run" in proc.stderr

@@ -63,7 +63,10 @@ def submit(job_ref: str, inputs: tuple[str, ...], **opts: Any) -> None:
 
     params = parse_params(opts.pop("param"))
     apply_storage_options(opts.pop("storage_options"))
-    opts.pop("counters")
+    if opts.pop("counters"):
+        raise ConfigError(
+            "--counters applies to mrkit run; a submitted job's counters: mrkit status ID --json"
+        )
     options = {k: v for k, v in opts.items() if v is not None}
     if job_ref.endswith(".json"):
         spec = load_job_file(job_ref)
