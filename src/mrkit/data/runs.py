@@ -67,17 +67,18 @@ def write_run(
     lo, n = 0, len(entries)
     while lo < n:
         before = ends[lo - 1] if lo else 0
-        # The first entry past the value budget closes the frame (it is included, as one entry
-        # may not be split across frames unless it is itself over the budget).
-        hi = min(n, lo + frame_entries, bisect_left(ends, before + frame_values, lo) + 1)
-        if hi > lo + 1 and ends[hi - 1] - ends[hi - 2] > frame_values:
-            hi -= 1  # an entry over the budget goes alone, cut into pieces, in the next round
-        if hi == lo + 1 and ends[lo] - before > frame_values:
+        if ends[lo] - before > frame_values:  # a hot key: alone, cut into frames of its own
             kb, key, values = entries[lo]
             for cut in range(0, len(values), frame_values):
                 flush([(kb, key, values[cut : cut + frame_values])])
-        else:
-            flush(entries[lo:hi])
+            lo += 1
+            continue
+        # The first entry past the value budget closes the frame (it is included: an ordinary
+        # entry is never split), unless it is a hot key, which waits for the next round.
+        hi = min(n, lo + frame_entries, bisect_left(ends, before + frame_values, lo) + 1)
+        if hi > lo + 1 and ends[hi - 1] - ends[hi - 2] > frame_values:
+            hi -= 1
+        flush(entries[lo:hi])
         lo = hi
     return written, total
 

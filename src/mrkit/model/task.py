@@ -81,6 +81,11 @@ class TaskSettings:
     memory_mb: float = 256.0
     output_format: str = "tsv"
 
+    @property
+    def memory_bytes(self) -> int:
+        """``memory_mb`` in bytes."""
+        return int(self.memory_mb * (1 << 20))
+
 
 @dataclass(frozen=True)
 class TaskSpec:

@@ -119,18 +119,22 @@ class LocalStorage(Storage):
         finally:
             _unlink_quietly(tmp)
 
-    def list(self, prefix: str = "") -> Iterator[str]:
+    def _folder(self, prefix: str) -> str:
+        """The deepest folder that holds every key under ``prefix``."""
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
-        top = os.path.join(self.root, base) if base else self.root
-        for dirpath, _dirs, files in os.walk(top):
+        return os.path.join(self.root, base) if base else self.root
+
+    def _walk(self, prefix: str, topdown: bool = True) -> Iterator[tuple[str, list[tuple[str, str]]]]:
+        """Per folder under ``prefix``: its path and the ``(key, file name)`` of each file whose key
+        starts with ``prefix``, half-written ``.tmp-`` files included (callers tell them apart)."""
+        for dirpath, _dirs, files in os.walk(self._folder(prefix), topdown=topdown):
             rel = os.path.relpath(dirpath, self.root)
             rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-            for name in files:
-                if ".tmp-" in name:
-                    continue
-                key = rel + name
-                if key.startswith(prefix):
-                    yield key
+            yield dirpath, [(rel + name, name) for name in files if (rel + name).startswith(prefix)]
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        for _dirpath, files in self._walk(prefix):
+            yield from (key for key, name in files if ".tmp-" not in name)
 
     def delete(self, key: str) -> None:
         _unlink_quietly(self.path(key))
@@ -141,15 +145,12 @@ class LocalStorage(Storage):
     def delete_prefix(self, prefix: str) -> int:
         """Delete every key under ``prefix``, then the folders it leaves empty (up to the root)."""
         count = super().delete_prefix(prefix)
-        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
-        folder = os.path.join(self.root, base) if base else self.root
-        for dirpath, _dirs, files in os.walk(folder, topdown=False) if os.path.isdir(folder) else ():
+        folder = self._folder(prefix)
+        for dirpath, files in self._walk(prefix, topdown=False):
             # Half-written files (``.tmp-``, not listed as keys) of a writer that was killed go too;
             # a writer still running loses its file and fails its close, as a discarded attempt should.
-            rel = os.path.relpath(dirpath, self.root)
-            rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-            for name in files:
-                if ".tmp-" in name and (rel + name).startswith(prefix):
+            for _key, name in files:
+                if ".tmp-" in name:
                     _unlink_quietly(os.path.join(dirpath, name))
             _rmdir_quietly(dirpath, self.root)
         while folder != self.root and folder.startswith(self.root + os.sep):

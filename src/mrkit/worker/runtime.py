@@ -164,7 +164,7 @@ def _run_map(spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, int
         n_reduce=spec.n_reduce,
         partitioner=job.partitioner,
         combiner=job.combiner,
-        memory_bytes=int(spec.settings.memory_mb * (1 << 20)),
+        memory_bytes=spec.settings.memory_bytes,
         open_part=lambda p: storage.open_write(
             layout.map_part_key(spec.job_id, spec.task_id, spec.attempt, p)
         ),
@@ -210,7 +210,7 @@ def _run_reduce(
             parts.append((entry[0], entry[1]))
     runs = open_runs(storage, parts)
     run_bytes = sum(bounds[-1] - bounds[0] for _key, bounds in parts)
-    in_memory = fits_in_memory(run_bytes, int(spec.settings.memory_mb * (1 << 20)))
+    in_memory = fits_in_memory(run_bytes, spec.settings.memory_bytes)
     output = storage_for(spec.output_url)
     temp_key = layout.reduce_temp_key(spec.job_id, spec.task_id, spec.attempt, spec.partition)
     fmt = spec.settings.output_format
