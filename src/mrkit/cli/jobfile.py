@@ -158,3 +158,42 @@ def load_job_file(path: str) -> JobFile:
     if "output" in options and not os.path.isabs(options["output"]) and "://" not in options["output"]:
         options["output"] = os.path.join(base, options["output"])
     return JobFile(job=job, inputs=paths or records, options=options)
+
+
+def load_request(
+    job_ref: str, inputs: tuple[str, ...], options: dict[str, Any]
+) -> tuple[Job, Any, dict[str, Any]]:
+    """What ``mrkit run`` and ``mrkit submit`` share: the job, its inputs and the run options.
+
+    Args:
+        job_ref: a job reference or a JSON job file (``.json``).
+        inputs: the INPUT arguments; they replace a job file's ``inputs`` when given.
+        options: the command's options without ``param`` (the job parameters, given here as
+            ``params``) and with ``None`` for options not given.
+
+    Returns:
+        ``(job, inputs, options)``: inline values are wrapped in :class:`mrkit.Records`; the
+        command line's options override the job file's.
+
+    Raises:
+        ConfigError: no INPUT and no job file, or a bad job reference or file.
+    """
+    from mrkit.api import Records
+
+    params = options.pop("params")
+    given = {k: v for k, v in options.items() if v is not None}
+    if job_ref.endswith(".json"):
+        spec = load_job_file(job_ref)
+        job = spec.job.with_params(params) if params else spec.job
+        run_inputs: Any = list(inputs) or spec.inputs
+        merged = {**spec.options, **given}
+    else:
+        if not inputs:
+            raise ConfigError(
+                "no INPUT given: name files, globs or folders after the job (or use a job.json)"
+            )
+        job = load_job(job_ref, params or None)
+        run_inputs, merged = list(inputs), given
+    if run_inputs and not isinstance(run_inputs[0], str):
+        run_inputs = Records(run_inputs)
+    return job, run_inputs, merged

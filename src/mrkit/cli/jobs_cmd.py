@@ -59,29 +59,15 @@ def submit(job_ref: str, inputs: tuple[str, ...], **opts: Any) -> None:
       mrkit submit examples/wordcount.py:WordCount /shared/texts --executor redis://127.0.0.1:6379/0
     """
     import mrkit
-    from mrkit.cli.jobfile import load_job, load_job_file
+    from mrkit.cli.jobfile import load_request
 
-    params = parse_params(opts.pop("param"))
+    opts["params"] = parse_params(opts.pop("param"))
     apply_storage_options(opts.pop("storage_options"))
     if opts.pop("counters"):
         raise ConfigError(
             "--counters applies to mrkit run; a submitted job's counters: mrkit status ID --json"
         )
-    options = {k: v for k, v in opts.items() if v is not None}
-    if job_ref.endswith(".json"):
-        spec = load_job_file(job_ref)
-        job = spec.job.with_params(params) if params else spec.job
-        run_inputs: Any = list(inputs) or spec.inputs
-        options = {**spec.options, **options}
-    else:
-        if not inputs:
-            raise ConfigError(
-                "no INPUT given: name files, globs or folders after the job (or use a job.json)"
-            )
-        job = load_job(job_ref, params or None)
-        run_inputs = list(inputs)
-    if run_inputs and not isinstance(run_inputs[0], str):
-        run_inputs = mrkit.Records(run_inputs)
+    job, run_inputs, options = load_request(job_ref, inputs, opts)
     executor = options.pop("executor", None)
     if not executor:
         raise ConfigError(

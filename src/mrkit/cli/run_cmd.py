@@ -10,7 +10,6 @@ from typing import Any
 import click
 
 from mrkit.cli.options import apply_storage_options, parse_params, run_options
-from mrkit.errors import ConfigError
 
 
 def _print_counters(counters: dict[str, int]) -> None:
@@ -36,26 +35,12 @@ def run(job_ref: str, inputs: tuple[str, ...], **opts: Any) -> None:
       mrkit run examples/montecarlo_pi.json
     """
     import mrkit
-    from mrkit.cli.jobfile import load_job, load_job_file
+    from mrkit.cli.jobfile import load_request
 
-    params = parse_params(opts.pop("param"))
+    opts["params"] = parse_params(opts.pop("param"))
     apply_storage_options(opts.pop("storage_options"))
     show_counters = opts.pop("counters")
-    cli_options = {k: v for k, v in opts.items() if v is not None}
-    if job_ref.endswith(".json"):
-        spec = load_job_file(job_ref)
-        job = spec.job.with_params(params) if params else spec.job
-        run_inputs: Any = list(inputs) or spec.inputs
-        options = {**spec.options, **cli_options}
-    else:
-        if not inputs:
-            raise ConfigError(
-                "no INPUT given: name files, globs or folders after the job (or use a job.json)"
-            )
-        job = load_job(job_ref, params or None)
-        run_inputs, options = list(inputs), cli_options
-    if run_inputs and not isinstance(run_inputs[0], str):
-        run_inputs = mrkit.Records(run_inputs)
+    job, run_inputs, options = load_request(job_ref, inputs, opts)
     output = options.pop("output", None)
     if output is None and options.get("format"):
         options.pop("format")
