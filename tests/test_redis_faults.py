@@ -24,10 +24,7 @@ from tests.redis_fixtures import (  # noqa: F401 - fixtures
     stop_worker,
     wait_for,
 )
-from tests.test_redis_worker import GATE_SECONDS, open_gate, started_pids
-
-TEXT = ["the cat sat on the mat", "The dog sat", "a b c a b a", "it's 42 o'clock"] * 10
-WORDS = mrkit.Job(mapper=J.words, reducer=J.total)
+from tests.test_redis_worker import GATE_SECONDS, TEXT, WORDS, open_gate, started_pids
 
 
 def gated_reducer(key: str, values: Iterable[int]) -> int:
