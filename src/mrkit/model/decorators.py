@@ -75,7 +75,8 @@ def job_from_module(module: ModuleType, params: dict[str, Any] | None = None) ->
         ConfigError: no ``@map_handler`` function, or two functions marked for one role.
     """
     found: dict[str, Callable[..., Any]] = {}
-    for scope in _scopes(module):
+    scopes = _scopes(module)
+    for scope in scopes:
         for name, value in vars(scope).items():
             roles = getattr(value, _ROLE, ()) if callable(value) else ()
             for role in sorted(roles):
@@ -86,7 +87,7 @@ def job_from_module(module: ModuleType, params: dict[str, Any] | None = None) ->
                     )
                 found[role] = value
     if "partitioner" not in found:
-        for scope in _scopes(module):
+        for scope in scopes:
             fn = getattr(scope, _PARTITION_NAME, None)
             if callable(fn) and not isinstance(fn, ModuleType):
                 found["partitioner"] = fn
