@@ -15,9 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mrkit
+from mrkit.data.map_side import MapOutput, _add_pairs
 from mrkit.data.merging import group_in_memory, group_values, merge_sorted_runs
 from mrkit.data.runs import read_frames, read_run, write_run
-from mrkit.model.partition import key_bytes
+from mrkit.model.partition import key_bytes, stable_partition
 from mrkit.model.reference import reference
 from tests import jobs_for_tests as J
 
@@ -51,18 +52,39 @@ def test_docstring_examples_hold(name):
 
 
 keys = st.one_of(st.text(max_size=4), st.integers(-5, 5), st.tuples(st.integers(0, 2)))
-run_contents = st.lists(st.lists(st.tuples(keys, st.integers()), max_size=30), max_size=6)
+# Runs of str keys only (lone surrogates included) take the columnar fast path; mixed runs store bytes.
+str_keys = st.text(alphabet=st.characters(codec=None, min_codepoint=0, max_codepoint=0x10FFFF), max_size=4)
+run_contents = st.lists(
+    st.one_of(
+        st.lists(st.tuples(keys, st.integers()), max_size=30),
+        st.lists(st.tuples(str_keys, st.integers()), max_size=30),
+    ),
+    max_size=6,
+)
 
 
 def _sorted_run(pairs):
-    """One map task's run: pairs grouped per key, sorted by encoded key, cut small to make frames."""
-    grouped: dict = {}
+    """One map task's run, written by the map side's own spill, cut small to make many frames."""
+    out = MapOutput(
+        n_reduce=1,
+        partitioner=None,
+        combiner=None,
+        memory_bytes=1 << 30,
+        open_part=lambda p: _Kept(),
+        frame_entries=3,
+        frame_values=4,
+    )
     for k, v in pairs:
-        grouped.setdefault(k, []).append(v)
-    entries = sorted(((key_bytes(k), k, vs) for k, vs in grouped.items()), key=lambda e: e[0])
-    buf = io.BytesIO()
-    write_run(buf, entries, frame_entries=3, frame_values=4)
-    return buf.getvalue()
+        out.buf.setdefault(k, []).append(v)
+    out.finish()
+    return out._writers[0].getvalue() if out._writers else b""
+
+
+class _Kept(io.BytesIO):
+    """A partition object whose bytes stay readable after ``close()``."""
+
+    def close(self):
+        pass
 
 
 @settings(max_examples=200, deadline=None)
@@ -72,8 +94,9 @@ def test_in_memory_grouping_equals_the_streaming_merge(contents):
     streamed = [
         (k, list(vs)) for k, vs in group_values(merge_sorted_runs(read_run(io.BytesIO(b)) for b in blobs))
     ]
-    in_memory = [(k, list(vs)) for k, vs in group_in_memory(read_run(io.BytesIO(b)) for b in blobs)]
+    in_memory = [(k, list(vs)) for k, vs in group_in_memory(read_frames(io.BytesIO(b)) for b in blobs)]
     assert in_memory == streamed
+    assert [key_bytes(k) for k, _ in streamed] == sorted(key_bytes(k) for k, _ in streamed)
     expected: dict = {}
     for pairs in contents:
         for k, v in pairs:
@@ -81,7 +104,7 @@ def test_in_memory_grouping_equals_the_streaming_merge(contents):
     assert sorted(map(repr, streamed)) == sorted(repr((k, vs)) for k, vs in expected.items())
 
 
-@pytest.mark.parametrize("memory_mb", [0.05, 64])
+@pytest.mark.parametrize("memory_mb", [0.01, 64])
 def test_both_reduce_paths_give_the_reference_output(memory_mb):
     records = [f"w{i % 300} w{i % 7} x{i % 11}" for i in range(6000)]
     res = mrkit.run(
@@ -99,21 +122,77 @@ def test_both_reduce_paths_give_the_reference_output(memory_mb):
     st.integers(1, 6),
 )
 def test_frames_hold_every_entry_within_their_bounds(sizes, frame_entries, frame_values):
-    entries = [(b"s%03d" % i, f"k{i}", list(range(size))) for i, size in enumerate(sizes)]
+    sizes = [s for s in sizes if s]  # a key has at least one value
+    keys = [f"k{i:03d}" for i in range(len(sizes))]
+    values = [list(range(size)) for size in sizes]
     buf = io.BytesIO()
-    written, n_values = write_run(buf, entries, frame_entries, frame_values)
+    written, n_values = write_run(buf, keys, values, frame_entries=frame_entries, frame_values=frame_values)
     assert (written, n_values) == (len(buf.getvalue()), sum(sizes))
     rejoined: list = []
-    for frame in read_frames(io.BytesIO(buf.getvalue())):
-        assert 1 <= len(frame) <= frame_entries
-        assert all(len(values) <= frame_values for _kb, _key, values in frame)  # hot keys are cut
-        assert sum(len(values) for _kb, _key, values in frame) < 2 * frame_values
-        for kb, key, values in frame:
-            if rejoined and rejoined[-1][0] == kb:
-                rejoined[-1][2].extend(values)  # the pieces of a cut entry follow each other
+    for frame_keys, frame_values_, kbs, single in read_frames(io.BytesIO(buf.getvalue())):
+        assert kbs is None and not single
+        assert 1 <= len(frame_keys) == len(frame_values_) <= frame_entries
+        assert all(len(vs) <= frame_values for vs in frame_values_)  # hot keys are cut
+        assert sum(map(len, frame_values_)) < 2 * frame_values
+        for key, vs in zip(frame_keys, frame_values_, strict=True):
+            if rejoined and rejoined[-1][0] == key:
+                rejoined[-1][1].extend(vs)  # the pieces of a cut entry follow each other
             else:
-                rejoined.append((kb, key, list(values)))
-    assert rejoined == entries
+                rejoined.append((key, list(vs)))
+    assert rejoined == list(zip(keys, values, strict=True))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(), max_size=40), st.integers(1, 5), st.integers(1, 6))
+def test_single_valued_frames_hold_one_value_per_key(vals, frame_entries, frame_values):
+    keys = [f"k{i:03d}" for i in range(len(vals))]
+    buf = io.BytesIO()
+    written, n_values = write_run(
+        buf, keys, vals, single=True, frame_entries=frame_entries, frame_values=frame_values
+    )
+    assert (written, n_values) == (len(buf.getvalue()), len(vals))
+    frames = list(read_frames(io.BytesIO(buf.getvalue())))
+    assert all(single and len(k) <= min(frame_entries, frame_values) for k, _v, _kb, single in frames)
+    assert list(read_run(io.BytesIO(buf.getvalue()))) == [
+        (key_bytes(k), k, [v]) for k, v in zip(keys, vals, strict=True)
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.one_of(keys, str_keys), st.integers()), max_size=60), st.integers(1, 4))
+def test_a_spill_partitions_like_stable_partition_and_sorts_by_encoded_key(pairs, n_reduce):
+    out = MapOutput(
+        n_reduce=n_reduce, partitioner=None, combiner=None, memory_bytes=1 << 30, open_part=lambda p: _Kept()
+    )
+    _add_pairs(pairs, out)
+    out.finish()
+    seen: dict = {}
+    for p, writer in out._writers.items():
+        entries = list(read_run(io.BytesIO(writer.getvalue())))
+        assert [kb for kb, _k, _v in entries] == sorted(kb for kb, _k, _v in entries)
+        for kb, key, values in entries:
+            assert kb == key_bytes(key) and stable_partition(key, n_reduce) == p
+            seen.setdefault(kb, []).extend(values)
+    expected: dict = {}
+    for k, v in pairs:
+        expected.setdefault(key_bytes(k), []).append(v)
+    assert seen == expected
+
+
+def test_a_dict_returned_whole_is_spilled_single_valued_and_merged_in_order():
+    # mapper_final's Counter items into an empty buffer: kept as one dict; later pairs fold in after.
+    out = MapOutput(
+        n_reduce=1, partitioner=None, combiner=None, memory_bytes=1 << 30, open_part=lambda p: _Kept()
+    )
+    _add_pairs({"b": 1, "a": 2}.items(), out)
+    assert out.single == {"b": 1, "a": 2} and not out.buf
+    _add_pairs([("a", 3), ("c", 4)], out)
+    out.finish()
+    assert list(read_run(io.BytesIO(out._writers[0].getvalue()))) == [
+        (b"sa", "a", [2, 3]),
+        (b"sb", "b", [1]),
+        (b"sc", "c", [4]),
+    ]
 
 
 def test_a_combiner_keeps_the_map_buffer_near_its_distinct_keys_not_the_budget():

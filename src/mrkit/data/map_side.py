@@ -18,11 +18,11 @@ import sys
 import traceback
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from itertools import islice
+from itertools import chain, islice
 from operator import itemgetter
 from typing import Any, BinaryIO
 
-from mrkit.data.runs import write_run
+from mrkit.data.runs import FRAME_ENTRIES, FRAME_VALUES, write_run
 from mrkit.model.job import Job, returns_pairs
 from mrkit.model.partition import checked_partitioner, key_bytes, stable_partition
 from mrkit.model.task import TaskFailure
@@ -34,6 +34,8 @@ SLICE = 4096  # records between two memory checks
 # input grows, and the doubling keeps the combining cost linear in the records.
 COMBINE_FLOOR_BYTES = 16 << 20
 _kb_first = itemgetter(0)
+_key_second = itemgetter(1)
+_STR_CRC = zlib.crc32(b"s")  # CRC-32 state after the str tag of key_bytes
 
 
 class UserCodeError(Exception):
@@ -65,6 +67,7 @@ class MapOutput:
         combiner: the job's combiner or None.
         memory_bytes: the buffer budget; past it the buffer is combined, then spilled.
         open_part: opens the (single) output object of one partition for writing.
+        frame_entries, frame_values: the runs' frame limits (:func:`~mrkit.data.runs.write_run`).
     """
 
     def __init__(
@@ -75,14 +78,20 @@ class MapOutput:
         combiner: Callable[..., Any] | None,
         memory_bytes: int,
         open_part: Callable[[int], BinaryIO],
+        frame_entries: int = FRAME_ENTRIES,
+        frame_values: int = FRAME_VALUES,
     ) -> None:
         self.buf: dict[Any, list[Any]] = {}
+        # One value per key, from a mapper hook that returned a dict's items (``Counter(...).items()``)
+        # into an empty buffer: kept as the dict it is, no list per key (see _add_pairs).
+        self.single: dict[Any, Any] | None = None
         self.n_reduce = n_reduce
         self._partition = None if partitioner is None else checked_partitioner(partitioner)
         self._combiner = combiner
         self._combiner_pairs = combiner is not None and returns_pairs(combiner)
         self.memory_bytes = memory_bytes
         self._open_part = open_part
+        self._frame_limits = {"frame_entries": frame_entries, "frame_values": frame_values}
         self._writers: dict[int, BinaryIO] = {}
         self.offsets: dict[int, list[int]] = {}  # partition -> run boundaries [0, end of run 1, ...]
         self.spills = 0
@@ -96,16 +105,21 @@ class MapOutput:
 
     def estimated_bytes(self) -> int:
         """A cheap estimate of the buffer's memory: per-key and per-value costs, sampled once."""
-        buf = self.buf
-        if not buf:
+        buf, single = self.buf, self.single
+        if not buf and not single:
             return 0
         if not self._entry_cost:
             self._sample_costs()
         n_values = sum(map(len, buf.values()))
-        return int(len(buf) * self._entry_cost + n_values * self._value_cost)
+        n_single = len(single) if single else 0
+        return int((len(buf) + n_single) * self._entry_cost + (n_values + n_single) * self._value_cost)
 
     def _sample_costs(self) -> None:
-        sample = list(islice(self.buf.items(), 32))
+        if self.buf:
+            sample = list(islice(self.buf.items(), 32))
+        else:
+            assert self.single
+            sample = [(k, [v]) for k, v in islice(self.single.items(), 32)]
         key_size = sum(sys.getsizeof(k) for k, _ in sample) / len(sample)
         values = [v for _, vs in sample for v in vs[:4]]
         # Small ints are shared singletons: a list slot (8 bytes) is all they cost.
@@ -169,35 +183,61 @@ class MapOutput:
 
     def spill(self) -> None:
         """Write the buffer as one sorted run per non-empty partition, then empty it."""
-        if not self.buf:
+        if self.single and self.buf:
+            self._fold_single()
+        if self.single:
+            source: dict[Any, Any] = self.single
+            single = True
+        elif self.buf:
+            source = self.buf
+            single = False
+        else:
             return
-        n, partition = self.n_reduce, self._partition
-        parts: list[list[Any]] = [[] for _ in range(n)]
-        key = None
+        n = self.n_reduce
         try:
-            if partition is None or partition is stable_partition:
-                crc = zlib.crc32
-                for key, values in self.buf.items():
-                    kb = b"s" + key.encode("utf-8", "surrogatepass") if type(key) is str else key_bytes(key)
-                    parts[crc(kb) % n].append((kb, key, values))
-            else:
-                for key, values in self.buf.items():
-                    parts[partition(key, n)].append((key_bytes(key), key, values))
-        except Exception as exc:
-            raise user_failure(f"partitioner on key {_short(key)}", exc) from exc
-        self.buf.clear()
-        for p, entries in enumerate(parts):
-            if not entries:
+            parts, str_keys = _partition_keys(source, n, self._partition)
+        except _KeyFailure as failure:
+            cause = failure.__cause__
+            assert isinstance(cause, Exception)
+            raise user_failure(f"partitioner on key {_short(failure.key)}", cause) from cause
+        for p, keys in enumerate(parts):
+            if not keys:
                 continue
-            entries.sort(key=_kb_first)
+            kbs: list[bytes] | None = None
+            if str_keys:
+                keys.sort()  # a str sorts as its UTF-8 bytes do (module docstring of runs)
+            else:
+                keys.sort(key=_kb_first)
+                kbs = list(map(_kb_first, keys))
+                keys = list(map(_key_second, keys))
+            values = list(map(source.__getitem__, keys))
+            frame_single = single
+            if not single and sum(map(len, values)) == len(values):
+                values = list(chain.from_iterable(values))  # every key has one value (combined)
+                frame_single = True
             writer = self._writers.get(p)
             if writer is None:
                 writer = self._writers[p] = self._open_part(p)
                 self.offsets[p] = [0]
-            written, n_values = write_run(writer, entries)
+            written, n_values = write_run(
+                writer, keys, values, kbs=kbs, single=frame_single, **self._frame_limits
+            )
             self.offsets[p].append(self.offsets[p][-1] + written)
             self.pairs_out += n_values
+        source.clear()
+        self.single = None
         self.spills += 1
+
+    def _fold_single(self) -> None:
+        """Move the single-valued buffer into the general one, its values first (they came first)."""
+        single, buf = self.single, self.buf
+        assert single is not None
+        for key, values in buf.items():
+            if key in single:
+                values.insert(0, single.pop(key))
+        for key, value in single.items():
+            buf[key] = [value]
+        self.single = None
 
     def finish(self) -> dict[int, list[int]]:
         """Combine and flush what is left, close every partition object, return run boundaries."""
@@ -212,6 +252,56 @@ class MapOutput:
         """Discard partially written partition objects (the attempt failed)."""
         for writer in self._writers.values():
             writer.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+
+class _KeyFailure(Exception):
+    """Partitioning or encoding ``key`` raised (the cause); spill names the key in its message."""
+
+    def __init__(self, key: Any) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _partition_keys(
+    source: dict[Any, Any], n: int, partition: Callable[[Any, int], int] | None
+) -> tuple[list[list[Any]], bool]:
+    """Split the keys of ``source`` into ``n`` partitions; also say whether every key is a str.
+
+    The items of each partition are the keys themselves when every key is a str, else
+    ``(key_bytes(key), key)`` pairs, so that the sort that follows encodes each key once.
+    The default partitioner is :func:`~mrkit.model.partition.stable_partition`, computed here in
+    one loop (CRC-32 of ``b"s" + utf8`` continued from the CRC of ``b"s"``: the same number).
+    """
+    str_keys = set(map(type, source)) == {str}
+    parts: list[list[Any]] = [[] for _ in range(n)]
+    key = None
+    try:
+        if partition is not None and partition is not stable_partition:
+            if str_keys:
+                for key in source:
+                    parts[partition(key, n)].append(key)
+            else:
+                for key in source:
+                    parts[partition(key, n)].append((key_bytes(key), key))
+        elif not str_keys:
+            crc = zlib.crc32
+            for key in source:
+                kb = key_bytes(key)
+                parts[crc(kb) % n].append((kb, key))
+        elif n == 1:
+            parts[0] = list(source)
+        else:
+            crc, seed = zlib.crc32, _STR_CRC
+            try:
+                for key in source:
+                    parts[crc(key.encode(), seed) % n].append(key)
+            except UnicodeEncodeError:  # a lone surrogate: encode as key_bytes does
+                parts = [[] for _ in range(n)]
+                for key in source:
+                    parts[crc(key.encode("utf-8", "surrogatepass"), seed) % n].append(key)
+    except Exception as exc:
+        raise _KeyFailure(key) from exc
+    return parts, str_keys
 
 
 def map_split(job: Job, batches: Iterable[Any], out: MapOutput, where: Callable[[], str]) -> int:
@@ -266,10 +356,13 @@ def map_split(job: Job, batches: Iterable[Any], out: MapOutput, where: Callable[
 def _map_whole_split(job: Job, batches: Iterable[Any], out: MapOutput, where: Callable[[], str]) -> int:
     counted = [0]
 
+    def batch_records(batch: Any) -> list[Any]:
+        counted[0] += len(batch.records)
+        return batch.records  # type: ignore[no-any-return]
+
     def records() -> Iterator[Any]:
-        for batch in batches:
-            counted[0] += len(batch.records)
-            yield from batch.records
+        # chain hands out the records in C; Python runs once per batch, not once per record.
+        return chain.from_iterable(map(batch_records, batches))
 
     assert job.mapper_split is not None
     try:
@@ -294,7 +387,22 @@ def _run_hook(hook: Callable[[], Any], out: MapOutput, where: str) -> None:
         raise user_failure(where, exc) from exc
 
 
+_DICT_ITEMS: type = type({}.items())
+
+
 def _add_pairs(pairs: Iterable[tuple[Any, Any]], out: MapOutput) -> None:
+    """Add a hook's pairs to the buffer, checking memory every few thousand pairs.
+
+    A dict's items (``Counter(words).items()``, a common ``mapper_split``/``mapper_final`` result)
+    arriving at an empty buffer are taken whole, as one dict with one value per key: no Python work
+    per pair here, and the spill writes them as single-valued frames.
+    """
+    if type(pairs) is _DICT_ITEMS and not out.buf and not out.single:
+        out.single = dict(pairs)  # type: ignore[arg-type]  # a copy: the user may reuse theirs
+        out.check_memory()
+        return
+    if out.single:
+        out._fold_single()
     buf = out.buf
     get = buf.get
     it = iter(pairs)

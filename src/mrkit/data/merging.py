@@ -14,7 +14,7 @@ from itertools import chain, groupby
 from operator import itemgetter
 from typing import Any
 
-from mrkit.data.runs import Entry
+from mrkit.data.runs import Entry, Frame
 
 _first = itemgetter(0)
 
@@ -48,30 +48,54 @@ def group_values(entries: Iterable[Entry]) -> Iterator[tuple[Any, Iterator[Any]]
         yield first[1], chain(first[2], chain.from_iterable(map(itemgetter(2), group)))  # noqa: B031 - group is read once, after next()
 
 
-def group_in_memory(runs: Iterable[Iterable[Entry]]) -> Iterator[tuple[Any, Iterator[Any]]]:
-    """Group the entries of sorted runs in a dict: the same groups, in the same order, with the
-    same value order as ``group_values(merge_sorted_runs(runs))``, but holding every value at once.
+def group_in_memory(runs: Iterable[Iterable[Frame]]) -> Iterator[tuple[Any, Iterator[Any]]]:
+    """Group the frames of sorted runs in a dict: the same groups, in the same order, with the
+    same value order as ``group_values(merge_sorted_runs(...))`` over the same runs' entries, but
+    holding every value at once.
 
-    A heap merge pays a Python-level comparison per entry; a dict lookup per entry and one sort of
+    A heap merge pays a Python-level comparison per entry; a dict lookup per key and one sort of
     the distinct keys (in C) is several times cheaper when there are many keys with few values
     each. The caller chooses this path only when the runs' bytes fit its memory budget.
 
-    Values of equal keys are concatenated in run order, as the stable heap merge does.
+    A str key is grouped as itself (its encoding compares as it does), any other key by its
+    encoded bytes; the two never collide (a str's encoding starts with ``b"s"``, a bytes object is
+    never equal to a str). Values of equal keys are concatenated in run order, as the stable heap
+    merge does.
 
-    >>> a = [(b"a", "a", [1]), (b"c", "c", [3])]
-    >>> b = [(b"b", "b", [2]), (b"c", "c", [4])]
+    >>> a = [(["a", "c"], [1, 3], None, True)]
+    >>> b = [(["b", "c"], [[2], [4, 5]], None, False)]
     >>> [(k, list(vs)) for k, vs in group_in_memory([a, b])]
-    [('a', [1]), ('b', [2]), ('c', [3, 4])]
+    [('a', [1]), ('b', [2]), ('c', [3, 4, 5])]
     """
-    groups: dict[bytes, tuple[Any, list[Any]]] = {}
+    groups: dict[Any, list[Any]] = {}
+    other_keys: dict[bytes, Any] = {}  # encoded bytes -> key, for keys that are not str
     get = groups.get
     for run in runs:
-        for kb, key, values in run:
-            group = get(kb)
-            if group is None:
-                groups[kb] = (key, list(values))
+        for keys, values, kbs, single in run:
+            if kbs is None:
+                gks = keys
             else:
-                group[1].extend(values)
-    for kb in sorted(groups):
-        key, values = groups.pop(kb)  # popped so that memory shrinks as the reducer advances
-        yield key, iter(values)
+                gks = [k if type(k) is str else kb for k, kb in zip(keys, kbs, strict=True)]
+                other_keys.update((kb, k) for k, kb in zip(keys, kbs, strict=True) if type(k) is not str)
+            if single:
+                for gk, v in zip(gks, values, strict=True):
+                    lst = get(gk)
+                    if lst is None:
+                        groups[gk] = [v]
+                    else:
+                        lst.append(v)
+            else:
+                for gk, vs in zip(gks, values, strict=True):
+                    lst = get(gk)
+                    if lst is None:
+                        groups[gk] = vs  # the frame was unpickled for us alone: its lists are ours
+                    else:
+                        lst.extend(vs)
+    order = sorted(groups, key=_group_sort_key) if other_keys else sorted(groups)
+    for gk in order:
+        values = groups.pop(gk)  # popped so that memory shrinks as the reducer advances
+        yield (gk if type(gk) is str else other_keys[gk]), iter(values)
+
+
+def _group_sort_key(gk: Any) -> bytes:
+    return b"s" + gk.encode("utf-8", "surrogatepass") if type(gk) is str else gk

@@ -13,26 +13,21 @@ from typing import Any, BinaryIO
 
 from mrkit.data.map_side import _short, user_failure
 from mrkit.data.merging import group_in_memory, group_values, merge_sorted_runs
-from mrkit.data.runs import Entry, read_frames
+from mrkit.data.runs import Frame, frame_entries, read_frames
 from mrkit.model.job import Job, identity_reducer, returns_pairs
 from mrkit.storage.base import Storage
 
 
-def open_runs(storage: Storage, parts: list[tuple[str, list[int]]]) -> list[Iterator[Entry]]:
-    """Open every run of every ``(key, boundaries)`` object as a streaming entry iterator."""
-    runs: list[Iterator[Entry]] = []
+def open_runs(storage: Storage, parts: list[tuple[str, list[int]]]) -> list[Iterator[Frame]]:
+    """Open every run of every ``(key, boundaries)`` object as a lazy iterator of its frames."""
+    runs: list[Iterator[Frame]] = []
     for key, bounds in parts:
         for start, end in zip(bounds, bounds[1:], strict=False):
-            runs.append(_stream(storage, key, start, end - start))
+            runs.append(_frames(storage, key, start, end - start))
     return runs
 
 
-def _stream(storage: Storage, key: str, start: int, length: int) -> Iterator[Entry]:
-    # chain hands out each frame's entries in C; the frames generator runs once per frame.
-    return chain.from_iterable(_frames(storage, key, start, length))
-
-
-def _frames(storage: Storage, key: str, start: int, length: int) -> Iterator[list[Entry]]:
+def _frames(storage: Storage, key: str, start: int, length: int) -> Iterator[Frame]:
     # Opened lazily, on first use by the merge, so at most one buffer per run is live at a time.
     with storage.open_read(key, start, length) as f:
         yield from read_frames(f)
@@ -50,7 +45,7 @@ def fits_in_memory(run_bytes: int, memory_bytes: int) -> bool:
 
 
 def reduce_partition(
-    job: Job, runs: list[Iterator[Entry]], counters: dict[str, int], in_memory: bool = False
+    job: Job, runs: list[Iterator[Frame]], counters: dict[str, int], in_memory: bool = False
 ) -> Iterator[tuple[Any, Any]]:
     """Yield the reducer's output pairs for the merged ``runs``.
 
@@ -66,7 +61,12 @@ def reduce_partition(
     yields_pairs = job.reducer is None or returns_pairs(reducer)
     keys = 0
     key: Any = None
-    groups = group_in_memory(runs) if in_memory else group_values(merge_sorted_runs(runs))
+    if in_memory:
+        groups = group_in_memory(runs)
+    else:
+        # chain hands out each frame's entries in C; frame_entries runs once per frame.
+        entries = [chain.from_iterable(map(frame_entries, run)) for run in runs]
+        groups = group_values(merge_sorted_runs(entries))
     try:
         for key, values in groups:
             keys += 1

@@ -1,12 +1,20 @@
 """Sorted runs: how intermediate (map output) records are laid out in bytes.
 
-A run is a sequence of *frames*; a frame is a 4-byte little-endian length followed by a pickled
-list of entries ``(key_bytes, key, values)``, sorted by ``key_bytes`` across the whole run. Framing
-lets a reader stream a run one frame at a time (bounded memory), and pickling whole frames keeps
-the per-record cost in C (DESIGN.md §4: serialise in batches, protocol 5).
+A run is a sequence of *frames*; a frame is a 4-byte little-endian length followed by one pickled
+tuple ``(keys, values, kbs, single)``, *columnar* so that pickling and unpickling stay in C and cost
+per frame, not per key (DESIGN.md §4: serialise in batches, protocol 5):
 
-Several runs can follow each other in one object (one per spill); the map task's commit manifest
-records their byte boundaries, and the reduce side opens each run as its own ranged read.
+* ``keys``: the frame's keys, sorted by their encoded bytes (:func:`~mrkit.model.partition.key_bytes`)
+  across the whole run;
+* ``values``: when ``single`` is true, one value per key (``values[i]`` belongs to ``keys[i]``: the
+  usual case after a combiner or a ``Counter``); otherwise one list of values per key;
+* ``kbs``: the keys' encoded bytes, or ``None`` when every key of the run is a ``str``. A str's
+  encoding sorts and compares exactly as the str does (UTF-8 keeps code point order), so str keys
+  are sorted, grouped and merged as themselves and their bytes are never built or stored.
+
+Framing lets a reader stream a run one frame at a time (bounded memory). Several runs can follow each
+other in one object (one per spill); the map task's commit manifest records their byte boundaries,
+and the reduce side opens each run as its own ranged read.
 """
 
 from __future__ import annotations
@@ -16,75 +24,93 @@ import struct
 from bisect import bisect_left
 from collections.abc import Iterator
 from itertools import accumulate, chain
-from operator import itemgetter
 from typing import Any, BinaryIO
 
-Entry = tuple[bytes, Any, list[Any]]
+Entry = tuple[bytes, Any, list[Any]]  # (key bytes, key, values): one item of the streaming merge
+Frame = tuple[list[Any], list[Any], "list[bytes] | None", bool]  # (keys, values, kbs, single)
 
 _LEN = struct.Struct("<I")
-FRAME_ENTRIES = 2048  # entries per frame: big enough to amortise pickling, small enough to stream
+FRAME_ENTRIES = 8192  # keys per frame: big enough to amortise pickling, small enough to stream
 FRAME_VALUES = 8192  # values per frame (and per entry of a hot key): bounds a reader's memory per run
-_values_of = itemgetter(2)
 
 
 def write_run(
     f: BinaryIO,
-    entries: list[Entry],
+    keys: list[Any],
+    values: list[Any],
+    *,
+    kbs: list[bytes] | None = None,
+    single: bool = False,
     frame_entries: int = FRAME_ENTRIES,
     frame_values: int = FRAME_VALUES,
 ) -> tuple[int, int]:
-    """Write sorted ``entries`` as one run of frames to ``f``; returns ``(bytes written, values)``.
+    """Write one sorted run to ``f``; returns ``(bytes written, values written)``.
 
-    A frame closes after ``frame_entries`` entries or ``frame_values`` values, and a key with more
+    Args:
+        keys: sorted by encoded key (by themselves when they are all str and ``kbs`` is None).
+        values: one value per key if ``single``, else one non-empty list of values per key.
+        kbs: the keys' encoded bytes, required unless every key is a str.
+
+    A frame closes after ``frame_entries`` keys or ``frame_values`` values, and a key with more
     values than that is cut into several consecutive entries, so that a reader holds at most about
-    one frame's worth of values per run however hot a key is.
-
-    The frame boundaries are found on the running total of value counts (computed in C), so the
-    Python work is per frame, not per entry.
+    one frame's worth of values per run however hot a key is. The boundaries are found on the
+    running total of value counts (computed in C), so the Python work is per frame, not per key.
 
     >>> import io; buf = io.BytesIO()
-    >>> write_run(buf, [(b"sa", "a", [1, 2]), (b"sb", "b", [3])]) == (len(buf.getvalue()), 3)
+    >>> write_run(buf, ["a", "b"], [[1, 2], [3]]) == (len(buf.getvalue()), 3)
     True
     >>> list(read_run(io.BytesIO(buf.getvalue())))
     [(b'sa', 'a', [1, 2]), (b'sb', 'b', [3])]
-    >>> buf = io.BytesIO(); _ = write_run(buf, [(b"sk", "k", list(range(5)))], frame_values=2)
-    >>> list(read_run(io.BytesIO(buf.getvalue())))
-    [(b'sk', 'k', [0, 1]), (b'sk', 'k', [2, 3]), (b'sk', 'k', [4])]
+    >>> buf = io.BytesIO(); _ = write_run(buf, ["k"], [list(range(5))], frame_values=2)
+    >>> [frame[1] for frame in read_frames(io.BytesIO(buf.getvalue()))]
+    [[[0, 1]], [[2, 3]], [[4]]]
     """
     dumps, pack, write = pickle.dumps, _LEN.pack, f.write
     written = 0
 
-    def flush(batch: list[Entry]) -> None:
+    def flush(lo: int, hi: int, frame_vals: list[Any] | None = None) -> None:
         nonlocal written
-        data = dumps(batch, protocol=5)
+        frame = (
+            keys[lo:hi],
+            values[lo:hi] if frame_vals is None else frame_vals,
+            None if kbs is None else kbs[lo:hi],
+            single,
+        )
+        data = dumps(frame, protocol=5)
         write(pack(len(data)))
         write(data)
         written += 4 + len(data)
 
-    # ends[i] = values in entries[:i+1]; a frame [lo, hi) holds ends[hi-1] - ends[lo-1] values.
-    ends = list(accumulate(map(len, map(_values_of, entries))))
+    n = len(keys)
+    if single:
+        step = max(1, min(frame_entries, frame_values))
+        for lo in range(0, n, step):
+            flush(lo, min(n, lo + step))
+        return written, n
+    # ends[i] = values of keys[:i+1]; a frame [lo, hi) holds ends[hi-1] - ends[lo-1] values.
+    ends = list(accumulate(map(len, values)))
     total = ends[-1] if ends else 0
-    lo, n = 0, len(entries)
+    lo = 0
     while lo < n:
         before = ends[lo - 1] if lo else 0
         if ends[lo] - before > frame_values:  # a hot key: alone, cut into frames of its own
-            kb, key, values = entries[lo]
-            for cut in range(0, len(values), frame_values):
-                flush([(kb, key, values[cut : cut + frame_values])])
+            hot = values[lo]
+            for cut in range(0, len(hot), frame_values):
+                flush(lo, lo + 1, [hot[cut : cut + frame_values]])
             lo += 1
             continue
-        # The first entry past the value budget closes the frame (it is included: an ordinary
+        # The first key past the value budget closes the frame (it is included: an ordinary
         # entry is never split), unless it is a hot key, which waits for the next round.
         hi = min(n, lo + frame_entries, bisect_left(ends, before + frame_values, lo) + 1)
         if hi > lo + 1 and ends[hi - 1] - ends[hi - 2] > frame_values:
             hi -= 1
-        flush(entries[lo:hi])
+        flush(lo, hi)
         lo = hi
     return written, total
 
 
-def read_frames(f: BinaryIO) -> Iterator[list[Entry]]:
-    """Iterate the frames (lists of entries) in ``f`` until EOF, holding one frame in memory."""
+def read_frames(f: BinaryIO) -> Iterator[Frame]:
+    """Iterate the frames in ``f`` until EOF, holding one frame in memory."""
     read, unpack, loads = f.read, _LEN.unpack, pickle.loads
     while True:
         head = read(4)
@@ -99,9 +125,19 @@ def read_frames(f: BinaryIO) -> Iterator[list[Entry]]:
         yield loads(data)
 
 
+def frame_entries(frame: Frame) -> Iterator[Entry]:
+    """The frame's ``(key bytes, key, values)`` entries, for the streaming merge."""
+    keys, values, kbs, single = frame
+    if kbs is None:
+        kbs = [b"s" + k.encode("utf-8", "surrogatepass") for k in keys]
+    if single:
+        values = [[v] for v in values]
+    return zip(kbs, keys, values, strict=True)
+
+
 def read_run(f: BinaryIO) -> Iterator[Entry]:
     """Iterate the entries of the frames in ``f`` until EOF, holding one frame in memory.
 
     The entries of a frame are handed out by ``chain`` (C), with no Python call per entry.
     """
-    return chain.from_iterable(read_frames(f))
+    return chain.from_iterable(map(frame_entries, read_frames(f)))
