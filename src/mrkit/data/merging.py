@@ -14,6 +14,7 @@ from itertools import chain, groupby
 from operator import itemgetter
 from typing import Any
 
+from mrkit.data.gc_pause import gc_paused
 from mrkit.data.runs import Entry, Frame
 
 _first = itemgetter(0)
@@ -67,30 +68,7 @@ def group_in_memory(runs: Iterable[Iterable[Frame]]) -> Iterator[tuple[Any, Iter
     >>> [(k, list(vs)) for k, vs in group_in_memory([a, b])]
     [('a', [1]), ('b', [2]), ('c', [3, 4, 5])]
     """
-    groups: dict[Any, list[Any]] = {}
-    other_keys: dict[bytes, Any] = {}  # encoded bytes -> key, for keys that are not str
-    get = groups.get
-    for run in runs:
-        for keys, values, kbs, single in run:
-            if kbs is None:
-                gks = keys
-            else:
-                gks = [k if type(k) is str else kb for k, kb in zip(keys, kbs, strict=True)]
-                other_keys.update((kb, k) for k, kb in zip(keys, kbs, strict=True) if type(k) is not str)
-            if single:
-                for gk, v in zip(gks, values, strict=True):
-                    lst = get(gk)
-                    if lst is None:
-                        groups[gk] = [v]
-                    else:
-                        lst.append(v)
-            else:
-                for gk, vs in zip(gks, values, strict=True):
-                    lst = get(gk)
-                    if lst is None:
-                        groups[gk] = vs  # the frame was unpickled for us alone: its lists are ours
-                    else:
-                        lst.extend(vs)
+    groups, other_keys = _collect_groups(runs)
     order = sorted(groups, key=_group_sort_key) if other_keys else sorted(groups)
     for gk in order:
         values = groups.pop(gk)  # popped so that memory shrinks as the reducer advances
@@ -99,3 +77,33 @@ def group_in_memory(runs: Iterable[Iterable[Frame]]) -> Iterator[tuple[Any, Iter
 
 def _group_sort_key(gk: Any) -> bytes:
     return b"s" + gk.encode("utf-8", "surrogatepass") if type(gk) is str else gk
+
+
+def _collect_groups(runs: Iterable[Iterable[Frame]]) -> tuple[dict[Any, list[Any]], dict[bytes, Any]]:
+    """``group key -> values`` of every frame of ``runs``, and ``key bytes -> key`` of non-str keys."""
+    groups: dict[Any, list[Any]] = {}
+    other_keys: dict[bytes, Any] = {}
+    get = groups.get
+    with gc_paused():  # a fresh list per key: see mrkit.data.gc_pause
+        for run in runs:
+            for keys, values, kbs, single in run:
+                if kbs is None:
+                    gks = keys
+                else:
+                    gks = [k if type(k) is str else kb for k, kb in zip(keys, kbs, strict=True)]
+                    other_keys.update((kb, k) for k, kb in zip(keys, kbs, strict=True) if type(k) is not str)
+                if single:
+                    for gk, v in zip(gks, values, strict=True):
+                        lst = get(gk)
+                        if lst is None:
+                            groups[gk] = [v]
+                        else:
+                            lst.append(v)
+                else:
+                    for gk, vs in zip(gks, values, strict=True):
+                        lst = get(gk)
+                        if lst is None:
+                            groups[gk] = vs  # the frame was unpickled for us alone: its lists are ours
+                        else:
+                            lst.extend(vs)
+    return groups, other_keys
