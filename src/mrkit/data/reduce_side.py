@@ -69,11 +69,13 @@ def reduce_partition(
         entries = [chain.from_iterable(map(frame_entries, run)) for run in runs]
         groups = group_values(merge_sorted_runs(entries))
     try:
-        for key, values in groups:
-            keys += 1
-            if yields_pairs:
+        if yields_pairs:
+            for key, values in groups:
+                keys += 1
                 yield from reducer(key, values)
-            else:
+        else:
+            for key, values in groups:
+                keys += 1
                 yield key, reducer(key, values)
     except GeneratorExit:
         raise
