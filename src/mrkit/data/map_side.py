@@ -1,12 +1,14 @@
 """The map side of one task: map, combine, partition, sort, spill.
 
 Pairs from the user's mapper go into one dict ``key -> [values]`` (combining map-side in a dict,
-DESIGN.md §4). Every few thousand records the buffer's size is estimated; past the memory budget it
-is combined in place (when the job has a combiner) and, if still too big, *spilled*: partitioned by
-the stable partitioner, sorted by encoded key, and appended as one sorted run to each partition's
-object. At the end the rest is flushed the same way. The result is, per reduce partition, one
-object holding one run per spill; :class:`MapOutput` returns their byte boundaries for the commit
-manifest.
+DESIGN.md §4); a hook that returns a dict's items into an empty buffer (``Counter(...).items()``
+from ``mapper_split`` or ``mapper_final``) is kept as one dict ``key -> value`` instead, with no
+Python work per pair. Every few thousand records the buffer's size is estimated; past the memory
+budget it is combined in place (when the job has a combiner) and, if still too big, *spilled*:
+partitioned by the stable partitioner, sorted by encoded key, and appended as one sorted run of
+columnar frames (:mod:`mrkit.data.runs`) to each partition's object. At the end the rest is flushed
+the same way. The result is, per reduce partition, one object holding one run per spill;
+:class:`MapOutput` returns their byte boundaries for the commit manifest.
 
 The hot loop (:func:`map_split`) is flat: lookups are bound before it, the user function is called
 directly per record, and framework work happens per slice of records, never per record (STYLE 23).
