@@ -218,3 +218,22 @@ def test_a_combiner_keeps_the_map_buffer_near_its_distinct_keys_not_the_budget()
     assert sum(v for values in out.buf.values() for v in values) == sum(
         10_000 * (b + 1000) for b in range(300)
     )
+
+
+def _reducer_sees_collector(key, values):
+    import gc
+
+    return (sum(values), gc.isenabled())
+
+
+def test_user_code_runs_with_the_garbage_collector_as_the_user_left_it():
+    # The in-memory grouping pauses the collector while it builds its dict; the reducer must not
+    # inherit that, and the collector must be back on after the job.
+    import gc
+
+    records = [f"w{i % 40} w{i % 3}" for i in range(2000)]
+    job = mrkit.Job(mapper=J.WordCount().mapper, reducer=_reducer_sees_collector)
+    res = mrkit.run(job, mrkit.Records(records), executor="inline", n_map=2, n_reduce=2, quiet=True)
+    assert res.counters["reduce.grouped_in_memory"] == 2
+    assert all(enabled for _total, enabled in dict(res).values())
+    assert gc.isenabled()
