@@ -84,8 +84,10 @@ def kill_once_mapper(line: str) -> Iterator[tuple[str, int]]:
 
 
 def straggler_mapper(line: str) -> Iterator[tuple[str, int]]:
-    """The first attempt of map-00001 is very slow; any other attempt is fast."""
+    """The first attempt of map-00001 is very slow; any other attempt is fast (``params["each"]``
+    seconds per record, 0 by default)."""
     ctx = mrkit.context()
+    time.sleep(ctx.params.get("each", 0.0))
     if ctx.task_id == "map-00001" and ctx.attempt == 1 and line.startswith("slow"):
         time.sleep(ctx.params.get("sleep", 4.0))
     yield from words(line)

@@ -190,3 +190,20 @@ def test_tasks_waiting_without_any_worker_are_reported(redis_url, capfd, monkeyp
                 assert first.result(timeout=60) == 42
     finally:
         ex.shutdown()
+
+
+def test_task_timeout_clock_starts_when_a_worker_takes_the_attempt(redis_url):  # noqa: F811
+    # One worker, two attempts in flight: one always waits in the stream. map-00001's first attempt
+    # sleeps 4 s, past task_timeout=1 s; the driver gives up on it, but the worker is still busy, so
+    # the attempts behind it wait. Their clocks must start when the worker takes them (the executor
+    # watches the stream's pending entries), not when they were queued, or they time out too and the
+    # job runs out of max_lost. 20 ms per record keeps the worker from reading entries ahead.
+    records = ["fast a"] * 5 + ["slow b"] + ["fast c"] * 14
+    job = mrkit.Job(mapper=J.straggler_mapper, reducer=J.total, params={"sleep": 4.0, "each": 0.02})
+    policy = mrkit.RetryPolicy(task_timeout=1.0, speculative=False, max_lost=2)
+    with WorkerThreads(redis_url, 1):
+        res = run(
+            job, mrkit.Records(records), executor=redis_url, workers=2, n_map=4, n_reduce=1, policy=policy
+        )
+    assert dict(res) == dict(reference(J.WORDCOUNT, records))
+    assert res.counters["map.attempts_lost"] == 1

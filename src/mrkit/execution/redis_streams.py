@@ -21,6 +21,12 @@ driver retries it as a new attempt under new keys — never the same attempt twi
 finishes late only loses the first-writer-wins commit, and its late result is ignored (futures are
 resolved once, by submission number).
 
+Running: a future turns ``running()`` when a worker has taken its entry (the listener reads the
+group's pending entries, ``XPENDING``, every ``RUNNING_POLL`` seconds while some wait), so that the
+driver's ``task_timeout`` and straggler clocks start then, not while the entry waits in the stream.
+A worker reads entries ahead only while its tasks take under 5 ms, so an entry taken is an entry
+started, give or take that.
+
 Security: every task and every result is signed with the shared secret (HMAC-SHA256 over the exact
 payload bytes; :mod:`mrkit.security`); each side verifies before decoding or unpickling anything.
 Without a secret (no ``MRKIT_SECRET``), the empty key is used, which only checks integrity: that is
@@ -66,6 +72,7 @@ SESSION_REFRESH = 5.0
 RECONNECT_SECONDS = 60.0  # how long the executor retries a lost Redis before failing every task
 WORKER_ALIVE_MS = 15_000  # a worker whose heartbeat is older than this is not counted as live
 NO_WORKER_NOTICE = 10.0  # seconds tasks wait with no live worker before the executor says so
+RUNNING_POLL = 0.25  # seconds between two looks for entries workers have taken (futures -> running)
 
 
 def key(scope: str, name: str) -> str:
@@ -156,6 +163,7 @@ class RedisExecutor(Executor):
 
     local = False
     asynchronous = True
+    reports_running = True  # futures turn running() when a worker takes their entry (module docstring)
 
     def __init__(self, url: str, *, workers: int | None = None, secret: bytes | None = None) -> None:
         parsed = RedisURL.parse(url)
@@ -347,6 +355,7 @@ class RedisExecutor(Executor):
         last_result = b"0-0"
         last_dead = b"$"
         next_chores = time.monotonic() + min(self.lease / 2, SESSION_REFRESH)
+        next_running = time.monotonic()
         while not self._closing:
             try:
                 if last_dead == b"$":
@@ -362,6 +371,9 @@ class RedisExecutor(Executor):
                         for entry_id, fields in entries:
                             last_dead = entry_id
                             self._on_dead(fields)
+                if time.monotonic() >= next_running:
+                    next_running = time.monotonic() + RUNNING_POLL
+                    self._mark_running()
                 if time.monotonic() >= next_chores:
                     next_chores = time.monotonic() + min(self.lease / 2, SESSION_REFRESH)
                     try:
@@ -411,6 +423,38 @@ class RedisExecutor(Executor):
                 )
                 continue
             _settle(slot[0], result=result)
+
+    def _mark_running(self) -> None:
+        """Turn ``running()`` the futures whose entries a worker has taken (they are in the group's
+        pending entries list). Runs on the listener thread, the only one that resolves futures, so
+        a future cannot finish between the check and the change."""
+        with self._lock:
+            waiting = {
+                slot[2]: slot[0]
+                for slot in self._pending.values()
+                if slot[2] is not None and not slot[0].running() and not slot[0].done()
+            }
+            in_flight = len(self._pending)
+        if not waiting:
+            return
+        # Entry ids grow with submission: nothing taken before the oldest waiting one matters.
+        oldest = min(waiting, key=_entry_order)
+        from redis.exceptions import ResponseError
+
+        try:
+            taken = self.client.xpending_range(self.stream, GROUP, min=oldest, max="+", count=in_flight + 16)
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                return  # Redis lost the stream: the next chores say so and fail what is in flight
+            raise
+        for entry in taken:
+            future = waiting.get(entry["message_id"])
+            if future is None or future.running() or future.done():
+                continue
+            try:
+                future.set_running_or_notify_cancel()  # False when the driver cancelled it: fine
+            except RuntimeError:  # shutdown() failed it from another thread meanwhile
+                pass
 
     def _on_dead(self, fields: dict[bytes, bytes]) -> None:
         """A worker refused one of our entries (its signature did not verify): fail that attempt."""
@@ -551,6 +595,12 @@ class RedisExecutor(Executor):
             self._outbox.clear()
         for future, spec, _ in slots:
             _settle(future, exc=WorkerLost(reason, task_id=spec.task_id, attempt=spec.attempt))
+
+
+def _entry_order(entry_id: bytes) -> tuple[int, int]:
+    """Sort key of a stream entry id (``b"1700000000000-12"``): numeric, not by bytes."""
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
 
 
 def _settle(
