@@ -153,8 +153,33 @@ def test_serverless_job_that_fails_publishes_nothing(tmp_path, s3_bucket, s3_url
         handle.wait(60)
     assert "ValueError: no hats" in info.value.remote_traceback
     assert list(open_storage(f"s3://{s3_bucket}").list("out/")) == []
-    assert handle.status()["state"] == "failed"
+    status = handle.status()
+    assert status["state"] == "failed"
+    # Counted before the guards were deleted with the intermediate data: both attempts failed.
+    assert status["failures"]["map"] == 2 and status["attempts"]["map"] >= 2
     assert any("failed: " in line and "no hats" in line for line in handle.logs())
+
+
+def _hats_fail_once(line: str):
+    if "hat" in line and mrkit.context().attempt == 1:
+        raise ValueError("no hats the first time")
+    yield from ((w, 1) for w in line.split())
+
+
+def test_status_of_an_ended_job_keeps_its_failures(tmp_path, s3_url):
+    records = ["a hat", "b c"] * 10
+    job = mrkit.Job(mapper=_hats_fail_once, reducer=lambda k, vs: sum(vs))
+    handle = mrkit.submit(
+        job, mrkit.Records(records), executor=executor(tmp_path, s3_url), n_map=2, n_reduce=1
+    )
+    result = handle.wait(60)
+    assert dict(result) == {"a": 10, "b": 10, "c": 10, "hat": 10}
+    status = handle.status()
+    assert status["state"] == "done"
+    # Both map tasks hold a hat line: each failed once, then succeeded on its second attempt.
+    assert status["failures"] == {"map": 2, "reduce": 0} and status["lost"] == {"map": 0, "reduce": 0}
+    assert status["attempts"] == {"map": 4, "reduce": 1}
+    assert result.counters["map.attempts_failed"] == 2
 
 
 def _slow(line: str):

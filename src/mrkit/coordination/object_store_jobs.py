@@ -400,6 +400,7 @@ def _fail_job(
         "task_id": spec.task_id,
         "traceback": traceback,
         "time": time.time(),
+        "counters": _attempt_counters(storage, spec.job_id, (spec.task_id, counts)),
     }
     if storage.put_if_absent(end_key(spec.job_id), json.dumps(record).encode()):
         _discard(storage, plan, keep_logs=True)
@@ -574,16 +575,55 @@ def _counters(storage: Storage, plan: JobPlan) -> dict[str, int]:
             for name, value in manifest.get("counters", {}).items():
                 key = name if name.startswith("user.") else f"{phase}.{name}"
                 totals[key] = totals.get(key, 0) + int(value)
+    totals.update(_attempt_counters(storage, plan.job_id))
+    return totals
+
+
+def _attempt_counters(
+    storage: Storage, job_id: str, latest: tuple[str, dict[str, Any]] | None = None
+) -> dict[str, int]:
+    """``{phase}.attempts_launched/_failed/_lost`` and ``{phase}.deliveries`` from the claims and
+    attempt guards (read before they are deleted with the job's intermediate data).
+
+    Args:
+        latest: ``(task id, counts)`` of a failure not yet written to a guard (the one that ends
+            the job), counted too.
+    """
+    totals: dict[str, int] = {}
+
+    def add(name: str, task: str, n: int) -> None:
+        key = f"{task.split('-', 1)[0]}.{name}"
+        totals[key] = totals.get(key, 0) + n
+
     attempts: set[tuple[str, str]] = set()
-    for key in storage.list(f"{plan.job_id}/lambda/claims/"):
+    for key in storage.list(f"{job_id}/lambda/claims/"):
         task, attempt, _delivery = key.split("/")[-3:]
-        phase = task.split("-", 1)[0]
-        totals[f"{phase}.deliveries"] = totals.get(f"{phase}.deliveries", 0) + 1
+        add("deliveries", task, 1)
         attempts.add((task, attempt))
     for task, _attempt in attempts:
-        phase = task.split("-", 1)[0]
-        totals[f"{phase}.attempts_launched"] = totals.get(f"{phase}.attempts_launched", 0) + 1
+        add("attempts_launched", task, 1)
+    for task, counts in _task_failure_counts(storage, job_id, latest).items():
+        add("attempts_failed", task, counts[0])
+        add("attempts_lost", task, counts[1])
     return totals
+
+
+def _task_failure_counts(
+    storage: Storage, job_id: str, latest: tuple[str, dict[str, Any]] | None = None
+) -> dict[str, tuple[int, int]]:
+    """Task id -> (attempts failed, attempts lost), from the attempt guards: the guard of attempt n
+    holds the counts of attempts 1..n-1, so a task's counts are the largest of its guards'."""
+    out: dict[str, tuple[int, int]] = {}
+    found = [
+        (key.split("/")[-2], storage.get_or_none(key)) for key in storage.list(f"{job_id}/state/attempt/")
+    ]
+    guards = [(task, json.loads(raw)) for task, raw in found if raw]
+    if latest is not None:
+        guards.append(latest)
+    for task, counts in guards:
+        failed, lost = out.get(task, (0, 0))
+        out[task] = (max(failed, int(counts["failed"])), max(lost, int(counts["lost"])))
+    return out
 
 
 def _discard(storage: Storage, plan: JobPlan, *, keep_logs: bool = False) -> None:
@@ -673,8 +713,8 @@ class ObjectStoreJobHandle(JobHandle):
                 phase="end",
                 tasks={p: {"done": done[p], "total": totals[p]} for p in totals},
                 attempts={p: counters.get(f"{p}.attempts_launched", 0) for p in totals},
-                failures=dict(zero),
-                lost=dict(zero),
+                failures={p: counters.get(f"{p}.attempts_failed", 0) for p in totals},
+                lost={p: counters.get(f"{p}.attempts_lost", 0) for p in totals},
             )
             if "seconds" in end:
                 status["seconds"] = end["seconds"]
@@ -689,14 +729,10 @@ class ObjectStoreJobHandle(JobHandle):
             for k in self.storage.list(f"{self.id}/lambda/done/")
         }
         failures, lost = dict(zero), dict(zero)
-        for key in self.storage.list(f"{self.id}/state/attempt/"):
-            raw = self.storage.get_or_none(key)
-            if raw:  # the guard of attempt n holds the counts of attempts 1..n-1
-                task = key.split("/")[-2]
-                phase = task.split("-", 1)[0]
-                counts = json.loads(raw)
-                failures[phase] = max(failures[phase], int(counts["failed"]))
-                lost[phase] = max(lost[phase], int(counts["lost"]))
+        for task, (failed, was_lost) in _task_failure_counts(self.storage, self.id).items():
+            phase = task.split("-", 1)[0]
+            failures[phase] += failed
+            lost[phase] += was_lost
         phase = next((p for p in ("map", "reduce") if done[p] < totals[p]), "publish")
         status.update(
             state="running",
