@@ -20,7 +20,7 @@ import pytest
 
 import mrkit
 import mrkit.execution.base
-from mrkit.coordination.object_store_jobs import open_job_handle
+from mrkit.coordination.object_store_jobs import ObjectStoreJobHandle, open_job_handle
 from mrkit.errors import ConfigError, JobCancelled, JobFailed
 from mrkit.execution.aws_lambda import LambdaExecutor, LocalLambdaExecutor, build_event
 from mrkit.model.reference import reference
@@ -180,6 +180,20 @@ def test_status_of_an_ended_job_keeps_its_failures(tmp_path, s3_url):
     assert status["failures"] == {"map": 2, "reduce": 0} and status["lost"] == {"map": 0, "reduce": 0}
     assert status["attempts"] == {"map": 4, "reduce": 1}
     assert result.counters["map.attempts_failed"] == 2
+
+
+def test_logs_follow_a_running_job_until_it_ends(tmp_path, s3_url):
+    records = ["a b", "b c", "c"] * 30
+    handle = mrkit.submit(
+        WORDCOUNT, mrkit.Records(records), executor=executor(tmp_path, s3_url), n_map=3, n_reduce=2
+    )
+    follower = ObjectStoreJobHandle(handle.id, s3_url, poll_interval=0.05)
+    lines = list(follower.logs(follow=True))  # returns once the job has ended
+    assert lines[-1] == f"job {handle.id} done"
+    started = {line.split()[0] for line in lines if " started (request " in line}
+    committed = {line.split()[0] for line in lines if " committed in " in line}
+    assert started == committed == {"map-00000", "map-00001", "map-00002", "reduce-00000", "reduce-00001"}
+    assert dict(handle.result(10)) == dict(reference(WORDCOUNT, records))
 
 
 def _slow(line: str):

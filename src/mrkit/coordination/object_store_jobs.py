@@ -668,7 +668,7 @@ class ObjectStoreJobHandle(JobHandle):
     Args:
         job_id: the job's id.
         storage_url: the job's storage (the executor's ``storage=``).
-        poll_interval: seconds between state reads in :meth:`wait`.
+        poll_interval: seconds between state reads in :meth:`wait` and :meth:`logs` with ``follow``.
     """
 
     def __init__(self, job_id: str, storage_url: str, *, poll_interval: float = 0.25) -> None:
@@ -787,10 +787,33 @@ class ObjectStoreJobHandle(JobHandle):
         return True
 
     def logs(self, follow: bool = False) -> Iterator[str]:
-        """One line per delivery and per result, in time order (``follow`` is not supported)."""
+        """One line per delivery and per result, in time order.
+
+        With ``follow``, keep polling (every ``poll_interval``) for new lines until the job ends,
+        then print how it ended. A job that succeeded deletes its deliveries and results with its
+        intermediate data, so only a follower sees them all.
+        """
+        seen: set[str] = set()
+        while True:
+            end = stopped(self.storage, self.id)
+            for _, line in sorted(self._new_log_lines(seen), key=lambda item: item[0]):
+                yield line
+            if not follow:
+                return
+            if end is not None:
+                yield f"job {self.id} {end['state']}" + (f": {end['error']}" if end.get("error") else "")
+                return
+            time.sleep(self.poll_interval)
+
+    def _new_log_lines(self, seen: set[str]) -> list[tuple[float, str]]:
+        """The log lines of deliveries and results whose keys are not in ``seen`` (added to it)."""
         lines: list[tuple[float, str]] = []
         for key in self.storage.list(f"{self.id}/lambda/claims/"):
-            claim = json.loads(self.storage.get(key))
+            raw = None if key in seen else self.storage.get_or_none(key)
+            if raw is None:
+                continue
+            seen.add(key)
+            claim = json.loads(raw)
             task, attempt, delivery = key.split("/")[-3:]
             lines.append(
                 (
@@ -799,7 +822,10 @@ class ObjectStoreJobHandle(JobHandle):
                 )
             )
         for key in self.storage.list(f"{self.id}/lambda/done/"):
-            raw = self.storage.get(key)
+            raw = None if key in seen else self.storage.get_or_none(key)
+            if raw is None:
+                continue
+            seen.add(key)
             task, attempt = key.split("/")[-2:]
             if attempt.endswith(".lost"):
                 lines.append((time.time(), f"{task} {attempt[:-5]} lost: {json.loads(raw).get('reason')}"))
@@ -813,5 +839,4 @@ class ObjectStoreJobHandle(JobHandle):
             lines.append(
                 (time.time(), f"{task} {attempt} {state} in {result.seconds:.3f}s on {result.worker}")
             )
-        for _, line in sorted(lines, key=lambda item: item[0]):
-            yield line
+        return lines
