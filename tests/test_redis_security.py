@@ -195,8 +195,9 @@ def test_tls_rediss(tmp_path, secret_env):  # noqa: F811
         server.stop()
 
 
-def test_an_async_job_whose_entries_are_all_refused_says_so(redis_url, monkeypatch):  # noqa: F811
-    """Submitter and workers with different secrets: nothing runs, and status says why."""
+def test_an_async_job_whose_entries_are_all_refused_says_so_and_fails(redis_url, monkeypatch):  # noqa: F811
+    """Submitter and workers with different secrets: nothing runs, status says why, and waiting
+    for the result fails (a refused entry is never run) instead of waiting forever."""
     monkeypatch.setenv("MRKIT_SECRET", "submitter-secret")
     handle = mrkit.submit(J.WORDCOUNT, mrkit.Records(TEXT), executor=redis_url, n_map=2, n_reduce=1)
     with WorkerThreads(redis_url, 1, secret=b"worker-secret"):
@@ -205,4 +206,10 @@ def test_an_async_job_whose_entries_are_all_refused_says_so(redis_url, monkeypat
     assert st["state"] == "running" and st["attempts"] == {"map": 0, "reduce": 0}
     status = mrkit_cmd("status", handle.id, "--executor", redis_url)
     assert "refused   2 entries" in status.stdout and "share one secret" in status.stdout
-    handle.cancel()
+    result = mrkit_cmd("result", handle.id, "--wait", "--executor", redis_url, check=False)
+    assert result.returncode == 1
+    assert "cannot complete: worker thread-0 refused its task entry" in result.stderr
+    assert "share one secret" in result.stderr
+    assert handle.status()["state"] == "failed"
+    with pytest.raises(JobFailed, match="cannot complete"):
+        handle.wait(timeout=5)

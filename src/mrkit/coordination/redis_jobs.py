@@ -59,8 +59,15 @@ from typing import Any
 from mrkit.coordination.handle import JobHandle
 from mrkit.coordination.plan import RetryPolicy, new_job_id
 from mrkit.coordination.publish import existing_output, publish_output
-from mrkit.errors import ConfigError, JobCancelled, JobFailed, OutputExistsError, StorageError
-from mrkit.execution.redis_streams import GROUP, JOBS, QUEUES, key, now_ms, pack
+from mrkit.errors import (
+    AuthenticationError,
+    ConfigError,
+    JobCancelled,
+    JobFailed,
+    OutputExistsError,
+    StorageError,
+)
+from mrkit.execution.redis_streams import DEAD, GROUP, JOBS, QUEUES, key, now_ms, pack, resolve_secret, unpack
 from mrkit.model import layout
 from mrkit.model.task import TaskFailure, TaskKind, TaskSpec
 from mrkit.storage import open_storage
@@ -921,6 +928,7 @@ class RedisJobHandle(JobHandle):
         self.id = job_id
         self.client = connect(url)
         self.keys = JobKeys(job_id)
+        self._refusals_checked = 0  # the job's ``refused`` count when its refusals were last read
 
     def status(self) -> dict[str, Any]:
         """See :func:`job_status`."""
@@ -965,11 +973,52 @@ class RedisJobHandle(JobHandle):
                     task_id=raw[3].decode() if raw[3] else "",
                     remote_traceback=raw[2].decode() if raw[2] else "",
                 )
+            if state == "running":
+                lost_task = self._refused_task()
+                if lost_task:
+                    fail_job(self.client, self.id, lost_task)
+                    raise JobFailed(lost_task, job_id=self.id)
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {self.id} still running after {timeout}s")
             time.sleep(
                 POLL_SECONDS if deadline is None else max(0.0, min(POLL_SECONDS, deadline - time.monotonic()))
             )
+
+    def _refused_task(self) -> str:
+        """Why the job can never complete, if a worker refused one of its real task entries.
+
+        Workers refuse (ack and dead-letter) entries whose signature does not verify with their
+        secret. An entry injected by someone else is rightly refused and changes nothing; but an
+        entry that verifies with *this* side's secret was a task of the job, now gone for good: the
+        submitter and that worker do not share one secret. Only the submitter's side can tell the
+        two apart, so it is checked here, when the job's ``refused`` count has grown.
+        """
+        refused = int(self.client.hget(self.keys.state, "refused") or 0)
+        if refused == self._refusals_checked:
+            return ""
+        self._refusals_checked = refused
+        try:
+            secret = resolve_secret(self.url)
+        except ConfigError:
+            return ""  # no secret here: nothing to tell genuine entries by
+        stream = self.keys.tasks.encode()
+        for _dead_id, dead in self.client.xrange(DEAD):
+            if dead.get(b"stream") != stream:
+                continue
+            found = self.client.xrange(self.keys.tasks, dead[b"id"], dead[b"id"])
+            if not found:
+                continue  # trimmed away: nothing to check it against
+            try:
+                unpack(secret, found[0][1], "a task")
+            except (AuthenticationError, ValueError):
+                continue  # not signed by this side: an injected entry, rightly refused
+            return (
+                f"job {self.id} cannot complete: worker {dead[b'worker'].decode()} refused its task "
+                f"entry {dead[b'id'].decode()} ({dead[b'reason'].decode()}), and a refused entry is "
+                "never run: the submitter and every worker must share one secret (MRKIT_SECRET or "
+                "--secret-file) and run the same mrkit version; resubmit once they do"
+            )
+        return ""
 
     def _result(self) -> Any:
         from mrkit.api import Result
@@ -1013,6 +1062,15 @@ class RedisJobHandle(JobHandle):
             time.sleep(POLL_SECONDS)
 
 
+def fail_job(client: Any, job_id: str, message: str) -> bool:
+    """Mark the running job ``job_id`` failed with ``message`` and delete its intermediate data.
+
+    Returns:
+        True when this call failed it; False when it had already ended.
+    """
+    return _end_from_outside(client, job_id, "failed", message)
+
+
 def cancel_job(client: Any, job_id: str) -> bool:
     """Mark ``job_id`` cancelled if it is running, then delete its intermediate data.
 
@@ -1022,16 +1080,19 @@ def cancel_job(client: Any, job_id: str) -> bool:
     Raises:
         JobFailed: Redis has no such job.
     """
+    return _end_from_outside(client, job_id, "cancelled", f"job {job_id} was cancelled")
+
+
+def _end_from_outside(client: Any, job_id: str, final: str, message: str) -> bool:
+    """End a running job from a handle (not a worker): record it, log it, delete its data."""
     k = JobKeys(job_id)
     script = client.register_script(_END)
-    message = f"job {job_id} was cancelled"
-    outcome = int(
-        script(keys=[k.state, k.tasks, QUEUES], args=[GROUP, "", "cancelled", "{}", message, now_ms()])
-    )
+    outcome = int(script(keys=[k.state, k.tasks, QUEUES], args=[GROUP, "", final, "{}", message, now_ms()]))
     if outcome == -1:
-        raise JobFailed(f"Redis has no job {job_id} to cancel", job_id=job_id)
+        verb = "cancel" if final == "cancelled" else "fail"
+        raise JobFailed(f"Redis has no job {job_id} to {verb}", job_id=job_id)
     if outcome == 1:
-        log_event(client, job_id, "", 0, "canceller", "event", message)
+        log_event(client, job_id, "", 0, "submitter" if final == "failed" else "canceller", "event", message)
         state = {kk.decode(): v.decode() for kk, v in client.hgetall(k.state).items()}
         _cleanup(client, job_id, state, failed=True)
     return outcome == 1
