@@ -73,6 +73,7 @@ RECONNECT_SECONDS = 60.0  # how long the executor retries a lost Redis before fa
 WORKER_ALIVE_MS = 15_000  # a worker whose heartbeat is older than this is not counted as live
 NO_WORKER_NOTICE = 10.0  # seconds tasks wait with no live worker before the executor says so
 RUNNING_POLL = 0.25  # seconds between two looks for entries workers have taken (futures -> running)
+RUNNING_SCAN = 1000  # entries held by workers read per look (workers hold a few each)
 
 
 def key(scope: str, name: str) -> str:
@@ -426,30 +427,25 @@ class RedisExecutor(Executor):
 
     def _mark_running(self) -> None:
         """Turn ``running()`` the futures whose entries a worker has taken (they are in the group's
-        pending entries list). Runs on the listener thread, the only one that resolves futures, so
-        a future cannot finish between the check and the change."""
+        pending entries list). The work is per entry held by a worker, not per future waiting, so a
+        long queue costs nothing here. Runs on the listener thread, the only one that resolves
+        futures in normal operation."""
         with self._lock:
-            waiting = {
-                slot[2]: slot[0]
-                for slot in self._pending.values()
-                if slot[2] is not None and not slot[0].running() and not slot[0].done()
-            }
-            in_flight = len(self._pending)
-        if not waiting:
-            return
-        # Entry ids grow with submission: nothing taken before the oldest waiting one matters.
-        oldest = min(waiting, key=_entry_order)
+            if not self._pending:
+                return
         from redis.exceptions import ResponseError
 
         try:
-            taken = self.client.xpending_range(self.stream, GROUP, min=oldest, max="+", count=in_flight + 16)
+            taken = self.client.xpending_range(self.stream, GROUP, min="-", max="+", count=RUNNING_SCAN)
         except ResponseError as exc:
             if "NOGROUP" in str(exc):
                 return  # Redis lost the stream: the next chores say so and fail what is in flight
             raise
-        for entry in taken:
-            future = waiting.get(entry["message_id"])
-            if future is None or future.running() or future.done():
+        with self._lock:
+            sids = [self._by_entry.get(entry["message_id"], 0) for entry in taken]  # sids start at 1
+            futures = [self._pending[sid][0] for sid in sids if sid in self._pending]
+        for future in futures:
+            if future.running() or future.done():
                 continue
             try:
                 future.set_running_or_notify_cancel()  # False when the driver cancelled it: fine
@@ -595,12 +591,6 @@ class RedisExecutor(Executor):
             self._outbox.clear()
         for future, spec, _ in slots:
             _settle(future, exc=WorkerLost(reason, task_id=spec.task_id, attempt=spec.attempt))
-
-
-def _entry_order(entry_id: bytes) -> tuple[int, int]:
-    """Sort key of a stream entry id (``b"1700000000000-12"``): numeric, not by bytes."""
-    ms, _, seq = entry_id.partition(b"-")
-    return int(ms), int(seq or 0)
 
 
 def _settle(
