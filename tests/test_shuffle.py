@@ -237,3 +237,16 @@ def test_user_code_runs_with_the_garbage_collector_as_the_user_left_it():
     assert res.counters["reduce.grouped_in_memory"] == 2
     assert all(enabled for _total, enabled in dict(res).values())
     assert gc.isenabled()
+
+
+def test_a_run_in_the_old_entry_list_format_fails_with_a_clear_error():
+    # A worker of an older mrkit wrote frames as pickled lists of (key bytes, key, values).
+    import pickle
+    import struct
+
+    from mrkit.errors import StorageError
+
+    data = pickle.dumps([(b"sa", "a", [1])], protocol=5)
+    blob = struct.pack("<I", len(data)) + data
+    with pytest.raises(StorageError, match="another mrkit version"):
+        list(read_frames(io.BytesIO(blob)))

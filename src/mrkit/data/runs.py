@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from itertools import accumulate, chain
 from typing import Any, BinaryIO
 
+from mrkit.errors import StorageError
+
 Entry = tuple[bytes, Any, list[Any]]  # (key bytes, key, values): one item of the streaming merge
 Frame = tuple[list[Any], list[Any], "list[bytes] | None", bool]  # (keys, values, kbs, single)
 
@@ -122,7 +124,14 @@ def read_frames(f: BinaryIO) -> Iterator[Frame]:
         data = read(size)
         if len(data) < size:
             raise EOFError(f"truncated run: frame of {size} bytes has only {len(data)}")
-        yield loads(data)
+        frame = loads(data)
+        if type(frame) is not tuple or len(frame) != 4:
+            # Before columnar frames a frame was a list of (key bytes, key, values) entries.
+            raise StorageError(
+                "a map task's output is not in this mrkit's run format (it was written by another "
+                "mrkit version, e.g. a worker not yet upgraded): run the job again on one version"
+            )
+        yield frame
 
 
 def frame_entries(frame: Frame) -> Iterator[Entry]:
