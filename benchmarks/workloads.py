@@ -111,6 +111,24 @@ class AdRevenue(mrkit.Job):
         return sum(revenues)
 
 
+class AdRevenueInMapper(mrkit.Job):
+    """The same sums with in-mapper combining: a dict per split, emitted by ``mapper_final``."""
+
+    def mapper_init(self) -> None:
+        self.totals: dict[str, float] = {}
+
+    def mapper(self, line: str) -> None:
+        fields = line.split(",")
+        url = fields[1]
+        self.totals[url] = self.totals.get(url, 0.0) + float(fields[3])
+
+    def mapper_final(self) -> Iterable[tuple[str, float]]:
+        return self.totals.items()
+
+    def reducer(self, url: str, revenues: Iterable[float]) -> float:
+        return sum(revenues)
+
+
 def revenue_file(path: str) -> dict[str, float]:
     """Baseline task for workload 4: per line, split, float and a dict accumulation."""
     totals: dict[str, float] = {}
