@@ -16,6 +16,7 @@ from typing import Any
 
 from mrkit.data.gc_pause import gc_paused
 from mrkit.data.runs import Entry, Frame
+from mrkit.model.partition import key_bytes
 
 _first = itemgetter(0)
 
@@ -76,7 +77,7 @@ def group_in_memory(runs: Iterable[Iterable[Frame]]) -> Iterator[tuple[Any, Iter
 
 
 def _group_sort_key(gk: Any) -> bytes:
-    return b"s" + gk.encode("utf-8", "surrogatepass") if type(gk) is str else gk
+    return key_bytes(gk) if type(gk) is str else gk  # a non-str group key is already its bytes
 
 
 def _collect_groups(runs: Iterable[Iterable[Frame]]) -> tuple[dict[Any, list[Any]], dict[bytes, Any]]:

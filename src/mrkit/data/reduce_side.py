@@ -8,12 +8,11 @@ an iterator, so memory stays bounded whatever the number of values of a key.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from itertools import chain
 from typing import Any, BinaryIO
 
 from mrkit.data.map_side import _short, user_failure
 from mrkit.data.merging import group_in_memory, group_values, merge_sorted_runs
-from mrkit.data.runs import Frame, frame_entries, read_frames
+from mrkit.data.runs import Frame, read_frames, run_entries
 from mrkit.model.job import Job, identity_reducer, returns_pairs
 from mrkit.storage.base import Storage
 
@@ -65,9 +64,7 @@ def reduce_partition(
     if in_memory:
         groups = group_in_memory(runs)
     else:
-        # chain hands out each frame's entries in C; frame_entries runs once per frame.
-        entries = [chain.from_iterable(map(frame_entries, run)) for run in runs]
-        groups = group_values(merge_sorted_runs(entries))
+        groups = group_values(merge_sorted_runs(map(run_entries, runs)))
     try:
         if yields_pairs:
             for key, values in groups:

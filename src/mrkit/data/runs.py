@@ -22,11 +22,12 @@ from __future__ import annotations
 import pickle
 import struct
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from itertools import accumulate, chain
 from typing import Any, BinaryIO
 
 from mrkit.errors import StorageError
+from mrkit.model.partition import key_bytes
 
 Entry = tuple[bytes, Any, list[Any]]  # (key bytes, key, values): one item of the streaming merge
 Frame = tuple[list[Any], list[Any], "list[bytes] | None", bool]  # (keys, values, kbs, single)
@@ -138,15 +139,18 @@ def frame_entries(frame: Frame) -> Iterator[Entry]:
     """The frame's ``(key bytes, key, values)`` entries, for the streaming merge."""
     keys, values, kbs, single = frame
     if kbs is None:
-        kbs = [b"s" + k.encode("utf-8", "surrogatepass") for k in keys]
+        kbs = list(map(key_bytes, keys))
     if single:
         values = [[v] for v in values]
     return zip(kbs, keys, values, strict=True)
 
 
-def read_run(f: BinaryIO) -> Iterator[Entry]:
-    """Iterate the entries of the frames in ``f`` until EOF, holding one frame in memory.
+def run_entries(frames: Iterable[Frame]) -> Iterator[Entry]:
+    """The entries of a run's frames, in order; ``chain`` (C) hands them out, with Python work
+    once per frame (:func:`frame_entries`), not per entry."""
+    return chain.from_iterable(map(frame_entries, frames))
 
-    The entries of a frame are handed out by ``chain`` (C), with no Python call per entry.
-    """
-    return chain.from_iterable(map(frame_entries, read_frames(f)))
+
+def read_run(f: BinaryIO) -> Iterator[Entry]:
+    """Iterate the entries of the frames in ``f`` until EOF, holding one frame in memory."""
+    return run_entries(read_frames(f))
