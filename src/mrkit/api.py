@@ -138,7 +138,7 @@ def _plan(
         paths = [os.fspath(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
         splits = plan_splits(paths, n_map, format=input_format, errors=errors)
     n_reduce = n_reduce or max(1, executor.workers)
-    settings = TaskSettings(memory_mb=memory_mb, output_format=fmt)
+    settings = TaskSettings(memory_mb=memory_mb, output_format=fmt, task_timeout=policy.task_timeout)
     return build_plan(
         job,
         splits,

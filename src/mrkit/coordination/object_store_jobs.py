@@ -173,7 +173,7 @@ def submit_job(
                 "choose another output or pass overwrite=True (--overwrite)"
             )
     splits = _splits(inputs, inter, job_id, n_map, errors, input_format, executor.workers)
-    settings = TaskSettings(memory_mb=memory_mb, output_format=fmt)
+    settings = TaskSettings(memory_mb=memory_mb, output_format=fmt, task_timeout=policy.task_timeout)
     plan = build_plan(
         job,
         splits,

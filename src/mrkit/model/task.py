@@ -75,11 +75,14 @@ class TaskSettings:
         memory_mb: per-task memory budget: the map side spills a sorted run past it; the reduce side
             groups a partition in a dict when its runs fit in it, else streams a k-way merge.
         output_format: ``tsv`` (JSON key TAB JSON value), ``jsonl`` or ``pickle`` (in-memory results).
-        params: the job's ``params`` (also baked into the stored job; repeated here for logs).
+        task_timeout: seconds an attempt may go *without progress* (no new record or key) before
+            the host of the attempt ends it and reports a ``TaskTimeout`` failure naming the record
+            (:mod:`mrkit.worker.watchdog`); None: never. It counts against ``max_attempts``.
     """
 
     memory_mb: float = 256.0
     output_format: str = "tsv"
+    task_timeout: float | None = None
 
     @property
     def memory_bytes(self) -> int:
