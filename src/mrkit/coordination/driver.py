@@ -292,8 +292,8 @@ class PhaseRunner:
 
     def _expire_timeouts(self) -> None:
         timeout = self.policy.task_timeout
-        if timeout is None:
-            return
+        if timeout is None or self.executor.enforces_timeouts:
+            return  # the executor ends stuck attempts where they run and reports TaskTimeout
         now = time.monotonic()
         self._clock(now)
         for future, (task, started) in list(self._inflight.items()):

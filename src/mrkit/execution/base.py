@@ -40,6 +40,10 @@ class Executor:
         reports_running: True when the futures it returns report ``running()`` once an attempt
             leaves its queue for a worker; the driver then times attempts from that moment
             instead of from submission.
+        enforces_timeouts: True when the side that runs an attempt enforces
+            ``TaskSettings.task_timeout`` itself (:mod:`mrkit.worker.watchdog`: time *without
+            progress*, the stuck process ended and replaced) and resolves the future with a
+            ``TaskTimeout`` failure; the driver then does not abandon attempts on its own clock.
     """
 
     name: str = "executor"
@@ -47,6 +51,7 @@ class Executor:
     local: bool = True
     asynchronous: bool = False
     reports_running: bool = False
+    enforces_timeouts: bool = False
 
     def submit(self, spec: TaskSpec) -> Future[TaskResult]:
         """Start one attempt of one task; the future resolves to its :class:`TaskResult`.
