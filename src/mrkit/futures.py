@@ -64,6 +64,7 @@ from typing import Any
 import cloudpickle
 
 from mrkit.errors import ConfigError, JobFailed, WorkerLost
+from mrkit.execution import shipping
 from mrkit.execution.base import Executor, open_executor
 from mrkit.model.task import TaskKind, TaskResult, TaskSpec
 
@@ -211,7 +212,7 @@ class _Call:
 
     def program(self, program: Any) -> None:
         """Ship ``program`` with the tasks made from now on (pickled here, once)."""
-        self.call_fn = cloudpickle.dumps(program, protocol=pickle.HIGHEST_PROTOCOL)
+        self.call_fn = shipping.dumps(program, remote=not self.executor.local)
         self.call_digest = hashlib.sha256(self.call_fn).hexdigest()
 
     def spec(self, args: tuple[Any, ...], first: int) -> TaskSpec:

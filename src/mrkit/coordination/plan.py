@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import os
 import re
-import sys
 import time
 import uuid
 from collections.abc import Iterable
@@ -21,6 +20,7 @@ from typing import Any
 import cloudpickle
 
 from mrkit.errors import ConfigError
+from mrkit.execution import shipping
 from mrkit.model import layout
 from mrkit.model.job import Job
 from mrkit.model.task import InputSplit, TaskKind, TaskSettings, TaskSpec
@@ -101,36 +101,14 @@ def new_job_id(name: str) -> str:
     return f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
-def pickle_job(job: Job) -> bytes:
-    """Cloudpickle ``job`` so that it runs on a worker that cannot import the user's modules.
+def pickle_job(job: Job, *, remote: bool = False) -> bytes:
+    """Pickle ``job`` so that it runs on a worker that cannot import the user's modules.
 
-    Classes and functions from modules that are not installed packages (a script, a job file
-    loaded by path) are pickled by value; installed packages are pickled by reference.
+    The job's local modules (its file and the helpers it imports) travel by value with their
+    source (:func:`mrkit.execution.shipping.dumps`); installed packages are imported by the worker.
     """
-    module = sys.modules.get(type(job).__module__)
-    modules = {module} | {
-        sys.modules.get(getattr(getattr(job, s, None), "__module__", "") or "")
-        for s in (
-            "mapper",
-            "reducer",
-            "combiner",
-            "partitioner",
-            "mapper_init",
-            "mapper_final",
-            "mapper_split",
-        )
-    }
-    for mod in modules:
-        if (
-            mod is None
-            or mod.__name__ in ("__main__", "builtins", "mrkit")
-            or mod.__name__.startswith("mrkit.")
-        ):
-            continue
-        path = getattr(mod, "__file__", None) or ""
-        if path and "site-packages" not in path and not path.startswith(sys.base_prefix):
-            cloudpickle.register_pickle_by_value(mod)
-    return cloudpickle.dumps(job, protocol=5)  # type: ignore[no-any-return]
+    hooks = ("mapper", "reducer", "combiner", "partitioner", "mapper_init", "mapper_final", "mapper_split")
+    return shipping.dumps(job, roots=tuple(getattr(job, name, None) for name in hooks), remote=remote)
 
 
 def store_records(storage: Storage, job_id: str, records: Iterable[Any], n_map: int) -> list[InputSplit]:
