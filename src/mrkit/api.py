@@ -21,9 +21,9 @@ from mrkit.coordination.driver import run_plan
 from mrkit.coordination.handle import JobHandle, LocalJobHandle
 from mrkit.coordination.plan import JobPlan, RetryPolicy, build_plan, new_job_id, store_records
 from mrkit.coordination.progress import Progress, summary_line
-from mrkit.coordination.publish import discard_job, existing_output, publish_output
+from mrkit.coordination.publish import discard_job, open_output, publish_output
 from mrkit.data.output import check_format, read_output
-from mrkit.errors import ConfigError, OutputExistsError
+from mrkit.errors import ConfigError
 from mrkit.execution.base import Executor, open_executor
 from mrkit.model.job import Job
 from mrkit.model.task import TaskSettings
@@ -228,13 +228,7 @@ def run(
         else:
             out_url = os.fspath(output)
             created_output = "://" not in out_url and not os.path.exists(out_url)
-            out_storage = open_storage(out_url)
-            previous = existing_output(out_storage)
-            if previous and not overwrite:
-                raise OutputExistsError(
-                    f"output {out_url} already holds a result ({len(previous)} files): "
-                    "choose another output or pass overwrite=True (--overwrite)"
-                )
+            out_storage = open_output(out_url, overwrite=overwrite, inputs=inputs)
         plan = _plan(
             job,
             inputs,

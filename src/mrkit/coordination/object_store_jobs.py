@@ -65,9 +65,9 @@ from typing import Any
 
 from mrkit.coordination.handle import JobHandle
 from mrkit.coordination.plan import JobPlan, RetryPolicy, build_plan, new_job_id, store_records
-from mrkit.coordination.publish import existing_output, publish_output
+from mrkit.coordination.publish import open_output, publish_output
 from mrkit.data.output import check_format, read_output
-from mrkit.errors import ConfigError, JobCancelled, JobFailed, OutputExistsError
+from mrkit.errors import ConfigError, JobCancelled, JobFailed
 from mrkit.model import layout
 from mrkit.model.job import Job
 from mrkit.model.task import TaskFailure, TaskKind, TaskResult, TaskSettings, TaskSpec
@@ -166,12 +166,7 @@ def submit_job(
         out_url = f"{inter.url}#{job_id}/output/"
     else:
         out_url = os.fspath(output)
-        previous = existing_output(open_storage(out_url))
-        if previous and not overwrite:
-            raise OutputExistsError(
-                f"output {out_url} already holds a result ({len(previous)} files): "
-                "choose another output or pass overwrite=True (--overwrite)"
-            )
+        open_output(out_url, overwrite=overwrite, inputs=inputs)
     splits = _splits(inputs, inter, job_id, n_map, errors, input_format, executor.workers)
     settings = TaskSettings(memory_mb=memory_mb, output_format=fmt, task_timeout=policy.task_timeout)
     plan = build_plan(

@@ -8,17 +8,75 @@ reader that sees ``_SUCCESS`` sees every part. A failed job never gets here: it 
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
+from mrkit.errors import ConfigError, OutputExistsError
 from mrkit.model import layout
+from mrkit.storage import open_storage
 from mrkit.storage.base import Storage
 
 
 def existing_output(output: Storage) -> list[str]:
     """Keys of a previous result in ``output`` (``part-*`` and ``_SUCCESS`` at the top level)."""
     return [k for k in output.list("") if "/" not in k and (k.startswith("part-") or k == layout.SUCCESS_KEY)]
+
+
+def input_paths(inputs: Any) -> list[str]:
+    """The paths among ``inputs`` (a path, or an iterable that may hold paths); records give none."""
+    if isinstance(inputs, (str, os.PathLike)):
+        return [os.fspath(inputs)]
+    if isinstance(inputs, (list, tuple)):
+        return [os.fspath(i) for i in inputs if isinstance(i, (str, os.PathLike))]
+    return []
+
+
+def open_output(url: str, *, overwrite: bool, inputs: Any = ()) -> Storage:
+    """Open the output storage at ``url``, refusing one that would clobber or mix with other files.
+
+    * an existing *file* at a local ``url`` (one sentence: it is a file, not a folder);
+    * a local output folder that is, or contains, one of the input paths (the job would read its own
+      output next time, and ``--overwrite`` would delete input);
+    * a previous result (``_SUCCESS``/``part-*``) unless ``overwrite``;
+    * a folder holding other files and no mrkit result (say a typo'd ``-o .``) unless ``overwrite``,
+      which then adds the result beside them and deletes none of them.
+
+    Returns:
+        the output's storage.
+
+    Raises:
+        ConfigError: the output is a file, or holds the input.
+        OutputExistsError: a previous result or other files are there and ``overwrite`` is False.
+    """
+    local = "://" not in url
+    if local and os.path.isfile(url):
+        raise ConfigError(f"output {url} is a file, not a folder: name a new or empty folder for the parts")
+    if local:
+        out = os.path.realpath(url)
+        for path in input_paths(inputs):
+            base = path if not glob.has_magic(path) else os.path.dirname(path.split("*")[0].split("?")[0])
+            real = os.path.realpath(base or ".")
+            if real == out or real.startswith(out.rstrip(os.sep) + os.sep):
+                raise ConfigError(
+                    f"output {url} holds the input {path}: write the output to a folder outside the inputs"
+                )
+    output = open_storage(url)
+    keys = [k for k in output.list("") if not k.startswith(("_temporary/", "."))]
+    previous = existing_output(output)
+    if previous and not overwrite:
+        raise OutputExistsError(
+            f"output {url} already holds a result ({len(previous)} files): "
+            "choose another output or pass overwrite=True (--overwrite)"
+        )
+    if keys and not previous and not overwrite:
+        raise OutputExistsError(
+            f"output {url} is not empty ({len(keys)} files, no mrkit result): choose a new or empty "
+            "folder, or pass overwrite=True (--overwrite) to add the result beside those files"
+        )
+    return output
 
 
 def publish_output(

@@ -58,13 +58,12 @@ from typing import Any
 
 from mrkit.coordination.handle import JobHandle
 from mrkit.coordination.plan import RetryPolicy, new_job_id
-from mrkit.coordination.publish import existing_output, publish_output
+from mrkit.coordination.publish import open_output, publish_output
 from mrkit.errors import (
     AuthenticationError,
     ConfigError,
     JobCancelled,
     JobFailed,
-    OutputExistsError,
     StorageError,
 )
 from mrkit.execution.redis_streams import DEAD, GROUP, JOBS, QUEUES, key, now_ms, pack, resolve_secret, unpack
@@ -287,13 +286,7 @@ def submit_job(
     if output is None:
         out_storage = open_storage(f"{inter.url}#{job_id}/output/")
     else:
-        out_storage = open_storage(os.fspath(output))
-        previous = existing_output(out_storage)
-        if previous and not overwrite:
-            raise OutputExistsError(
-                f"output {os.fspath(output)} already holds a result ({len(previous)} files): "
-                "choose another output or pass overwrite=True (--overwrite)"
-            )
+        out_storage = open_output(os.fspath(output), overwrite=overwrite, inputs=inputs)
     plan = _plan(
         job,
         inputs,
