@@ -20,6 +20,11 @@ def _main() -> None:
         sys.exit(launch(argv))
     from mrkit.cli.main import main
 
+    if argv in (["-h"], ["--help"]):  # both tools answer to python -m mrkit: show both
+        from mrkit.launcher import USAGE
+
+        print(USAGE)
+        print("python -m mrkit COMMAND ... is also the mrkit command:\n")
     main(argv)
 
 

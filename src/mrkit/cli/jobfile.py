@@ -13,6 +13,7 @@ A ``job`` reference to a file is resolved relative to the job file too.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import json
@@ -62,7 +63,7 @@ def load_job(ref: str, params: dict[str, Any] | None = None) -> Job:
     try:
         obj = getattr(module, name)
     except AttributeError:
-        raise ConfigError(f"{module_ref} has no attribute {name!r}") from None
+        raise ConfigError(f"{module_ref} has no attribute {name!r}{_suggest(module, name)}") from None
     if isinstance(obj, type) and issubclass(obj, Job):
         return obj(params=params)
     if isinstance(obj, Job):
@@ -74,6 +75,24 @@ def load_job(ref: str, params: dict[str, Any] | None = None) -> Job:
     raise ConfigError(
         f"{ref} is a {type(obj).__name__}, not an mrkit.Job, a Job subclass or a function returning one"
     )
+
+
+def _suggest(module: Any, name: str) -> str:
+    """``"; did you mean 'WordCount'? (jobs in it: WordCount, TopN)"`` for a mistyped job name."""
+    jobs = sorted(
+        attr
+        for attr, obj in vars(module).items()
+        if not attr.startswith("_")
+        and ((isinstance(obj, type) and issubclass(obj, Job) and obj is not Job) or isinstance(obj, Job))
+    )
+    if not jobs:
+        return "; it defines no mrkit.Job (a Job subclass, or an instance of mrkit.Job)"
+    close = difflib.get_close_matches(name, jobs, n=1, cutoff=0.5)
+    if not close:  # a case slip: wordcount for WordCount
+        lowered = difflib.get_close_matches(name.lower(), [j.lower() for j in jobs], n=1, cutoff=0.5)
+        close = [j for j in jobs if lowered and j.lower() == lowered[0]][:1]
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{hint} (jobs in it: {', '.join(jobs)})" if hint else f"; the jobs in it are: {', '.join(jobs)}"
 
 
 def _import(module_ref: str) -> Any:

@@ -1,13 +1,21 @@
 """The ``mrkit`` command: a click group whose subcommands load lazily (STYLE 40).
 
 Every failure exits non-zero: 1 for a failed job or runtime error, 2 for a usage or configuration
-error. A failure prints one sentence first (``mrkit: error: …``), then the traceback (the remote one
-for a failed task).
+error. A failure prints one sentence first (``mrkit: error: …``), then the remote traceback of a
+failed task; a lost connection or other infrastructure error prints its sentence alone, and ``-v``
+adds the local traceback to any error.
+
+Every command (and the group itself) takes ``-v``/``--verbose`` (repeat for debug logs), ``-q``/
+``--quiet`` (no progress bar, no summary, only errors) and ``--log-level LEVEL``
+(``$MRKIT_LOG_LEVEL``); mrkit logs through the standard :mod:`logging` module, to stderr. Output
+piped into a command that stops reading (``mrkit run … | head``) ends the command quietly, exit 0.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import sys
 import traceback
 from typing import Any
@@ -44,6 +52,77 @@ HELP = {
 }
 
 
+VERBOSITY = "mrkit.verbosity"  # key in click's ctx.meta: -1 quiet, 0 normal, 1 -v, 2 -vv
+
+
+def verbosity(ctx: click.Context | None = None) -> int:
+    """The verbosity asked for on the command line (-1 quiet, 0 normal, 1+ verbose)."""
+    ctx = ctx or click.get_current_context(silent=True)
+    return int(ctx.meta.get(VERBOSITY, 0)) if ctx is not None else 0
+
+
+def _configure_logging(ctx: click.Context, level: int | str) -> None:
+    logging.basicConfig(format="mrkit: %(levelname)s: %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("mrkit").setLevel(level)
+
+
+def _on_verbose(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    if value:
+        ctx.meta[VERBOSITY] = max(verbosity(ctx), 0) + value
+        _configure_logging(ctx, logging.INFO if value == 1 else logging.DEBUG)
+
+
+def _on_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.meta[VERBOSITY] = -1
+        _configure_logging(ctx, logging.ERROR)
+
+
+def _on_log_level(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:
+        _configure_logging(ctx, value.upper())
+
+
+def verbosity_options() -> list[click.Option]:
+    """-v/-q/--log-level, accepted by the group and by every subcommand."""
+    return [
+        click.Option(
+            ["-v", "--verbose"],
+            count=True,
+            expose_value=False,
+            is_eager=True,
+            callback=_on_verbose,
+            help="More output: the local traceback of errors, info logs (-vv: debug logs).",
+        ),
+        click.Option(
+            ["-q", "--quiet"],
+            is_flag=True,
+            expose_value=False,
+            is_eager=True,
+            callback=_on_quiet,
+            help="Only errors: no progress bar, no summary line.",
+        ),
+        click.Option(
+            ["--log-level"],
+            type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+            envvar="MRKIT_LOG_LEVEL",
+            expose_value=False,
+            callback=_on_log_level,
+            help="Level of mrkit's log messages on stderr (default warning).",
+        ),
+    ]
+
+
+def _with_verbosity(command: click.Command) -> click.Command:
+    if not getattr(command, "_mrkit_verbosity", False):
+        command.params.extend(verbosity_options())
+        command._mrkit_verbosity = True  # type: ignore[attr-defined]
+        if isinstance(command, click.Group):
+            for sub in command.commands.values():
+                _with_verbosity(sub)
+    return command
+
+
 class LazyGroup(click.Group):
     """A group that imports a subcommand's module only when that subcommand is used."""
 
@@ -63,7 +142,7 @@ class LazyGroup(click.Group):
                     f"the {cmd_name!r} command is not available in this build of mrkit"
                 ) from None
             raise
-        return getattr(module, attr)  # type: ignore[no-any-return]
+        return _with_verbosity(getattr(module, attr))
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):
@@ -80,27 +159,54 @@ def cli() -> None:
     """mrkit: MapReduce for Python, from one process to a fleet."""
 
 
-def report_error(exc: BaseException) -> int:
-    """Print ``exc`` as one sentence, then its traceback; return the exit code."""
-    if isinstance(exc, ConfigError):
-        click.echo(f"mrkit: error: {exc}", err=True)
-        return 2
+def _is_infrastructure(exc: BaseException) -> bool:
+    """A lost connection, a refused socket, a full disk: the sentence says it all, no traceback."""
+    return isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in ("redis", "botocore", "urllib3")
+
+
+def report_error(exc: BaseException, verbose: int = 0) -> int:
+    """Print ``exc`` as one sentence, then the traceback that helps; return the exit code.
+
+    mrkit's own errors say everything in their sentence, and a failed task adds its remote
+    traceback; an infrastructure error (a lost connection) prints its sentence alone; anything
+    else (a bug) prints its traceback too. ``verbose`` adds the local traceback to every error.
+    """
+    code = 2 if isinstance(exc, ConfigError) else 1
     if isinstance(exc, MrkitError):
         click.echo(f"mrkit: error: {exc}", err=True)
-        # mrkit's own errors say everything in their sentence; only a task's remote traceback adds to it.
         remote = getattr(exc, "remote_traceback", "")
         if remote:
             click.echo("\nRemote traceback (most recent call last):\n" + remote.rstrip(), err=True)
-        return 1
-    click.echo(f"mrkit: error: {type(exc).__name__}: {exc}", err=True)
-    click.echo("".join(traceback.format_exception(exc)).rstrip(), err=True)
-    return 1
+        show_local = verbose > 0
+    else:
+        click.echo(f"mrkit: error: {type(exc).__name__}: {exc}", err=True)
+        show_local = verbose > 0 or not _is_infrastructure(exc)
+    if show_local:
+        click.echo("\n" + "".join(traceback.format_exception(exc)).rstrip(), err=True)
+    return code
+
+
+def _stdout_closed() -> int:
+    """The reader of our stdout went away (``| head``): stop quietly, as ``cat`` does."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the flush at exit must not raise again
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def main(argv: list[str] | None = None) -> Any:
     """Console entry point; returns (exits with) the command's status."""
+    ctx_meta: dict[str, Any] = {}
     try:
-        return cli.main(args=argv, prog_name="mrkit", standalone_mode=False)
+        with cli.make_context("mrkit", list(sys.argv[1:] if argv is None else argv)) as ctx:
+            ctx_meta = ctx.meta
+            result = cli.invoke(ctx)
+        sys.stdout.flush()
+        return result
+    except BrokenPipeError:
+        sys.exit(_stdout_closed())
     except click.exceptions.Abort:
         click.echo("mrkit: aborted", err=True)
         sys.exit(130)
@@ -113,4 +219,7 @@ def main(argv: list[str] | None = None) -> Any:
         click.echo("mrkit: interrupted", err=True)
         sys.exit(130)
     except Exception as exc:
-        sys.exit(report_error(exc))
+        sys.exit(report_error(exc, int(ctx_meta.get(VERBOSITY, 0))))
+
+
+cli.params.extend(verbosity_options())

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import click
 
+from mrkit.cli.main import verbosity
 from mrkit.cli.options import apply_storage_options, parse_params, run_options
 
 
@@ -33,17 +38,41 @@ def run(job_ref: str, inputs: tuple[str, ...], **opts: Any) -> None:
     Examples:
       mrkit run examples/wordcount.py:WordCount 'texts/*.txt' -N 8 -M 4 -o out/
       mrkit run examples/montecarlo_pi.json
+      cat texts/*.txt | mrkit run examples/wordcount.py:WordCount - -o out/   # - is standard input
     """
-    import mrkit
-    from mrkit.cli.jobfile import load_request
-
     opts["params"] = parse_params(opts.pop("param"))
     apply_storage_options(opts.pop("storage_options"))
     show_counters = opts.pop("counters")
+    with _stdin_as_file(inputs) as inputs:
+        _run(job_ref, inputs, opts, show_counters)
+
+
+@contextlib.contextmanager
+def _stdin_as_file(inputs: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+    """Inputs with ``-`` replaced by a temporary copy of standard input (removed afterwards).
+
+    A copy, not a pipe, so that standard input is split into byte ranges like any file; it lives in
+    the temp folder, which workers on this machine read (remote workers cannot: give them a file).
+    """
+    if "-" not in inputs:
+        yield inputs
+        return
+    with tempfile.NamedTemporaryFile(prefix="mrkit-stdin-", suffix=".txt") as copy:
+        shutil.copyfileobj(sys.stdin.buffer, copy, 1 << 20)
+        copy.flush()
+        yield tuple(copy.name if item == "-" else item for item in inputs)
+
+
+def _run(job_ref: str, inputs: tuple[str, ...], opts: dict[str, Any], show_counters: bool) -> None:
+    import mrkit
+    from mrkit.cli.jobfile import load_request
+
     job, run_inputs, options = load_request(job_ref, inputs, opts)
     output = options.pop("output", None)
     if output is None and options.get("format"):
         options.pop("format")
+    if verbosity() < 0:  # -q: no progress bar, no summary line
+        options.update(quiet=True, progress=False)
     result = mrkit.run(job, run_inputs, output=output, **options)
     if output is None:
         out = sys.stdout
@@ -85,8 +114,16 @@ def demo(size_mb: float, data_dir: str, output: str, executor: str, workers: int
                     os.unlink(os.path.join(data_dir, name))
         generate_text(data_dir, size_mb=size_mb, files=8, seed=0)
         open(marker, "w").close()
+    quiet = verbosity() < 0
     result = mrkit.run(
-        WordCount(), data_dir, output=output, overwrite=True, executor=executor, workers=workers
+        WordCount(),
+        data_dir,
+        output=output,
+        overwrite=True,
+        executor=executor,
+        workers=workers,
+        quiet=quiet,
+        progress=False if quiet else None,
     )
     counts = sorted(result, key=lambda kv: (-kv[1], kv[0]))[:top]
     click.echo(f"top {len(counts)} words in {data_dir}/ (full result in {output}/):")
