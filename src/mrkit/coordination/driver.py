@@ -4,7 +4,8 @@ Task states and their transitions live here, in one place (STYLE 14)::
 
     PENDING --launch--> RUNNING --an attempt commits--> COMMITTED
        ^                   |
-       +--retry------------+ (user code raised and attempts remain; or the worker was lost)
+       +--retry------------+ (the attempt failed -- user code raised, timed out or ended its
+                           |  worker -- and attempts remain; or the worker was lost)
                            |
                            +--out of attempts / input unreadable--> FAILED (the job fails)
 

@@ -19,12 +19,14 @@ cached by digest; the digest is checked before unpickling.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import pickle
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -93,12 +95,17 @@ def _load_function(spec: TaskSpec) -> Callable[..., Any]:
     return fn
 
 
-def run_task(spec: TaskSpec, *, worker: str = "") -> TaskResult:
+def run_task(spec: TaskSpec, *, worker: str = "", catch_interrupt: bool = True) -> TaskResult:
     """Run one attempt of ``spec`` here and now.
 
     Args:
         spec: the task attempt.
         worker: a label for this process (``pid:123``, ``host:port``) reported in the result.
+        catch_interrupt: also turn ``KeyboardInterrupt`` into a failure. ``SystemExit`` raised by
+            user code always becomes a ``WorkerCrashed`` failure (a failed attempt, counted against
+            ``max_attempts``) so that user code cannot end a worker by raising it; so does
+            ``KeyboardInterrupt`` unless the host runs tasks in the user's own main thread (the
+            inline executor passes False, so that Ctrl-C still stops the program).
 
     Returns:
         The attempt's :class:`TaskResult`; ``ok=False`` with ``failure`` set when it failed.
@@ -143,6 +150,10 @@ def run_task(spec: TaskSpec, *, worker: str = "") -> TaskResult:
         failure = TaskFailure(where="", exc_type=type(exc).__name__, message=str(exc), retryable=False)
     except Exception as exc:
         failure = user_failure("", exc).failure
+    except (SystemExit, KeyboardInterrupt) as exc:
+        if isinstance(exc, KeyboardInterrupt) and not catch_interrupt:
+            raise
+        failure = _exit_failure(exc)
     return TaskResult(
         spec.task_id,
         spec.attempt,
@@ -152,6 +163,16 @@ def run_task(spec: TaskSpec, *, worker: str = "") -> TaskResult:
         seconds=time.perf_counter() - started,
         failure=failure,
     )
+
+
+def _exit_failure(exc: SystemExit | KeyboardInterrupt) -> TaskFailure:
+    """The failure of an attempt whose user code raised SystemExit or KeyboardInterrupt."""
+    from mrkit.worker.watchdog import crash_failure
+
+    what = f"SystemExit({exc.code!r})" if isinstance(exc, SystemExit) else "KeyboardInterrupt"
+    failure = crash_failure(f"user code raised {what}")
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return dataclasses.replace(failure, traceback=tb)
 
 
 def _run_map(spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, int], ctx: TaskContext) -> bool:

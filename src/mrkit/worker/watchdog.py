@@ -52,7 +52,9 @@ def crash_failure(description: str, where: str = "") -> TaskFailure:
     Such an attempt counts against ``max_attempts`` like a raising function (a *poison* task), not as
     an infrastructure loss.
     """
-    return TaskFailure(where=where, exc_type="WorkerCrashed", message=f"the task ended its worker: {description}")
+    return TaskFailure(
+        where=where, exc_type="WorkerCrashed", message=f"the task ended its worker: {description}"
+    )
 
 
 def position(thread_id: int) -> tuple[object, str]:
