@@ -421,6 +421,33 @@ def test_a_driver_that_exits_without_shutdown_exits_promptly(tmp_path: Path) -> 
     wait_until(lambda: not any(alive(pid) for pid in pids), 3.0, "workers to exit with the driver")
 
 
+@pytest.mark.skipif("forkserver" not in START_METHODS, reason="only the fork server uses a Unix socket")
+def test_a_long_tmpdir_does_not_break_the_fork_server_socket(tmp_path: Path) -> None:
+    # TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX must fit in sun_path (108 bytes): with a TMPDIR of 80+
+    # characters binding the fork server's socket failed with "AF_UNIX path too long".
+    long_tmp = tmp_path / ("t" * max(1, 100 - len(str(tmp_path))))
+    long_tmp.mkdir()
+    assert len(str(long_tmp)) >= 100
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        textwrap.dedent(f"""
+        import json, tempfile
+        from mrkit.execution.processes import ProcessExecutor
+        from mrkit.model.task import TaskKind, TaskSpec
+
+        if __name__ == "__main__":
+            assert tempfile.gettempdir() == {str(long_tmp)!r}
+            with ProcessExecutor(workers=1, runner={RUNNER!r}, start_method="forkserver") as executor:
+                spec = TaskSpec("job", "call-1", TaskKind.CALL, call=json.dumps({{"value": 4}}).encode())
+                print(executor.submit(spec).result(timeout=20).counters["value"])
+    """)
+    )
+    env = dict(os.environ, TMPDIR=str(long_tmp), PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
+    proc = subprocess.run([sys.executable, str(driver)], capture_output=True, text=True, env=env, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "8"
+
+
 def test_many_threads_may_submit_at_once(make_executor: MakeExecutor) -> None:
     executor = make_executor(workers=2)
     futures: dict[int, Future[TaskResult]] = {}

@@ -64,6 +64,7 @@ import pickle
 import signal
 import struct
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -117,6 +118,47 @@ def default_start_method() -> str:
     if sys.platform.startswith("linux") and "forkserver" in multiprocessing.get_all_start_methods():
         return "forkserver"
     return "spawn"
+
+
+# A Unix socket's path must fit in sun_path: 108 bytes with its NUL on Linux, 104 on macOS. The fork
+# server listens on <multiprocessing temp dir>/listener-XXXXXXXX (18 more characters).
+_SOCKET_PATH_MAX = 103
+_LISTENER_SUFFIX = len("/listener-XXXXXXXX")
+
+
+def _short_socket_dir() -> None:
+    """Make multiprocessing put its sockets where their path fits, whatever ``TMPDIR`` is.
+
+    The fork server's socket lives in multiprocessing's temp folder (``TMPDIR/pymp-XXXXXXXX``). With
+    a long ``TMPDIR`` (80 characters or so: CI runners, nested build folders) binding it fails with
+    ``OSError: AF_UNIX path too long``. Then multiprocessing is given a private folder (mode 0700,
+    removed at exit) under ``/tmp`` instead, before the fork server starts.
+
+    Raises:
+        ConfigError: when no short writable folder exists; names TMPDIR and the fix.
+    """
+    from multiprocessing import process, util
+
+    config = process.current_process()._config  # type: ignore[attr-defined]
+    current = config.get("tempdir") or os.path.join(tempfile.gettempdir(), "pymp-XXXXXXXX")
+    if len(current) + _LISTENER_SUFFIX <= _SOCKET_PATH_MAX:
+        return
+    for base in ("/tmp", "/var/tmp", "/dev/shm"):
+        if os.path.isdir(base) and os.access(base, os.W_OK | os.X_OK):
+            break
+    else:
+        raise ConfigError(
+            f"TMPDIR={tempfile.gettempdir()!r} is too long for the processes executor's Unix sockets "
+            f"({len(current) + _LISTENER_SUFFIX} > {_SOCKET_PATH_MAX} characters) and /tmp is not "
+            "writable: set TMPDIR to a shorter folder (e.g. TMPDIR=/tmp)"
+        )
+    saved = tempfile.tempdir
+    config.pop("tempdir", None)  # a long one made earlier is still removed at exit by its finalizer
+    try:
+        tempfile.tempdir = base
+        util.get_temp_dir()  # mkdtemp (0700) under base, cached for this process, removed at exit
+    finally:
+        tempfile.tempdir = saved
 
 
 # --------------------------------------------------------------------------------------------------
@@ -707,6 +749,8 @@ class ProcessExecutor(Executor):
     def _start_locked(self) -> None:
         # All workers start together: Process.start() returns once the child exists (forkserver:
         # after one fork; spawn: after fork+exec), and they import and say hello in parallel.
+        if self.start_method == "forkserver":
+            _short_socket_dir()
         self._started = True
         self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
         # Every worker gets the read end; only this process ever holds the write end (spawn and
