@@ -9,6 +9,9 @@ where a task attempt runs:
   speculative twin) deletes its own files and reports ``committed=False``.
 * **reduce**: read every map task's commit manifest, merge this partition's runs, reduce, write the
   part file under the attempt's temp key in the output storage, commit the same way.
+* **duplicates**: a map or reduce attempt whose task already has a committed attempt (its
+  ``COMMIT`` key exists) is not run: it returns at once with ``ok=True, committed=False`` and
+  ``counters={"duplicates_skipped": 1}``. Every transport that redelivers gets this for free.
 * **call**: the futures API: apply a function to a chunk of argument tuples.
 
 ``run_task`` never raises for a failing task: user-code errors and data errors come back as
@@ -127,6 +130,18 @@ def run_task(spec: TaskSpec, *, worker: str = "", catch_interrupt: bool = True) 
                 seconds=time.perf_counter() - started,
             )
         storage = storage_for(spec.storage_url)
+        if storage.exists(layout.commit_key(spec.job_id, spec.task_id)):
+            # A duplicate delivery (a redelivered message, a retry racing a late success): the task
+            # already has its output, so this attempt would only be discarded at commit. Skip it.
+            return TaskResult(
+                spec.task_id,
+                spec.attempt,
+                ok=True,
+                committed=False,
+                counters={"duplicates_skipped": 1},
+                worker=worker,
+                seconds=time.perf_counter() - started,
+            )
         job = load_job(storage, spec.job_key, spec.job_digest)
         ctx = TaskContext(job_id=spec.job_id, task_id=spec.task_id, attempt=spec.attempt, params=job.params)
         with activate(ctx):
