@@ -209,3 +209,20 @@ def test_a_worker_killed_from_outside_is_lost_not_failed(text: Path, tmp_path: P
     assert dict(result)["poison"] == 1
     assert attempts(tmp_path) == 2
     assert result.counters["map.attempts_lost"] == 1 and result.counters["map.attempts_failed"] == 0
+
+
+# -- 7. deterministic user errors ---------------------------------------------------------------------
+
+
+def yields_words(line: str) -> Iterator[str]:
+    yield from line.split()  # not (key, value) pairs
+
+
+def test_a_mapper_that_does_not_yield_pairs_fails_at_once_naming_the_record(text: Path) -> None:
+    job = mrkit.Job(mapper=yields_words, reducer=lambda key, values: sum(values))
+    with pytest.raises(JobFailed) as caught:
+        mrkit.run(job, str(text), n_map=1, executor="inline", quiet=True)
+    message = str(caught.value)
+    assert "failed after 1 attempt (not retried" in message, message
+    assert "mapper must take one record and yield (key, value) pairs" in message
+    assert f"mapper on {text} bytes 0-" in message and "record 0" in message
