@@ -38,6 +38,7 @@ _KNOWN_KEYS = {
     "memory_mb",
     "errors",
     "input_format",
+    "split_size",
 }
 
 
