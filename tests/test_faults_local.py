@@ -226,3 +226,29 @@ def test_a_mapper_that_does_not_yield_pairs_fails_at_once_naming_the_record(text
     assert "failed after 1 attempt (not retried" in message, message
     assert "mapper must take one record and yield (key, value) pairs" in message
     assert f"mapper on {text} bytes 0-" in message and "record 0" in message
+
+
+# -- 9. what JobFailed tells ------------------------------------------------------------------------
+
+
+def fails_on_cat(word: str, counts: Iterable[int]) -> int:
+    if word == "cat":
+        raise ValueError("no cats")
+    return sum(counts)
+
+
+def test_job_failed_carries_counters_and_per_task_status_and_names_the_partition(text: Path) -> None:
+    import pickle
+
+    job = mrkit.Job(mapper=lambda line: ((w, 1) for w in line.split()), reducer=fails_on_cat)
+    policy = RetryPolicy(max_attempts=2, speculative=False)
+    with pytest.raises(JobFailed) as caught:
+        mrkit.run(job, str(text), n_map=1, n_reduce=1, executor="inline", policy=policy, quiet=True)
+    error = caught.value
+    assert "reduce task reduce-00000" in str(error) and "partition 0: reducer on key 'cat'" in str(error)
+    assert error.counters["map.attempts_launched"] == 1 and error.counters["map.records_in"] == len(LINES)
+    assert error.counters["reduce.attempts_failed"] == 2
+    assert error.status["map-00000"] == {"state": "committed", "launched": 1, "failed": 0, "lost": 0}
+    assert error.status["reduce-00000"] == {"state": "failed", "launched": 2, "failed": 2, "lost": 0}
+    again = pickle.loads(pickle.dumps(error))
+    assert (again.counters, again.status, str(again)) == (error.counters, error.status, str(error))
