@@ -252,3 +252,10 @@ def test_job_failed_carries_counters_and_per_task_status_and_names_the_partition
     assert error.status["reduce-00000"] == {"state": "failed", "launched": 2, "failed": 2, "lost": 0}
     again = pickle.loads(pickle.dumps(error))
     assert (again.counters, again.status, str(again)) == (error.counters, error.status, str(error))
+
+
+def test_a_job_that_fails_before_running_leaves_no_output_folder(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(mrkit.errors.InputError):
+        mrkit.run(Poison(), str(tmp_path / "missing.txt"), output=str(out), executor="inline", quiet=True)
+    assert not out.exists()

@@ -288,6 +288,11 @@ def run(
         if not quiet:
             print(result.summary(), file=sys.stderr)
         return result
+    except BaseException:
+        # Also when the job fails before running anything (a missing input): no empty output folder.
+        if created_output and output is not None:
+            _remove_if_empty(os.fspath(output))
+        raise
     finally:
         if owns_executor:
             ex.shutdown()
