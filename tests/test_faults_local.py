@@ -259,3 +259,31 @@ def test_a_job_that_fails_before_running_leaves_no_output_folder(tmp_path: Path)
     with pytest.raises(mrkit.errors.InputError):
         mrkit.run(Poison(), str(tmp_path / "missing.txt"), output=str(out), executor="inline", quiet=True)
     assert not out.exists()
+
+
+def test_a_full_disk_names_the_storage_that_filled_up(text: Path, tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    from mrkit.storage import local
+
+    original = local._AtomicWriter.write
+
+    def full(self, data):  # the disk fills up when a map task writes its output
+        if "map-0" in self._final:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, data)
+
+    monkeypatch.setattr(local._AtomicWriter, "write", full)
+    storage = tmp_path / "inter"
+    with pytest.raises(JobFailed) as caught:
+        mrkit.run(
+            Poison(),
+            str(text),
+            storage=str(storage),
+            executor="inline",
+            quiet=True,
+            policy=RetryPolicy(max_attempts=1),
+            params={"action": "none", "dir": str(tmp_path)},
+        )
+    message = str(caught.value)
+    assert "no space left on the device holding" in message and str(storage) in message, message

@@ -23,6 +23,7 @@ cached by digest; the digest is checked before unpickling.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -163,6 +164,17 @@ def run_task(spec: TaskSpec, *, worker: str = "", catch_interrupt: bool = True) 
     except InputError as exc:
         # Bad input fails the same way on every attempt: say so, so the driver does not retry it.
         failure = TaskFailure(where="", exc_type=type(exc).__name__, message=str(exc), retryable=False)
+    except OSError as exc:
+        failure = user_failure("", exc).failure
+        if exc.errno == errno.ENOSPC:
+            # The bare error names no file: say which storage filled up, and what to do.
+            target = spec.output_url if spec.kind is TaskKind.REDUCE else spec.storage_url
+            where = exc.filename or target
+            failure = dataclasses.replace(
+                failure,
+                message=f"no space left on the device holding {where} while {spec.task_id} wrote its "
+                f"output ({exc}); free some space or choose another storage= / TMPDIR",
+            )
     except Exception as exc:
         failure = user_failure("", exc).failure
     except (SystemExit, KeyboardInterrupt) as exc:
