@@ -265,10 +265,10 @@ def test_scripts_without_main_guard_and_from_stdin_work_on_processes(tmp_path):
 
 
 def test_task_timeout_clock_starts_when_an_attempt_runs_not_when_it_is_queued():
-    # One worker; map-00001's first attempt sleeps 5 s, past task_timeout=1 s. The driver gives up on
-    # it, but the worker is still busy, so the retries wait in the executor's queue. Those queued
-    # retries must not time out too (their clock has not started): the job succeeds once the
-    # straggler lets go of the worker.
+    # One worker; map-00001's first attempt sleeps 5 s, past task_timeout=1 s. The processes
+    # executor enforces task_timeout in the worker: its watchdog ends the stuck attempt (a failed
+    # attempt, TaskTimeout, not a lost one) and the worker is replaced. The tasks queued behind it
+    # must not time out too (their clock has not started): the job succeeds.
     records = ["fast a"] * 5 + ["slow b"] + ["fast c"] * 14
     job = mrkit.Job(mapper=J.straggler_mapper, reducer=J.total, params={"sleep": 5.0})
     policy = mrkit.RetryPolicy(task_timeout=1.0, speculative=False, max_lost=2)
@@ -276,4 +276,32 @@ def test_task_timeout_clock_starts_when_an_attempt_runs_not_when_it_is_queued():
         job, mrkit.Records(records), executor="processes", workers=1, n_map=4, n_reduce=1, policy=policy
     )
     assert dict(res) == dict(reference(J.WORDCOUNT, records))
-    assert res.counters["map.attempts_lost"] == 1
+    assert res.counters["map.attempts_failed"] == 1 and res.counters["map.attempts_lost"] == 0
+
+
+def test_a_duplicate_delivery_of_a_committed_task_is_skipped_without_running(tmp_path):
+    from mrkit.coordination.plan import RetryPolicy, build_plan
+    from mrkit.data.splits import plan_splits
+    from mrkit.model.task import TaskSettings
+    from mrkit.storage import LocalStorage
+    from mrkit.worker.runtime import run_task
+
+    path = tmp_path / "in.txt"
+    path.write_text("a b\nb c\n")
+    storage = LocalStorage(str(tmp_path / "inter"))
+    plan = build_plan(
+        J.WORDCOUNT,
+        plan_splits([str(path)], 1),
+        job_id="dup",
+        storage=storage,
+        output_url=str(tmp_path / "out"),
+        n_reduce=1,
+        settings=TaskSettings(),
+        policy=RetryPolicy(),
+    )
+    spec = plan.map_specs[0]
+    first = run_task(spec)
+    assert first.ok and first.committed and "duplicates_skipped" not in first.counters
+    again = run_task(spec.__class__(**{**spec.__dict__, "attempt": 2}))
+    assert (again.ok, again.committed, again.counters) == (True, False, {"duplicates_skipped": 1})
+    assert "records_in" not in again.counters  # it did not read its split again

@@ -244,6 +244,38 @@ def test_utf8_sig_drops_the_bom_of_the_first_split_only(tmp_path):
     assert read_splits(splits)[0] == ["a", "b"]
 
 
+@pytest.mark.parametrize(
+    ("name", "fmt", "expected"),
+    [
+        ("a.txt", "text", ["the cat", "b \ufeff"]),
+        ("a.jsonl", "jsonl", [{"the": 1}, "b \ufeff"]),
+        ("a.csv", "csv", [["the", "cat"], ["b \ufeff"]]),
+    ],
+)
+@pytest.mark.parametrize("compression", ["", "gz"])
+def test_a_utf8_bom_at_the_start_of_a_file_is_dropped_there_only(tmp_path, name, fmt, expected, compression):
+    body = {"text": "the cat\nb \ufeff\n", "jsonl": '{"the": 1}\n"b \\ufeff"\n', "csv": "the,cat\nb \ufeff\n"}
+    data = b"\xef\xbb\xbf" + body[fmt].encode()
+    if compression:
+        data, name = gzip.compress(data), name + ".gz"
+    path = write(tmp_path / name, data)
+    for block_size in (1, 4, 1 << 20):  # the BOM in a block of its own, split over blocks, or not
+        whole = [InputSplit(path, 0, -1, format=fmt, compression=compression)]
+        assert read_splits(whole, block_size)[0] == expected
+    if not compression:
+        for cut in range(1, len(data)):  # split ranges: only the one starting at 0 sees the BOM
+            records, total = read_splits(split_at(path, len(data), [cut], format=fmt))
+            assert (records, total) == (expected, len(data))
+
+
+def test_a_bom_file_counts_words_from_the_first_one(tmp_path):
+    import mrkit
+
+    path = write(tmp_path / "bom.txt", b"\xef\xbb\xbfthe cat\nthe end\n")
+    job = mrkit.Job(mapper=lambda line: ((w, 1) for w in line.split()), reducer=lambda k, v: sum(v))
+    assert dict(mrkit.run(job, path, executor="inline", quiet=True)) == {"the": 2, "cat": 1, "end": 1}
+
+
 # -- jsonl -----------------------------------------------------------------------------------------
 
 

@@ -356,3 +356,38 @@ def test_doctests():
 
     for module in (mrkit.data.splits, mrkit.data.readers):
         assert doctest.testmod(module).failed == 0
+
+
+def test_split_size_one_gives_one_map_task_per_line(tmp_path):
+    import mrkit
+    from mrkit.model.reference import reference
+    from tests import jobs_for_tests as J
+
+    lines = ["the cat", "sat on", "the mat", "", "a much longer line than the others"]
+    path = tmp_path / "five.txt"
+    path.write_text("\n".join(lines) + "\n")
+    splits = plan_splits([str(path)], None, split_size=1)
+    assert len(splits) == 5
+    assert sum(s.length for s in splits) == path.stat().st_size
+    result = mrkit.run(J.WORDCOUNT, str(path), executor="inline", split_size=1, quiet=True)
+    assert result.counters["map.tasks"] == 5
+    assert dict(result) == dict(reference(J.WORDCOUNT, lines))
+    big = plan_splits([str(path)], None, split_size=20)  # pieces of >= 20 bytes, cut at line ends
+    assert [s.start for s in big] == [0, 23] and len(big) == 2
+
+
+def test_split_size_on_the_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "three.txt"
+    path.write_text("a b\nb c\nc d\n")
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root / "src"), str(root)]))
+    cmd = [sys.executable, "-m", "mrkit", "run", "tests.jobs_for_tests:WORDCOUNT", str(path)]
+    cmd += ["--split-size", "1", "--executor", "inline", "--format", "jsonl", "-o", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    import mrkit
+
+    assert dict(mrkit.read_output(str(tmp_path / "out"))) == {"a": 1, "b": 2, "c": 2, "d": 1}

@@ -120,6 +120,7 @@ def _plan(
     errors: str,
     input_format: str,
     job_id: str,
+    split_size: int | None = None,
 ) -> JobPlan:
     if not isinstance(job, Job):
         raise ConfigError(
@@ -136,7 +137,7 @@ def _plan(
         from mrkit.data.splits import plan_splits
 
         paths = [os.fspath(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
-        splits = plan_splits(paths, n_map, format=input_format, errors=errors)
+        splits = plan_splits(paths, n_map, format=input_format, errors=errors, split_size=split_size)
     n_reduce = n_reduce or max(1, executor.workers)
     settings = TaskSettings(memory_mb=memory_mb, output_format=fmt, task_timeout=policy.task_timeout)
     return build_plan(
@@ -172,6 +173,7 @@ def run(
     progress: bool | None = None,
     quiet: bool = False,
     job_id: str | None = None,
+    split_size: int | None = None,
 ) -> Result:
     """Run ``job`` over ``inputs`` and return its :class:`Result`.
 
@@ -197,6 +199,9 @@ def run(
         progress: draw a progress bar (default: when stderr is a terminal).
         quiet: do not print the summary line.
         job_id: the job's id (default: generated from the job's name and the time).
+        split_size: cut file inputs into map tasks of about this many bytes, each ending at a line
+            end, instead of ``n_map`` tasks (``1``: one line per map task; below the default
+            1 MiB floor of ``n_map`` splitting).
 
     Returns:
         The :class:`Result`.
@@ -244,6 +249,7 @@ def run(
             errors=errors,
             input_format=input_format,
             job_id=job_id,
+            split_size=split_size,
         )
         display = Progress(enabled=progress)
         try:
@@ -276,6 +282,11 @@ def run(
         if not quiet:
             print(result.summary(), file=sys.stderr)
         return result
+    except BaseException:
+        # Also when the job fails before running anything (a missing input): no empty output folder.
+        if created_output and output is not None:
+            _remove_if_empty(os.fspath(output))
+        raise
     finally:
         if owns_executor:
             ex.shutdown()

@@ -88,21 +88,40 @@ class JobFailed(MrkitError):
 
     ``str(error)`` is one sentence naming the task, its input (file and byte range, record) or key,
     the attempt count and the exception; ``error.remote_traceback`` holds the user's traceback.
+    ``error.counters`` holds the job's counters up to the failure (attempts launched, failed and
+    lost per phase, and the counters of the tasks that committed), and ``error.status`` one dict
+    per task that was planned so far: ``{"map-00000": {"state": "committed", "launched": 1,
+    "failed": 0, "lost": 0}, ...}``; both are empty when the job failed before running anything.
     """
 
     def __init__(
-        self, message: str, *, job_id: str = "", task_id: str = "", remote_traceback: str = ""
+        self,
+        message: str,
+        *,
+        job_id: str = "",
+        task_id: str = "",
+        remote_traceback: str = "",
+        counters: dict[str, int] | None = None,
+        status: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.job_id = job_id
         self.task_id = task_id
         self.remote_traceback = remote_traceback
+        self.counters: dict[str, int] = dict(counters or {})
+        self.status: dict[str, dict[str, Any]] = dict(status or {})
         super().__init__(message)
 
     def __reduce__(self):
         return (
             type(self),
             (str(self),),
-            {"job_id": self.job_id, "task_id": self.task_id, "remote_traceback": self.remote_traceback},
+            {
+                "job_id": self.job_id,
+                "task_id": self.task_id,
+                "remote_traceback": self.remote_traceback,
+                "counters": self.counters,
+                "status": self.status,
+            },
         )
 
     def __setstate__(self, state: dict[str, Any] | None) -> None:

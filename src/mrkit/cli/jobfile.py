@@ -39,6 +39,7 @@ _KNOWN_KEYS = {
     "memory_mb",
     "errors",
     "input_format",
+    "split_size",
 }
 
 

@@ -50,6 +50,13 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("-N", "--n-map", "n_map", type=int, default=None, help="Number of map tasks."),
         click.option(
+            "--split-size",
+            "split_size",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Cut file inputs into map tasks of about this many bytes, at line ends (1: one line each).",
+        ),
+        click.option(
             "-M",
             "--n-reduce",
             "n_reduce",

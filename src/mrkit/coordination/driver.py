@@ -4,7 +4,8 @@ Task states and their transitions live here, in one place (STYLE 14)::
 
     PENDING --launch--> RUNNING --an attempt commits--> COMMITTED
        ^                   |
-       +--retry------------+ (user code raised and attempts remain; or the worker was lost)
+       +--retry------------+ (the attempt failed -- user code raised, timed out or ended its
+                           |  worker -- and attempts remain; or the worker was lost)
                            |
                            +--out of attempts / input unreadable--> FAILED (the job fails)
 
@@ -253,6 +254,8 @@ class PhaseRunner:
                 "" if failure.retryable else " (not retried: another attempt would fail the same way)"
             )
             where = spec.split.describe() if spec.split is not None and not failure.where else ""
+            if self.phase == "reduce":
+                where = f"partition {spec.partition}"
             detail = failure.sentence() if not where else f"{where}: {failure.sentence()}"
             message = (
                 f"{self.phase} task {spec.task_id} of job {spec.job_id} failed after "
@@ -304,6 +307,18 @@ class PhaseRunner:
                 task.running -= 1
                 self._lost(task, f"attempt ran longer than task_timeout={timeout}s")
 
+    def status(self) -> dict[str, dict[str, object]]:
+        """Per task: its state and its attempts launched, failed and lost so far."""
+        return {
+            t.spec.task_id: {
+                "state": t.state.value,
+                "launched": t.launched,
+                "failed": t.failed,
+                "lost": t.lost,
+            }
+            for t in self.tasks
+        }
+
     def _collect_counters(self) -> None:
         """Sum the counters of each task's *committed* attempt, read from its commit manifest."""
         totals: dict[str, int] = {}
@@ -332,8 +347,20 @@ def run_plan(
     """
     cancelled = cancelled or threading.Event()
     counters: dict[str, int] = {}
+    status: dict[str, dict[str, object]] = {}
     for phase, specs in (("map", plan.map_specs), ("reduce", plan.reduce_specs)):
-        stats = PhaseRunner(phase, specs, executor, storage, plan.policy, progress, cancelled).run()
+        runner = PhaseRunner(phase, specs, executor, storage, plan.policy, progress, cancelled)
+        try:
+            stats = runner.run()
+        except JobFailed as exc:
+            # Tell the user what ran before the failure: attempts per task, committed tasks' counters.
+            runner._collect_counters()
+            counters.update(runner.stats.as_counters(phase))
+            status.update(runner.status())
+            exc.counters = {**counters, **exc.counters}
+            exc.status = {**status, **exc.status}
+            raise
         counters.update(stats.as_counters(phase))
         counters[f"{phase}.millis"] = int(stats.seconds * 1000)
+        status.update(runner.status())
     return counters

@@ -39,7 +39,10 @@ class RetryPolicy:
         speculative: launch a second attempt of a straggling task; the first to commit wins.
         speculative_after: a running attempt is a straggler after this many times the median
             duration of the phase's finished tasks (and at least ``speculative_min_seconds``).
-        task_timeout: seconds after which a running attempt is abandoned as lost (None: never).
+        task_timeout: seconds *without progress* after which an attempt is ended and counts as a
+            failed attempt (``TaskTimeout``, against ``max_attempts``) on executors that enforce it
+            where it runs (``enforces_timeouts``: processes, inline); others abandon it as lost
+            after that long. None (default): never. See docs/faults.md.
 
     Example:
         >>> RetryPolicy(max_attempts=2, speculative=False).max_lost

@@ -16,6 +16,7 @@ directly per record, and framework work happens per slice of records, never per 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import traceback
 import zlib
@@ -347,7 +348,20 @@ def map_split(job: Job, batches: Iterable[Any], out: MapOutput, where: Callable[
                 raise
             except Exception as exc:
                 index = lo + _index_of(chunk, record)
-                raise user_failure(f"mapper on {batch.locate(index)}", exc) from exc
+                error = user_failure(f"mapper on {batch.locate(index)}", exc)
+                tb = exc.__traceback__
+                if isinstance(exc, (TypeError, ValueError)) and tb is not None and tb.tb_next is None:
+                    # Raised by this loop itself, not inside user code: the mapper's output is not
+                    # (key, value) pairs, or the mapper does not take one record. Every attempt
+                    # would fail the same way: do not retry.
+                    error = UserCodeError(
+                        dataclasses.replace(
+                            error.failure,
+                            message=f"mapper must take one record and yield (key, value) pairs: {exc}",
+                            retryable=False,
+                        )
+                    )
+                raise error from exc
             n_records += len(chunk)
             check()
     if job.mapper_final is not None:

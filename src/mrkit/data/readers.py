@@ -23,7 +23,9 @@ each with its position for error messages) or ``reader.records()`` (flat). The c
   and the record number (0-based within the split, like :attr:`RecordBatch.first`). ``replace``:
   undecodable bytes become U+FFFD and the record is counted in ``replaced`` (bad JSON/CSV still
   raises). ``skip``: the record is dropped and counted in ``skipped``.
-* **Encoding** (``split.options["encoding"]``, default utf-8) must be ASCII-compatible.
+* **Encoding** (``split.options["encoding"]``, default utf-8) must be ASCII-compatible. With
+  utf-8, a byte order mark (``EF BB BF``) at the very start of a file (or of its uncompressed
+  stream) is dropped, for every format and source; anywhere else U+FEFF is data.
 * **Compression** ``gz``, ``bz2``, ``xz`` through the standard library, ``zst`` through the optional
   ``zstandard`` package (imported only when a ``.zst`` split is read; extra ``zstd``). Offsets are
   then in the uncompressed stream and messages say so.
@@ -44,6 +46,7 @@ the sources (``_Stream``, ``_RangedObject``, ``_StorageFile``, decompressors) mo
 from __future__ import annotations
 
 import bz2
+import codecs
 import csv
 import gzip
 import hashlib
@@ -66,6 +69,7 @@ READ_FORMATS = ("text", "jsonl", "csv", "pickle")
 COMPRESSIONS = ("", "gz", "bz2", "xz", "zst")
 ERRORS = ("strict", "replace", "skip")
 
+_BOM = b"\xef\xbb\xbf"  # the UTF-8 byte order mark
 _CONTINUE = 1 << 16  # read size past the split's end, while finishing its last line
 _READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)  # what a broken file or stream raises
 
@@ -171,6 +175,7 @@ class SplitReader:
             raise ConfigError(f"errors must be one of {', '.join(ERRORS)}, not {self._errors!r}")
         self._encoding: str = split.options.get("encoding", "utf-8")
         check_encoding(self._encoding)
+        self._strip_bom = codecs.lookup(self._encoding).name in ("utf-8", "utf-8-sig")
         if block_size < 1:
             raise ConfigError(f"block_size must be a positive integer, not {block_size!r}")
         self.split = split
@@ -230,6 +235,12 @@ class SplitReader:
         try:
             for off, chunk in _line_chunks(stream, pos, split.start, end, self.block_size):
                 self.bytes_read += len(chunk)
+                if off == 0 and self._strip_bom and chunk[:3] == _BOM:
+                    # A UTF-8 byte order mark starts the file (Windows tools write one): it is not
+                    # part of the first record. Only there: U+FEFF elsewhere is data.
+                    off, chunk = 3, chunk[3:]
+                    if not chunk:
+                        continue
                 records, gaps = self._decode(off, chunk, first)
                 if parse is not None:
                     records, gaps = parse(off, chunk, records, gaps, first)

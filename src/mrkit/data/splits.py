@@ -57,6 +57,7 @@ def plan_splits(
     errors: str = "strict",
     encoding: str = "utf-8",
     min_split_bytes: int = 1 << 20,
+    split_size: int | None = None,
 ) -> list[InputSplit]:
     """Expand ``inputs`` and cut them into about ``n_map`` splits of similar size.
 
@@ -77,6 +78,9 @@ def plan_splits(
         encoding: the text encoding; must be ASCII-compatible (``"\\n"`` is one byte ``0x0a``),
             because splits are cut and lines found on bytes.
         min_split_bytes: never cut a file into pieces smaller than this (1 MiB by default).
+        split_size: instead of ``n_map``, cut every uncompressed local file into pieces of about
+            this many bytes, each ending at a line end (so ``1`` gives one line per split); files
+            named by a storage URL are cut into equal pieces of about this size.
 
     Returns:
         The splits, ``index`` 0, 1, 2, ...; empty when every input file is empty.
@@ -92,7 +96,13 @@ def plan_splits(
     if not isinstance(min_split_bytes, int) or min_split_bytes < 1:
         raise ConfigError(f"min_split_bytes must be a positive integer, not {min_split_bytes!r}")
 
+    if split_size is not None and (
+        not isinstance(split_size, int) or isinstance(split_size, bool) or split_size < 1
+    ):
+        raise ConfigError(f"split_size must be a positive number of bytes or None, not {split_size!r}")
     files = [f for f in expand_inputs(inputs) if f[1] > 0]
+    if split_size is not None:
+        return _splits_of_size(files, split_size, format, {"errors": errors, "encoding": encoding})
     if n_map is None:
         n_map = max(len(files), 2 * (os.cpu_count() or 1))
     options = {"errors": errors, "encoding": encoding}
@@ -284,6 +294,41 @@ def _match_segments(pattern: Sequence[str], key: Sequence[str]) -> bool:
 
 
 # -- split planning ---------------------------------------------------------------------------
+
+
+def _splits_of_size(
+    files: list[tuple[str, int]], split_size: int, format: str, options: dict[str, str]
+) -> list[InputSplit]:
+    """Cut each file into pieces of at least ``split_size`` bytes that end at a line end."""
+    splits: list[InputSplit] = []
+    for uri, size in files:
+        fmt = _format_of(uri) if format == "auto" else format
+        compression = _compression(uri)
+        if compression:
+            splits.append(InputSplit(uri, 0, -1, fmt, compression, len(splits), dict(options)))
+            continue
+        for start, stop in _line_cuts(uri, size, split_size):
+            splits.append(InputSplit(uri, start, stop - start, fmt, "", len(splits), dict(options)))
+    return splits
+
+
+def _line_cuts(uri: str, size: int, split_size: int) -> Iterator[tuple[int, int]]:
+    if "://" in uri:  # no cheap seek: equal pieces (readers still give each line to one split)
+        pieces = max(1, -(-size // split_size))
+        for i in range(pieces):
+            yield i * size // pieces, (i + 1) * size // pieces
+        return
+    with open(uri, "rb") as f:
+        start = 0
+        while start < size:
+            target = start + split_size
+            stop = size
+            if target < size:
+                f.seek(target - 1)  # the piece ends with the line holding byte target - 1
+                line = f.readline()
+                stop = min(size, target - 1 + len(line))
+            yield start, stop
+            start = stop
 
 
 def _allocate(sizes: Sequence[int], compressions: Sequence[str], n_map: int, min_bytes: int) -> list[int]:

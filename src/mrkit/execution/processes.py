@@ -3,9 +3,20 @@
 The contract (:class:`ProcessExecutor`):
 
 * ``submit(spec)`` returns a :class:`concurrent.futures.Future` of the attempt's
-  :class:`~mrkit.model.task.TaskResult`. A raising user function is a *result* (``ok=False``); the
-  future raises only :class:`~mrkit.errors.WorkerLost`, when the process running the attempt died
-  (SIGKILL, a segfault, ``os._exit``), ran past ``task_timeout``, or the executor shut down.
+  :class:`~mrkit.model.task.TaskResult`. A raising user function is a *result* (``ok=False``), and
+  so is an attempt that ended its own worker (``os._exit(n)``, a segfault or abort: a
+  ``WorkerCrashed`` failure naming the exit code or signal) or made no progress for
+  ``spec.settings.task_timeout`` seconds (a ``TaskTimeout`` failure naming the record). The future
+  raises only :class:`~mrkit.errors.WorkerLost`, when the worker was killed from outside (SIGKILL,
+  SIGTERM), ran past the executor's own ``task_timeout``, or the executor shut down.
+* Timeouts (``enforces_timeouts``): each worker wraps an attempt in
+  :func:`mrkit.worker.watchdog.watch`; when it fires, the worker sends the timeout result with a
+  "last message" flag and kills its process group. While a watched attempt runs the worker also
+  sends a beat every second; a worker silent for its timeout plus ``_SILENCE_GRACE`` seconds (stuck
+  in C code that holds the GIL, where its watchdog cannot run) is killed by the parent, and its
+  attempt fails with ``TaskTimeout`` too.
+* Each worker leads its own process group (``os.setpgrp``), and the group is SIGKILLed whenever the
+  worker ends, is killed or replaced: programs its tasks started do not outlive the attempt.
 * A dead worker fails exactly the one attempt it was running; a replacement is started at once and
   every other future carries on. This is why neither standard pool is used: ``multiprocessing.Pool``
   never notices that a worker died and leaves its task's result pending forever, and
@@ -44,6 +55,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import importlib
 import multiprocessing
 import multiprocessing.util  # imported before our atexit hook is registered, so ours runs first
@@ -52,6 +64,7 @@ import pickle
 import signal
 import struct
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -84,6 +97,11 @@ _MAX_STARTUP_FAILURES = 3
 # How often a worker checks that its parent process is still the same (see _watch_driver).
 _PARENT_POLL_SECONDS = 1.0
 _STOP = b""  # parent -> worker: finish what you were sent, then exit
+_BEAT = b"B"  # worker -> parent: "still running Python" (never a pickle), while a watched attempt runs
+_BEAT_SECONDS = 1.0
+# The parent ends a worker whose watched attempt (settings.task_timeout) has sent no beat for its
+# timeout plus this long: its watchdog thread cannot run (C code holding the GIL), so nobody else will.
+_SILENCE_GRACE = 5.0
 
 
 def default_start_method() -> str:
@@ -100,6 +118,47 @@ def default_start_method() -> str:
     if sys.platform.startswith("linux") and "forkserver" in multiprocessing.get_all_start_methods():
         return "forkserver"
     return "spawn"
+
+
+# A Unix socket's path must fit in sun_path: 108 bytes with its NUL on Linux, 104 on macOS. The fork
+# server listens on <multiprocessing temp dir>/listener-XXXXXXXX (18 more characters).
+_SOCKET_PATH_MAX = 103
+_LISTENER_SUFFIX = len("/listener-XXXXXXXX")
+
+
+def _short_socket_dir() -> None:
+    """Make multiprocessing put its sockets where their path fits, whatever ``TMPDIR`` is.
+
+    The fork server's socket lives in multiprocessing's temp folder (``TMPDIR/pymp-XXXXXXXX``). With
+    a long ``TMPDIR`` (80 characters or so: CI runners, nested build folders) binding it fails with
+    ``OSError: AF_UNIX path too long``. Then multiprocessing is given a private folder (mode 0700,
+    removed at exit) under ``/tmp`` instead, before the fork server starts.
+
+    Raises:
+        ConfigError: when no short writable folder exists; names TMPDIR and the fix.
+    """
+    from multiprocessing import process, util
+
+    config = process.current_process()._config  # type: ignore[attr-defined]
+    current = config.get("tempdir") or os.path.join(tempfile.gettempdir(), "pymp-XXXXXXXX")
+    if len(current) + _LISTENER_SUFFIX <= _SOCKET_PATH_MAX:
+        return
+    for base in ("/tmp", "/var/tmp", "/dev/shm"):
+        if os.path.isdir(base) and os.access(base, os.W_OK | os.X_OK):
+            break
+    else:
+        raise ConfigError(
+            f"TMPDIR={tempfile.gettempdir()!r} is too long for the processes executor's Unix sockets "
+            f"({len(current) + _LISTENER_SUFFIX} > {_SOCKET_PATH_MAX} characters) and /tmp is not "
+            "writable: set TMPDIR to a shorter folder (e.g. TMPDIR=/tmp)"
+        )
+    saved = tempfile.tempdir
+    config.pop("tempdir", None)  # a long one made earlier is still removed at exit by its finalizer
+    try:
+        tempfile.tempdir = base
+        util.get_temp_dir()  # mkdtemp (0700) under base, cached for this process, removed at exit
+    finally:
+        tempfile.tempdir = saved
 
 
 # --------------------------------------------------------------------------------------------------
@@ -236,25 +295,37 @@ def _watch_driver(lifeline: Connection, parent_pid: int) -> None:
     # not enough: under forkserver a worker's parent is the fork server, and the fork server stays
     # alive as long as any of its children does (each child holds its "alive" pipe), so neither
     # would ever go. getppid() is still checked, as a second signal, for drivers that forked and
-    # left a copy of the lifeline's write end in some child.
+    # left a copy of the lifeline's write end in some child. _end_worker() takes the worker's
+    # process group along, so programs a task started do not outlive the driver either.
     while True:
         try:
             if wait([lifeline], _PARENT_POLL_SECONDS):
-                os._exit(70)  # EOF (or an error): the driver is gone; abandon the task
+                _end_worker()  # EOF (or an error): the driver is gone; abandon the task
         except OSError:
-            os._exit(70)
+            _end_worker()
         if os.getppid() != parent_pid:
-            os._exit(70)
+            _end_worker()
+
+
+def _end_worker() -> None:
+    from mrkit.worker.watchdog import end_process  # the far side's helper; see _worker_main
+
+    end_process(70)
 
 
 def _crash_result(spec: TaskSpec, label: str, exc: BaseException) -> TaskResult:
     """A result for an attempt whose runner raised (run_task should not, but a worker must answer)."""
-    failure = TaskFailure(
-        where=f"worker {label}",
-        exc_type=type(exc).__name__,
-        message=str(exc),
-        traceback=traceback.format_exc(),
-    )
+    if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+        from mrkit.worker.watchdog import crash_failure
+
+        failure = crash_failure(f"{type(exc).__name__}({exc}) was raised by the task")
+    else:
+        failure = TaskFailure(
+            where=f"worker {label}",
+            exc_type=type(exc).__name__,
+            message=str(exc),
+            traceback=traceback.format_exc(),
+        )
     return TaskResult(spec.task_id, spec.attempt, ok=False, worker=label, failure=failure)
 
 
@@ -262,13 +333,80 @@ def _ignore_signal(signum: int, frame: object) -> None:
     pass
 
 
+class _Reporter:
+    """The worker's only way to write to its pipe, shared by three threads.
+
+    The main thread sends each result; the watchdog thread (:mod:`mrkit.worker.watchdog`) sends a
+    ``TaskTimeout`` result for an attempt stuck without progress, then ends the process; the beat
+    thread sends :data:`_BEAT` every :data:`_BEAT_SECONDS` while a watched attempt runs. One lock
+    keeps their frames whole, and ``current`` makes sure an attempt is answered exactly once: a
+    timeout that fires while the main thread is sending the real result does nothing.
+    """
+
+    __slots__ = ("conn", "label", "lock", "current", "started")
+
+    def __init__(self, conn: Connection, label: str) -> None:
+        self.conn = conn
+        self.label = label
+        self.lock = threading.Lock()
+        self.current: TaskSpec | None = None  # the attempt running now, until it is answered
+        self.started = 0.0
+
+    def begin(self, spec: TaskSpec) -> None:
+        with self.lock:
+            self.current, self.started = spec, time.perf_counter()
+
+    def answer(self, spec: TaskSpec, payload: bytes) -> None:
+        """Send the main thread's result for ``spec`` unless the watchdog already answered for it."""
+        with self.lock:
+            if self.current is not spec:
+                return  # timed out meanwhile: the watchdog answered and is ending this process
+            self.current = None
+            self.conn.send_bytes(payload)
+
+    def time_out(self, spec: TaskSpec, failure: TaskFailure) -> None:
+        """Watchdog callback: answer ``spec`` with ``failure`` and a "this worker ends" flag, then end."""
+        from mrkit.worker.watchdog import end_process
+
+        with self.lock:
+            if self.current is not spec:
+                return  # it finished after all
+            self.current = None
+            seconds = time.perf_counter() - self.started
+            result = TaskResult(
+                spec.task_id, spec.attempt, ok=False, worker=self.label, seconds=seconds, failure=failure
+            )
+            with contextlib.suppress(OSError):
+                self.conn.send_bytes(pickle.dumps((seconds, result, True), pickle.HIGHEST_PROTOCOL))
+            # Still holding the lock: nothing else may be written before the process is gone.
+            end_process()
+
+    def beat_forever(self) -> None:
+        # A beat says "this process still runs Python": if user code is stuck in C holding the GIL,
+        # neither the watchdog nor this thread runs, and the parent ends the silent worker itself.
+        while True:
+            time.sleep(_BEAT_SECONDS)
+            with self.lock:
+                spec = self.current
+                if spec is not None and spec.settings.task_timeout:
+                    try:
+                        self.conn.send_bytes(_BEAT)
+                    except OSError:
+                        return
+
+
 def _worker_main(
     conn: Connection, lifeline: Connection, runner: str, sys_path: list[str], environ: dict[str, str]
 ) -> None:
     """Body of a worker process: say hello, then run tasks from ``conn`` until told to stop."""
-    # Ctrl-C reaches the whole process group; the driver decides what happens to running tasks.
-    # A no-op handler rather than SIG_IGN: an ignored signal stays ignored across exec, so programs
-    # a task runs (subprocess) could not be interrupted; a handler is reset to the default there.
+    # Its own process group, so that killing the group ends the programs its tasks started too
+    # (subprocess.Popen in a mapper): see end_process() and ProcessExecutor._kill(). It also keeps
+    # the terminal's Ctrl-C away from workers: the driver decides what happens to running tasks.
+    if hasattr(os, "setpgrp"):
+        os.setpgrp()
+    # Ctrl-C may still be sent to a worker directly; ignore it. A no-op handler rather than SIG_IGN:
+    # an ignored signal stays ignored across exec, so programs a task runs (subprocess) could not
+    # be interrupted; a handler is reset to the default there.
     signal.signal(signal.SIGINT, _ignore_signal)
     # A forkserver child inherits the server's sys.path and environment, captured when the server
     # started (first use in this driver); use the driver's current ones, as spawn would.
@@ -284,11 +422,15 @@ def _worker_main(
     label = f"pid:{pid}"
     try:
         run = resolve_runner(runner)
+        # The worker side of mrkit.worker: imported here, in the worker, not by the driver's module.
+        from mrkit.worker.watchdog import watch
     except BaseException:
         conn.send_bytes(pickle.dumps(("error", traceback.format_exc())))
         return
     conn.send_bytes(pickle.dumps(("ready", pid)))
-    reader, send, loads, dumps = _FrameReader(conn), conn.send_bytes, pickle.loads, pickle.dumps
+    reporter = _Reporter(conn, label)
+    threading.Thread(target=reporter.beat_forever, name="mrkit-beat", daemon=True).start()
+    reader, loads, dumps = _FrameReader(conn), pickle.loads, pickle.dumps
     perf_counter = time.perf_counter
     protocol = pickle.HIGHEST_PROTOCOL
     pending: deque[bytes] = deque()  # tasks read but not yet run (several arrive together)
@@ -303,10 +445,12 @@ def _worker_main(
         if data == _STOP:
             return
         spec = loads(data)
+        reporter.begin(spec)
         started = perf_counter()
         try:
-            result = run(spec, worker=label)
-        except Exception as exc:  # SystemExit and friends end the worker; the parent reports it
+            with watch(spec, functools.partial(reporter.time_out, spec)):
+                result = run(spec, worker=label)
+        except BaseException as exc:  # SystemExit/KeyboardInterrupt from a task are its failure too
             result = _crash_result(spec, label, exc)
         # The worker times its own tasks: the parent's clock also counts its own delays, which grow
         # under load, and would switch prefetch off exactly when it helps most.
@@ -316,7 +460,7 @@ def _worker_main(
         except Exception as exc:
             payload = dumps((seconds, _crash_result(spec, label, exc)), protocol)
         try:
-            send(payload)
+            reporter.answer(spec, payload)
         except OSError:
             return  # the driver is gone
 
@@ -351,6 +495,9 @@ class _Worker:
         "head_since",
         "last_seconds",
         "kill_reason",
+        "kill_failure",
+        "ending",
+        "last_heard",
         "gone",
     )
 
@@ -365,6 +512,9 @@ class _Worker:
         self.head_since = 0.0  # when the head of `inflight` started (as far as the parent can tell)
         self.last_seconds = float("inf")  # its slowest task of the last batch, for the prefetch decision
         self.kill_reason = ""  # why the parent killed it, when it did
+        self.kill_failure: TaskFailure | None = None  # ...when that makes its attempt a failed one
+        self.ending = False  # it said its last result is sent (a timeout): it runs nothing more
+        self.last_heard = 0.0  # when its last message arrived (results and beats)
         self.gone = False
 
 
@@ -403,6 +553,7 @@ class ProcessExecutor(Executor):
     name = "processes"
     local = True
     reports_running = True  # futures turn running() when their attempt is sent to a worker
+    enforces_timeouts = True  # settings.task_timeout: each worker's watchdog, and a backstop here
 
     def __init__(
         self,
@@ -418,8 +569,10 @@ class ProcessExecutor(Executor):
 
         Args:
             workers: number of worker processes (default ``os.cpu_count()``).
-            task_timeout: seconds an attempt may run; a longer one has its worker killed and its
-                future fails with WorkerLost. None (default) waits forever.
+            task_timeout: a hard limit in seconds of wall-clock time per attempt, whatever its
+                progress: a longer one has its worker killed and its future fails with WorkerLost.
+                None (default) waits forever. The job's ``RetryPolicy.task_timeout`` (time
+                *without progress*, a failed attempt) is separate and enforced in the workers.
             start_method: ``forkserver`` (default on Linux) or ``spawn`` (default elsewhere); see
                 :func:`default_start_method`. ``fork`` is accepted but unsafe in a threaded driver.
             runner: import string of the function workers call, ``run(spec, worker=label)``.
@@ -596,6 +749,8 @@ class ProcessExecutor(Executor):
     def _start_locked(self) -> None:
         # All workers start together: Process.start() returns once the child exists (forkserver:
         # after one fork; spawn: after fork+exec), and they import and say hello in parallel.
+        if self.start_method == "forkserver":
+            _short_socket_dir()
         self._started = True
         self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
         # Every worker gets the read end; only this process ever holds the write end (spawn and
@@ -725,15 +880,20 @@ class ProcessExecutor(Executor):
                     self._on_exit(w)
 
     def _check_deadlines_locked(self) -> float | None:
-        """Kill workers past their deadline; return how long the dispatcher may sleep."""
-        if not self._closing and self.task_timeout is None:
-            return None
+        """Kill workers past their deadline; return how long the dispatcher may sleep.
+
+        Two deadlines: the executor's own ``task_timeout`` (wall clock since the attempt started;
+        the attempt is lost), and the backstop for attempts with ``settings.task_timeout``, which
+        their worker's watchdog enforces: a worker that has sent nothing, not even a beat, for that
+        timeout plus :data:`_SILENCE_GRACE` is stuck where its watchdog cannot run, and its attempt
+        fails with a ``TaskTimeout`` like one its watchdog had ended.
+        """
         now = time.monotonic()
         if self._closing:
             if now >= self._stop_at + 0.5:
                 for w in self._workers:
                     w.kill_reason = w.kill_reason or "was still running at shutdown and was killed"
-                    w.process.kill()
+                    _kill(w)
                 return 0.1
             if now >= self._stop_at:
                 for w in self._workers:
@@ -741,19 +901,34 @@ class ProcessExecutor(Executor):
                     w.process.terminate()
                 return self._stop_at + 0.5 - now
             return self._stop_at - now
-        assert self.task_timeout is not None
-        # Waiting at most task_timeout is enough even with no deadline yet: any task sent meanwhile
-        # gets a deadline at least task_timeout away, so nobody needs to wake us for it.
-        timeout = self.task_timeout
+        # Waiting at most this long is enough even with no deadline yet: any task sent meanwhile
+        # gets a deadline at least this far away, so nobody needs to wake us for it.
+        timeout = self.task_timeout if self.task_timeout is not None else _SILENCE_GRACE
         for w in self._workers:
-            if w.inflight and w.ready and not w.kill_reason:
+            if not (w.inflight and w.ready) or w.kill_reason or w.ending:
+                continue
+            if self.task_timeout is not None:
                 left = w.head_since + self.task_timeout - now
                 if left <= 0:
                     w.kill_reason = f"ran past task_timeout={self.task_timeout:g}s and was killed"
-                    w.process.kill()
-                else:
-                    timeout = min(timeout, left)
-        return timeout
+                    _kill(w)
+                    continue
+                timeout = min(timeout, left)
+            watched = w.inflight[0].spec.settings.task_timeout
+            if watched:
+                left = max(w.head_since, w.last_heard) + watched + _SILENCE_GRACE - now
+                if left <= 0:
+                    from mrkit.worker.watchdog import timeout_failure
+
+                    w.kill_reason = (
+                        f"sent nothing for {watched + _SILENCE_GRACE:g} s while running an attempt with "
+                        f"task_timeout={watched:g}s (stuck where its watchdog cannot run) and was killed"
+                    )
+                    w.kill_failure = timeout_failure(watched, "code that holds the GIL (no heartbeat)")
+                    _kill(w)
+                    continue
+                timeout = min(timeout, left)
+        return max(timeout, 0.01)
 
     def _on_messages(self, w: _Worker, frames: list[bytes], *, refill: bool) -> None:
         if not w.ready:
@@ -763,22 +938,28 @@ class ProcessExecutor(Executor):
                 return
         outcomes: list[tuple[Any, BaseException | None]] = []
         slowest = 0.0
+        ending = False
         for data in frames:
+            if data == _BEAT:
+                continue
             try:
-                seconds, result = pickle.loads(data)
+                seconds, result, *last = pickle.loads(data)
             except Exception as exc:
                 outcomes.append((None, exc))
                 slowest = float("inf")
             else:
                 outcomes.append((result, None))
                 slowest = max(slowest, seconds)
+                ending = ending or bool(last)
         with self._lock:
+            w.last_heard = time.monotonic()
+            w.ending = w.ending or ending
             done = [w.inflight.popleft() for _ in range(min(len(outcomes), len(w.inflight)))]
             if done:
                 w.last_seconds = slowest
                 if w.inflight:
                     w.head_since = time.monotonic()
-                if refill and not w.gone:
+                if refill and not w.gone and not w.ending:
                     self._refill_locked(w)
         # Outside the lock: callbacks run here and may call submit().
         for item, (result, error) in zip(done, outcomes, strict=False):
@@ -810,12 +991,16 @@ class ProcessExecutor(Executor):
                     self._on_messages(w, frames, refill=False)
         except (EOFError, OSError):
             pass
+        # Programs its tasks started die with it. Before join(): until the worker is reaped its pid
+        # cannot be reused, so the group id still names its group and no one else's.
+        _kill_group(w.pid)
         w.process.join(timeout=2.0)
         if w.process.exitcode is None:  # it closed its pipe yet lives on: make it so
-            w.process.kill()
+            _kill(w)
             w.process.join(timeout=2.0)
         description = _exit_description(w.process)
         lost: list[tuple[_Item, str]] = []
+        failed: list[tuple[_Item, TaskFailure]] = []
         with self._lock:
             w.gone = True
             w.conn.close()
@@ -836,19 +1021,28 @@ class ProcessExecutor(Executor):
                         )
                     )
             else:
-                if items:
+                if items and not w.ending:
                     # Only the head was running; the ones sent ahead never started: run them elsewhere.
+                    # (A worker that said it was ending had answered its running attempt already.)
                     head = items.pop(0)
                     how = description
                     if w.kill_reason:
                         how = f"{w.kill_reason} (exit code {w.process.exitcode})"
-                    lost.append(
-                        (
-                            head,
-                            f"task {head.spec.task_id} attempt {head.spec.attempt} lost: "
-                            f"worker {w.label} {how}",
+                    if w.kill_failure is not None:
+                        failed.append((head, w.kill_failure))
+                    elif not w.kill_reason and w.ready and _ended_by_task(w.process.exitcode):
+                        from mrkit.worker.watchdog import crash_failure
+
+                        failed.append((head, crash_failure(f"worker {w.label} {description}")))
+                    else:
+                        lost.append(
+                            (
+                                head,
+                                f"task {head.spec.task_id} attempt {head.spec.attempt} lost: "
+                                f"worker {w.label} {how}",
+                            )
                         )
-                    )
+                if items:
                     self._queue.extendleft(reversed(items))
                 if not w.ready:
                     self._startup_failures += 1
@@ -865,6 +1059,12 @@ class ProcessExecutor(Executor):
                 pass
         for item, message in lost:
             _fail(item, message, worker=w.label)
+        for item, failure in failed:
+            spec = item.spec
+            result = TaskResult(spec.task_id, spec.attempt, ok=False, worker=w.label, failure=failure)
+            if item.running or item.future.set_running_or_notify_cancel():
+                item.running = True
+                item.future.set_result(result)
         if self._broken:
             self._abort(self._broken, config=True)
 
@@ -878,13 +1078,34 @@ class ProcessExecutor(Executor):
                 items.extend(w.inflight)
                 w.inflight.clear()
                 w.kill_reason = w.kill_reason or "was stopped"
-                try:
-                    w.process.kill()
-                except (ValueError, OSError):
-                    pass
+                _kill(w)
             self._ready_cv.notify_all()
         for item in items:
             _fail(item, message, config=config)
+
+
+def _ended_by_task(exitcode: int | None) -> bool:
+    """True when a worker's exit is its task's doing (``os._exit(n)``, SIGSEGV, SIGABRT...).
+
+    SIGKILL and SIGTERM come from outside (an operator, the OOM killer, a shutdown): the worker was
+    lost, and the attempt does not count against ``max_attempts``.
+    """
+    return exitcode is not None and exitcode not in (-signal.SIGKILL, -signal.SIGTERM)
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL the process group led by worker ``pid`` (its tasks' programs), if there is one."""
+    if hasattr(os, "killpg"):
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def _kill(w: _Worker) -> None:
+    """SIGKILL worker ``w`` and every process its tasks started."""
+    with contextlib.suppress(ValueError, OSError):  # ValueError: its Process object is closed
+        if w.process.exitcode is None:  # alive, so not reaped: its pid still names its group
+            _kill_group(w.pid)
+        w.process.kill()
 
 
 def _fail(item: _Item, message: str, *, worker: str = "", config: bool = False) -> None:
@@ -916,10 +1137,7 @@ def _shutdown_at_exit() -> None:
         if dispatcher is not None:
             dispatcher.join(timeout=executor.shutdown_grace + 2.0)
         for w in list(executor._workers):
-            try:
-                w.process.kill()
-            except (ValueError, OSError):
-                pass
+            _kill(w)
 
 
 atexit.register(_shutdown_at_exit)

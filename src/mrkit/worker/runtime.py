@@ -9,6 +9,9 @@ where a task attempt runs:
   speculative twin) deletes its own files and reports ``committed=False``.
 * **reduce**: read every map task's commit manifest, merge this partition's runs, reduce, write the
   part file under the attempt's temp key in the output storage, commit the same way.
+* **duplicates**: a map or reduce attempt whose task already has a committed attempt (its
+  ``COMMIT`` key exists) is not run: it returns at once with ``ok=True, committed=False`` and
+  ``counters={"duplicates_skipped": 1}``. Every transport that redelivers gets this for free.
 * **call**: the futures API: apply a function to a chunk of argument tuples.
 
 ``run_task`` never raises for a failing task: user-code errors and data errors come back as
@@ -19,12 +22,15 @@ cached by digest; the digest is checked before unpickling.
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import hashlib
 import json
 import os
 import pickle
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -93,12 +99,17 @@ def _load_function(spec: TaskSpec) -> Callable[..., Any]:
     return fn
 
 
-def run_task(spec: TaskSpec, *, worker: str = "") -> TaskResult:
+def run_task(spec: TaskSpec, *, worker: str = "", catch_interrupt: bool = True) -> TaskResult:
     """Run one attempt of ``spec`` here and now.
 
     Args:
         spec: the task attempt.
         worker: a label for this process (``pid:123``, ``host:port``) reported in the result.
+        catch_interrupt: also turn ``KeyboardInterrupt`` into a failure. ``SystemExit`` raised by
+            user code always becomes a ``WorkerCrashed`` failure (a failed attempt, counted against
+            ``max_attempts``) so that user code cannot end a worker by raising it; so does
+            ``KeyboardInterrupt`` unless the host runs tasks in the user's own main thread (the
+            inline executor passes False, so that Ctrl-C still stops the program).
 
     Returns:
         The attempt's :class:`TaskResult`; ``ok=False`` with ``failure`` set when it failed.
@@ -120,6 +131,18 @@ def run_task(spec: TaskSpec, *, worker: str = "") -> TaskResult:
                 seconds=time.perf_counter() - started,
             )
         storage = storage_for(spec.storage_url)
+        if storage.exists(layout.commit_key(spec.job_id, spec.task_id)):
+            # A duplicate delivery (a redelivered message, a retry racing a late success): the task
+            # already has its output, so this attempt would only be discarded at commit. Skip it.
+            return TaskResult(
+                spec.task_id,
+                spec.attempt,
+                ok=True,
+                committed=False,
+                counters={"duplicates_skipped": 1},
+                worker=worker,
+                seconds=time.perf_counter() - started,
+            )
         job = load_job(storage, spec.job_key, spec.job_digest)
         ctx = TaskContext(job_id=spec.job_id, task_id=spec.task_id, attempt=spec.attempt, params=job.params)
         with activate(ctx):
@@ -141,8 +164,23 @@ def run_task(spec: TaskSpec, *, worker: str = "") -> TaskResult:
     except InputError as exc:
         # Bad input fails the same way on every attempt: say so, so the driver does not retry it.
         failure = TaskFailure(where="", exc_type=type(exc).__name__, message=str(exc), retryable=False)
+    except OSError as exc:
+        failure = user_failure("", exc).failure
+        if exc.errno == errno.ENOSPC:
+            # The bare error names no file: say which storage filled up, and what to do.
+            target = spec.output_url if spec.kind is TaskKind.REDUCE else spec.storage_url
+            where = exc.filename or target
+            failure = dataclasses.replace(
+                failure,
+                message=f"no space left on the device holding {where} while {spec.task_id} wrote its "
+                f"output ({exc}); free some space or choose another storage= / TMPDIR",
+            )
     except Exception as exc:
         failure = user_failure("", exc).failure
+    except (SystemExit, KeyboardInterrupt) as exc:
+        if isinstance(exc, KeyboardInterrupt) and not catch_interrupt:
+            raise
+        failure = _exit_failure(exc)
     return TaskResult(
         spec.task_id,
         spec.attempt,
@@ -152,6 +190,16 @@ def run_task(spec: TaskSpec, *, worker: str = "") -> TaskResult:
         seconds=time.perf_counter() - started,
         failure=failure,
     )
+
+
+def _exit_failure(exc: SystemExit | KeyboardInterrupt) -> TaskFailure:
+    """The failure of an attempt whose user code raised SystemExit or KeyboardInterrupt."""
+    from mrkit.worker.watchdog import crash_failure
+
+    what = f"SystemExit({exc.code!r})" if isinstance(exc, SystemExit) else "KeyboardInterrupt"
+    failure = crash_failure(f"user code raised {what}")
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return dataclasses.replace(failure, traceback=tb)
 
 
 def _run_map(spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, int], ctx: TaskContext) -> bool:
