@@ -59,15 +59,32 @@ def touch(path: str, seconds: float = 0.0) -> str:
 
 
 def stop_once_mapper(line: str) -> Iterator[tuple[str, int]]:
-    """Freezes its own worker (SIGSTOP: alive, but answering nothing) the first time it sees 'hangme'.
+    """Freezes its task process (SIGSTOP: alive, but doing nothing) the first time it sees 'hangme';
+    with ``params["whom"] == "worker"``, the HTTP worker that runs the task process instead.
 
     A marker file (``params["marker"]``) remembers that it did, and holds the frozen pid.
     """
-    marker = mrkit.context().params["marker"]
+    params = mrkit.context().params
+    marker = params["marker"]
     if "hangme" in line and not os.path.exists(marker):
+        pid = os.getppid() if params.get("whom") == "worker" else os.getpid()
         with open(marker, "w") as f:
-            f.write(str(os.getpid()))
-        os.kill(os.getpid(), signal.SIGSTOP)
+            f.write(str(pid))
+        os.kill(pid, signal.SIGSTOP)
+    yield from words(line)
+
+
+def kill_worker_once_mapper(line: str) -> Iterator[tuple[str, int]]:
+    """SIGKILLs the HTTP worker running its task process the first time it sees 'killme'.
+
+    The marker file (``params["marker"]``) holds ``<worker pid> <task process pid>``.
+    """
+    marker = mrkit.context().params["marker"]
+    if "killme" in line and not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write(f"{os.getppid()} {os.getpid()}")
+        os.kill(os.getppid(), signal.SIGKILL)
+        time.sleep(30)  # the worker's death ends this task process: it never gets past here
     yield from words(line)
 
 
@@ -147,9 +164,20 @@ def post_task(
     """POST ``spec`` to ``/task``, signed with ``secret`` (None: unsigned) at ``timestamp`` (default
     now), plus ``extra`` headers."""
     body = spec.encode()
-    headers = sign_request(secret, "POST", "/task", body, timestamp=timestamp) if secret is not None else {}
+    headers = signed_headers(port, body, secret, timestamp=timestamp) if secret is not None else {}
     headers.update(extra)
     return post(port, "/task", body, headers)
+
+
+def signed_headers(
+    port: int, body: bytes, secret: bytes = SECRET, *, host: str = "", timestamp: float | None = None
+) -> dict[str, str]:
+    """The headers of a ``POST /task`` of ``body`` signed as the executor does, Host included
+    (default ``127.0.0.1:<port>``)."""
+    host = host or f"127.0.0.1:{port}"
+    headers = sign_request(secret, "POST", "/task", body, host=host, timestamp=timestamp)
+    headers["Host"] = host
+    return headers
 
 
 def get_json(port: int, path: str, **headers: str) -> tuple[int, dict[str, Any]]:
