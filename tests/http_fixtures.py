@@ -88,6 +88,41 @@ def kill_worker_once_mapper(line: str) -> Iterator[tuple[str, int]]:
     yield from words(line)
 
 
+def hang_mapper(line: str) -> Iterator[tuple[str, int]]:
+    """Hangs for good on a line holding 'stuck', after starting a grandchild (``sleep 600``) whose pid
+    it appends to ``params["children"]``: ending the attempt must end both."""
+    if "stuck" in line:
+        child = subprocess.Popen(["sleep", "600"])
+        with open(mrkit.context().params["children"], "a") as f:
+            f.write(f"{child.pid}\n")
+        while True:
+            time.sleep(3600)
+    yield from words(line)
+
+
+def crash_mapper(line: str) -> Iterator[tuple[str, int]]:
+    """Ends its own process on a line holding 'poison', the way ``params["how"]`` says (``exit``:
+    ``os._exit(3)``, ``segv``: SIGSEGV, ``sysexit``: ``sys.exit(3)``), after noting the attempt in
+    ``params["attempts"]``."""
+    if "poison" in line:
+        params = mrkit.context().params
+        with open(params["attempts"], "a") as f:
+            f.write(f"{mrkit.context().attempt}\n")
+        how = params["how"]
+        if how == "exit":
+            os._exit(3)
+        if how == "segv":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        sys.exit(3)
+    yield from words(line)
+
+
+def slow_words(line: str) -> Iterator[tuple[str, int]]:
+    """:func:`words`, 10 ms per record: tasks last long enough to be killed mid-way."""
+    time.sleep(0.01)
+    yield from words(line)
+
+
 class PidWordCount(mrkit.Job):
     """Word count that leaves evidence of the processes that ran it, for ``mrkit run`` tests.
 

@@ -4,11 +4,18 @@
 The contract (:class:`HttpExecutor`):
 
 * ``submit(spec)`` returns a future of the attempt's :class:`~mrkit.model.task.TaskResult`. A raising
-  user function is a *result* (``ok=False``); the future raises :class:`~mrkit.errors.WorkerLost`
-  only when the attempt may have been lost with its worker: the connection broke after the request
-  was sent, the worker stopped answering ``/health`` while the attempt ran, it ran past
-  ``task_timeout``, or the executor shut down. The driver then retries it; first-attempt-wins commits
-  make a duplicate harmless.
+  user function is a *result* (``ok=False``), and so is an attempt that made no progress for
+  ``TaskSettings.task_timeout`` (``TaskTimeout``, ended in the worker's task process: this executor
+  ``enforces_timeouts``) or whose user code ended its task process (``WorkerCrashed``: exit code,
+  signal or ``SystemExit``). The future raises :class:`~mrkit.errors.WorkerLost` only when the
+  attempt may have been lost for reasons outside the task: its task process was killed from outside,
+  the connection to a worker we did not start broke after the request was sent, the worker stopped
+  answering ``/health`` while the attempt ran, it ran past ``HttpTimeouts.task``, or the executor
+  shut down. The driver then retries it; first-attempt-wins commits make a duplicate harmless.
+* **Repaired losses are ours.** A driver-started worker that dies under an attempt (killed from
+  outside: user code runs in its task processes) is restarted and the attempt sent again as
+  ``attempt + 1000·k`` (keys of its own), up to :data:`_MAX_RESENDS` times, so a kill storm does
+  not use up the driver's ``max_lost``.
 * **Metadata only.** The body of ``POST /task`` is the spec's JSON: split URI and byte range, or
   partition number, plus the storage URL. The job's code is fetched by each worker from storage once,
   by digest (:mod:`mrkit.worker.runtime` caches it). A futures-API function travels once per worker
@@ -19,8 +26,10 @@ The contract (:class:`HttpExecutor`):
   was out) is not lost: it goes back to the queue for another worker, a bounded number of times. A
   worker the driver started is restarted when it dies or hangs (killed first); one that was already
   running is probed with ``/health`` under exponential backoff (0.1 s doubling to 5 s) and gets tasks
-  again once it answers. Every such event is logged on ``logging.getLogger("mrkit.http")``. When no
-  worker has answered for ``HttpTimeouts.unreachable`` seconds, queued tasks fail with WorkerLost (the
+  again once it answers; if none of them has *ever* answered ``HttpTimeouts.first_contact`` seconds
+  after the first submit, the executor gives up with a ConfigError naming the addresses. A request
+  the worker refused as a replay (409) did not run and is sent again, freshly signed. Every such
+  event is logged on ``logging.getLogger("mrkit.http")``. When no worker has answered for ``HttpTimeouts.unreachable`` seconds, queued tasks fail with WorkerLost (the
   driver's ``max_lost`` bounds the retries); three driver-started workers in a row that die before
   becoming ready make :meth:`submit` raise :class:`~mrkit.errors.ConfigError`.
 * **Authentication.** Every request is signed and every response verified (:mod:`mrkit.http_auth`)

@@ -10,16 +10,23 @@ Endpoints (stdlib :class:`http.server.ThreadingHTTPServer`, HTTP/1.1 keep-alive)
 The contract:
 
 * **Nothing unauthenticated does work.** A ``POST /task`` runs only after its signature, timestamp
-  and nonce verified; anything else gets 401 (unsigned, bad or replayed signature, stale
-  timestamp), 403 (a browser's ``Origin`` or ``Sec-Fetch-Site`` header, on every endpoint: a web page
-  must not reach a worker through the user's browser), 411/413 (no length, too large), and the
+  and nonce verified; anything else gets 401 (unsigned, bad signature, stale timestamp), 409
+  (replayed), 421 (misdirected ``Host``), 403 (a browser's ``Origin`` or ``Sec-Fetch-Site`` header,
+  on every endpoint: a web page must not reach a worker through the user's browser), 411/413 (no length, too large), and the
   connection is closed. Nothing is decoded, let alone unpickled, before the signature verified.
 * **Health and status reveal nothing sensitive**: counts, the mrkit version and uptime only; no job
   ids, paths, pids or host details.
-* **Tasks run in the thread of their connection** (one thread per connection, one request at a
-  time on each), so ``/health`` and ``/status``, which arrive on other connections, are answered
-  while a task runs. A driver keeps one connection per worker, so a worker runs one of its tasks at
-  a time. The task calls :func:`mrkit.worker.runtime.run_task`, which never raises for user errors.
+* **Tasks run in task processes** (:mod:`mrkit.worker.http_tasks`), never in the server: the
+  thread of the connection that brought a task (one thread per connection, one request at a time
+  on each) hands it to an idle task process and relays its result, so ``/health`` and ``/status``
+  are answered while a task runs, and a task that hangs (``task_timeout``) or ends its process
+  (``os._exit``, a segfault) costs a task process, not the server. Those come back as *failed*
+  results (``TaskTimeout``, ``WorkerCrashed``); a task process killed from outside or stopped is a
+  signed ``503 {"lost": why}``: the attempt's outcome is unknown.
+* **Requests are checked before they are read**: a ``Host`` that is neither the address the
+  request arrived on nor a loopback one gets ``421``; a correctly signed request whose nonce was
+  already used gets an unsigned ``409 {"replayed": true}`` (a duplicate, not an impostor: the
+  driver sends the task again).
 * **Code once per worker.** Map and reduce tasks name the job's code by storage key and digest;
   the runtime caches it. A futures-API task may omit its function (``call_fn``) once this worker has
   seen its digest: a miss is answered ``409`` and the driver sends it again with the function.

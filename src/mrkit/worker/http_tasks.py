@@ -178,7 +178,7 @@ class TaskProcess:
         self.close()
         if code < 0 and -code in _OUTSIDE_SIGNALS:
             raise TaskLost(f"its task process was killed by {_describe_signal(-code)}")
-        how = f"killed by {_describe_signal(-code)}" if code < 0 else f"exited with code {code}"
+        how = f"was killed by {_describe_signal(-code)}" if code < 0 else f"exited with code {code}"
         return TaskResult(
             spec.task_id,
             spec.attempt,
