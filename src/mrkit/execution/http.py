@@ -25,13 +25,14 @@ The contract (:class:`HttpExecutor`):
 * **Faults.** A task that could not be *delivered* (connection refused or reset before the request
   was out) is not lost: it goes back to the queue for another worker, a bounded number of times. A
   worker the driver started is restarted when it dies or hangs (killed first); one that was already
-  running is probed with ``/health`` under exponential backoff (0.1 s doubling to 5 s) and gets tasks
-  again once it answers; if none of them has *ever* answered ``HttpTimeouts.first_contact`` seconds
-  after the first submit, the executor gives up with a ConfigError naming the addresses. A request
-  the worker refused as a replay (409) did not run and is sent again, freshly signed. Every such
-  event is logged on ``logging.getLogger("mrkit.http")``. When no worker has answered for ``HttpTimeouts.unreachable`` seconds, queued tasks fail with WorkerLost (the
-  driver's ``max_lost`` bounds the retries); three driver-started workers in a row that die before
-  becoming ready make :meth:`submit` raise :class:`~mrkit.errors.ConfigError`.
+  running is probed with ``/health`` under exponential backoff (0.1 s doubling to 5 s) and gets
+  tasks again once it answers; if none of them has *ever* answered ``HttpTimeouts.first_contact``
+  seconds after the first submit, the executor gives up with a ConfigError naming the addresses. A
+  request the worker refused as a replay (409) did not run and is sent again, freshly signed. Every
+  such event is logged on ``logging.getLogger("mrkit.http")``. When no worker has answered for
+  ``HttpTimeouts.unreachable`` seconds, queued tasks fail with WorkerLost (the driver's ``max_lost``
+  bounds the retries); three driver-started workers in a row that die before becoming ready make
+  :meth:`submit` raise :class:`~mrkit.errors.ConfigError`.
 * **Authentication.** Every request is signed and every response verified (:mod:`mrkit.http_auth`)
   before it is decoded. Driver-started workers get a fresh random secret through their stdin (never
   the command line). For existing workers the secret comes from ``secret=``, ``secret_file=``,

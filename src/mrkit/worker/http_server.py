@@ -12,8 +12,9 @@ The contract:
 * **Nothing unauthenticated does work.** A ``POST /task`` runs only after its signature, timestamp
   and nonce verified; anything else gets 401 (unsigned, bad signature, stale timestamp), 409
   (replayed), 421 (misdirected ``Host``), 403 (a browser's ``Origin`` or ``Sec-Fetch-Site`` header,
-  on every endpoint: a web page must not reach a worker through the user's browser), 411/413 (no length, too large), and the
-  connection is closed. Nothing is decoded, let alone unpickled, before the signature verified.
+  on every endpoint: a web page must not reach a worker through the user's browser), 411/413 (no
+  length, too large), and the connection is closed. Nothing is decoded, let alone unpickled, before
+  the signature verified.
 * **Health and status reveal nothing sensitive**: counts, the mrkit version and uptime only; no job
   ids, paths, pids or host details.
 * **Tasks run in task processes** (:mod:`mrkit.worker.http_tasks`), never in the server: the
