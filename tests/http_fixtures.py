@@ -432,6 +432,15 @@ def tagged_processes(tag: str) -> list[int]:
     return found
 
 
+def parent_of(pid: int) -> int | None:
+    """The parent pid of live process ``pid`` (None once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except FileNotFoundError:
+        return None
+
+
 def pid_alive(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie."""
     try:
