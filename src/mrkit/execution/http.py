@@ -513,7 +513,8 @@ class HttpExecutor(Executor):
             workers: ``http``: workers to start (default ``max(n_map, n_reduce)`` when either is
                 given, as in seed 003, else every core).
             n_map, n_reduce: the job's task counts, for that default.
-            options: :class:`HttpExecutor` keyword arguments (``secret_file``, ``storage``, ``timeouts``).
+            options: :class:`HttpExecutor` keyword arguments (``secret_file``, ``storage``, ``timeouts``,
+                ``worker_python``).
 
         Raises:
             ConfigError: for a name that is neither, or a bad option.

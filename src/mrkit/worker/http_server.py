@@ -333,7 +333,7 @@ class _Handler(BaseHTTPRequestHandler):
         """
         host = (self.headers.get("Host") or "").strip()
         name = host[1:].partition("]")[0] if host.startswith("[") else host.rpartition(":")[0] or host
-        local = str(self.connection.getsockname()[0])
+        local = str(self.connection.getsockname()[0]).removeprefix("::ffff:")  # IPv4 on a dual-stack socket
         if name and (name == local or name == "localhost" or is_loopback(name)):
             return True
         with self.server.state.lock:
