@@ -59,15 +59,67 @@ def touch(path: str, seconds: float = 0.0) -> str:
 
 
 def stop_once_mapper(line: str) -> Iterator[tuple[str, int]]:
-    """Freezes its own worker (SIGSTOP: alive, but answering nothing) the first time it sees 'hangme'.
+    """Freezes its task process (SIGSTOP: alive, but doing nothing) the first time it sees 'hangme';
+    with ``params["whom"] == "worker"``, the HTTP worker that runs the task process instead.
 
     A marker file (``params["marker"]``) remembers that it did, and holds the frozen pid.
     """
-    marker = mrkit.context().params["marker"]
+    params = mrkit.context().params
+    marker = params["marker"]
     if "hangme" in line and not os.path.exists(marker):
+        pid = os.getppid() if params.get("whom") == "worker" else os.getpid()
         with open(marker, "w") as f:
-            f.write(str(os.getpid()))
-        os.kill(os.getpid(), signal.SIGSTOP)
+            f.write(str(pid))
+        os.kill(pid, signal.SIGSTOP)
+    yield from words(line)
+
+
+def kill_worker_once_mapper(line: str) -> Iterator[tuple[str, int]]:
+    """SIGKILLs the HTTP worker running its task process the first time it sees 'killme'.
+
+    The marker file (``params["marker"]``) holds ``<worker pid> <task process pid>``.
+    """
+    marker = mrkit.context().params["marker"]
+    if "killme" in line and not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write(f"{os.getppid()} {os.getpid()}")
+        os.kill(os.getppid(), signal.SIGKILL)
+        time.sleep(30)  # the worker's death ends this task process: it never gets past here
+    yield from words(line)
+
+
+def hang_mapper(line: str) -> Iterator[tuple[str, int]]:
+    """Hangs for good on a line holding 'stuck', after starting a grandchild (``sleep 600``) whose pid
+    it appends to ``params["children"]``: ending the attempt must end both."""
+    if "stuck" in line:
+        child = subprocess.Popen(["sleep", "600"])
+        with open(mrkit.context().params["children"], "a") as f:
+            f.write(f"{child.pid}\n")
+        while True:
+            time.sleep(3600)
+    yield from words(line)
+
+
+def crash_mapper(line: str) -> Iterator[tuple[str, int]]:
+    """Ends its own process on a line holding 'poison', the way ``params["how"]`` says (``exit``:
+    ``os._exit(3)``, ``segv``: SIGSEGV, ``sysexit``: ``sys.exit(3)``), after noting the attempt in
+    ``params["attempts"]``."""
+    if "poison" in line:
+        params = mrkit.context().params
+        with open(params["attempts"], "a") as f:
+            f.write(f"{mrkit.context().attempt}\n")
+        how = params["how"]
+        if how == "exit":
+            os._exit(3)
+        if how == "segv":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        sys.exit(3)
+    yield from words(line)
+
+
+def slow_words(line: str) -> Iterator[tuple[str, int]]:
+    """:func:`words`, 10 ms per record: tasks last long enough to be killed mid-way."""
+    time.sleep(0.01)
     yield from words(line)
 
 
@@ -147,9 +199,20 @@ def post_task(
     """POST ``spec`` to ``/task``, signed with ``secret`` (None: unsigned) at ``timestamp`` (default
     now), plus ``extra`` headers."""
     body = spec.encode()
-    headers = sign_request(secret, "POST", "/task", body, timestamp=timestamp) if secret is not None else {}
+    headers = signed_headers(port, body, secret, timestamp=timestamp) if secret is not None else {}
     headers.update(extra)
     return post(port, "/task", body, headers)
+
+
+def signed_headers(
+    port: int, body: bytes, secret: bytes = SECRET, *, host: str = "", timestamp: float | None = None
+) -> dict[str, str]:
+    """The headers of a ``POST /task`` of ``body`` signed as the executor does, Host included
+    (default ``127.0.0.1:<port>``)."""
+    host = host or f"127.0.0.1:{port}"
+    headers = sign_request(secret, "POST", "/task", body, host=host, timestamp=timestamp)
+    headers["Host"] = host
+    return headers
 
 
 def get_json(port: int, path: str, **headers: str) -> tuple[int, dict[str, Any]]:
@@ -367,6 +430,15 @@ def tagged_processes(tag: str) -> list[int]:
         if needle in environ.split(b"\0") and pid_alive(int(entry.name)):
             found.append(int(entry.name))
     return found
+
+
+def parent_of(pid: int) -> int | None:
+    """The parent pid of live process ``pid`` (None once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except FileNotFoundError:
+        return None
 
 
 def pid_alive(pid: int) -> bool:

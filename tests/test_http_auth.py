@@ -13,6 +13,7 @@ from mrkit.http_auth import (
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
     NonceCache,
+    ReplayedRequest,
     RequestVerifier,
     generate_secret,
     load_secret,
@@ -45,7 +46,7 @@ def test_a_signed_request_verifies_once_and_its_replay_is_refused() -> None:
     v = verifier()
     headers = signed()
     assert v.verify("POST", "/task", BODY, headers) == headers[HEADER_NONCE]
-    with pytest.raises(AuthenticationError, match="replayed"):
+    with pytest.raises(ReplayedRequest, match="replayed"):
         v.verify("POST", "/task", BODY, headers)
 
 
@@ -129,7 +130,7 @@ def test_a_replay_after_the_clock_moved_on_is_still_refused() -> None:
     headers = signed()
     v.verify("POST", "/task", BODY, headers)
     clock.now += 59.0  # still within the skew of the request's timestamp: the nonce must still be known
-    with pytest.raises(AuthenticationError, match="replayed"):
+    with pytest.raises(ReplayedRequest, match="replayed"):
         v.verify("POST", "/task", BODY, headers)
     clock.now += 2.0  # now the timestamp itself is stale
     with pytest.raises(AuthenticationError, match="stale"):
@@ -195,3 +196,18 @@ def test_load_secret_from_the_environment_and_its_errors(
 def test_generated_secrets_are_fresh_and_long() -> None:
     a, b = generate_secret(), generate_secret()
     assert a != b and len(a) == 64
+
+
+def test_the_host_header_is_signed() -> None:
+    v = verifier()
+    headers = signed(host="127.0.0.1:8001")
+    headers["Host"] = "127.0.0.2:8001"  # re-aimed at another worker
+    with pytest.raises(AuthenticationError, match="bad signature"):
+        v.verify("POST", "/task", BODY, headers)
+    headers["Host"] = "127.0.0.1:8001"
+    assert v.verify("POST", "/task", BODY, headers) == headers[HEADER_NONCE]
+
+
+def test_a_replay_is_not_an_authentication_error() -> None:
+    # The driver gives up on a worker that refuses its signature; a duplicate must not look like that.
+    assert not issubclass(ReplayedRequest, AuthenticationError)

@@ -3,20 +3,27 @@
 That module parametrizes over ``inline`` and ``processes`` through its ``executor`` and ``processes``
 fixtures. Its tests are imported here unchanged, and this module's fixtures of the same names give
 them two driver-started HTTP workers instead, so one suite checks every executor.
+The suite's ``test_a_killed_worker_is_replaced_and_its_chunk_rerun`` (``os._exit(9)`` once) is
+replaced here by a test that kills the task process from outside: on HTTP workers a task that ends
+its own process is the task's failure (``WorkerCrashed``, counted against ``max_attempts``; the
+futures API does not retry failures), while a process killed from outside is a lost attempt, rerun.
 tests/test_http_contract_jobs.py does the same for tests/test_core_jobs.py, with workers of its own
 (its straggler test leaves a worker busy for seconds after it passes, as it would a process pool).
 """
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from mrkit import futures
 from mrkit.execution.http import HttpExecutor
 from tests.test_futures import (  # noqa: F401 - collected here, on HTTP workers
     no_default_left_behind,
-    test_a_killed_worker_is_replaced_and_its_chunk_rerun,
     test_a_result_that_cannot_be_pickled_fails_the_call,
     test_exceptions_that_do_not_travel_become_call_failed,
     test_map_as_completed_does_not_wait_for_a_slow_item,
@@ -54,3 +61,17 @@ def executor(http2: HttpExecutor) -> HttpExecutor:
 def processes(http2: HttpExecutor) -> HttpExecutor:
     """What the futures suite calls its real pool of worker processes."""
     return http2
+
+
+def test_a_killed_task_process_is_replaced_and_its_chunk_rerun(http2: HttpExecutor, tmp_path: Path) -> None:
+    marker = str(tmp_path / "killed-once")
+
+    def die_once(x: int) -> int:
+        if x == 3 and not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return x * 10
+
+    results = futures.map(die_once, range(8), executor=http2, chunksize=2)
+    assert list(results) == [x * 10 for x in range(8)]
+    assert os.path.exists(marker)

@@ -34,6 +34,7 @@ from tests.http_fixtures import (  # noqa: F401 - fixtures
     cli_workers_fixture,
     free_port,
     get_json,
+    kill_worker_once_mapper,
     pid_alive,
     read_line,
     stop_once_mapper,
@@ -55,15 +56,19 @@ def _records(marker_word: str) -> list[str]:
     return records
 
 
-def test_a_driver_started_worker_killed_mid_task_is_restarted(
+def test_a_task_process_killed_mid_task_is_replaced_and_its_worker_keeps_serving(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # User code runs in the worker's task process: SIGKILL (from outside, as far as anyone can tell)
+    # loses the attempt, the worker replaces the task process, and the worker itself stays up.
     caplog.set_level(logging.WARNING, logger="mrkit.http")
     marker = tmp_path / "killed"
     records = _records("killme")
     job = mrkit.Job(mapper=kill_once_mapper, reducer=total, combiner=total)
     executor = HttpExecutor(workers=2, timeouts=FAST)
     try:
+        executor.warm_up()
+        servers = sorted(w["pid"] for w in executor.worker_info())
         result = mrkit.run(
             job,
             mrkit.Records(records),
@@ -74,17 +79,13 @@ def test_a_driver_started_worker_killed_mid_task_is_restarted(
             quiet=True,
         )
         killed = int(marker.read_text())
-
-        def replaced() -> bool:
-            info = executor.worker_info()
-            return all(w["ready"] for w in info) and killed not in [w["pid"] for w in info]
-
-        assert wait_until(replaced, timeout=10), executor.worker_info()
+        assert killed not in servers and not pid_alive(killed)
+        assert sorted(w["pid"] for w in executor.worker_info()) == servers
     finally:
         executor.shutdown()
     assert sorted(result) == reference(PLAIN, records)
     assert result.counters["map.attempts_lost"] == 1
-    assert "was killed by SIGKILL" in caplog.text and "restarting the worker" in caplog.text
+    assert "its task process was killed by SIGKILL (it started a new one)" in caplog.text
 
 
 def test_a_driver_started_worker_killed_between_jobs_is_restarted_and_nothing_is_lost(
@@ -116,7 +117,7 @@ def test_a_user_started_worker_killed_mid_task_sends_the_task_elsewhere(
     urls = [cli_workers.start()[1] for _ in range(2)]
     marker = tmp_path / "killed"
     records = _records("killme")
-    job = mrkit.Job(mapper=kill_once_mapper, reducer=total, combiner=total)
+    job = mrkit.Job(mapper=kill_worker_once_mapper, reducer=total, combiner=total)
     executor = HttpExecutor(urls, secret_file=str(write_secret(tmp_path)), timeouts=FAST)
     try:
         result = mrkit.run(
@@ -134,10 +135,19 @@ def test_a_user_started_worker_killed_mid_task_sends_the_task_elsewhere(
     assert result.counters["map.attempts_lost"] == 1
     assert "closed the connection mid-attempt" in caplog.text and "next free worker" in caplog.text
     assert sum(p.poll() is None for p in cli_workers.procs) == 1  # the killed one stays dead
+    task_process = int(marker.read_text().split()[1])
+    assert wait_until(lambda: not pid_alive(task_process), timeout=5)  # it went with its worker
 
 
+@pytest.mark.parametrize(
+    ("whom", "why", "restart"),
+    [
+        ("worker", "stopped answering /health", "restarting the worker"),
+        ("task process", "its task process was stopped for 1s", "it started a new one"),
+    ],
+)
 def test_a_hung_worker_is_detected_by_health_checks_killed_and_restarted(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    whom: str, why: str, restart: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="mrkit.http")
     marker = tmp_path / "frozen"
@@ -152,7 +162,7 @@ def test_a_hung_worker_is_detected_by_health_checks_killed_and_restarted(
             executor=executor,
             n_map=4,
             n_reduce=2,
-            params={"marker": str(marker)},
+            params={"marker": str(marker), "whom": whom},
             policy=RetryPolicy(speculative=False),
             quiet=True,
         )
@@ -162,9 +172,9 @@ def test_a_hung_worker_is_detected_by_health_checks_killed_and_restarted(
             os.kill(int(marker.read_text()), signal.SIGKILL)
     assert sorted(result) == reference(PLAIN, records)
     assert result.counters["map.attempts_lost"] == 1
-    assert "stopped answering /health" in caplog.text and "restarting the worker" in caplog.text
+    assert why in caplog.text and restart in caplog.text
     assert time.monotonic() - started < 15
-    assert not pid_alive(int(marker.read_text()))
+    assert wait_until(lambda: not pid_alive(int(marker.read_text())), timeout=5)
 
 
 def test_an_attempt_past_task_timeout_is_lost_and_its_worker_restarted(
@@ -218,7 +228,9 @@ def test_no_reachable_worker_fails_the_job_in_bounded_time(tmp_path: Path) -> No
     )
     started = time.monotonic()
     try:
-        with pytest.raises(JobFailed, match="no HTTP worker has answered for 2s .*ConnectionRefusedError"):
+        with pytest.raises(
+            JobFailed, match="no HTTP worker answered at 127.0.0.1:[0-9]+ within 3s .*Connection"
+        ):
             mrkit.run(
                 PLAIN,
                 mrkit.Records(RECORDS),
@@ -228,7 +240,7 @@ def test_no_reachable_worker_fails_the_job_in_bounded_time(tmp_path: Path) -> No
             )
     finally:
         executor.shutdown()
-    assert time.monotonic() - started < 15
+    assert time.monotonic() - started < 6  # not "lost 9 times" after half a minute
 
 
 def test_a_worker_with_another_secret_refuses_us_and_runs_nothing(

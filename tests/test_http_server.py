@@ -31,6 +31,7 @@ from tests.http_fixtures import (  # noqa: F401 - fixtures
     get_json,
     post,
     post_task,
+    signed_headers,
     thread_worker_fixture,
     touch,
     wait_until,
@@ -55,7 +56,7 @@ def test_health_and_status_answer_without_auth_and_reveal_nothing_sensitive(
 def test_a_signed_task_runs_and_its_answer_is_signed(thread_worker: WorkerServer, tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     body = call_spec(touch, str(marker)).encode()
-    headers = sign_request(SECRET, "POST", "/task", body)
+    headers = signed_headers(thread_worker.server_port, body)
     status, response_headers, data = post(thread_worker.server_port, "/task", body, headers)
     assert status == 200
     verify_response(SECRET, status, headers[HEADER_NONCE], data, response_headers[HEADER_SIGNATURE])
@@ -68,16 +69,31 @@ def test_a_signed_task_runs_and_its_answer_is_signed(thread_worker: WorkerServer
 
 def _tampered(port: int, marker: Path) -> int:
     body = call_spec(touch, str(marker)).encode()
-    headers = sign_request(SECRET, "POST", "/task", body)
+    headers = signed_headers(port, body)
     return post(port, "/task", body.replace(b"call-000000", b"call-000001"), headers)[0]
 
 
 def _replayed(port: int, marker: Path) -> int:
     body = call_spec(touch, str(marker)).encode()
-    headers = sign_request(SECRET, "POST", "/task", body)
+    headers = signed_headers(port, body)
     assert post(port, "/task", body, headers)[0] == 200
     marker.unlink()  # the original ran; the replay must not run again
     return post(port, "/task", body, headers)[0]
+
+
+def _body_and_headers(
+    marker: Path, port: int, *, host: str = "", sign_host: bool = False, signed_for: str = ""
+) -> tuple[bytes, dict[str, str]]:
+    """A signed request whose Host header is ``host`` (signed as such when ``sign_host``), or one
+    signed for ``signed_for`` but sent with our own Host."""
+    body = call_spec(touch, str(marker)).encode()
+    if signed_for:
+        headers = signed_headers(port, body, host=signed_for)
+        headers["Host"] = f"127.0.0.1:{port}"
+    else:
+        headers = signed_headers(port, body, host=host if sign_host else "")
+        headers["Host"] = host
+    return body, headers
 
 
 REFUSALS = {
@@ -87,7 +103,23 @@ REFUSALS = {
         401,
     ),
     "tampered body": (_tampered, 401),
-    "replayed": (_replayed, 401),
+    "replayed": (_replayed, 409),  # not 401: a duplicate is not an impostor (the driver resends it)
+    "Host of another site": (
+        lambda port, marker: post(port, "/task", *_body_and_headers(marker, port, host="evil.example"))[0],
+        421,
+    ),
+    "Host of another site, signed": (
+        lambda port, marker: post(
+            port, "/task", *_body_and_headers(marker, port, host="evil.example", sign_host=True)
+        )[0],
+        421,
+    ),
+    "re-aimed at another worker": (
+        lambda port, marker: post(port, "/task", *_body_and_headers(marker, port, signed_for="127.0.0.1:1"))[
+            0
+        ],
+        401,
+    ),
     "stale timestamp": (
         lambda port, marker: post_task(port, call_spec(touch, str(marker)), timestamp=time.time() - 3600)[0],
         401,
@@ -144,7 +176,7 @@ def test_chunked_and_oversized_bodies_are_refused(
 
 def test_a_signed_but_undecodable_spec_is_a_400(thread_worker: WorkerServer) -> None:
     body = b'{"not": "a spec"}'
-    headers = sign_request(SECRET, "POST", "/task", body)
+    headers = signed_headers(thread_worker.server_port, body)
     assert post(thread_worker.server_port, "/task", body, headers)[0] == 400
 
 

@@ -6,12 +6,17 @@ The contract:
 
       X-Mrkit-Timestamp: 1712345678.123          seconds since the epoch, the sender's clock
       X-Mrkit-Nonce:     9f2c...(32 hex digits)  fresh random value per request
-      X-Mrkit-Signature: hex HMAC-SHA256(secret, "POST\\n/task\\n<sha256(body) hex>\\n<ts>\\n<nonce>")
+      X-Mrkit-Signature: hex HMAC-SHA256(secret,
+                             "POST\\n<Host>\\n/task\\n<sha256(body) hex>\\n<ts>\\n<nonce>")
 
   :class:`RequestVerifier` accepts a request only if the signature matches (compared in constant
   time), the timestamp is within ``skew`` seconds of the receiver's clock, and the nonce has not been
-  seen within that window (:class:`NonceCache`). Method, path and body are all covered, so a replayed,
-  re-targeted or tampered request fails, and so does any request signed with another secret.
+  seen within that window (:class:`NonceCache`). Method, ``Host`` header, path and body are all
+  covered, so a re-targeted or tampered request fails, and so does any request signed with another
+  secret. A replay (a nonce seen before) raises :class:`ReplayedRequest`, which is *not* an
+  :class:`~mrkit.errors.AuthenticationError`: a correctly signed request that arrives twice (a
+  duplicating proxy, a retry) says nothing about the secret, so the sender retries rather than
+  giving up on the worker.
 * **Responses.** The worker signs its answer to a signed request with
   ``HMAC(secret, "response\\n<status>\\n<request nonce>\\n<sha256(body) hex>")``, so the driver only
   decodes (and, for the futures API, unpickles) results that come from a holder of the secret and
@@ -44,7 +49,7 @@ from collections.abc import Callable, Mapping
 from email.message import Message
 
 from mrkit import security
-from mrkit.errors import AuthenticationError, ConfigError
+from mrkit.errors import AuthenticationError, ConfigError, MrkitError
 
 HEADER_TIMESTAMP = "X-Mrkit-Timestamp"
 HEADER_NONCE = "X-Mrkit-Nonce"
@@ -58,6 +63,10 @@ SECRET_FILE_ENV = "MRKIT_SECRET_FILE"
 # and nothing else, so that the replay cache cannot be filled with arbitrary strings.
 _NONCE = re.compile(r"[0-9a-f]{16,64}")
 _MAX_NONCES = 1_000_000  # replay-cache bound: ~1,000 requests/s for the whole default window is 120k
+
+
+class ReplayedRequest(MrkitError):
+    """A correctly signed request whose nonce was already used: it arrived twice, or was replayed."""
 
 
 def generate_secret() -> bytes:
@@ -114,8 +123,8 @@ def body_digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def _request_message(method: str, path: str, body: bytes, timestamp: str, nonce: str) -> bytes:
-    return f"{method.upper()}\n{path}\n{body_digest(body)}\n{timestamp}\n{nonce}".encode()
+def _request_message(method: str, host: str, path: str, body: bytes, timestamp: str, nonce: str) -> bytes:
+    return f"{method.upper()}\n{host}\n{path}\n{body_digest(body)}\n{timestamp}\n{nonce}".encode()
 
 
 def _response_message(status: int, request_nonce: str, body: bytes) -> bytes:
@@ -128,6 +137,7 @@ def sign_request(
     path: str,
     body: bytes,
     *,
+    host: str = "",
     timestamp: float | None = None,
     nonce: str | None = None,
 ) -> dict[str, str]:
@@ -137,6 +147,7 @@ def sign_request(
         secret: the shared secret.
         method, path: the request line's method and path (with its query string, if any).
         body: the exact bytes sent as the body.
+        host: the ``Host`` header the request carries (``127.0.0.1:8001``); send exactly this one.
         timestamp: seconds since the epoch (default: now); tests pass stale ones.
         nonce: a fresh random value (default: 16 random bytes in hex).
 
@@ -145,7 +156,7 @@ def sign_request(
     """
     ts = f"{time.time() if timestamp is None else timestamp:.3f}"
     nonce = nonce or secrets.token_hex(16)
-    signature = security.sign(secret, _request_message(method, path, body, ts, nonce))
+    signature = security.sign(secret, _request_message(method, host, path, body, ts, nonce))
     return {HEADER_TIMESTAMP: ts, HEADER_NONCE: nonce, HEADER_SIGNATURE: signature}
 
 
@@ -234,9 +245,12 @@ class RequestVerifier:
         The nonce is remembered only after the signature verified, so unauthenticated requests cannot
         fill the replay cache.
 
+        The ``Host`` header (``""`` when absent) is part of what is signed.
+
         Raises:
             AuthenticationError: a header is missing or malformed, the timestamp is outside the allowed
-                skew, the signature does not match, or the nonce was already used.
+                skew, or the signature does not match.
+            ReplayedRequest: the signature matches but the nonce was already used.
         """
         ts_text, nonce, signature = (
             headers.get(HEADER_TIMESTAMP),
@@ -260,8 +274,10 @@ class RequestVerifier:
                 f"worker's clock (allowed: {self.skew:g}s); check both clocks"
             )
         # security.verify compares in constant time.
-        if not security.verify(self._secret, _request_message(method, path, body, ts_text, nonce), signature):
+        host = headers.get("Host") or ""
+        message = _request_message(method, host, path, body, ts_text, nonce)
+        if not security.verify(self._secret, message, signature):
             raise AuthenticationError("bad signature: another secret, or a tampered request")
         if not self.nonces.add(nonce, now):
-            raise AuthenticationError("replayed request: this nonce was already used")
+            raise ReplayedRequest("replayed request: this nonce was already used")
         return nonce

@@ -44,6 +44,20 @@ def worker(
 
         serve_redis(target, concurrency=concurrency, burst=burst, name=name, secret_file=secret_file)
     elif target == "http":
+        redis_only = [
+            opt
+            for opt, given in (
+                ("--concurrency", concurrency is not None),
+                ("--burst", burst),
+                ("--name", name is not None),
+            )
+            if given
+        ]
+        if redis_only:  # an HTTP worker runs what its driver sends, one task per connection, until stopped
+            raise click.UsageError(
+                f"{', '.join(redis_only)} is for Redis workers; "
+                "an HTTP worker takes --port, --bind and --secret-file"
+            )
         from mrkit.worker.http_server import serve as serve_http
 
         serve_http(port=port, bind=bind, secret_file=secret_file)

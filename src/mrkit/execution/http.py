@@ -4,11 +4,18 @@
 The contract (:class:`HttpExecutor`):
 
 * ``submit(spec)`` returns a future of the attempt's :class:`~mrkit.model.task.TaskResult`. A raising
-  user function is a *result* (``ok=False``); the future raises :class:`~mrkit.errors.WorkerLost`
-  only when the attempt may have been lost with its worker: the connection broke after the request
-  was sent, the worker stopped answering ``/health`` while the attempt ran, it ran past
-  ``task_timeout``, or the executor shut down. The driver then retries it; first-attempt-wins commits
-  make a duplicate harmless.
+  user function is a *result* (``ok=False``), and so is an attempt that made no progress for
+  ``TaskSettings.task_timeout`` (``TaskTimeout``, ended in the worker's task process: this executor
+  ``enforces_timeouts``) or whose user code ended its task process (``WorkerCrashed``: exit code,
+  signal or ``SystemExit``). The future raises :class:`~mrkit.errors.WorkerLost` only when the
+  attempt may have been lost for reasons outside the task: its task process was killed from outside,
+  the connection to a worker we did not start broke after the request was sent, the worker stopped
+  answering ``/health`` while the attempt ran, it ran past ``HttpTimeouts.task``, or the executor
+  shut down. The driver then retries it; first-attempt-wins commits make a duplicate harmless.
+* **Repaired losses are ours.** A driver-started worker that dies under an attempt (killed from
+  outside: user code runs in its task processes) is restarted and the attempt sent again as
+  ``attempt + 1000·k`` (keys of its own), up to :data:`_MAX_RESENDS` times, so a kill storm does
+  not use up the driver's ``max_lost``.
 * **Metadata only.** The body of ``POST /task`` is the spec's JSON: split URI and byte range, or
   partition number, plus the storage URL. The job's code is fetched by each worker from storage once,
   by digest (:mod:`mrkit.worker.runtime` caches it). A futures-API function travels once per worker
@@ -18,11 +25,14 @@ The contract (:class:`HttpExecutor`):
 * **Faults.** A task that could not be *delivered* (connection refused or reset before the request
   was out) is not lost: it goes back to the queue for another worker, a bounded number of times. A
   worker the driver started is restarted when it dies or hangs (killed first); one that was already
-  running is probed with ``/health`` under exponential backoff (0.1 s doubling to 5 s) and gets tasks
-  again once it answers. Every such event is logged on ``logging.getLogger("mrkit.http")``. When no
-  worker has answered for ``HttpTimeouts.unreachable`` seconds, queued tasks fail with WorkerLost (the
-  driver's ``max_lost`` bounds the retries); three driver-started workers in a row that die before
-  becoming ready make :meth:`submit` raise :class:`~mrkit.errors.ConfigError`.
+  running is probed with ``/health`` under exponential backoff (0.1 s doubling to 5 s) and gets
+  tasks again once it answers; if none of them has *ever* answered ``HttpTimeouts.first_contact``
+  seconds after the first submit, the executor gives up with a ConfigError naming the addresses. A
+  request the worker refused as a replay (409) did not run and is sent again, freshly signed. Every
+  such event is logged on ``logging.getLogger("mrkit.http")``. When no worker has answered for
+  ``HttpTimeouts.unreachable`` seconds, queued tasks fail with WorkerLost (the driver's ``max_lost``
+  bounds the retries); three driver-started workers in a row that die before becoming ready make
+  :meth:`submit` raise :class:`~mrkit.errors.ConfigError`.
 * **Authentication.** Every request is signed and every response verified (:mod:`mrkit.http_auth`)
   before it is decoded. Driver-started workers get a fresh random secret through their stdin (never
   the command line). For existing workers the secret comes from ``secret=``, ``secret_file=``,
@@ -82,9 +92,17 @@ from mrkit.security import is_loopback
 
 logger = logging.getLogger("mrkit.http")
 
+WORKER_PYTHON_ENV = "MRKIT_WORKER_PYTHON"
 _MAX_STARTUP_FAILURES = 3  # driver-started workers dying before "ready" this many times in a row: give up
 _BACKOFF_FIRST = 0.1
 _BACKOFF_MAX = 5.0
+# A driver-started worker that dies under an attempt (killed from outside: its task process runs the
+# user code, so the task did not do it) is restarted and the attempt sent again, this many times per
+# attempt; beyond that the attempt is lost (WorkerLost) and the driver's max_lost takes over.
+_MAX_RESENDS = 10
+# A resent attempt gets a number the driver never uses (attempt + k * stride), so that it writes under
+# keys of its own: the copy that died may have written (even committed) under the original ones.
+_RESEND_STRIDE = 1000
 # The worker drops connections idle for 300 s (http_server.IDLE_TIMEOUT); reconnect well before, so a
 # request never races the worker closing an idle connection.
 _IDLE_RECONNECT = 60.0
@@ -102,6 +120,9 @@ class HttpTimeouts:
         health_misses: consecutive misses after which the worker is lost: the attempt fails with
             WorkerLost, and the worker is restarted (driver-started) or probed with backoff.
         unreachable: with no worker answering for this long, queued attempts fail with WorkerLost.
+        first_contact: running workers (``http://…``) none of which has answered once this many
+            seconds after the first task was submitted: the executor gives up with a ConfigError
+            ("no HTTP worker answered at …"), since retrying cannot help a wrong address.
         task: seconds an attempt may run before it is lost and a driver-started worker running it
             is killed and restarted (None: no limit). The driver's ``RetryPolicy.task_timeout`` is
             not the same: it stops waiting for the attempt and launches another, but the abandoned
@@ -124,10 +145,18 @@ class HttpTimeouts:
     health_timeout: float = 3.0
     health_misses: int = 3
     unreachable: float = 30.0
+    first_contact: float = 3.0
     task: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("startup", "connect", "health_interval", "health_timeout", "unreachable"):
+        for name in (
+            "startup",
+            "connect",
+            "health_interval",
+            "health_timeout",
+            "unreachable",
+            "first_contact",
+        ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"HttpTimeouts.{name} must be > 0 seconds, got {getattr(self, name)!r}")
         if self.health_misses < 1:
@@ -145,6 +174,10 @@ class _NotSent(Exception):
     """The request did not reach the worker whole: the attempt did not run and can go elsewhere."""
 
 
+class _Replayed(Exception):
+    """The worker refused the request as a replay (409): it did not run; send it again, freshly signed."""
+
+
 class _Lost(Exception):
     """The attempt may have run and its outcome is unknown; ``kill`` asks to restart our worker."""
 
@@ -156,13 +189,14 @@ class _Lost(Exception):
 class _Item:
     """One submitted attempt."""
 
-    __slots__ = ("spec", "future", "running", "bounces")
+    __slots__ = ("spec", "future", "running", "bounces", "resends")
 
     def __init__(self, spec: TaskSpec, future: Future[TaskResult]) -> None:
         self.spec = spec
         self.future = future
         self.running = False  # set_running_or_notify_cancel() succeeded: it can no longer be cancelled
         self.bounces = 0  # times it could not be delivered
+        self.resends = 0  # times it was sent again after its driver-started worker died under it
 
 
 class _Slot:
@@ -177,6 +211,9 @@ class _Slot:
         self.conn: _Connection | None = None  # tasks
         self.health: http.client.HTTPConnection | None = None  # /health checks, not to disturb the above
         self.ready = False
+        self.answered = (
+            False  # it answered once (existing workers): "unreachable" rather than "wrong address"
+        )
         self.started = False  # a worker process was started for it once (driver-started workers)
         self.busy = False  # holds an item (guarded by the executor's lock)
         self.removed = False  # refused our signature: out of rotation for good
@@ -268,6 +305,7 @@ class _Connection(http.client.HTTPConnection):
     """
 
     response_class = _Response
+    host_header = ""  # the signed Host: the worker's address as connected, and its port
     stall = 0.0  # seconds a send or receive may make no progress (0: no bound)
     _corked: list[bytes] | None = None
     _selector: selectors.BaseSelector | None = None
@@ -363,6 +401,9 @@ class HttpExecutor(Executor):
         storage: intermediate storage URL every worker reaches (returned by :meth:`storage_url`);
             required by ``mrkit.run`` when some worker is not on this machine.
         timeouts: :class:`HttpTimeouts`.
+        worker_python: the interpreter of driver-started workers (default ``$MRKIT_WORKER_PYTHON``,
+            else ``sys.executable``); it must have mrkit and the job's imports installed. Only with
+            ``urls=None``.
         name: the executor string it was built from (for messages and reuse).
 
     Raises:
@@ -370,6 +411,9 @@ class HttpExecutor(Executor):
     """
 
     reports_running = True  # futures turn running() when a connection slot takes their attempt
+    # Workers run each attempt in a task process under mrkit.worker.watchdog: a stuck one is ended
+    # there and comes back as a TaskTimeout failure (see mrkit.worker.http_tasks).
+    enforces_timeouts = True
 
     def __init__(
         self,
@@ -380,6 +424,7 @@ class HttpExecutor(Executor):
         secret_file: str | None = None,
         storage: str | None = None,
         timeouts: HttpTimeouts | None = None,
+        worker_python: str | None = None,
         name: str | None = None,
     ) -> None:
         self.timeouts = timeouts or HttpTimeouts()
@@ -401,6 +446,7 @@ class HttpExecutor(Executor):
                     "start them with `mrkit worker http` and use http://host:port,..."
                 )
             self._secret = generate_secret()
+            self.worker_python = worker_python or os.environ.get(WORKER_PYTHON_ENV) or sys.executable
             self.name = name or "http"
             self.workers = workers
             self.local = True
@@ -414,6 +460,12 @@ class HttpExecutor(Executor):
                     f"worker per address ({len(self._addresses)} given); list an address twice "
                     "to send it two tasks at once"
                 )
+            if worker_python is not None:
+                raise ConfigError(
+                    "worker_python= is for the workers the driver starts ('http'); running workers "
+                    "use the interpreter they were started with"
+                )
+            self.worker_python = ""
             self._secret = self._client_secret(secret, secret_file)
             self.name = name or "http://" + ",".join(f"{h}:{p}" for h, p in self._addresses)
             self.workers = len(self._addresses)
@@ -427,6 +479,9 @@ class HttpExecutor(Executor):
         self._broken: MrkitError | None = None
         self._stopped = threading.Event()  # set by shutdown(): wakes threads sleeping in a backoff
         self._startup_failures = 0
+        self._first_slot_at: float | None = (
+            None  # when the first slot was added (first_contact counts from it)
+        )
         self._max_bounces = 2 * self.workers + 3
         _LIVE.add(self)
 
@@ -458,7 +513,8 @@ class HttpExecutor(Executor):
             workers: ``http``: workers to start (default ``max(n_map, n_reduce)`` when either is
                 given, as in seed 003, else every core).
             n_map, n_reduce: the job's task counts, for that default.
-            options: :class:`HttpExecutor` keyword arguments (``secret_file``, ``storage``, ``timeouts``).
+            options: :class:`HttpExecutor` keyword arguments (``secret_file``, ``storage``, ``timeouts``,
+                ``worker_python``).
 
         Raises:
             ConfigError: for a name that is neither, or a bad option.
@@ -593,6 +649,8 @@ class HttpExecutor(Executor):
 
     def _add_slot_locked(self) -> None:
         index = len(self._slots)
+        if self._first_slot_at is None:
+            self._first_slot_at = time.monotonic()
         if self._addresses is not None:
             host, port = self._addresses[index]
             slot = _Slot(index, host, port, owned=False)
@@ -688,6 +746,25 @@ class HttpExecutor(Executor):
         )
         return f"no HTTP worker has answered for {self.timeouts.unreachable:g}s ({reasons})"
 
+    def _never_answered(self) -> str:
+        """Why to give up on running workers none of which ever answered (a wrong address), or ``""``."""
+        with self._lock:
+            slots = [s for s in self._slots if not s.removed]
+            if (
+                self._addresses is None
+                or self._first_slot_at is None
+                or time.monotonic() - self._first_slot_at < self.timeouts.first_contact
+                or not slots
+                or any(s.answered or not s.failures for s in slots)
+            ):
+                return ""
+        where = ", ".join(s.label for s in slots)
+        reasons = "; ".join(f"{s.label}: {s.down_reason}" for s in slots)
+        return (
+            f"no HTTP worker answered at {where} within {self.timeouts.first_contact:g}s ({reasons}): "
+            "start them with `mrkit worker http --port PORT` or fix the addresses"
+        )
+
     # -- bringing workers up -----------------------------------------------------------------------
 
     def _bring_up(self, slot: _Slot) -> bool:
@@ -703,6 +780,7 @@ class HttpExecutor(Executor):
         if ok:
             if slot.failures:
                 logger.warning("HTTP worker %s answers again; sending it tasks", slot.label)
+            slot.answered = True
             slot.failures = 0
             slot.down_reason = ""
             slot.last_ready = time.monotonic()
@@ -720,6 +798,10 @@ class HttpExecutor(Executor):
                 delay,
                 slot.failures,
             )
+        never = self._never_answered()
+        if never:
+            self._abort(ConfigError(never))
+            return False
         with self._lock:
             unreachable = self._unreachable_locked()
             items = list(self._queue) if unreachable else []
@@ -784,14 +866,14 @@ class HttpExecutor(Executor):
         ready_r, ready_w = os.pipe()
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "mrkit.worker.http_server", "--driver"],
+                [self.worker_python, "-m", "mrkit.worker.http_server", "--driver"],
                 stdin=subprocess.PIPE,
                 pass_fds=(ready_w,),
                 close_fds=True,
             )
         except OSError as exc:
             os.close(ready_r)
-            raise _NotSent(f"{sys.executable} could not be run ({type(exc).__name__}: {exc})") from None
+            raise _NotSent(f"{self.worker_python} could not be run ({type(exc).__name__}: {exc})") from None
         except BaseException:
             os.close(ready_r)
             raise
@@ -894,6 +976,9 @@ class HttpExecutor(Executor):
             except _NotSent as exc:
                 self._not_delivered(slot, item, str(exc))
                 return
+            except _Replayed as exc:
+                self._replayed(slot, item, str(exc))
+                return
             except _Lost as exc:
                 self._lost(slot, item, exc)
                 return
@@ -914,6 +999,15 @@ class HttpExecutor(Executor):
             if status == 409 and not full:
                 full = True  # it forgot the function (or restarted): send it again, with the function
                 continue
+            if status == 503:
+                # The worker lives, but the task process running the attempt was killed from outside
+                # (or stopped); the worker has replaced it. Its answer says how.
+                try:
+                    reason = str(json.loads(data)["lost"])
+                except (ValueError, KeyError, TypeError):
+                    reason = data[:200].decode("utf-8", "replace")
+                self._lost(slot, item, _Lost(f"lost the attempt: {reason} (it started a new one)"))
+                return
             excerpt = data[:200].decode("utf-8", "replace")
             self._lost(slot, item, _Lost(f"answered HTTP {status}: {excerpt}"))
             return
@@ -926,10 +1020,13 @@ class HttpExecutor(Executor):
             _Lost: the connection broke after the request was out, or the worker stopped answering.
             AuthenticationError: the worker refused our signature, or its answer did not verify.
         """
-        headers = sign_request(self._secret, "POST", "/task", body)
-        nonce = headers[HEADER_NONCE]
-        headers["Content-Type"] = "application/json"
         conn = self._connection(slot)
+        # The Host names the address we reached the worker at, and is signed: the worker refuses a
+        # Host that is not one of its own addresses (DNS rebinding), and a request re-aimed elsewhere.
+        headers = sign_request(self._secret, "POST", "/task", body, host=conn.host_header)
+        nonce = headers[HEADER_NONCE]
+        headers["Host"] = conn.host_header
+        headers["Content-Type"] = "application/json"
         try:
             conn.post("/task", body, headers)
         except (BlockingIOError, TimeoutError):
@@ -954,7 +1051,11 @@ class HttpExecutor(Executor):
         except (OSError, http.client.HTTPException) as exc:
             slot.drop_connections()
             raise _Lost(self._broken_connection(slot, exc)) from None
-        if status in (401, 403):
+        if status == 409 and signature is None:
+            # An unsigned 409 is the worker refusing the request itself as a replay (the signed 409
+            # asks for a futures function): nothing ran, so a freshly signed copy may go anywhere.
+            raise _Replayed(data[:200].decode("utf-8", "replace"))
+        if status in (401, 403, 421):
             raise AuthenticationError(
                 f"it refused our request (HTTP {status}: {data[:200].decode('utf-8', 'replace')})"
             )
@@ -980,6 +1081,8 @@ class HttpExecutor(Executor):
             except OSError as exc:
                 conn.close()
                 raise _NotSent(f"cannot connect ({type(exc).__name__}: {exc})") from None
+            peer = str(conn.sock.getpeername()[0]) if conn.sock is not None else slot.host
+            conn.host_header = f"[{peer}]:{slot.port}" if ":" in peer else f"{peer}:{slot.port}"
             slot.conn = conn
         return conn
 
@@ -1102,6 +1205,21 @@ class HttpExecutor(Executor):
             slot.down_reason = str(exc)
             slot.down_until = time.monotonic()
             logger.warning("%s; the driver retries the task on the next free worker", message)
+        elif not exc.kill and slot.proc is not None and slot.proc.poll() is not None:
+            # It died under the attempt, and not by the task's doing: user code runs in the worker's
+            # task processes, which report their own deaths. We repair it (restart it), so the loss
+            # is ours to absorb: send the attempt again instead of charging the driver's max_lost.
+            self._stop_process(slot, grace=0.0)
+            if item.resends < _MAX_RESENDS:
+                item.resends += 1
+                attempt = item.spec.attempt % _RESEND_STRIDE + item.resends * _RESEND_STRIDE
+                item.spec = replace(item.spec, attempt=attempt)
+                logger.warning(
+                    "%s; restarting the worker and sending the task again as attempt %d", message, attempt
+                )
+                self._requeue(item)
+                return
+            logger.warning("%s; restarting the worker, and the driver retries the task", message)
         elif exc.kill or slot.proc is None or slot.proc.poll() is not None:
             self._stop_process(slot, grace=0.0)  # not ready: the slot's thread restarts it next
             logger.warning("%s; restarting the worker, and the driver retries the task", message)
@@ -1109,6 +1227,22 @@ class HttpExecutor(Executor):
             # The process lives and answers; only the connection broke. It is reopened for the next task.
             logger.warning("%s; the driver retries the task", message)
         self._fail(item, message, worker=slot.label)
+
+    def _replayed(self, slot: _Slot, item: _Item, reason: str) -> None:
+        item.bounces += 1
+        logger.warning(
+            "HTTP worker %s refused task %s attempt %d as a replayed request (%s); sending it again",
+            slot.label,
+            item.spec.task_id,
+            item.spec.attempt,
+            reason,
+        )
+        if item.bounces > self._max_bounces:
+            self._fail(
+                item, f"HTTP worker {slot.label} refused it {item.bounces} times: {reason}", worker=slot.label
+            )
+        else:
+            self._requeue(item)
 
     def _refused(self, slot: _Slot, item: _Item, reason: str) -> None:
         slot.drop_connections()

@@ -10,16 +10,24 @@ Endpoints (stdlib :class:`http.server.ThreadingHTTPServer`, HTTP/1.1 keep-alive)
 The contract:
 
 * **Nothing unauthenticated does work.** A ``POST /task`` runs only after its signature, timestamp
-  and nonce verified; anything else gets 401 (unsigned, bad or replayed signature, stale
-  timestamp), 403 (a browser's ``Origin`` or ``Sec-Fetch-Site`` header, on every endpoint: a web page
-  must not reach a worker through the user's browser), 411/413 (no length, too large), and the
-  connection is closed. Nothing is decoded, let alone unpickled, before the signature verified.
+  and nonce verified; anything else gets 401 (unsigned, bad signature, stale timestamp), 409
+  (replayed), 421 (misdirected ``Host``), 403 (a browser's ``Origin`` or ``Sec-Fetch-Site`` header,
+  on every endpoint: a web page must not reach a worker through the user's browser), 411/413 (no
+  length, too large), and the connection is closed. Nothing is decoded, let alone unpickled, before
+  the signature verified.
 * **Health and status reveal nothing sensitive**: counts, the mrkit version and uptime only; no job
   ids, paths, pids or host details.
-* **Tasks run in the thread of their connection** (one thread per connection, one request at a
-  time on each), so ``/health`` and ``/status``, which arrive on other connections, are answered
-  while a task runs. A driver keeps one connection per worker, so a worker runs one of its tasks at
-  a time. The task calls :func:`mrkit.worker.runtime.run_task`, which never raises for user errors.
+* **Tasks run in task processes** (:mod:`mrkit.worker.http_tasks`), never in the server: the
+  thread of the connection that brought a task (one thread per connection, one request at a time
+  on each) hands it to an idle task process and relays its result, so ``/health`` and ``/status``
+  are answered while a task runs, and a task that hangs (``task_timeout``) or ends its process
+  (``os._exit``, a segfault) costs a task process, not the server. Those come back as *failed*
+  results (``TaskTimeout``, ``WorkerCrashed``); a task process killed from outside or stopped is a
+  signed ``503 {"lost": why}``: the attempt's outcome is unknown.
+* **Requests are checked before they are read**: a ``Host`` that is neither the address the
+  request arrived on nor a loopback one gets ``421``; a correctly signed request whose nonce was
+  already used gets an unsigned ``409 {"replayed": true}`` (a duplicate, not an impostor: the
+  driver sends the task again).
 * **Code once per worker.** Map and reduce tasks name the job's code by storage key and digest;
   the runtime caches it. A futures-API task may omit its function (``call_fn``) once this worker has
   seen its digest: a miss is answered ``409`` and the driver sends it again with the function.
@@ -54,9 +62,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from mrkit.errors import AuthenticationError, ConfigError
-from mrkit.http_auth import HEADER_NONCE, HEADER_SIGNATURE, RequestVerifier, load_secret, sign_response
+from mrkit.http_auth import (
+    HEADER_NONCE,
+    HEADER_SIGNATURE,
+    ReplayedRequest,
+    RequestVerifier,
+    load_secret,
+    sign_response,
+)
 from mrkit.model.task import TaskFailure, TaskKind, TaskResult, TaskSpec
 from mrkit.security import is_loopback
+from mrkit.worker.http_tasks import TaskLost, TaskProcesses
 
 logger = logging.getLogger("mrkit.http")
 
@@ -83,6 +99,7 @@ class WorkerState:
         self.refused = 0
         self._functions: OrderedDict[str, bytes] = OrderedDict()  # digest -> cloudpickled function
         self._function_bytes = 0
+        self.tasks = TaskProcesses(label)
 
     def status(self) -> dict[str, Any]:
         from mrkit import __version__
@@ -158,8 +175,12 @@ class WorkerServer(ThreadingHTTPServer):
             (self._connections.add if add else self._connections.discard)(conn)
 
     def server_close(self) -> None:
-        """Stop listening and end every open connection (their threads then close the sockets)."""
+        """Stop listening, end every task process and every open connection (their threads then
+        close the sockets)."""
         super().server_close()
+        state = getattr(self, "state", None)  # None when binding failed in __init__
+        if state is not None:
+            state.tasks.close()
         with self._connections_lock:
             connections = list(self._connections)
         for conn in connections:
@@ -228,8 +249,18 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         if body is None:
             return
+        if not self._host_is_ours():
+            return
         try:
             nonce = state.verifier.verify("POST", self.path, body, self.headers)
+        except ReplayedRequest as exc:
+            # Correctly signed, seen before: a duplicate, not an impostor. 409, unsigned, so that the
+            # driver sends the task again with a fresh signature instead of giving up on us.
+            with state.lock:
+                state.refused += 1
+            logger.warning("refused a task request from %s: %s", self.address_string(), exc)
+            self._send_json(409, {"error": str(exc), "replayed": True}, close=True)
+            return
         except AuthenticationError as exc:
             with state.lock:
                 state.refused += 1
@@ -255,20 +286,27 @@ class _Handler(BaseHTTPRequestHandler):
                     self._send_signed(409, b'{"error":"unknown function digest","need":"call_fn"}', nonce)
                     return
                 spec = dataclasses.replace(spec, call_fn=cached)
-        result = self._run(spec)
+        try:
+            result = self._run(spec)
+        except TaskLost as exc:
+            error = {"error": f"attempt lost: {exc}", "lost": str(exc)}
+            self._send_signed(503, json.dumps(error).encode(), nonce)
+            return
         self._send_signed(200, result.encode(), nonce)
 
     # -- helpers -----------------------------------------------------------------------------------
 
     def _run(self, spec: TaskSpec) -> TaskResult:
-        from mrkit.worker.runtime import run_task
-
         state = self.server.state
         with state.lock:
             state.running += 1
         try:
-            result = run_task(spec, worker=state.label)
-        except Exception as exc:  # run_task should not raise, but the driver must get an answer
+            result = state.tasks.run(spec)
+        except TaskLost:
+            with state.lock:
+                state.failed += 1
+            raise
+        except Exception as exc:  # no task process could start: the driver must still get an answer
             failure = TaskFailure(
                 where=f"worker {state.label}",
                 exc_type=type(exc).__name__,
@@ -285,6 +323,25 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 state.failed += 1
         return result
+
+    def _host_is_ours(self) -> bool:
+        """Refuse (421, close) a request whose ``Host`` is not an address of ours.
+
+        The host must be the address the request arrived on or a loopback one (an SSH tunnel's);
+        the port is not checked, since relays and tunnels change it. A DNS-rebinding page names its
+        own domain, and a request aimed at another worker names that worker's address.
+        """
+        host = (self.headers.get("Host") or "").strip()
+        name = host[1:].partition("]")[0] if host.startswith("[") else host.rpartition(":")[0] or host
+        local = str(self.connection.getsockname()[0]).removeprefix("::ffff:")  # IPv4 on a dual-stack socket
+        if name and (name == local or name == "localhost" or is_loopback(name)):
+            return True
+        with self.server.state.lock:
+            self.server.state.refused += 1
+        logger.warning("refused a task request from %s for Host %r", self.address_string(), host)
+        error = f"misdirected request: Host {host!r} is not an address of this worker ({local})"
+        self._send_json(421, {"error": error}, close=True)
+        return False
 
     def _from_browser(self) -> bool:
         """Refuse (403, close) a request a web browser made: such a page could be any site."""
@@ -364,14 +421,6 @@ def open_server(secret: bytes, *, port: int | None = None, bind: str = "127.0.0.
         raise ConfigError(f"cannot listen on {bind}:{port or 0}: {exc.strerror or exc}") from None
 
 
-def _preload() -> None:
-    # Import what the first task would, before saying "ready", so the first task is not the slow one.
-    import cloudpickle  # noqa: F401
-
-    import mrkit.data.readers  # noqa: F401
-    import mrkit.worker.runtime  # noqa: F401
-
-
 def serve(*, port: int | None = None, bind: str = "127.0.0.1", secret_file: str | None = None) -> None:
     """Run a worker until interrupted (``mrkit worker http``).
 
@@ -387,7 +436,7 @@ def serve(*, port: int | None = None, bind: str = "127.0.0.1", secret_file: str 
     secret = load_secret(secret_file)
     server = open_server(secret, port=port, bind=bind)
     try:
-        _preload()
+        server.state.tasks.prestart()  # its imports overlap our start-up: the first task is not slow
         if not is_loopback(bind):
             print(
                 f"mrkit worker: listening on {bind}, reachable from the network: requests are signed but "
@@ -449,7 +498,7 @@ def driver_main(argv: list[str] | None = None) -> int:
     _exit_when_orphaned(parent)
     sys.path[:] = config["sys_path"]  # as the driver sees it, so jobs pickled by reference import here
     server = open_server(config["secret"].encode("ascii"), port=0, bind="127.0.0.1")
-    _preload()
+    server.state.tasks.prestart()
     ready_fd = int(config["ready_fd"])
     os.write(ready_fd, f"{server.url}\n".encode())
     os.close(ready_fd)
