@@ -150,8 +150,14 @@ def _report_lost(record: dict[str, Any]) -> dict[str, Any]:
     for raw in event.get("specs", ()):
         spec = TaskSpec.decode(raw)
         storage = storage_for(event["results"])
-        if storage.exists(result_key(spec.job_id, spec.task_id, spec.attempt)):
-            continue  # a duplicate delivery finished after all
+        stored = storage.get_or_none(result_key(spec.job_id, spec.task_id, spec.attempt))
+        if stored is not None:
+            # The task ran, and its invocation died afterwards, perhaps while it owned a phase change
+            # (the trigger holds the request id): finish it, as the original request.
+            if event.get("job") is not None:
+                original = str(context.get("requestId", "") or "unknown")
+                _serverless().advance(storage, spec, TaskResult.decode(stored), event["job"], original)
+            continue
         storage.put_if_absent(
             lost_key(spec.job_id, spec.task_id, spec.attempt), json.dumps({"reason": reason}).encode()
         )

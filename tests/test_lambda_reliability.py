@@ -1,0 +1,152 @@
+"""Reliability of the serverless backend: exactly-once phase triggers, timeouts and poison tasks,
+cold starts that are not stragglers, duplicate events.
+
+The phase-trigger tests run the handler in threads of this process (as ``test_lambda_handler.py``
+does) with a recording invoker, so that every event the functions send is counted; the others run
+whole jobs on ``lambda-local`` (a fresh process per delivery).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+import mrkit
+from mrkit.coordination import object_store_jobs as osj
+from mrkit.execution import aws_lambda
+from mrkit.execution.aws_lambda import build_event
+from mrkit.model.reference import reference
+from mrkit.model.task import TaskSpec
+from mrkit.worker import lambda_handler
+from mrkit.worker.lambda_handler import handler
+from tests.jobs_for_tests import WORDCOUNT
+from tests.s3_fixtures import *  # noqa: F403 - moto_server, s3_bucket, s3_url
+from tests.test_lambda_handler import LINES, context, plan_job
+from tests.test_lambda_jobs import no_function_left_running  # noqa: F401 - autouse fixture
+
+
+class RecordingInvoker:
+    """Stands in for the function: records each event sent to it (nothing runs)."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def invoke(self, event: dict[str, Any], *, sync: bool = False) -> None:
+        with self._lock:
+            self.events.append(event)
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": "lambda", "function": "recorder"}
+
+    def timeout(self) -> float:
+        return 4.0
+
+    def close(self) -> None:
+        pass
+
+    def task_ids(self) -> Counter[str]:
+        with self._lock:
+            return Counter(TaskSpec.decode(raw).task_id for e in self.events for raw in e["specs"])
+
+
+def _serverless_plan(url: str, n_map: int, lease: float):
+    storage, out, plan = plan_job(url, n_map=n_map, n_reduce=2)
+    doc = {"plan": osj._plan_to_dict(plan), "submitted": time.time(), "executor": "t", "lease": lease}
+    storage.put(osj.plan_key(plan.job_id), json.dumps(doc).encode())
+    return storage, out, plan
+
+
+@pytest.mark.parametrize(
+    ("stalled_renewals", "rounds"), [pytest.param(False, 20, marks=pytest.mark.slow), (True, 5)]
+)
+def test_simultaneous_map_commits_start_the_reduce_phase_exactly_once(
+    s3_url, monkeypatch, stalled_renewals, rounds
+):
+    """Every map task of the job completes at the same instant (threads released by a barrier right
+    after their commit), 20 times over (5 with stalls, which broke the time-based lease at once):
+    each reduce task is invoked exactly once. With
+    ``stalled_renewals``, the invocation that takes the step stalls for longer than a lease while it
+    invokes (a throttled function, a long pause): nobody else may start the reduce phase meanwhile."""
+    recorder = RecordingInvoker()
+    monkeypatch.setattr(aws_lambda, "invoker_from_config", lambda config: recorder)
+    n_map = 4
+    barrier = threading.Barrier(n_map)
+    run_task = lambda_handler.run_task
+
+    def run_then_wait(spec, **kwargs):
+        result = run_task(spec, **kwargs)
+        barrier.wait(30)  # every map task has committed: all of them advance the job at once
+        return result
+
+    monkeypatch.setattr(lambda_handler, "run_task", run_then_wait)
+    if stalled_renewals:
+        real_invoke = recorder.invoke
+
+        def slow_invoke(event, *, sync=False):
+            if any(TaskSpec.decode(raw).task_id.startswith("reduce") for raw in event["specs"]):
+                time.sleep(0.6)  # > the 0.3 s lease; renewals cannot help a frozen sandbox either
+            real_invoke(event, sync=sync)
+
+        recorder.invoke = slow_invoke  # type: ignore[method-assign]
+        monkeypatch.setattr(osj._StepLease, "_renew", lambda self: None)  # frozen: never renews
+    for _round in range(rounds):
+        recorder.events.clear()
+        storage, _out, plan = _serverless_plan(s3_url, n_map, lease=0.3)
+        job = {"invoker": recorder.config()}
+        threads = [
+            threading.Thread(target=handler, args=(build_event([spec], storage.url, job=job), context()))
+            for spec in plan.map_specs
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        deadline = time.monotonic() + 5  # a wrongly presumed-dead holder would be replaced within a lease
+        while time.monotonic() < deadline and not storage.exists(f"{plan.job_id}/state/reduce-sent"):
+            time.sleep(0.05)
+        time.sleep(0.4 if stalled_renewals else 0.0)
+        assert recorder.task_ids() == {"reduce-00000": 1, "reduce-00001": 1}, f"round {_round}"
+    # The reduce events that were sent run the right job: deliver them, and the output is right.
+    monkeypatch.setattr(lambda_handler, "run_task", run_task)
+    for event in list(recorder.events):
+        handler(event, context())
+    assert json.loads(storage.get(osj.end_key(plan.job_id)))["state"] == "done"
+    assert sorted(mrkit.read_output(_out.url)) == sorted(reference(WORDCOUNT, LINES))
+
+
+def test_an_owner_that_died_after_taking_the_trigger_is_finished_by_its_on_failure_record(
+    s3_url, monkeypatch
+):
+    recorder = RecordingInvoker()
+    monkeypatch.setattr(aws_lambda, "invoker_from_config", lambda config: recorder)
+    storage, _out, plan = _serverless_plan(s3_url, 2, lease=0.3)
+    job = {"invoker": recorder.config()}
+    handler(build_event([plan.map_specs[0]], storage.url, job=job), context())
+    # The last map task's invocation committed, took the reduce trigger, and died before invoking.
+    last = build_event([plan.map_specs[1]], storage.url, job=job)
+    monkeypatch.setattr(
+        osj, "_start_reduce", lambda *args: osj._take_trigger(storage, plan.job_id, "reduce", "r-dead")
+    )
+    handler(last, context("r-dead"))
+    monkeypatch.undo()
+    monkeypatch.setattr(aws_lambda, "invoker_from_config", lambda config: recorder)
+    assert recorder.task_ids() == {}
+    handler(last, context("r-other"))  # a duplicate under another request id: not the owner
+    assert recorder.task_ids() == {}
+    record = {
+        "requestContext": {
+            "requestId": "r-dead",
+            "condition": "RetriesExhausted",
+            "approximateInvokeCount": 3,
+        },
+        "requestPayload": last,
+        "responsePayload": {"errorType": "Runtime.ExitError", "errorMessage": "signal: killed"},
+    }
+    handler(record, context())
+    assert recorder.task_ids() == {"reduce-00000": 1, "reduce-00001": 1}
