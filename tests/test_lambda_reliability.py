@@ -150,3 +150,81 @@ def test_an_owner_that_died_after_taking_the_trigger_is_finished_by_its_on_failu
     }
     handler(record, context())
     assert recorder.task_ids() == {"reduce-00000": 1, "reduce-00001": 1}
+
+
+# -- timeouts and poison tasks on lambda-local ------------------------------------------------------------
+
+
+def _poison(line: str):
+    """Word count whose record ``poison`` hangs, exits or crashes the invocation (by its 2nd word)."""
+    if line.startswith("poison"):
+        how = line.split()[1]
+        if how == "hang":
+            time.sleep(120)
+        elif how == "exit":
+            import os
+
+            os._exit(3)
+        elif how == "segfault":
+            import ctypes
+
+            ctypes.string_at(0)
+    yield from ((w, 1) for w in line.split())
+
+
+def _sum(key, values):
+    return sum(values)
+
+
+def _poison_records(how: str) -> list[str]:
+    return [f"w{i % 7} x{i % 3}" for i in range(40)] + [f"poison {how}"] + ["w1 w2"] * 5
+
+
+def _local(tmp_path, s3_url: str, **options):
+    from mrkit.execution.aws_lambda import LocalLambdaExecutor
+
+    options.setdefault("timeout", 60)
+    options.setdefault("retry_delay", 0.05)
+    return LocalLambdaExecutor.from_name(
+        "lambda-local", state_dir=str(tmp_path / "fn"), storage=s3_url, **options
+    )
+
+
+def test_a_task_stuck_on_a_record_times_out_inside_the_function_and_fails_the_job(tmp_path, s3_url):
+    job = mrkit.Job(mapper=_poison, reducer=_sum)
+    started = time.monotonic()
+    with _local(tmp_path, s3_url, max_retry_attempts=1) as ex, pytest.raises(mrkit.JobFailed) as info:
+        mrkit.run(
+            job,
+            mrkit.Records(_poison_records("hang")),
+            executor=ex,
+            n_map=2,
+            n_reduce=1,
+            policy=mrkit.RetryPolicy(max_attempts=2, task_timeout=1.0, speculative=False),
+            quiet=True,
+        )
+    message = str(info.value)
+    assert "failed after 2 attempts" in message, message
+    assert "chunk-00001, record 17: TaskTimeout: timed out after 1 s without progress" in message, message
+    assert time.monotonic() - started < 40  # two attempts of ~1 s each, not the function's 60 s timeout
+
+
+@pytest.mark.parametrize("how", ["exit", "segfault"])
+def test_a_task_that_ends_its_invocation_is_a_failed_attempt_naming_the_exit(tmp_path, s3_url, how):
+    job = mrkit.Job(mapper=_poison, reducer=_sum)
+    records = mrkit.Records(_poison_records(how))
+    policy = mrkit.RetryPolicy(max_attempts=2, max_lost=5)
+    ex = _local(tmp_path, s3_url, max_retry_attempts=1)
+    if how == "exit":  # the in-process driver
+        with ex, pytest.raises(mrkit.JobFailed) as info:
+            mrkit.run(job, records, executor=ex, n_map=2, n_reduce=1, policy=policy, quiet=True)
+    else:  # the serverless driver
+        handle = mrkit.submit(job, records, executor=ex, n_map=2, n_reduce=1, policy=policy)
+        with pytest.raises(mrkit.JobFailed) as info:
+            handle.wait(90)
+    message = str(info.value)
+    expected = "exit status 3" if how == "exit" else "signal SIGSEGV"
+    assert "failed after 2 attempts" in message and "WorkerCrashed" in message, message
+    assert expected in message and "map-0000" in message, message
+    log = (tmp_path / "fn" / "function.log").read_text()
+    assert "Status: Runtime.ExitError" in log  # the runtime saw the process die (and retried it once)

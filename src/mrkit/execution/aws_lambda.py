@@ -12,6 +12,12 @@ The contract (:class:`LambdaExecutor`):
 * Lambda delivers an asynchronous event at least once, and retries a failed delivery. Each
   delivery runs under its own attempt keys and the runtime's commit is first-attempt-wins, so
   neither retries nor duplicates change the output (see :mod:`mrkit.worker.lambda_handler`).
+* Timeouts and poison tasks are *failed results*, counted against ``max_attempts``: the handler
+  runs each attempt under :func:`mrkit.worker.watchdog.watch` (``enforces_timeouts``: an attempt
+  without progress for ``task_timeout`` seconds, measured inside the function, reports a
+  ``TaskTimeout`` naming its record, then ends its invocation), and an invocation whose task
+  ended it (``os._exit(3)``, a segfault: the runtime's ``Runtime.ExitError``, see
+  :func:`crash_description`) reports a ``WorkerCrashed`` failure naming the exit status or signal.
 * A future fails only with :class:`~mrkit.errors.WorkerLost`: when every delivery of the event
   failed (the handler turns the on-failure record that ``mrkit lambda deploy`` routes back to the
   function into a ``.lost`` key), when no result came within ``lost_after`` seconds, or when the
@@ -51,6 +57,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import tempfile
 import threading
 import time
@@ -89,6 +96,43 @@ def result_key(job_id: str, task_id: str, attempt: int) -> str:
 
 def lost_key(job_id: str, task_id: str, attempt: int) -> str:
     return result_key(job_id, task_id, attempt) + ".lost"
+
+
+# How a function's runtime reports a handler process that died: "exit status 3" locally and on AWS,
+# "signal SIGSEGV" locally, "signal: segmentation fault" on AWS.
+_CRASH_SIGNALS = {
+    "SIGSEGV": "segmentation fault",
+    "SIGABRT": "aborted",
+    "SIGBUS": "bus error",
+    "SIGFPE": "floating point exception",
+    "SIGILL": "illegal instruction",
+}
+
+
+def crash_description(error_type: str, message: str) -> str | None:
+    """How the task's own code ended its invocation, from the runtime's error; None when it did not.
+
+    A ``Runtime.ExitError`` with a non-zero exit status (``os._exit(3)``) or a crash signal (a
+    segfault, ``abort()``) is the task's doing: a *failed attempt*, counted against ``max_attempts``.
+    SIGKILL is not: it comes from outside (the runtime's timeout, an operator, the OOM killer), so
+    such an invocation stays *lost*.
+
+    >>> crash_description("Runtime.ExitError", "Runtime exited with error: exit status 3")
+    'exit status 3'
+    >>> crash_description("Runtime.ExitError", "Runtime exited with error: signal: segmentation fault")
+    'signal SIGSEGV (segmentation fault)'
+    >>> crash_description("Runtime.ExitError", "Runtime exited without a response (signal SIGKILL)") is None
+    True
+    """
+    if error_type != "Runtime.ExitError" and "Runtime.ExitError" not in message:
+        return None
+    status = re.search(r"exit status (\d+)", message)
+    if status and status[1] != "0":
+        return f"exit status {status[1]}"
+    for name, text in _CRASH_SIGNALS.items():
+        if name in message or text in message:
+            return f"signal {name} ({text})"
+    return None
 
 
 def build_event(
@@ -154,6 +198,13 @@ def pack(
     return groups
 
 
+def crashed_result(spec: TaskSpec, crash: str, *, worker: str) -> TaskResult:
+    """The failed result of an attempt whose code ended its invocation (see :func:`crash_description`)."""
+    from mrkit.worker.watchdog import crash_failure  # the far side's failure vocabulary
+
+    return TaskResult(spec.task_id, spec.attempt, ok=False, worker=worker, failure=crash_failure(crash))
+
+
 # -- invokers: how an event reaches a function -------------------------------------------------------
 
 
@@ -217,7 +268,10 @@ class BotoInvoker:
             return None
         payload = json.loads(response["Payload"].read() or b"null")
         if response.get("FunctionError"):
-            message = payload.get("errorMessage", payload) if isinstance(payload, dict) else payload
+            if isinstance(payload, dict):
+                message = f"{payload.get('errorType', '?')}: {payload.get('errorMessage', payload)}"
+            else:
+                message = str(payload)
             raise WorkerLost(f"function {self.function}: {response['FunctionError']} error: {message}")
         return payload
 
@@ -363,6 +417,10 @@ class LambdaExecutor(Executor):
 
     local = False
     asynchronous = True
+    # The handler runs each attempt under mrkit.worker.watchdog: an attempt without progress for
+    # task_timeout seconds comes back as a TaskTimeout failure, measured inside the function (a cold
+    # start does not count).
+    enforces_timeouts = True
 
     def __init__(
         self,
@@ -548,8 +606,20 @@ class LambdaExecutor(Executor):
             response = self.invoker.invoke(build_event([spec], url, sync=True), sync=True)
             result = TaskResult.decode(response["results"][0])
         except Exception as exc:
-            self._fail(spec, f"{type(exc).__name__}: {exc}")
-            return
+            from mrkit.worker.runtime import storage_for
+
+            crash = crash_description(str(getattr(exc, "error_type", "")), str(exc))
+            try:  # an attempt that timed out reported itself before its invocation ended
+                stored = storage_for(url).get_or_none(result_key(spec.job_id, spec.task_id, spec.attempt))
+            except Exception:
+                stored = None
+            if stored is not None:
+                result = TaskResult.decode(stored)
+            elif crash is not None:
+                result = crashed_result(spec, crash, worker=self.name)
+            else:
+                self._fail(spec, f"{type(exc).__name__}: {exc}")
+                return
         with self._lock:
             pending = self._pending.pop(result_key(spec.job_id, spec.task_id, spec.attempt), None)
         if pending is not None:
