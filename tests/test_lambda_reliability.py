@@ -228,3 +228,24 @@ def test_a_task_that_ends_its_invocation_is_a_failed_attempt_naming_the_exit(tmp
     assert expected in message and "map-0000" in message, message
     log = (tmp_path / "fn" / "function.log").read_text()
     assert "Status: Runtime.ExitError" in log  # the runtime saw the process die (and retried it once)
+
+
+# -- cold starts are not stragglers ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_slow_cold_start_is_neither_a_straggler_nor_a_timeout(tmp_path, s3_url):
+    """Every invocation takes 3 s to start (the emulator's injected cold start) and then ~0.1 s to
+    run its task: with task_timeout=2 and speculation on, no attempt is speculated, lost or failed."""
+    records = [f"w{i % 11} w{i % 5} w{i % 3}" for i in range(400)]
+    ex = _local(tmp_path, s3_url, cold_start=3.0, max_concurrency=2)
+    policy = mrkit.RetryPolicy(task_timeout=2.0, speculative=True, max_lost=0)
+    with ex:
+        result = mrkit.run(
+            WORDCOUNT, mrkit.Records(records), executor=ex, n_map=4, n_reduce=2, policy=policy, quiet=True
+        )
+    assert dict(result) == dict(reference(WORDCOUNT, records))
+    for phase, tasks in (("map", 4), ("reduce", 2)):
+        assert result.counters[f"{phase}.attempts_speculative"] == 0
+        assert result.counters[f"{phase}.attempts_lost"] == result.counters[f"{phase}.attempts_failed"] == 0
+        assert result.counters[f"{phase}.attempts_launched"] == tasks

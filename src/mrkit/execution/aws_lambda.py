@@ -49,7 +49,7 @@ Options (keyword arguments, or the query string: ``lambda://fn?region=eu-west-1&
 event when several are queued, fewer when the payload limit requires: :func:`pack`),
 ``poll_interval``, ``lost_after``, ``region`` (lambda://), and for ``lambda-local`` the
 :class:`~mrkit.worker.lambda_runtime.FunctionConfig` fields (``timeout``, ``memory_mb``,
-``max_retry_attempts``, ``retry_delay``, ``duplicate_rate``, ``state_dir``, …).
+``max_retry_attempts``, ``retry_delay``, ``duplicate_rate``, ``cold_start``, ``state_dir``, …).
 """
 
 from __future__ import annotations
@@ -84,6 +84,10 @@ MAX_DELIVERIES = 16  # deliveries of one attempt's event before the handler call
 
 def claim_key(job_id: str, task_id: str, attempt: int, delivery: int) -> str:
     return f"{job_id}/lambda/claims/{task_id}/a{attempt}/d{delivery}"
+
+
+def claims_prefix(job_id: str) -> str:
+    return f"{job_id}/lambda/claims/"
 
 
 def done_prefix(job_id: str) -> str:
@@ -334,6 +338,7 @@ class _Pending:
     spec: TaskSpec
     results_url: str
     deadline: float
+    running: bool = False  # the function claimed the attempt: it has started up and runs it
 
 
 def _resolve(
@@ -363,6 +368,7 @@ LOCAL_OPTIONS = {
     "max_retry_attempts": int,
     "retry_delay": float,
     "duplicate_rate": float,
+    "cold_start": float,
     "on_failure": str,
     "state_dir": str,
     "environment": dict,
@@ -421,6 +427,10 @@ class LambdaExecutor(Executor):
     # task_timeout seconds comes back as a TaskTimeout failure, measured inside the function (a cold
     # start does not count).
     enforces_timeouts = True
+    # A future turns running() when the function's claim of the attempt appears in storage, i.e.
+    # once the invocation has started up: the driver's straggler clock then measures running time
+    # only, like the in-function durations it is compared with (a cold start is not a straggler).
+    reports_running = True
 
     def __init__(
         self,
@@ -652,6 +662,7 @@ class LambdaExecutor(Executor):
                 try:
                     storage = storage_for(url)
                     found = set(storage.list(done_prefix(job_id)))
+                    self._mark_running(storage, job_id)
                 except Exception:  # a listing that fails is retried at the next interval
                     continue
                 with self._lock:
@@ -667,6 +678,22 @@ class LambdaExecutor(Executor):
                 overdue = [p for p in self._pending.values() if now > p.deadline]
             for pending in overdue:
                 self._fail(pending.spec, f"no result within lost_after={self.lost_after:.0f}s")
+
+    def _mark_running(self, storage: Any, job_id: str) -> None:
+        """Mark running the futures of attempts whose claim (written by the function once started) exists."""
+        with self._lock:
+            waiting = [p for p in self._pending.values() if p.spec.job_id == job_id and not p.running]
+        if not waiting:
+            return
+        claimed = {key.rsplit("/", 1)[0] for key in storage.list(claims_prefix(job_id))}
+        for pending in waiting:
+            spec = pending.spec
+            if claim_key(job_id, spec.task_id, spec.attempt, 0).rsplit("/", 1)[0] in claimed:
+                pending.running = True
+                try:
+                    pending.future.set_running_or_notify_cancel()  # False: cancelled meanwhile
+                except RuntimeError:
+                    pass  # already resolved (a synchronous response, or lost): nothing to mark
 
     def _collect(self, storage: Any, key: str, pending: _Pending, *, lost: bool) -> None:
         try:
