@@ -249,3 +249,31 @@ def test_a_slow_cold_start_is_neither_a_straggler_nor_a_timeout(tmp_path, s3_url
         assert result.counters[f"{phase}.attempts_speculative"] == 0
         assert result.counters[f"{phase}.attempts_lost"] == result.counters[f"{phase}.attempts_failed"] == 0
         assert result.counters[f"{phase}.attempts_launched"] == tasks
+
+
+# -- duplicate events ----------------------------------------------------------------------------------------
+
+
+def test_duplicate_events_do_not_rerun_committed_work_and_are_counted(s3_url, monkeypatch):
+    recorder = RecordingInvoker()
+    monkeypatch.setattr(aws_lambda, "invoker_from_config", lambda config: recorder)
+    storage, _out, plan = _serverless_plan(s3_url, 2, lease=1.0)
+    job = {"invoker": recorder.config()}
+    first = plan.map_specs[0]
+    ran: list[str] = []
+    run_task = lambda_handler.run_task
+    monkeypatch.setattr(
+        lambda_handler, "run_task", lambda spec, **kw: ran.append(spec.task_id) or run_task(spec, **kw)
+    )
+    event = build_event([first], storage.url, job=job)
+    handler(event, context())
+    handler(event, context())  # the same event again, after the first delivery reported
+    handler(build_event([first.next_attempt()], storage.url, job=job), context())  # committed already
+    assert ran == [first.task_id]  # the task ran once
+    claims = list(storage.list(f"{plan.job_id}/lambda/claims/"))
+    assert len(claims) == 1
+    assert osj._attempt_counters(storage, plan.job_id)["map.duplicates_skipped"] == 2
+    assert osj.ObjectStoreJobHandle(plan.job_id, s3_url).status()["duplicates_skipped"] == {
+        "map": 2,
+        "reduce": 0,
+    }

@@ -609,7 +609,8 @@ def _counters(storage: Storage, plan: JobPlan) -> dict[str, int]:
 def _attempt_counters(
     storage: Storage, job_id: str, latest: tuple[str, dict[str, Any]] | None = None
 ) -> dict[str, int]:
-    """``{phase}.attempts_launched/_failed/_lost`` and ``{phase}.deliveries`` from the claims and
+    """``{phase}.attempts_launched/_failed/_lost``, ``{phase}.deliveries`` and
+    ``{phase}.duplicates_skipped`` (deliveries that did not run committed work) from the claims and
     attempt guards (read before they are deleted with the job's intermediate data).
 
     Args:
@@ -629,6 +630,8 @@ def _attempt_counters(
         attempts.add((task, attempt))
     for task, _attempt in attempts:
         add("attempts_launched", task, 1)
+    for key in storage.list(f"{job_id}/lambda/skipped/"):
+        add("duplicates_skipped", key.split("/")[-2], 1)
     for task, counts in _task_failure_counts(storage, job_id, latest).items():
         add("attempts_failed", task, counts[0])
         add("attempts_lost", task, counts[1])
@@ -710,9 +713,10 @@ class ObjectStoreJobHandle(JobHandle):
         Returns:
             ``{"id", "name", "executor", "state", "phase", "submitted", "seconds", "output",
             "tasks": {"map": {"done", "total"}, "reduce": {…}}, "attempts": {"map", "reduce"},
-            "failures": {…}, "lost": {…}, "in_flight", "workers"}``; ``state`` is running, done,
-            failed, cancelled or unknown (no such job); a done job adds ``counters``, a failed one
-            ``error``. Attempt counts of an ended job come from its counters (its claims are gone).
+            "failures": {…}, "lost": {…}, "duplicates_skipped": {…}, "in_flight", "workers"}``;
+            ``state`` is running, done, failed, cancelled or unknown (no such job); a done job adds
+            ``counters``, a failed one ``error``. Attempt counts of an ended job come from its
+            counters (its claims are gone).
         """
         try:
             doc = _load(self.storage, self.id)
@@ -742,6 +746,7 @@ class ObjectStoreJobHandle(JobHandle):
                 attempts={p: counters.get(f"{p}.attempts_launched", 0) for p in totals},
                 failures={p: counters.get(f"{p}.attempts_failed", 0) for p in totals},
                 lost={p: counters.get(f"{p}.attempts_lost", 0) for p in totals},
+                duplicates_skipped={p: counters.get(f"{p}.duplicates_skipped", 0) for p in totals},
             )
             if "seconds" in end:
                 status["seconds"] = end["seconds"]
@@ -769,6 +774,14 @@ class ObjectStoreJobHandle(JobHandle):
             failures=failures,
             lost=lost,
             in_flight=sum(len(a - finished) for a in attempts.values()),
+            duplicates_skipped={
+                p: sum(
+                    1
+                    for k in self.storage.list(f"{self.id}/lambda/skipped/")
+                    if k.split("/")[-2].startswith(p)
+                )
+                for p in totals
+            },
         )
         return status
 

@@ -43,6 +43,8 @@ Keys this module writes and reads, in the job's storage (``layout.py`` holds the
                                                  ``attempt + 1000 * n`` (see lambda_handler)
     {job}/lambda/done/{task}/a{attempt}          the attempt's TaskResult JSON (first delivery to end)
     {job}/lambda/done/{task}/a{attempt}.lost     every delivery of the attempt failed (JSON reason)
+    {job}/lambda/skipped/{task}/a{attempt}-{id}  a delivery that found the attempt reported or the
+                                                 task committed and did not run it (empty)
 
 Options (keyword arguments, or the query string: ``lambda://fn?region=eu-west-1&max_concurrency=50``):
 ``storage``, ``max_concurrency``, ``invocation`` (``event`` or ``sync``), ``batch_size`` (tasks per
@@ -96,6 +98,10 @@ def done_prefix(job_id: str) -> str:
 
 def result_key(job_id: str, task_id: str, attempt: int) -> str:
     return f"{job_id}/lambda/done/{task_id}/a{attempt}"
+
+
+def skipped_key(job_id: str, task_id: str, attempt: int, token: str) -> str:
+    return f"{job_id}/lambda/skipped/{task_id}/a{attempt}-{token}"
 
 
 def lost_key(job_id: str, task_id: str, attempt: int) -> str:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import uuid
 from typing import Any
 
 from mrkit.errors import ConfigError
@@ -56,7 +57,9 @@ from mrkit.execution.aws_lambda import (
     crashed_result,
     lost_key,
     result_key,
+    skipped_key,
 )
+from mrkit.model import layout
 from mrkit.model.task import TaskFailure, TaskResult, TaskSpec
 from mrkit.storage.base import Storage
 from mrkit.worker.runtime import run_task, storage_for
@@ -96,6 +99,14 @@ def _run_one(spec: TaskSpec, url: str, job: dict[str, Any] | None, request_id: s
     stored = storage.get_or_none(key)
     if stored is not None:
         result = TaskResult.decode(stored)  # a duplicate that arrived after the first delivery ended
+        _note_skipped(storage, spec)
+    elif storage.exists(layout.commit_key(spec.job_id, spec.task_id)):
+        # The task committed already (another attempt, or this one before its invocation died): a
+        # duplicate event must not run committed work again. (The runtime skips it too; this guard
+        # also spares the claim and the job's code.)
+        result = TaskResult(spec.task_id, spec.attempt, ok=True, committed=False, worker=label)
+        storage.put_if_absent(key, result.encode())
+        _note_skipped(storage, spec)
     elif job is not None and _job_stopped(storage, spec.job_id):
         return TaskResult(
             spec.task_id,
@@ -145,6 +156,11 @@ def _run_one(spec: TaskSpec, url: str, job: dict[str, Any] | None, request_id: s
     if job is not None:
         _serverless().advance(storage, spec, result, job, request_id)
     return result
+
+
+def _note_skipped(storage: Storage, spec: TaskSpec) -> None:
+    """Count a delivery that did not run its task (``{phase}.duplicates_skipped`` in the job's counters)."""
+    storage.put(skipped_key(spec.job_id, spec.task_id, spec.attempt, uuid.uuid4().hex[:12]), b"")
 
 
 def _claim(storage: Storage, spec: TaskSpec, request_id: str) -> int | None:
