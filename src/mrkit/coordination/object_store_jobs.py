@@ -8,9 +8,10 @@ writes the plan to the object store, invokes one function per map task and retur
   (``state/committed/{phase}/{task}``, written only once the task's ``COMMIT`` key exists) and lists
   that folder: completion is a *set of task ids*, never a counter, so a retried or duplicated
   invocation cannot count twice;
-* the invocation that sees the last map task completed takes the ``state/reduce`` lease and invokes
-  the reduce tasks. (Object stores list strongly after writes, so of two tasks completing at once,
-  at least the later sees both.)
+* the invocation that sees the last map task completed takes the ``state/trigger/reduce`` key (one
+  conditional write: exactly one of the invocations completing the phase at once wins), then the
+  ``state/reduce`` lease, and invokes the reduce tasks. (Object stores list strongly after writes,
+  so of two tasks completing at once, at least the later sees both.)
 * the invocation that sees the last reduce task completed takes the ``state/publish`` lease, calls
   :func:`~mrkit.coordination.publish.publish_output` (parts, then ``_SUCCESS``), records the summary
   in ``state/end`` and deletes the intermediate data;
@@ -35,7 +36,8 @@ Keys, in the job's storage (beside those of :mod:`mrkit.model.layout` and
     {job}/state/plan.json                the plan: specs, output URL, format, policy (written once)
     {job}/state/committed/{phase}/{task} a completed task (empty; listed to count a phase)
     {job}/state/attempt/{task}/a{n}      guard: attempt n was launched once; JSON failed/lost counts
-    {job}/state/reduce/g{n}              lease, generation n: who starts the reduce tasks
+    {job}/state/trigger/{step}           who owns a phase change (reduce, publish): put_if_absent, request id
+    {job}/state/reduce/g{n}              lease, generation n: which of the owner's deliveries starts them
     {job}/state/reduce-sent              the reduce tasks were invoked
     {job}/state/publish/g{n}             lease, generation n: who publishes the output
     {job}/state/end                      the job's end, first writer wins: done (with counters and
@@ -401,10 +403,33 @@ def _fail_job(
         _discard(storage, plan, keep_logs=True)
 
 
+def trigger_key(job_id: str, step: str) -> str:
+    return f"{job_id}/state/trigger/{step}"
+
+
+def _take_trigger(storage: Storage, job_id: str, step: str, request_id: str) -> bool:
+    """True when this invocation owns the phase change ``step`` (``reduce`` or ``publish``) of the job.
+
+    The owner is decided by one conditional write (``put_if_absent`` of :func:`trigger_key`), so of
+    any number of invocations that complete a phase at the same instant exactly one wins, whatever
+    their timing. Lambda's retries and duplicates of the winner's event carry the same request id and
+    own the step too (a retry must finish what a dead owner began); they serialise on the step's
+    lease (:class:`_StepLease`). No other invocation ever takes a step over on its own clock.
+    """
+    key = trigger_key(job_id, step)
+    record = json.dumps({"request_id": request_id, "time": time.time()}).encode()
+    if storage.put_if_absent(key, record):
+        return True
+    raw = storage.get_or_none(key)
+    return raw is not None and json.loads(raw).get("request_id") == request_id
+
+
 def _start_reduce(storage: Storage, plan: JobPlan, job_event: dict[str, Any], request_id: str) -> None:
     from mrkit.execution.aws_lambda import invoker_from_config
 
     sent = f"{plan.job_id}/state/reduce-sent"
+    if storage.exists(sent) or not _take_trigger(storage, plan.job_id, "reduce", request_id):
+        return  # started, or another invocation (the trigger's owner) starts the reduce tasks
     lease = _StepLease.take(
         storage,
         f"{plan.job_id}/state/reduce/",
@@ -424,6 +449,8 @@ def _start_reduce(storage: Storage, plan: JobPlan, job_event: dict[str, Any], re
 
 
 def _publish(storage: Storage, plan: JobPlan, request_id: str) -> None:
+    if not _take_trigger(storage, plan.job_id, "publish", request_id):
+        return  # another invocation (the trigger's owner) publishes the output
     doc = _load(storage, plan.job_id)
     lease = _StepLease.take(
         storage,
@@ -577,7 +604,8 @@ def _counters(storage: Storage, plan: JobPlan) -> dict[str, int]:
 def _attempt_counters(
     storage: Storage, job_id: str, latest: tuple[str, dict[str, Any]] | None = None
 ) -> dict[str, int]:
-    """``{phase}.attempts_launched/_failed/_lost`` and ``{phase}.deliveries`` from the claims and
+    """``{phase}.attempts_launched/_failed/_lost``, ``{phase}.deliveries`` and
+    ``{phase}.duplicates_skipped`` (deliveries that did not run committed work) from the claims and
     attempt guards (read before they are deleted with the job's intermediate data).
 
     Args:
@@ -597,6 +625,8 @@ def _attempt_counters(
         attempts.add((task, attempt))
     for task, _attempt in attempts:
         add("attempts_launched", task, 1)
+    for key in storage.list(f"{job_id}/lambda/skipped/"):
+        add("duplicates_skipped", key.split("/")[-2], 1)
     for task, counts in _task_failure_counts(storage, job_id, latest).items():
         add("attempts_failed", task, counts[0])
         add("attempts_lost", task, counts[1])
@@ -678,9 +708,10 @@ class ObjectStoreJobHandle(JobHandle):
         Returns:
             ``{"id", "name", "executor", "state", "phase", "submitted", "seconds", "output",
             "tasks": {"map": {"done", "total"}, "reduce": {…}}, "attempts": {"map", "reduce"},
-            "failures": {…}, "lost": {…}, "in_flight", "workers"}``; ``state`` is running, done,
-            failed, cancelled or unknown (no such job); a done job adds ``counters``, a failed one
-            ``error``. Attempt counts of an ended job come from its counters (its claims are gone).
+            "failures": {…}, "lost": {…}, "duplicates_skipped": {…}, "in_flight", "workers"}``;
+            ``state`` is running, done, failed, cancelled or unknown (no such job); a done job adds
+            ``counters``, a failed one ``error``. Attempt counts of an ended job come from its
+            counters (its claims are gone).
         """
         try:
             doc = _load(self.storage, self.id)
@@ -710,6 +741,7 @@ class ObjectStoreJobHandle(JobHandle):
                 attempts={p: counters.get(f"{p}.attempts_launched", 0) for p in totals},
                 failures={p: counters.get(f"{p}.attempts_failed", 0) for p in totals},
                 lost={p: counters.get(f"{p}.attempts_lost", 0) for p in totals},
+                duplicates_skipped={p: counters.get(f"{p}.duplicates_skipped", 0) for p in totals},
             )
             if "seconds" in end:
                 status["seconds"] = end["seconds"]
@@ -737,6 +769,14 @@ class ObjectStoreJobHandle(JobHandle):
             failures=failures,
             lost=lost,
             in_flight=sum(len(a - finished) for a in attempts.values()),
+            duplicates_skipped={
+                p: sum(
+                    1
+                    for k in self.storage.list(f"{self.id}/lambda/skipped/")
+                    if k.split("/")[-2].startswith(p)
+                )
+                for p in totals
+            },
         )
         return status
 

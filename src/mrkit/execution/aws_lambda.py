@@ -12,6 +12,12 @@ The contract (:class:`LambdaExecutor`):
 * Lambda delivers an asynchronous event at least once, and retries a failed delivery. Each
   delivery runs under its own attempt keys and the runtime's commit is first-attempt-wins, so
   neither retries nor duplicates change the output (see :mod:`mrkit.worker.lambda_handler`).
+* Timeouts and poison tasks are *failed results*, counted against ``max_attempts``: the handler
+  runs each attempt under :func:`mrkit.worker.watchdog.watch` (``enforces_timeouts``: an attempt
+  without progress for ``task_timeout`` seconds, measured inside the function, reports a
+  ``TaskTimeout`` naming its record, then ends its invocation), and an invocation whose task
+  ended it (``os._exit(3)``, a segfault: the runtime's ``Runtime.ExitError``, see
+  :func:`crash_description`) reports a ``WorkerCrashed`` failure naming the exit status or signal.
 * A future fails only with :class:`~mrkit.errors.WorkerLost`: when every delivery of the event
   failed (the handler turns the on-failure record that ``mrkit lambda deploy`` routes back to the
   function into a ``.lost`` key), when no result came within ``lost_after`` seconds, or when the
@@ -37,13 +43,15 @@ Keys this module writes and reads, in the job's storage (``layout.py`` holds the
                                                  ``attempt + 1000 * n`` (see lambda_handler)
     {job}/lambda/done/{task}/a{attempt}          the attempt's TaskResult JSON (first delivery to end)
     {job}/lambda/done/{task}/a{attempt}.lost     every delivery of the attempt failed (JSON reason)
+    {job}/lambda/skipped/{task}/a{attempt}-{id}  a delivery that found the attempt reported or the
+                                                 task committed and did not run it (empty)
 
 Options (keyword arguments, or the query string: ``lambda://fn?region=eu-west-1&max_concurrency=50``):
 ``storage``, ``max_concurrency``, ``invocation`` (``event`` or ``sync``), ``batch_size`` (tasks per
 event when several are queued, fewer when the payload limit requires: :func:`pack`),
 ``poll_interval``, ``lost_after``, ``region`` (lambda://), and for ``lambda-local`` the
 :class:`~mrkit.worker.lambda_runtime.FunctionConfig` fields (``timeout``, ``memory_mb``,
-``max_retry_attempts``, ``retry_delay``, ``duplicate_rate``, ``state_dir``, …).
+``max_retry_attempts``, ``retry_delay``, ``duplicate_rate``, ``cold_start``, ``state_dir``, …).
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import tempfile
 import threading
 import time
@@ -79,6 +88,10 @@ def claim_key(job_id: str, task_id: str, attempt: int, delivery: int) -> str:
     return f"{job_id}/lambda/claims/{task_id}/a{attempt}/d{delivery}"
 
 
+def claims_prefix(job_id: str) -> str:
+    return f"{job_id}/lambda/claims/"
+
+
 def done_prefix(job_id: str) -> str:
     return f"{job_id}/lambda/done/"
 
@@ -87,8 +100,49 @@ def result_key(job_id: str, task_id: str, attempt: int) -> str:
     return f"{job_id}/lambda/done/{task_id}/a{attempt}"
 
 
+def skipped_key(job_id: str, task_id: str, attempt: int, token: str) -> str:
+    return f"{job_id}/lambda/skipped/{task_id}/a{attempt}-{token}"
+
+
 def lost_key(job_id: str, task_id: str, attempt: int) -> str:
     return result_key(job_id, task_id, attempt) + ".lost"
+
+
+# How a function's runtime reports a handler process that died: "exit status 3" locally and on AWS,
+# "signal SIGSEGV" locally, "signal: segmentation fault" on AWS.
+_CRASH_SIGNALS = {
+    "SIGSEGV": "segmentation fault",
+    "SIGABRT": "aborted",
+    "SIGBUS": "bus error",
+    "SIGFPE": "floating point exception",
+    "SIGILL": "illegal instruction",
+}
+
+
+def crash_description(error_type: str, message: str) -> str | None:
+    """How the task's own code ended its invocation, from the runtime's error; None when it did not.
+
+    A ``Runtime.ExitError`` with a non-zero exit status (``os._exit(3)``) or a crash signal (a
+    segfault, ``abort()``) is the task's doing: a *failed attempt*, counted against ``max_attempts``.
+    SIGKILL is not: it comes from outside (the runtime's timeout, an operator, the OOM killer), so
+    such an invocation stays *lost*.
+
+    >>> crash_description("Runtime.ExitError", "Runtime exited with error: exit status 3")
+    'exit status 3'
+    >>> crash_description("Runtime.ExitError", "Runtime exited with error: signal: segmentation fault")
+    'signal SIGSEGV (segmentation fault)'
+    >>> crash_description("Runtime.ExitError", "Runtime exited without a response (signal SIGKILL)") is None
+    True
+    """
+    if error_type != "Runtime.ExitError" and "Runtime.ExitError" not in message:
+        return None
+    status = re.search(r"exit status (\d+)", message)
+    if status and status[1] != "0":
+        return f"exit status {status[1]}"
+    for name, text in _CRASH_SIGNALS.items():
+        if name in message or text in message:
+            return f"signal {name} ({text})"
+    return None
 
 
 def build_event(
@@ -154,6 +208,13 @@ def pack(
     return groups
 
 
+def crashed_result(spec: TaskSpec, crash: str, *, worker: str) -> TaskResult:
+    """The failed result of an attempt whose code ended its invocation (see :func:`crash_description`)."""
+    from mrkit.worker.watchdog import crash_failure  # the far side's failure vocabulary
+
+    return TaskResult(spec.task_id, spec.attempt, ok=False, worker=worker, failure=crash_failure(crash))
+
+
 # -- invokers: how an event reaches a function -------------------------------------------------------
 
 
@@ -217,7 +278,10 @@ class BotoInvoker:
             return None
         payload = json.loads(response["Payload"].read() or b"null")
         if response.get("FunctionError"):
-            message = payload.get("errorMessage", payload) if isinstance(payload, dict) else payload
+            if isinstance(payload, dict):
+                message = f"{payload.get('errorType', '?')}: {payload.get('errorMessage', payload)}"
+            else:
+                message = str(payload)
             raise WorkerLost(f"function {self.function}: {response['FunctionError']} error: {message}")
         return payload
 
@@ -280,6 +344,7 @@ class _Pending:
     spec: TaskSpec
     results_url: str
     deadline: float
+    running: bool = False  # the function claimed the attempt: it has started up and runs it
 
 
 def _resolve(
@@ -309,6 +374,7 @@ LOCAL_OPTIONS = {
     "max_retry_attempts": int,
     "retry_delay": float,
     "duplicate_rate": float,
+    "cold_start": float,
     "on_failure": str,
     "state_dir": str,
     "environment": dict,
@@ -363,6 +429,14 @@ class LambdaExecutor(Executor):
 
     local = False
     asynchronous = True
+    # The handler runs each attempt under mrkit.worker.watchdog: an attempt without progress for
+    # task_timeout seconds comes back as a TaskTimeout failure, measured inside the function (a cold
+    # start does not count).
+    enforces_timeouts = True
+    # A future turns running() when the function's claim of the attempt appears in storage, i.e.
+    # once the invocation has started up: the driver's straggler clock then measures running time
+    # only, like the in-function durations it is compared with (a cold start is not a straggler).
+    reports_running = True
 
     def __init__(
         self,
@@ -548,8 +622,20 @@ class LambdaExecutor(Executor):
             response = self.invoker.invoke(build_event([spec], url, sync=True), sync=True)
             result = TaskResult.decode(response["results"][0])
         except Exception as exc:
-            self._fail(spec, f"{type(exc).__name__}: {exc}")
-            return
+            from mrkit.worker.runtime import storage_for
+
+            crash = crash_description(str(getattr(exc, "error_type", "")), str(exc))
+            try:  # an attempt that timed out reported itself before its invocation ended
+                stored = storage_for(url).get_or_none(result_key(spec.job_id, spec.task_id, spec.attempt))
+            except Exception:
+                stored = None
+            if stored is not None:
+                result = TaskResult.decode(stored)
+            elif crash is not None:
+                result = crashed_result(spec, crash, worker=self.name)
+            else:
+                self._fail(spec, f"{type(exc).__name__}: {exc}")
+                return
         with self._lock:
             pending = self._pending.pop(result_key(spec.job_id, spec.task_id, spec.attempt), None)
         if pending is not None:
@@ -582,6 +668,7 @@ class LambdaExecutor(Executor):
                 try:
                     storage = storage_for(url)
                     found = set(storage.list(done_prefix(job_id)))
+                    self._mark_running(storage, job_id)
                 except Exception:  # a listing that fails is retried at the next interval
                     continue
                 with self._lock:
@@ -597,6 +684,22 @@ class LambdaExecutor(Executor):
                 overdue = [p for p in self._pending.values() if now > p.deadline]
             for pending in overdue:
                 self._fail(pending.spec, f"no result within lost_after={self.lost_after:.0f}s")
+
+    def _mark_running(self, storage: Any, job_id: str) -> None:
+        """Mark running the futures of attempts whose claim (written by the function once started) exists."""
+        with self._lock:
+            waiting = [p for p in self._pending.values() if p.spec.job_id == job_id and not p.running]
+        if not waiting:
+            return
+        claimed = {key.rsplit("/", 1)[0] for key in storage.list(claims_prefix(job_id))}
+        for pending in waiting:
+            spec = pending.spec
+            if claim_key(job_id, spec.task_id, spec.attempt, 0).rsplit("/", 1)[0] in claimed:
+                pending.running = True
+                try:
+                    pending.future.set_running_or_notify_cancel()  # False: cancelled meanwhile
+                except RuntimeError:
+                    pass  # already resolved (a synchronous response, or lost): nothing to mark
 
     def _collect(self, storage: Any, key: str, pending: _Pending, *, lost: bool) -> None:
         try:

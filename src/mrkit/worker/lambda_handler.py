@@ -10,7 +10,10 @@ the local function runtime (``lambda-local``). The event is JSON, built by
      "job": {"invoker": {...}}}           only for a serverless job: advance the job afterwards
 
 or a Lambda on-failure destination record (``requestContext.condition`` = ``RetriesExhausted``)
-whose ``requestPayload`` is such an event: its tasks are reported lost.
+whose ``requestPayload`` is such an event: its tasks are reported lost, except that a task whose own
+code ended every delivery (``Runtime.ExitError`` with an exit status or a crash signal, not SIGKILL)
+gets a failed ``WorkerCrashed`` result instead, and a task that had reported finishes the phase
+change its invocation may have owned (as the original request id).
 
 For each spec, one invocation:
 
@@ -19,8 +22,11 @@ For each spec, one invocation:
    retries a delivery that crashed or timed out and, rarely, delivers one twice. Without distinct
    attempt numbers, two deliveries would write the same attempt keys, and the one that lost the
    commit would delete the winner's files (the runtime removes a losing attempt's keys).
-2. **Runs** :func:`mrkit.worker.runtime.run_task`: first attempt wins the commit, so a duplicate
-   changes nothing in the output; a user error is a result with ``ok=False``, never an exception.
+2. **Runs** :func:`mrkit.worker.runtime.run_task` under :func:`mrkit.worker.watchdog.watch`: first
+   attempt wins the commit, so a duplicate changes nothing in the output; a user error is a result
+   with ``ok=False``, never an exception. An attempt without progress for ``task_timeout`` seconds
+   stores a ``TaskTimeout`` result naming its record, advances the job, then ends the invocation
+   (the runtime's retry of the delivery finds the result and returns it).
 3. **Writes the result** to ``…/done/{task}/a{attempt}`` with ``put_if_absent`` (the first delivery to
    finish reports; a delivery that finds a result already there returns it without running).
 4. For a serverless job, **advances the job** (:func:`mrkit.coordination.object_store_jobs.advance`):
@@ -38,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import uuid
 from typing import Any
 
 from mrkit.errors import ConfigError
@@ -46,12 +53,17 @@ from mrkit.execution.aws_lambda import (
     EVENT_VERSION,
     MAX_DELIVERIES,
     claim_key,
+    crash_description,
+    crashed_result,
     lost_key,
     result_key,
+    skipped_key,
 )
+from mrkit.model import layout
 from mrkit.model.task import TaskFailure, TaskResult, TaskSpec
 from mrkit.storage.base import Storage
 from mrkit.worker.runtime import run_task, storage_for
+from mrkit.worker.watchdog import end_process, watch
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -87,6 +99,14 @@ def _run_one(spec: TaskSpec, url: str, job: dict[str, Any] | None, request_id: s
     stored = storage.get_or_none(key)
     if stored is not None:
         result = TaskResult.decode(stored)  # a duplicate that arrived after the first delivery ended
+        _note_skipped(storage, spec)
+    elif storage.exists(layout.commit_key(spec.job_id, spec.task_id)):
+        # The task committed already (another attempt, or this one before its invocation died): a
+        # duplicate event must not run committed work again. (The runtime skips it too; this guard
+        # also spares the claim and the job's code.)
+        result = TaskResult(spec.task_id, spec.attempt, ok=True, committed=False, worker=label)
+        storage.put_if_absent(key, result.encode())
+        _note_skipped(storage, spec)
     elif job is not None and _job_stopped(storage, spec.job_id):
         return TaskResult(
             spec.task_id,
@@ -115,12 +135,32 @@ def _run_one(spec: TaskSpec, url: str, job: dict[str, Any] | None, request_id: s
             )
         attempt = spec.attempt + DELIVERY_STRIDE * delivery
         run_as = dataclasses.replace(spec, attempt=attempt) if delivery else spec
-        result = run_task(run_as, worker=f"{label}/d{delivery}")
+        worker = f"{label}/d{delivery}"
+
+        def on_timeout(failure: TaskFailure) -> None:
+            # From the watchdog thread, while the user code is stuck in this one: report the attempt
+            # as failed (it counts against max_attempts), then end the invocation, the only way to
+            # stop a Python thread. The runtime's retry of this delivery finds the result and returns it.
+            timed_out = TaskResult(spec.task_id, spec.attempt, ok=False, worker=worker, failure=failure)
+            try:
+                storage.put_if_absent(key, timed_out.encode())
+                if job is not None:
+                    _serverless().advance(storage, spec, timed_out, job, request_id)
+            finally:
+                end_process()
+
+        with watch(run_as, on_timeout):
+            result = run_task(run_as, worker=worker)
         result = dataclasses.replace(result, attempt=spec.attempt)
         storage.put_if_absent(key, result.encode())
     if job is not None:
         _serverless().advance(storage, spec, result, job, request_id)
     return result
+
+
+def _note_skipped(storage: Storage, spec: TaskSpec) -> None:
+    """Count a delivery that did not run its task (``{phase}.duplicates_skipped`` in the job's counters)."""
+    storage.put(skipped_key(spec.job_id, spec.task_id, spec.attempt, uuid.uuid4().hex[:12]), b"")
 
 
 def _claim(storage: Storage, spec: TaskSpec, request_id: str) -> int | None:
@@ -146,19 +186,37 @@ def _report_lost(record: dict[str, Any]) -> dict[str, Any]:
         f"{context.get('approximateInvokeCount', '?')} deliveries; last: "
         f"{error.get('errorType', '?')}: {error.get('errorMessage', '')}"
     )
-    lost = []
+    crash = crash_description(str(error.get("errorType", "")), str(error.get("errorMessage", "")))
+    original = str(context.get("requestId", "") or "unknown")
+    lost: list[str] = []
+    failed_ids: list[str] = []
     for raw in event.get("specs", ()):
         spec = TaskSpec.decode(raw)
         storage = storage_for(event["results"])
-        if storage.exists(result_key(spec.job_id, spec.task_id, spec.attempt)):
-            continue  # a duplicate delivery finished after all
+        stored = storage.get_or_none(result_key(spec.job_id, spec.task_id, spec.attempt))
+        if stored is not None:
+            # The task ran, and its invocation died afterwards, perhaps while it owned a phase change
+            # (the trigger holds the request id): finish it, as the original request.
+            if event.get("job") is not None:
+                _serverless().advance(storage, spec, TaskResult.decode(stored), event["job"], original)
+            continue
+        if crash is not None:
+            # The task's code ended every delivery itself (os._exit, a segfault): a failed attempt,
+            # counted against max_attempts like an exception, not an infrastructure loss.
+            failed = crashed_result(spec, crash, worker=f"lambda:{original[:8]}")
+            if storage.put_if_absent(result_key(spec.job_id, spec.task_id, spec.attempt), failed.encode()):
+                if event.get("job") is not None:
+                    _serverless().advance(storage, spec, failed, event["job"], original)
+            failed_ids.append(spec.task_id)
+            crash = None  # a batch runs in order: the first task without a result ended it; the rest are lost
+            continue
         storage.put_if_absent(
             lost_key(spec.job_id, spec.task_id, spec.attempt), json.dumps({"reason": reason}).encode()
         )
         if event.get("job") is not None:
             _serverless().lost(storage, spec, event["job"], reason)
         lost.append(spec.task_id)
-    return {"lost": lost}
+    return {"lost": lost, **({"failed": failed_ids} if failed_ids else {})}
 
 
 def _serverless() -> Any:

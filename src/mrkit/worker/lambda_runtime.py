@@ -5,6 +5,7 @@ same ``(event, context)`` contract, and keeps what a serverless job has to survi
 
 * **A fresh process per delivery** (``python -m mrkit.worker.lambda_runtime run``): every
   invocation is a cold start; nothing survives in memory from one invocation to the next.
+  ``cold_start`` adds a start-up delay before the handler is imported (a heavy package on AWS).
 * **A timeout per invocation**: a delivery still running after ``timeout`` seconds is killed
   (SIGKILL of its process group), like Lambda's "Task timed out".
 * **A memory limit per invocation**: the delivery lowers its own ``RLIMIT_AS`` to ``memory_mb``
@@ -90,6 +91,8 @@ class FunctionConfig:
         max_retry_attempts: retries of a failed asynchronous delivery (Lambda: 0-2, default 2).
         retry_delay: seconds between them.
         duplicate_rate: probability that an asynchronous event is delivered twice at once.
+        cold_start: seconds each delivery spends starting up before it imports the handler (an
+            injected cold start: a large package or a VPC attachment; counted in the timeout).
         on_failure: ``"self"``: send the on-failure record to this function; ``""``: drop it.
         environment: extra environment variables of every delivery.
         state_dir: folder for slot locks and the log (default: ``{tmp}/mrkit-lambda-local/{name}``).
@@ -107,6 +110,7 @@ class FunctionConfig:
     max_retry_attempts: int = 2
     retry_delay: float = 0.2
     duplicate_rate: float = 0.0
+    cold_start: float = 0.0
     on_failure: str = "self"
     environment: dict[str, str] = field(default_factory=dict)
     state_dir: str = ""
@@ -118,10 +122,10 @@ class FunctionConfig:
                 f"max_concurrency >= 1 are required, got {self.timeout}, {self.memory_mb}, "
                 f"{self.max_concurrency}"
             )
-        if not 0 <= self.duplicate_rate <= 1 or self.max_retry_attempts < 0:
+        if not 0 <= self.duplicate_rate <= 1 or self.max_retry_attempts < 0 or self.cold_start < 0:
             raise ConfigError(
-                f"duplicate_rate must be in [0, 1] and max_retry_attempts >= 0, got "
-                f"{self.duplicate_rate}, {self.max_retry_attempts}"
+                f"duplicate_rate must be in [0, 1], max_retry_attempts and cold_start >= 0, got "
+                f"{self.duplicate_rate}, {self.max_retry_attempts}, {self.cold_start}"
             )
         if self.on_failure not in ("self", ""):
             raise ConfigError(f"on_failure must be 'self' or '', got {self.on_failure!r}")
@@ -341,6 +345,7 @@ class LocalFunction:
                 "deadline": time.time() + config.timeout,
                 "handler": config.handler,
                 "count": count,
+                "cold_start": config.cold_start,
             }
             env = {
                 **os.environ,
@@ -529,6 +534,8 @@ def _run_delivery() -> int:
     # cannot raise it again (the hard limit drops too).
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     event = json.loads(sys.stdin.buffer.read())
+    if ctx.get("cold_start"):
+        time.sleep(float(ctx["cold_start"]))  # the injected start-up delay, before the handler loads
     context = LambdaContext(
         function_name=ctx["function_name"],
         memory_limit_in_mb=ctx["memory_limit_in_mb"],
