@@ -133,8 +133,8 @@ def test_user_failure_fails_with_the_driver_message(redis_url):  # noqa: F811
 
 
 def test_worker_killed_mid_task_is_retried(redis_url, tmp_path, secret_env):  # noqa: F811
-    """SIGKILL the worker process running a task: its lease expires, the executor fails the attempt
-    with WorkerLost, and the driver re-runs it on the surviving worker."""
+    """SIGKILL the task process running a task: its supervisor hands its entries back, the executor
+    fails the attempt with WorkerLost, and the driver re-runs it (counted as lost, not failed)."""
     url = redis_url + "?lease=1"
     marker = tmp_path / "killed"
     job = mrkit.Job(mapper=J.kill_once_mapper, reducer=J.total, params={"marker": str(marker)})
@@ -153,8 +153,10 @@ def test_worker_killed_mid_task_is_retried(redis_url, tmp_path, secret_env):  # 
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        [stop_worker(p) for p in procs]
-    assert sorted(p.returncode for p in procs) == [-signal.SIGKILL, 0]
+        errs = [stop_worker(p) for p in procs]
+    # The task process was SIGKILLed (a lost worker, not a failed attempt); its supervisor says so.
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert sum("task process killed by signal 9 (SIGKILL)" in err for err in errs) == 1, errs
 
 
 def test_session_streams_are_trimmed(redis_url, redis_server):  # noqa: F811
@@ -192,18 +194,22 @@ def test_tasks_waiting_without_any_worker_are_reported(redis_url, capfd, monkeyp
         ex.shutdown()
 
 
-def test_task_timeout_clock_starts_when_a_worker_takes_the_attempt(redis_url):  # noqa: F811
+def test_task_timeout_clock_starts_when_a_worker_takes_the_attempt(redis_url, secret_env):  # noqa: F811
     # One worker, two attempts in flight: one always waits in the stream. map-00001's first attempt
-    # sleeps 4 s, past task_timeout=1 s; the driver gives up on it, but the worker is still busy, so
-    # the attempts behind it wait. Their clocks must start when the worker takes them (the executor
-    # watches the stream's pending entries), not when they were queued, or they time out too and the
-    # job runs out of max_lost. 20 ms per record keeps the worker from reading entries ahead.
+    # sleeps 4 s, past task_timeout=1 s; the worker's watchdog ends it (a failed attempt) and the
+    # supervisor replaces the task process. The attempts behind it must not time out: their clocks
+    # start when a task process runs them, not when they were queued. 20 ms per record keeps the
+    # worker from reading entries ahead.
     records = ["fast a"] * 5 + ["slow b"] + ["fast c"] * 14
     job = mrkit.Job(mapper=J.straggler_mapper, reducer=J.total, params={"sleep": 4.0, "each": 0.02})
     policy = mrkit.RetryPolicy(task_timeout=1.0, speculative=False, max_lost=2)
-    with WorkerThreads(redis_url, 1):
+    worker = start_worker(redis_url, burst=False)
+    try:
         res = run(
             job, mrkit.Records(records), executor=redis_url, workers=2, n_map=4, n_reduce=1, policy=policy
         )
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        err = stop_worker(worker)
     assert dict(res) == dict(reference(J.WORDCOUNT, records))
-    assert res.counters["map.attempts_lost"] == 1
+    assert res.counters["map.attempts_failed"] == 1 and res.counters["map.attempts_lost"] == 0, err

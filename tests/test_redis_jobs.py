@@ -233,7 +233,9 @@ def test_sigkill_a_worker_mid_map_and_mid_reduce(redis_url, tmp_path, secret_env
     st = handle.status()
     assert st["lost"]["map"] >= 1 and st["lost"]["reduce"] >= 1
     assert result.counters["map.attempts_lost"] >= 1 and result.counters["reduce.attempts_lost"] >= 1
-    assert sorted(w.returncode for w in workers) == [-signal.SIGKILL, -signal.SIGKILL, 0]
+    # The task processes were killed; their supervisors replaced them and exited cleanly when asked.
+    assert [w.returncode for w in workers] == [0, 0, 0], errs
+    assert sum(err.count("task process killed by signal 9") for err in errs) == 2, errs
     logs = "\n".join(handle.logs())
     assert "reclaimed (its lease of 1s expired" in logs
 

@@ -495,7 +495,7 @@ def _run_task(
     attempt = int(pipe.execute()[0])
     spec = dataclasses.replace(spec, attempt=attempt)
     log_event(client, k.job, spec.task_id, attempt, worker.name, "event", "started")
-    result, captured = worker.run_spec(spec, capture=True)
+    result, captured = worker.run_spec(spec, capture=True, entry=(k.tasks, entry_id, {}, fields))
     if result.failure is not None and worker.is_infrastructure_failure(result.failure):
         # Redis (or the storage) failed under the task, not the user's code: leave the entry pending
         # so that its lease expires and it is re-run, without consuming one of the user's attempts.
@@ -540,6 +540,48 @@ def _run_task(
         return
     failure = result.failure
     assert failure is not None
+    _record_failure(worker, k, entry_id, fields, spec, failure, max_attempts, pipe)
+
+
+def fail_attempt(
+    worker: Any,
+    stream: str,
+    entry_id: bytes,
+    fields: dict[bytes, bytes],
+    spec: TaskSpec,
+    failure: TaskFailure,
+) -> None:
+    """Count the attempt ``spec`` of ``entry_id`` as failed with ``failure`` and re-queue or fail the
+    job, as a raising task would: a timed-out attempt (reported by the worker's watchdog) or one whose
+    process died under it (reported by the worker's supervisor). A poison task thus fails the job
+    after ``max_attempts`` instead of being retried as lost."""
+    k = JobKeys(_job_of(stream))
+    raw = worker.client.hget(k.state, "max_attempts")
+    if raw is None:
+        return  # Redis lost the job, or it ended and expired: nothing to count against
+    _record_failure(
+        worker, k, entry_id, fields, spec, failure, int(raw), worker.client.pipeline(transaction=False)
+    )
+
+
+def _job_of(stream: str) -> str:
+    start, end = stream.find("{"), stream.find("}")
+    return stream[start + 1 : end] if 0 <= start < end else ""
+
+
+def _record_failure(
+    worker: Any,
+    k: JobKeys,
+    entry_id: bytes,
+    fields: dict[bytes, bytes],
+    spec: TaskSpec,
+    failure: TaskFailure,
+    max_attempts: int,
+    pipe: Any,
+) -> None:
+    client = worker.client
+    phase = spec.kind.value
+    attempt = spec.attempt
     prefix, suffix = failure_message_parts(phase, spec, failure)
     pipe.xadd(
         k.logs,

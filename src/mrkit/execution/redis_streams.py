@@ -165,6 +165,7 @@ class RedisExecutor(Executor):
     local = False
     asynchronous = True
     reports_running = True  # futures turn running() when a worker takes their entry (module docstring)
+    enforces_timeouts = True  # `mrkit worker` task processes end a stuck attempt and report it failed
 
     def __init__(self, url: str, *, workers: int | None = None, secret: bytes | None = None) -> None:
         parsed = RedisURL.parse(url)

@@ -23,9 +23,15 @@ One worker process is one consumer of the group ``workers`` on every live task s
 nothing pending). SIGTERM/SIGINT: finish the task in hand, hand back the prefetched ones, deregister,
 exit. An asynchronous job's prefetched entries are re-queued as fresh entries (a Lua script: ``XACK``
 and ``XADD`` if still ours), so they do not count as lost attempts; other entries get an idle time
-past the lease, so that the next claimer takes them at once. With ``--concurrency K`` the pool process
-forwards each SIGTERM/SIGINT to its children once (they ignore the terminal's own SIGINT), and a child
-whose pool process is gone stops after its task.
+past the lease, so that the next claimer takes them at once. ``mrkit worker`` is a supervisor
+(:class:`Supervisor`) of K task processes, each a process group leader; it forwards each
+SIGTERM/SIGINT to them once (they ignore the terminal's own SIGINT), and a task process whose
+supervisor is gone stops after its task.
+
+Poison tasks: a task process runs each attempt under :func:`mrkit.worker.watchdog.watch`; on
+``task_timeout`` it reports the attempt as failed (``TaskTimeout``) and ends itself. Before each
+attempt it writes the entry to a slot shared with the supervisor, which reports the attempt as failed
+(``WorkerCrashed``, naming the exit code or signal) if the process dies under it, then replaces it.
 
 Redis unreachable: the worker retries every second, saying so on stderr; in burst mode it gives up
 after 60 s (exit status 1). Tasks it held are reclaimed by others after their lease.
@@ -42,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import logging
 import multiprocessing
 import os
@@ -51,7 +58,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +77,7 @@ from mrkit.execution.redis_streams import (
 from mrkit.model.task import TaskFailure, TaskKind, TaskResult, TaskSpec
 from mrkit.storage.redis import RedisURL, connect, redact
 from mrkit.worker.runtime import run_task
+from mrkit.worker.watchdog import crash_failure, end_process, watch
 
 MAX_BATCH = 64
 ATTEMPTS_TTL = 7 * 86400  # blocking jobs' attempt counters outlive any job; the TTL removes them
@@ -81,6 +89,7 @@ BURST_GIVE_UP_SECONDS = 60.0
 CAPTURE_LIMIT = 64 * 1024  # characters of user output kept per task and stream
 # Exception names that mean Redis itself failed under a task (redis-py's classes).
 _REDIS_FAILURES = {"ConnectionError", "TimeoutError", "BusyLoadingError", "ReadOnlyError", "MasterDownError"}
+SLOT_BYTES = 1024  # the shared slot where a task process names the entry it runs (JSON)
 HANDBACK_IDLE_MS = 10**12  # "idle forever": the next XAUTOCLAIM takes a handed-back entry at once
 
 # Hand back entries of KEYS[1] that consumer ARGV[2] read but did not start: ARGV[3..] are triples
@@ -254,8 +263,14 @@ class RedisWorker:
         burst: bool = False,
         secret: bytes = b"",
         capture_output: bool = True,
+        slot: Any = None,
     ) -> None:
         self.url = url
+        # A task process of a supervisor (:func:`serve`): ``slot`` is the shared buffer where it
+        # writes the entry it runs, so that the supervisor can report the attempt as failed if the
+        # process dies under it. Only such a process enforces task_timeout by ending itself.
+        self.slot = slot
+        self._current: tuple[str, bytes, dict[str, Any], dict[bytes, bytes], TaskSpec] | None = None
         self.label = redact(url)
         self.host = socket.gethostname()
         self.name = name or f"{self.host}:{os.getpid()}"
@@ -551,7 +566,7 @@ class RedisWorker:
             pipe.hincrby(attempts, spec.task_id, 1)
             pipe.expire(attempts, ATTEMPTS_TTL)
             spec = dataclasses.replace(spec, attempt=int(pipe.execute()[0]))
-        result, _ = self.run_spec(spec, capture=False)
+        result, _ = self.run_spec(spec, capture=False, entry=(stream, entry_id, header, {}))
         if result.failure is not None and self.is_infrastructure_failure(result.failure):
             raise self.infrastructure_error(result.failure)  # left pending: the executor retries it
         if not self._replies:
@@ -561,19 +576,43 @@ class RedisWorker:
         )
         self._acks.setdefault(stream, []).append(entry_id)
 
-    def run_spec(self, spec: TaskSpec, *, capture: bool) -> tuple[TaskResult, list[tuple[str, str]]]:
+    def run_spec(
+        self,
+        spec: TaskSpec,
+        *,
+        capture: bool,
+        entry: tuple[str, bytes, dict[str, Any], dict[bytes, bytes]] | None = None,
+    ) -> tuple[TaskResult, list[tuple[str, str]]]:
         """Run one attempt here; return its result and the user output captured (when asked).
+
+        ``entry`` (stream, entry id, header, fields) is the stream entry the attempt came from. In a
+        task process of a supervisor, the attempt runs under :func:`~mrkit.worker.watchdog.watch`:
+        after ``task_timeout`` seconds without progress, the watchdog thread reports the entry as a
+        failed attempt (``TaskTimeout``, naming the record) and ends this process, which the
+        supervisor replaces; and the entry is written to the shared slot first, so that the
+        supervisor reports it as failed (``WorkerCrashed``) if the user code ends the process.
 
         A map task whose local input file does not exist on this host fails with a message naming
         the path and the host, not retried: inputs given as local paths must exist on every worker.
         """
         captured: list[tuple[str, str]] = []
-        if capture and self.capture_output:
-            with capture_output() as out:
-                result = run_task(spec, worker=self.name)
-            captured = list(out.items())
-        else:
-            result = run_task(spec, worker=self.name)
+        if self.slot is not None and entry is not None:
+            self._current = (*entry, spec)
+            self.slot.value = json.dumps(
+                {"stream": entry[0], "entry": entry[1].decode(), "attempt": spec.attempt}
+            ).encode()
+        try:
+            with watch(spec, self._on_timeout) if self.slot is not None else nullcontext():
+                if capture and self.capture_output:
+                    with capture_output() as out:
+                        result = run_task(spec, worker=self.name)
+                    captured = list(out.items())
+                else:
+                    result = run_task(spec, worker=self.name)
+        finally:
+            if self.slot is not None:
+                self.slot.value = b""
+                self._current = None
         split = spec.split
         if (
             not result.ok
@@ -595,6 +634,48 @@ class RedisWorker:
             )
             result = dataclasses.replace(result, failure=failure)
         return result, captured
+
+    def _on_timeout(self, failure: TaskFailure) -> None:
+        """The watchdog's verdict on the attempt in hand (its thread): report it as failed, then end
+        this process (its group too: user grandchildren), which the supervisor replaces."""
+        current = self._current
+        try:
+            self._flush()  # results of earlier entries of the batch, so they are not lost with us
+            if current is not None:
+                self.report_failure(*current, failure)
+        except Exception as exc:  # Redis gone: the entry's lease expires and it is retried as lost
+            print(f"mrkit worker {self.name}: could not report a timed-out task: {exc}", file=sys.__stderr__)
+        finally:
+            if self.slot is not None:
+                self.slot.value = b""  # reported: the supervisor must not report it again
+            end_process()
+
+    def report_failure(
+        self,
+        stream: str,
+        entry_id: bytes,
+        header: dict[str, Any],
+        fields: dict[bytes, bytes],
+        spec: TaskSpec,
+        failure: TaskFailure,
+    ) -> None:
+        """Report the attempt ``spec`` of ``entry_id`` as failed with ``failure`` (a timeout, or a
+        crash seen by the supervisor), exactly as if ``run_task`` had returned it: it counts against
+        ``max_attempts``. Works from another thread or process than the one that ran it."""
+        if header.get("reply"):
+            result = TaskResult(
+                task_id=spec.task_id, attempt=spec.attempt, ok=False, worker=self.name, failure=failure
+            )
+            fields_out = pack(self.secret, {"sids": [int(header.get("sid", 0))]}, result.encode())
+            pipe = self.client.pipeline(transaction=False)
+            pipe.xadd(str(header["reply"]), fields_out, nomkstream=True)
+            pipe.xack(stream, GROUP, entry_id)
+            pipe.execute(raise_on_error=False)
+        else:
+            from mrkit.coordination import redis_jobs
+
+            redis_jobs.fail_attempt(self, stream, entry_id, fields, spec, failure)
+        self.done_with(stream, entry_id)
 
     @staticmethod
     def is_infrastructure_failure(failure: TaskFailure) -> bool:
@@ -669,7 +750,8 @@ class RedisWorker:
                 for stream, ids in held.items():
                     queue = self.queues.get(stream)
                     if (
-                        queue is not None
+                        self.slot is None  # a supervisor's task process: its watchdog ends the task
+                        and queue is not None
                         and queue.task_timeout_ms
                         and running is not None
                         and running[0] == stream
@@ -723,11 +805,21 @@ def serve(
     name: str | None = None,
     secret_file: str | None = None,
 ) -> None:
-    """Run ``concurrency`` worker processes on the Redis at ``url`` until stopped (or drained in burst mode).
+    """Run a supervisor of ``concurrency`` task processes on the Redis at ``url`` until stopped (or
+    drained in burst mode).
+
+    Each task process is one consumer (a :class:`RedisWorker`) and a process group leader. The
+    supervisor replaces a task process that died: one whose attempt timed out (its watchdog reported
+    it, then ended the process and its group), one whose user code ended it (``os._exit``, a signal),
+    or one killed from outside. In the second case the supervisor reports the attempt it held (read
+    from a shared slot the process writes before each attempt) as a failed attempt naming the exit
+    code or signal, at once, so that a poison task uses up ``max_attempts`` in seconds; a process
+    killed with SIGKILL from outside is a lost worker instead. Either way the entries the dead
+    process still held are handed back for immediate reclaim, not left to their lease.
 
     Args:
         url: ``redis://[[user]:password@]host:port/db`` or ``rediss://…``.
-        concurrency: worker processes (default: every core); 1 runs in this process.
+        concurrency: task processes (default: every core).
         burst: exit when no work is left.
         name: worker name shown in ``mrkit status`` (default ``host:pid``; ``name/i`` for several).
         secret_file: file holding the shared secret (else ``MRKIT_SECRET``).
@@ -741,44 +833,138 @@ def serve(
     secret = resolve_secret(url, secret_file)
     _check_connection(url)
     concurrency = concurrency or os.cpu_count() or 1
-    if concurrency == 1:
-        _serve_one(url, name, burst, secret)
-        return
     base = name or f"{socket.gethostname()}:{os.getpid()}"
-    # fork: the children need nothing but this module, and no thread has started yet in this process.
-    ctx: Any = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    parent = os.getpid()
-    children = [
-        ctx.Process(target=_serve_one, args=(url, f"{base}/{i}", burst, secret, parent), daemon=False)
-        for i in range(concurrency)
-    ]
-    for child in children:
+    names = [base] if concurrency == 1 else [f"{base}/{i}" for i in range(concurrency)]
+    Supervisor(url, names, burst, secret).run()
+
+
+class Supervisor:
+    """The ``mrkit worker`` process: starts, watches and replaces its task processes (:func:`serve`)."""
+
+    RESTART_PAUSE = 0.5  # seconds before replacing a process that died within a second of starting
+
+    def __init__(self, url: str, names: list[str], burst: bool, secret: bytes) -> None:
+        self.url, self.names, self.burst, self.secret = url, names, burst, secret
+        # fork: the children need nothing but this module, and the supervisor runs no thread.
+        self.ctx: Any = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        self.slots = [self.ctx.Array("c", SLOT_BYTES, lock=False) for _ in names]
+        self.children: list[Any] = [None] * len(names)
+        self.started = [0.0] * len(names)
+        self.stopping = False
+        self.failed: list[int] = []
+        self._reporter: RedisWorker | None = None
+
+    def _start(self, i: int) -> None:
+        self.slots[i].value = b""
+        child = self.ctx.Process(
+            target=_serve_one,
+            args=(self.url, self.names[i], self.burst, self.secret, os.getpid(), self.slots[i]),
+            daemon=False,
+        )
         child.start()
+        self.children[i], self.started[i] = child, time.monotonic()
 
-    def forward(signum: int, _frame: Any) -> None:
-        # Always SIGTERM: the children ignore SIGINT, because a terminal's Ctrl-C reaches the whole
-        # process group, and each child must see one request to stop per Ctrl-C, not two (a second
-        # request means "stop now", which would abandon the task in hand).
-        for child in children:
-            if child.pid is not None and child.is_alive():
-                os.kill(child.pid, signal.SIGTERM)
+    def run(self) -> None:
+        for i in range(len(self.names)):
+            self._start(i)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+        def forward(signum: int, _frame: Any) -> None:
+            # Always SIGTERM: the children ignore SIGINT (and are group leaders, so a terminal's
+            # Ctrl-C does not reach them): each sees one request to stop per Ctrl-C, not two (a
+            # second one means "stop now", which would abandon the task in hand).
+            self.stopping = True
+            for child in self.children:
+                if child is not None and child.pid is not None and child.is_alive():
+                    os.kill(child.pid, signal.SIGTERM)
+
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while any(child is not None for child in self.children):
+                time.sleep(0.1)
+                for i, child in enumerate(self.children):
+                    if child is not None and not child.is_alive():
+                        child.join()
+                        self._ended(i, child.exitcode)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if self.failed:
+            raise StorageError(
+                f"{len(self.failed)} of {len(self.names)} worker processes failed (exit codes {self.failed})"
+            )
+
+    def _ended(self, i: int, code: int) -> None:
+        """Task process ``i`` exited with ``code`` (negative: killed by that signal)."""
+        held = self.slots[i].value
+        self.slots[i].value = b""
+        self.children[i] = None
+        if not held and code >= 0:
+            if code:  # the worker itself failed (Redis unreachable in burst mode, say): no restart
+                self.failed.append(code)
+            return
+        try:
+            if held and code != -signal.SIGKILL:
+                self._report_crash(self.names[i], json.loads(held), code)
+            self._hand_back(self.names[i])
+        except Exception as exc:  # Redis unreachable: the leases expire and others reclaim
+            print(f"mrkit worker {self.names[i]}: could not report its end: {exc}", file=sys.__stderr__)
+        print(f"mrkit worker {self.names[i]}: task process {_describe_exit(code)}", file=sys.__stderr__)
+        if self.stopping:
+            return
+        if time.monotonic() - self.started[i] < 1.0:
+            time.sleep(self.RESTART_PAUSE)  # a process that dies at once must not spin
+            if self.stopping:  # asked to stop meanwhile
+                return
+        self._start(i)
+
+    def _worker(self, name: str) -> RedisWorker:
+        if self._reporter is None:
+            self._reporter = RedisWorker(self.url, name=name, secret=self.secret, capture_output=False)
+        self._reporter.name = name
+        return self._reporter
+
+    def _report_crash(self, name: str, held: dict[str, Any], code: int) -> None:
+        """Report the attempt a dead task process held as failed, naming how the process ended."""
+        worker = self._worker(name)
+        stream, entry_id = str(held["stream"]), str(held["entry"]).encode()
+        found = worker.client.xrange(stream, entry_id, entry_id)
+        if not found:
+            return  # acked and trimmed meanwhile: nothing to report
+        fields = found[0][1]
+        header, body = unpack(self.secret, fields, f"entry {entry_id.decode()} of {stream}")
+        spec = dataclasses.replace(TaskSpec.decode(body), attempt=int(held["attempt"]))
+        worker.report_failure(stream, entry_id, header, fields, spec, crash_failure(_describe_exit(code)))
+
+    def _hand_back(self, name: str) -> None:
+        """Make every entry still pending for consumer ``name`` reclaimable at once (it is dead)."""
+        client = self._worker(name).client
+        for raw in client.zrangebyscore(QUEUES, now_ms(), "+inf"):
+            stream = raw.decode()
+            pending = client.xpending_range(stream, GROUP, min="-", max="+", count=1000, consumername=name)
+            ids = [entry["message_id"] for entry in pending]
+            if ids:
+                client.xclaim(stream, GROUP, name, 0, ids, idle=HANDBACK_IDLE_MS, justid=True)
+
+
+def _describe_exit(code: int) -> str:
+    """``exit code 3`` or ``killed by signal 11 (SIGSEGV)``."""
+    if code >= 0:
+        return f"exit code {code}"
     try:
-        for child in children:
-            child.join()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    failed = [c.exitcode for c in children if c.exitcode]
-    if failed:
-        raise StorageError(f"{len(failed)} of {concurrency} worker processes failed (exit codes {failed})")
+        signame = signal.Signals(-code).name
+    except ValueError:
+        signame = "unknown"
+    return f"killed by signal {-code} ({signame})"
 
 
-def _serve_one(url: str, name: str | None, burst: bool, secret: bytes, parent: int | None = None) -> None:
-    """One worker in this process; ``parent``: the pid of the pool process that started it, if any."""
+def _serve_one(
+    url: str, name: str | None, burst: bool, secret: bytes, parent: int | None = None, slot: Any = None
+) -> None:
+    """One worker in this process; ``parent``: the pid of the supervisor that started it, if any."""
+    if slot is not None and hasattr(os, "setpgrp"):
+        os.setpgrp()  # a group leader: ending it after a timeout ends the user's grandchildren too
     install_capture()
-    worker = RedisWorker(url, name=name, burst=burst, secret=secret)
+    worker = RedisWorker(url, name=name, burst=burst, secret=secret, slot=slot)
 
     def on_signal(signum: int, _frame: Any) -> None:
         if worker._stop.is_set():
@@ -790,7 +976,7 @@ def _serve_one(url: str, name: str | None, burst: bool, secret: bytes, parent: i
     if parent is None:
         signal.signal(signal.SIGINT, on_signal)
     else:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the pool forwards Ctrl-C as one SIGTERM
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor forwards Ctrl-C as one SIGTERM
         threading.Thread(
             target=_watch_parent, args=(worker, parent), name="mrkit-parent", daemon=True
         ).start()
