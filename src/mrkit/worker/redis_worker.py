@@ -287,6 +287,7 @@ class RedisWorker:
         self._inflight: dict[str, set[bytes]] = {}
         self._inflight_lock = threading.Lock()
         self._running: tuple[str, bytes, float] | None = None  # the job entry being run, since when
+        self._in_task = False  # an entry's task is running (blocking or job)
         self._heartbeat = self.client.register_script(_HEARTBEAT)
         self._requeue = self.client.register_script(_REQUEUE)
         from mrkit.coordination.redis_jobs import SCRIPTS
@@ -529,6 +530,25 @@ class RedisWorker:
             self.reject(stream, entry_id, str(exc))
             return
         self.tasks_done += 1
+        self._in_task = True
+        try:
+            self._run_entry(stream, entry_id, fields, header, body, reclaimed)
+        finally:
+            self._in_task = False
+
+    def _running_task(self) -> bool:
+        """True while an entry's task runs in this process (a second stop signal then abandons it)."""
+        return self._in_task
+
+    def _run_entry(
+        self,
+        stream: str,
+        entry_id: bytes,
+        fields: dict[bytes, bytes],
+        header: dict[str, Any],
+        body: bytes,
+        reclaimed: bool,
+    ) -> None:
         queue = self.queues.get(stream)
         if header.get("reply"):
             self._run_blocking(stream, entry_id, header, body)
@@ -966,10 +986,17 @@ def _serve_one(
     install_capture()
     worker = RedisWorker(url, name=name, burst=burst, secret=secret, slot=slot)
 
+    signals = 0
+
     def on_signal(signum: int, _frame: Any) -> None:
-        if worker._stop.is_set():
-            raise KeyboardInterrupt  # a second signal: stop now
-        print(f"mrkit worker {worker.name}: stopping after the current task", file=sys.__stderr__)
+        nonlocal signals
+        signals += 1
+        if signals > 1 and worker._running_task():
+            raise KeyboardInterrupt  # a second signal while a task runs: stop now, abandoning it
+        if signals == 1:
+            print(f"mrkit worker {worker.name}: stopping after the current task", file=sys.__stderr__)
+        # A stop already under way (a burst worker that drained, a parent gone) needs nothing more:
+        # raising here would turn a clean exit into a traceback and exit status 1.
         worker.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
