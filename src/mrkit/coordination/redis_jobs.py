@@ -66,7 +66,18 @@ from mrkit.errors import (
     JobFailed,
     StorageError,
 )
-from mrkit.execution.redis_streams import DEAD, GROUP, JOBS, QUEUES, key, now_ms, pack, resolve_secret, unpack
+from mrkit.execution.redis_streams import (
+    DEAD,
+    GROUP,
+    JOBS,
+    QUEUES,
+    WORKER_GONE_MS,
+    key,
+    now_ms,
+    pack,
+    resolve_secret,
+    unpack,
+)
 from mrkit.model import layout
 from mrkit.model.task import TaskFailure, TaskKind, TaskSpec
 from mrkit.storage import open_storage
@@ -464,7 +475,10 @@ def _run_task(
         return
     max_attempts, max_lost = int(state[1]), int(state[2])
     if reclaimed:
-        reason = f"its lease of {lease_ms / 1000:g}s expired: the worker died, hung or lost Redis"
+        reason = (
+            f"its lease of {lease_ms / 1000:g}s expired, or its worker sent no liveness beat for "
+            f"{WORKER_GONE_MS / 1000:g}s: the worker died, hung or lost Redis"
+        )
         if float(state[4] or 0):
             reason += f", or the attempt ran longer than task_timeout={float(state[4]):g}s"
         outcome = worker.scripts["lost"](
