@@ -18,6 +18,12 @@ URLs: ``redis://[[user]:password@]host:port/db`` or ``rediss://…`` (TLS), plus
 options (``?ssl_cert_reqs=none``…). mrkit's own options (``lease``, ``ttl``; see docs/redis.md) may
 appear in the query too; they are removed before the URL reaches redis-py.
 :func:`connect` shares one connection pool per URL per process (redis-py re-creates it after a fork).
+The pool is bounded (``MAX_CONNECTIONS`` per process, or redis-py's ``?max_connections=N`` in the
+URL) and *blocking*: a thread that finds every connection in use waits for one (up to
+``POOL_WAIT`` seconds) instead of opening one more, so a process running 100 submissions or
+executors in threads holds at most ``MAX_CONNECTIONS`` connections, never one per thread, and never
+fails with "Too many connections". No mrkit command holds a connection for more than about a
+second (blocking reads are bounded), so waiters get one quickly.
 Its connections time out (``SOCKET_TIMEOUT``, or ``?socket_timeout=S`` in the URL): no mrkit command
 blocks in Redis for more than a second, so a reply that does not come means Redis hung or the network
 dropped the connection without a word, and waiting for it would hang the worker or the driver forever.
@@ -42,6 +48,8 @@ _BLOCK = 1 << 20  # later GETRANGEs: one block per open run keeps a k-way merge'
 MRKIT_OPTIONS = ("lease", "ttl")  # query options that belong to mrkit, not redis-py
 SOCKET_TIMEOUT = 60.0  # seconds without a reply before a command fails (redis.TimeoutError)
 CONNECT_TIMEOUT = 10.0
+MAX_CONNECTIONS = 32  # per URL per process: far below Redis's maxclients (10000 by default)
+POOL_WAIT = 60.0  # seconds a thread may wait for a free connection before redis.ConnectionError
 
 _CLIENTS: dict[str, Any] = {}
 _CLIENTS_LOCK = threading.Lock()
@@ -139,13 +147,17 @@ def connect(url: str) -> Any:
             # health_check_interval: a connection idle in the pool for 30 s is PINGed before use, so a
             # Redis restart surfaces as one reconnect instead of an error on the first command.
             # Timeouts and keepalive: see the module docstring (the URL's own values win).
-            client = _CLIENTS[clean] = _redis().Redis.from_url(
+            redis = _redis()
+            pool = redis.BlockingConnectionPool.from_url(
                 clean,
+                max_connections=MAX_CONNECTIONS,
+                timeout=POOL_WAIT,
                 health_check_interval=30,
                 socket_timeout=SOCKET_TIMEOUT,
                 socket_connect_timeout=CONNECT_TIMEOUT,
                 socket_keepalive=True,
             )
+            client = _CLIENTS[clean] = redis.Redis(connection_pool=pool)
         return client
 
 
