@@ -54,6 +54,7 @@ import re
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from mrkit.coordination.handle import JobHandle
@@ -938,8 +939,38 @@ def job_status(client: Any, job_id: str, url: str) -> dict[str, Any]:
     return status
 
 
+@contextmanager
+def reaching(url: str) -> Iterator[None]:
+    """Turn a lost or refused connection to the Redis at ``url`` into one sentence naming it.
+
+    Raises:
+        StorageError: Redis cannot be reached, or refused the credentials.
+    """
+    import redis
+
+    try:
+        yield
+    except redis.AuthenticationError as exc:
+        raise StorageError(f"Redis at {redact(url)} refused the credentials: {exc}") from None
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise StorageError(f"cannot reach Redis at {redact(url)}: {exc}") from None
+    except redis.ResponseError as exc:
+        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc) or "NOPERM" in str(exc):
+            raise StorageError(f"Redis at {redact(url)} refused the credentials: {exc}") from None
+        raise
+
+
 def list_jobs(url: str, limit: int = 100) -> list[dict[str, Any]]:
-    """Status of the newest ``limit`` jobs of the Redis at ``url``; forgets jobs whose keys expired."""
+    """Status of the newest ``limit`` jobs of the Redis at ``url``; forgets jobs whose keys expired.
+
+    Raises:
+        StorageError: Redis cannot be reached (one sentence naming it).
+    """
+    with reaching(url):
+        return _list_jobs(url, limit)
+
+
+def _list_jobs(url: str, limit: int) -> list[dict[str, Any]]:
     client = connect(url)
     ids = [i.decode() for i in client.zrevrange(JOBS, 0, limit - 1)]
     out, gone = [], []
@@ -980,8 +1011,13 @@ class RedisJobHandle(JobHandle):
         self._refusals_checked = 0  # the job's ``refused`` count when its refusals were last read
 
     def status(self) -> dict[str, Any]:
-        """See :func:`job_status`."""
-        return job_status(self.client, self.id, self.url)
+        """See :func:`job_status`.
+
+        Raises:
+            StorageError: Redis cannot be reached (one sentence naming it).
+        """
+        with reaching(self.url):
+            return job_status(self.client, self.id, self.url)
 
     def wait(self, timeout: float | None = None) -> Any:
         """Block until the job ends and return its :class:`mrkit.Result`.
@@ -1085,10 +1121,19 @@ class RedisJobHandle(JobHandle):
 
         Tasks already running finish, but nothing they do counts; intermediate data is deleted.
         """
-        return cancel_job(self.client, self.id)
+        with reaching(self.url):
+            return cancel_job(self.client, self.id)
 
     def logs(self, follow: bool = False) -> Iterator[str]:
-        """Yield the job's log lines; with ``follow``, keep yielding new ones until the job ends."""
+        """Yield the job's log lines; with ``follow``, keep yielding new ones until the job ends.
+
+        Raises:
+            StorageError: Redis cannot be reached (one sentence naming it).
+        """
+        with reaching(self.url):
+            yield from self._logs(follow)
+
+    def _logs(self, follow: bool) -> Iterator[str]:
         last = b"-"
         while True:
             batch = self.client.xrange(self.keys.logs, min=last, max="+", count=1000)

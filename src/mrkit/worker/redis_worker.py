@@ -1080,11 +1080,12 @@ def _watch_parent(worker: RedisWorker, parent: int) -> None:
 
 
 def _check_connection(url: str) -> None:
+    client = connect(url)  # first: MissingExtra (pip install 'mrkit[redis]') if redis-py is missing
     import redis
 
     parsed = RedisURL.parse(url)
     try:
-        connect(url).ping()
+        client.ping()
     except redis.AuthenticationError as exc:
         raise ConfigError(f"Redis at {redact(parsed.url)} refused the credentials: {exc}") from None
     except redis.ResponseError as exc:
