@@ -151,12 +151,20 @@ return {'run', tostring(n)}
 """
 
 # KEYS: state, tasks stream, queues. ARGV: group, entry id (or ''), final state, counters, error, now.
-# Ends a running job (done, failed or cancelled); returns 0 when it had already ended.
+# Ends a running job (done, failed or cancelled); returns 0 when it had already ended. A cancelled job
+# keeps the phase it stopped in, and its error names it, as the in-process driver's JobCancelled does.
 _END = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return -1 end
 if ARGV[2] ~= '' then redis.call('XACK', KEYS[2], ARGV[1], ARGV[2]) end
 if state ~= 'running' then return 0 end
+if ARGV[3] == 'cancelled' then
+  local phase = redis.call('HGET', KEYS[1], 'phase') or 'map'
+  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'counters', ARGV[4], 'ended', ARGV[6],
+             'error', ARGV[5] .. ' during the ' .. phase .. ' phase')
+  redis.call('ZREM', KEYS[3], KEYS[2])
+  return 1
+end
 redis.call('HSET', KEYS[1], 'state', ARGV[3], 'phase', ARGV[3], 'counters', ARGV[4], 'ended', ARGV[6])
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end
 redis.call('ZREM', KEYS[3], KEYS[2])
@@ -466,6 +474,12 @@ def _run_task(
         return
     if state[0] != b"running" or already:
         client.xack(k.tasks, GROUP, entry_id)  # ended, or a duplicate of a committed task
+        if state[0] != b"running":
+            # The job ended (cancelled, or failed) since this entry was read ahead: drop it unrun, and
+            # stop reading its stream now rather than at the worker's next look at mrkit:queues.
+            worker.queues.pop(k.tasks, None)
+        if state[0] == b"cancelled":
+            log_event(client, k.job, spec.task_id, 0, worker.name, "event", "dropped: the job was cancelled")
         return
     if spec.kind is TaskKind.REDUCE and state[3] == b"map":
         # The reduce entries are enqueued by the script that records the last map commit, atomically
@@ -1168,6 +1182,11 @@ def fail_job(client: Any, job_id: str, message: str) -> bool:
 def cancel_job(client: Any, job_id: str) -> bool:
     """Mark ``job_id`` cancelled if it is running, then delete its intermediate data.
 
+    The job keeps its phase (``map``, ``reduce`` or ``publish``), and its error says where it stopped
+    (``job ID was cancelled during the map phase``). Entries workers had read ahead are dropped
+    unrun when they reach them (logged ``dropped: the job was cancelled``); a task already running
+    finishes, and its result is discarded.
+
     Returns:
         True when this call cancelled it; False when it had already ended.
 
@@ -1186,8 +1205,9 @@ def _end_from_outside(client: Any, job_id: str, final: str, message: str) -> boo
         verb = "cancel" if final == "cancelled" else "fail"
         raise JobFailed(f"Redis has no job {job_id} to {verb}", job_id=job_id)
     if outcome == 1:
-        log_event(client, job_id, "", 0, "submitter" if final == "failed" else "canceller", "event", message)
         state = {kk.decode(): v.decode() for kk, v in client.hgetall(k.state).items()}
+        who = "submitter" if final == "failed" else "canceller"
+        log_event(client, job_id, "", 0, who, "event", state.get("error", message))
         _cleanup(client, job_id, state, failed=True)
     return outcome == 1
 
