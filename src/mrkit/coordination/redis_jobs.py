@@ -955,7 +955,8 @@ def job_status(client: Any, job_id: str, url: str) -> dict[str, Any]:
 
 @contextmanager
 def reaching(url: str) -> Iterator[None]:
-    """Turn a lost or refused connection to the Redis at ``url`` into one sentence naming it.
+    """Turn a refused connection to the Redis at ``url`` (or refused credentials) into one sentence
+    naming it.
 
     Raises:
         StorageError: Redis cannot be reached, or refused the credentials.
@@ -966,7 +967,8 @@ def reaching(url: str) -> Iterator[None]:
         yield
     except redis.AuthenticationError as exc:
         raise StorageError(f"Redis at {redact(url)} refused the credentials: {exc}") from None
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except redis.ConnectionError as exc:
+        # (Not redis.TimeoutError: a Redis that hangs is reached, and its TimeoutError says so.)
         raise StorageError(f"cannot reach Redis at {redact(url)}: {exc}") from None
     except redis.ResponseError as exc:
         if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc) or "NOPERM" in str(exc):
