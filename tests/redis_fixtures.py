@@ -306,6 +306,39 @@ def stop_worker(proc: subprocess.Popen[str], timeout: float = 30.0) -> str:
     return err
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process descended from it, parents first (read from /proc; Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop(0)
+        out.append(current)
+        todo.extend(children.get(current, []))
+    return out
+
+
+def kill_fleet(proc: subprocess.Popen[str]) -> int:
+    """SIGKILL a ``mrkit worker`` and all its task processes by PID, supervisor first, as abruptly as
+    a lost machine: nobody is left to hand anything back. Returns how many processes were killed."""
+    pids = process_tree(proc.pid)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=10)
+    return len(pids)
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
     """Poll ``predicate`` until it returns something truthy (returned); fail after ``timeout``.
 

@@ -21,15 +21,20 @@ from typing import Any
 
 import click
 
-from mrkit.cli.options import apply_storage_options, parse_params, run_options
+from mrkit.cli.options import apply_storage_options, parse_params, redis_password_option, run_options
 from mrkit.errors import ConfigError, JobFailed
 
-_EXECUTOR = click.option(
+_EXECUTOR_OPTION = click.option(
     "--executor",
     envvar="MRKIT_EXECUTOR",
     required=True,
     help="The asynchronous executor the job was submitted to (redis://…).",
 )
+
+
+def _EXECUTOR(fn: Any) -> Any:
+    """``--executor`` and ``--redis-password-file`` (a redis:// executor's password, out of argv)."""
+    return redis_password_option(_EXECUTOR_OPTION(fn))
 
 
 def _executor(name: str) -> Any:

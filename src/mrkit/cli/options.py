@@ -45,6 +45,34 @@ def apply_storage_options(raw: str | None) -> None:
     os.environ["MRKIT_STORAGE_OPTIONS"] = raw
 
 
+def _apply_redis_password_file(_ctx: click.Context, _param: click.Parameter, path: str | None) -> None:
+    if path is not None:
+        from mrkit.storage.redis import PASSWORD_ENV, read_password_file
+
+        # The environment, not argv: this process and every worker process it starts read it, and
+        # `ps` shows none of it.
+        try:
+            os.environ[PASSWORD_ENV] = read_password_file(path)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+
+def redis_password_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a command with ``--redis-password-file PATH`` (also ``$MRKIT_REDIS_PASSWORD_FILE``):
+    the Redis password is read from the file into ``MRKIT_REDIS_PASSWORD`` before the command runs,
+    so it never appears on a command line. Commands see no extra argument."""
+    return click.option(
+        "--redis-password-file",
+        type=click.Path(dir_okay=False),
+        default=None,
+        envvar="MRKIT_REDIS_PASSWORD_FILE",
+        expose_value=False,
+        callback=_apply_redis_password_file,
+        help="File holding the Redis password (else $MRKIT_REDIS_PASSWORD; $MRKIT_REDIS_USERNAME "
+        "for an ACL user), instead of a password in the redis:// URL.",
+    )(fn)
+
+
 def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Decorate a command with the options of ``mrkit.run``."""
     options = [
@@ -116,4 +144,4 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     ]
     for option in reversed(options):
         fn = option(fn)
-    return fn
+    return redis_password_option(fn)

@@ -1,6 +1,6 @@
 """``mrkit worker``: start a worker of the Redis fleet or an HTTP worker.
 
-    mrkit worker redis://[:password@]host:port/db [--concurrency K] [--burst] [--name N]
+    mrkit worker redis://host:port/db [--concurrency K] [--burst] [--name N] [--redis-password-file F]
     mrkit worker http [--port P] [--bind 127.0.0.1] [--secret-file F]
 
 The backends are imported only for the kind asked for; each provides ``serve(...)``.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import click
 
+from mrkit.cli.options import redis_password_option
 from mrkit.errors import ConfigError
 
 
@@ -29,6 +30,7 @@ from mrkit.errors import ConfigError
     envvar="MRKIT_SECRET_FILE",
     help="File holding the shared secret (else $MRKIT_SECRET).",
 )
+@redis_password_option
 def worker(
     target: str,
     concurrency: int | None,

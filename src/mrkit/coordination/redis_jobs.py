@@ -54,6 +54,7 @@ import re
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from mrkit.coordination.handle import JobHandle
@@ -66,7 +67,18 @@ from mrkit.errors import (
     JobFailed,
     StorageError,
 )
-from mrkit.execution.redis_streams import DEAD, GROUP, JOBS, QUEUES, key, now_ms, pack, resolve_secret, unpack
+from mrkit.execution.redis_streams import (
+    DEAD,
+    GROUP,
+    JOBS,
+    QUEUES,
+    WORKER_GONE_MS,
+    key,
+    now_ms,
+    pack,
+    resolve_secret,
+    unpack,
+)
 from mrkit.model import layout
 from mrkit.model.task import TaskFailure, TaskKind, TaskSpec
 from mrkit.storage import open_storage
@@ -139,12 +151,20 @@ return {'run', tostring(n)}
 """
 
 # KEYS: state, tasks stream, queues. ARGV: group, entry id (or ''), final state, counters, error, now.
-# Ends a running job (done, failed or cancelled); returns 0 when it had already ended.
+# Ends a running job (done, failed or cancelled); returns 0 when it had already ended. A cancelled job
+# keeps the phase it stopped in, and its error names it, as the in-process driver's JobCancelled does.
 _END = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return -1 end
 if ARGV[2] ~= '' then redis.call('XACK', KEYS[2], ARGV[1], ARGV[2]) end
 if state ~= 'running' then return 0 end
+if ARGV[3] == 'cancelled' then
+  local phase = redis.call('HGET', KEYS[1], 'phase') or 'map'
+  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'counters', ARGV[4], 'ended', ARGV[6],
+             'error', ARGV[5] .. ' during the ' .. phase .. ' phase')
+  redis.call('ZREM', KEYS[3], KEYS[2])
+  return 1
+end
 redis.call('HSET', KEYS[1], 'state', ARGV[3], 'phase', ARGV[3], 'counters', ARGV[4], 'ended', ARGV[6])
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end
 redis.call('ZREM', KEYS[3], KEYS[2])
@@ -454,6 +474,12 @@ def _run_task(
         return
     if state[0] != b"running" or already:
         client.xack(k.tasks, GROUP, entry_id)  # ended, or a duplicate of a committed task
+        if state[0] != b"running":
+            # The job ended (cancelled, or failed) since this entry was read ahead: drop it unrun, and
+            # stop reading its stream now rather than at the worker's next look at mrkit:queues.
+            worker.queues.pop(k.tasks, None)
+        if state[0] == b"cancelled":
+            log_event(client, k.job, spec.task_id, 0, worker.name, "event", "dropped: the job was cancelled")
         return
     if spec.kind is TaskKind.REDUCE and state[3] == b"map":
         # The reduce entries are enqueued by the script that records the last map commit, atomically
@@ -464,7 +490,10 @@ def _run_task(
         return
     max_attempts, max_lost = int(state[1]), int(state[2])
     if reclaimed:
-        reason = f"its lease of {lease_ms / 1000:g}s expired: the worker died, hung or lost Redis"
+        reason = (
+            f"its lease of {lease_ms / 1000:g}s expired, or its worker sent no liveness beat for "
+            f"{WORKER_GONE_MS / 1000:g}s: the worker died, hung or lost Redis"
+        )
         if float(state[4] or 0):
             reason += f", or the attempt ran longer than task_timeout={float(state[4]):g}s"
         outcome = worker.scripts["lost"](
@@ -924,8 +953,40 @@ def job_status(client: Any, job_id: str, url: str) -> dict[str, Any]:
     return status
 
 
+@contextmanager
+def reaching(url: str) -> Iterator[None]:
+    """Turn a refused connection to the Redis at ``url`` (or refused credentials) into one sentence
+    naming it.
+
+    Raises:
+        StorageError: Redis cannot be reached, or refused the credentials.
+    """
+    import redis
+
+    try:
+        yield
+    except redis.AuthenticationError as exc:
+        raise StorageError(f"Redis at {redact(url)} refused the credentials: {exc}") from None
+    except redis.ConnectionError as exc:
+        # (Not redis.TimeoutError: a Redis that hangs is reached, and its TimeoutError says so.)
+        raise StorageError(f"cannot reach Redis at {redact(url)}: {exc}") from None
+    except redis.ResponseError as exc:
+        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc) or "NOPERM" in str(exc):
+            raise StorageError(f"Redis at {redact(url)} refused the credentials: {exc}") from None
+        raise
+
+
 def list_jobs(url: str, limit: int = 100) -> list[dict[str, Any]]:
-    """Status of the newest ``limit`` jobs of the Redis at ``url``; forgets jobs whose keys expired."""
+    """Status of the newest ``limit`` jobs of the Redis at ``url``; forgets jobs whose keys expired.
+
+    Raises:
+        StorageError: Redis cannot be reached (one sentence naming it).
+    """
+    with reaching(url):
+        return _list_jobs(url, limit)
+
+
+def _list_jobs(url: str, limit: int) -> list[dict[str, Any]]:
     client = connect(url)
     ids = [i.decode() for i in client.zrevrange(JOBS, 0, limit - 1)]
     out, gone = [], []
@@ -966,8 +1027,13 @@ class RedisJobHandle(JobHandle):
         self._refusals_checked = 0  # the job's ``refused`` count when its refusals were last read
 
     def status(self) -> dict[str, Any]:
-        """See :func:`job_status`."""
-        return job_status(self.client, self.id, self.url)
+        """See :func:`job_status`.
+
+        Raises:
+            StorageError: Redis cannot be reached (one sentence naming it).
+        """
+        with reaching(self.url):
+            return job_status(self.client, self.id, self.url)
 
     def wait(self, timeout: float | None = None) -> Any:
         """Block until the job ends and return its :class:`mrkit.Result`.
@@ -1071,10 +1137,19 @@ class RedisJobHandle(JobHandle):
 
         Tasks already running finish, but nothing they do counts; intermediate data is deleted.
         """
-        return cancel_job(self.client, self.id)
+        with reaching(self.url):
+            return cancel_job(self.client, self.id)
 
     def logs(self, follow: bool = False) -> Iterator[str]:
-        """Yield the job's log lines; with ``follow``, keep yielding new ones until the job ends."""
+        """Yield the job's log lines; with ``follow``, keep yielding new ones until the job ends.
+
+        Raises:
+            StorageError: Redis cannot be reached (one sentence naming it).
+        """
+        with reaching(self.url):
+            yield from self._logs(follow)
+
+    def _logs(self, follow: bool) -> Iterator[str]:
         last = b"-"
         while True:
             batch = self.client.xrange(self.keys.logs, min=last, max="+", count=1000)
@@ -1109,6 +1184,11 @@ def fail_job(client: Any, job_id: str, message: str) -> bool:
 def cancel_job(client: Any, job_id: str) -> bool:
     """Mark ``job_id`` cancelled if it is running, then delete its intermediate data.
 
+    The job keeps its phase (``map``, ``reduce`` or ``publish``), and its error says where it stopped
+    (``job ID was cancelled during the map phase``). Entries workers had read ahead are dropped
+    unrun when they reach them (logged ``dropped: the job was cancelled``); a task already running
+    finishes, and its result is discarded.
+
     Returns:
         True when this call cancelled it; False when it had already ended.
 
@@ -1127,8 +1207,9 @@ def _end_from_outside(client: Any, job_id: str, final: str, message: str) -> boo
         verb = "cancel" if final == "cancelled" else "fail"
         raise JobFailed(f"Redis has no job {job_id} to {verb}", job_id=job_id)
     if outcome == 1:
-        log_event(client, job_id, "", 0, "submitter" if final == "failed" else "canceller", "event", message)
         state = {kk.decode(): v.decode() for kk, v in client.hgetall(k.state).items()}
+        who = "submitter" if final == "failed" else "canceller"
+        log_event(client, job_id, "", 0, who, "event", state.get("error", message))
         _cleanup(client, job_id, state, failed=True)
     return outcome == 1
 

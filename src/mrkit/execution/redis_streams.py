@@ -14,12 +14,17 @@ Two ways to use the fleet, one wire protocol (docs/redis.md has the key scheme a
   hands the whole plan to the fleet (:mod:`mrkit.coordination.redis_jobs`), which advances it
   without the submitter.
 
-Leases (blocking mode): a worker heartbeats the entries it holds; an entry idle longer than the lease
-(``?lease=SECONDS`` in the URL, default 30) belonged to a worker that died, hung or lost Redis. The
-executor claims it (``XAUTOCLAIM``), acks it and fails its future with :class:`WorkerLost`, so the
-driver retries it as a new attempt under new keys — never the same attempt twice, so a zombie that
-finishes late only loses the first-writer-wins commit, and its late result is ignored (futures are
-resolved once, by submission number).
+Leases (blocking mode): a worker heartbeats the entries it holds, and beats its own liveness in
+``mrkit:workers`` every ``WORKER_BEAT`` second (its supervisor beats for it too, so user code holding
+the GIL cannot silence it). Every ``DEPARTURE_CHECK`` second the executor hands back the entries
+held by consumers whose liveness beat is older than ``WORKER_GONE_MS`` (:func:`hand_back_departed`:
+a SIGKILLed fleet, a machine lost, a worker cut off from Redis), so a departed worker is noticed in
+3 to 4 s; an entry idle longer than the lease (``?lease=SECONDS`` in the URL, default 30) is the
+backstop for a worker that is alive but silent. The executor claims such entries (``XAUTOCLAIM``),
+acks them and fails their futures with :class:`WorkerLost`, so the driver retries them as new
+attempts under new keys — never the same attempt twice, so a zombie that finishes late only loses the
+first-writer-wins commit, and its late result is ignored (futures are resolved once, by submission
+number). docs/redis.md has the arithmetic.
 
 Running: a future turns ``running()`` when a worker has taken its entry (the listener reads the
 group's pending entries, ``XPENDING``, every ``RUNNING_POLL`` seconds while some wait), so that the
@@ -71,6 +76,10 @@ SESSION_TTL = 60.0  # a session's keys expire this long after its executor stops
 SESSION_REFRESH = 5.0
 RECONNECT_SECONDS = 60.0  # how long the executor retries a lost Redis before failing every task
 WORKER_ALIVE_MS = 15_000  # a worker whose heartbeat is older than this is not counted as live
+WORKER_BEAT = 0.5  # seconds between two liveness beats of a worker (and of its supervisor for it)
+WORKER_GONE_MS = 3_000  # a consumer without a liveness beat for this long (6 beats) has departed
+DEPARTURE_CHECK = 0.5  # seconds between two looks for departed consumers (per executor / worker)
+HANDBACK_IDLE_MS = 10**12  # "idle forever": the next XAUTOCLAIM takes a handed-back entry at once
 NO_WORKER_NOTICE = 10.0  # seconds tasks wait with no live worker before the executor says so
 RUNNING_POLL = 0.25  # seconds between two looks for entries workers have taken (futures -> running)
 RUNNING_SCAN = 1000  # entries held by workers read per look (workers hold a few each)
@@ -134,6 +143,70 @@ def unpack(secret: bytes, fields: dict[bytes, bytes], what: str) -> tuple[dict[s
     if not isinstance(header, dict):
         raise ValueError(f"{what} has a header that is not a JSON object")
     return header, body
+
+
+# Beat the liveness of the consumers ARGV[1..] in KEYS[1] (mrkit:workers), in Redis's own clock so
+# that hosts whose clocks differ agree on who is alive.
+_BEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 1, #ARGV do redis.call('ZADD', KEYS[1], now, ARGV[i]) end
+return now
+"""
+
+# Hand back the entries of the streams KEYS[2..] held by consumers whose liveness beat in KEYS[1]
+# (mrkit:workers) is older than ARGV[2] ms, or missing: XCLAIM to the same consumer with an idle
+# time of ARGV[3] ms, so that the next XAUTOCLAIM takes them at once. ARGV[1]: the group. Returns
+# the number of entries handed back per stream.
+_DEPARTED = """
+local t = redis.call('TIME')
+local cutoff = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[2])
+local idle = tonumber(ARGV[3])
+local out = {}
+for i = 2, #KEYS do
+  local n = 0
+  local summary = redis.pcall('XPENDING', KEYS[i], ARGV[1])
+  if type(summary) == 'table' and not summary.err and summary[1] > 0 and summary[4] then
+    for _, c in ipairs(summary[4]) do
+      local name = c[1]
+      local seen = redis.call('ZSCORE', KEYS[1], name)
+      if name ~= 'executor' and (not seen or tonumber(seen) < cutoff) then
+        local ids = {}
+        for _, e in ipairs(redis.call('XPENDING', KEYS[i], ARGV[1], '-', '+', 1000, name)) do
+          if e[3] < idle then ids[#ids + 1] = e[1] end
+        end
+        if #ids > 0 then
+          redis.call('XCLAIM', KEYS[i], ARGV[1], name, 0, unpack(ids), 'IDLE', idle, 'JUSTID')
+          n = n + #ids
+        end
+      end
+    end
+  end
+  out[#out + 1] = n
+end
+return out
+"""
+
+
+def beat(client: Any, *names: str) -> None:
+    """Record that the consumers ``names`` are alive now (Redis's clock), in ``mrkit:workers``."""
+    if names:
+        client.register_script(_BEAT)(keys=[WORKERS], args=list(names))
+
+
+def hand_back_departed(client: Any, streams: list[str]) -> list[int]:
+    """Make the entries of ``streams`` held by departed consumers (no liveness beat for
+    ``WORKER_GONE_MS``) reclaimable at once; returns how many were handed back, per stream.
+
+    The entries keep their owner: whoever reclaims them (``XAUTOCLAIM``) counts them as lost, as if
+    their lease had expired. A consumer that was only slow gets its entries taken over like a worker
+    whose lease expired: at-least-once, and only the first commit counts.
+    """
+    if not streams:
+        return []
+    script = client.register_script(_DEPARTED)
+    reply = script(keys=[WORKERS, *streams], args=[GROUP, WORKER_GONE_MS, HANDBACK_IDLE_MS])
+    return [int(n) for n in reply]
 
 
 def live_workers(client: Any) -> int:
@@ -358,6 +431,7 @@ class RedisExecutor(Executor):
         last_dead = b"$"
         next_chores = time.monotonic() + min(self.lease / 2, SESSION_REFRESH)
         next_running = time.monotonic()
+        next_departures = time.monotonic() + DEPARTURE_CHECK
         while not self._closing:
             try:
                 if last_dead == b"$":
@@ -376,6 +450,10 @@ class RedisExecutor(Executor):
                 if time.monotonic() >= next_running:
                     next_running = time.monotonic() + RUNNING_POLL
                     self._mark_running()
+                if time.monotonic() >= next_departures:
+                    next_departures = time.monotonic() + DEPARTURE_CHECK
+                    if self._pending and any(hand_back_departed(self.client, [self.stream])):
+                        self._reclaim(departed=True)  # at once, not at the next chores
                 if time.monotonic() >= next_chores:
                     next_chores = time.monotonic() + min(self.lease / 2, SESSION_REFRESH)
                     try:
@@ -529,7 +607,8 @@ class RedisExecutor(Executor):
             )
             self._idle_since = float("inf")  # once, until a worker shows up
 
-    def _reclaim(self) -> None:
+    def _reclaim(self, departed: bool = False) -> None:
+        """Fail the futures of entries whose lease expired or whose worker departed (WorkerLost)."""
         min_idle = int(self.lease * 1000)
         start: Any = "0-0"
         while True:
@@ -544,11 +623,16 @@ class RedisExecutor(Executor):
                     slot = self._pending.pop(sid, None) if sid is not None else None
                 if slot is not None:
                     spec = slot[1]
+                    why = (
+                        f"sent no liveness beat for {WORKER_GONE_MS / 1000:g}s"
+                        if departed
+                        else f"sent no heartbeat for {self.lease:g}s"
+                    )
                     _settle(
                         slot[0],
                         exc=WorkerLost(
-                            f"the worker running {spec.task_id} (attempt {spec.attempt}) sent no heartbeat "
-                            f"for {self.lease:g}s: it died, hung or lost Redis",
+                            f"the worker running {spec.task_id} (attempt {spec.attempt}) {why}: "
+                            "it died, hung or lost Redis",
                             task_id=spec.task_id,
                             attempt=spec.attempt,
                         ),

@@ -18,6 +18,16 @@ URLs: ``redis://[[user]:password@]host:port/db`` or ``rediss://…`` (TLS), plus
 options (``?ssl_cert_reqs=none``…). mrkit's own options (``lease``, ``ttl``; see docs/redis.md) may
 appear in the query too; they are removed before the URL reaches redis-py.
 :func:`connect` shares one connection pool per URL per process (redis-py re-creates it after a fork).
+Credentials: a password (and ACL user) in the URL is used as it is; otherwise ``MRKIT_REDIS_PASSWORD``
+(and ``MRKIT_REDIS_USERNAME``) supply them, so that the password need not appear in any command
+line (``ps``) nor in any URL mrkit stores or prints (the CLI's ``--redis-password-file`` sets the
+variable for the command and the processes it starts).
+The pool is bounded (``MAX_CONNECTIONS`` per process, or redis-py's ``?max_connections=N`` in the
+URL) and *blocking*: a thread that finds every connection in use waits for one (up to
+``POOL_WAIT`` seconds) instead of opening one more, so a process running 100 submissions or
+executors in threads holds at most ``MAX_CONNECTIONS`` connections, never one per thread, and never
+fails with "Too many connections". No mrkit command holds a connection for more than about a
+second (blocking reads are bounded), so waiters get one quickly.
 Its connections time out (``SOCKET_TIMEOUT``, or ``?socket_timeout=S`` in the URL): no mrkit command
 blocks in Redis for more than a second, so a reply that does not come means Redis hung or the network
 dropped the connection without a word, and waiting for it would hang the worker or the driver forever.
@@ -26,6 +36,7 @@ dropped the connection without a word, and waiting for it would hang the worker 
 from __future__ import annotations
 
 import io
+import os
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -42,8 +53,10 @@ _BLOCK = 1 << 20  # later GETRANGEs: one block per open run keeps a k-way merge'
 MRKIT_OPTIONS = ("lease", "ttl")  # query options that belong to mrkit, not redis-py
 SOCKET_TIMEOUT = 60.0  # seconds without a reply before a command fails (redis.TimeoutError)
 CONNECT_TIMEOUT = 10.0
+MAX_CONNECTIONS = 32  # per URL per process: far below Redis's maxclients (10000 by default)
+POOL_WAIT = 60.0  # seconds a thread may wait for a free connection before redis.ConnectionError
 
-_CLIENTS: dict[str, Any] = {}
+_CLIENTS: dict[tuple[str, str | None, str | None], Any] = {}
 _CLIENTS_LOCK = threading.Lock()
 
 
@@ -122,6 +135,37 @@ def redact(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[-1]}"))
 
 
+PASSWORD_ENV = "MRKIT_REDIS_PASSWORD"
+USERNAME_ENV = "MRKIT_REDIS_USERNAME"
+
+
+def _credentials_from_env() -> dict[str, str]:
+    """``password``/``username`` for redis-py from the environment; a URL's own credentials win
+    (redis-py lets URL components override these keyword arguments)."""
+    found = {}
+    if os.environ.get(PASSWORD_ENV):
+        found["password"] = os.environ[PASSWORD_ENV]
+    if os.environ.get(USERNAME_ENV):
+        found["username"] = os.environ[USERNAME_ENV]
+    return found
+
+
+def read_password_file(path: str) -> str:
+    """The Redis password held in the file ``path`` (one line; surrounding whitespace dropped).
+
+    Raises:
+        ConfigError: the file cannot be read or is empty.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            password = f.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the Redis password file {path}: {exc.strerror or exc}") from None
+    if not password:
+        raise ConfigError(f"the Redis password file {path} is empty")
+    return password
+
+
 def connect(url: str) -> Any:
     """A ``redis.Redis`` client for ``url``, sharing one connection pool per URL in this process.
 
@@ -133,19 +177,26 @@ def connect(url: str) -> Any:
         ConfigError: the URL is not a Redis URL.
     """
     clean = RedisURL.parse(url).url
+    credentials = _credentials_from_env()
+    cache_key = (clean, credentials.get("username"), credentials.get("password"))
     with _CLIENTS_LOCK:
-        client = _CLIENTS.get(clean)
+        client = _CLIENTS.get(cache_key)
         if client is None:
             # health_check_interval: a connection idle in the pool for 30 s is PINGed before use, so a
             # Redis restart surfaces as one reconnect instead of an error on the first command.
             # Timeouts and keepalive: see the module docstring (the URL's own values win).
-            client = _CLIENTS[clean] = _redis().Redis.from_url(
+            redis = _redis()
+            pool = redis.BlockingConnectionPool.from_url(
                 clean,
+                **credentials,
+                max_connections=MAX_CONNECTIONS,
+                timeout=POOL_WAIT,
                 health_check_interval=30,
                 socket_timeout=SOCKET_TIMEOUT,
                 socket_connect_timeout=CONNECT_TIMEOUT,
                 socket_keepalive=True,
             )
+            client = _CLIENTS[cache_key] = redis.Redis(connection_pool=pool)
         return client
 
 

@@ -15,9 +15,12 @@ One worker process is one consumer of the group ``workers`` on every live task s
    and advances the job atomically (the worker hosts the job's coordination; nobody else does).
 4. A heartbeat thread renews the lease of every entry it holds (a Lua script: ``XCLAIM … JUSTID``
    only if ``XPENDING`` says the entry is still ours, so a worker that was presumed dead cannot take
-   an entry back from the worker that reclaimed it). Idle, or every half lease, the worker reclaims
-   asynchronous jobs' entries whose lease expired (``XAUTOCLAIM``); blocking sessions' expired
-   entries are reclaimed by their executor, which retries them as new attempts.
+   an entry back from the worker that reclaimed it), and beats its liveness in ``mrkit:workers``
+   every ``WORKER_BEAT`` (its supervisor beats for it too). Every ``DEPARTURE_CHECK`` it hands back
+   asynchronous jobs' entries held by departed consumers (no beat for ``WORKER_GONE_MS``) and
+   reclaims them at once; idle, or every half lease, it reclaims entries whose lease expired
+   (``XAUTOCLAIM``). Blocking sessions' entries are reclaimed by their executor, which retries them
+   as new attempts.
 
 ``--burst``: exit when no live session exists and every job stream is drained (nothing undelivered,
 nothing pending). SIGTERM/SIGINT: finish the task in hand, hand back the prefetched ones, deregister,
@@ -34,7 +37,7 @@ attempt it writes the entry to a slot shared with the supervisor, which reports 
 (``WorkerCrashed``, naming the exit code or signal) if the process dies under it, then replaces it.
 
 Redis unreachable: the worker retries every second, saying so on stderr; in burst mode it gives up
-after 60 s (exit status 1). Tasks it held are reclaimed by others after their lease.
+after 60 s (exit status 1). Tasks it held are reclaimed by others once its liveness beats stop (3-4 s).
 
 User output of asynchronous tasks (prints to stdout/stderr and ``logging`` records) is captured per
 task, through per-thread proxies installed once, and appended to the job's log stream.
@@ -66,9 +69,14 @@ from mrkit.errors import AuthenticationError, ConfigError, StorageError
 from mrkit.execution.redis_streams import (
     DEAD,
     DEAD_MAXLEN,
+    DEPARTURE_CHECK,
     GROUP,
+    HANDBACK_IDLE_MS,
     QUEUES,
+    WORKER_BEAT,
     WORKERS,
+    beat,
+    hand_back_departed,
     now_ms,
     pack,
     resolve_secret,
@@ -90,7 +98,6 @@ CAPTURE_LIMIT = 64 * 1024  # characters of user output kept per task and stream
 # Exception names that mean Redis itself failed under a task (redis-py's classes).
 _REDIS_FAILURES = {"ConnectionError", "TimeoutError", "BusyLoadingError", "ReadOnlyError", "MasterDownError"}
 SLOT_BYTES = 1024  # the shared slot where a task process names the entry it runs (JSON)
-HANDBACK_IDLE_MS = 10**12  # "idle forever": the next XAUTOCLAIM takes a handed-back entry at once
 
 # Hand back entries of KEYS[1] that consumer ARGV[2] read but did not start: ARGV[3..] are triples
 # (entry id, field p, field s). Each one still ours is acked and added again at the stream's end, so
@@ -282,6 +289,7 @@ class RedisWorker:
         self.tasks_done = 0
         self.job_places: dict[str, tuple[str, str]] = {}  # job -> (storage URL, output URL) of tasks run
         self._queues_at = 0.0
+        self._departures_at = 0.0
         self._count = 1
         self._stop = threading.Event()
         self._inflight: dict[str, set[bytes]] = {}
@@ -315,8 +323,8 @@ class RedisWorker:
         Raises:
             StorageError: burst mode and Redis stayed unreachable for ``BURST_GIVE_UP_SECONDS``.
         """
-        beat = threading.Thread(target=self._heartbeat_loop, name="mrkit-heartbeat", daemon=True)
-        beat.start()
+        beater = threading.Thread(target=self._heartbeat_loop, name="mrkit-heartbeat", daemon=True)
+        beater.start()
         down_since: float | None = None
         try:
             while not self._stop.is_set():
@@ -348,7 +356,7 @@ class RedisWorker:
         finally:
             self._stop.set()
             self._hand_back()
-            beat.join(timeout=2)
+            beater.join(timeout=2)
             try:
                 self.client.zrem(WORKERS, self.name)
             except _redis_errors():
@@ -366,10 +374,11 @@ class RedisWorker:
             self._stop.wait(BLOCK_MS / 1000)
             return True
         entries = self._read()
+        departed = self._departed() if now - self._departures_at >= DEPARTURE_CHECK else set()
         if not entries:
-            entries = self._reclaim(force=True)
-        elif now - min(q.last_reclaim for q in self.queues.values()) > 5.0:
-            entries += self._reclaim(force=False)
+            entries = self._reclaim(force=True, now=departed)
+        elif departed or now - min(q.last_reclaim for q in self.queues.values()) > 5.0:
+            entries += self._reclaim(force=False, now=departed)
         if entries:
             self._process(entries)
             return True
@@ -405,7 +414,16 @@ class RedisWorker:
                         int(meta.get(b"lease_ms", b"30000")),
                         int(meta.get(b"task_timeout_ms", b"0")),
                     )
-        self.client.zadd(WORKERS, {self.name: now_ms()})
+        beat(self.client, self.name)
+
+    def _departed(self) -> set[str]:
+        """Hand back the entries of job streams held by departed workers (no liveness beat for
+        ``WORKER_GONE_MS``: SIGKILLed with their supervisor, machine lost, cut off from Redis); returns
+        the streams that had some, to reclaim at once. Sessions' entries are their executor's."""
+        self._departures_at = time.monotonic()
+        streams = [q.stream for q in self.queues.values() if q.mode == "job"]
+        counts = hand_back_departed(self.client, streams)
+        return {stream for stream, n in zip(streams, counts, strict=True) if n}
 
     def _read(self) -> list[tuple[str, bytes, dict[bytes, bytes], bool]]:
         import redis
@@ -431,17 +449,26 @@ class RedisWorker:
         self._track(out)
         return out
 
-    def _reclaim(self, *, force: bool) -> list[tuple[str, bytes, dict[bytes, bytes], bool]]:
-        """Take over asynchronous jobs' entries whose lease expired (``XAUTOCLAIM``)."""
-        now = time.monotonic()
+    def _reclaim(
+        self, *, force: bool, now: set[str] | frozenset[str] = frozenset()
+    ) -> list[tuple[str, bytes, dict[bytes, bytes], bool]]:
+        """Take over asynchronous jobs' entries whose lease expired or that were handed back
+        (``XAUTOCLAIM``); the streams in ``now`` are looked at whatever their timers say."""
+        clock = time.monotonic()
         out: list[tuple[str, bytes, dict[bytes, bytes], bool]] = []
         for queue in list(self.queues.values()):
-            if queue.mode != "job" or (not force and now - queue.last_reclaim < queue.lease_ms / 2000):
+            if queue.mode != "job":
                 continue
-            if force and now - queue.last_reclaim < min(1.0, queue.lease_ms / 4000):
-                continue
-            queue.last_reclaim = now
-            reply = self.client.xautoclaim(queue.stream, GROUP, self.name, queue.lease_ms, "0-0", count=8)
+            if queue.stream not in now:
+                if not force and clock - queue.last_reclaim < queue.lease_ms / 2000:
+                    continue
+                if force and clock - queue.last_reclaim < min(1.0, queue.lease_ms / 4000):
+                    continue
+            queue.last_reclaim = clock
+            # As many as this worker reads at once: a long task's entries must not queue up behind
+            # each other here while other workers are idle.
+            count = max(1, min(8, self._count))
+            reply = self.client.xautoclaim(queue.stream, GROUP, self.name, queue.lease_ms, "0-0", count=count)
             for entry_id, fields in reply[1]:
                 if fields:
                     out.append((queue.stream, entry_id, fields, True))
@@ -761,8 +788,8 @@ class RedisWorker:
         while not self._stop.wait(0.5):
             now = time.monotonic()
             try:
-                if now - last_registered > 5.0:
-                    self.client.zadd(WORKERS, {self.name: now_ms()})
+                if now - last_registered >= WORKER_BEAT * 0.9:
+                    beat(self.client, self.name)
                     last_registered = now
                 with self._inflight_lock:
                     held = {s: list(ids) for s, ids in self._inflight.items() if ids}
@@ -885,8 +912,16 @@ class Supervisor:
         self.children[i], self.started[i] = child, time.monotonic()
 
     def run(self) -> None:
+        for name in self.names:
+            # Entries still pending for these names belong to a predecessor that used them (a fleet
+            # restarted with the same --name after a kill): it is gone, so they are reclaimable now.
+            try:
+                self._hand_back(name)
+            except Exception:
+                pass  # Redis unreachable: the children say so
         for i in range(len(self.names)):
             self._start(i)
+        last_beat = 0.0
 
         def forward(signum: int, _frame: Any) -> None:
             # Always SIGTERM: the children ignore SIGINT (and are group leaders, so a terminal's
@@ -901,6 +936,9 @@ class Supervisor:
         try:
             while any(child is not None for child in self.children):
                 time.sleep(0.1)
+                if time.monotonic() - last_beat >= WORKER_BEAT:
+                    last_beat = time.monotonic()
+                    self._beat()
                 for i, child in enumerate(self.children):
                     if child is not None and not child.is_alive():
                         child.join()
@@ -913,11 +951,24 @@ class Supervisor:
                 f"{len(self.failed)} of {len(self.names)} worker processes failed (exit codes {self.failed})"
             )
 
+    def _beat(self) -> None:
+        """Beat the liveness of the task processes alive: this process runs no user code, so a task
+        holding the GIL (or busy in C) for seconds is not taken for a departed worker."""
+        alive = [self.names[i] for i, c in enumerate(self.children) if c is not None and c.is_alive()]
+        try:
+            beat(self._worker(self.names[0]).client, *alive)
+        except Exception:
+            pass  # Redis unreachable: the task processes say so; departure is then what others see
+
     def _ended(self, i: int, code: int) -> None:
         """Task process ``i`` exited with ``code`` (negative: killed by that signal)."""
         held = self.slots[i].value
         self.slots[i].value = b""
         self.children[i] = None
+        try:
+            self._worker(self.names[i]).client.zrem(WORKERS, self.names[i])  # no beat of ours outlives it
+        except Exception:
+            pass
         if not held and code >= 0:
             if code:  # the worker itself failed (Redis unreachable in burst mode, say): no restart
                 self.failed.append(code)
@@ -1029,11 +1080,12 @@ def _watch_parent(worker: RedisWorker, parent: int) -> None:
 
 
 def _check_connection(url: str) -> None:
+    client = connect(url)  # first: MissingExtra (pip install 'mrkit[redis]') if redis-py is missing
     import redis
 
     parsed = RedisURL.parse(url)
     try:
-        connect(url).ping()
+        client.ping()
     except redis.AuthenticationError as exc:
         raise ConfigError(f"Redis at {redact(parsed.url)} refused the credentials: {exc}") from None
     except redis.ResponseError as exc:

@@ -1,0 +1,63 @@
+"""``mrkit cancel`` on the fleet: entries a worker read ahead are dropped, not run, and the cancelled
+status names the phase it stopped in ("map"/"reduce"), as the in-process driver does."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import mrkit
+from mrkit.coordination.redis_jobs import JobKeys
+from mrkit.errors import JobCancelled
+from tests import jobs_for_tests as J
+from tests.redis_fixtures import WorkerThreads, redis_server, redis_url, wait_for  # noqa: F401
+
+N_TASKS = 40
+HOLD = "map-00003"  # the worker reads 8 entries at once (as it does while tasks are tiny): 4-7 wait behind it
+
+
+def marking_mapper(record: int) -> Iterator[tuple[int, int]]:
+    """Marks each attempt in ``params["marks"]``; the task HOLD waits for a ``go`` file there."""
+    ctx = mrkit.context()
+    marks = ctx.params["marks"]
+    with open(os.path.join(marks, f"{ctx.task_id}-a{ctx.attempt}"), "w"):
+        pass
+    if ctx.task_id == HOLD:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(os.path.join(marks, "go")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    yield record % 2, 1
+
+
+def test_cancel_drops_prefetched_entries_and_names_the_phase(redis_url, redis_server, tmp_path):  # noqa: F811
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    job = mrkit.Job(mapper=marking_mapper, reducer=J.total, params={"marks": str(marks)})
+    handle = mrkit.submit(job, mrkit.Records(list(range(N_TASKS))), executor=redis_url, n_map=N_TASKS)
+    client = redis_server.client()
+    k = JobKeys(handle.id)
+    fleet = WorkerThreads(redis_url, 1)
+    fleet.workers[0]._count = 8  # its read-ahead after tiny tasks, from the first read on
+    with fleet:
+        wait_for(lambda: (marks / f"{HOLD}-a1").exists(), what="the held map task")
+        held = client.xpending(k.tasks, "workers")["pending"]
+        assert held >= 2, f"the worker read nothing ahead of the held task ({held} pending)"
+        before = set(os.listdir(marks))
+        assert handle.cancel()
+        (marks / "go").touch()
+        wait_for(lambda: client.xpending(k.tasks, "workers")["pending"] == 0, what="the prefetched entries")
+        assert fleet.workers[0].tasks_done >= len(before)
+    ran_after = set(os.listdir(marks)) - before - {"go"}
+    assert not ran_after, f"tasks ran after the cancel: {sorted(ran_after)}"
+    st = handle.status()
+    assert st["state"] == "cancelled" and st["phase"] == "map", st
+    assert st["error"] == f"job {handle.id} was cancelled during the map phase", st
+    try:
+        handle.wait(timeout=10)
+    except JobCancelled as exc:
+        assert "during the map phase" in str(exc)
+    else:
+        raise AssertionError("wait() returned for a cancelled job")
+    logs = "\n".join(handle.logs())
+    assert logs.count("dropped: the job was cancelled") == held - 1, logs
