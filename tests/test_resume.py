@@ -86,7 +86,7 @@ def reference_parts(module: Path, data: Path, out: Path, n_reduce: int) -> dict[
     return parts(out)
 
 
-@pytest.mark.parametrize("executor", ["inline", "processes", "redis"])
+@pytest.mark.parametrize("executor", ["inline", "processes", "redis", "http"])
 def test_a_failed_job_resumes_and_runs_only_the_uncommitted_tasks(
     executor: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
