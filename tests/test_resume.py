@@ -175,6 +175,7 @@ def test_resume_refuses_a_different_plan_and_a_job_it_cannot_find(tmp_path: Path
             **{**common, "job_id": "nothing-here", "output": str(tmp_path / "o2")},
             resume=True,
         )  # type: ignore[arg-type]
+    assert not (tmp_path / "o2").exists(), "a refused resume leaves no folder behind"
     with pytest.raises(ResumeRefused, match=r"give it its id"):
         mrkit.run(job, str(data), output=str(tmp_path / "o3"), executor="inline", resume=True, quiet=True)
 

@@ -238,7 +238,7 @@ def run(
     temp_dirs: list[str] = []
     created_output = output is not None and "://" not in os.fspath(output) and not os.path.exists(output)
     keep_state = False
-    state: Storage | None = None  # a named job's state folder in the output, once opened
+    state: LocalStorage | None = None  # a named job's state folder in the output, once opened
     try:
         # A named job with a local output keeps its state beside it, where a resume finds it.
         state_dir = _state_dir(ex, storage, output, job_id) if named else None
@@ -335,6 +335,8 @@ def run(
     except BaseException:
         if not keep_state and state is not None:
             discard_job(state, out_storage, job_id)  # a named job that failed before it ran
+        if state is not None:
+            _remove_if_empty(state.root)  # e.g. the _temporary/ folder a refused resume opened
         # Also when the job fails before running anything (a missing input): no empty output folder.
         if created_output and output is not None:
             _remove_if_empty(os.fspath(output))
