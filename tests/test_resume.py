@@ -51,6 +51,9 @@ class Slow(mrkit.Job):
             yield word, 1
 
     def reducer(self, word, counts):
+        flag = self.params.get("fail_flag")
+        if flag and mrkit.context().task_id == self.params.get("fail_task") and os.path.exists(flag):
+            raise RuntimeError("planned failure")
         return sum(counts)
 '''
 
@@ -277,3 +280,30 @@ def test_a_sigkilled_driver_is_resumed_with_the_same_output(executor: str, tmp_p
     assert set(ran_tasks(log)) == all_maps - before
     assert parts(out) == reference_parts(module, data, tmp_path / "ref", 2)
     assert not (out / "_temporary").exists()
+
+
+def test_committed_reduce_tasks_are_reused_too(tmp_path: Path) -> None:
+    module, data = write_inputs(tmp_path)
+    flag = tmp_path / "fail"
+    flag.touch()
+    job = load_job(f"{module}:Slow", {"fail_flag": str(flag), "fail_task": "reduce-00001"})
+    out = tmp_path / "out"
+    common = dict(output=str(out), executor="inline", split_size=1, n_reduce=2, job_id="red", quiet=True)
+    policy = mrkit.RetryPolicy(max_attempts=1)
+    with pytest.raises(JobFailed, match="reduce task reduce-00001"):
+        mrkit.run(job, str(data), policy=policy, **common)  # type: ignore[arg-type]
+    flag.unlink()
+    result = mrkit.run(job, str(data), policy=policy, resume=True, **common)  # type: ignore[arg-type]
+    assert (result.counters["map.tasks_resumed"], result.counters["reduce.tasks_resumed"]) == (LINES, 1)
+    assert (result.counters["map.attempts_launched"], result.counters["reduce.attempts_launched"]) == (0, 1)
+    assert parts(out) == reference_parts(module, data, tmp_path / "ref", 2)
+
+
+def test_the_cli_refuses_a_resume_with_one_sentence(tmp_path: Path) -> None:
+    module, data = write_inputs(tmp_path)
+    args = ["run", f"{module}:Slow", str(data), "-o", str(tmp_path / "out"), "--job-id", "none", "--resume"]
+    done = subprocess.run(mrkit_cli(*args), env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith("mrkit: error: cannot resume job none: nothing of it was found in")
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
