@@ -22,6 +22,7 @@ from mrkit.errors import JobFailed
 from mrkit.storage import open_storage
 from mrkit.storage.base import Storage
 from tests.redis_fixtures import WorkerThreads, redis_server, redis_url  # noqa: F401 - fixtures
+from tests.s3_fixtures import moto_server, s3_bucket, s3_url  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,7 +90,9 @@ def reference_parts(module: Path, data: Path, out: Path, n_reduce: int) -> dict[
     return parts(out)
 
 
-@pytest.mark.parametrize("executor", ["inline", "processes", "redis", "http"])
+@pytest.mark.parametrize(
+    "executor", ["inline", "processes", "redis", "http", pytest.param("s3", marks=pytest.mark.slow)]
+)
 def test_a_failed_job_resumes_and_runs_only_the_uncommitted_tasks(
     executor: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -102,11 +105,17 @@ def test_a_failed_job_resumes_and_runs_only_the_uncommitted_tasks(
     job = load_job(f"{module}:Slow", params)
     out = tmp_path / "out"
     job_id = f"resume-{executor}"
+    ex: str
     threads = None
-    if executor == "redis":
+    extra: dict[str, str] = {}
+    if executor == "s3":  # the state in an object store (moto's S3 server)
+        extra["storage"] = request.getfixturevalue("s3_url")
+        ex = "inline"
+        state = open_storage(extra["storage"])
+    elif executor == "redis":
         url = request.getfixturevalue("redis_url")
         threads = WorkerThreads(url, 2).__enter__()
-        ex: str = url
+        ex = url
         state = open_storage(url)
     else:
         ex = executor
@@ -120,6 +129,7 @@ def test_a_failed_job_resumes_and_runs_only_the_uncommitted_tasks(
         job_id=job_id,
         policy=mrkit.RetryPolicy(max_attempts=1, speculative=False),
         quiet=True,
+        **extra,
     )
     try:
         with pytest.raises(JobFailed, match="planned failure"):
