@@ -17,9 +17,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from typing import Any
 
+from mrkit.coordination import resume as resuming
 from mrkit.coordination.driver import run_plan
+from mrkit.coordination.fencing import Epoch, JobFenced
 from mrkit.coordination.handle import JobHandle, LocalJobHandle
-from mrkit.coordination.plan import JobPlan, RetryPolicy, build_plan, new_job_id, store_records
+from mrkit.coordination.plan import JobPlan, RetryPolicy, build_plan, new_job_id, pickle_job, store_records
 from mrkit.coordination.progress import Progress, summary_line
 from mrkit.coordination.publish import discard_job, open_output, publish_output
 from mrkit.data.output import check_format, read_output
@@ -121,6 +123,7 @@ def _plan(
     input_format: str,
     job_id: str,
     split_size: int | None = None,
+    code: bytes | None = None,
 ) -> JobPlan:
     if not isinstance(job, Job):
         raise ConfigError(
@@ -150,6 +153,7 @@ def _plan(
         settings=settings,
         policy=policy,
         overwrite=overwrite,
+        code=code,
     )
 
 
@@ -174,6 +178,7 @@ def run(
     quiet: bool = False,
     job_id: str | None = None,
     split_size: int | None = None,
+    resume: bool = False,
 ) -> Result:
     """Run ``job`` over ``inputs`` and return its :class:`Result`.
 
@@ -198,10 +203,18 @@ def run(
         params: merged into ``job.params``.
         progress: draw a progress bar (default: when stderr is a terminal).
         quiet: do not print the summary line.
-        job_id: the job's id (default: generated from the job's name and the time).
+        job_id: the job's id (default: generated from the job's name and the time). A job run
+            under an id given here keeps its intermediate data when it fails or is interrupted,
+            so that ``resume`` can continue it: in ``storage=``, in the executor's own storage
+            (Redis), else in ``output``'s ``_temporary/`` folder (see docs/faults.md).
         split_size: cut file inputs into map tasks of about this many bytes, each ending at a line
             end, instead of ``n_map`` tasks (``1``: one line per map task; below the default
             1 MiB floor of ``n_map`` splitting).
+        resume: continue the failed or interrupted run of ``job_id`` (same job code, inputs,
+            n_map, n_reduce and output): every task attempt it committed is re-used and only the
+            others run; the output is the same as an uninterrupted run's, and the counters say
+            ``map.tasks_resumed`` / ``reduce.tasks_resumed``. An older driver of the job still
+            running is fenced (:class:`~mrkit.coordination.fencing.JobFenced`).
 
     Returns:
         The :class:`Result`.
@@ -209,6 +222,8 @@ def run(
     Raises:
         JobFailed: a task failed after its attempts; nothing was published.
         OutputExistsError: ``output`` holds a result and ``overwrite`` is False.
+        ResumeRefused: ``resume`` found nothing of the job, or a plan that differs from this one.
+        JobFenced: a newer driver of the same job took over (this one published nothing).
         InputError, ConfigError: bad inputs or options.
     """
     started = time.monotonic()
@@ -218,11 +233,17 @@ def run(
         job = job.with_params(params)
     owns_executor = not isinstance(executor, Executor)
     ex = open_executor(executor, workers=workers, **_sizing(executor, n_map, n_reduce))
+    named = job_id is not None
     job_id = job_id or new_job_id(job.name)
     temp_dirs: list[str] = []
-    created_output = False
+    created_output = output is not None and "://" not in os.fspath(output) and not os.path.exists(output)
+    keep_state = False
+    state: LocalStorage | None = None  # a named job's state folder in the output, once opened
     try:
-        inter = _intermediate_storage(ex, storage, job_id, temp_dirs)
+        # A named job with a local output keeps its state beside it, where a resume finds it.
+        state_dir = _state_dir(ex, storage, output, job_id) if named else None
+        if state_dir is None:
+            inter = _intermediate_storage(ex, storage, job_id, temp_dirs)
         if output is None and not ex.local:
             # Remote workers cannot reach our temp folder: keep the in-memory result in the job's storage.
             out_storage: Storage = open_storage(f"{inter.url}#{job_id}/output/")
@@ -231,9 +252,20 @@ def run(
             temp_dirs.append(out_dir)
             out_storage = LocalStorage(out_dir)
         else:
-            out_url = os.fspath(output)
-            created_output = "://" not in out_url and not os.path.exists(out_url)
-            out_storage = open_output(out_url, overwrite=overwrite, inputs=inputs)
+            out_storage = open_output(os.fspath(output), overwrite=overwrite, inputs=inputs)
+        if state_dir is not None:
+            inter = state = LocalStorage(state_dir)
+        # Resumable: named, with state in a place that outlives this process, and a lasting output.
+        resumable = (
+            named
+            and bool(state or storage or ex.storage_url(job_id))
+            and (output is not None or not ex.local)
+        )
+        keep_state = resume  # a refused resume must leave the state it found alone
+        code, stored = _prepare_resume(job, inter, out_storage, job_id, resume=resume, resumable=resumable)
+        epoch = None if resume else Epoch.claim(inter, job_id, out_storage)
+        if resumable and not resume:
+            resuming.clear_state(inter, out_storage, job_id)
         plan = _plan(
             job,
             inputs,
@@ -250,10 +282,25 @@ def run(
             input_format=input_format,
             job_id=job_id,
             split_size=split_size,
+            code=code,
         )
+        if stored is not None and code is not None:
+            resuming.check_plan(stored, plan, code)
+        elif resumable and code is not None:
+            resuming.save_plan(inter, plan, code)
+        keep_state = resumable
+        epoch = epoch or Epoch.claim(inter, job_id, out_storage)
         display = Progress(enabled=progress)
         try:
-            counters = run_plan(plan, ex, inter, display)
+            counters = run_plan(
+                plan,
+                ex,
+                inter,
+                display,
+                reuse=(lambda specs: resuming.committed(inter, out_storage, specs)) if resume else None,
+                guard=lambda: epoch.check(force=False),
+            )
+            epoch.check()  # a zombie driver must not publish over its successor's output
             seconds = time.monotonic() - started
             publish_output(
                 inter,
@@ -262,10 +309,13 @@ def run(
                 plan.n_reduce,
                 output_format=fmt,
                 overwrite=overwrite,
-                summary={"seconds": round(seconds, 3), "counters": counters},
+                summary={"seconds": round(seconds, 3), "counters": counters, "epoch": epoch.number},
             )
-        except BaseException:
-            discard_job(inter, out_storage, job_id)
+        except BaseException as exc:
+            # A resumable job keeps its state for a resume; a fenced driver deletes nothing of its
+            # successor's; anything else leaves no trace.
+            if not keep_state and not isinstance(exc, JobFenced):
+                discard_job(inter, out_storage, job_id)
             if created_output and output is not None:
                 _remove_if_empty(os.fspath(output))
             raise
@@ -283,6 +333,10 @@ def run(
             print(result.summary(), file=sys.stderr)
         return result
     except BaseException:
+        if not keep_state and state is not None:
+            discard_job(state, out_storage, job_id)  # a named job that failed before it ran
+        if state is not None:
+            _remove_if_empty(state.root)  # e.g. the _temporary/ folder a refused resume opened
         # Also when the job fails before running anything (a missing input): no empty output folder.
         if created_output and output is not None:
             _remove_if_empty(os.fspath(output))
@@ -292,6 +346,40 @@ def run(
             ex.shutdown()
         for path in temp_dirs:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _state_dir(
+    ex: Executor, storage: str | None, output: str | os.PathLike[str] | None, job_id: str
+) -> str | None:
+    """``OUTPUT/_temporary``: where a named job on a local executor keeps its intermediate data so
+    that it outlives the driver (None: ``storage=`` or the executor names a place, or no local output)."""
+    if storage or ex.storage_url(job_id) or output is None or "://" in os.fspath(output):
+        return None
+    return os.path.join(os.path.abspath(os.fspath(output)), "_temporary")
+
+
+def _prepare_resume(
+    job: Job, inter: Storage, output: Storage, job_id: str, *, resume: bool, resumable: bool
+) -> tuple[bytes | None, dict[str, Any] | None]:
+    """The job's pickled code and, when resuming, the stored plan (after checking the code).
+
+    Raises:
+        ResumeRefused: ``resume`` but the job is not resumable, nothing of it is stored, or its
+            code differs from the stored job's.
+    """
+    if not resumable:
+        if resume:
+            raise resuming.ResumeRefused(
+                f"cannot resume job {job_id}: give it its id (job_id=, --job-id) and a place that "
+                "outlives the run (output= a folder, or storage=)"
+            )
+        return None, None
+    code = pickle_job(job)
+    if not resume:
+        return code, None
+    stored = resuming.stored_plan(inter, job_id, inter.url)
+    resuming.check_code(stored, code, job_id)
+    return resuming.stored_code(inter, job_id) or code, stored
 
 
 def _intermediate_storage(ex: Executor, storage: str | None, job_id: str, temp_dirs: list[str]) -> Storage:
@@ -333,6 +421,11 @@ def submit(job: Job, inputs: Any, *, executor: str | Executor = "processes", **o
         workers=options.get("workers"),
         **_sizing(executor, options.get("n_map"), options.get("n_reduce")),
     )
+    if ex.asynchronous and options.get("resume"):
+        raise ConfigError(
+            f"resume=True is not supported for asynchronous jobs on {ex.name} yet: resume the job "
+            "with mrkit.run(..., job_id=ID, resume=True), which drives it from this process"
+        )
     if ex.asynchronous:
         return ex.submit_job(job, inputs, **options)  # type: ignore[attr-defined,no-any-return]
     future: Future[Result] = Future()

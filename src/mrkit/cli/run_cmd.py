@@ -27,6 +27,13 @@ def _print_counters(counters: dict[str, int]) -> None:
 @click.argument("job_ref", metavar="JOB")
 @click.argument("inputs", nargs=-1, metavar="[INPUT]...")
 @run_options
+@click.option("--job-id", "job_id", default=None, help="The job's id; a named job can be resumed.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    default=None,
+    help="Continue the failed or interrupted run of --job-id, re-using its committed tasks.",
+)
 def run(job_ref: str, inputs: tuple[str, ...], **opts: Any) -> None:
     """Run JOB over INPUT files, globs or folders and wait for the result.
 
@@ -39,6 +46,7 @@ def run(job_ref: str, inputs: tuple[str, ...], **opts: Any) -> None:
       mrkit run examples/wordcount.py:WordCount 'texts/*.txt' -N 8 -M 4 -o out/
       mrkit run examples/montecarlo_pi.json
       cat texts/*.txt | mrkit run examples/wordcount.py:WordCount - -o out/   # - is standard input
+      mrkit run examples/wordcount.py:WordCount 'texts/*.txt' -o out/ --job-id wc1 --resume
     """
     opts["params"] = parse_params(opts.pop("param"))
     apply_storage_options(opts.pop("storage_options"))

@@ -25,6 +25,7 @@ import statistics
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, wait
 from dataclasses import dataclass, field
 
@@ -69,6 +70,7 @@ class PhaseStats:
     failed: int = 0
     lost: int = 0
     speculative: int = 0
+    resumed: int | None = None
     seconds: float = 0.0
     counters: dict[str, int] = field(default_factory=dict)
 
@@ -80,6 +82,8 @@ class PhaseStats:
             f"{phase}.attempts_lost": self.lost,
             f"{phase}.attempts_speculative": self.speculative,
         }
+        if self.resumed is not None:
+            out[f"{phase}.tasks_resumed"] = self.resumed
         for name, value in self.counters.items():
             key = name if name.startswith("user.") else f"{phase}.{name}"
             out[key] = out.get(key, 0) + value
@@ -97,6 +101,10 @@ class PhaseRunner:
         policy: retries, speculation, timeouts.
         progress: the progress display.
         cancelled: set from another thread to stop the phase with :class:`JobCancelled`.
+        done: ids of tasks committed by an earlier driver of the job (a resume): they start
+            COMMITTED and are never launched; None when not resuming.
+        guard: called before launching attempts; raises to stop the phase (the driver's epoch
+            check, :class:`~mrkit.coordination.fencing.JobFenced`).
     """
 
     def __init__(
@@ -108,9 +116,12 @@ class PhaseRunner:
         policy: RetryPolicy,
         progress: Progress,
         cancelled: threading.Event,
+        done: frozenset[str] | None = None,
+        guard: Callable[[], None] | None = None,
     ) -> None:
         self.phase = phase
         self.tasks = [_Task(spec) for spec in specs]
+        self.guard = guard
         self.executor = executor
         self.storage = storage
         self.policy = policy
@@ -126,6 +137,13 @@ class PhaseRunner:
         self._done = 0
         self._records = 0
         self._bytes = 0
+        if done is not None:
+            self.stats.resumed = 0
+            for task in self.tasks:
+                if task.spec.task_id in done:
+                    task.state = TaskState.COMMITTED
+                    self._done += 1
+                    self.stats.resumed += 1
 
     def run(self) -> PhaseStats:
         started = time.monotonic()
@@ -138,6 +156,8 @@ class PhaseRunner:
                         f"job {self.tasks[0].spec.job_id} was cancelled during the {self.phase} phase",
                         job_id=self.tasks[0].spec.job_id,
                     )
+                if self.guard is not None and self._pending and len(self._inflight) < capacity:
+                    self.guard()
                 while self._pending and len(self._inflight) < capacity:
                     task = self._pending.popleft()
                     if task.state is not TaskState.COMMITTED:
@@ -336,20 +356,37 @@ def run_plan(
     storage: Storage,
     progress: Progress,
     cancelled: threading.Event | None = None,
+    *,
+    reuse: Callable[[tuple[TaskSpec, ...]], frozenset[str]] | None = None,
+    guard: Callable[[], None] | None = None,
 ) -> dict[str, int]:
     """Run the map phase, then the reduce phase, of ``plan``; return the job's counters.
 
     Publishing the output is the caller's step (it knows the output storage and overwrite policy).
 
+    Args:
+        plan, executor, storage, progress, cancelled: what to run, where, and how to stop it.
+        reuse: when resuming, called with a phase's specs at its start; returns the ids of the
+            tasks committed by an earlier driver, which are not run again (counted as
+            ``{phase}.tasks_resumed``; their counters come from their commit manifests as usual).
+        guard: called at the start of each phase and before launching attempts (at most every
+            few tenths of a second, see :mod:`mrkit.coordination.fencing`); raises to stop.
+
     Raises:
         JobFailed: a task ran out of attempts (nothing has been published).
+        JobFenced: ``guard`` found a newer driver of the job.
         JobCancelled: ``cancelled`` was set.
     """
     cancelled = cancelled or threading.Event()
     counters: dict[str, int] = {}
     status: dict[str, dict[str, object]] = {}
     for phase, specs in (("map", plan.map_specs), ("reduce", plan.reduce_specs)):
-        runner = PhaseRunner(phase, specs, executor, storage, plan.policy, progress, cancelled)
+        if guard is not None:
+            guard()
+        done = reuse(specs) if reuse is not None else None
+        runner = PhaseRunner(
+            phase, specs, executor, storage, plan.policy, progress, cancelled, done=done, guard=guard
+        )
         try:
             stats = runner.run()
         except JobFailed as exc:

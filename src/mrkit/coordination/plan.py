@@ -146,11 +146,18 @@ def build_plan(
     settings: TaskSettings,
     policy: RetryPolicy,
     overwrite: bool = False,
+    code: bytes | None = None,
 ) -> JobPlan:
-    """Store the job's code in ``storage`` and return the plan of its map and reduce tasks."""
+    """Store the job's code in ``storage`` and return the plan of its map and reduce tasks.
+
+    Args:
+        code: the pickled job to store, when the caller already has it (a resume re-uses the
+            bytes an earlier driver stored, so that its tasks and ours name the same digest);
+            default: :func:`pickle_job` of ``job``.
+    """
     if n_reduce < 1:
         raise ConfigError(f"n_reduce must be at least 1, got {n_reduce}")
-    code = pickle_job(job)
+    code = pickle_job(job) if code is None else code
     storage.put(layout.job_key(job_id), code)
     base = TaskSpec(
         job_id=job_id,
