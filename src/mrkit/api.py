@@ -37,6 +37,17 @@ def _sizing(executor: str | Executor | None, n_map: int | None, n_reduce: int | 
     return {"n_map": n_map, "n_reduce": n_reduce} if executor == "http" else {}
 
 
+def _worker_python(executor: str | Executor | None, worker_python: str | None) -> dict[str, Any]:
+    """The ``worker_python=`` option, for the one executor that starts Python workers itself."""
+    if worker_python is None:
+        return {}
+    if executor != "http":
+        raise ConfigError(
+            f"worker_python= applies to executor='http' (workers the driver starts), not {executor!r}"
+        )
+    return {"worker_python": worker_python}
+
+
 class Records:
     """Marks an iterable as input *records*, even when its items are strings.
 
@@ -174,6 +185,7 @@ def run(
     quiet: bool = False,
     job_id: str | None = None,
     split_size: int | None = None,
+    worker_python: str | None = None,
 ) -> Result:
     """Run ``job`` over ``inputs`` and return its :class:`Result`.
 
@@ -202,6 +214,8 @@ def run(
         split_size: cut file inputs into map tasks of about this many bytes, each ending at a line
             end, instead of ``n_map`` tasks (``1``: one line per map task; below the default
             1 MiB floor of ``n_map`` splitting).
+        worker_python: ``executor="http"`` only: the interpreter of the workers the driver starts
+            (default ``$MRKIT_WORKER_PYTHON``, else ``sys.executable``).
 
     Returns:
         The :class:`Result`.
@@ -217,7 +231,12 @@ def run(
     if params:
         job = job.with_params(params)
     owns_executor = not isinstance(executor, Executor)
-    ex = open_executor(executor, workers=workers, **_sizing(executor, n_map, n_reduce))
+    ex = open_executor(
+        executor,
+        workers=workers,
+        **_sizing(executor, n_map, n_reduce),
+        **_worker_python(executor, worker_python),
+    )
     job_id = job_id or new_job_id(job.name)
     temp_dirs: list[str] = []
     created_output = False
