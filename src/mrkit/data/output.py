@@ -33,6 +33,21 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
+class UnencodableOutput(TypeError):
+    """An output pair that the job's output format cannot encode; deterministic, so never retried.
+
+    Attributes:
+        key: the key of the pair (its repr is used when the key itself is the culprit).
+        cause: the encoder's own message.
+    """
+
+    def __init__(self, key: Any, fmt: str, cause: str) -> None:
+        self.key = key
+        self.fmt = fmt
+        self.cause = cause
+        super().__init__(f"output pair with key {key!r:.60} cannot be written as {fmt}: {cause}")
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, (set, frozenset)):
         return sorted(value, key=repr)
@@ -46,6 +61,11 @@ def _json_default(value: Any) -> Any:
 
 def write_pairs(f: BinaryIO, pairs: Iterable[tuple[Any, Any]], fmt: str) -> int:
     """Write ``pairs`` to ``f`` in ``fmt``; returns how many pairs were written.
+
+    Raises:
+        UnencodableOutput: a pair is not a ``(key, value)`` pair, or ``fmt`` cannot encode it (an
+            object that is not JSON-serialisable for ``tsv``/``jsonl``, an unpicklable one for
+            ``pickle``). Sets and bytes are written as sorted lists and UTF-8 text.
 
     >>> import io; buf = io.BytesIO()
     >>> write_pairs(buf, [("pi", 3.14), (("a", 1), [2])], "tsv")
@@ -66,11 +86,20 @@ def write_pairs(f: BinaryIO, pairs: Iterable[tuple[Any, Any]], fmt: str) -> int:
         return n
     dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_json_default).encode
     lines: list[str] = []
-    for key, value in pairs:
-        if fmt == "tsv":
-            lines.append(f"{dumps(key)}\t{dumps(value)}\n")
-        else:
-            lines.append(dumps([key, value]) + "\n")
+    for pair in pairs:
+        try:
+            key, value = pair
+        except (TypeError, ValueError):
+            raise UnencodableOutput(
+                pair, fmt, f"the reducer must yield (key, value) pairs, got {type(pair).__name__}"
+            ) from None
+        try:
+            if fmt == "tsv":
+                lines.append(f"{dumps(key)}\t{dumps(value)}\n")
+            else:
+                lines.append(dumps([key, value]) + "\n")
+        except (TypeError, ValueError) as exc:  # ValueError: a circular reference
+            raise UnencodableOutput(key, fmt, str(exc)) from None
         if len(lines) >= _BATCH:
             f.write("".join(lines).encode())
             n += len(lines)
@@ -82,7 +111,17 @@ def write_pairs(f: BinaryIO, pairs: Iterable[tuple[Any, Any]], fmt: str) -> int:
 
 
 def _write_frame(f: BinaryIO, batch: list[tuple[Any, Any]]) -> int:
-    data = pickle.dumps(batch, protocol=5)
+    try:
+        data = pickle.dumps(batch, protocol=5)
+    except Exception as exc:
+        # Find the pair to name: pickling one at a time is slow, but only on this failure path.
+        for pair in batch:
+            try:
+                pickle.dumps(pair, protocol=5)
+            except Exception as one:
+                key = pair[0] if isinstance(pair, tuple) and len(pair) == 2 else pair
+                raise UnencodableOutput(key, "pickle", f"{type(one).__name__}: {one}") from None
+        raise UnencodableOutput(batch[0][0], "pickle", f"{type(exc).__name__}: {exc}") from None
     f.write(_LEN.pack(len(data)))
     f.write(data)
     return len(batch)

@@ -66,7 +66,9 @@ class Job:
         name: a label shown in progress, logs and status; default: the class or mapper name.
 
     Raises:
-        ConfigError: when no mapper or mapper_split is defined, or a function is not callable.
+        ConfigError: when no mapper or mapper_split is defined, a function is not callable, or an
+            introspectable function cannot be called with its slot's arguments (a reducer taking
+            one argument, a combiner taking three): that would fail every attempt the same way.
 
     Example:
         >>> job = Job(mapper=lambda line: [(w, 1) for w in line.split()], reducer=lambda k, vs: sum(vs))
@@ -119,6 +121,8 @@ class Job:
                 f"job {self.name!r} defines neither mapper nor mapper_split: give mrkit.Job(mapper=...) "
                 "or define a mapper method on the class"
             )
+        for slot in _FUNCTION_SLOTS:
+            check_signature(self.name, slot, getattr(self, slot, None))
 
     def _default_name(self) -> str:
         if type(self) is not Job:
@@ -142,6 +146,46 @@ class Job:
     def __repr__(self) -> str:
         slots = [s for s in _FUNCTION_SLOTS if getattr(self, s, None) is not None]
         return f"<mrkit.Job {self.name} ({', '.join(slots)})>"
+
+
+# The positional arguments the runtime passes to each slot, named as in the error message.
+_SLOT_ARGUMENTS = {
+    "mapper": ("record",),
+    "combiner": ("key", "values"),
+    "reducer": ("key", "values"),
+    "partitioner": ("key", "n_reduce"),
+    "mapper_init": (),
+    "mapper_final": (),
+    "mapper_split": ("records",),
+}
+
+
+def check_signature(job_name: str, slot: str, fn: Callable[..., Any] | None) -> None:
+    """Raise :class:`ConfigError` when ``fn`` cannot be called as the runtime calls ``slot``.
+
+    Functions :func:`inspect.signature` cannot read (some builtins and C callables) are not
+    checked; a wrong call then fails the task at run time, without retries.
+
+    >>> check_signature("wc", "reducer", lambda key, values: 0)
+    >>> check_signature("wc", "reducer", lambda key: 0)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    mrkit.errors.ConfigError: job 'wc' reducer must take (key, values), but <lambda>(key) cannot: ...
+    """
+    if fn is None:
+        return
+    arguments = _SLOT_ARGUMENTS[slot]
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(*arguments)
+    except TypeError as exc:
+        name = getattr(fn, "__name__", type(fn).__name__)
+        raise ConfigError(
+            f"job {job_name!r} {slot} must take ({', '.join(arguments)}), but {name}{signature} cannot: {exc}"
+        ) from None
 
 
 def returns_pairs(fn: Callable[..., Any]) -> bool:
