@@ -205,7 +205,12 @@ class PhaseRunner:
             self._lost(task, f"{type(exc).__name__}: {exc}")
             return
         if task.state is TaskState.COMMITTED:
-            return  # a speculative twin or duplicate finished after the winner: nothing to do
+            # A speculative twin or duplicate finished after the winner: the task stands, but a
+            # failed attempt is still counted (as a lost one is in _lost), so counters tell the truth.
+            if not result.ok:
+                self.stats.failed += 1
+                task.failed += 1
+            return
         if result.ok:
             self._commit(task, result)
         else:

@@ -528,6 +528,10 @@ def _exit_description(process: Any) -> str:
         except ValueError:
             name = f"signal {-code}"
         return f"was killed by {name} (exit code {code})"
+    if code == 0:
+        # A worker only exits 0 when told to; mid-task that is user code's os._exit(0) (or a C
+        # library's exit(0)): still a failed attempt, and the message must say so plainly.
+        return "exited mid-task with exit code 0"
     return f"exited with code {code}"
 
 
