@@ -2,9 +2,15 @@
 
 Formats (one per job):
 
-    tsv     JSON key TAB JSON value, one pair per line (mrjob's convention): types survive
+    tsv     JSON key TAB JSON value, one pair per line (mrjob's convention)
     jsonl   one JSON array ``[key, value]`` per line
     pickle  framed pickled lists of pairs (used for in-memory results: exact Python types)
+
+What survives ``tsv``/``jsonl`` and :func:`read_output`: str, int, float, bool and None exactly;
+a tuple *key* comes back as a tuple (a JSON array in key position is read back as a tuple, nested
+ones too, so keys stay hashable and ``dict(read_output(...))`` works); in *values* tuples come back
+as lists; sets and frozensets are written as sorted lists, bytes as UTF-8 text, and dict keys as
+strings (JSON's rules). Anything else is refused (:class:`UnencodableOutput`).
 
 A published output folder holds ``part-00000 … part-(M-1)`` and ``_SUCCESS`` (a small JSON
 document naming the format and counts), written last.
@@ -128,7 +134,14 @@ def _write_frame(f: BinaryIO, batch: list[tuple[Any, Any]]) -> int:
 
 
 def read_pairs(f: BinaryIO, fmt: str, name: str = "") -> Iterator[tuple[Any, Any]]:
-    """Iterate the pairs of one part file written by :func:`write_pairs`."""
+    """Iterate the pairs of one part file written by :func:`write_pairs`.
+
+    For ``tsv``/``jsonl`` a key that is a JSON array is returned as a tuple (module docstring).
+
+    >>> import io; buf = io.BytesIO(b'["a",1]\\t[2]\\n')
+    >>> list(read_pairs(buf, "tsv"))
+    [(('a', 1), [2])]
+    """
     if fmt == "pickle":
         while True:
             head = f.read(4)
@@ -145,12 +158,19 @@ def read_pairs(f: BinaryIO, fmt: str, name: str = "") -> Iterator[tuple[Any, Any
         try:
             if fmt == "tsv":
                 key_text, value_text = line.split("\t", 1)
-                yield loads(key_text), loads(value_text)
+                key, value = loads(key_text), loads(value_text)
             else:
                 key, value = loads(line)
-                yield key, value
+            yield (_as_key(key) if type(key) is list else key), value
         except ValueError as exc:
             raise InputError(f"{name} line {lineno} is not valid {fmt} output: {exc}") from exc
+
+
+def _as_key(value: Any) -> Any:
+    """A JSON array read in key position, as the tuple it was written from (nested ones too)."""
+    if type(value) is list:
+        return tuple(_as_key(v) for v in value)
+    return value
 
 
 def read_output(folder: str | os.PathLike[str]) -> Iterator[tuple[Any, Any]]:
