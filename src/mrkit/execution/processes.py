@@ -27,7 +27,7 @@ The contract (:class:`ProcessExecutor`):
 How it works: each worker is a long-lived process with its own duplex :func:`multiprocessing.Pipe`.
 The parent sends a pickled :class:`~mrkit.model.task.TaskSpec`; the worker calls the runner
 (:func:`mrkit.worker.runtime.run_task` unless told otherwise) and sends the pickled result back.
-Pickle is fine here: both ends are this program, on a pipe nobody else holds (DESIGN.md §5 concerns
+Pickle is fine here: both ends are this program, on a pipe nobody else holds (signing is for
 peers we do not control). One dispatcher thread in the parent waits with
 :func:`multiprocessing.connection.wait` on every worker's pipe *and* its process sentinel, so a death
 is noticed even when the worker never wrote a byte. ``submit`` hands a task straight to an idle
@@ -37,7 +37,7 @@ frees a worker. That keeps the cost per task to one pipe write, one pipe read an
 Cancelling: a queued task's ``Future.cancel()`` succeeds and the task is never sent. A task that was
 sent (running, or sent ahead as prefetch) cannot be cancelled: it runs to completion, and its commit
 loses the first-writer-wins race to whichever attempt committed first (the coordination layer
-relies on that, DESIGN.md §3).
+relies on that, docs/faults.md).
 
 Future callbacks run in the dispatcher thread; keep them short (submitting more work is fine).
 
@@ -551,7 +551,7 @@ class ProcessExecutor(Executor):
     share the server's ``str`` hash salt (drawn when the server started, different from the
     driver's); with ``spawn`` each worker draws its own. ``PYTHONHASHSEED`` fixes all of them, but
     under forkserver only if it was set before the server started. Either way ``hash()`` must not
-    decide where a key goes (DESIGN.md §3): partitioners use digests.
+    decide where a key goes: partitioners use digests.
     """
 
     name = "processes"

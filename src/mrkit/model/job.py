@@ -1,6 +1,6 @@
 """What a job is: the user's map, combine, partition and reduce functions, in one object.
 
-A job is written in one of three equivalent forms (DESIGN.md §1):
+A job is written in one of three equivalent forms (README.md, "Four ways to write a job"):
 
 * functions: ``mrkit.Job(mapper=f, reducer=g, combiner=g)``;
 * a class: ``class WordCount(mrkit.Job)`` defining ``mapper``/``combiner``/``reducer``/``partitioner``
