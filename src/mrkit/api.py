@@ -186,6 +186,7 @@ def run(
     job_id: str | None = None,
     split_size: int | None = None,
     worker_python: str | None = None,
+    files: Iterable[str | os.PathLike[str]] | None = None,
 ) -> Result:
     """Run ``job`` over ``inputs`` and return its :class:`Result`.
 
@@ -216,6 +217,8 @@ def run(
             1 MiB floor of ``n_map`` splitting).
         worker_python: ``executor="http"`` only: the interpreter of the workers the driver starts
             (default ``$MRKIT_WORKER_PYTHON``, else ``sys.executable``).
+        files: side files shipped with the job to every worker (``Job(files=...)``); a task opens
+            one with ``mrkit.context().file("name")``.
 
     Returns:
         The :class:`Result`.
@@ -230,6 +233,8 @@ def run(
     fmt = check_format(format if output is not None else "pickle")
     if params:
         job = job.with_params(params)
+    if files:
+        job = job.with_files(files)
     owns_executor = not isinstance(executor, Executor)
     ex = open_executor(
         executor,

@@ -27,6 +27,13 @@ def _print_counters(counters: dict[str, int]) -> None:
 @click.argument("job_ref", metavar="JOB")
 @click.argument("inputs", nargs=-1, metavar="[INPUT]...")
 @run_options
+@click.option(
+    "--file",
+    "files",
+    multiple=True,
+    metavar="PATH",
+    help="A side file shipped with the job (repeatable): tasks open it with mrkit.context().file(NAME).",
+)
 def run(job_ref: str, inputs: tuple[str, ...], **opts: Any) -> None:
     """Run JOB over INPUT files, globs or folders and wait for the result.
 
@@ -41,6 +48,7 @@ def run(job_ref: str, inputs: tuple[str, ...], **opts: Any) -> None:
       cat texts/*.txt | mrkit run examples/wordcount.py:WordCount - -o out/   # - is standard input
     """
     opts["params"] = parse_params(opts.pop("param"))
+    opts["files"] = list(opts.pop("files")) or None
     apply_storage_options(opts.pop("storage_options"))
     show_counters = opts.pop("counters")
     with _stdin_as_file(inputs) as inputs:

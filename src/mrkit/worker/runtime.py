@@ -144,7 +144,13 @@ def run_task(spec: TaskSpec, *, worker: str = "", catch_interrupt: bool = True) 
                 seconds=time.perf_counter() - started,
             )
         job = load_job(storage, spec.job_key, spec.job_digest)
-        ctx = TaskContext(job_id=spec.job_id, task_id=spec.task_id, attempt=spec.attempt, params=job.params)
+        ctx = TaskContext(
+            job_id=spec.job_id,
+            task_id=spec.task_id,
+            attempt=spec.attempt,
+            params=job.params,
+            files=getattr(job, "files", {}),  # jobs pickled before side files existed have none
+        )
         with activate(ctx):
             if spec.kind is TaskKind.MAP:
                 committed = _run_map(spec, job, storage, counters, ctx)
