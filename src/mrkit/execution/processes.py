@@ -97,7 +97,10 @@ _MAX_STARTUP_FAILURES = 3
 # How often a worker checks that its parent process is still the same (see _watch_driver).
 _PARENT_POLL_SECONDS = 1.0
 _STOP = b""  # parent -> worker: finish what you were sent, then exit
-_BEAT = b"B"  # worker -> parent: "still running Python" (never a pickle), while a watched attempt runs
+_BEAT = b"B"  # worker -> parent: "still running Python" (never a pickle), while an attempt runs
+# ...followed by the running map attempt's records and bytes read so far (runtime.live_progress):
+# the cheapest channel for a progress bar that moves during long tasks.
+_BEAT_PROGRESS = struct.Struct("<QQ")
 _BEAT_SECONDS = 1.0
 # The parent ends a worker whose watched attempt (settings.task_timeout) has sent no beat for its
 # timeout plus this long: its watchdog thread cannot run (C code holding the GIL), so nobody else will.
@@ -384,13 +387,15 @@ class _Reporter:
     def beat_forever(self) -> None:
         # A beat says "this process still runs Python": if user code is stuck in C holding the GIL,
         # neither the watchdog nor this thread runs, and the parent ends the silent worker itself.
+        # It also carries the records and bytes read so far, for the parent's progress bar.
+        from mrkit.worker.runtime import live_progress
+
         while True:
             time.sleep(_BEAT_SECONDS)
             with self.lock:
-                spec = self.current
-                if spec is not None and spec.settings.task_timeout:
+                if self.current is not None:
                     try:
-                        self.conn.send_bytes(_BEAT)
+                        self.conn.send_bytes(_BEAT + _BEAT_PROGRESS.pack(*live_progress()))
                     except OSError:
                         return
 
@@ -486,6 +491,7 @@ class _Worker:
 
     __slots__ = (
         "process",
+        "live",
         "conn",
         "reader",
         "pid",
@@ -515,6 +521,7 @@ class _Worker:
         self.kill_failure: TaskFailure | None = None  # ...when that makes its attempt a failed one
         self.ending = False  # it said its last result is sent (a timeout): it runs nothing more
         self.last_heard = 0.0  # when its last message arrived (results and beats)
+        self.live = (0, 0)  # records, bytes read so far by its running attempt (its last beat)
         self.gone = False
 
 
@@ -653,6 +660,16 @@ class ProcessExecutor(Executor):
         return cls(workers=workers, **options)
 
     # -- public API -----------------------------------------------------------------------------
+
+    def live_progress(self) -> tuple[int, int]:
+        """``(records, bytes)`` read so far by the map attempts running now, from the workers' beats.
+
+        Beats come every :data:`_BEAT_SECONDS`, so this lags by up to a second; finished attempts
+        are not included (their counts come with their results).
+        """
+        with self._lock:
+            live = [w.live for w in self._workers]
+        return sum(r for r, _ in live), sum(b for _, b in live)
 
     def submit(self, spec: TaskSpec) -> Future[TaskResult]:
         """Queue one attempt; it runs on the first free worker.
@@ -943,9 +960,13 @@ class ProcessExecutor(Executor):
         outcomes: list[tuple[Any, BaseException | None]] = []
         slowest = 0.0
         ending = False
+        live = None
         for data in frames:
-            if data == _BEAT:
+            if data[:1] == _BEAT:  # a pickle never starts with b"B"
+                if len(data) == 1 + _BEAT_PROGRESS.size:
+                    live = _BEAT_PROGRESS.unpack_from(data, 1)
                 continue
+            live = (0, 0)  # a result: its counts now come with it, not from the beats
             try:
                 seconds, result, *last = pickle.loads(data)
             except Exception as exc:
@@ -958,6 +979,8 @@ class ProcessExecutor(Executor):
         with self._lock:
             w.last_heard = time.monotonic()
             w.ending = w.ending or ending
+            if live is not None:
+                w.live = live
             done = [w.inflight.popleft() for _ in range(min(len(outcomes), len(w.inflight)))]
             if done:
                 w.last_seconds = slowest
