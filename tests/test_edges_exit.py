@@ -36,7 +36,7 @@ def exit_zero_mapper(record: str) -> Iterator[tuple[str, int]]:
     if ctx.task_id == "map-00001":
         # Keeps the map phase open until the parent has seen the exit and reported it.
         _wait_for(folder / "exited")
-        time.sleep(2.0)
+        time.sleep(2.5)
     yield record, 1
 
 
