@@ -16,10 +16,11 @@ def test_bar_starts_empty_with_its_total_and_ends_full_with_a_newline():
     bar = Progress(stream=out, enabled=True)
     bar.start_phase("map", 4)
     bar.update("map", 4, 4, 1000, 3 << 20)
-    first, last = out.getvalue().split("\r")[1:]
-    assert first.startswith("map    [........................] 0/4 tasks 0 records")
-    assert last.startswith("map    [########################] 4/4 tasks 1,000 records")
-    assert last.endswith(" MB/s\n")
+    frames = out.getvalue().split("\r")[1:]
+    assert frames[1].startswith("map   :   0%|") and "0/4 tasks, 0 records, 0 B" in frames[1]
+    assert frames[-1].startswith("map   : 100%|##########| 4/4")
+    assert "4/4 tasks, 1,000 records, 3.0 MB" in frames[-1]
+    assert frames[-1].endswith("\n")
 
 
 def test_bar_is_not_drawn_when_stderr_is_not_a_terminal():
@@ -38,8 +39,8 @@ def test_a_run_draws_both_phases_and_ends_with_the_summary():
             J.WordCount(), mrkit.Records(records), executor="inline", n_map=2, n_reduce=2, progress=True
         )
     text = err.getvalue()
-    assert "map    [########################] 2/2 tasks 200 records" in text
-    assert "reduce [########################] 2/2 tasks" in text
+    assert "2/2 tasks, 200 records" in text and "map   : 100%" in text
+    assert "reduce: 100%|##########| 2/2" in text
     summary = text.strip().splitlines()[-1]
     assert re.fullmatch(
         r"mrkit: job \S+ done in [\d.]+ s: 200 records in \([\d.]+ KB, [\d.]+ MB/s\), "

@@ -39,6 +39,17 @@ def _sizing(executor: str | Executor | None, n_map: int | None, n_reduce: int | 
     return {"n_map": n_map, "n_reduce": n_reduce} if executor == "http" else {}
 
 
+def _worker_python(executor: str | Executor | None, worker_python: str | None) -> dict[str, Any]:
+    """The ``worker_python=`` option, for the one executor that starts Python workers itself."""
+    if worker_python is None:
+        return {}
+    if executor != "http":
+        raise ConfigError(
+            f"worker_python= applies to executor='http' (workers the driver starts), not {executor!r}"
+        )
+    return {"worker_python": worker_python}
+
+
 class Records:
     """Marks an iterable as input *records*, even when its items are strings.
 
@@ -179,6 +190,8 @@ def run(
     job_id: str | None = None,
     split_size: int | None = None,
     resume: bool = False,
+    worker_python: str | None = None,
+    files: Iterable[str | os.PathLike[str]] | None = None,
 ) -> Result:
     """Run ``job`` over ``inputs`` and return its :class:`Result`.
 
@@ -215,6 +228,10 @@ def run(
             others run; the output is the same as an uninterrupted run's, and the counters say
             ``map.tasks_resumed`` / ``reduce.tasks_resumed``. An older driver of the job still
             running is fenced (:class:`~mrkit.coordination.fencing.JobFenced`).
+        worker_python: ``executor="http"`` only: the interpreter of the workers the driver starts
+            (default ``$MRKIT_WORKER_PYTHON``, else ``sys.executable``).
+        files: side files shipped with the job to every worker (``Job(files=...)``); a task opens
+            one with ``mrkit.context().file("name")``.
 
     Returns:
         The :class:`Result`.
@@ -231,8 +248,15 @@ def run(
     fmt = check_format(format if output is not None else "pickle")
     if params:
         job = job.with_params(params)
+    if files:
+        job = job.with_files(files)
     owns_executor = not isinstance(executor, Executor)
-    ex = open_executor(executor, workers=workers, **_sizing(executor, n_map, n_reduce))
+    ex = open_executor(
+        executor,
+        workers=workers,
+        **_sizing(executor, n_map, n_reduce),
+        **_worker_python(executor, worker_python),
+    )
     named = job_id is not None
     job_id = job_id or new_job_id(job.name)
     temp_dirs: list[str] = []

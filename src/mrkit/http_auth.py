@@ -1,4 +1,4 @@
-"""Signing and verifying the requests and responses of the HTTP transport (DESIGN.md §5).
+"""Signing and verifying the requests and responses of the HTTP transport (docs/http.md, "Authentication").
 
 The contract:
 

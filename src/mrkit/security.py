@@ -9,7 +9,7 @@ The contract, used by every transport that carries work between machines (Redis 
   beside the payload, unchanged.
 * :func:`verify` recomputes it and compares in constant time (:func:`hmac.compare_digest`), so the
   comparison leaks nothing about how many leading characters matched. A receiver verifies *before*
-  decoding, unpickling or running anything in the payload (DESIGN.md §5), and refuses on failure
+  decoding, unpickling or running anything in the payload, and refuses on failure
   (:func:`require` raises :class:`~mrkit.errors.AuthenticationError`).
 * :func:`is_loopback` tells whether a host name is this machine, for the policy "a secret is
   required unless every peer is on loopback".

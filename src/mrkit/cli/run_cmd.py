@@ -34,6 +34,13 @@ def _print_counters(counters: dict[str, int]) -> None:
     default=None,
     help="Continue the failed or interrupted run of --job-id, re-using its committed tasks.",
 )
+@click.option(
+    "--file",
+    "files",
+    multiple=True,
+    metavar="PATH",
+    help="A side file shipped with the job (repeatable): tasks open it with mrkit.context().file(NAME).",
+)
 def run(job_ref: str, inputs: tuple[str, ...], **opts: Any) -> None:
     """Run JOB over INPUT files, globs or folders and wait for the result.
 
@@ -49,6 +56,7 @@ def run(job_ref: str, inputs: tuple[str, ...], **opts: Any) -> None:
       mrkit run examples/wordcount.py:WordCount 'texts/*.txt' -o out/ --job-id wc1 --resume
     """
     opts["params"] = parse_params(opts.pop("param"))
+    opts["files"] = list(opts.pop("files")) or None
     apply_storage_options(opts.pop("storage_options"))
     show_counters = opts.pop("counters")
     with _stdin_as_file(inputs) as inputs:

@@ -147,7 +147,16 @@ class PhaseRunner:
 
     def run(self) -> PhaseStats:
         started = time.monotonic()
-        self.progress.start_phase(self.phase, len(self.tasks))
+        splits = [t.spec.split for t in self.tasks]
+        self.progress.start_phase(
+            self.phase,
+            len(self.tasks),
+            # The map phase's bar counts input bytes (its ETA), when every split's length is known.
+            total_bytes=sum(s.length for s in splits if s is not None)
+            if all(s is not None and s.length >= 0 for s in splits)
+            else 0,
+            live=getattr(self.executor, "live_progress", None),
+        )
         capacity = max(1, self.executor.workers)
         try:
             while self._done < len(self.tasks):
@@ -171,6 +180,7 @@ class PhaseRunner:
                     self._handle(future)
                 self._expire_timeouts()
         finally:
+            self.progress.end_phase()
             for future in self._inflight:
                 future.cancel()
         self.stats.seconds = time.monotonic() - started
@@ -225,7 +235,12 @@ class PhaseRunner:
             self._lost(task, f"{type(exc).__name__}: {exc}")
             return
         if task.state is TaskState.COMMITTED:
-            return  # a speculative twin or duplicate finished after the winner: nothing to do
+            # A speculative twin or duplicate finished after the winner: the task stands, but a
+            # failed attempt is still counted (as a lost one is in _lost), so counters tell the truth.
+            if not result.ok:
+                self.stats.failed += 1
+                task.failed += 1
+            return
         if result.ok:
             self._commit(task, result)
         else:

@@ -1,14 +1,20 @@
-"""What a person sees while a job runs: a progress line per phase and a one-line summary.
+"""What a person sees while a job runs: a progress bar per phase and a one-line summary.
 
-The progress line is drawn on stderr only when stderr is a terminal (never in logs or CI output);
-the summary is always printed at the end unless ``quiet``. Both are plain text: no dependency.
+The bar is drawn with tqdm (``tqdm.auto``: a widget in notebooks) on stderr, only when stderr is a
+terminal (never in logs or CI output) and not with ``-q``. It shows the phase's input bytes read
+so far out of its total (map; tasks for reduce), the elapsed time, the ETA and the rate, then the
+tasks done, records and bytes. It moves *during* long tasks: a refresh thread adds what running
+attempts have read so far (``executor.live_progress()``, see
+:func:`mrkit.worker.runtime.live_progress`) to the committed tasks' counts. The summary line is
+always printed at the end unless ``quiet``.
 """
 
 from __future__ import annotations
 
 import sys
-import time
-from typing import TextIO
+import threading
+from collections.abc import Callable
+from typing import Any, TextIO
 
 
 def human_bytes(n: float) -> str:
@@ -21,44 +27,112 @@ def human_bytes(n: float) -> str:
 
 
 class Progress:
-    """Draws ``map [#######.....] 5/8 tasks 1.2M records 31.0 MB/s`` on a terminal.
+    """A tqdm bar per phase: ``map  45%|####  | 450M/1.00G [00:09<00:11, 48.7MB/s, 3/8 tasks, …]``.
 
     Args:
         stream: where to draw (default stderr).
         enabled: draw at all; default: when ``stream`` is a terminal.
+        refresh: seconds between two redraws from running attempts' progress.
     """
 
-    def __init__(self, stream: TextIO | None = None, enabled: bool | None = None) -> None:
+    def __init__(
+        self, stream: TextIO | None = None, enabled: bool | None = None, refresh: float = 0.5
+    ) -> None:
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
-        self._last = 0.0
-        self._phase_start = time.monotonic()
+        self.refresh = refresh
+        self._lock = threading.Lock()
+        self._bar: Any = None
+        self._live: Callable[[], tuple[int, int]] | None = None
+        self._stop = threading.Event()
+        self._phase = ""
+        self._total = 0
+        self._total_bytes = 0
+        self._done = self._records = self._bytes = 0
 
-    def start_phase(self, phase: str, total: int) -> None:
-        """Start timing ``phase`` of ``total`` tasks and draw its empty bar."""
-        self._phase_start = time.monotonic()
-        self.update(phase, 0, total, 0, 0, force=True)
+    def start_phase(
+        self,
+        phase: str,
+        total: int,
+        *,
+        total_bytes: int = 0,
+        live: Callable[[], tuple[int, int]] | None = None,
+    ) -> None:
+        """Start the bar of ``phase``: ``total`` tasks reading ``total_bytes`` (0: unknown).
+
+        Args:
+            live: returns ``(records, bytes)`` read so far by running attempts; polled every
+                ``refresh`` seconds, so the bar moves while a long task runs.
+        """
+        self.end_phase()
+        if not self.enabled:
+            return
+        from tqdm.auto import tqdm
+
+        with self._lock:
+            self._phase, self._total, self._total_bytes, self._live = phase, total, total_bytes, live
+            self._done = self._records = self._bytes = 0
+            by_bytes = total_bytes > 0
+            self._bar = tqdm(
+                total=total_bytes if by_bytes else total,
+                desc=f"{phase:<6}",
+                unit="B" if by_bytes else " tasks",
+                unit_scale=by_bytes,
+                unit_divisor=1024,
+                file=self.stream,
+                leave=True,
+                dynamic_ncols=True,
+            )
+            self._draw_locked()
+        if live is not None:
+            self._stop = stop = threading.Event()
+            threading.Thread(
+                target=self._refresh_until, args=(stop,), name="mrkit-progress", daemon=True
+            ).start()
 
     def update(
         self, phase: str, done: int, total: int, records: int, nbytes: int, *, force: bool = False
     ) -> None:
+        """Record the committed tasks' counts (``done`` of ``total``) and redraw."""
         if not self.enabled:
             return
-        now = time.monotonic()
-        if not force and now - self._last < 0.2 and done < total:
-            return
-        self._last = now
-        width = 24
-        filled = int(width * done / total) if total else 0
-        rate = nbytes / max(1e-6, now - self._phase_start) / (1 << 20)
-        line = (
-            f"\r{phase:<6} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} tasks "
-            f"{records:,} records {rate:.1f} MB/s"
+        with self._lock:
+            if self._bar is None or phase != self._phase:
+                return
+            self._done, self._records, self._bytes = done, records, nbytes
+            self._draw_locked()
+        if total and done >= total:
+            self.end_phase()
+
+    def end_phase(self) -> None:
+        """Stop refreshing and close the current bar (the driver calls it however the phase ended)."""
+        self._stop.set()
+        with self._lock:
+            bar, self._bar = self._bar, None
+            if bar is not None:
+                bar.close()
+
+    def _refresh_until(self, stop: threading.Event) -> None:
+        while not stop.wait(self.refresh):
+            with self._lock:
+                if self._bar is None:
+                    return
+                self._draw_locked()
+
+    def _draw_locked(self) -> None:
+        live_records = live_bytes = 0
+        if self._live is not None and self._done < self._total:
+            try:
+                live_records, live_bytes = self._live()
+            except Exception:  # a progress source must never break the job
+                self._live = None
+        records, nbytes = self._records + live_records, self._bytes + live_bytes
+        bar = self._bar
+        bar.n = min(nbytes, self._total_bytes) if self._total_bytes else self._done
+        bar.set_postfix_str(
+            f"{self._done}/{self._total} tasks, {records:,} records, {human_bytes(nbytes)}", refresh=False
         )
-        self.stream.write(line)
-        if done >= total and total:
-            self.stream.write("\n")
-        self.stream.flush()
+        bar.refresh()
 
 
 def summary_line(job_id: str, seconds: float, counters: dict[str, int], ok: bool = True) -> str:

@@ -1,8 +1,8 @@
 """The map side of one task: map, combine, partition, sort, spill.
 
-Pairs from the user's mapper go into one dict ``key -> [values]`` (combining map-side in a dict,
-DESIGN.md §4); a hook that returns a dict's items into an empty buffer (``Counter(...).items()``
-from ``mapper_split`` or ``mapper_final``) is kept as one dict ``key -> value`` instead, with no
+Pairs from the user's mapper go into one dict ``key -> [values]`` (in-mapper combining); a hook
+that returns a dict's items into an empty buffer (``Counter(...).items()`` from ``mapper_split``
+or ``mapper_final``) is kept as one dict ``key -> value`` instead, with no
 Python work per pair. Every few thousand records the buffer's size is estimated; past the memory
 budget it is combined in place (when the job has a combiner) and, if still too big, *spilled*:
 partitioned by the stable partitioner, sorted by encoded key, and appended as one sorted run of

@@ -2,9 +2,15 @@
 
 Formats (one per job):
 
-    tsv     JSON key TAB JSON value, one pair per line (mrjob's convention): types survive
+    tsv     JSON key TAB JSON value, one pair per line (mrjob's convention)
     jsonl   one JSON array ``[key, value]`` per line
     pickle  framed pickled lists of pairs (used for in-memory results: exact Python types)
+
+What survives ``tsv``/``jsonl`` and :func:`read_output`: str, int, float, bool and None exactly;
+a tuple *key* comes back as a tuple (a JSON array in key position is read back as a tuple, nested
+ones too, so keys stay hashable and ``dict(read_output(...))`` works); in *values* tuples come back
+as lists; sets and frozensets are written as sorted lists, bytes as UTF-8 text, and dict keys as
+strings (JSON's rules). Anything else is refused (:class:`UnencodableOutput`).
 
 A published output folder holds ``part-00000 … part-(M-1)`` and ``_SUCCESS`` (a small JSON
 document naming the format and counts), written last.
@@ -33,6 +39,21 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
+class UnencodableOutput(TypeError):
+    """An output pair that the job's output format cannot encode; deterministic, so never retried.
+
+    Attributes:
+        key: the key of the pair (its repr is used when the key itself is the culprit).
+        cause: the encoder's own message.
+    """
+
+    def __init__(self, key: Any, fmt: str, cause: str) -> None:
+        self.key = key
+        self.fmt = fmt
+        self.cause = cause
+        super().__init__(f"output pair with key {key!r:.60} cannot be written as {fmt}: {cause}")
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, (set, frozenset)):
         return sorted(value, key=repr)
@@ -46,6 +67,11 @@ def _json_default(value: Any) -> Any:
 
 def write_pairs(f: BinaryIO, pairs: Iterable[tuple[Any, Any]], fmt: str) -> int:
     """Write ``pairs`` to ``f`` in ``fmt``; returns how many pairs were written.
+
+    Raises:
+        UnencodableOutput: a pair is not a ``(key, value)`` pair, or ``fmt`` cannot encode it (an
+            object that is not JSON-serialisable for ``tsv``/``jsonl``, an unpicklable one for
+            ``pickle``). Sets and bytes are written as sorted lists and UTF-8 text.
 
     >>> import io; buf = io.BytesIO()
     >>> write_pairs(buf, [("pi", 3.14), (("a", 1), [2])], "tsv")
@@ -66,11 +92,20 @@ def write_pairs(f: BinaryIO, pairs: Iterable[tuple[Any, Any]], fmt: str) -> int:
         return n
     dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_json_default).encode
     lines: list[str] = []
-    for key, value in pairs:
-        if fmt == "tsv":
-            lines.append(f"{dumps(key)}\t{dumps(value)}\n")
-        else:
-            lines.append(dumps([key, value]) + "\n")
+    for pair in pairs:
+        try:
+            key, value = pair
+        except (TypeError, ValueError):
+            raise UnencodableOutput(
+                pair, fmt, f"the reducer must yield (key, value) pairs, got {type(pair).__name__}"
+            ) from None
+        try:
+            if fmt == "tsv":
+                lines.append(f"{dumps(key)}\t{dumps(value)}\n")
+            else:
+                lines.append(dumps([key, value]) + "\n")
+        except (TypeError, ValueError) as exc:  # ValueError: a circular reference
+            raise UnencodableOutput(key, fmt, str(exc)) from None
         if len(lines) >= _BATCH:
             f.write("".join(lines).encode())
             n += len(lines)
@@ -82,14 +117,31 @@ def write_pairs(f: BinaryIO, pairs: Iterable[tuple[Any, Any]], fmt: str) -> int:
 
 
 def _write_frame(f: BinaryIO, batch: list[tuple[Any, Any]]) -> int:
-    data = pickle.dumps(batch, protocol=5)
+    try:
+        data = pickle.dumps(batch, protocol=5)
+    except Exception as exc:
+        # Find the pair to name: pickling one at a time is slow, but only on this failure path.
+        for pair in batch:
+            try:
+                pickle.dumps(pair, protocol=5)
+            except Exception as one:
+                key = pair[0] if isinstance(pair, tuple) and len(pair) == 2 else pair
+                raise UnencodableOutput(key, "pickle", f"{type(one).__name__}: {one}") from None
+        raise UnencodableOutput(batch[0][0], "pickle", f"{type(exc).__name__}: {exc}") from None
     f.write(_LEN.pack(len(data)))
     f.write(data)
     return len(batch)
 
 
 def read_pairs(f: BinaryIO, fmt: str, name: str = "") -> Iterator[tuple[Any, Any]]:
-    """Iterate the pairs of one part file written by :func:`write_pairs`."""
+    """Iterate the pairs of one part file written by :func:`write_pairs`.
+
+    For ``tsv``/``jsonl`` a key that is a JSON array is returned as a tuple (module docstring).
+
+    >>> import io; buf = io.BytesIO(b'["a",1]\\t[2]\\n')
+    >>> list(read_pairs(buf, "tsv"))
+    [(('a', 1), [2])]
+    """
     if fmt == "pickle":
         while True:
             head = f.read(4)
@@ -106,12 +158,19 @@ def read_pairs(f: BinaryIO, fmt: str, name: str = "") -> Iterator[tuple[Any, Any
         try:
             if fmt == "tsv":
                 key_text, value_text = line.split("\t", 1)
-                yield loads(key_text), loads(value_text)
+                key, value = loads(key_text), loads(value_text)
             else:
                 key, value = loads(line)
-                yield key, value
+            yield (_as_key(key) if type(key) is list else key), value
         except ValueError as exc:
             raise InputError(f"{name} line {lineno} is not valid {fmt} output: {exc}") from exc
+
+
+def _as_key(value: Any) -> Any:
+    """A JSON array read in key position, as the tuple it was written from (nested ones too)."""
+    if type(value) is list:
+        return tuple(_as_key(v) for v in value)
+    return value
 
 
 def read_output(folder: str | os.PathLike[str]) -> Iterator[tuple[Any, Any]]:

@@ -32,7 +32,7 @@ each with its position for error messages) or ``reader.records()`` (flat). The c
 * **Sources.** Local paths are read with plain unbuffered files; ``storage-url#key`` objects with
   ranged :meth:`~mrkit.storage.Storage.open_read` calls, streamed, never whole (except ``pickle``).
 
-Speed (DESIGN.md §4): the reader fills one reused buffer with 4 MiB reads, decodes each block of
+Speed: the reader fills one reused buffer with 4 MiB reads, decodes each block of
 complete lines once and cuts it with ``str.split("\\n")``; the partial last line moves to the
 front of the buffer for the next read. Per record there is no framework code at all for ``text``
 (one list-comprehension step for ``jsonl``). Byte offsets of records are computed only when

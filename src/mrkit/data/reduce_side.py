@@ -7,13 +7,15 @@ an iterator, so memory stays bounded whatever the number of values of a key.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
-from mrkit.data.map_side import _short, user_failure
+from mrkit.data.map_side import UserCodeError, _short, user_failure
 from mrkit.data.merging import group_in_memory, group_values, merge_sorted_runs
 from mrkit.data.runs import Frame, read_frames, run_entries
 from mrkit.model.job import Job, identity_reducer, returns_pairs
+from mrkit.model.task import TaskFailure
 from mrkit.storage.base import Storage
 
 
@@ -77,14 +79,39 @@ def reduce_partition(
     except GeneratorExit:
         raise
     except Exception as exc:
-        raise user_failure(f"reducer on key {_short(key)}", exc) from exc
+        error = user_failure(f"reducer on key {_short(key)}", exc)
+        tb = exc.__traceback__
+        if isinstance(exc, TypeError) and tb is not None and tb.tb_next is None:
+            # Raised by the call itself, not inside the reducer: it does not take (key, values)
+            # (a signature inspect could not read at plan time). Every attempt fails the same way.
+            error = UserCodeError(
+                dataclasses.replace(
+                    error.failure, message=f"reducer must take (key, values): {exc}", retryable=False
+                )
+            )
+        raise error from exc
     finally:
         counters["keys"] = counters.get("keys", 0) + keys
 
 
 def write_partition(open_out: Callable[[], BinaryIO], pairs: Iterator[tuple[Any, Any]], fmt: str) -> int:
-    """Write ``pairs`` to a new output object; returns the number of pairs written."""
-    from mrkit.data.output import write_pairs
+    """Write ``pairs`` to a new output object; returns the number of pairs written.
 
-    with open_out() as f:
-        return write_pairs(f, pairs, fmt)
+    Raises:
+        UserCodeError: not retryable, when a pair cannot be written in ``fmt``
+            (:class:`~mrkit.data.output.UnencodableOutput`): every attempt would fail the same way.
+    """
+    from mrkit.data.output import UnencodableOutput, write_pairs
+
+    try:
+        with open_out() as f:
+            return write_pairs(f, pairs, fmt)
+    except UnencodableOutput as exc:
+        raise UserCodeError(
+            TaskFailure(
+                where=f"reducer output for key {_short(exc.key)}",
+                exc_type="UnencodableOutput",
+                message=f"cannot be written as {exc.fmt}: {exc.cause}",
+                retryable=False,
+            )
+        ) from exc

@@ -2,7 +2,7 @@
 
 A run is a sequence of *frames*; a frame is a 4-byte little-endian length followed by one pickled
 tuple ``(keys, values, kbs, single)``, *columnar* so that pickling and unpickling stay in C and cost
-per frame, not per key (DESIGN.md §4: serialise in batches, protocol 5):
+per frame, not per key (serialise in batches, pickle protocol 5):
 
 * ``keys``: the frame's keys, sorted by their encoded bytes (:func:`~mrkit.model.partition.key_bytes`)
   across the whole run;

@@ -4,7 +4,7 @@ An executor knows nothing of MapReduce: it ships a :class:`~mrkit.model.task.Tas
 the worker calls :func:`mrkit.worker.runtime.run_task`, and the :class:`~mrkit.model.task.TaskResult`
 comes back on the future. A future fails only when the *infrastructure* failed
 (:class:`~mrkit.errors.WorkerLost`); a raising user function is a result with ``ok=False``, so that
-the coordinator can tell the two apart (DESIGN.md §3, bounded retries).
+the coordinator can tell the two apart (docs/faults.md: failed and lost attempts have separate bounds).
 
 A backend implements ``submit`` (and ``shutdown`` when it holds resources); the base adds the
 context manager, ``map`` and the hooks the driver asks about. Executors are named by strings and

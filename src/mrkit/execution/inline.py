@@ -33,6 +33,12 @@ class InlineExecutor(Executor):
     def from_name(cls, name: str, *, workers: int | None = None, **options: Any) -> InlineExecutor:
         return cls()
 
+    def live_progress(self) -> tuple[int, int]:
+        """``(records, bytes)`` read so far by the attempt running now (for the progress bar's thread)."""
+        from mrkit.worker.runtime import live_progress
+
+        return live_progress()
+
     def submit(self, spec: TaskSpec) -> Future[TaskResult]:
         from mrkit.worker.runtime import run_task  # the far side; imported late to keep layers one-way
         from mrkit.worker.watchdog import watch

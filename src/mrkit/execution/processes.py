@@ -27,7 +27,7 @@ The contract (:class:`ProcessExecutor`):
 How it works: each worker is a long-lived process with its own duplex :func:`multiprocessing.Pipe`.
 The parent sends a pickled :class:`~mrkit.model.task.TaskSpec`; the worker calls the runner
 (:func:`mrkit.worker.runtime.run_task` unless told otherwise) and sends the pickled result back.
-Pickle is fine here: both ends are this program, on a pipe nobody else holds (DESIGN.md §5 concerns
+Pickle is fine here: both ends are this program, on a pipe nobody else holds (signing is for
 peers we do not control). One dispatcher thread in the parent waits with
 :func:`multiprocessing.connection.wait` on every worker's pipe *and* its process sentinel, so a death
 is noticed even when the worker never wrote a byte. ``submit`` hands a task straight to an idle
@@ -37,7 +37,7 @@ frees a worker. That keeps the cost per task to one pipe write, one pipe read an
 Cancelling: a queued task's ``Future.cancel()`` succeeds and the task is never sent. A task that was
 sent (running, or sent ahead as prefetch) cannot be cancelled: it runs to completion, and its commit
 loses the first-writer-wins race to whichever attempt committed first (the coordination layer
-relies on that, DESIGN.md §3).
+relies on that, docs/faults.md).
 
 Future callbacks run in the dispatcher thread; keep them short (submitting more work is fine).
 
@@ -97,7 +97,10 @@ _MAX_STARTUP_FAILURES = 3
 # How often a worker checks that its parent process is still the same (see _watch_driver).
 _PARENT_POLL_SECONDS = 1.0
 _STOP = b""  # parent -> worker: finish what you were sent, then exit
-_BEAT = b"B"  # worker -> parent: "still running Python" (never a pickle), while a watched attempt runs
+_BEAT = b"B"  # worker -> parent: "still running Python" (never a pickle), while an attempt runs
+# ...followed by the running map attempt's records and bytes read so far (runtime.live_progress):
+# the cheapest channel for a progress bar that moves during long tasks.
+_BEAT_PROGRESS = struct.Struct("<QQ")
 _BEAT_SECONDS = 1.0
 # The parent ends a worker whose watched attempt (settings.task_timeout) has sent no beat for its
 # timeout plus this long: its watchdog thread cannot run (C code holding the GIL), so nobody else will.
@@ -384,13 +387,15 @@ class _Reporter:
     def beat_forever(self) -> None:
         # A beat says "this process still runs Python": if user code is stuck in C holding the GIL,
         # neither the watchdog nor this thread runs, and the parent ends the silent worker itself.
+        # It also carries the records and bytes read so far, for the parent's progress bar.
+        from mrkit.worker.runtime import live_progress
+
         while True:
             time.sleep(_BEAT_SECONDS)
             with self.lock:
-                spec = self.current
-                if spec is not None and spec.settings.task_timeout:
+                if self.current is not None:
                     try:
-                        self.conn.send_bytes(_BEAT)
+                        self.conn.send_bytes(_BEAT + _BEAT_PROGRESS.pack(*live_progress()))
                     except OSError:
                         return
 
@@ -486,6 +491,7 @@ class _Worker:
 
     __slots__ = (
         "process",
+        "live",
         "conn",
         "reader",
         "pid",
@@ -515,6 +521,7 @@ class _Worker:
         self.kill_failure: TaskFailure | None = None  # ...when that makes its attempt a failed one
         self.ending = False  # it said its last result is sent (a timeout): it runs nothing more
         self.last_heard = 0.0  # when its last message arrived (results and beats)
+        self.live = (0, 0)  # records, bytes read so far by its running attempt (its last beat)
         self.gone = False
 
 
@@ -528,6 +535,10 @@ def _exit_description(process: Any) -> str:
         except ValueError:
             name = f"signal {-code}"
         return f"was killed by {name} (exit code {code})"
+    if code == 0:
+        # A worker only exits 0 when told to; mid-task that is user code's os._exit(0) (or a C
+        # library's exit(0)): still a failed attempt, and the message must say so plainly.
+        return "exited mid-task with exit code 0"
     return f"exited with code {code}"
 
 
@@ -547,7 +558,7 @@ class ProcessExecutor(Executor):
     share the server's ``str`` hash salt (drawn when the server started, different from the
     driver's); with ``spawn`` each worker draws its own. ``PYTHONHASHSEED`` fixes all of them, but
     under forkserver only if it was set before the server started. Either way ``hash()`` must not
-    decide where a key goes (DESIGN.md §3): partitioners use digests.
+    decide where a key goes: partitioners use digests.
     """
 
     name = "processes"
@@ -649,6 +660,16 @@ class ProcessExecutor(Executor):
         return cls(workers=workers, **options)
 
     # -- public API -----------------------------------------------------------------------------
+
+    def live_progress(self) -> tuple[int, int]:
+        """``(records, bytes)`` read so far by the map attempts running now, from the workers' beats.
+
+        Beats come every :data:`_BEAT_SECONDS`, so this lags by up to a second; finished attempts
+        are not included (their counts come with their results).
+        """
+        with self._lock:
+            live = [w.live for w in self._workers]
+        return sum(r for r, _ in live), sum(b for _, b in live)
 
     def submit(self, spec: TaskSpec) -> Future[TaskResult]:
         """Queue one attempt; it runs on the first free worker.
@@ -939,9 +960,13 @@ class ProcessExecutor(Executor):
         outcomes: list[tuple[Any, BaseException | None]] = []
         slowest = 0.0
         ending = False
+        live = None
         for data in frames:
-            if data == _BEAT:
+            if data[:1] == _BEAT:  # a pickle never starts with b"B"
+                if len(data) == 1 + _BEAT_PROGRESS.size:
+                    live = _BEAT_PROGRESS.unpack_from(data, 1)
                 continue
+            live = (0, 0)  # a result: its counts now come with it, not from the beats
             try:
                 seconds, result, *last = pickle.loads(data)
             except Exception as exc:
@@ -954,6 +979,8 @@ class ProcessExecutor(Executor):
         with self._lock:
             w.last_heard = time.monotonic()
             w.ending = w.ending or ending
+            if live is not None:
+                w.live = live
             done = [w.inflight.popleft() for _ in range(min(len(outcomes), len(w.inflight)))]
             if done:
                 w.last_seconds = slowest

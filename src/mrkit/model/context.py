@@ -7,8 +7,11 @@ counters through the context of the task that calls them. Outside a task, ``cont
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
+import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +26,7 @@ class TaskContext:
         job_id, task_id, attempt: which attempt this is.
         params: the job's ``params``.
         counters: user counters of this attempt; reported as ``user.<name>`` in the job's counters.
+        files: the job's side files (``Job(files=...)``), by base name; open them with :meth:`file`.
     """
 
     job_id: str
@@ -30,10 +34,45 @@ class TaskContext:
     attempt: int
     params: dict[str, Any] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    files: Mapping[str, bytes] = field(default_factory=dict)
+
+    def file(self, name: str) -> str:
+        """The local path of the job's side file ``name`` (its base name), on whatever worker runs us.
+
+        The file is written once per content into a private temp folder of this machine and shared
+        by later tasks; treat it as read-only.
+
+        Raises:
+            FileNotFoundError: the job ships no side file of that name (the message lists those it has).
+        """
+        data = self.files.get(name)
+        if data is None:
+            have = ", ".join(sorted(self.files)) or "none"
+            raise FileNotFoundError(
+                f"job {self.job_id} ships no side file {name!r} (it has: {have}); "
+                "pass files=[...] to mrkit.Job or mrkit.run, or --file to mrkit run"
+            )
+        return _materialise(name, data)
 
     def increment(self, name: str, amount: int = 1) -> None:
         """Add ``amount`` to the user counter ``name`` (summed over the job's committed attempts)."""
         self.counters[name] = self.counters.get(name, 0) + amount
+
+
+def _materialise(name: str, data: bytes) -> str:
+    # Keyed by content, so tasks of the same job (and reruns) share one copy, and a job with a
+    # different file of the same name never sees a stale one. Written under a temp name and renamed,
+    # so that concurrent tasks on one machine never read a half-written file.
+    digest = hashlib.sha256(data).hexdigest()[:32]
+    folder = os.path.join(tempfile.gettempdir(), f"mrkit-files-{os.getuid()}", digest)
+    path = os.path.join(folder, name)
+    if not os.path.exists(path):
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=folder, prefix=".part-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(temp, path)
+    return path
 
 
 def context() -> TaskContext:

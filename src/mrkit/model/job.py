@@ -1,6 +1,6 @@
 """What a job is: the user's map, combine, partition and reduce functions, in one object.
 
-A job is written in one of three equivalent forms (DESIGN.md §1):
+A job is written in one of three equivalent forms (README.md, "Four ways to write a job"):
 
 * functions: ``mrkit.Job(mapper=f, reducer=g, combiner=g)``;
 * a class: ``class WordCount(mrkit.Job)`` defining ``mapper``/``combiner``/``reducer``/``partitioner``
@@ -32,6 +32,7 @@ Contracts of the user functions:
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -64,9 +65,16 @@ class Job:
         params: a JSON-able mapping the user functions read as ``self.params`` (class form) or
             ``mrkit.context().params`` (either form).
         name: a label shown in progress, logs and status; default: the class or mapper name.
+        files: small side files the user functions read (a stop-word list): read now, shipped
+            inside the job to every worker, and opened there with ``mrkit.context().file(name)``,
+            which returns a local path to a copy (``name`` is the file's base name). At most
+            :data:`MAX_SIDE_FILE_BYTES` in all.
 
     Raises:
-        ConfigError: when no mapper or mapper_split is defined, or a function is not callable.
+        ConfigError: when a side file is missing, not a file, named twice or too big; when no mapper
+            or mapper_split is defined, a function is not callable, or an
+            introspectable function cannot be called with its slot's arguments (a reducer taking
+            one argument, a combiner taking three): that would fail every attempt the same way.
 
     Example:
         >>> job = Job(mapper=lambda line: [(w, 1) for w in line.split()], reducer=lambda k, vs: sum(vs))
@@ -94,6 +102,7 @@ class Job:
         mapper_split: Callable[..., Any] | None = None,
         params: Mapping[str, Any] | None = None,
         name: str | None = None,
+        files: Iterable[str | os.PathLike[str]] = (),
     ) -> None:
         given = {
             "mapper": mapper,
@@ -114,11 +123,14 @@ class Job:
             setattr(self, slot, fn)
         self.params: dict[str, Any] = dict(params or {})
         self.name = name or self._default_name()
+        self.files: dict[str, bytes] = read_side_files(files)
         if self.mapper is None and self.mapper_split is None:
             raise ConfigError(
                 f"job {self.name!r} defines neither mapper nor mapper_split: give mrkit.Job(mapper=...) "
                 "or define a mapper method on the class"
             )
+        for slot in _FUNCTION_SLOTS:
+            check_signature(self.name, slot, getattr(self, slot, None))
 
     def _default_name(self) -> str:
         if type(self) is not Job:
@@ -139,9 +151,91 @@ class Job:
         clone.params = {**self.params, **dict(params)}
         return clone
 
+    def with_files(self, files: Iterable[str | os.PathLike[str]]) -> Job:
+        """Return a copy of this job that also ships the side ``files`` (see ``files=`` above)."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.files = read_side_files(files, dict(getattr(self, "files", {})))
+        return clone
+
     def __repr__(self) -> str:
         slots = [s for s in _FUNCTION_SLOTS if getattr(self, s, None) is not None]
         return f"<mrkit.Job {self.name} ({', '.join(slots)})>"
+
+
+MAX_SIDE_FILE_BYTES = 8 << 20  # side files travel inside the job's pickle, to every worker
+
+
+def read_side_files(
+    paths: Iterable[str | os.PathLike[str]], files: dict[str, bytes] | None = None
+) -> dict[str, bytes]:
+    """Read the side files ``paths`` into ``{base name: bytes}`` (added to ``files``).
+
+    Raises:
+        ConfigError: a file is missing or not a regular file, two have the same base name, or they
+            hold more than :data:`MAX_SIDE_FILE_BYTES` together.
+    """
+    files = dict(files or {})
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    for path in paths:
+        path = os.fspath(path)
+        name = os.path.basename(path)
+        if not os.path.isfile(path):
+            what = "is not a file" if os.path.exists(path) else "does not exist"
+            raise ConfigError(f"side file {path} {what}: files= (--file) names files to ship with the job")
+        if name in files:
+            raise ConfigError(f"two side files are named {name!r}: their base names must differ")
+        total = sum(map(len, files.values())) + os.path.getsize(path)
+        if total > MAX_SIDE_FILE_BYTES:
+            raise ConfigError(
+                f"side file {path} is too big: side files ship inside the job and may hold "
+                f"{MAX_SIDE_FILE_BYTES >> 20} MiB in all ({total:,} bytes asked); read bigger data as "
+                "an input or from shared storage"
+            )
+        with open(path, "rb") as f:
+            files[name] = f.read()
+    return files
+
+
+# The positional arguments the runtime passes to each slot, named as in the error message.
+_SLOT_ARGUMENTS = {
+    "mapper": ("record",),
+    "combiner": ("key", "values"),
+    "reducer": ("key", "values"),
+    "partitioner": ("key", "n_reduce"),
+    "mapper_init": (),
+    "mapper_final": (),
+    "mapper_split": ("records",),
+}
+
+
+def check_signature(job_name: str, slot: str, fn: Callable[..., Any] | None) -> None:
+    """Raise :class:`ConfigError` when ``fn`` cannot be called as the runtime calls ``slot``.
+
+    Functions :func:`inspect.signature` cannot read (some builtins and C callables) are not
+    checked; a wrong call then fails the task at run time, without retries.
+
+    >>> check_signature("wc", "reducer", lambda key, values: 0)
+    >>> check_signature("wc", "reducer", lambda key: 0)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    mrkit.errors.ConfigError: job 'wc' reducer must take (key, values), but <lambda>(key) cannot: ...
+    """
+    if fn is None:
+        return
+    arguments = _SLOT_ARGUMENTS[slot]
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(*arguments)
+    except TypeError as exc:
+        name = getattr(fn, "__name__", type(fn).__name__)
+        raise ConfigError(
+            f"job {job_name!r} {slot} must take ({', '.join(arguments)}), but {name}{signature} cannot: {exc}"
+        ) from None
 
 
 def returns_pairs(fn: Callable[..., Any]) -> bool:

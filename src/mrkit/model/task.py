@@ -4,7 +4,7 @@ All are frozen dataclasses with one ``encode() -> bytes`` / ``decode(bytes)`` pa
 The encoding is JSON, not pickle, so a spec or result can be read from any transport without
 unpickling anything; the only pickled bytes inside are the futures API's function and arguments
 (``TaskSpec.call``) and its results (``TaskResult.output``), which the transports authenticate
-before use (DESIGN.md §5).
+before use (docs/http.md, "Authentication"; docs/redis.md, "Security").
 
 A spec carries references, never data (STYLE 13): a map task names its split (``uri``, byte range),
 a reduce task its partition number, and both name the storage that holds the job's code and the

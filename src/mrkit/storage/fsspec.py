@@ -33,8 +33,8 @@ to the writer (mrkit's commit manifests name their attempt; guard keys hold a re
 
 Why one module of ~600 lines: the issue gave the object-store backend this one file (registered in
 ``storage/__init__.py``). It reads in three parts — the storage, the streamed reader and writer, then
-the two adapters (S3 via boto3, the rest via fsspec); the adapters would be the first to move out
-(``storage/s3.py``) if it grows.
+the two adapters (S3 via boto3, the rest via fsspec); the adapters would be the first to move out,
+into a module of their own, if it grows.
 
 Endpoint and credentials come from the usual AWS sources (``AWS_ENDPOINT_URL_S3`` /
 ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID`` …, profiles, instance and function roles), or from

@@ -49,6 +49,22 @@ _STORAGES: dict[str, Storage] = {}
 _JOBS: dict[str, Job] = {}
 _FUNCTIONS: dict[str, Callable[..., Any]] = {}
 _CACHE_LIMIT = 32
+# thread id -> [records, bytes] read so far by the map attempt that thread runs (see live_progress).
+_LIVE: dict[int, list[int]] = {}
+
+
+def live_progress() -> tuple[int, int]:
+    """``(records, bytes)`` read so far by the map attempts running in this process, summed.
+
+    Updated once per record batch (one block read), so a long map task's progress can be shown
+    before it ends: the processes executor sends it to the parent in its heartbeat, the inline
+    executor reads it directly. Reduce attempts and finished attempts are not counted.
+    """
+    records = nbytes = 0
+    for counts in list(_LIVE.values()):
+        records += counts[0]
+        nbytes += counts[1]
+    return records, nbytes
 
 
 def storage_for(url: str) -> Storage:
@@ -144,7 +160,13 @@ def run_task(spec: TaskSpec, *, worker: str = "", catch_interrupt: bool = True) 
                 seconds=time.perf_counter() - started,
             )
         job = load_job(storage, spec.job_key, spec.job_digest)
-        ctx = TaskContext(job_id=spec.job_id, task_id=spec.task_id, attempt=spec.attempt, params=job.params)
+        ctx = TaskContext(
+            job_id=spec.job_id,
+            task_id=spec.task_id,
+            attempt=spec.attempt,
+            params=job.params,
+            files=getattr(job, "files", {}),  # jobs pickled before side files existed have none
+        )
         with activate(ctx):
             if spec.kind is TaskKind.MAP:
                 committed = _run_map(spec, job, storage, counters, ctx)
@@ -217,12 +239,23 @@ def _run_map(spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, int
             layout.map_part_key(spec.job_id, spec.task_id, spec.attempt, p)
         ),
     )
+    ident = threading.get_ident()
+    live = _LIVE[ident] = [0, 0]
+
+    def counted(batches: Any) -> Any:
+        for batch in batches:
+            live[0] += len(batch.records)
+            live[1] = reader.bytes_read
+            yield batch
+
     try:
-        records = map_split(job, reader.batches(), out, split.describe)
+        records = map_split(job, counted(reader.batches()), out, split.describe)
         offsets = out.finish()
     except BaseException:
         out.abort()
         raise
+    finally:
+        _LIVE.pop(ident, None)
     counters.update(
         records_in=records,
         bytes_in=reader.bytes_read,
