@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mrkit.coordination.fencing import Epoch, JobFenced, epoch_key
+from mrkit.coordination.fencing import Epoch, JobFenced, JobStateLost, epoch_key
 from mrkit.storage import LocalStorage, open_storage
 from tests.test_resume import (
     LINES,
@@ -95,9 +95,10 @@ def test_an_epoch_is_fenced_by_the_next_claim_and_by_a_removed_state(tmp_path: P
     with pytest.raises(JobFenced, match="fenced by a newer driver of job j"):
         second.check()
     third.check()
-    # Throttled checks skip the reads inside the interval, and check again after it.
+    # Throttled checks skip the reads inside the interval, and check again after it. With every
+    # epoch gone and nothing published, no newer driver exists: the storage lost the state.
     storage.delete_prefix("j/")
     third.check(force=False)
     time.sleep(0.3)
-    with pytest.raises(JobFenced):
+    with pytest.raises(JobStateLost, match="lost the state of job j"):
         third.check(force=False)

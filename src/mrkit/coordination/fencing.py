@@ -27,12 +27,17 @@ import uuid
 from mrkit.errors import JobFailed
 from mrkit.model import layout
 from mrkit.storage.base import Storage
+from mrkit.storage.redis import redact as redact_url
 
 CHECK_INTERVAL = 0.25  # seconds between two epoch checks while a phase runs (one or two reads each)
 
 
 class JobFenced(JobFailed):
     """Raised in a driver whose job was taken over by a newer driver (a resumed run)."""
+
+
+class JobStateLost(JobFailed):
+    """Raised in a driver whose job state vanished with no newer driver to own it (storage lost data)."""
 
 
 def epoch_prefix(job_id: str) -> str:
@@ -103,7 +108,8 @@ class Epoch:
                 since the monotonic clock keeps running while a process is stopped).
 
         Raises:
-            JobFenced: a newer driver claimed a later epoch, or removed this job's state.
+            JobFenced: a newer driver claimed a later epoch, or finished and removed this job's state.
+            JobStateLost: this job's epochs are gone and nothing newer exists: the storage lost them.
         """
         now = time.monotonic()
         if not force and now - self._checked < CHECK_INTERVAL:
@@ -113,6 +119,14 @@ class Epoch:
         if mine == self.token.encode() and not self.storage.exists(epoch_key(self.job_id, self.number + 1)):
             return
         newer = max(newest_epoch(self.storage, self.job_id), self._published_epoch())
+        if mine is None and newer == 0:
+            # No epoch at all and nothing published: no newer driver exists, the state is gone.
+            raise JobStateLost(
+                f"the intermediate storage {redact_url(self.storage.url)} lost the state of job "
+                f"{self.job_id} (it restarted without persistence, or the keys were deleted): the "
+                "work done so far is lost; this driver stops without touching the output",
+                job_id=self.job_id,
+            )
         shown = f"epoch {newer} > {self.number}" if newer > self.number else f"epoch ? > {self.number}"
         raise JobFenced(
             f"fenced by a newer driver of job {self.job_id} ({shown}): this driver stops without "
