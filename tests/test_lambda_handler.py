@@ -143,6 +143,27 @@ def test_on_failure_record_marks_the_tasks_lost(s3_url):
     assert not storage.exists(lost_key(plan.job_id, second.task_id, 1))
 
 
+def test_on_failure_record_of_a_task_that_committed_before_dying_reports_it_done(s3_url):
+    """A delivery committed its task and died before writing its result: the task is done, with the
+    counters of its commit, not lost (which would run it again, and stall an async job)."""
+    storage, _out, plan = plan_job(s3_url)
+    first, second = plan.map_specs
+    handler(build_event([first, second], storage.url), context())
+    storage.delete(result_key(plan.job_id, first.task_id, 1))  # as if it died right after its commit
+    record = {
+        "requestContext": {"condition": "RetriesExhausted", "approximateInvokeCount": 3},
+        "requestPayload": build_event([first, second], storage.url),
+        "responsePayload": {"errorType": "Runtime.ExitError", "errorMessage": "signal SIGKILL"},
+    }
+    assert handler(record, context()) == {"lost": []}
+    assert not storage.exists(lost_key(plan.job_id, first.task_id, 1))
+    done = TaskResult.decode(storage.get(result_key(plan.job_id, first.task_id, 1)))
+    assert done.ok and done.committed and done.counters["records_in"] == len(LINES) // 2
+    # A later event of the same attempt finds the same answer without running the job's code.
+    [again] = decode(handler(build_event([first], storage.url), context()))
+    assert again.ok and again.committed
+
+
 def test_foreign_events_are_refused(s3_url):
     with pytest.raises(ConfigError, match="not an mrkit event"):
         handler({"Records": []}, context())

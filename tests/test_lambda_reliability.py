@@ -152,6 +152,42 @@ def test_an_owner_that_died_after_taking_the_trigger_is_finished_by_its_on_failu
     assert recorder.task_ids() == {"reduce-00000": 1, "reduce-00001": 1}
 
 
+def test_a_task_that_committed_and_died_before_reporting_still_starts_the_next_phase(s3_url, monkeypatch):
+    """The last map task commits, then its invocation dies before it writes its result (every
+    delivery, as under repeated kills). Its on-failure record must count the commit as done and start
+    the reduce phase, once: marked lost, the async job would wait forever for that phase."""
+    recorder = RecordingInvoker()
+    monkeypatch.setattr(aws_lambda, "invoker_from_config", lambda config: recorder)
+    storage, _out, plan = _serverless_plan(s3_url, 2, lease=0.3)
+    job = {"invoker": recorder.config()}
+    handler(build_event([plan.map_specs[0]], storage.url, job=job), context())
+    last = build_event([plan.map_specs[1]], storage.url, job=job)
+    real_run_task = lambda_handler.run_task
+
+    def commit_then_die(spec, **kwargs):
+        real_run_task(spec, **kwargs)
+        raise RuntimeError("killed right after the commit")
+
+    monkeypatch.setattr(lambda_handler, "run_task", commit_then_die)
+    with pytest.raises(RuntimeError, match="killed right after the commit"):
+        handler(last, context("r-dead"))
+    monkeypatch.setattr(lambda_handler, "run_task", real_run_task)
+    assert recorder.task_ids() == {}
+    record = {
+        "requestContext": {
+            "requestId": "r-dead",
+            "condition": "RetriesExhausted",
+            "approximateInvokeCount": 3,
+        },
+        "requestPayload": last,
+        "responsePayload": {"errorType": "Runtime.ExitError", "errorMessage": "signal: killed"},
+    }
+    assert handler(record, context()) == {"lost": []}
+    assert recorder.task_ids() == {"reduce-00000": 1, "reduce-00001": 1}
+    handler(record, context())  # a duplicate of the record changes nothing
+    assert recorder.task_ids() == {"reduce-00000": 1, "reduce-00001": 1}
+
+
 # -- timeouts and poison tasks on lambda-local ------------------------------------------------------------
 
 

@@ -84,7 +84,7 @@ from mrkit.model.task import TaskFailure, TaskKind, TaskSpec
 from mrkit.storage import open_storage
 from mrkit.storage.base import Storage
 from mrkit.storage.redis import connect, glob_escape, redact
-from mrkit.worker.runtime import storage_for
+from mrkit.worker.runtime import delete_attempt_runs, storage_for
 
 DEFAULT_TTL = 86400.0
 LOG_MAXLEN = 10_000
@@ -665,10 +665,10 @@ def _discard_late_attempt(client: Any, k: JobKeys, spec: TaskSpec, committed: bo
     try:
         storage = storage_for(spec.storage_url)
         if spec.kind is TaskKind.MAP:
-            storage.delete_prefix(layout.map_attempt_prefix(k.job, spec.task_id, spec.attempt))
+            delete_attempt_runs(storage, layout.map_task_prefix(k.job, spec.task_id), spec.attempt)
         else:
-            temp = layout.reduce_temp_key(k.job, spec.task_id, spec.attempt, spec.partition)
-            storage_for(spec.output_url).delete_prefix(temp.rsplit("/", 1)[0] + "/")
+            prefix = layout.reduce_task_temp_prefix(k.job, spec.task_id)
+            delete_attempt_runs(storage_for(spec.output_url), prefix, spec.attempt)
         if committed:  # the commit key was won after the cleanup had deleted the winner's
             storage.delete(layout.commit_key(k.job, spec.task_id))
     finally:

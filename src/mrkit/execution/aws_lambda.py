@@ -504,10 +504,14 @@ class LambdaExecutor(Executor):
         self._start()
         future: Future[TaskResult] = Future()
         deadline = time.monotonic() + self._lost_after()
+        key = result_key(spec.job_id, spec.task_id, spec.attempt)
         with self._lock:
-            self._pending[result_key(spec.job_id, spec.task_id, spec.attempt)] = _Pending(
-                future, spec, results_url, deadline
-            )
+            if key in self._pending:
+                # The same attempt submitted again (a duplicate delivery): its event goes out again,
+                # and both callers get the attempt's one result, which is stored under this key.
+                future = self._pending[key].future
+            else:
+                self._pending[key] = _Pending(future, spec, results_url, deadline)
         if self.invocation == "sync":
             threading.Thread(target=self._invoke_sync, args=(spec, results_url), daemon=True).start()
         else:

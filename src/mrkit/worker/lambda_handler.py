@@ -100,11 +100,11 @@ def _run_one(spec: TaskSpec, url: str, job: dict[str, Any] | None, request_id: s
     if stored is not None:
         result = TaskResult.decode(stored)  # a duplicate that arrived after the first delivery ended
         _note_skipped(storage, spec)
-    elif storage.exists(layout.commit_key(spec.job_id, spec.task_id)):
+    elif (done := _committed_result(storage, spec, label)) is not None:
         # The task committed already (another attempt, or this one before its invocation died): a
         # duplicate event must not run committed work again. (The runtime skips it too; this guard
         # also spares the claim and the job's code.)
-        result = TaskResult(spec.task_id, spec.attempt, ok=True, committed=False, worker=label)
+        result = done
         storage.put_if_absent(key, result.encode())
         _note_skipped(storage, spec)
     elif job is not None and _job_stopped(storage, spec.job_id):
@@ -158,6 +158,32 @@ def _run_one(spec: TaskSpec, url: str, job: dict[str, Any] | None, request_id: s
     return result
 
 
+def _committed_result(storage: Storage, spec: TaskSpec, worker: str) -> TaskResult | None:
+    """The result of ``spec`` when its task already has a COMMIT (None when it has none).
+
+    ``committed`` is True when a delivery of this very attempt wrote the COMMIT (delivery n runs as
+    attempt ``a + DELIVERY_STRIDE * n``), with the counters of its manifest; False when another
+    attempt of the task won.
+    """
+    raw = storage.get_or_none(layout.commit_key(spec.job_id, spec.task_id))
+    if raw is None:
+        return None
+    try:
+        manifest = json.loads(raw)
+    except ValueError:
+        manifest = {}
+    ours = isinstance(manifest, dict) and manifest.get("attempt", -1) % DELIVERY_STRIDE == spec.attempt
+    counters = manifest.get("counters", {}) if ours else {}
+    return TaskResult(
+        spec.task_id,
+        spec.attempt,
+        ok=True,
+        committed=ours,
+        counters=counters if isinstance(counters, dict) else {},
+        worker=worker,
+    )
+
+
 def _note_skipped(storage: Storage, spec: TaskSpec) -> None:
     """Count a delivery that did not run its task (``{phase}.duplicates_skipped`` in the job's counters)."""
     storage.put(skipped_key(spec.job_id, spec.task_id, spec.attempt, uuid.uuid4().hex[:12]), b"")
@@ -199,6 +225,15 @@ def _report_lost(record: dict[str, Any]) -> dict[str, Any]:
             # (the trigger holds the request id): finish it, as the original request.
             if event.get("job") is not None:
                 _serverless().advance(storage, spec, TaskResult.decode(stored), event["job"], original)
+            continue
+        done = _committed_result(storage, spec, f"lambda:{original[:8]}")
+        if done is not None:
+            # A delivery committed the task and died before it wrote its result: the work is done.
+            # Calling it lost would run committed work again, and an async job would wait forever
+            # for a phase whose every task committed.
+            if storage.put_if_absent(result_key(spec.job_id, spec.task_id, spec.attempt), done.encode()):
+                if event.get("job") is not None:
+                    _serverless().advance(storage, spec, done, event["job"], original)
             continue
         if crash is not None:
             # The task's code ended every delivery itself (os._exit, a segfault): a failed attempt,

@@ -225,6 +225,7 @@ def _exit_failure(exc: SystemExit | KeyboardInterrupt) -> TaskFailure:
 
 
 def _run_map(spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, int], ctx: TaskContext) -> bool:
+    run = layout.attempt_run(spec.attempt)  # this execution's own files (see layout.attempt_run)
     from mrkit.data.readers import open_split  # the reader module is the heaviest import of the runtime
 
     assert spec.split is not None, "map task without a split"
@@ -235,9 +236,7 @@ def _run_map(spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, int
         partitioner=job.partitioner,
         combiner=job.combiner,
         memory_bytes=spec.settings.memory_bytes,
-        open_part=lambda p: storage.open_write(
-            layout.map_part_key(spec.job_id, spec.task_id, spec.attempt, p)
-        ),
+        open_part=lambda p: storage.open_write(layout.map_part_key(spec.job_id, spec.task_id, run, p)),
     )
     ident = threading.get_ident()
     live = _LIVE[ident] = [0, 0]
@@ -267,19 +266,18 @@ def _run_map(spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, int
     manifest = {
         "attempt": spec.attempt,
         "parts": {
-            str(p): [layout.map_part_key(spec.job_id, spec.task_id, spec.attempt, p), bounds]
+            str(p): [layout.map_part_key(spec.job_id, spec.task_id, run, p), bounds]
             for p, bounds in offsets.items()
         },
         "counters": counters,
     }
-    return _commit(
-        storage, spec, manifest, layout.map_attempt_prefix(spec.job_id, spec.task_id, spec.attempt)
-    )
+    return _commit(storage, spec, manifest, layout.map_run_prefix(spec.job_id, spec.task_id, run))
 
 
 def _run_reduce(
     spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, int], ctx: TaskContext
 ) -> bool:
+    run = layout.attempt_run(spec.attempt)  # this execution's own files (see layout.attempt_run)
     parts: list[tuple[str, list[int]]] = []
     for m in range(spec.n_map):
         map_task = layout.task_id("map", m)
@@ -293,7 +291,7 @@ def _run_reduce(
     run_bytes = sum(bounds[-1] - bounds[0] for _key, bounds in parts)
     in_memory = fits_in_memory(run_bytes, spec.settings.memory_bytes)
     output = storage_for(spec.output_url)
-    temp_key = layout.reduce_temp_key(spec.job_id, spec.task_id, spec.attempt, spec.partition)
+    temp_key = layout.reduce_temp_key(spec.job_id, spec.task_id, run, spec.partition)
     fmt = spec.settings.output_format
     pairs = reduce_partition(job, runs, counters, in_memory=in_memory)
     written = write_partition(lambda: output.open_write(temp_key), pairs, fmt)
@@ -309,6 +307,20 @@ def _run_reduce(
     if not committed:
         output.delete(temp_key)
     return committed
+
+
+def delete_attempt_runs(storage: Storage, task_prefix: str, attempt: int) -> int:
+    """Delete the files of every execution of attempt number ``attempt`` under ``task_prefix``
+    (:func:`layout.map_task_prefix` or :func:`layout.reduce_task_temp_prefix`); other attempts' runs
+    and the task's COMMIT stay. Returns how many keys went."""
+    runs = {
+        key[len(task_prefix) :].split("/", 1)[0]
+        for key in storage.list(task_prefix)
+        if "/" in key[len(task_prefix) :]
+    }
+    return sum(
+        storage.delete_prefix(f"{task_prefix}{run}/") for run in runs if layout.run_attempt(run) == attempt
+    )
 
 
 def _commit(storage: Storage, spec: TaskSpec, manifest: dict[str, Any], attempt_prefix: str) -> bool:

@@ -1,0 +1,119 @@
+"""The jobs of the executor contract suite (tests/test_executor_contract.py).
+
+A module of its own, not the test file, so that worker processes can import it (and remote workers
+receive it by value with the job). Every job here is deterministic: the same input gives the same
+output bytes on every executor, which is what the suite asserts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+
+import mrkit
+
+WORD = re.compile(r"[a-z0-9']+")
+
+
+def words(line: str) -> Iterator[tuple[str, int]]:
+    for w in WORD.findall(line.lower()):
+        yield w, 1
+
+
+def total(key: object, values: Iterable[int]) -> int:
+    return sum(values)
+
+
+WORD_COUNT = mrkit.Job(mapper=words, combiner=total, reducer=total, name="contract-wordcount")
+
+
+def postings(line: str) -> Iterator[tuple[str, str]]:
+    """``doc-id TAB text`` lines: one (word, doc-id) pair per distinct word of the document."""
+    doc, _, text = line.partition("\t")
+    for w in sorted(set(WORD.findall(text.lower()))):
+        yield w, doc
+
+
+def sorted_documents(word: str, docs: Iterable[str]) -> list[str]:
+    return sorted(set(docs))
+
+
+INVERTED_INDEX = mrkit.Job(mapper=postings, reducer=sorted_documents, name="contract-index")
+
+
+def amount_by_key(line: str) -> Iterator[tuple[str, float]]:
+    """``key,amount`` CSV-like lines (read as text) to (key, float amount)."""
+    key, _, amount = line.partition(",")
+    if key:
+        yield key, float(amount)
+
+
+def float_sum(key: str, amounts: Iterable[float]) -> float:
+    # Float addition is not associative: the same bytes on every executor need the same value order,
+    # which the sorted shuffle gives only up to ties; sorting the values makes the sum exact-repeatable.
+    return sum(sorted(amounts))
+
+
+GROUP_SUM = mrkit.Job(mapper=amount_by_key, reducer=float_sum, name="contract-groupsum")
+
+
+def letters(line: str) -> Iterator[tuple[str, int]]:
+    for w in WORD.findall(line.lower()):
+        yield w[0], len(w)
+
+
+def length_histogram(letter: str, lengths: Iterable[int]) -> Iterator[tuple[str, int]]:
+    """A generator reducer: several output pairs per key, under keys it makes itself."""
+    counts: dict[int, int] = {}
+    for n in lengths:
+        counts[n] = counts.get(n, 0) + 1
+    for n in sorted(counts):
+        yield f"{letter}{n}", counts[n]
+
+
+GENERATOR_REDUCER = mrkit.Job(mapper=letters, reducer=length_histogram, name="contract-genreducer")
+
+
+def by_first_letter(key: str, n: int) -> int:
+    """A custom partitioner: words a-h, i-p and q-z (and the rest) to their own partitions."""
+    first = key[:1]
+    if "a" <= first <= "h":
+        return 0
+    if "i" <= first <= "p":
+        return 1 % n
+    return 2 % n
+
+
+PARTITIONED = mrkit.Job(mapper=words, reducer=total, partitioner=by_first_letter, name="contract-partition")
+
+
+def typed_pairs(line: str) -> Iterator[tuple[object, object]]:
+    """Keys of several types (tuple, int, str, bool, None) and values of several types."""
+    ws = WORD.findall(line.lower())
+    if not ws:
+        yield None, 1
+        return
+    yield (ws[0], len(ws)), 1
+    yield len(ws), ws[-1]
+    yield ws[0], 1.5
+    yield len(ws) % 2 == 0, 1
+
+
+def typed_reduce(key: object, values: Iterable[object]) -> object:
+    vals = list(values)
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+        return sum(vals)
+    return sorted(str(v) for v in vals)
+
+
+TYPED_KEYS = mrkit.Job(mapper=typed_pairs, reducer=typed_reduce, name="contract-typed")
+
+
+def poisoned_words(line: str) -> Iterator[tuple[str, int]]:
+    """Raises on the record that holds the word 'poison' (deterministically, every attempt)."""
+    if "poison" in line:
+        raise ValueError("cannot map a poisoned line")
+    yield from words(line)
+
+
+RAISING_MAPPER = mrkit.Job(mapper=poisoned_words, reducer=total, name="contract-raising")

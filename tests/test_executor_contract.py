@@ -1,0 +1,277 @@
+"""The executor contract: the same jobs give the same bytes, counters and failures on every executor.
+
+Every case runs on ``inline`` (the reference), ``processes``, a Redis Streams fleet (a real
+``redis-server`` on 127.0.0.1 and a real ``mrkit worker`` process), driver-started ``http`` workers,
+and ``lambda-local`` (functions in fresh processes, shuffle through a real S3-protocol server on
+loopback). Each case runs the job on one backend and on ``inline`` and compares:
+
+* the output files, byte for byte (``part-*``; ``_SUCCESS`` holds timings and is only checked to
+  exist), read back through :func:`mrkit.read_output` as well;
+* the counters that describe the data (records and bytes in and out, tasks), which must not depend on
+  where the tasks ran;
+* for a failing job, the shape of the one-sentence error (the job id and attempt count masked) and
+  that nothing was published.
+
+A new backend joins the contract by adding one entry to :data:`BACKENDS` and a branch to
+:func:`backend`; its own test modules keep only what is specific to it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import mrkit
+from mrkit.coordination.plan import RetryPolicy
+from mrkit.execution.base import Executor, open_executor
+from mrkit.model.task import TaskResult, TaskSpec
+from mrkit.storage import open_storage
+from tests import contract_jobs as C
+from tests.redis_fixtures import RedisServer, start_worker, stop_worker
+from tests.s3_fixtures import moto_server  # noqa: F401 - fixture used by the lambda-local backend
+
+BACKENDS = ["inline", "processes", "redis", "http", "lambda-local"]
+
+# Counters that describe the data, not where or how often tasks ran (attempts, timings and
+# duplicates may differ between executors; these may not).
+DATA_COUNTERS = (
+    "map.tasks",
+    "map.records_in",
+    "map.records_out",
+    "map.bytes_in",
+    "reduce.tasks",
+    "reduce.records_in",
+    "reduce.records_out",
+)
+
+TEXT = [
+    "the quick brown fox jumps over the lazy dog",
+    "The Dog sat on the mat",
+    "",
+    "a b c a b a it's 42 o'clock",
+    "zebra yak xylophone walrus",
+    "naïve café: résumé",
+] * 30
+
+
+@dataclass
+class Backend:
+    """One executor under contract: how ``mrkit.run`` reaches it, and where its output may go."""
+
+    name: str
+    executor: Any
+    run_options: dict[str, Any] = field(default_factory=dict)
+    remote_output: str | None = None  # an object-store prefix when the workers cannot see local folders
+
+    def output(self, tmp_path: Path, label: str) -> str:
+        if self.remote_output:
+            return f"{self.remote_output}/{tmp_path.name}-{label}"
+        return str(tmp_path / label)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    name = request.param
+    if name in ("inline", "processes"):
+        executor = open_executor(name, workers=2)
+        try:
+            yield Backend(name, executor)
+        finally:
+            executor.shutdown()
+    elif name == "redis":
+        server = RedisServer(str(tmp_path_factory.mktemp("redis"))).start()
+        fleet = start_worker(server.url, burst=False, concurrency=2, new_session=True)
+        try:
+            yield Backend(name, server.url)
+        finally:
+            stop_worker(fleet)
+            server.stop()
+    elif name == "http":
+        from mrkit.execution.http import HttpExecutor
+
+        executor = HttpExecutor(workers=2)
+        try:
+            yield Backend(name, executor)
+        finally:
+            executor.shutdown()
+    elif name == "lambda-local":
+        from mrkit.execution.aws_lambda import LocalLambdaExecutor
+
+        server = request.getfixturevalue("moto_server")
+        bucket = server.create_bucket()
+        executor = LocalLambdaExecutor.from_name(
+            "lambda-local",
+            state_dir=str(tmp_path_factory.mktemp("fn")),
+            storage=f"s3://{bucket}/mrkit",
+            timeout=30,
+            max_concurrency=4,
+        )
+        try:
+            yield Backend(name, executor, remote_output=f"s3://{bucket}/out")
+        finally:
+            executor.shutdown()
+    else:  # pragma: no cover - a name added to BACKENDS without its fixture
+        raise AssertionError(f"no fixture for backend {name}")
+
+
+def run(job: mrkit.Job, inputs: Any, executor: Any, **options: Any) -> mrkit.Result:
+    options.setdefault("quiet", True)
+    options.setdefault("n_map", 3)
+    options.setdefault("n_reduce", 3)
+    return mrkit.run(job, inputs, executor=executor, **options)
+
+
+def output_bytes(url: str) -> dict[str, bytes]:
+    """``{part name: bytes}`` of a published output folder (local or object store)."""
+    storage = open_storage(url)
+    names = sorted(n for n in storage.list("") if n.rsplit("/", 1)[-1].startswith("part-"))
+    assert "_SUCCESS" in [n.rsplit("/", 1)[-1] for n in storage.list("")], f"no _SUCCESS in {url}"
+    return {n.rsplit("/", 1)[-1]: storage.get(n) for n in names}
+
+
+def data_counters(result: mrkit.Result) -> dict[str, int]:
+    return {k: result.counters.get(k, 0) for k in DATA_COUNTERS}
+
+
+def write_lines(path: Path, lines: list[str]) -> str:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return str(path)
+
+
+def agree_with_inline(
+    backend: Backend, job: mrkit.Job, tmp_path: Path, lines: list[str], **options: Any
+) -> mrkit.Result:
+    """Run ``job`` over ``lines`` (one file) on ``backend`` and on inline; assert the same bytes and
+    data counters; return the backend's result."""
+    source = write_lines(tmp_path / "input.txt", lines)
+    expected_out = str(tmp_path / "expected")
+    expected = run(job, source, "inline", output=expected_out, **options)
+    got_out = backend.output(tmp_path, "got")
+    got = run(job, source, backend.executor, output=got_out, **backend.run_options, **options)
+    assert output_bytes(got_out) == output_bytes(expected_out)
+    assert sorted(mrkit.read_output(got_out), key=repr) == sorted(mrkit.read_output(expected_out), key=repr)
+    assert data_counters(got) == data_counters(expected)
+    return got
+
+
+def test_word_count(backend: Backend, tmp_path: Path) -> None:
+    got = agree_with_inline(backend, C.WORD_COUNT, tmp_path, TEXT)
+    assert got.counters["map.records_in"] == len(TEXT)
+    assert dict(mrkit.read_output(backend.output(tmp_path, "got")))["the"] == 120
+
+
+def test_inverted_index(backend: Backend, tmp_path: Path) -> None:
+    docs = [f"doc{i:03d}\t{line}" for i, line in enumerate(TEXT)]
+    agree_with_inline(backend, C.INVERTED_INDEX, tmp_path, docs)
+    index = dict(mrkit.read_output(backend.output(tmp_path, "got")))
+    assert index["zebra"] == [f"doc{i:03d}" for i in range(4, len(TEXT), 6)]
+
+
+def test_group_by_sum_of_floats(backend: Backend, tmp_path: Path) -> None:
+    rows = [f"k{i % 7},{(i * 0.1) - 3.3:.3f}" for i in range(500)]
+    agree_with_inline(backend, C.GROUP_SUM, tmp_path, rows, n_map=4, split_size=1000)
+    sums = dict(mrkit.read_output(backend.output(tmp_path, "got")))
+    assert sorted(sums) == [f"k{i}" for i in range(7)] and all(isinstance(v, float) for v in sums.values())
+
+
+def test_generator_reducer(backend: Backend, tmp_path: Path) -> None:
+    got = agree_with_inline(backend, C.GENERATOR_REDUCER, tmp_path, TEXT)
+    assert got.counters["reduce.records_out"] > got.counters["reduce.tasks"]
+
+
+def test_custom_partitioner(backend: Backend, tmp_path: Path) -> None:
+    agree_with_inline(backend, C.PARTITIONED, tmp_path, TEXT)
+    out = backend.output(tmp_path, "got")
+    parts = output_bytes(out)
+    for index, name in enumerate(sorted(parts)):
+        keys = [json.loads(line.split(b"\t", 1)[0]) for line in parts[name].splitlines()]
+        assert keys and all(C.by_first_letter(k, 3) == index for k in keys), (name, keys)
+
+
+def test_typed_keys(backend: Backend, tmp_path: Path) -> None:
+    agree_with_inline(backend, C.TYPED_KEYS, tmp_path, TEXT)
+    keys = {type(k) for k, _ in mrkit.read_output(backend.output(tmp_path, "got"))}
+    assert keys == {tuple, int, str, bool, type(None)}
+
+
+def test_empty_input(backend: Backend, tmp_path: Path) -> None:
+    got = agree_with_inline(backend, C.WORD_COUNT, tmp_path, [])
+    assert list(mrkit.read_output(backend.output(tmp_path, "got"))) == []
+    assert got.counters.get("map.records_in", 0) == 0
+
+
+def failure_shape(message: str) -> str:
+    """The error's first sentence with what may differ between runs masked: the job id."""
+    first = message.splitlines()[0]
+    return re.sub(r"of job \S+", "of job JOB", first)
+
+
+def test_raising_mapper_fails_the_same_way_and_publishes_nothing(backend: Backend, tmp_path: Path) -> None:
+    lines = [*TEXT[:10], "this line is poison", *TEXT[:10]]
+    source = write_lines(tmp_path / "input.txt", lines)
+    policy = RetryPolicy(max_attempts=2)
+    errors = []
+    for executor, options, out in (
+        ("inline", {}, str(tmp_path / "expected")),
+        (backend.executor, backend.run_options, backend.output(tmp_path, "got")),
+    ):
+        with pytest.raises(mrkit.JobFailed) as info:
+            run(C.RAISING_MAPPER, source, executor, output=out, n_map=1, policy=policy, **options)
+        errors.append(info.value)
+        storage = open_storage(out)
+        assert not [n for n in storage.list("") if "part-" in n or "_SUCCESS" in n], out
+    expected, got = (failure_shape(str(e)) for e in errors)
+    assert got == expected
+    assert "failed after 2 attempts" in got and "record 10" in got and "ValueError: cannot map" in got
+    assert errors[1].counters.get("map.attempts_failed") == 2
+
+
+class DuplicatingExecutor(Executor):
+    """Delivers every task twice to the executor it wraps (as a redelivered message would) and
+    answers with whichever delivery finishes first."""
+
+    def __init__(self, inner: Executor) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.workers = inner.workers
+        self.local = inner.local
+        self.asynchronous = False
+        self.reports_running = inner.reports_running
+        self.enforces_timeouts = inner.enforces_timeouts
+        self.delivered = 0
+
+    def submit(self, spec: TaskSpec) -> Future[TaskResult]:
+        first = self.inner.submit(spec)
+        self.inner.submit(spec)  # the duplicate: its result is ignored, its effect must be too
+        self.delivered += 2
+        return first
+
+    def storage_url(self, job_id: str) -> str | None:
+        return self.inner.storage_url(job_id)
+
+    def shutdown(self, wait: bool = True) -> None:
+        """The wrapped executor belongs to the fixture, which shuts it down."""
+
+
+def test_a_duplicate_delivery_changes_nothing(backend: Backend, tmp_path: Path) -> None:
+    inner = open_executor(backend.executor, workers=2)
+    duplicating = DuplicatingExecutor(inner)
+    try:
+        source = write_lines(tmp_path / "input.txt", TEXT)
+        expected_out = str(tmp_path / "expected")
+        expected = run(C.WORD_COUNT, source, "inline", output=expected_out)
+        got_out = backend.output(tmp_path, "got")
+        got = run(C.WORD_COUNT, source, duplicating, output=got_out, **backend.run_options)
+    finally:
+        if inner is not backend.executor:
+            inner.shutdown()
+    assert duplicating.delivered == 2 * (got.counters["map.tasks"] + got.counters["reduce.tasks"])
+    assert output_bytes(got_out) == output_bytes(expected_out)
+    assert data_counters(got) == data_counters(expected)
