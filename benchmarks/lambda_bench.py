@@ -18,7 +18,7 @@ What it measures, on the same input files (``mrkit.corpus`` text, 8 files, gener
 Then the per-invocation overhead, two ways:
 
 * **cold start** of a no-op invocation (``--pings`` synchronous invocations of an event with no
-  task: process start, interpreter, ``import mrkit.worker.lambda_handler``); with ``--s3`` also of an
+  task: process start, interpreter, ``import mrkit.backends.aws_lambda.handler``); with ``--s3`` also of an
   invocation that opens S3 and reads one object (a duplicate whose result is already stored);
 * **in the job**: (lambda-local time - processes time) / invocations.
 
@@ -54,11 +54,11 @@ import workloads  # noqa: E402
 
 import mrkit  # noqa: E402
 from mrkit import corpus  # noqa: E402
-from mrkit.execution.aws_lambda import LocalLambdaExecutor, build_event, result_key  # noqa: E402
+from mrkit.backends.aws_lambda.emulator import FunctionConfig, LocalFunction  # noqa: E402
+from mrkit.backends.aws_lambda.executor import LocalLambdaExecutor, build_event, result_key  # noqa: E402
 from mrkit.execution.base import open_executor  # noqa: E402
 from mrkit.model.task import TaskKind, TaskResult, TaskSpec  # noqa: E402
 from mrkit.storage import open_storage  # noqa: E402
-from mrkit.worker.lambda_runtime import FunctionConfig, LocalFunction  # noqa: E402
 
 N_FILES = 8
 N_REDUCE = 2

@@ -1,6 +1,6 @@
 """Fixtures and helpers for the HTTP worker tests: real servers on 127.0.0.1 only.
 
-* ``thread_worker``: a :class:`~mrkit.worker.http_server.WorkerServer` serving from a thread of the
+* ``thread_worker``: a :class:`~mrkit.backends.http.server.WorkerServer` serving from a thread of the
   test process (STYLE 33), with a known secret.
 * ``cli_workers``: a factory that starts ``python -m mrkit worker http`` subprocesses, reads the URL
   each prints on stdout, and kills them all after the test.
@@ -37,9 +37,9 @@ import cloudpickle
 import pytest
 
 import mrkit
-from mrkit.http_auth import sign_request
+from mrkit.backends.http.auth import sign_request
+from mrkit.backends.http.server import WorkerServer, open_server
 from mrkit.model.task import TaskKind, TaskSpec
-from mrkit.worker.http_server import WorkerServer, open_server
 from tests.jobs_for_tests import words
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -355,15 +355,15 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "c
 
 
 class WorkerThreads:
-    """``n`` :class:`~mrkit.worker.redis_worker.RedisWorker` loops in threads of the test process.
+    """``n`` :class:`~mrkit.backends.redis.worker.RedisWorker` loops in threads of the test process.
 
     Faster to start than processes; the GIL makes them share one core, which is fine for tests of
     behaviour. Use as a context manager; leaving it stops them and re-raises a worker's exception.
     """
 
     def __init__(self, url: str, n: int = 2, *, burst: bool = False, secret: bytes | None = None) -> None:
-        from mrkit.execution.redis_streams import resolve_secret
-        from mrkit.worker.redis_worker import RedisWorker
+        from mrkit.backends.redis.executor import resolve_secret
+        from mrkit.backends.redis.worker import RedisWorker
 
         key = resolve_secret(url, secret=secret)
         self.workers = [

@@ -282,9 +282,9 @@ def test_task_timeout_clock_starts_when_an_attempt_runs_not_when_it_is_queued():
 def test_a_duplicate_delivery_of_a_committed_task_is_skipped_without_running(tmp_path):
     from mrkit.coordination.plan import RetryPolicy, build_plan
     from mrkit.data.splits import plan_splits
+    from mrkit.execution.runtime import run_task
     from mrkit.model.task import TaskSettings
     from mrkit.storage import LocalStorage
-    from mrkit.worker.runtime import run_task
 
     path = tmp_path / "in.txt"
     path.write_text("a b\nb c\n")

@@ -94,7 +94,7 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             stop_worker(fleet)
             server.stop()
     elif name == "http":
-        from mrkit.execution.http import HttpExecutor
+        from mrkit.backends.http.executor import HttpExecutor
 
         executor = HttpExecutor(workers=2)
         try:
@@ -102,7 +102,7 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         finally:
             executor.shutdown()
     elif name == "lambda-local":
-        from mrkit.execution.aws_lambda import LocalLambdaExecutor
+        from mrkit.backends.aws_lambda.executor import LocalLambdaExecutor
 
         server = request.getfixturevalue("moto_server")
         bucket = server.create_bucket()

@@ -1,4 +1,4 @@
-"""Request signing for the HTTP transport (mrkit.http_auth): what verifies and what does not."""
+"""Request signing for the HTTP transport (mrkit.backends.http.auth): what verifies and what does not."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mrkit.errors import AuthenticationError, ConfigError
-from mrkit.http_auth import (
+from mrkit.backends.http.auth import (
     HEADER_NONCE,
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
@@ -21,6 +20,7 @@ from mrkit.http_auth import (
     sign_response,
     verify_response,
 )
+from mrkit.errors import AuthenticationError, ConfigError
 
 SECRET = b"s" * 32
 BODY = b'{"task_id":"map-00000"}'

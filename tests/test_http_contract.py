@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from mrkit import futures
-from mrkit.execution.http import HttpExecutor
+from mrkit.backends.http.executor import HttpExecutor
 from tests.test_futures import (  # noqa: F401 - collected here, on HTTP workers
     no_default_left_behind,
     test_a_result_that_cannot_be_pickled_fails_the_call,

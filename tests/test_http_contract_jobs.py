@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mrkit.execution.http import HttpExecutor
+from mrkit.backends.http.executor import HttpExecutor
 from tests.test_core_jobs import (  # noqa: F401 - collected here, on HTTP workers
     test_property_processes_equals_reference as test_property_http_equals_reference,
 )

@@ -19,10 +19,10 @@ import pytest
 
 import mrkit
 from mrkit import futures
+from mrkit.backends.http.executor import HttpExecutor, HttpTimeouts, parse_addresses
 from mrkit.corpus import generate_text
 from mrkit.errors import ConfigError, JobFailed, WorkerLost
 from mrkit.execution.base import open_executor
-from mrkit.execution.http import HttpExecutor, HttpTimeouts, parse_addresses
 from mrkit.model.reference import reference
 from tests.http_fixtures import (  # noqa: F401 - fixtures
     ROOT,

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 import mrkit
+from mrkit.backends.http.executor import HttpExecutor, HttpTimeouts
 from mrkit.coordination.plan import RetryPolicy
 from mrkit.errors import AuthenticationError, JobFailed, WorkerLost
-from mrkit.execution.http import HttpExecutor, HttpTimeouts
 from mrkit.model.reference import reference
 from tests.http_fixtures import (  # noqa: F401 - fixtures
     ROOT,
@@ -283,7 +283,7 @@ def test_workers_that_cannot_start_fail_the_job(
 
 DRIVER = textwrap.dedent("""
     import json, sys, time
-    from mrkit.execution.http import HttpExecutor
+    from mrkit.backends.http.executor import HttpExecutor
     from tests.http_fixtures import call_spec, touch
     executor = HttpExecutor(workers=2)
     executor.warm_up()

@@ -15,14 +15,14 @@ import pytest
 from click.testing import CliRunner
 
 import mrkit
-import mrkit.execution.http as http_executor
+import mrkit.backends.http.executor as http_executor
+from mrkit.backends.http.auth import sign_request
+from mrkit.backends.http.executor import HttpExecutor, HttpTimeouts
+from mrkit.backends.http.server import WorkerServer
 from mrkit.cli.worker_cmd import worker as worker_command
 from mrkit.coordination.plan import RetryPolicy
 from mrkit.errors import ConfigError, JobFailed
-from mrkit.execution.http import HttpExecutor, HttpTimeouts
-from mrkit.http_auth import sign_request
 from mrkit.model.reference import reference
-from mrkit.worker.http_server import WorkerServer
 from tests.http_fixtures import (  # noqa: F401 - fixtures
     SECRET,
     call_spec,

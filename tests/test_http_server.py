@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from mrkit.backends.http import server as http_server
+from mrkit.backends.http.auth import HEADER_NONCE, HEADER_SIGNATURE, sign_request, verify_response
+from mrkit.backends.http.server import WorkerServer, open_server
 from mrkit.errors import ConfigError
-from mrkit.http_auth import HEADER_NONCE, HEADER_SIGNATURE, sign_request, verify_response
 from mrkit.model.task import TaskResult
-from mrkit.worker import http_server
-from mrkit.worker.http_server import WorkerServer, open_server
 from tests.http_fixtures import (  # noqa: F401 - fixtures
     SECRET,
     CliWorkers,

@@ -57,7 +57,7 @@ def test_package_holds_the_handler_cloudpickle_and_the_job(tmp_path):
     job.write_text(JOB)
     package = build_package([str(job)])
     names = zipfile.ZipFile(io.BytesIO(package)).namelist()
-    assert "mrkit/worker/lambda_handler.py" in names and "mrkit/storage/fsspec.py" in names
+    assert "mrkit/backends/aws_lambda/handler.py" in names and "mrkit/storage/fsspec.py" in names
     assert "cloudpickle/__init__.py" in names and "wordjob.py" in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert not [n for n in names if n.startswith(("boto3/", "botocore/"))]  # the Lambda runtime has them
@@ -141,11 +141,11 @@ sys.path[:0] = [{str(package)!r}]
 sys.path.append({sysconfig.get_paths()["purelib"]!r})  # boto3 & co. (the Lambda runtime has them)
 import mrkit
 from mrkit.coordination.plan import RetryPolicy, build_plan, store_records
-from mrkit.execution.aws_lambda import build_event
+from mrkit.backends.aws_lambda.executor import build_event
 from mrkit.model.task import TaskResult, TaskSettings
 from mrkit.storage import open_storage
-from mrkit.worker.lambda_handler import handler
-from mrkit.worker.lambda_runtime import LambdaContext
+from mrkit.backends.aws_lambda.handler import handler
+from mrkit.backends.aws_lambda.emulator import LambdaContext
 assert mrkit.__file__.startswith({str(package)!r}), mrkit.__file__
 storage = open_storage({str(tmp_path / "store")!r})
 job = mrkit.Job(mapper=lambda line: [(w, 1) for w in line.split()], reducer=lambda k, vs: sum(vs))

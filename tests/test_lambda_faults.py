@@ -17,7 +17,8 @@ from collections.abc import Iterator
 import pytest
 
 import mrkit
-from mrkit.execution.aws_lambda import LocalLambdaExecutor
+from mrkit.backends.aws_lambda.executor import LocalLambdaExecutor
+from mrkit.coordination.plan import RetryPolicy
 from mrkit.model.reference import reference
 from mrkit.storage import open_storage
 from tests.s3_fixtures import *  # noqa: F403 - moto_server, s3_bucket, s3_url
@@ -49,7 +50,9 @@ class FlakyWordCount(mrkit.Job):
         return sum(counts)
 
 
-def run_flaky(tmp_path, s3_bucket: str, s3_url: str, how: str, *, submit: bool = False, **options):
+def run_flaky(
+    tmp_path, s3_bucket: str, s3_url: str, how: str, *, submit: bool = False, policy=None, **options
+):
     lines = corpus(s3_bucket)
     job = FlakyWordCount(params={"how": how, "flag": str(tmp_path / "flag")} if how else {})
     options.setdefault("timeout", 20)
@@ -62,7 +65,7 @@ def run_flaky(tmp_path, s3_bucket: str, s3_url: str, how: str, *, submit: bool =
         result = mrkit.submit(job, inputs, executor=ex, n_reduce=2).wait(60)
     else:
         with ex:
-            result = mrkit.run(job, inputs, executor=ex, n_reduce=2, quiet=True)
+            result = mrkit.run(job, inputs, executor=ex, n_reduce=2, quiet=True, policy=policy)
     assert sorted(result) == sorted(reference(FlakyWordCount(), lines))
     assert result.counters["map.records_in"] == len(lines)  # nothing counted twice
     return result, (tmp_path / "fn" / "function.log").read_text()
@@ -77,8 +80,11 @@ def test_invocation_killed_mid_task_is_redelivered(tmp_path, s3_bucket, s3_url):
 def test_invocation_that_times_out_is_killed_and_redelivered(tmp_path, s3_bucket, s3_url):
     # The function's timeout must leave room for a delivery's cold start (a fresh Python importing
     # mrkit and boto3 takes seconds on a loaded machine), or healthy deliveries time out too.
+    # No speculation: on an idle machine tasks take ~1 s, so a speculative twin of the hanging one
+    # (launched after 3× the median) would commit first and the job end before the timeout fires.
     started = time.monotonic()
-    _result, log = run_flaky(tmp_path, s3_bucket, s3_url, "hang", timeout=8)
+    policy = RetryPolicy(speculative=False)
+    _result, log = run_flaky(tmp_path, s3_bucket, s3_url, "hang", timeout=8, policy=policy)
     assert log.count("Status: TimedOut") == 1, log  # the hanging delivery only
     assert time.monotonic() - started < 100  # it was ended at 8 s, far before its 120 s sleep
 

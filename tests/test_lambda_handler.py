@@ -16,16 +16,16 @@ import uuid
 import pytest
 
 import mrkit
+from mrkit.backends.aws_lambda.emulator import FunctionConfig, FunctionError, LambdaContext, LocalFunction
+from mrkit.backends.aws_lambda.executor import build_event, claim_key, lost_key, result_key
+from mrkit.backends.aws_lambda.handler import handler
 from mrkit.coordination.plan import RetryPolicy, build_plan, store_records
 from mrkit.coordination.publish import publish_output
 from mrkit.errors import ConfigError
-from mrkit.execution.aws_lambda import build_event, claim_key, lost_key, result_key
 from mrkit.model import layout
 from mrkit.model.reference import reference
 from mrkit.model.task import TaskResult, TaskSettings
 from mrkit.storage import open_storage
-from mrkit.worker.lambda_handler import handler
-from mrkit.worker.lambda_runtime import FunctionConfig, FunctionError, LambdaContext, LocalFunction
 from tests.jobs_for_tests import WORDCOUNT
 from tests.s3_fixtures import *  # noqa: F403 - moto_server, s3_bucket, s3_url
 from tests.test_lambda_jobs import no_function_left_running  # noqa: F401 - autouse fixture
@@ -181,7 +181,7 @@ def test_claims_are_numbered_per_attempt(s3_url):
 def serverless_job(url: str, lease: float):
     """A planned serverless job whose map tasks and first reduce task have run (through the handler),
     so that the next delivery of ``reduce-00001`` is the one that publishes."""
-    from mrkit.coordination import object_store_jobs as osj
+    from mrkit.backends.aws_lambda import jobs as osj
 
     storage, out, plan = plan_job(url)
     fn = FunctionConfig(name="unused", handler="tests.test_lambda_handler:echo_handler")
@@ -195,7 +195,7 @@ def serverless_job(url: str, lease: float):
 
 def count_publishes(monkeypatch) -> list[float]:
     """Record each call of publish_output (the real one runs, slowly enough for twins to overlap)."""
-    from mrkit.coordination import object_store_jobs as osj
+    from mrkit.backends.aws_lambda import jobs as osj
 
     calls: list[float] = []
     real = osj.publish_output
@@ -244,7 +244,7 @@ def test_a_publisher_that_died_is_taken_over_by_the_retry(s3_url, monkeypatch):
 
 
 def test_a_holder_presumed_dead_stands_aside(s3_url):
-    from mrkit.coordination.object_store_jobs import _StepLease
+    from mrkit.backends.aws_lambda.jobs import _StepLease
 
     storage = open_storage(s3_url)
     first = _StepLease.take(storage, "j/state/publish/", "r", seconds=0.4, done=lambda: False)

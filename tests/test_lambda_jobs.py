@@ -20,14 +20,14 @@ import pytest
 
 import mrkit
 import mrkit.execution.base
-from mrkit.coordination.object_store_jobs import ObjectStoreJobHandle, open_job_handle
+from mrkit.backends.aws_lambda.emulator import FunctionConfig, LambdaContext, LocalFunction
+from mrkit.backends.aws_lambda.executor import LambdaExecutor, LocalLambdaExecutor, build_event
+from mrkit.backends.aws_lambda.handler import handler
+from mrkit.backends.aws_lambda.jobs import ObjectStoreJobHandle, open_job_handle
 from mrkit.errors import ConfigError, JobCancelled, JobFailed
-from mrkit.execution.aws_lambda import LambdaExecutor, LocalLambdaExecutor, build_event
 from mrkit.model.reference import reference
 from mrkit.model.task import TaskKind, TaskSpec
 from mrkit.storage import open_storage
-from mrkit.worker.lambda_handler import handler
-from mrkit.worker.lambda_runtime import FunctionConfig, LambdaContext, LocalFunction
 from tests.jobs_for_tests import WORDCOUNT
 from tests.s3_fixtures import *  # noqa: F403 - moto_server, s3_bucket, s3_url
 
@@ -101,7 +101,7 @@ def test_submit_returns_at_once_and_is_followed_from_anywhere(tmp_path, s3_bucke
     assert status["state"] == "running" and status["tasks"]["map"]["total"] == 3
     # Another process follows the job by id: the state lives in the object store.
     code = (
-        "import json, sys; from mrkit.coordination.object_store_jobs import open_job_handle; "
+        "import json, sys; from mrkit.backends.aws_lambda.jobs import open_job_handle; "
         "h = open_job_handle(sys.argv[1], sys.argv[2]); r = h.wait(60); "
         "print(json.dumps({'state': h.status()['state'], 'records': r.counters['map.records_in']}))"
     )
@@ -390,7 +390,7 @@ def test_invoke_requests_match_the_lambda_api():
     from botocore.response import StreamingBody
     from botocore.stub import ANY, Stubber
 
-    from mrkit.execution.aws_lambda import BotoInvoker
+    from mrkit.backends.aws_lambda.executor import BotoInvoker
 
     invoker = BotoInvoker("mrkit-wc", "us-east-1")
     client = boto3.client("lambda", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
@@ -428,11 +428,11 @@ def test_futures_map_on_local_functions(tmp_path):
 def test_events_of_a_2000_split_job_over_1050_objects_stay_small(s3_bucket, s3_url):
     from concurrent.futures import ThreadPoolExecutor
 
+    from mrkit.backends.aws_lambda.emulator import FunctionConfig
+    from mrkit.backends.aws_lambda.executor import MAX_ASYNC_EVENT, pack
     from mrkit.coordination.plan import RetryPolicy, build_plan
     from mrkit.data.splits import plan_splits
-    from mrkit.execution.aws_lambda import MAX_ASYNC_EVENT, pack
     from mrkit.model.task import TaskSettings
-    from mrkit.worker.lambda_runtime import FunctionConfig
 
     inputs = open_storage(f"s3://{s3_bucket}/in")
     text = "".join(f"{' '.join(WORDS[i % 7 : i % 7 + 5])}\n" for i in range(60)).encode()  # ~1.7 KB

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 
 import mrkit
-from mrkit.execution.aws_lambda import LocalLambdaExecutor
+from mrkit.backends.aws_lambda.executor import LocalLambdaExecutor
 from mrkit.model.reference import reference
 from tests.s3_fixtures import *  # noqa: F403 - moto_server, s3_bucket, s3_url
 from tests.test_lambda_jobs import corpus, no_function_left_running  # noqa: F401 - autouse fixture

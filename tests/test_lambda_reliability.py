@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 
 import mrkit
-from mrkit.coordination import object_store_jobs as osj
-from mrkit.execution import aws_lambda
-from mrkit.execution.aws_lambda import build_event
+from mrkit.backends.aws_lambda import executor as aws_lambda
+from mrkit.backends.aws_lambda import handler as lambda_handler
+from mrkit.backends.aws_lambda import jobs as osj
+from mrkit.backends.aws_lambda.executor import build_event
+from mrkit.backends.aws_lambda.handler import handler
 from mrkit.model.reference import reference
 from mrkit.model.task import TaskSpec
-from mrkit.worker import lambda_handler
-from mrkit.worker.lambda_handler import handler
 from tests.jobs_for_tests import WORDCOUNT
 from tests.s3_fixtures import *  # noqa: F403 - moto_server, s3_bucket, s3_url
 from tests.test_lambda_handler import LINES, context, plan_job
@@ -217,7 +217,7 @@ def _poison_records(how: str) -> list[str]:
 
 
 def _local(tmp_path, s3_url: str, **options):
-    from mrkit.execution.aws_lambda import LocalLambdaExecutor
+    from mrkit.backends.aws_lambda.executor import LocalLambdaExecutor
 
     options.setdefault("timeout", 60)
     options.setdefault("retry_delay", 0.05)

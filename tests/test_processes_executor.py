@@ -181,7 +181,7 @@ def test_the_real_runtime_runs_a_call_task(make_executor: MakeExecutor) -> None:
         call_digest=hashlib.sha256(fn).hexdigest(),
         call=pickle.dumps([(1,), (2,), (3,)]),
     )
-    executor = make_executor(workers=1, runner="mrkit.worker.runtime:run_task")
+    executor = make_executor(workers=1, runner="mrkit.execution.runtime:run_task")
     result = executor.submit(spec).result(timeout=20)
     assert result.ok, result.failure
     assert pickle.loads(result.output) == [10, 20, 30]

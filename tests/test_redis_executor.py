@@ -179,7 +179,7 @@ def test_session_streams_are_trimmed(redis_url, redis_server):  # noqa: F811
 
 
 def test_tasks_waiting_without_any_worker_are_reported(redis_url, capfd, monkeypatch):  # noqa: F811
-    from mrkit.execution import redis_streams
+    from mrkit.backends.redis import executor as redis_streams
 
     monkeypatch.setattr(redis_streams, "NO_WORKER_NOTICE", 1.0)  # instead of 10 s
     ex = open_executor(redis_url + "?lease=2", workers=2)

@@ -49,9 +49,7 @@ def server(tmp_path, request) -> Iterator[RedisServer]:
         srv.stop()
 
 
-def _run_with_restart(
-    server: RedisServer, out: str
-) -> tuple[mrkit.coordination.redis_jobs.RedisJobHandle, list]:
+def _run_with_restart(server: RedisServer, out: str) -> tuple[mrkit.backends.redis.jobs.RedisJobHandle, list]:
     url = server.url + "?lease=2"
     job = mrkit.Job(mapper=slow_mapper, reducer=J.total)
     handle = mrkit.submit(job, mrkit.Records(TEXT), executor=url, n_map=8, n_reduce=2, output=out)
@@ -177,7 +175,7 @@ def test_a_frozen_redis_times_out_instead_of_hanging(server, tmp_path, secret_en
     Redis thaws."""
     import redis
 
-    from mrkit.coordination.redis_jobs import RedisJobHandle
+    from mrkit.backends.redis.jobs import RedisJobHandle
     from mrkit.storage.redis import SOCKET_TIMEOUT, connect
 
     assert connect(server.url).connection_pool.connection_kwargs["socket_timeout"] == SOCKET_TIMEOUT

@@ -8,12 +8,12 @@ import tempfile
 import pytest
 
 import mrkit
-from mrkit.coordination.redis_jobs import JobKeys
+from mrkit.backends.redis.executor import DEAD, pack, resolve_secret, unpack
+from mrkit.backends.redis.jobs import JobKeys
+from mrkit.backends.redis.worker import serve
 from mrkit.errors import AuthenticationError, ConfigError, JobFailed, StorageError
-from mrkit.execution.redis_streams import DEAD, pack, resolve_secret, unpack
 from mrkit.model.reference import reference
 from mrkit.security import load_secret, sign, verify
-from mrkit.worker.redis_worker import serve
 from tests import jobs_for_tests as J
 from tests.redis_fixtures import (  # noqa: F401 - fixtures
     RedisServer,

@@ -8,8 +8,8 @@ import time
 from collections.abc import Iterator
 
 import mrkit
-from mrkit.coordination.redis_jobs import JobKeys
-from mrkit.execution.redis_streams import WORKERS
+from mrkit.backends.redis.executor import WORKERS
+from mrkit.backends.redis.jobs import JobKeys
 from mrkit.model.reference import reference
 from tests import jobs_for_tests as J
 from tests.redis_fixtures import (  # noqa: F401 - fixtures

@@ -11,6 +11,7 @@ serverless functions. See README.md and docs/.
 
 from __future__ import annotations
 
+from mrkit._version import __version__
 from mrkit.api import Records, Result, run, submit
 from mrkit.coordination.handle import JobHandle
 from mrkit.coordination.plan import RetryPolicy
@@ -38,8 +39,6 @@ from mrkit.model.decorators import (
 )
 from mrkit.model.job import Job
 from mrkit.model.partition import stable_partition
-
-__version__ = "0.1.0"
 
 # Sorted; tests/test_public_api.py checks that it lists every public name.
 __all__ = [

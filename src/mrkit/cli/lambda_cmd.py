@@ -5,7 +5,7 @@ Python runtime, which already provides boto3) plus the job modules named with ``
 creates the function, or updates its code and configuration when it exists. It also sets what the
 executor relies on:
 
-* handler ``mrkit.worker.lambda_handler.handler``, runtime ``python{X.Y}`` of *this* interpreter
+* handler ``mrkit.backends.aws_lambda.handler.handler``, runtime ``python{X.Y}`` of *this* interpreter
   (cloudpickled job code is unpickled by the same Python version);
 * asynchronous retries (``MaximumRetryAttempts=2``) with the on-failure destination set to the
   function itself, so an event whose every delivery failed reaches the handler as a record and
@@ -29,7 +29,7 @@ from typing import Any
 
 import click
 
-HANDLER = "mrkit.worker.lambda_handler.handler"
+HANDLER = "mrkit.backends.aws_lambda.handler.handler"
 _SKIP_DIRS = {"__pycache__"}
 _SKIP_SUFFIXES = (".pyc", ".pyo")
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same sources give the same zip (and CodeSha256)

@@ -42,7 +42,7 @@ def worker(
 ) -> None:
     """Start a worker for TARGET: a redis:// URL, or the word http."""
     if target.startswith(("redis://", "rediss://", "unix://")):
-        from mrkit.worker.redis_worker import serve as serve_redis
+        from mrkit.backends.redis.worker import serve as serve_redis
 
         serve_redis(target, concurrency=concurrency, burst=burst, name=name, secret_file=secret_file)
     elif target == "http":
@@ -60,7 +60,7 @@ def worker(
                 f"{', '.join(redis_only)} is for Redis workers; "
                 "an HTTP worker takes --port, --bind and --secret-file"
             )
-        from mrkit.worker.http_server import serve as serve_http
+        from mrkit.backends.http.server import serve as serve_http
 
         serve_http(port=port, bind=bind, secret_file=secret_file)
     else:

@@ -5,7 +5,7 @@ terminal (never in logs or CI output) and not with ``-q``. It shows the phase's 
 so far out of its total (map; tasks for reduce), the elapsed time, the ETA and the rate, then the
 tasks done, records and bytes. It moves *during* long tasks: a refresh thread adds what running
 attempts have read so far (``executor.live_progress()``, see
-:func:`mrkit.worker.runtime.live_progress`) to the committed tasks' counts. The summary line is
+:func:`mrkit.execution.runtime.live_progress`) to the committed tasks' counts. The summary line is
 always printed at the end unless ``quiet``.
 """
 

@@ -1,7 +1,7 @@
 """Where code runs: ``Executor.submit(TaskSpec) -> concurrent.futures.Future[TaskResult]``.
 
 An executor knows nothing of MapReduce: it ships a :class:`~mrkit.model.task.TaskSpec` to a worker,
-the worker calls :func:`mrkit.worker.runtime.run_task`, and the :class:`~mrkit.model.task.TaskResult`
+the worker calls :func:`mrkit.execution.runtime.run_task`, and the :class:`~mrkit.model.task.TaskResult`
 comes back on the future. A future fails only when the *infrastructure* failed
 (:class:`~mrkit.errors.WorkerLost`); a raising user function is a result with ``ok=False``, so that
 the coordinator can tell the two apart (docs/faults.md: failed and lost attempts have separate bounds).
@@ -41,7 +41,7 @@ class Executor:
             leaves its queue for a worker; the driver then times attempts from that moment
             instead of from submission.
         enforces_timeouts: True when the side that runs an attempt enforces
-            ``TaskSettings.task_timeout`` itself (:mod:`mrkit.worker.watchdog`: time *without
+            ``TaskSettings.task_timeout`` itself (:mod:`mrkit.execution.watchdog`: time *without
             progress*, the stuck process ended and replaced) and resolves the future with a
             ``TaskTimeout`` failure; the driver then does not abandon attempts on its own clock.
     """
@@ -88,11 +88,11 @@ class Executor:
 EXECUTORS: dict[str, str] = {
     "inline": "mrkit.execution.inline:InlineExecutor",
     "processes": "mrkit.execution.processes:ProcessExecutor",
-    "redis": "mrkit.execution.redis_streams:RedisExecutor",
-    "rediss": "mrkit.execution.redis_streams:RedisExecutor",
-    "http": "mrkit.execution.http:HttpExecutor",
-    "lambda": "mrkit.execution.aws_lambda:LambdaExecutor",
-    "lambda-local": "mrkit.execution.aws_lambda:LocalLambdaExecutor",
+    "redis": "mrkit.backends.redis.executor:RedisExecutor",
+    "rediss": "mrkit.backends.redis.executor:RedisExecutor",
+    "http": "mrkit.backends.http.executor:HttpExecutor",
+    "lambda": "mrkit.backends.aws_lambda.executor:LambdaExecutor",
+    "lambda-local": "mrkit.backends.aws_lambda.executor:LocalLambdaExecutor",
 }
 
 

@@ -3,7 +3,7 @@
 It still encodes and decodes every spec and result (STYLE 8), so a value that would not survive a
 trip to a real worker fails here too, under a debugger, with a plain traceback.
 
-Timeouts: an attempt with ``settings.task_timeout`` is watched (:mod:`mrkit.worker.watchdog`, time
+Timeouts: an attempt with ``settings.task_timeout`` is watched (:mod:`mrkit.execution.watchdog`, time
 *without progress*). When it is stuck and runs in the main thread with Python's default Ctrl-C
 handler, the watchdog sends that thread a SIGINT: the stuck Python code (or ``time.sleep``) is
 interrupted and the attempt fails with ``TaskTimeout``, as on the other executors. Anywhere else
@@ -35,13 +35,13 @@ class InlineExecutor(Executor):
 
     def live_progress(self) -> tuple[int, int]:
         """``(records, bytes)`` read so far by the attempt running now (for the progress bar's thread)."""
-        from mrkit.worker.runtime import live_progress
+        from mrkit.execution.runtime import live_progress
 
         return live_progress()
 
     def submit(self, spec: TaskSpec) -> Future[TaskResult]:
-        from mrkit.worker.runtime import run_task  # the far side; imported late to keep layers one-way
-        from mrkit.worker.watchdog import watch
+        from mrkit.execution.runtime import run_task  # the far side; imported late to keep layers one-way
+        from mrkit.execution.watchdog import watch
 
         future: Future[TaskResult] = Future()
         decoded = TaskSpec.decode(spec.encode())

@@ -10,7 +10,7 @@ The contract (:class:`ProcessExecutor`):
   raises only :class:`~mrkit.errors.WorkerLost`, when the worker was killed from outside (SIGKILL,
   SIGTERM), ran past the executor's own ``task_timeout``, or the executor shut down.
 * Timeouts (``enforces_timeouts``): each worker wraps an attempt in
-  :func:`mrkit.worker.watchdog.watch`; when it fires, the worker sends the timeout result with a
+  :func:`mrkit.execution.watchdog.watch`; when it fires, the worker sends the timeout result with a
   "last message" flag and kills its process group. While a watched attempt runs the worker also
   sends a beat every second; a worker silent for its timeout plus ``_SILENCE_GRACE`` seconds (stuck
   in C code that holds the GIL, where its watchdog cannot run) is killed by the parent, and its
@@ -26,7 +26,7 @@ The contract (:class:`ProcessExecutor`):
 
 How it works: each worker is a long-lived process with its own duplex :func:`multiprocessing.Pipe`.
 The parent sends a pickled :class:`~mrkit.model.task.TaskSpec`; the worker calls the runner
-(:func:`mrkit.worker.runtime.run_task` unless told otherwise) and sends the pickled result back.
+(:func:`mrkit.execution.runtime.run_task` unless told otherwise) and sends the pickled result back.
 Pickle is fine here: both ends are this program, on a pipe nobody else holds (signing is for
 peers we do not control). One dispatcher thread in the parent waits with
 :func:`multiprocessing.connection.wait` on every worker's pipe *and* its process sentinel, so a death
@@ -79,7 +79,7 @@ from mrkit.errors import ConfigError, WorkerLost
 from mrkit.execution.base import Executor
 from mrkit.model.task import TaskFailure, TaskResult, TaskSpec
 
-DEFAULT_RUNNER = "mrkit.worker.runtime:run_task"
+DEFAULT_RUNNER = "mrkit.execution.runtime:run_task"
 
 # Tasks are sent ahead to a busy worker (prefetch) only while their pickles add up to at most this.
 # The parent writes while holding its lock and the busy worker is not reading, so they must fit in
@@ -115,7 +115,7 @@ def default_start_method() -> str:
     locked state, so the child can deadlock in ``logging``, ``malloc`` or an import lock. Python
     3.12+ warns about exactly this (a ``DeprecationWarning``, an error under our test settings).
     ``forkserver`` forks from a small single-threaded server that has already imported
-    :mod:`mrkit.worker.runtime` (preloaded), so a worker starts in milliseconds with the runtime warm;
+    :mod:`mrkit.execution.runtime` (preloaded), so a worker starts in milliseconds with the runtime warm;
     ``spawn`` (macOS, Windows) starts a fresh interpreter per worker, which is slower but safe.
     """
     if sys.platform.startswith("linux") and "forkserver" in multiprocessing.get_all_start_methods():
@@ -311,7 +311,7 @@ def _watch_driver(lifeline: Connection, parent_pid: int) -> None:
 
 
 def _end_worker() -> None:
-    from mrkit.worker.watchdog import end_process  # the far side's helper; see _worker_main
+    from mrkit.execution.watchdog import end_process  # the far side's helper; see _worker_main
 
     end_process(70)
 
@@ -319,7 +319,7 @@ def _end_worker() -> None:
 def _crash_result(spec: TaskSpec, label: str, exc: BaseException) -> TaskResult:
     """A result for an attempt whose runner raised (run_task should not, but a worker must answer)."""
     if isinstance(exc, (SystemExit, KeyboardInterrupt)):
-        from mrkit.worker.watchdog import crash_failure
+        from mrkit.execution.watchdog import crash_failure
 
         failure = crash_failure(f"{type(exc).__name__}({exc}) was raised by the task")
     else:
@@ -339,7 +339,7 @@ def _ignore_signal(signum: int, frame: object) -> None:
 class _Reporter:
     """The worker's only way to write to its pipe, shared by three threads.
 
-    The main thread sends each result; the watchdog thread (:mod:`mrkit.worker.watchdog`) sends a
+    The main thread sends each result; the watchdog thread (:mod:`mrkit.execution.watchdog`) sends a
     ``TaskTimeout`` result for an attempt stuck without progress, then ends the process; the beat
     thread sends :data:`_BEAT` every :data:`_BEAT_SECONDS` while a watched attempt runs. One lock
     keeps their frames whole, and ``current`` makes sure an attempt is answered exactly once: a
@@ -369,7 +369,7 @@ class _Reporter:
 
     def time_out(self, spec: TaskSpec, failure: TaskFailure) -> None:
         """Watchdog callback: answer ``spec`` with ``failure`` and a "this worker ends" flag, then end."""
-        from mrkit.worker.watchdog import end_process
+        from mrkit.execution.watchdog import end_process
 
         with self.lock:
             if self.current is not spec:
@@ -388,7 +388,7 @@ class _Reporter:
         # A beat says "this process still runs Python": if user code is stuck in C holding the GIL,
         # neither the watchdog nor this thread runs, and the parent ends the silent worker itself.
         # It also carries the records and bytes read so far, for the parent's progress bar.
-        from mrkit.worker.runtime import live_progress
+        from mrkit.execution.runtime import live_progress
 
         while True:
             time.sleep(_BEAT_SECONDS)
@@ -427,8 +427,8 @@ def _worker_main(
     label = f"pid:{pid}"
     try:
         run = resolve_runner(runner)
-        # The worker side of mrkit.worker: imported here, in the worker, not by the driver's module.
-        from mrkit.worker.watchdog import watch
+        # The worker side of this module: imported here, in the worker, not by the driver's module.
+        from mrkit.execution.watchdog import watch
     except BaseException:
         conn.send_bytes(pickle.dumps(("error", traceback.format_exc())))
         return
@@ -626,7 +626,7 @@ class ProcessExecutor(Executor):
             server = getattr(forkserver, "_forkserver", None)
             # '__main__' (multiprocessing's default) is left out on purpose: see _main_module_hidden.
             current = [m for m in getattr(server, "_preload_modules", []) if m != "__main__"]
-            wanted = [__name__, "mrkit.worker.runtime"]
+            wanted = [__name__, "mrkit.execution.runtime"]
             self._ctx.set_forkserver_preload(current + [m for m in wanted if m not in current])
 
         # One lock guards everything below; it is never held while a future's callbacks run.
@@ -939,7 +939,7 @@ class ProcessExecutor(Executor):
             if watched:
                 left = max(w.head_since, w.last_heard) + watched + _SILENCE_GRACE - now
                 if left <= 0:
-                    from mrkit.worker.watchdog import timeout_failure
+                    from mrkit.execution.watchdog import timeout_failure
 
                     w.kill_reason = (
                         f"sent nothing for {watched + _SILENCE_GRACE:g} s while running an attempt with "
@@ -1058,7 +1058,7 @@ class ProcessExecutor(Executor):
                     if w.kill_failure is not None:
                         failed.append((head, w.kill_failure))
                     elif not w.kill_reason and w.ready and _ended_by_task(w.process.exitcode):
-                        from mrkit.worker.watchdog import crash_failure
+                        from mrkit.execution.watchdog import crash_failure
 
                         failed.append((head, crash_failure(f"worker {w.label} {description}")))
                     else:

@@ -77,7 +77,7 @@ class TaskSettings:
         output_format: ``tsv`` (JSON key TAB JSON value), ``jsonl`` or ``pickle`` (in-memory results).
         task_timeout: seconds an attempt may go *without progress* (no new record or key) before
             the host of the attempt ends it and reports a ``TaskTimeout`` failure naming the record
-            (:mod:`mrkit.worker.watchdog`); None: never. It counts against ``max_attempts``.
+            (:mod:`mrkit.execution.watchdog`); None: never. It counts against ``max_attempts``.
     """
 
     memory_mb: float = 256.0

@@ -9,9 +9,9 @@ One worker process is one consumer of the group ``workers`` on every live task s
 2. Verify each entry's signature (:mod:`mrkit.security`) *before* decoding it. An entry that does not
    verify is never decoded, unpickled or run: it is acked, copied to ``mrkit:dead`` with the reason,
    and logged on stderr.
-3. Run it with :func:`mrkit.worker.runtime.run_task`. A blocking-mode task (its header names a reply
+3. Run it with :func:`mrkit.execution.runtime.run_task`. A blocking-mode task (its header names a reply
    stream) gets its signed result ``XADD``\\ed there and is ``XACK``\\ed in the same pipeline. An
-   asynchronous job's task goes to :mod:`mrkit.coordination.redis_jobs`, which records completion
+   asynchronous job's task goes to :mod:`mrkit.backends.redis.jobs`, which records completion
    and advances the job atomically (the worker hosts the job's coordination; nobody else does).
 4. A heartbeat thread renews the lease of every entry it holds (a Lua script: ``XCLAIM … JUSTID``
    only if ``XPENDING`` says the entry is still ours, so a worker that was presumed dead cannot take
@@ -31,7 +31,7 @@ past the lease, so that the next claimer takes them at once. ``mrkit worker`` is
 SIGTERM/SIGINT to them once (they ignore the terminal's own SIGINT), and a task process whose
 supervisor is gone stops after its task.
 
-Poison tasks: a task process runs each attempt under :func:`mrkit.worker.watchdog.watch`; on
+Poison tasks: a task process runs each attempt under :func:`mrkit.execution.watchdog.watch`; on
 ``task_timeout`` it reports the attempt as failed (``TaskTimeout``) and ends itself. Before each
 attempt it writes the entry to a slot shared with the supervisor, which reports the attempt as failed
 (``WorkerCrashed``, naming the exit code or signal) if the process dies under it, then replaces it.
@@ -65,8 +65,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from mrkit.errors import AuthenticationError, ConfigError, StorageError
-from mrkit.execution.redis_streams import (
+from mrkit.backends.redis.executor import (
     DEAD,
     DEAD_MAXLEN,
     DEPARTURE_CHECK,
@@ -82,10 +81,11 @@ from mrkit.execution.redis_streams import (
     resolve_secret,
     unpack,
 )
+from mrkit.errors import AuthenticationError, ConfigError, StorageError
+from mrkit.execution.runtime import run_task
+from mrkit.execution.watchdog import crash_failure, end_process, watch
 from mrkit.model.task import TaskFailure, TaskKind, TaskResult, TaskSpec
 from mrkit.storage.redis import RedisURL, connect, redact
-from mrkit.worker.runtime import run_task
-from mrkit.worker.watchdog import crash_failure, end_process, watch
 
 MAX_BATCH = 64
 ATTEMPTS_TTL = 7 * 86400  # blocking jobs' attempt counters outlive any job; the TTL removes them
@@ -258,7 +258,7 @@ class RedisWorker:
         url: the Redis URL.
         name: this consumer's name (unique among the fleet; default ``host:pid``).
         burst: return from :meth:`run` when no work is left.
-        secret: the shared secret (see :func:`~mrkit.execution.redis_streams.resolve_secret`).
+        secret: the shared secret (see :func:`~mrkit.backends.redis.executor.resolve_secret`).
         capture_output: capture user output of asynchronous tasks (needs :func:`install_capture`).
     """
 
@@ -298,7 +298,7 @@ class RedisWorker:
         self._in_task = False  # an entry's task is running (blocking or job)
         self._heartbeat = self.client.register_script(_HEARTBEAT)
         self._requeue = self.client.register_script(_REQUEUE)
-        from mrkit.coordination.redis_jobs import SCRIPTS
+        from mrkit.backends.redis.jobs import SCRIPTS
 
         self.scripts = {name: self.client.register_script(text) for name, text in SCRIPTS.items()}
         # Blocking-mode results not yet sent: reply stream -> [(sid, result bytes)], and the entries
@@ -398,7 +398,7 @@ class RedisWorker:
             for job, exists in zip(jobs, pipe.execute(), strict=True):
                 places = self.job_places.pop(job, None)
                 if not exists:
-                    from mrkit.coordination.redis_jobs import job_lost
+                    from mrkit.backends.redis.jobs import job_lost
 
                     job_lost(self.name, job, *(places or ("", "")), "its tasks are dropped")
         new = [s for s in live if s not in self.queues]
@@ -580,7 +580,9 @@ class RedisWorker:
         if header.get("reply"):
             self._run_blocking(stream, entry_id, header, body)
         else:
-            from mrkit.coordination import redis_jobs  # the worker hosts asynchronous jobs' coordination
+            from mrkit.backends.redis import (
+                jobs as redis_jobs,  # the worker hosts asynchronous jobs' coordination
+            )
 
             self._running = (stream, entry_id, time.monotonic())
             try:
@@ -633,7 +635,7 @@ class RedisWorker:
         """Run one attempt here; return its result and the user output captured (when asked).
 
         ``entry`` (stream, entry id, header, fields) is the stream entry the attempt came from. In a
-        task process of a supervisor, the attempt runs under :func:`~mrkit.worker.watchdog.watch`:
+        task process of a supervisor, the attempt runs under :func:`~mrkit.execution.watchdog.watch`:
         after ``task_timeout`` seconds without progress, the watchdog thread reports the entry as a
         failed attempt (``TaskTimeout``, naming the record) and ends this process, which the
         supervisor replaces; and the entry is written to the shared slot first, so that the
@@ -719,7 +721,7 @@ class RedisWorker:
             pipe.xack(stream, GROUP, entry_id)
             pipe.execute(raise_on_error=False)
         else:
-            from mrkit.coordination import redis_jobs
+            from mrkit.backends.redis import jobs as redis_jobs
 
             redis_jobs.fail_attempt(self, stream, entry_id, fields, spec, failure)
         self.done_with(stream, entry_id)
@@ -777,7 +779,7 @@ class RedisWorker:
         self.done_with(stream, entry_id)
         job = _scope(stream)
         if job and self.queues.get(stream, Queue(stream, "session", 0)).mode == "job":
-            from mrkit.coordination import redis_jobs
+            from mrkit.backends.redis import jobs as redis_jobs
 
             redis_jobs.note_refused(self, job, entry_id, reason)
 

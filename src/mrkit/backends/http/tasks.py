@@ -1,12 +1,12 @@
 """The task processes of an HTTP worker: user code runs here, never in the server itself.
 
-An HTTP worker (:mod:`mrkit.worker.http_server`) hands each task to a child process of its own, a
+An HTTP worker (:mod:`mrkit.backends.http.server`) hands each task to a child process of its own, a
 *task process*, and relays the result. A task process is a process group leader, is reused for
 task after task (the job's code is unpickled once per process), and can be ended and replaced
 without losing the server, its port or its connections. That is what makes these cases
 recoverable:
 
-* **No progress for ``task_timeout`` s**: :func:`mrkit.worker.watchdog.watch` fires in the task
+* **No progress for ``task_timeout`` s**: :func:`mrkit.execution.watchdog.watch` fires in the task
   process, which writes a ``TaskTimeout`` result naming the record, then ends its process group.
   The server relays the result (a *failed* attempt, counted against ``max_attempts``) and starts a
   new task process for the next task.
@@ -39,8 +39,8 @@ import sys
 import threading
 import time
 
+from mrkit.execution.watchdog import crash_failure, end_process, watch
 from mrkit.model.task import TaskFailure, TaskResult, TaskSpec
-from mrkit.worker.watchdog import crash_failure, end_process, watch
 
 STOPPED_GRACE = 1.0  # seconds a task process may stay stopped (SIGSTOP) before the attempt is lost
 _POLL = 0.25
@@ -112,7 +112,7 @@ class TaskProcess:
         life_r, self._life_w = os.pipe()
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mrkit.worker.http_tasks", str(req_r), str(res_w), str(life_r)],
+                [sys.executable, "-m", "mrkit.backends.http.tasks", str(req_r), str(res_w), str(life_r)],
                 stdin=subprocess.DEVNULL,
                 pass_fds=(req_r, res_w, life_r),
                 close_fds=True,
@@ -278,7 +278,7 @@ def _end_with_server(life_fd: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Entry point of a task process (internal): ``python -m mrkit.worker.http_tasks REQ RES LIFE``."""
+    """Entry point of a task process (internal): ``python -m mrkit.backends.http.tasks REQ RES LIFE``."""
     req_fd, res_fd, life_fd = (int(a) for a in argv[:3])
     for fd in (req_fd, res_fd, life_fd):
         os.set_inheritable(fd, False)  # user subprocesses must not hold our pipes open
@@ -288,7 +288,7 @@ def main(argv: list[str]) -> int:
     import cloudpickle  # noqa: F401
 
     import mrkit.data.readers  # noqa: F401
-    from mrkit.worker.runtime import run_task
+    from mrkit.execution.runtime import run_task
 
     config = _read_frame(req_fd)
     if config is None:

@@ -31,7 +31,7 @@ that invocation, with the same event — takes the next generation and redoes th
 idempotent (invoking a reduce task twice is harmless, and publishing resumes where it stopped).
 
 Keys, in the job's storage (beside those of :mod:`mrkit.model.layout` and
-:mod:`mrkit.execution.aws_lambda`)::
+:mod:`mrkit.backends.aws_lambda.executor`)::
 
     {job}/state/plan.json                the plan: specs, output URL, format, policy (written once)
     {job}/state/committed/{phase}/{task} a completed task (empty; listed to count a phase)
@@ -135,7 +135,7 @@ def submit_job(
     """Plan ``job``, store the plan, invoke its map tasks and return at once.
 
     Args:
-        executor: a :class:`~mrkit.execution.aws_lambda.LambdaExecutor` (its invoker and storage).
+        executor: a :class:`~mrkit.backends.aws_lambda.executor.LambdaExecutor` (its invoker and storage).
         job, inputs, output, n_map, n_reduce, storage, format, memory_mb, overwrite, policy, errors,
             input_format, params, job_id: as for :func:`mrkit.run`.
         workers, progress, quiet, executor_options: accepted for symmetry with ``mrkit.run``; unused
@@ -149,7 +149,7 @@ def submit_job(
         OutputExistsError: ``output`` holds a result and ``overwrite`` is False.
         InputError: unreadable inputs.
     """
-    from mrkit.execution.aws_lambda import invoker_from_config
+    from mrkit.backends.aws_lambda.executor import invoker_from_config
 
     if not isinstance(job, Job):
         raise ConfigError(f"expected an mrkit.Job, got {type(job).__name__}")
@@ -266,7 +266,7 @@ def _plan_from_dict(data: dict[str, Any]) -> JobPlan:
 
 def _invoke_all(invoker: Any, specs: Iterable[TaskSpec], url: str, job_event: dict[str, Any]) -> None:
     """Invoke ``specs``, ``job_event["batch_size"]`` (default 1) to an event, within the payload limit."""
-    from mrkit.execution.aws_lambda import build_event, pack
+    from mrkit.backends.aws_lambda.executor import build_event, pack
 
     groups = pack(list(specs), url, job=job_event, batch_size=int(job_event.get("batch_size", 1)))
     events = [build_event(group, url, job=job_event) for group in groups]
@@ -350,7 +350,7 @@ def _retry_or_fail(
     failure: TaskFailure | None = None,
     lost_reason: str = "",
 ) -> None:
-    from mrkit.execution.aws_lambda import invoker_from_config
+    from mrkit.backends.aws_lambda.executor import invoker_from_config
 
     plan = _plan_from_dict(_load(storage, spec.job_id)["plan"])
     policy = plan.policy
@@ -425,7 +425,7 @@ def _take_trigger(storage: Storage, job_id: str, step: str, request_id: str) -> 
 
 
 def _start_reduce(storage: Storage, plan: JobPlan, job_event: dict[str, Any], request_id: str) -> None:
-    from mrkit.execution.aws_lambda import invoker_from_config
+    from mrkit.backends.aws_lambda.executor import invoker_from_config
 
     sent = f"{plan.job_id}/state/reduce-sent"
     if storage.exists(sent) or not _take_trigger(storage, plan.job_id, "reduce", request_id):

@@ -1,5 +1,5 @@
 """Run tasks on HTTP workers: ones the driver starts itself (``http``) or ones already running
-(``http://host:port,host:port``). The far side is :mod:`mrkit.worker.http_server`.
+(``http://host:port,host:port``). The far side is :mod:`mrkit.backends.http.server`.
 
 The contract (:class:`HttpExecutor`):
 
@@ -18,7 +18,7 @@ The contract (:class:`HttpExecutor`):
   not use up the driver's ``max_lost``.
 * **Metadata only.** The body of ``POST /task`` is the spec's JSON: split URI and byte range, or
   partition number, plus the storage URL. The job's code is fetched by each worker from storage once,
-  by digest (:mod:`mrkit.worker.runtime` caches it). A futures-API function travels once per worker
+  by digest (:mod:`mrkit.execution.runtime` caches it). A futures-API function travels once per worker
   too: later tasks of the same function omit it (a worker that forgot it answers 409 and gets it).
 * **One keep-alive connection and one request in flight per worker**, each served by its own thread
   here; a task is handed to whichever connected worker is free first.
@@ -33,7 +33,7 @@ The contract (:class:`HttpExecutor`):
   ``HttpTimeouts.unreachable`` seconds, queued tasks fail with WorkerLost (the driver's ``max_lost``
   bounds the retries); three driver-started workers in a row that die before becoming ready make
   :meth:`submit` raise :class:`~mrkit.errors.ConfigError`.
-* **Authentication.** Every request is signed and every response verified (:mod:`mrkit.http_auth`)
+* **Authentication.** Every request is signed and every response verified (:mod:`mrkit.backends.http.auth`)
   before it is decoded. Driver-started workers get a fresh random secret through their stdin (never
   the command line). For existing workers the secret comes from ``secret=``, ``secret_file=``,
   ``$MRKIT_SECRET_FILE`` or ``$MRKIT_SECRET``. A worker that refuses our signature is taken out of
@@ -75,9 +75,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any
 
-from mrkit.errors import AuthenticationError, ConfigError, MrkitError, WorkerLost
-from mrkit.execution.base import Executor
-from mrkit.http_auth import (
+from mrkit.backends.http.auth import (
     HEADER_NONCE,
     HEADER_SIGNATURE,
     SECRET_ENV,
@@ -87,6 +85,8 @@ from mrkit.http_auth import (
     sign_request,
     verify_response,
 )
+from mrkit.errors import AuthenticationError, ConfigError, MrkitError, WorkerLost
+from mrkit.execution.base import Executor
 from mrkit.model.task import TaskKind, TaskResult, TaskSpec
 from mrkit.security import is_loopback
 
@@ -411,8 +411,8 @@ class HttpExecutor(Executor):
     """
 
     reports_running = True  # futures turn running() when a connection slot takes their attempt
-    # Workers run each attempt in a task process under mrkit.worker.watchdog: a stuck one is ended
-    # there and comes back as a TaskTimeout failure (see mrkit.worker.http_tasks).
+    # Workers run each attempt in a task process under mrkit.execution.watchdog: a stuck one is ended
+    # there and comes back as a TaskTimeout failure (see mrkit.backends.http.tasks).
     enforces_timeouts = True
 
     def __init__(
@@ -854,7 +854,7 @@ class HttpExecutor(Executor):
         return True
 
     def _spawn(self) -> tuple[subprocess.Popen[bytes], str, int]:
-        """Start ``python -m mrkit.worker.http_server --driver`` and wait for the URL it reports.
+        """Start ``python -m mrkit.backends.http.server --driver`` and wait for the URL it reports.
 
         The secret goes through the child's stdin (``ps`` shows command lines, not pipes); the
         child reports its URL on a second pipe, so its stdout and stderr stay the driver's, as
@@ -866,7 +866,7 @@ class HttpExecutor(Executor):
         ready_r, ready_w = os.pipe()
         try:
             proc = subprocess.Popen(
-                [self.worker_python, "-m", "mrkit.worker.http_server", "--driver"],
+                [self.worker_python, "-m", "mrkit.backends.http.server", "--driver"],
                 stdin=subprocess.PIPE,
                 pass_fds=(ready_w,),
                 close_fds=True,

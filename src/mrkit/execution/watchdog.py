@@ -1,6 +1,6 @@
 """End an attempt that makes no progress for ``task_timeout`` seconds, naming where it stopped.
 
-Every host of :func:`mrkit.worker.runtime.run_task` (a process-pool worker, an HTTP worker's task
+Every host of :func:`mrkit.execution.runtime.run_task` (a process-pool worker, an HTTP worker's task
 child, a Redis fleet worker, a Lambda handler) wraps the call in :func:`watch`::
 
     with watch(spec, on_timeout=report_and_exit):

@@ -3,7 +3,7 @@
 The contract (:class:`LambdaExecutor`):
 
 * ``submit(spec)`` invokes the function whose handler is
-  :func:`mrkit.worker.lambda_handler.handler` with a reference-only event (the spec's JSON; a map
+  :func:`mrkit.backends.aws_lambda.handler.handler` with a reference-only event (the spec's JSON; a map
   spec is under 2 KB, far below Lambda's 256 KB limit for asynchronous events, which is checked).
   The invocation runs the task and writes its :class:`~mrkit.model.task.TaskResult` to the job's
   storage (an object store every function reaches); the executor polls one listing per job for
@@ -11,9 +11,9 @@ The contract (:class:`LambdaExecutor`):
   comes back in the response instead.
 * Lambda delivers an asynchronous event at least once, and retries a failed delivery. Each
   delivery runs under its own attempt keys and the runtime's commit is first-attempt-wins, so
-  neither retries nor duplicates change the output (see :mod:`mrkit.worker.lambda_handler`).
+  neither retries nor duplicates change the output (see :mod:`mrkit.backends.aws_lambda.handler`).
 * Timeouts and poison tasks are *failed results*, counted against ``max_attempts``: the handler
-  runs each attempt under :func:`mrkit.worker.watchdog.watch` (``enforces_timeouts``: an attempt
+  runs each attempt under :func:`mrkit.execution.watchdog.watch` (``enforces_timeouts``: an attempt
   without progress for ``task_timeout`` seconds, measured inside the function, reports a
   ``TaskTimeout`` naming its record, then ends its invocation), and an invocation whose task
   ended it (``os._exit(3)``, a segfault: the runtime's ``Runtime.ExitError``, see
@@ -26,10 +26,10 @@ The contract (:class:`LambdaExecutor`):
 * ``local`` is False; ``storage_url(job_id)`` is the ``storage=`` option (``s3://bucket/mrkit``),
   which every function must reach.
 * ``asynchronous`` is True: ``mrkit.submit`` hands the job to the serverless driver
-  (:mod:`mrkit.coordination.object_store_jobs`), which advances it from inside the functions.
+  (:mod:`mrkit.backends.aws_lambda.jobs`), which advances it from inside the functions.
 
 ``lambda-local`` (:class:`LocalLambdaExecutor`) is the same executor with the local function
-runtime (:mod:`mrkit.worker.lambda_runtime`) in place of AWS: a fresh process per delivery, timeouts,
+runtime (:mod:`mrkit.backends.aws_lambda.emulator`) in place of AWS: a fresh process per delivery, timeouts,
 memory limits, retries and injected duplicates; its default storage is a local folder.
 
 Why one module of ~600 lines: the key scheme, the event, the two invokers (boto3 and local) and the
@@ -50,7 +50,7 @@ Options (keyword arguments, or the query string: ``lambda://fn?region=eu-west-1&
 ``storage``, ``max_concurrency``, ``invocation`` (``event`` or ``sync``), ``batch_size`` (tasks per
 event when several are queued, fewer when the payload limit requires: :func:`pack`),
 ``poll_interval``, ``lost_after``, ``region`` (lambda://), and for ``lambda-local`` the
-:class:`~mrkit.worker.lambda_runtime.FunctionConfig` fields (``timeout``, ``memory_mb``,
+:class:`~mrkit.backends.aws_lambda.emulator.FunctionConfig` fields (``timeout``, ``memory_mb``,
 ``max_retry_attempts``, ``retry_delay``, ``duplicate_rate``, ``cold_start``, ``state_dir``, …).
 """
 
@@ -73,7 +73,7 @@ from mrkit.errors import ConfigError, MissingExtra, WorkerLost
 from mrkit.execution.base import Executor
 from mrkit.model.task import TaskKind, TaskResult, TaskSpec
 
-HANDLER = "mrkit.worker.lambda_handler.handler"
+HANDLER = "mrkit.backends.aws_lambda.handler.handler"
 EVENT_VERSION = 1
 MAX_ASYNC_EVENT = 256 * 1024  # Lambda's limit for an asynchronous (Event) invocation payload
 MAX_SYNC_EVENT = 6 * 1024 * 1024  # ... and for a synchronous one
@@ -210,7 +210,7 @@ def pack(
 
 def crashed_result(spec: TaskSpec, crash: str, *, worker: str) -> TaskResult:
     """The failed result of an attempt whose code ended its invocation (see :func:`crash_description`)."""
-    from mrkit.worker.watchdog import crash_failure  # the far side's failure vocabulary
+    from mrkit.execution.watchdog import crash_failure  # the far side's failure vocabulary
 
     return TaskResult(spec.task_id, spec.attempt, ok=False, worker=worker, failure=crash_failure(crash))
 
@@ -303,10 +303,10 @@ class BotoInvoker:
 
 
 class LocalInvoker:
-    """Invokes the local function runtime (:class:`~mrkit.worker.lambda_runtime.LocalFunction`)."""
+    """Invokes the local function runtime (:class:`~mrkit.backends.aws_lambda.emulator.LocalFunction`)."""
 
     def __init__(self, config: Any, *, detached: bool = False) -> None:
-        from mrkit.worker.lambda_runtime import LocalFunction  # the far side, imported late (layers)
+        from mrkit.backends.aws_lambda.emulator import LocalFunction  # the far side, imported late (layers)
 
         self.function = LocalFunction(config, detached=detached)
 
@@ -329,7 +329,7 @@ def invoker_from_config(config: dict[str, Any]) -> BotoInvoker | LocalInvoker:
     if config.get("kind") == "lambda":
         return BotoInvoker(config["function"], config.get("region"))
     if config.get("kind") == "local":
-        from mrkit.worker.lambda_runtime import FunctionConfig
+        from mrkit.backends.aws_lambda.emulator import FunctionConfig
 
         return LocalInvoker(FunctionConfig.from_dict(config["config"]), detached=True)
     raise ConfigError(f"unknown invoker {config!r}: expected kind 'lambda' or 'local'")
@@ -429,7 +429,7 @@ class LambdaExecutor(Executor):
 
     local = False
     asynchronous = True
-    # The handler runs each attempt under mrkit.worker.watchdog: an attempt without progress for
+    # The handler runs each attempt under mrkit.execution.watchdog: an attempt without progress for
     # task_timeout seconds comes back as a TaskTimeout failure, measured inside the function (a cold
     # start does not count).
     enforces_timeouts = True
@@ -520,19 +520,19 @@ class LambdaExecutor(Executor):
 
     def submit_job(self, job: Any, inputs: Any, **options: Any) -> Any:
         """Hand the whole job to the serverless driver and return its handle at once."""
-        from mrkit.coordination.object_store_jobs import submit_job  # coordination sits above us
+        from mrkit.backends.aws_lambda.jobs import submit_job  # coordination sits above us
 
         return submit_job(self, job, inputs, **options)
 
     def job_handle(self, job_id: str) -> Any:
         """A handle on a job submitted with this executor's storage (``mrkit status/result/…``)."""
-        from mrkit.coordination.object_store_jobs import ObjectStoreJobHandle
+        from mrkit.backends.aws_lambda.jobs import ObjectStoreJobHandle
 
         return ObjectStoreJobHandle(job_id, self._require_storage())
 
     def list_jobs(self) -> list[dict[str, Any]]:
         """The status of every job submitted with this executor's storage, newest first."""
-        from mrkit.coordination.object_store_jobs import list_jobs
+        from mrkit.backends.aws_lambda.jobs import list_jobs
 
         return list_jobs(self._require_storage())
 
@@ -626,7 +626,7 @@ class LambdaExecutor(Executor):
             response = self.invoker.invoke(build_event([spec], url, sync=True), sync=True)
             result = TaskResult.decode(response["results"][0])
         except Exception as exc:
-            from mrkit.worker.runtime import storage_for
+            from mrkit.execution.runtime import storage_for
 
             crash = crash_description(str(getattr(exc, "error_type", "")), str(exc))
             try:  # an attempt that timed out reported itself before its invocation ended
@@ -661,7 +661,7 @@ class LambdaExecutor(Executor):
 
     def _poll(self) -> None:
         """List each job's results once per interval; resolve what arrived, expire what is overdue."""
-        from mrkit.worker.runtime import storage_for  # one storage object per URL in this process
+        from mrkit.execution.runtime import storage_for  # one storage object per URL in this process
 
         while not self._closed.wait(self.poll_interval):
             with self._lock:
@@ -735,7 +735,7 @@ class LocalLambdaExecutor(LambdaExecutor):
         Raises:
             ConfigError: an unknown option or a bad value.
         """
-        from mrkit.worker.lambda_runtime import FunctionConfig
+        from mrkit.backends.aws_lambda.emulator import FunctionConfig
 
         allowed = {**EXECUTOR_OPTIONS, **LOCAL_OPTIONS}
         allowed.pop("region")

@@ -11,7 +11,7 @@ Two ways to use the fleet, one wire protocol (docs/redis.md has the key scheme a
   listener thread ``XREAD``\\s results and resolves the futures. The in-process driver keeps doing
   retries and speculation, exactly as with local processes.
 * **Asynchronous** (``mrkit.submit(..., executor="redis://…")`` / ``mrkit submit``): ``submit_job``
-  hands the whole plan to the fleet (:mod:`mrkit.coordination.redis_jobs`), which advances it
+  hands the whole plan to the fleet (:mod:`mrkit.backends.redis.jobs`), which advances it
   without the submitter.
 
 Leases (blocking mode): a worker heartbeats the entries it holds, and beats its own liveness in
@@ -370,23 +370,23 @@ class RedisExecutor(Executor):
     # -- asynchronous jobs (delegated to the coordination layer) -----------------------------
 
     def submit_job(self, job: Any, inputs: Any, **options: Any) -> Any:
-        """Hand a whole job to the fleet and return a :class:`~mrkit.coordination.redis_jobs.RedisJobHandle`.
+        """Hand a whole job to the fleet and return a :class:`~mrkit.backends.redis.jobs.RedisJobHandle`.
 
-        The job advances without this process (see :mod:`mrkit.coordination.redis_jobs`).
+        The job advances without this process (see :mod:`mrkit.backends.redis.jobs`).
         """
-        from mrkit.coordination.redis_jobs import submit_job
+        from mrkit.backends.redis.jobs import submit_job
 
         return submit_job(self, job, inputs, **options)
 
     def job_handle(self, job_id: str) -> Any:
         """A handle on the asynchronous job ``job_id`` of this Redis, from any process."""
-        from mrkit.coordination.redis_jobs import RedisJobHandle
+        from mrkit.backends.redis.jobs import RedisJobHandle
 
         return RedisJobHandle(self.url, job_id)
 
     def list_jobs(self) -> list[dict[str, Any]]:
         """The asynchronous jobs this Redis knows, newest first, as status dicts."""
-        from mrkit.coordination.redis_jobs import list_jobs
+        from mrkit.backends.redis.jobs import list_jobs
 
         return list_jobs(self.url)
 

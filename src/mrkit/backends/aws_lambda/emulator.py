@@ -1,9 +1,9 @@
 """The local function runtime: AWS Lambda's invocation contract on this machine (``lambda-local``).
 
-It runs the handler that a deployed function runs (``mrkit.worker.lambda_handler.handler``) with the
+It runs the handler that a deployed function runs (``mrkit.backends.aws_lambda.handler.handler``) with the
 same ``(event, context)`` contract, and keeps what a serverless job has to survive on Lambda:
 
-* **A fresh process per delivery** (``python -m mrkit.worker.lambda_runtime run``): every
+* **A fresh process per delivery** (``python -m mrkit.backends.aws_lambda.emulator run``): every
   invocation is a cold start; nothing survives in memory from one invocation to the next.
   ``cold_start`` adds a start-up delay before the handler is imported (a heavy package on AWS).
 * **A timeout per invocation**: a delivery still running after ``timeout`` seconds is killed
@@ -60,7 +60,7 @@ from typing import Any
 
 from mrkit.errors import ConfigError, WorkerLost
 
-HANDLER = "mrkit.worker.lambda_handler:handler"
+HANDLER = "mrkit.backends.aws_lambda.handler:handler"
 
 
 class FunctionError(WorkerLost):
@@ -314,7 +314,7 @@ class LocalFunction:
                 "sh",
                 sys.executable,
                 "-m",
-                "mrkit.worker.lambda_runtime",
+                "mrkit.backends.aws_lambda.emulator",
                 "async",
                 path,
             ],
@@ -361,7 +361,7 @@ class LocalFunction:
                     log.write(f"START RequestId: {request_id} Attempt: {count} Version: $LATEST\n".encode())
                     log.flush()
                     proc = subprocess.Popen(
-                        [sys.executable, "-m", "mrkit.worker.lambda_runtime", "run"],
+                        [sys.executable, "-m", "mrkit.backends.aws_lambda.emulator", "run"],
                         stdin=subprocess.PIPE,
                         stdout=log,
                         stderr=log,
@@ -523,7 +523,7 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _run_delivery() -> int:
-    """Body of ``python -m mrkit.worker.lambda_runtime run``: one invocation, then exit."""
+    """Body of ``python -m mrkit.backends.aws_lambda.emulator run``: one invocation, then exit."""
     ctx = json.loads(os.environ["MRKIT_LAMBDA_CONTEXT"])
     response_path = os.environ["MRKIT_LAMBDA_RESPONSE"]
     limit = int(ctx["memory_limit_in_mb"]) << 20
@@ -566,7 +566,7 @@ def _run_delivery() -> int:
 
 
 def _run_supervisor(path: str) -> int:
-    """Body of ``python -m mrkit.worker.lambda_runtime async FILE``: deliver one detached event.
+    """Body of ``python -m mrkit.backends.aws_lambda.emulator async FILE``: deliver one detached event.
 
     The supervisor holds the ``flock`` of ``running/{event file}.lock`` from before it removes the
     event file until it ends, so :meth:`LocalFunction.wait_idle` always sees it (the lock is
@@ -593,5 +593,5 @@ if __name__ == "__main__":
         sys.exit(_run_delivery())
     elif command == "async" and len(sys.argv) == 3:
         sys.exit(_run_supervisor(sys.argv[2]))
-    print("usage: python -m mrkit.worker.lambda_runtime run | async EVENT_FILE", file=sys.stderr)
+    print("usage: python -m mrkit.backends.aws_lambda.emulator run | async EVENT_FILE", file=sys.stderr)
     sys.exit(2)

@@ -57,17 +57,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from mrkit.coordination.handle import JobHandle
-from mrkit.coordination.plan import RetryPolicy, new_job_id
-from mrkit.coordination.publish import open_output, publish_output
-from mrkit.errors import (
-    AuthenticationError,
-    ConfigError,
-    JobCancelled,
-    JobFailed,
-    StorageError,
-)
-from mrkit.execution.redis_streams import (
+from mrkit.backends.redis.executor import (
     DEAD,
     GROUP,
     JOBS,
@@ -79,12 +69,22 @@ from mrkit.execution.redis_streams import (
     resolve_secret,
     unpack,
 )
+from mrkit.coordination.handle import JobHandle
+from mrkit.coordination.plan import RetryPolicy, new_job_id
+from mrkit.coordination.publish import open_output, publish_output
+from mrkit.errors import (
+    AuthenticationError,
+    ConfigError,
+    JobCancelled,
+    JobFailed,
+    StorageError,
+)
+from mrkit.execution.runtime import delete_attempt_runs, storage_for
 from mrkit.model import layout
 from mrkit.model.task import TaskFailure, TaskKind, TaskSpec
 from mrkit.storage import open_storage
 from mrkit.storage.base import Storage
 from mrkit.storage.redis import connect, glob_escape, redact
-from mrkit.worker.runtime import delete_attempt_runs, storage_for
 
 DEFAULT_TTL = 86400.0
 LOG_MAXLEN = 10_000
@@ -274,7 +274,7 @@ def submit_job(
     """Plan ``job``, store its state and first tasks in Redis, and return at once.
 
     Args:
-        executor: the :class:`~mrkit.execution.redis_streams.RedisExecutor` naming the Redis.
+        executor: the :class:`~mrkit.backends.redis.executor.RedisExecutor` naming the Redis.
         job, inputs, output, n_map, n_reduce, storage, format, memory_mb, overwrite, policy, errors,
             input_format, params, job_id: as for :func:`mrkit.run`. Local input paths and a local
             ``output`` must be readable (writable) at the same path on every worker.
@@ -425,7 +425,7 @@ def process_entry(
     """Run one verified entry of an asynchronous job's stream on ``worker`` and advance the job.
 
     Args:
-        worker: the :class:`~mrkit.worker.redis_worker.RedisWorker` (client, name, host, run_spec...).
+        worker: the :class:`~mrkit.backends.redis.worker.RedisWorker` (client, name, host, run_spec...).
         stream, entry_id: where the entry is (it is acked here, or left pending for a reclaimer).
         fields: the entry as read (re-queued unchanged when a failed task is retried).
         header, body: its verified content.

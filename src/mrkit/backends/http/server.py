@@ -2,7 +2,7 @@
 
 Endpoints (stdlib :class:`http.server.ThreadingHTTPServer`, HTTP/1.1 keep-alive)::
 
-    POST /task    TaskSpec JSON, signed (mrkit.http_auth)  ->  200 TaskResult JSON, signed
+    POST /task    TaskSpec JSON, signed (mrkit.backends.http.auth)  ->  200 TaskResult JSON, signed
     GET  /health  unauthenticated                          ->  200 {"ok": true}
     GET  /status  unauthenticated                          ->  200 {"version", "running", "completed",
                                                                     "failed", "refused", "uptime_seconds"}
@@ -17,7 +17,7 @@ The contract:
   the signature verified.
 * **Health and status reveal nothing sensitive**: counts, the mrkit version and uptime only; no job
   ids, paths, pids or host details.
-* **Tasks run in task processes** (:mod:`mrkit.worker.http_tasks`), never in the server: the
+* **Tasks run in task processes** (:mod:`mrkit.backends.http.tasks`), never in the server: the
   thread of the connection that brought a task (one thread per connection, one request at a time
   on each) hands it to an idle task process and relays its result, so ``/health`` and ``/status``
   are answered while a task runs, and a task that hangs (``task_timeout``) or ends its process
@@ -34,8 +34,8 @@ The contract:
 * **Binding.** 127.0.0.1 by default. ``port=None`` binds port 0 (the system picks a free one); a
   port in use is a :class:`~mrkit.errors.ConfigError`, never a hang. The URL is printed on stdout
   when the worker is ready.
-* **Secret.** A worker without a secret refuses to start (:func:`mrkit.http_auth.load_secret`).
-  A worker a driver started (``python -m mrkit.worker.http_server --driver``, internal) reads a JSON
+* **Secret.** A worker without a secret refuses to start (:func:`mrkit.backends.http.auth.load_secret`).
+  A worker a driver started (``python -m mrkit.backends.http.server --driver``, internal) reads a JSON
   line ``{"secret", "sys_path", "ready_fd"}`` from stdin, so the secret never appears on a command
   line, writes its URL to ``ready_fd``, and exits as soon as its stdin reaches end-of-file or its
   parent process changes: it never outlives the driver.
@@ -61,8 +61,7 @@ from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from mrkit.errors import AuthenticationError, ConfigError
-from mrkit.http_auth import (
+from mrkit.backends.http.auth import (
     HEADER_NONCE,
     HEADER_SIGNATURE,
     ReplayedRequest,
@@ -70,9 +69,10 @@ from mrkit.http_auth import (
     load_secret,
     sign_response,
 )
+from mrkit.backends.http.tasks import TaskLost, TaskProcesses
+from mrkit.errors import AuthenticationError, ConfigError
 from mrkit.model.task import TaskFailure, TaskKind, TaskResult, TaskSpec
 from mrkit.security import is_loopback
-from mrkit.worker.http_tasks import TaskLost, TaskProcesses
 
 logger = logging.getLogger("mrkit.http")
 
@@ -102,7 +102,7 @@ class WorkerState:
         self.tasks = TaskProcesses(label)
 
     def status(self) -> dict[str, Any]:
-        from mrkit import __version__
+        from mrkit._version import __version__
 
         with self.lock:
             return {
@@ -480,7 +480,7 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 
 def driver_main(argv: list[str] | None = None) -> int:
     """Entry point of a worker started by an ``http`` driver (internal; see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m mrkit.worker.http_server")
+    parser = argparse.ArgumentParser(prog="python -m mrkit.backends.http.server")
     parser.add_argument(
         "--driver",
         action="store_true",

@@ -216,7 +216,7 @@ def run_task(spec: TaskSpec, *, worker: str = "", catch_interrupt: bool = True) 
 
 def _exit_failure(exc: SystemExit | KeyboardInterrupt) -> TaskFailure:
     """The failure of an attempt whose user code raised SystemExit or KeyboardInterrupt."""
-    from mrkit.worker.watchdog import crash_failure
+    from mrkit.execution.watchdog import crash_failure
 
     what = f"SystemExit({exc.code!r})" if isinstance(exc, SystemExit) else "KeyboardInterrupt"
     failure = crash_failure(f"user code raised {what}")

@@ -1,0 +1,262 @@
+"""The AWS Lambda entry point: ``mrkit.backends.aws_lambda.handler.handler(event, context)``.
+
+The same handler runs on AWS (``mrkit lambda deploy`` sets it as the function's handler) and in
+the local function runtime (``lambda-local``). The event is JSON, built by
+:func:`mrkit.backends.aws_lambda.executor.build_event`, and carries references only::
+
+    {"mrkit": 1,
+     "specs": ["<TaskSpec JSON>", ...],   one task, or a batch of tiny ones, run in order
+     "results": "s3://bucket/prefix",     the job's storage: results and claims are written there
+     "job": {"invoker": {...}}}           only for a serverless job: advance the job afterwards
+
+or a Lambda on-failure destination record (``requestContext.condition`` = ``RetriesExhausted``)
+whose ``requestPayload`` is such an event: its tasks are reported lost, except that a task whose own
+code ended every delivery (``Runtime.ExitError`` with an exit status or a crash signal, not SIGKILL)
+gets a failed ``WorkerCrashed`` result instead, and a task that had reported finishes the phase
+change its invocation may have owned (as the original request id).
+
+For each spec, one invocation:
+
+1. **Claims a delivery number** ``n`` (``put_if_absent`` on ``…/claims/{task}/a{attempt}/d{n}``) and
+   runs the task as attempt ``attempt + 1000 * n``. Lambda delivers an event at least once: it
+   retries a delivery that crashed or timed out and, rarely, delivers one twice. Without distinct
+   attempt numbers, two deliveries would write the same attempt keys, and the one that lost the
+   commit would delete the winner's files (the runtime removes a losing attempt's keys).
+2. **Runs** :func:`mrkit.execution.runtime.run_task` under :func:`mrkit.execution.watchdog.watch`: first
+   attempt wins the commit, so a duplicate changes nothing in the output; a user error is a result
+   with ``ok=False``, never an exception. An attempt without progress for ``task_timeout`` seconds
+   stores a ``TaskTimeout`` result naming its record, advances the job, then ends the invocation
+   (the runtime's retry of the delivery finds the result and returns it).
+3. **Writes the result** to ``…/done/{task}/a{attempt}`` with ``put_if_absent`` (the first delivery to
+   finish reports; a delivery that finds a result already there returns it without running).
+4. For a serverless job, **advances the job** (:func:`mrkit.backends.aws_lambda.jobs.advance`):
+   the invocation that completes a phase starts the next one or publishes the output.
+
+Returns ``{"results": [TaskResult JSON, ...]}``, the response of a synchronous invocation.
+
+Raises:
+    Only for infrastructure failures (e.g. storage unreachable): Lambda then counts the delivery
+    as failed and retries it, which step 1 makes safe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import uuid
+from typing import Any
+
+from mrkit.backends.aws_lambda.executor import (
+    DELIVERY_STRIDE,
+    EVENT_VERSION,
+    MAX_DELIVERIES,
+    claim_key,
+    crash_description,
+    crashed_result,
+    lost_key,
+    result_key,
+    skipped_key,
+)
+from mrkit.errors import ConfigError
+from mrkit.execution.runtime import run_task, storage_for
+from mrkit.execution.watchdog import end_process, watch
+from mrkit.model import layout
+from mrkit.model.task import TaskFailure, TaskResult, TaskSpec
+from mrkit.storage.base import Storage
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Run the tasks of ``event`` (see the module docstring for the contract).
+
+    Args:
+        event: an mrkit event, or an on-failure destination record wrapping one.
+        context: the Lambda context (``aws_request_id``, ``function_name`` are used).
+
+    Returns:
+        ``{"results": [...]}``: each task's :class:`TaskResult` as JSON text.
+
+    Raises:
+        ConfigError: not an mrkit event (or a newer format than this mrkit understands).
+    """
+    if "requestPayload" in event:
+        return _report_lost(event)
+    if event.get("mrkit") != EVENT_VERSION:
+        raise ConfigError(
+            f"not an mrkit event (format {event.get('mrkit')!r}, this mrkit reads "
+            f"{EVENT_VERSION}); keys: {sorted(event)[:8]}"
+        )
+    request_id = str(getattr(context, "aws_request_id", "") or "unknown")
+    label = f"lambda:{getattr(context, 'function_name', '?')}:{request_id[:8]}"
+    specs = [TaskSpec.decode(raw) for raw in event.get("specs", ())]
+    results = [_run_one(spec, event["results"], event.get("job"), request_id, label) for spec in specs]
+    return {"results": [r.encode().decode() for r in results]}
+
+
+def _run_one(spec: TaskSpec, url: str, job: dict[str, Any] | None, request_id: str, label: str) -> TaskResult:
+    storage = storage_for(url)
+    key = result_key(spec.job_id, spec.task_id, spec.attempt)
+    stored = storage.get_or_none(key)
+    if stored is not None:
+        result = TaskResult.decode(stored)  # a duplicate that arrived after the first delivery ended
+        _note_skipped(storage, spec)
+    elif (done := _committed_result(storage, spec, label)) is not None:
+        # The task committed already (another attempt, or this one before its invocation died): a
+        # duplicate event must not run committed work again. (The runtime skips it too; this guard
+        # also spares the claim and the job's code.)
+        result = done
+        storage.put_if_absent(key, result.encode())
+        _note_skipped(storage, spec)
+    elif job is not None and _job_stopped(storage, spec.job_id):
+        return TaskResult(
+            spec.task_id,
+            spec.attempt,
+            ok=False,
+            worker=label,
+            failure=TaskFailure(
+                "", "JobStopped", f"job {spec.job_id} has already ended; task not run", retryable=False
+            ),
+        )
+    else:
+        delivery = _claim(storage, spec, request_id)
+        if delivery is None:
+            reason = f"{MAX_DELIVERIES} deliveries of this event already ran"
+            storage.put_if_absent(
+                lost_key(spec.job_id, spec.task_id, spec.attempt), json.dumps({"reason": reason}).encode()
+            )
+            if job is not None:
+                _serverless().lost(storage, spec, job, reason)
+            return TaskResult(
+                spec.task_id,
+                spec.attempt,
+                ok=False,
+                worker=label,
+                failure=TaskFailure("", "WorkerLost", reason),
+            )
+        attempt = spec.attempt + DELIVERY_STRIDE * delivery
+        run_as = dataclasses.replace(spec, attempt=attempt) if delivery else spec
+        worker = f"{label}/d{delivery}"
+
+        def on_timeout(failure: TaskFailure) -> None:
+            # From the watchdog thread, while the user code is stuck in this one: report the attempt
+            # as failed (it counts against max_attempts), then end the invocation, the only way to
+            # stop a Python thread. The runtime's retry of this delivery finds the result and returns it.
+            timed_out = TaskResult(spec.task_id, spec.attempt, ok=False, worker=worker, failure=failure)
+            try:
+                storage.put_if_absent(key, timed_out.encode())
+                if job is not None:
+                    _serverless().advance(storage, spec, timed_out, job, request_id)
+            finally:
+                end_process()
+
+        with watch(run_as, on_timeout):
+            result = run_task(run_as, worker=worker)
+        result = dataclasses.replace(result, attempt=spec.attempt)
+        storage.put_if_absent(key, result.encode())
+    if job is not None:
+        _serverless().advance(storage, spec, result, job, request_id)
+    return result
+
+
+def _committed_result(storage: Storage, spec: TaskSpec, worker: str) -> TaskResult | None:
+    """The result of ``spec`` when its task already has a COMMIT (None when it has none).
+
+    ``committed`` is True when a delivery of this very attempt wrote the COMMIT (delivery n runs as
+    attempt ``a + DELIVERY_STRIDE * n``), with the counters of its manifest; False when another
+    attempt of the task won.
+    """
+    raw = storage.get_or_none(layout.commit_key(spec.job_id, spec.task_id))
+    if raw is None:
+        return None
+    try:
+        manifest = json.loads(raw)
+    except ValueError:
+        manifest = {}
+    ours = isinstance(manifest, dict) and manifest.get("attempt", -1) % DELIVERY_STRIDE == spec.attempt
+    counters = manifest.get("counters", {}) if ours else {}
+    return TaskResult(
+        spec.task_id,
+        spec.attempt,
+        ok=True,
+        committed=ours,
+        counters=counters if isinstance(counters, dict) else {},
+        worker=worker,
+    )
+
+
+def _note_skipped(storage: Storage, spec: TaskSpec) -> None:
+    """Count a delivery that did not run its task (``{phase}.duplicates_skipped`` in the job's counters)."""
+    storage.put(skipped_key(spec.job_id, spec.task_id, spec.attempt, uuid.uuid4().hex[:12]), b"")
+
+
+def _claim(storage: Storage, spec: TaskSpec, request_id: str) -> int | None:
+    """The first free delivery number of this attempt, taken atomically; None when all are taken."""
+    stamp = json.dumps({"request_id": request_id, "time": time.time()}).encode()
+    for n in range(MAX_DELIVERIES):
+        if storage.put_if_absent(claim_key(spec.job_id, spec.task_id, spec.attempt, n), stamp):
+            return n
+    return None
+
+
+def _job_stopped(storage: Storage, job_id: str) -> bool:
+    return _serverless().stopped(storage, job_id) is not None
+
+
+def _report_lost(record: dict[str, Any]) -> dict[str, Any]:
+    """Every delivery of the wrapped event failed: mark its tasks lost (unless one of them reported)."""
+    event = record["requestPayload"]
+    context = record.get("requestContext", {})
+    error = record.get("responsePayload") or {}
+    reason = (
+        f"{context.get('condition', 'RetriesExhausted')} after "
+        f"{context.get('approximateInvokeCount', '?')} deliveries; last: "
+        f"{error.get('errorType', '?')}: {error.get('errorMessage', '')}"
+    )
+    crash = crash_description(str(error.get("errorType", "")), str(error.get("errorMessage", "")))
+    original = str(context.get("requestId", "") or "unknown")
+    lost: list[str] = []
+    failed_ids: list[str] = []
+    for raw in event.get("specs", ()):
+        spec = TaskSpec.decode(raw)
+        storage = storage_for(event["results"])
+        stored = storage.get_or_none(result_key(spec.job_id, spec.task_id, spec.attempt))
+        if stored is not None:
+            # The task ran, and its invocation died afterwards, perhaps while it owned a phase change
+            # (the trigger holds the request id): finish it, as the original request.
+            if event.get("job") is not None:
+                _serverless().advance(storage, spec, TaskResult.decode(stored), event["job"], original)
+            continue
+        done = _committed_result(storage, spec, f"lambda:{original[:8]}")
+        if done is not None:
+            # A delivery committed the task and died before it wrote its result: the work is done.
+            # Calling it lost would run committed work again, and an async job would wait forever
+            # for a phase whose every task committed.
+            if storage.put_if_absent(result_key(spec.job_id, spec.task_id, spec.attempt), done.encode()):
+                if event.get("job") is not None:
+                    _serverless().advance(storage, spec, done, event["job"], original)
+            continue
+        if crash is not None:
+            # The task's code ended every delivery itself (os._exit, a segfault): a failed attempt,
+            # counted against max_attempts like an exception, not an infrastructure loss.
+            failed = crashed_result(spec, crash, worker=f"lambda:{original[:8]}")
+            if storage.put_if_absent(result_key(spec.job_id, spec.task_id, spec.attempt), failed.encode()):
+                if event.get("job") is not None:
+                    _serverless().advance(storage, spec, failed, event["job"], original)
+            failed_ids.append(spec.task_id)
+            crash = None  # a batch runs in order: the first task without a result ended it; the rest are lost
+            continue
+        storage.put_if_absent(
+            lost_key(spec.job_id, spec.task_id, spec.attempt), json.dumps({"reason": reason}).encode()
+        )
+        if event.get("job") is not None:
+            _serverless().lost(storage, spec, event["job"], reason)
+        lost.append(spec.task_id)
+    return {"lost": lost, **({"failed": failed_ids} if failed_ids else {})}
+
+
+def _serverless() -> Any:
+    # The serverless driver runs inside the function, but it belongs to the coordination layer, which
+    # sits above this one: import it only for serverless events, so a plain task never loads it.
+    from mrkit.backends.aws_lambda import jobs as object_store_jobs
+
+    return object_store_jobs
