@@ -31,6 +31,7 @@ from mrkit.model.layout import SUCCESS_KEY
 FORMATS = ("tsv", "jsonl", "pickle")
 _LEN = struct.Struct("<I")
 _BATCH = 4096
+_READ_BLOCK = 1 << 22  # tsv/jsonl are parsed in blocks of whole lines of about this many bytes
 
 
 def check_format(fmt: str) -> str:
@@ -150,9 +151,59 @@ def read_pairs(f: BinaryIO, fmt: str, name: str = "") -> Iterator[tuple[Any, Any
             (size,) = _LEN.unpack(head)
             yield from pickle.loads(f.read(size))
         return
+    # Fast path: a whole block of lines is parsed by ONE json.loads call. The writer escapes tabs and
+    # newlines inside JSON text, so a raw "\t" only separates key from value and a raw "\n" only
+    # ends a pair: turning them into "," and "],[" makes the block one JSON array of [key, value]
+    # arrays. A block that does not parse is re-read line by line, to name the bad line.
+    first_line = 1
+    tail = b""
+    while True:
+        chunk = f.read(_READ_BLOCK)
+        block = tail + chunk
+        if not chunk:
+            end = len(block)
+        else:
+            end = block.rfind(b"\n") + 1
+            if end == 0:  # one line longer than a block: read on
+                tail = block
+                continue
+        tail = block[end:]
+        try:
+            text = block[:end].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{name} is not valid {fmt} output (not UTF-8): {exc}") from exc
+        lines = text.count("\n") + (0 if text.endswith("\n") or not text else 1)
+        if text.strip():
+            yield from _parse_block(text, fmt, name, first_line)
+        first_line += lines
+        if not chunk:
+            return
+
+
+def _parse_block(text: str, fmt: str, name: str, first_line: int) -> list[tuple[Any, Any]]:
+    """The pairs of whole ``tsv``/``jsonl`` lines ``text`` (the first one is line ``first_line``)."""
+    body = text.strip("\n")
+    try:
+        if "\n\n" in body:
+            raise ValueError("blank line")  # rare: let the line reader skip blank lines
+        if fmt == "tsv":
+            rows = json.loads("[[" + body.replace("\t", ",").replace("\n", "],[") + "]]")
+            if any(len(row) != 2 for row in rows):
+                raise ValueError("not two fields")
+        else:
+            rows = json.loads("[" + body.replace("\n", ",") + "]")
+            if any(type(row) is not list or len(row) != 2 for row in rows):
+                raise ValueError("not a [key, value] array")
+    except ValueError:
+        # split("\n"), not splitlines(): U+2028 and friends are text inside a JSON string.
+        return list(_read_lines(text.split("\n"), fmt, name, first_line))
+    return [((_as_key(k) if type(k) is list else k), v) for k, v in rows]
+
+
+def _read_lines(raw_lines: Iterable[str], fmt: str, name: str, first_line: int) -> Iterator[tuple[Any, Any]]:
     loads = json.loads
-    for lineno, raw in enumerate(f, 1):
-        line = raw.decode("utf-8").rstrip("\n")
+    for lineno, raw in enumerate(raw_lines, first_line):
+        line = raw.rstrip("\n")
         if not line:
             continue
         try:
