@@ -415,3 +415,9 @@ def test_concurrency_is_capped_across_invocations(tmp_path):
         fn.invoke({"log": str(log), "sleep": 0.3})
     starts = sorted(line["start"] for line in wait_for_lines(log, 3))
     assert all(b - a >= 0.3 for a, b in zip(starts, starts[1:], strict=False))  # one at a time
+
+
+def test_the_handler_path_of_functions_deployed_before_the_move_still_works():
+    import mrkit.worker.lambda_handler as old_path
+
+    assert old_path.handler is handler  # the same module object: patches and state are shared
