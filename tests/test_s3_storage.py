@@ -18,6 +18,7 @@ import pytest
 
 import mrkit
 import mrkit.storage.fsspec as fsspec_storage
+import mrkit.storage.objects as storage_objects
 from mrkit.errors import ConfigError, MissingExtra, StorageError
 from mrkit.storage import open_storage
 from mrkit.storage.fsspec import FsspecStorage
@@ -159,7 +160,7 @@ def test_endpoint_from_options_instead_of_environment(s3_bucket, moto_server):
 
 def test_missing_boto3_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "boto3.session", None)
-    monkeypatch.setattr(fsspec_storage, "_CLIENTS", {})
+    monkeypatch.setattr(storage_objects, "_CLIENTS", {})
     with pytest.raises(MissingExtra, match=r"mrkit\[s3\]"):
         open_storage("s3://bucket/x")
 

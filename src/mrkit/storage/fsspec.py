@@ -31,10 +31,8 @@ had in fact succeeded, the retry gets ``412 Precondition Failed``. ``put_if_abse
 object back and reports success when it holds exactly our bytes — so callers store a value unique
 to the writer (mrkit's commit manifests name their attempt; guard keys hold a request id).
 
-Why one module of ~600 lines: the issue gave the object-store backend this one file (registered in
-``storage/__init__.py``). It reads in three parts — the storage, the streamed reader and writer, then
-the two adapters (S3 via boto3, the rest via fsspec); the adapters would be the first to move out,
-into a module of their own, if it grows.
+This module holds the storage and its streamed reader and writer; the two adapters that talk to
+the stores (S3 via boto3, the rest via fsspec) are in :mod:`mrkit.storage.objects`.
 
 Endpoint and credentials come from the usual AWS sources (``AWS_ENDPOINT_URL_S3`` /
 ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID`` …, profiles, instance and function roles), or from
@@ -49,13 +47,13 @@ import json
 import os
 import random
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
-from mrkit.errors import ConfigError, MissingExtra, StorageError
+from mrkit.errors import ConfigError, StorageError
 from mrkit.storage.base import Storage, check_key
+from mrkit.storage.objects import Body, FsspecObjects, S3Objects
 
 READ_RETRIES = 5  # re-issues of a failed ranged GET before the read fails (reset by progress)
 WINDOW = 64 << 20  # bytes asked of one ranged GET (S3); the body is streamed, not held
@@ -64,9 +62,7 @@ WINDOW = 64 << 20  # bytes asked of one ranged GET (S3); the body is streamed, n
 # a request's whole window is transferred however little of it is read (1 MiB here cost every split
 # but an object's last one an extra MiB; tests/test_s3_storage.py measures the ranges a split asks).
 FIRST_OPEN_WINDOW = 64 << 10
-FSSPEC_WINDOW = 8 << 20  # bytes fetched per request (and held) by the generic fsspec adapter
 SPOOL = 8 << 20  # write buffer kept in memory before spilling to a temporary file
-MULTIPART_OVER = 64 << 20  # uploads above this size use multipart (parallel parts)
 
 S3_OPTIONS = (
     "endpoint_url",
@@ -110,13 +106,13 @@ class FsspecStorage(Storage):
 
     Args:
         url: the canonical URL (no trailing slash).
-        objects: the adapter that talks to the store (:class:`_S3Objects` or :class:`_FsspecObjects`).
+        objects: the adapter that talks to the store (:class:`S3Objects` or :class:`FsspecObjects`).
         root: key prefix inside the bucket (``""`` or ending in ``/``).
         read_retries: re-issues of a failed ranged read before :class:`StorageError`.
     """
 
     def __init__(
-        self, url: str, objects: _S3Objects | _FsspecObjects, root: str, *, read_retries: int = READ_RETRIES
+        self, url: str, objects: S3Objects | FsspecObjects, root: str, *, read_retries: int = READ_RETRIES
     ) -> None:
         self.url = url
         self.objects = objects
@@ -154,16 +150,16 @@ class FsspecStorage(Storage):
         read_retries = int(options.pop("read_retries", READ_RETRIES))
         driver = options.pop("driver", "boto3" if scheme == "s3" else "fsspec")
         canonical = f"{scheme}://{bucket}" + (f"/{prefix}" if prefix else "")
-        objects: _S3Objects | _FsspecObjects
+        objects: S3Objects | FsspecObjects
         if driver == "boto3" and scheme == "s3":
             unknown = sorted(set(options) - set(S3_OPTIONS))
             if unknown:
                 raise ConfigError(
                     f"unknown s3 storage option(s) {', '.join(unknown)}; valid: {', '.join(S3_OPTIONS)}"
                 )
-            objects = _S3Objects(bucket, options)
+            objects = S3Objects(bucket, options)
         elif driver == "fsspec":
-            objects = _FsspecObjects(scheme, bucket, options)
+            objects = FsspecObjects(scheme, bucket, options)
         else:
             raise ConfigError(
                 f"storage driver {driver!r} is not valid for {scheme}://; choose boto3 (s3 only) or fsspec"
@@ -235,7 +231,7 @@ class _RangeReader(io.RawIOBase):
 
     def __init__(
         self,
-        objects: _S3Objects | _FsspecObjects,
+        objects: S3Objects | FsspecObjects,
         path: str,
         start: int,
         end: int | None,
@@ -256,7 +252,7 @@ class _RangeReader(io.RawIOBase):
 
     def _open(self) -> None:
         if self._end is not None and self._pos >= self._end:
-            self._stream, self._window_end = _Body(io.BytesIO(), self._pos), self._pos
+            self._stream, self._window_end = Body(io.BytesIO(), self._pos), self._pos
             return
         opened = self._objects.open_range(self._path, self._pos, self._end, self._window)
         self._stream, self._window_end = opened
@@ -371,290 +367,3 @@ class _UploadOnClose(io.RawIOBase):
         finally:
             self._spool.close()
             super().close()
-
-
-# -- S3 through boto3 --------------------------------------------------------------------------------
-
-_CLIENTS: dict[tuple[Any, ...], Any] = {}
-_CLIENTS_LOCK = threading.Lock()
-
-
-def _s3_client(options: dict[str, Any]) -> Any:
-    """One boto3 S3 client per (process, options): clients are thread-safe but not fork-safe."""
-    key = (os.getpid(), tuple(sorted(options.items())))
-    with _CLIENTS_LOCK:
-        client = _CLIENTS.get(key)
-        if client is None:
-            try:
-                import boto3.session
-                from botocore.config import Config
-            except ImportError:
-                raise MissingExtra("s3:// storage", "s3", "boto3") from None
-            opts = dict(options)
-            session = boto3.session.Session(profile_name=opts.pop("profile_name", None))
-            # Standard retry mode retries throttling and connection errors on every call; our reader
-            # adds resumable retries for failures in the middle of a streamed body, which it cannot.
-            attempts = int(opts.pop("max_attempts", 4))
-            config = Config(
-                retries={"max_attempts": attempts, "mode": "standard"},
-                connect_timeout=10,
-                read_timeout=60,
-                max_pool_connections=32,
-            )
-            client = _CLIENTS[key] = session.client("s3", config=config, **opts)
-        return client
-
-
-class _S3Objects:
-    """The S3 calls behind :class:`FsspecStorage` for ``s3://`` (boto3)."""
-
-    def __init__(self, bucket: str, options: dict[str, Any]) -> None:
-        self.bucket = bucket
-        self.options = options
-        _s3_client(options)  # fail now (MissingExtra, bad options) rather than at the first request
-
-    @property
-    def client(self) -> Any:
-        return _s3_client(self.options)
-
-    def same_store(self, other: object) -> bool:
-        return isinstance(other, _S3Objects) and other.options == self.options
-
-    def _errors(self) -> Any:
-        import botocore.exceptions
-
-        return botocore.exceptions
-
-    def _code(self, exc: BaseException) -> tuple[str, int]:
-        response = getattr(exc, "response", None) or {}
-        code = str(response.get("Error", {}).get("Code", ""))
-        status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        return code, status
-
-    def _missing(self, exc: BaseException) -> bool:
-        code, status = self._code(exc)
-        return code in ("NoSuchKey", "404", "NotFound") or status == 404
-
-    def transient(self, exc: BaseException) -> bool:
-        """True for failures a retry may cure: connections, timeouts, truncated bodies, 5xx, throttling."""
-        errors = self._errors()
-        if isinstance(exc, errors.ClientError):
-            code, status = self._code(exc)
-            return status >= 500 or status == 429 or code in ("SlowDown", "RequestTimeout", "InternalError")
-        return (
-            isinstance(exc, (errors.BotoCoreError, OSError))
-            or "urllib3" in type(exc).__module__
-            or "http.client" in type(exc).__module__
-        )
-
-    def open_range(self, path: str, start: int, end: int | None, window: int) -> tuple[Any, int]:
-        """A streamed body of ``[start, end)`` (at most ``window`` bytes of it) and where it ends."""
-        errors = self._errors()
-        stop = start + window if end is None else min(end, start + window)
-        try:
-            response = self.client.get_object(Bucket=self.bucket, Key=path, Range=f"bytes={start}-{stop - 1}")
-        except errors.ClientError as exc:
-            if self._missing(exc):
-                raise FileNotFoundError(f"s3://{self.bucket}/{path}") from None
-            if self._code(exc)[0] == "InvalidRange":  # start is at or past the end of the object
-                empty = _Body(io.BytesIO(), start)
-                return empty, start
-            raise
-        total = _total_size(response.get("ContentRange", ""), start + int(response["ContentLength"]))
-        return _Body(response["Body"], total), min(stop, total)
-
-    def put(self, path: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=path, Body=data)
-
-    def upload(self, path: str, f: BinaryIO, size: int) -> None:
-        try:
-            if size <= MULTIPART_OVER:
-                self.client.put_object(Bucket=self.bucket, Key=path, Body=f, ContentLength=size)
-            else:
-                from boto3.s3.transfer import TransferConfig
-
-                config = TransferConfig(
-                    multipart_threshold=MULTIPART_OVER, multipart_chunksize=MULTIPART_OVER
-                )
-                self.client.upload_fileobj(f, self.bucket, path, Config=config)
-        except self._errors().ClientError as exc:
-            raise StorageError(f"cannot write s3://{self.bucket}/{path}: {exc}") from exc
-
-    def put_if_absent(self, path: str, data: bytes) -> bool:
-        errors = self._errors()
-        for attempt in range(8):
-            try:
-                self.client.put_object(Bucket=self.bucket, Key=path, Body=data, IfNoneMatch="*")
-                return True
-            except errors.ClientError as exc:
-                code, status = self._code(exc)
-                if status == 412 or code == "PreconditionFailed":
-                    # Someone holds the key -- possibly us, if a retried PUT's first try succeeded.
-                    return self._read_whole(path) == data
-                if status == 409 or code == "ConditionalRequestConflict":
-                    # Another conditional write to this key is in flight; S3 asks us to retry.
-                    time.sleep(0.02 * 2**attempt)
-                    continue
-                raise StorageError(f"conditional write of s3://{self.bucket}/{path} failed: {exc}") from exc
-        raise StorageError(f"conditional write of s3://{self.bucket}/{path} kept conflicting; giving up")
-
-    def _read_whole(self, path: str) -> bytes | None:
-        try:
-            return bytes(self.client.get_object(Bucket=self.bucket, Key=path)["Body"].read())
-        except self._errors().ClientError as exc:
-            if self._missing(exc):
-                return None
-            raise
-
-    def list(self, prefix: str) -> Iterator[str]:
-        paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            for item in page.get("Contents", ()):
-                yield str(item["Key"])
-
-    def delete_many(self, paths: Sequence[str]) -> None:
-        if len(paths) == 1:
-            self.client.delete_object(Bucket=self.bucket, Key=paths[0])
-            return
-        for i in range(0, len(paths), 1000):  # DeleteObjects takes at most 1,000 keys
-            batch = [{"Key": p} for p in paths[i : i + 1000]]
-            response = self.client.delete_objects(
-                Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
-            )
-            if response.get("Errors"):
-                first = response["Errors"][0]
-                raise StorageError(
-                    f"cannot delete s3://{self.bucket}/{first.get('Key')}: "
-                    f"{first.get('Message')} ({len(response['Errors'])} keys failed)"
-                )
-
-    def size(self, path: str) -> int:
-        try:
-            return int(self.client.head_object(Bucket=self.bucket, Key=path)["ContentLength"])
-        except self._errors().ClientError as exc:
-            if self._missing(exc):
-                raise FileNotFoundError(f"s3://{self.bucket}/{path}") from None
-            raise
-
-    def copy(self, src: str, dst: str) -> None:
-        try:
-            # Managed copy: CopyObject, or UploadPartCopy in parts above 5 GB.
-            self.client.copy({"Bucket": self.bucket, "Key": src}, self.bucket, dst)
-        except self._errors().ClientError as exc:
-            if self._missing(exc):
-                raise FileNotFoundError(f"s3://{self.bucket}/{src}") from None
-            raise
-
-
-class _Body:
-    """A response body with the size of the whole object attached (to tell its end from a cut)."""
-
-    def __init__(self, body: Any, object_size: int) -> None:
-        self._body = body
-        self.object_size = object_size
-
-    def read(self, n: int) -> bytes:
-        return bytes(self._body.read(n))
-
-    def close(self) -> None:
-        self._body.close()
-
-
-def _total_size(content_range: str, fallback: int) -> int:
-    """``"bytes 0-99/1234"`` -> 1234."""
-    _, _, total = content_range.rpartition("/")
-    return int(total) if total.isdigit() else fallback
-
-
-# -- any other store through fsspec ----------------------------------------------------------------------
-
-
-class _FsspecObjects:
-    """The calls behind :class:`FsspecStorage` for stores reached through an fsspec filesystem."""
-
-    def __init__(self, scheme: str, bucket: str, options: dict[str, Any]) -> None:
-        try:
-            import fsspec
-        except ImportError:
-            raise MissingExtra(f"{scheme}:// storage", "s3", "fsspec") from None
-        try:
-            # Listing caches would let one process see a stale listing after another process wrote.
-            self.fs = fsspec.filesystem(scheme, use_listings_cache=False, **options)
-        except ImportError as exc:
-            # fsspec's backend for this scheme (gcsfs, adlfs, s3fs …) is not one of mrkit's extras.
-            raise ConfigError(
-                f"{scheme}:// storage needs fsspec's backend for {scheme}, which is not installed: {exc}"
-            ) from None
-        self.scheme, self.bucket = scheme, bucket
-
-    def _path(self, path: str) -> str:
-        return f"{self.bucket}/{path}"
-
-    def same_store(self, other: object) -> bool:
-        return isinstance(other, _FsspecObjects) and other.fs is self.fs
-
-    def transient(self, exc: BaseException) -> bool:
-        return not isinstance(exc, (PermissionError, ValueError, NotImplementedError))
-
-    def open_range(self, path: str, start: int, end: int | None, window: int) -> tuple[Any, int]:
-        size = self.size(path)
-        window = min(window, FSSPEC_WINDOW)  # held in memory here: keep it bounded
-        stop = min(size, start + window if end is None else min(end, start + window))
-        if start >= stop:
-            return _Body(io.BytesIO(), size), start
-        data = self.fs.cat_file(self._path(path), start=start, end=stop)
-        return _Body(io.BytesIO(data), size), start + len(data) if len(data) < stop - start else stop
-
-    def put(self, path: str, data: bytes) -> None:
-        self.fs.pipe_file(self._path(path), data)
-
-    def upload(self, path: str, f: BinaryIO, size: int) -> None:
-        with self.fs.open(self._path(path), "wb") as out:
-            while chunk := f.read(1 << 20):
-                out.write(chunk)
-
-    def put_if_absent(self, path: str, data: bytes) -> bool:
-        full = self._path(path)
-        try:
-            self.fs.pipe_file(full, data, mode="create")
-            return True
-        except FileExistsError:
-            try:
-                return bool(self.fs.cat_file(full) == data)
-            except FileNotFoundError:
-                return False
-        except (NotImplementedError, TypeError, ValueError) as exc:
-            raise StorageError(
-                f"{self.scheme}:// (fsspec {type(self.fs).__name__}) has no atomic create, "
-                f"which mrkit's commits need: {exc}"
-            ) from exc
-
-    def list(self, prefix: str) -> Iterator[str]:
-        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
-        base = self._path(folder).rstrip("/")
-        strip = len(self.bucket) + 1
-        try:
-            found = self.fs.find(base, withdirs=False)
-        except FileNotFoundError:
-            return
-        for full in found:
-            key = full[strip:] if full.startswith(self.bucket + "/") else full
-            if key.startswith(prefix):
-                yield key
-
-    def delete_many(self, paths: Sequence[str]) -> None:
-        for path in paths:
-            try:
-                self.fs.rm_file(self._path(path))
-            except FileNotFoundError:
-                pass
-
-    def size(self, path: str) -> int:
-        self.fs.invalidate_cache(self._path(path))
-        info = self.fs.info(self._path(path))
-        if info.get("type") == "directory":
-            raise FileNotFoundError(f"{self.scheme}://{self._path(path)}")
-        return int(info["size"])
-
-    def copy(self, src: str, dst: str) -> None:
-        self.fs.copy(self._path(src), self._path(dst))
