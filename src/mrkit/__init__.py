@@ -11,7 +11,7 @@ serverless functions. See README.md and docs/.
 
 from __future__ import annotations
 
-from mrkit.api import Records, Result, run, submit
+from mrkit.api import Records, Result, resume, run, submit
 from mrkit.coordination.handle import JobHandle
 from mrkit.coordination.plan import RetryPolicy
 from mrkit.data.output import read_output
@@ -68,6 +68,7 @@ __all__ = [
     "partition_handler",
     "read_output",
     "reduce_handler",
+    "resume",
     "run",
     "stable_partition",
     "submit",
