@@ -522,6 +522,13 @@ def _run_task(
     if state[0] is None:
         _job_lost(worker, k.job, spec, entry_id)
         return
+    run, current = entry_run(fields), int(state[5] or 1)
+    if run != current and state[0] == b"running":
+        # An entry of an earlier run of a resumed job (read ahead, redelivered or reclaimed): the
+        # resume enqueued its own entry for every task still to run.
+        client.xack(k.tasks, GROUP, entry_id)
+        log_event(client, k.job, spec.task_id, 0, worker.name, "event", _stale_note(run, current))
+        return
     if state[0] != b"running" or already:
         client.xack(k.tasks, GROUP, entry_id)  # ended, or a duplicate of a committed task
         if state[0] != b"running":
@@ -530,13 +537,6 @@ def _run_task(
             worker.queues.pop(k.tasks, None)
         if state[0] == b"cancelled":
             log_event(client, k.job, spec.task_id, 0, worker.name, "event", "dropped: the job was cancelled")
-        return
-    run, current = entry_run(fields), int(state[5] or 1)
-    if run != current:
-        # An entry of an earlier run of a resumed job (read ahead, redelivered or reclaimed): the
-        # resume enqueued its own entry for every task still to run.
-        client.xack(k.tasks, GROUP, entry_id)
-        log_event(client, k.job, spec.task_id, 0, worker.name, "event", _stale_note(run, current))
         return
     if spec.kind is TaskKind.REDUCE and state[3] == b"map":
         # The reduce entries are enqueued by the script that records the last map commit, atomically
