@@ -184,3 +184,10 @@ def test_submit_refuses_resume_and_points_at_mrkit_resume(redis_url):  # noqa: F
         mrkit.submit(J.WORDCOUNT, mrkit.Records(TEXT), executor=redis_url, resume=True)
     with pytest.raises(ResumeRefused, match="has no job nope"):
         mrkit.resume("nope", executor=redis_url)
+
+
+def test_executors_that_cannot_resume_asynchronous_jobs_refuse():
+    with pytest.raises(ResumeRefused, match="does not support asynchronous jobs on lambda-local yet"):
+        mrkit.resume("some-job", executor="lambda-local")
+    with pytest.raises(ResumeRefused, match="runs jobs in the calling process"):
+        mrkit.resume("some-job", executor="inline")

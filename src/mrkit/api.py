@@ -490,11 +490,13 @@ def resume(job_id: str, *, executor: str | Executor) -> JobHandle:
     """
     ex = open_executor(executor, workers=1)
     if not ex.asynchronous or not hasattr(ex, "resume_job"):
-        kind = "asynchronous jobs on" if ex.asynchronous else "jobs of"
-        if not ex.asynchronous:
+        if ex.asynchronous:
+            why = f"mrkit.resume does not support asynchronous jobs on {ex.name} yet"
+        else:
             ex.shutdown()
+            why = f"executor {ex.name} runs jobs in the calling process, not as asynchronous jobs"
         raise resuming.ResumeRefused(
-            f"mrkit.resume does not support {kind} executor {ex.name} yet: resume the job with "
-            "mrkit.run(..., job_id=ID, resume=True), which drives it from this process"
+            f"{why}: resume the job with mrkit.run(..., job_id=ID, resume=True), which drives it "
+            "from this process"
         )
     return ex.resume_job(job_id)  # type: ignore[attr-defined,no-any-return]

@@ -1,6 +1,6 @@
-"""``mrkit submit`` / ``status`` / ``logs`` / ``result`` / ``cancel`` / ``jobs``: asynchronous jobs.
+"""``mrkit submit``/``status``/``logs``/``result``/``cancel``/``resume``/``jobs``: asynchronous jobs.
 
-    mrkit submit JOB INPUT... --executor redis://host:port/db [run options]   prints the job id
+    mrkit submit JOB INPUT... --executor redis://host:port/db [--job-id ID] [run options]   prints the id
     mrkit status ID [--json]        phase, tasks done/total per phase, attempts, failures, workers
     mrkit logs ID [--follow]        task events and the user functions' output, per task
     mrkit result ID [--wait [--timeout S]]   the output, one JSON key TAB JSON value per line

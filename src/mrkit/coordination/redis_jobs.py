@@ -14,6 +14,8 @@ States and transitions (``mrkit:{job}:state`` field ``state``; ``phase`` says wh
         +-- mrkit cancel ID -----------------+--------------------------------------+--> cancelled
                                                    publish_output() then FINISH ---------> done
 
+    failed | cancelled --mrkit resume ID (RESUME, run += 1)--> running/{first phase with a task left}
+
 Every transition is one Lua script, so it is atomic with the facts it depends on:
 
 * **COMMIT** (a task's attempt returned ok): ``HSETNX mrkit:{job}:done:{phase} task attempt`` —
@@ -35,14 +37,24 @@ Every transition is one Lua script, so it is atomic with the facts it depends on
   publish step is itself a stream entry, enqueued once by the last reduce's COMMIT, so a publisher
   that dies is replaced like any task (its successor resumes the moves; see :func:`_resume_publish`).
 
+* **RESUME** (:func:`resume_job`, from any process): a ``MULTI`` watched on the state hash puts a
+  failed or cancelled job back to running as run ``run + 1``, keeping the tasks whose COMMIT is in
+  storage and enqueuing the others, signed for the new run.
+
+Every entry's header carries its ``run`` (1 at submit); every script above takes the entry's run and
+acks and drops an entry of another run (``stale``) before anything else, so the late deliveries of a
+run that failed never touch the resumed run's completion sets or counters.
+
 A reduce entry seen during the map phase is a duplicate (the real ones are enqueued with the phase
 change): it is acked and dropped without using an attempt. A task that finishes after its job ended
-(a zombie) deletes what it wrote (:func:`_discard_late_attempt`).
+(a zombie) deletes what it wrote (:func:`_discard_late_attempt`), unless the job failed or was
+cancelled and the zombie won its task's COMMIT: a resume re-uses it.
 
 Scripts refuse to act when the job's state hash is missing: Redis lost it (restarted without
 persistence). The worker then drops the task, deletes what it wrote, and says so; nothing is
-published. Every key of the job gets a TTL when it ends (``ttl``, default 24 h); docs/redis.md lists
-them all.
+published. Every key of the job gets a TTL when it ends (``ttl``, default 24 h); a failed or
+cancelled job keeps its intermediate data until then, for a resume, which removes the TTLs again.
+docs/redis.md lists them all.
 """
 
 from __future__ import annotations
