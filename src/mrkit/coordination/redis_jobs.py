@@ -104,10 +104,11 @@ POLL_SECONDS = 0.2
 REDIS_DOWN_SECONDS = 60.0  # a handle waiting on an unreachable Redis gives up after this
 
 # Every script that acts for an entry takes the entry's run (1 for the submitted run, one more per
-# resume) as its last ARGV and drops an entry of another run ('stale') before anything else:
-# ``_STALE`` is spliced in after the script has read ``state``, with the stream key and its group.
+# resume) as its last ARGV (``{pos}``) and drops an entry of another run ('stale') before anything
+# else; a caller that passes no run (or '') is not checked. ``_STALE`` is spliced in after the script
+# has read ``state``, with the stream key.
 _STALE = """
-if (redis.call('HGET', KEYS[1], 'run') or '1') ~= ARGV[#ARGV] then
+if (ARGV[{pos}] or '') ~= '' and (redis.call('HGET', KEYS[1], 'run') or '1') ~= ARGV[{pos}] then
   redis.call('XACK', {stream}, ARGV[1], ARGV[2]); return {stale}
 end
 """
@@ -120,7 +121,7 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'lost' end
 redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
 """
-    + _STALE.format(stream="KEYS[3]", stale="'stale'")
+    + _STALE.format(stream="KEYS[3]", stale="'stale'", pos=8)
     + """
 if state ~= 'running' then return 'ended' end
 redis.call('HSETNX', KEYS[2], ARGV[3], ARGV[4])
@@ -143,7 +144,7 @@ _FAIL = (
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'lost'} end
 """
-    + _STALE.format(stream="KEYS[3]", stale="{'stale'}")
+    + _STALE.format(stream="KEYS[3]", stale="{'stale'}", pos=13)
     + """
 if state ~= 'running' then redis.call('XACK', KEYS[3], ARGV[1], ARGV[2]); return {'ended'} end
 if redis.call('HEXISTS', KEYS[2], ARGV[4]) == 1 then
@@ -171,7 +172,7 @@ _LOST = (
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'lost'} end
 """
-    + _STALE.format(stream="KEYS[3]", stale="{'stale'}")
+    + _STALE.format(stream="KEYS[3]", stale="{'stale'}", pos=7)
     + """
 if state ~= 'running' then redis.call('XACK', KEYS[3], ARGV[1], ARGV[2]); return {'ended'} end
 if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 1 then
@@ -224,7 +225,7 @@ _PUBLISH = (
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'lost' end
 """
-    + _STALE.format(stream="KEYS[2]", stale="'stale'")
+    + _STALE.format(stream="KEYS[2]", stale="'stale'", pos=3)
     + """
 if state ~= 'running' then redis.call('XACK', KEYS[2], ARGV[1], ARGV[2]); return 'ended' end
 if redis.call('HGET', KEYS[1], 'phase') ~= 'publish' then
