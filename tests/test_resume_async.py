@@ -7,7 +7,7 @@ wait is bounded and every worker is stopped by its PID.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import pytest
 
@@ -40,6 +40,16 @@ def flaky_mapper(line: str) -> Iterator[tuple[str, int]]:
     if ctx.task_id == FAILING and not os.path.exists(ctx.params["flag"]):
         raise RuntimeError("the flag file is missing")
     yield from J.words(line)
+
+
+def flaky_reducer(key: str, values: Iterable[int]) -> int:
+    """Notes every (task, attempt) it runs in ``runs``; reduce-00001 raises until ``flag`` exists."""
+    ctx = mrkit.context()
+    with open(ctx.params["runs"], "a") as f:
+        f.write(f"{ctx.task_id} {ctx.attempt}\n")
+    if ctx.task_id == "reduce-00001" and not os.path.exists(ctx.params["flag"]):
+        raise RuntimeError("the flag file is missing")
+    return sum(values)
 
 
 def attempts_run(path: str) -> dict[str, set[int]]:
@@ -162,6 +172,8 @@ def test_resume_from_the_command_line(redis_url, tmp_path, secret_env):  # noqa:
         "submit", job_ref, str(src), "-o", str(out), "--job-id", "wc-cli", "--executor", redis_url
     )
     assert sub.stdout.strip() == "wc-cli"
+    twice = mrkit_cmd("submit", job_ref, str(src), "--job-id", "wc-cli", "--executor", redis_url, check=False)
+    assert twice.returncode == 2 and "job wc-cli already exists" in twice.stderr, twice.stderr
     running = mrkit_cmd("resume", "wc-cli", "--executor", redis_url, check=False)
     assert running.returncode == 2 and "job wc-cli is running: nothing to resume" in running.stderr
     mrkit_cmd("cancel", "wc-cli", "--executor", redis_url)
@@ -191,3 +203,33 @@ def test_executors_that_cannot_resume_asynchronous_jobs_refuse():
         mrkit.resume("some-job", executor="lambda-local")
     with pytest.raises(ResumeRefused, match="runs jobs in the calling process"):
         mrkit.resume("some-job", executor="inline")
+
+
+def test_resume_in_the_reduce_phase_keeps_every_map_and_the_committed_reduce(redis_url, tmp_path, secret_env):  # noqa: F811
+    job = mrkit.Job(mapper=J.words, reducer=flaky_reducer)
+    params = {"flag": str(tmp_path / "flag"), "runs": str(tmp_path / "runs.txt")}
+    out = tmp_path / "out"
+    handle = mrkit.submit(
+        job,
+        mrkit.Records(TEXT),
+        executor=redis_url,
+        output=str(out),
+        n_map=3,
+        n_reduce=2,
+        params=params,
+        job_id="flaky-r",
+        policy=mrkit.RetryPolicy(max_attempts=2),
+    )
+    errs = run_workers(redis_url)
+    with pytest.raises(JobFailed, match="reduce task reduce-00001 of job flaky-r failed after 2 attempts"):
+        handle.wait(timeout=30)
+    assert handle.status()["phase"] == "reduce" and handle.status()["tasks"]["reduce"]["done"] == 1, errs
+    (tmp_path / "flag").write_text("")
+    resumed = mrkit.resume("flaky-r", executor=redis_url)
+    assert resumed.status()["phase"] == "reduce"
+    errs = run_workers(redis_url, 2)
+    result = resumed.wait(timeout=30)
+    assert sorted(mrkit.read_output(str(out))) == reference(J.WORDCOUNT, TEXT), errs
+    assert result.counters["map.tasks_resumed"] == 3 and result.counters["reduce.tasks_resumed"] == 1
+    runs = attempts_run(str(tmp_path / "runs.txt"))
+    assert runs == {"reduce-00000": {1}, "reduce-00001": {1, 2, 3}}, runs
