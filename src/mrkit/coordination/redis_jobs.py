@@ -196,7 +196,7 @@ return {'run', tostring(n)}
 _END = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return -1 end
-if ARGV[7] ~= '' and (redis.call('HGET', KEYS[1], 'run') or '1') ~= ARGV[7] then
+if (ARGV[7] or '') ~= '' and (redis.call('HGET', KEYS[1], 'run') or '1') ~= ARGV[7] then
   if ARGV[2] ~= '' then redis.call('XACK', KEYS[2], ARGV[1], ARGV[2]) end
   return -2
 end
