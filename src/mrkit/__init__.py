@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from mrkit._version import __version__
 
 if TYPE_CHECKING:  # the names below are imported on first use (PEP 562), for type checkers here
-    from mrkit.api import Records, Result, run, submit
+    from mrkit.api import Records, Result, resume, run, submit
     from mrkit.coordination.handle import JobHandle
     from mrkit.coordination.plan import RetryPolicy
     from mrkit.data.output import read_output
@@ -51,6 +51,7 @@ if TYPE_CHECKING:  # the names below are imported on first use (PEP 562), for ty
 _LAZY = {
     "Records": "mrkit.api",
     "Result": "mrkit.api",
+    "resume": "mrkit.api",
     "run": "mrkit.api",
     "submit": "mrkit.api",
     "JobHandle": "mrkit.coordination.handle",
@@ -120,6 +121,7 @@ __all__ = [
     "partition_handler",
     "read_output",
     "reduce_handler",
+    "resume",
     "run",
     "stable_partition",
     "submit",

@@ -447,8 +447,9 @@ def submit(job: Job, inputs: Any, *, executor: str | Executor = "processes", **o
     )
     if ex.asynchronous and options.get("resume"):
         raise ConfigError(
-            f"resume=True is not supported for asynchronous jobs on {ex.name} yet: resume the job "
-            "with mrkit.run(..., job_id=ID, resume=True), which drives it from this process"
+            f"resume=True does not apply to mrkit.submit on {ex.name}: resume a failed asynchronous "
+            "job with mrkit.resume(ID, executor=...) (mrkit resume ID), or drive it from this process "
+            "with mrkit.run(..., job_id=ID, resume=True)"
         )
     if ex.asynchronous:
         return ex.submit_job(job, inputs, **options)  # type: ignore[attr-defined,no-any-return]
@@ -466,3 +467,36 @@ def submit(job: Job, inputs: Any, *, executor: str | Executor = "processes", **o
     thread = threading.Thread(target=target, name="mrkit-submit", daemon=True)
     thread.start()
     return LocalJobHandle(job_id, future, thread)
+
+
+def resume(job_id: str, *, executor: str | Executor) -> JobHandle:
+    """Put the failed or cancelled asynchronous job ``job_id`` back to running and return its handle.
+
+    Every task that committed is kept (``map.tasks_resumed`` / ``reduce.tasks_resumed`` count them);
+    the others run again with fresh attempt numbers and a fresh attempt budget, and the job then
+    publishes the output an uninterrupted run gives. Deliveries of the earlier run that arrive late
+    are dropped. See docs/faults.md ("Resume").
+
+    Args:
+        job_id: the job's id (printed by ``mrkit submit``; ``job_id=`` names it).
+        executor: the asynchronous executor the job was submitted to (``redis://…``).
+
+    Returns:
+        A :class:`JobHandle` on the resumed job (``wait()`` for its result).
+
+    Raises:
+        ResumeRefused: (a ``ConfigError``) the executor cannot resume asynchronous jobs, the job is
+            unknown or expired, still running or done, or its data is gone.
+    """
+    ex = open_executor(executor, workers=1)
+    if not ex.asynchronous or not hasattr(ex, "resume_job"):
+        if ex.asynchronous:
+            why = f"mrkit.resume does not support asynchronous jobs on {ex.name} yet"
+        else:
+            ex.shutdown()
+            why = f"executor {ex.name} runs jobs in the calling process, not as asynchronous jobs"
+        raise resuming.ResumeRefused(
+            f"{why}: resume the job with mrkit.run(..., job_id=ID, resume=True), which drives it "
+            "from this process"
+        )
+    return ex.resume_job(job_id)  # type: ignore[attr-defined,no-any-return]

@@ -1,10 +1,11 @@
-"""``mrkit submit`` / ``status`` / ``logs`` / ``result`` / ``cancel`` / ``jobs``: asynchronous jobs.
+"""``mrkit submit``/``status``/``logs``/``result``/``cancel``/``resume``/``jobs``: asynchronous jobs.
 
-    mrkit submit JOB INPUT... --executor redis://host:port/db [run options]   prints the job id
+    mrkit submit JOB INPUT... --executor redis://host:port/db [--job-id ID] [run options]   prints the id
     mrkit status ID [--json]        phase, tasks done/total per phase, attempts, failures, workers
     mrkit logs ID [--follow]        task events and the user functions' output, per task
     mrkit result ID [--wait [--timeout S]]   the output, one JSON key TAB JSON value per line
     mrkit cancel ID
+    mrkit resume ID [--wait [--timeout S]]   rerun what a failed or cancelled job had not committed
     mrkit jobs                      the jobs the executor's Redis knows, newest first
 
 Every command but ``submit`` finds the job through ``--executor`` (or ``MRKIT_EXECUTOR``), which must
@@ -53,6 +54,12 @@ def _executor(name: str) -> Any:
 @click.argument("job_ref", metavar="JOB")
 @click.argument("inputs", nargs=-1, metavar="[INPUT]...")
 @run_options
+@click.option(
+    "--job-id",
+    "job_id",
+    default=None,
+    help="The job's id (default: generated from its name); the commands that follow it take this id.",
+)
 def submit(job_ref: str, inputs: tuple[str, ...], **opts: Any) -> None:
     """Submit JOB over INPUT to an asynchronous executor and print the job id at once.
 
@@ -176,11 +183,41 @@ def result(job_id: str, executor: str, wait: bool, timeout: float | None) -> Non
 @click.argument("job_id", metavar="ID")
 @_EXECUTOR
 def cancel(job_id: str, executor: str) -> None:
-    """Cancel a submitted job; its intermediate data is deleted and nothing is published."""
+    """Cancel a submitted job; nothing is published, and `mrkit resume ID` can continue it."""
     if _executor(executor).job_handle(job_id).cancel():
         click.echo(f"cancelled {job_id}")
     else:
         click.echo(f"job {job_id} had already ended; nothing to cancel", err=True)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("job_id", metavar="ID")
+@_EXECUTOR
+@click.option("--wait", is_flag=True, help="Wait for the resumed job to end; exit 1 if it fails again.")
+@click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
+def resume(job_id: str, executor: str, wait: bool, timeout: float | None) -> None:
+    """Resume a failed or cancelled submitted job: keep every committed task, run the rest.
+
+    Prints the job id, as `mrkit submit` does. Exits 2 when the job cannot be resumed (unknown or
+    expired, still running, already done).
+
+    \b
+    Example:
+      mrkit resume wordcount-20260101-120000-1a2b3c --executor redis://127.0.0.1:6379/0 --wait
+    """
+    import mrkit
+
+    handle = mrkit.resume(job_id, executor=_executor(executor))
+    click.echo(handle.id)
+    if not wait:
+        click.echo(
+            f"mrkit: resumed {handle.id}; follow it with: "
+            f"mrkit status {handle.id} --executor {shlex.quote(executor)}",
+            err=True,
+        )
+        return
+    res = handle.wait(timeout)
+    click.echo(f"mrkit: job {handle.id} done in {res.seconds:.1f}s", err=True)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

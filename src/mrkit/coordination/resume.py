@@ -201,22 +201,26 @@ def committed(storage: Storage, output: Storage, specs: tuple[TaskSpec, ...]) ->
     file (under the output's ``_temporary/``) exists; a commit whose files are gone is deleted so
     that the task runs again.
     """
-    done = set()
-    for spec in specs:
-        key = layout.commit_key(spec.job_id, spec.task_id)
-        raw = storage.get_or_none(key)
-        if raw is None:
-            continue
-        manifest = json.loads(raw)
-        if spec.kind is TaskKind.MAP:
-            whole = all(storage.exists(entry[0]) for entry in manifest.get("parts", {}).values())
-        else:
-            whole = output.exists(manifest["key"])
-        if whole:
-            done.add(spec.task_id)
-        else:
-            storage.delete(key)
-    return frozenset(done)
+    return frozenset(
+        spec.task_id for spec in specs if commit_is_whole(storage, output, spec.job_id, spec.task_id)
+    )
+
+
+def commit_is_whole(storage: Storage, output: Storage, job_id: str, task_id: str) -> bool:
+    """Whether ``task_id`` of ``job_id`` has a COMMIT whose files all exist (see :func:`committed`);
+    a commit whose files are gone is deleted, so that the task runs again."""
+    key = layout.commit_key(job_id, task_id)
+    raw = storage.get_or_none(key)
+    if raw is None:
+        return False
+    manifest = json.loads(raw)
+    if task_id.startswith(f"{TaskKind.MAP.value}-"):
+        whole = all(storage.exists(entry[0]) for entry in manifest.get("parts", {}).values())
+    else:
+        whole = output.exists(manifest["key"])
+    if not whole:
+        storage.delete(key)
+    return whole
 
 
 def clear_state(storage: Storage, output: Storage | None, job_id: str) -> None:

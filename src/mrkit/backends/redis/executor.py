@@ -378,6 +378,14 @@ class RedisExecutor(Executor):
 
         return submit_job(self, job, inputs, **options)
 
+    def resume_job(self, job_id: str) -> Any:
+        """Put the failed or cancelled job ``job_id`` back to running, re-using its committed tasks
+        (see :func:`~mrkit.backends.redis.jobs.resume_job`)."""
+        from mrkit.backends.redis.jobs import reaching, resume_job
+
+        with reaching(self.url):
+            return resume_job(self, job_id)
+
     def job_handle(self, job_id: str) -> Any:
         """A handle on the asynchronous job ``job_id`` of this Redis, from any process."""
         from mrkit.backends.redis.jobs import RedisJobHandle

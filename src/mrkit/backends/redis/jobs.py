@@ -14,6 +14,8 @@ States and transitions (``mrkit:{job}:state`` field ``state``; ``phase`` says wh
         +-- mrkit cancel ID -----------------+--------------------------------------+--> cancelled
                                                    publish_output() then FINISH ---------> done
 
+    failed | cancelled --mrkit resume ID (RESUME, run += 1)--> running/{first phase with a task left}
+
 Every transition is one Lua script, so it is atomic with the facts it depends on:
 
 * **COMMIT** (a task's attempt returned ok): ``HSETNX mrkit:{job}:done:{phase} task attempt`` —
@@ -35,14 +37,24 @@ Every transition is one Lua script, so it is atomic with the facts it depends on
   publish step is itself a stream entry, enqueued once by the last reduce's COMMIT, so a publisher
   that dies is replaced like any task (its successor resumes the moves; see :func:`_resume_publish`).
 
+* **RESUME** (:func:`resume_job`, from any process): a ``MULTI`` watched on the state hash puts a
+  failed or cancelled job back to running as run ``run + 1``, keeping the tasks whose COMMIT is in
+  storage and enqueuing the others, signed for the new run.
+
+Every entry's header carries its ``run`` (1 at submit); every script above takes the entry's run and
+acks and drops an entry of another run (``stale``) before anything else, so the late deliveries of a
+run that failed never touch the resumed run's completion sets or counters.
+
 A reduce entry seen during the map phase is a duplicate (the real ones are enqueued with the phase
 change): it is acked and dropped without using an attempt. A task that finishes after its job ended
-(a zombie) deletes what it wrote (:func:`_discard_late_attempt`).
+(a zombie) deletes what it wrote (:func:`_discard_late_attempt`), unless the job failed or was
+cancelled and the zombie won its task's COMMIT: a resume re-uses it.
 
 Scripts refuse to act when the job's state hash is missing: Redis lost it (restarted without
 persistence). The worker then drops the task, deletes what it wrote, and says so; nothing is
-published. Every key of the job gets a TTL when it ends (``ttl``, default 24 h); docs/redis.md lists
-them all.
+published. Every key of the job gets a TTL when it ends (``ttl``, default 24 h); a failed or
+cancelled job keeps its intermediate data until then, for a resume, which removes the TTLs again.
+docs/redis.md lists them all.
 """
 
 from __future__ import annotations
@@ -91,12 +103,26 @@ LOG_MAXLEN = 10_000
 POLL_SECONDS = 0.2
 REDIS_DOWN_SECONDS = 60.0  # a handle waiting on an unreachable Redis gives up after this
 
+# Every script that acts for an entry takes the entry's run (1 for the submitted run, one more per
+# resume) as its last ARGV (``{pos}``) and drops an entry of another run ('stale') before anything
+# else; a caller that passes no run (or '') is not checked. ``_STALE`` is spliced in after the script
+# has read ``state``, with the stream key.
+_STALE = """
+if (ARGV[{pos}] or '') ~= '' and (redis.call('HGET', KEYS[1], 'run') or '1') ~= ARGV[{pos}] then
+  redis.call('XACK', {stream}, ARGV[1], ARGV[2]); return {stale}
+end
+"""
+
 # KEYS: state, done hash, tasks stream, trigger, next list. ARGV: group, entry id, task, attempt,
-# task count, next phase, now (ms).
-_COMMIT = """
+# task count, next phase, now (ms), run.
+_COMMIT = (
+    """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'lost' end
 redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
+"""
+    + _STALE.format(stream="KEYS[3]", stale="'stale'", pos=8)
+    + """
 if state ~= 'running' then return 'ended' end
 redis.call('HSETNX', KEYS[2], ARGV[3], ARGV[4])
 if redis.call('HLEN', KEYS[2]) < tonumber(ARGV[5]) then return 'recorded' end
@@ -108,12 +134,18 @@ end
 redis.call('HSET', KEYS[1], 'phase', ARGV[6], ARGV[6] .. '_started', ARGV[7])
 return 'advanced'
 """
+)
 
 # KEYS: state, done hash, tasks stream, failures hash. ARGV: group, entry id, consumer, task,
-# retryable (0/1), max attempts, message prefix, message suffix, traceback, payload, signature, now.
-_FAIL = """
+# retryable (0/1), max attempts, message prefix, message suffix, traceback, payload, signature, now,
+# run.
+_FAIL = (
+    """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'lost'} end
+"""
+    + _STALE.format(stream="KEYS[3]", stale="{'stale'}", pos=13)
+    + """
 if state ~= 'running' then redis.call('XACK', KEYS[3], ARGV[1], ARGV[2]); return {'ended'} end
 if redis.call('HEXISTS', KEYS[2], ARGV[4]) == 1 then
   redis.call('XACK', KEYS[3], ARGV[1], ARGV[2]); return {'done'}
@@ -131,11 +163,17 @@ end
 redis.call('XADD', KEYS[3], '*', 'p', ARGV[10], 's', ARGV[11])
 return {'retry', tostring(n)}
 """
+)
 
-# KEYS: state, done hash, tasks stream, lost hash. ARGV: group, entry id, task, max lost, message, now.
-_LOST = """
+# KEYS: state, done hash, tasks stream, lost hash. ARGV: group, entry id, task, max lost, message, now,
+# run.
+_LOST = (
+    """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'lost'} end
+"""
+    + _STALE.format(stream="KEYS[3]", stale="{'stale'}", pos=7)
+    + """
 if state ~= 'running' then redis.call('XACK', KEYS[3], ARGV[1], ARGV[2]); return {'ended'} end
 if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 1 then
   redis.call('XACK', KEYS[3], ARGV[1], ARGV[2]); return {'done'}
@@ -149,13 +187,19 @@ if n > tonumber(ARGV[4]) then
 end
 return {'run', tostring(n)}
 """
+)
 
-# KEYS: state, tasks stream, queues. ARGV: group, entry id (or ''), final state, counters, error, now.
-# Ends a running job (done, failed or cancelled); returns 0 when it had already ended. A cancelled job
-# keeps the phase it stopped in, and its error names it, as the in-process driver's JobCancelled does.
+# KEYS: state, tasks stream, queues. ARGV: group, entry id (or ''), final state, counters, error, now,
+# run (or '' from outside: any run). Ends a running job (done, failed or cancelled); returns 0 when it
+# had already ended, -2 (changing nothing) for an entry of another run. A cancelled job keeps the phase
+# it stopped in, and its error names it, as the in-process driver's JobCancelled does.
 _END = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return -1 end
+if (ARGV[7] or '') ~= '' and (redis.call('HGET', KEYS[1], 'run') or '1') ~= ARGV[7] then
+  if ARGV[2] ~= '' then redis.call('XACK', KEYS[2], ARGV[1], ARGV[2]) end
+  return -2
+end
 if ARGV[2] ~= '' then redis.call('XACK', KEYS[2], ARGV[1], ARGV[2]) end
 if state ~= 'running' then return 0 end
 if ARGV[3] == 'cancelled' then
@@ -172,12 +216,17 @@ return 1
 """
 
 
-# KEYS: state, tasks stream. ARGV: group, entry id. Lets one publish entry run the publish step:
+# KEYS: state, tasks stream. ARGV: group, entry id, run. Lets one publish entry run the publish step:
 # the first to start it becomes the job's ``publisher`` (a reclaim of that same entry resumes it);
-# a duplicate, or a publish entry delivered before the publish phase, is acked and dropped.
-_PUBLISH = """
+# a duplicate, a publish entry delivered before the publish phase, or one of an earlier run, is acked
+# and dropped.
+_PUBLISH = (
+    """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'lost' end
+"""
+    + _STALE.format(stream="KEYS[2]", stale="'stale'", pos=3)
+    + """
 if state ~= 'running' then redis.call('XACK', KEYS[2], ARGV[1], ARGV[2]); return 'ended' end
 if redis.call('HGET', KEYS[1], 'phase') ~= 'publish' then
   redis.call('XACK', KEYS[2], ARGV[1], ARGV[2]); return 'early'
@@ -187,6 +236,7 @@ if owner and owner ~= ARGV[2] then redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[1], 'publisher', ARGV[2])
 return 'ok'
 """
+)
 
 
 # KEYS: state. Counts an entry a worker refused in the job's stream, if the job exists.
@@ -325,13 +375,16 @@ def submit_job(
     )
     k = JobKeys(job_id)
     secret = executor.secret
-    maps = [pack(secret, {"op": "task", "job": job_id}, spec.encode()) for spec in plan.map_specs]
-    reduces = [pack(secret, {"op": "task", "job": job_id}, spec.encode()) for spec in plan.reduce_specs]
-    publish = pack(secret, {"op": "publish", "job": job_id}, b"")
+    maps = [pack(secret, {"op": "task", "job": job_id, "run": 1}, spec.encode()) for spec in plan.map_specs]
+    reduces = [
+        pack(secret, {"op": "task", "job": job_id, "run": 1}, spec.encode()) for spec in plan.reduce_specs
+    ]
+    publish = pack(secret, {"op": "publish", "job": job_id, "run": 1}, b"")
     submitted = now_ms()
     state = {
         "state": "running",
         "phase": "map",
+        "run": 1,
         "id": job_id,
         "name": plan.name,
         "submitted": submitted,
@@ -412,6 +465,16 @@ def note_refused(worker: Any, job_id: str, entry_id: bytes, reason: str) -> None
     worker.scripts["refused"](keys=[key(job_id, "state")])
 
 
+def entry_run(fields: dict[bytes, bytes]) -> int:
+    """The run an entry belongs to (its header's ``run``; 1 for entries of an older mrkit)."""
+    head = fields.get(b"p", b"").partition(b"\n")[0]
+    try:
+        header = json.loads(head)
+        return int(header.get("run", 1)) if isinstance(header, dict) else 1
+    except (ValueError, TypeError):
+        return 1
+
+
 def process_entry(
     worker: Any,
     stream: str,
@@ -439,7 +502,7 @@ def process_entry(
         return
     try:
         if header["op"] == "publish":
-            _run_publish(worker, k, entry_id, reclaimed)
+            _run_publish(worker, k, entry_id, reclaimed, int(header.get("run", 1)))
         else:
             try:
                 spec = TaskSpec.decode(body)
@@ -466,11 +529,18 @@ def _run_task(
     client = worker.client
     phase = spec.kind.value
     pipe = client.pipeline(transaction=False)
-    pipe.hmget(k.state, "state", "max_attempts", "max_lost", "phase", "task_timeout")
+    pipe.hmget(k.state, "state", "max_attempts", "max_lost", "phase", "task_timeout", "run")
     pipe.hexists(k.done(phase), spec.task_id)
     state, already = pipe.execute()
     if state[0] is None:
         _job_lost(worker, k.job, spec, entry_id)
+        return
+    run, current = entry_run(fields), int(state[5] or 1)
+    if run != current and state[0] == b"running":
+        # An entry of an earlier run of a resumed job (read ahead, redelivered or reclaimed): the
+        # resume enqueued its own entry for every task still to run.
+        client.xack(k.tasks, GROUP, entry_id)
+        log_event(client, k.job, spec.task_id, 0, worker.name, "event", _stale_note(run, current))
         return
     if state[0] != b"running" or already:
         client.xack(k.tasks, GROUP, entry_id)  # ended, or a duplicate of a committed task
@@ -505,6 +575,7 @@ def _run_task(
                 max_lost,
                 lost_message(phase, spec.task_id, k.job, "{n}", reason),
                 now_ms(),
+                run,
             ],
         )
         verdict = outcome[0].decode()
@@ -551,7 +622,7 @@ def _run_task(
         )
         worker.scripts["commit"](
             keys=[k.state, k.done(phase), k.tasks, k.trigger(next_phase), k.next(next_phase)],
-            args=[GROUP, entry_id, spec.task_id, attempt, total, next_phase, now_ms()],
+            args=[GROUP, entry_id, spec.task_id, attempt, total, next_phase, now_ms(), run],
             client=pipe,
         )
         verdict = pipe.execute()[-1].decode()
@@ -566,6 +637,8 @@ def _run_task(
             _job_lost(worker, k.job, spec, entry_id)
         elif verdict == "ended":
             _discard_late_attempt(client, k, spec, result.committed)
+        elif verdict == "stale":
+            _drop_stale_attempt(client, k, spec, result.committed, run)
         return
     failure = result.failure
     assert failure is not None
@@ -634,6 +707,7 @@ def _record_failure(
             fields[b"p"],
             fields.get(b"s", b""),
             now_ms(),
+            entry_run(fields),
         ],
         client=pipe,
     )
@@ -643,6 +717,16 @@ def _record_failure(
         _log_and_end(worker, k, spec, "failed", outcome[1].decode())
     elif verdict == "lost":
         _job_lost(worker, k.job, spec, entry_id)
+    elif verdict == "stale":
+        log_event(
+            client,
+            k.job,
+            spec.task_id,
+            attempt,
+            worker.name,
+            "event",
+            "failure not counted: " + _stale_note(entry_run(fields), int(client.hget(k.state, "run") or 1)),
+        )
     elif verdict == "stolen":
         # Our lease had expired and another worker holds the entry now: its outcome counts, not ours.
         log_event(
@@ -656,13 +740,40 @@ def _record_failure(
         )
 
 
+def _stale_note(run: int, current: int) -> str:
+    return f"dropped: an entry of run {run}; the job was resumed as run {current}"
+
+
+def _drop_stale_attempt(client: Any, k: JobKeys, spec: TaskSpec, committed: bool, run: int) -> None:
+    """An attempt of an earlier run finished after the job was resumed: it counts for nothing. A
+    COMMIT it won stays (first commit wins: the resumed run's attempt of the task finds it and
+    records the task done); the files of an attempt that lost the race are deleted."""
+    current = int(client.hget(k.state, "run") or 1)
+    log_event(client, k.job, spec.task_id, spec.attempt, "", "event", _stale_note(run, current))
+    if not committed:
+        _delete_attempt(k, spec)
+
+
+def _delete_attempt(k: JobKeys, spec: TaskSpec) -> None:
+    storage = storage_for(spec.storage_url)
+    if spec.kind is TaskKind.MAP:
+        delete_attempt_runs(storage, layout.map_task_prefix(k.job, spec.task_id), spec.attempt)
+    else:
+        prefix = layout.reduce_task_temp_prefix(k.job, spec.task_id)
+        delete_attempt_runs(storage_for(spec.output_url), prefix, spec.attempt)
+
+
 def _discard_late_attempt(client: Any, k: JobKeys, spec: TaskSpec, committed: bool) -> None:
     """A task finished after its job ended (a zombie, or a task running when the job was cancelled):
     delete what this attempt wrote after the job's cleanup, and give any key it created a TTL.
 
-    Safe when the job was published: its output parts were moved away from the attempts' keys.
+    Safe when the job was published: its output parts were moved away from the attempts' keys. A
+    failed or cancelled job keeps its data for :func:`resume_job`: there an attempt that won its
+    task's COMMIT is kept (a resume re-uses it), and only a losing attempt's files are deleted.
     """
     try:
+        if committed and client.hget(k.state, "state") in (b"failed", b"cancelled"):
+            return
         storage = storage_for(spec.storage_url)
         if spec.kind is TaskKind.MAP:
             delete_attempt_runs(storage, layout.map_task_prefix(k.job, spec.task_id), spec.attempt)
@@ -675,9 +786,9 @@ def _discard_late_attempt(client: Any, k: JobKeys, spec: TaskSpec, committed: bo
         expire_job(client, k.job)
 
 
-def _run_publish(worker: Any, k: JobKeys, entry_id: bytes, reclaimed: bool) -> None:
+def _run_publish(worker: Any, k: JobKeys, entry_id: bytes, reclaimed: bool, run: int) -> None:
     client = worker.client
-    verdict = worker.scripts["publish"](keys=[k.state, k.tasks], args=[GROUP, entry_id]).decode()
+    verdict = worker.scripts["publish"](keys=[k.state, k.tasks], args=[GROUP, entry_id, run]).decode()
     if verdict == "lost":
         print(
             f"mrkit worker {worker.name}: job {k.job} was lost: Redis has no record of it any more "
@@ -686,12 +797,10 @@ def _run_publish(worker: Any, k: JobKeys, entry_id: bytes, reclaimed: bool) -> N
         )
         client.xack(k.tasks, GROUP, entry_id)
         return
-    if verdict in ("early", "ended") or verdict.startswith("taken:"):
+    if verdict in ("early", "ended", "stale") or verdict.startswith("taken:"):
         if verdict != "ended":
-            why = (
-                "before its phase"
-                if verdict == "early"
-                else f"publish step already taken by entry {verdict[6:]}"
+            why = {"early": "before its phase", "stale": f"an entry of run {run}"}.get(
+                verdict, f"publish step already taken by entry {verdict[6:]}"
             )
             log_event(client, k.job, "", 0, worker.name, "event", f"dropped a publish entry: {why}")
         return
@@ -718,12 +827,13 @@ def _run_publish(worker: Any, k: JobKeys, entry_id: bytes, reclaimed: bool) -> N
             f"publishing the output of job {k.job} failed on worker {worker.name} "
             f"(host {worker.host}): {type(exc).__name__}: {exc}"
         )
-        _end(worker, k, entry_id, "failed", {}, message)
+        if _end(worker, k, entry_id, "failed", {}, message, run) == -2:
+            return
         _log_and_end(worker, k, None, "failed", message, ended=True)
         return
     counters["publish.millis"] = int((time.time() - started) * 1000)
-    ended = _end(worker, k, entry_id, "done", counters, "")
-    if ended == -1:
+    ended = _end(worker, k, entry_id, "done", counters, "", run)
+    if ended in (-1, -2):
         return
     log_event(
         client,
@@ -777,6 +887,7 @@ def collect_counters(client: Any, k: JobKeys, storage: Storage, state: dict[str,
             launched=sum(attempts.get(t, 0) for t in tasks),
             failed=sum(failures.get(t, 0) for t in tasks),
             lost=sum(lost.get(t, 0) for t in tasks),
+            resumed=int(state[f"resumed_{phase}"]) if f"resumed_{phase}" in state else None,
         )
         for task in tasks:
             raw = storage.get_or_none(layout.commit_key(k.job, task))
@@ -788,12 +899,18 @@ def collect_counters(client: Any, k: JobKeys, storage: Storage, state: dict[str,
 
 
 def _end(
-    worker: Any, k: JobKeys, entry_id: bytes | str, final: str, counters: dict[str, int], error: str
+    worker: Any,
+    k: JobKeys,
+    entry_id: bytes | str,
+    final: str,
+    counters: dict[str, int],
+    error: str,
+    run: int,
 ) -> int:
     return int(
         worker.scripts["end"](
             keys=[k.state, k.tasks, QUEUES],
-            args=[GROUP, entry_id, final, json.dumps(counters), error, now_ms()],
+            args=[GROUP, entry_id, final, json.dumps(counters), error, now_ms(), run],
         )
     )
 
@@ -811,14 +928,16 @@ def _log_and_end(
 
 
 def _cleanup(client: Any, job_id: str, state: dict[str, str], *, failed: bool) -> None:
-    """Delete a finished job's intermediate data (and, if it failed, its unpublished output), then
-    give every remaining key of the job its TTL."""
+    """Delete a done job's intermediate data, then give every remaining key of the job its TTL.
+
+    A failed or cancelled job keeps its intermediate data (its committed tasks' files, under
+    ``{job}/`` in its storage and ``_temporary/{job}/`` beside its output) so that
+    :func:`resume_job` can re-use them: in Redis (the default storage) they expire with the job's
+    other keys; elsewhere they stay until a resumed run finishes or the user deletes them.
+    """
     try:
-        storage = storage_for(state["storage"])
-        if failed:
-            storage.delete_prefix(f"{job_id}/")
-            storage_for(state["output"]).delete_prefix(f"_temporary/{job_id}/")
-        else:
+        if not failed:
+            storage = storage_for(state["storage"])
             for sub in ("map/", "reduce/", "input/"):
                 storage.delete_prefix(f"{job_id}/{sub}")
             storage.delete(layout.job_key(job_id))
@@ -1182,7 +1301,7 @@ def fail_job(client: Any, job_id: str, message: str) -> bool:
 
 
 def cancel_job(client: Any, job_id: str) -> bool:
-    """Mark ``job_id`` cancelled if it is running, then delete its intermediate data.
+    """Mark ``job_id`` cancelled if it is running; its intermediate data is kept for :func:`resume_job`.
 
     The job keeps its phase (``map``, ``reduce`` or ``publish``), and its error says where it stopped
     (``job ID was cancelled during the map phase``). Entries workers had read ahead are dropped
@@ -1199,10 +1318,12 @@ def cancel_job(client: Any, job_id: str) -> bool:
 
 
 def _end_from_outside(client: Any, job_id: str, final: str, message: str) -> bool:
-    """End a running job from a handle (not a worker): record it, log it, delete its data."""
+    """End a running job from a handle (not a worker): record it, log it, give its keys a TTL."""
     k = JobKeys(job_id)
     script = client.register_script(_END)
-    outcome = int(script(keys=[k.state, k.tasks, QUEUES], args=[GROUP, "", final, "{}", message, now_ms()]))
+    outcome = int(
+        script(keys=[k.state, k.tasks, QUEUES], args=[GROUP, "", final, "{}", message, now_ms(), ""])
+    )
     if outcome == -1:
         verb = "cancel" if final == "cancelled" else "fail"
         raise JobFailed(f"Redis has no job {job_id} to {verb}", job_id=job_id)
@@ -1212,6 +1333,167 @@ def _end_from_outside(client: Any, job_id: str, final: str, message: str) -> boo
         log_event(client, job_id, "", 0, who, "event", state.get("error", message))
         _cleanup(client, job_id, state, failed=True)
     return outcome == 1
+
+
+# -- resuming a failed or cancelled job ---------------------------------------------------------
+
+
+def resume_job(executor: Any, job_id: str) -> RedisJobHandle:
+    """Put the failed or cancelled job ``job_id`` back to running as its next run.
+
+    Every task whose COMMIT (and the files it names) is still in the job's storage is kept; the
+    others are enqueued again, signed for the new run, and get fresh attempt numbers (the
+    ``attempts`` hash keeps counting) and a fresh attempt budget (``failures`` and ``lost`` are
+    reset). The job restarts in the first phase with a task to run (``publish`` when every task
+    committed). Entries of an earlier run that arrive later are dropped by every script (their
+    ``run`` differs from the state's). The job's keys lose their TTL until it ends again.
+
+    Args:
+        executor: the :class:`~mrkit.backends.redis.executor.RedisExecutor` naming the Redis.
+        job_id: the job's id.
+
+    Returns:
+        A :class:`RedisJobHandle` on the resumed job.
+
+    Raises:
+        ResumeRefused: Redis has no such job (never submitted there, or its keys expired), it is
+            still running or done (nothing to resume), its data is gone, or it changed meanwhile.
+    """
+    from mrkit.coordination.resume import ResumeRefused, commit_is_whole
+
+    client, k, secret = executor.client, JobKeys(job_id), executor.secret
+    s = {kk.decode(): v.decode() for kk, v in client.hgetall(k.state).items()}
+    if not s:
+        _, why = _missing_job(client, job_id, executor.url)
+        raise ResumeRefused(f"cannot resume: {why}")
+    if s["state"] in ("running", "done"):
+        raise ResumeRefused(f"job {job_id} is {s['state']}: nothing to resume")
+    storage, output = storage_for(s["storage"]), storage_for(s["output"])
+    if not storage.exists(layout.job_key(job_id)):
+        raise ResumeRefused(
+            f"cannot resume job {job_id}: its code is gone from {redact(s['storage'])} (the job failed "
+            "on an mrkit that deleted a failed job's data, or someone deleted it); submit it again"
+        )
+    n = {"map": int(s["n_map"]), "reduce": int(s["n_reduce"])}
+    kept = {
+        phase: [
+            t
+            for t in (layout.task_id(phase, i) for i in range(n[phase]))
+            if commit_is_whole(storage, output, job_id, t)
+        ]
+        for phase in ("map", "reduce")
+    }
+    start = next((p for p in ("map", "reduce") if len(kept[p]) < n[p]), "publish")
+    if start == "map":
+        kept["reduce"] = []  # the reduce phase starts afresh; a reduce commit found later still wins
+    old_run = int(s.get("run", 1))
+    run = old_run + 1
+    specs = _task_specs(client, k, secret)
+    missing = [t for p in ("map", "reduce") for t in _task_ids(n[p], p) if t not in specs]
+    if missing:
+        raise ResumeRefused(
+            f"cannot resume job {job_id}: no entry signed with this side's secret holds task "
+            f"{missing[0]} (is MRKIT_SECRET or --secret-file the submitter's?)"
+        )
+
+    def entry(op: str, body: bytes) -> dict[str, bytes | str]:
+        return pack(secret, {"op": op, "job": job_id, "run": run}, body)
+
+    todo = (
+        [specs[t] for t in _task_ids(n[start], start) if t not in kept[start]] if start != "publish" else []
+    )
+    first = [entry("task", body) for body in todo] if start != "publish" else [entry("publish", b"")]
+    reduces = [entry("task", specs[t]) for t in _task_ids(n["reduce"], "reduce")]
+    publish = entry("publish", b"")
+    now = now_ms()
+    with client.pipeline(transaction=True) as pipe:
+        pipe.watch(k.state)
+        current = pipe.hmget(k.state, "state", "run")
+        if current[0] not in (b"failed", b"cancelled") or int(current[1] or 1) != old_run:
+            raise ResumeRefused(
+                f"job {job_id} changed while it was being resumed (resumed elsewhere?); nothing done"
+            )
+        pipe.multi()
+        pipe.hdel(k.state, "error", "traceback", "failed_task", "ended", "counters", "publisher")
+        fields: dict[str, Any] = {
+            "state": "running",
+            "phase": start,
+            "run": run,
+            "resumed": now,
+            "resumed_map": len(kept["map"]),
+            "resumed_reduce": len(kept["reduce"]),
+        }
+        pipe.hset(k.state, mapping=fields)
+        if start != "map":
+            pipe.hsetnx(k.state, f"{start}_started", now)
+        pipe.delete(
+            k.failures, k.lost, k.done("map"), k.done("reduce"), k.trigger("reduce"), k.trigger("publish")
+        )
+        pipe.delete(k.next("reduce"), k.next("publish"))
+        for phase in ("map", "reduce"):
+            if kept[phase]:
+                pipe.hset(k.done(phase), mapping={t: "resumed" for t in kept[phase]})
+        if start != "map":
+            pipe.set(k.trigger("reduce"), "resumed")
+        if start == "publish":
+            pipe.set(k.trigger("publish"), "resumed")
+        pipe.rpush(k.next("reduce"), *[v for f in reduces for v in (f["p"], f["s"])])
+        pipe.rpush(k.next("publish"), publish["p"], publish["s"])
+        for f in first:
+            pipe.xadd(k.tasks, f)
+        pipe.xadd(
+            k.logs,
+            _log_fields(
+                "",
+                0,
+                "resumer",
+                "event",
+                f"resumed as run {run} in the {start} phase: kept {len(kept['map'])} map and "
+                f"{len(kept['reduce'])} reduce tasks, enqueued {len(first)} entries",
+            ),
+            maxlen=LOG_MAXLEN,
+            approximate=True,
+        )
+        pipe.zadd(JOBS, {job_id: int(s["submitted"])})
+        pipe.zadd(QUEUES, {k.tasks: "+inf"})
+        try:
+            pipe.execute()
+        except Exception as exc:
+            import redis
+
+            if isinstance(exc, redis.WatchError):
+                raise ResumeRefused(
+                    f"job {job_id} changed while it was being resumed (resumed elsewhere?); nothing done"
+                ) from None
+            raise
+    names = list(client.scan_iter(match=f"mrkit:{{{glob_escape(job_id)}}}:*", count=1000))
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.persist(name)  # the job runs again: its keys get their TTL when it ends again
+    pipe.execute()
+    return RedisJobHandle(executor.url, job_id)
+
+
+def _task_ids(count: int, phase: str) -> list[str]:
+    return [layout.task_id(phase, i) for i in range(count)]
+
+
+def _task_specs(client: Any, k: JobKeys, secret: bytes) -> dict[str, bytes]:
+    """The encoded :class:`TaskSpec` of each task of the job, from its stream (maps) and its parked
+    reduce entries, each verified with ``secret``."""
+    found: dict[str, bytes] = {}
+    raw = [fields for _id, fields in client.xrange(k.tasks)]
+    items = client.lrange(k.next("reduce"), 0, -1)
+    raw += [{b"p": items[i], b"s": items[i + 1]} for i in range(0, len(items) - 1, 2)]
+    for fields in raw:
+        try:
+            header, body = unpack(secret, fields, "a task entry")
+        except (AuthenticationError, ValueError):
+            continue  # not signed with this side's secret: an injected entry, never run
+        if header.get("op") != "task":
+            continue
+        found.setdefault(TaskSpec.decode(body).task_id, body)
+    return found
 
 
 SCRIPTS = {
