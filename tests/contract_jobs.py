@@ -117,3 +117,15 @@ def poisoned_words(line: str) -> Iterator[tuple[str, int]]:
 
 
 RAISING_MAPPER = mrkit.Job(mapper=poisoned_words, reducer=total, name="contract-raising")
+
+
+def words_not_stopped(line: str) -> Iterator[tuple[str, int]]:
+    """Word count without the words listed in the side file ``stopwords.txt``."""
+    with open(mrkit.context().file("stopwords.txt"), encoding="utf-8") as f:
+        stop = set(f.read().split())
+    for word in WORD.findall(line.lower()):
+        if word not in stop:
+            yield word, 1
+
+
+STOPWORDS = mrkit.Job(mapper=words_not_stopped, combiner=total, reducer=total, name="contract-stopwords")

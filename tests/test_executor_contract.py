@@ -275,3 +275,23 @@ def test_a_duplicate_delivery_changes_nothing(backend: Backend, tmp_path: Path) 
     assert duplicating.delivered == 2 * (got.counters["map.tasks"] + got.counters["reduce.tasks"])
     assert output_bytes(got_out) == output_bytes(expected_out)
     assert data_counters(got) == data_counters(expected)
+
+
+def test_submit_with_side_files_and_small_splits_gives_the_same_output(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """``mrkit.submit(...).wait()`` (asynchronous on Redis and serverless, a background run on the
+    others) takes the same options as ``mrkit.run``: side files and ``split_size`` included."""
+    source = write_lines(tmp_path / "input.txt", TEXT)
+    stop = tmp_path / "stopwords.txt"
+    stop.write_text("the a on\n", encoding="utf-8")
+    options: dict[str, Any] = {"n_reduce": 3, "split_size": 500, "files": [str(stop)], "quiet": True}
+    expected_out = str(tmp_path / "expected")
+    expected = mrkit.run(C.STOPWORDS, source, executor="inline", output=expected_out, **options)
+    got_out = backend.output(tmp_path, "got")
+    handle = mrkit.submit(C.STOPWORDS, source, executor=backend.executor, output=got_out, **options)
+    got = handle.wait(120)
+    assert output_bytes(got_out) == output_bytes(expected_out)
+    assert "the" not in dict(mrkit.read_output(got_out))
+    assert expected.counters["map.tasks"] > 3  # split_size made several splits of one small file
+    assert data_counters(got) == data_counters(expected)

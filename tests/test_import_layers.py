@@ -42,10 +42,6 @@ LAYERS: list[tuple[str, ...]] = [
 
 #: (importer, imported) pairs that break a rule today, with the reason. Empty is the goal.
 KNOWN: dict[tuple[str, str], str] = {
-    # The submit preamble (output check, splits, plan) and the user-facing Records/Result live in
-    # the API; the asynchronous services borrow them. Next: one coordination-level prepare().
-    ("mrkit.backends.redis.jobs", "mrkit.api"): "submit preamble and Result still in api.py",
-    ("mrkit.backends.aws_lambda.jobs", "mrkit.api"): "submit preamble and Result still in api.py",
     # The executors still carry submit_job/job_handle/list_jobs and import their job service to
     # serve them, while the service imports the executor's keys and wire format. Next: a declared
     # JobService with its own registry, and each backend's keys and wire format in one module.

@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 from mrkit._version import __version__
 
 if TYPE_CHECKING:  # the names below are imported on first use (PEP 562), for type checkers here
-    from mrkit.api import Records, Result, resume, run, submit
+    from mrkit.api import resume, run, submit
     from mrkit.coordination.handle import JobHandle
     from mrkit.coordination.plan import RetryPolicy
+    from mrkit.coordination.prepare import Records
+    from mrkit.coordination.result import Result
     from mrkit.data.output import read_output
     from mrkit.errors import (
         AuthenticationError,
@@ -49,8 +51,8 @@ if TYPE_CHECKING:  # the names below are imported on first use (PEP 562), for ty
 # process, which imports a submodule such as the task runtime and so this package first) does not
 # pay for the whole API: ~60 ms less per fresh interpreter.
 _LAZY = {
-    "Records": "mrkit.api",
-    "Result": "mrkit.api",
+    "Records": "mrkit.coordination.prepare",
+    "Result": "mrkit.coordination.result",
     "resume": "mrkit.api",
     "run": "mrkit.api",
     "submit": "mrkit.api",

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from typing import Any
 
@@ -21,14 +21,16 @@ from mrkit.coordination import resume as resuming
 from mrkit.coordination.driver import run_plan
 from mrkit.coordination.fencing import Epoch, JobFenced
 from mrkit.coordination.handle import JobHandle, LocalJobHandle
-from mrkit.coordination.plan import JobPlan, RetryPolicy, build_plan, new_job_id, pickle_job, store_records
-from mrkit.coordination.progress import Progress, summary_line
+from mrkit.coordination.plan import RetryPolicy, new_job_id, pickle_job
+from mrkit.coordination.prepare import Records as Records  # re-exported: mrkit.api.Records
+from mrkit.coordination.prepare import plan_job
+from mrkit.coordination.progress import Progress
 from mrkit.coordination.publish import discard_job, open_output, publish_output
+from mrkit.coordination.result import Result
 from mrkit.data.output import check_format, read_output
 from mrkit.errors import ConfigError
 from mrkit.execution.base import Executor, open_executor
 from mrkit.model.job import Job
-from mrkit.model.task import TaskSettings
 from mrkit.storage import LocalStorage, open_storage
 from mrkit.storage.base import Storage
 
@@ -48,124 +50,6 @@ def _worker_python(executor: str | Executor | None, worker_python: str | None) -
             f"worker_python= applies to executor='http' (workers the driver starts), not {executor!r}"
         )
     return {"worker_python": worker_python}
-
-
-class Records:
-    """Marks an iterable as input *records*, even when its items are strings.
-
-    A str, a path or a list of them is read as files/globs/folders; any other iterable is records.
-    Wrap a list of strings in ``Records`` to process the strings themselves:
-    ``mrkit.run(job, mrkit.Records(["a b", "b c"]))``.
-    """
-
-    def __init__(self, items: Iterable[Any]) -> None:
-        self.items = items
-
-
-class Result:
-    """What ``mrkit.run`` returns: the output's pairs, the counters, and where they are.
-
-    Iterate it for ``(key, value)`` pairs; ``dict(result)`` builds a dict.
-
-    Attributes:
-        job_id: the job's id.
-        output: the published output folder, or None for an in-memory result.
-        counters: ``map.*``, ``reduce.*`` and ``user.*`` counters of the committed attempts.
-        seconds: wall time of the run.
-    """
-
-    def __init__(
-        self,
-        job_id: str,
-        output: str | None,
-        counters: dict[str, int],
-        seconds: float,
-        pairs: list[tuple[Any, Any]] | None = None,
-    ) -> None:
-        self.job_id = job_id
-        self.output = output
-        self.counters = counters
-        self.seconds = seconds
-        self._pairs = pairs
-
-    def __iter__(self) -> Iterator[tuple[Any, Any]]:
-        if self._pairs is not None:
-            return iter(self._pairs)
-        assert self.output is not None
-        return read_output(self.output)
-
-    def to_dict(self) -> dict[Any, Any]:
-        return dict(self)
-
-    def summary(self) -> str:
-        return summary_line(self.job_id, self.seconds, self.counters)
-
-    def __repr__(self) -> str:
-        where = self.output or "in memory"
-        return f"<mrkit.Result {self.job_id} ({where}) in {self.seconds:.2f}s>"
-
-
-def _is_paths(inputs: Any) -> bool:
-    if isinstance(inputs, (str, os.PathLike)):
-        return True
-    if (
-        isinstance(inputs, (list, tuple))
-        and inputs
-        and all(isinstance(i, (str, os.PathLike)) for i in inputs)
-    ):
-        return True
-    return False
-
-
-def _plan(
-    job: Job,
-    inputs: Any,
-    *,
-    output: str | None,
-    n_map: int | None,
-    n_reduce: int | None,
-    executor: Executor,
-    storage: Storage,
-    fmt: str,
-    memory_mb: float,
-    overwrite: bool,
-    policy: RetryPolicy,
-    errors: str,
-    input_format: str,
-    job_id: str,
-    split_size: int | None = None,
-    code: bytes | None = None,
-) -> JobPlan:
-    if not isinstance(job, Job):
-        raise ConfigError(
-            f"expected an mrkit.Job, got {type(job).__name__}: define mrkit.Job(mapper=..., reducer=...)"
-        )
-    if isinstance(inputs, Records) or not _is_paths(inputs):
-        items = inputs.items if isinstance(inputs, Records) else inputs
-        if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
-            raise ConfigError(
-                f"inputs must be paths, globs, folders or an iterable of records, got {inputs!r:.80}"
-            )
-        splits = store_records(storage, job_id, items, n_map or max(2, executor.workers * 2))
-    else:
-        from mrkit.data.splits import plan_splits
-
-        paths = [os.fspath(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
-        splits = plan_splits(paths, n_map, format=input_format, errors=errors, split_size=split_size)
-    n_reduce = n_reduce or max(1, executor.workers)
-    settings = TaskSettings(memory_mb=memory_mb, output_format=fmt, task_timeout=policy.task_timeout)
-    return build_plan(
-        job,
-        splits,
-        job_id=job_id,
-        storage=storage,
-        output_url=output or "",
-        n_reduce=n_reduce,
-        settings=settings,
-        policy=policy,
-        overwrite=overwrite,
-        code=code,
-    )
 
 
 def run(
@@ -290,21 +174,21 @@ def run(
         epoch = None if resume else Epoch.claim(inter, job_id, out_storage)
         if resumable and not resume:
             resuming.clear_state(inter, out_storage, job_id)
-        plan = _plan(
+        plan = plan_job(
             job,
             inputs,
-            output=out_storage.url,
+            job_id=job_id,
+            storage=inter,
+            output_url=out_storage.url,
+            workers=ex.workers,
             n_map=n_map,
             n_reduce=n_reduce,
-            executor=ex,
-            storage=inter,
             fmt=fmt,
             memory_mb=memory_mb,
             overwrite=overwrite,
             policy=policy,
             errors=errors,
             input_format=input_format,
-            job_id=job_id,
             split_size=split_size,
             code=code,
         )
@@ -452,6 +336,10 @@ def submit(job: Job, inputs: Any, *, executor: str | Executor = "processes", **o
             "with mrkit.run(..., job_id=ID, resume=True)"
         )
     if ex.asynchronous:
+        files = options.pop("files", None)
+        if files:  # shipped inside the pickled job, as run() does
+            job = job.with_files(files)
+        options.pop("resume", None)
         return ex.submit_job(job, inputs, **options)  # type: ignore[attr-defined,no-any-return]
     future: Future[Result] = Future()
     job_id = options.pop("job_id", None) or new_job_id(job.name)

@@ -21,7 +21,8 @@ def run_inline(
     >>> run_inline(wc, ["a b", "b"])
     {'a': 1, 'b': 2}
     """
-    from mrkit.api import Records, run
+    from mrkit.api import run
+    from mrkit.coordination.prepare import Records
 
     result = run(
         job, Records(list(records)), executor="inline", n_map=n_map, n_reduce=n_reduce, quiet=True, **options

@@ -198,7 +198,7 @@ def load_request(
     Raises:
         ConfigError: no INPUT and no job file, or a bad job reference or file.
     """
-    from mrkit.api import Records
+    from mrkit.coordination.prepare import Records
 
     params = options.pop("params")
     given = {k: v for k, v in options.items() if v is not None}

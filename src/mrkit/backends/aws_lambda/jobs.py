@@ -66,13 +66,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from mrkit.coordination.handle import JobHandle
-from mrkit.coordination.plan import JobPlan, RetryPolicy, build_plan, new_job_id, store_records
+from mrkit.coordination.plan import JobPlan, RetryPolicy, new_job_id
+from mrkit.coordination.prepare import plan_job, require_job
 from mrkit.coordination.publish import open_output, publish_output
 from mrkit.data.output import check_format, read_output
 from mrkit.errors import ConfigError, JobCancelled, JobFailed
 from mrkit.model import layout
 from mrkit.model.job import Job
-from mrkit.model.task import TaskFailure, TaskKind, TaskResult, TaskSettings, TaskSpec
+from mrkit.model.task import TaskFailure, TaskKind, TaskResult, TaskSpec
 from mrkit.storage import open_storage
 from mrkit.storage.base import Storage
 
@@ -125,6 +126,7 @@ def submit_job(
     policy: RetryPolicy | None = None,
     errors: str = "strict",
     input_format: str = "auto",
+    split_size: int | None = None,
     params: dict[str, Any] | None = None,
     job_id: str | None = None,
     workers: int | None = None,
@@ -137,7 +139,7 @@ def submit_job(
     Args:
         executor: a :class:`~mrkit.backends.aws_lambda.executor.LambdaExecutor` (its invoker and storage).
         job, inputs, output, n_map, n_reduce, storage, format, memory_mb, overwrite, policy, errors,
-            input_format, params, job_id: as for :func:`mrkit.run`.
+            input_format, split_size, params, job_id: as for :func:`mrkit.run`.
         workers, progress, quiet, executor_options: accepted for symmetry with ``mrkit.run``; unused
             here (``executor`` was opened with them).
 
@@ -151,8 +153,7 @@ def submit_job(
     """
     from mrkit.backends.aws_lambda.executor import invoker_from_config
 
-    if not isinstance(job, Job):
-        raise ConfigError(f"expected an mrkit.Job, got {type(job).__name__}")
+    require_job(job)
     policy = policy or RetryPolicy()
     fmt = check_format(format if output is not None else "pickle")
     if params:
@@ -169,18 +170,22 @@ def submit_job(
     else:
         out_url = os.fspath(output)
         open_output(out_url, overwrite=overwrite, inputs=inputs)
-    splits = _splits(inputs, inter, job_id, n_map, errors, input_format, executor.workers)
-    settings = TaskSettings(memory_mb=memory_mb, output_format=fmt, task_timeout=policy.task_timeout)
-    plan = build_plan(
+    plan = plan_job(
         job,
-        splits,
+        inputs,
         job_id=job_id,
         storage=inter,
         output_url=open_storage(out_url).url,
-        n_reduce=n_reduce or max(1, executor.workers),
-        settings=settings,
-        policy=policy,
+        workers=executor.workers,
+        n_map=n_map,
+        n_reduce=n_reduce,
+        fmt=fmt,
+        memory_mb=memory_mb,
         overwrite=overwrite,
+        policy=policy,
+        errors=errors,
+        input_format=input_format,
+        split_size=split_size,
     )
     for spec in (*plan.map_specs, *plan.reduce_specs):
         executor.check_reachable(spec.output_url)
@@ -204,34 +209,6 @@ def submit_job(
         _invoke_all(invoker, plan.reduce_specs, inter.url, job_event)
         inter.put(f"{job_id}/state/reduce-sent", b"submit")
     return ObjectStoreJobHandle(job_id, inter.url)
-
-
-def _splits(
-    inputs: Any,
-    storage: Storage,
-    job_id: str,
-    n_map: int | None,
-    errors: str,
-    input_format: str,
-    workers: int,
-) -> list[Any]:
-    from mrkit.api import Records  # the input conventions are the user API's (mrkit.run's)
-
-    path_like = (str, os.PathLike)
-    is_paths = isinstance(inputs, path_like) or (
-        isinstance(inputs, (list, tuple)) and bool(inputs) and all(isinstance(i, path_like) for i in inputs)
-    )
-    if isinstance(inputs, Records) or not is_paths:
-        items = inputs.items if isinstance(inputs, Records) else inputs
-        if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
-            raise ConfigError(
-                f"inputs must be paths, globs, folders or an iterable of records, got {inputs!r:.80}"
-            )
-        return store_records(storage, job_id, items, n_map or max(2, min(workers, 64)))
-    from mrkit.data.splits import plan_splits
-
-    paths = [os.fspath(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
-    return plan_splits(paths, n_map, format=input_format, errors=errors)
 
 
 def _plan_to_dict(plan: JobPlan) -> dict[str, Any]:
@@ -791,7 +768,7 @@ class ObjectStoreJobHandle(JobHandle):
             time.sleep(self.poll_interval)
 
     def _finish(self, end: dict[str, Any]) -> Any:
-        from mrkit.api import Result  # the user-facing value; coordination sits below the API
+        from mrkit.coordination.result import Result
 
         if end["state"] == "cancelled":
             raise JobCancelled(f"job {self.id} was cancelled", job_id=self.id)

@@ -83,6 +83,7 @@ from mrkit.backends.redis.executor import (
 )
 from mrkit.coordination.handle import JobHandle
 from mrkit.coordination.plan import RetryPolicy, new_job_id
+from mrkit.coordination.prepare import plan_job, require_job
 from mrkit.coordination.publish import open_output, publish_output
 from mrkit.errors import (
     AuthenticationError,
@@ -314,6 +315,7 @@ def submit_job(
     policy: RetryPolicy | None = None,
     errors: str = "strict",
     input_format: str = "auto",
+    split_size: int | None = None,
     params: dict[str, Any] | None = None,
     job_id: str | None = None,
     ttl: float | None = None,
@@ -326,7 +328,7 @@ def submit_job(
     Args:
         executor: the :class:`~mrkit.backends.redis.executor.RedisExecutor` naming the Redis.
         job, inputs, output, n_map, n_reduce, storage, format, memory_mb, overwrite, policy, errors,
-            input_format, params, job_id: as for :func:`mrkit.run`. Local input paths and a local
+            input_format, split_size, params, job_id: as for :func:`mrkit.run`. Local input paths and a local
             ``output`` must be readable (writable) at the same path on every worker.
         ttl: seconds the job's keys are kept after it ends (default: the URL's ``ttl``, else 24 h).
         workers, progress, quiet: accepted for compatibility with :func:`mrkit.run`; unused.
@@ -338,9 +340,9 @@ def submit_job(
         OutputExistsError: ``output`` holds a result and ``overwrite`` is False.
         ConfigError, InputError: bad options or inputs.
     """
-    from mrkit.api import _plan  # the planning mrkit.run does; see the report on exposing it
     from mrkit.data.output import check_format
 
+    require_job(job)
     policy = policy or RetryPolicy()
     fmt = check_format(format if output is not None else "pickle")
     if params:
@@ -357,21 +359,22 @@ def submit_job(
         out_storage = open_storage(f"{inter.url}#{job_id}/output/")
     else:
         out_storage = open_output(os.fspath(output), overwrite=overwrite, inputs=inputs)
-    plan = _plan(
+    plan = plan_job(
         job,
         inputs,
-        output=out_storage.url,
+        job_id=job_id,
+        storage=inter,
+        output_url=out_storage.url,
+        workers=executor.workers,
         n_map=n_map,
         n_reduce=n_reduce,
-        executor=executor,
-        storage=inter,
         fmt=fmt,
         memory_mb=memory_mb,
         overwrite=overwrite,
         policy=policy,
         errors=errors,
         input_format=input_format,
-        job_id=job_id,
+        split_size=split_size,
     )
     k = JobKeys(job_id)
     secret = executor.secret
@@ -1241,7 +1244,7 @@ class RedisJobHandle(JobHandle):
         return ""
 
     def _result(self) -> Any:
-        from mrkit.api import Result
+        from mrkit.coordination.result import Result
         from mrkit.data.output import read_output
 
         s = {kk.decode(): v.decode() for kk, v in self.client.hgetall(self.keys.state).items()}
