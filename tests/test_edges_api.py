@@ -38,7 +38,8 @@ def test_worker_python_reaches_the_http_workers_the_driver_starts(tmp_path: Path
 
 
 def test_worker_python_is_refused_for_an_executor_that_starts_no_python() -> None:
-    with pytest.raises(ConfigError, match="worker_python= applies to executor='http'"):
+    expected = "worker_python= applies to executors that start workers .http., not 'inline'"
+    with pytest.raises(ConfigError, match=expected):
         mrkit.run(
             mrkit.Job(mapper=words), mrkit.Records(["a"]), executor="inline", worker_python="/bin/false"
         )

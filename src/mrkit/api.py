@@ -35,23 +35,6 @@ from mrkit.storage import LocalStorage, open_storage
 from mrkit.storage.base import Storage
 
 
-def _sizing(executor: str | Executor | None, n_map: int | None, n_reduce: int | None) -> dict[str, Any]:
-    """Task counts for the one executor that sizes itself from them: driver-started HTTP workers
-    default to ``max(n_map, n_reduce)``, as seed 003 does (``--workers`` overrides it)."""
-    return {"n_map": n_map, "n_reduce": n_reduce} if executor == "http" else {}
-
-
-def _worker_python(executor: str | Executor | None, worker_python: str | None) -> dict[str, Any]:
-    """The ``worker_python=`` option, for the one executor that starts Python workers itself."""
-    if worker_python is None:
-        return {}
-    if executor != "http":
-        raise ConfigError(
-            f"worker_python= applies to executor='http' (workers the driver starts), not {executor!r}"
-        )
-    return {"worker_python": worker_python}
-
-
 def run(
     job: Job,
     inputs: Any,
@@ -135,12 +118,7 @@ def run(
     if files:
         job = job.with_files(files)
     owns_executor = not isinstance(executor, Executor)
-    ex = open_executor(
-        executor,
-        workers=workers,
-        **_sizing(executor, n_map, n_reduce),
-        **_worker_python(executor, worker_python),
-    )
+    ex = open_executor(executor, workers=workers, n_map=n_map, n_reduce=n_reduce, worker_python=worker_python)
     named = job_id is not None
     job_id = job_id or new_job_id(job.name)
     temp_dirs: list[str] = []
@@ -327,7 +305,9 @@ def submit(job: Job, inputs: Any, *, executor: str | Executor = "processes", **o
     ex = open_executor(
         executor,
         workers=options.get("workers"),
-        **_sizing(executor, options.get("n_map"), options.get("n_reduce")),
+        n_map=options.get("n_map"),
+        n_reduce=options.get("n_reduce"),
+        worker_python=options.get("worker_python"),
     )
     if ex.asynchronous and options.get("resume"):
         raise ConfigError(

@@ -44,6 +44,10 @@ class Executor:
             ``TaskSettings.task_timeout`` itself (:mod:`mrkit.execution.watchdog`: time *without
             progress*, the stuck process ended and replaced) and resolves the future with a
             ``TaskTimeout`` failure; the driver then does not abandon attempts on its own clock.
+        starts_workers: True when the executor starts Python worker processes of its own choosing
+            on demand (``http``): its ``from_name`` then takes ``worker_python`` (the interpreter
+            to start) and ``n_map``/``n_reduce`` (the job's task counts, which size its default
+            number of workers, as seed 003 does). :func:`open_executor` passes them to no other.
     """
 
     name: str = "executor"
@@ -52,6 +56,7 @@ class Executor:
     asynchronous: bool = False
     reports_running: bool = False
     enforces_timeouts: bool = False
+    starts_workers: bool = False
 
     def submit(self, spec: TaskSpec) -> Future[TaskResult]:
         """Start one attempt of one task; the future resolves to its :class:`TaskResult`.
@@ -106,7 +111,13 @@ def executor_key(name: str) -> str:
 
 
 def open_executor(
-    name: str | Executor | None = None, *, workers: int | None = None, **options: Any
+    name: str | Executor | None = None,
+    *,
+    workers: int | None = None,
+    n_map: int | None = None,
+    n_reduce: int | None = None,
+    worker_python: str | None = None,
+    **options: Any,
 ) -> Executor:
     """Return the executor named ``name`` (an :class:`Executor` is returned as is).
 
@@ -114,13 +125,21 @@ def open_executor(
         name: ``inline``, ``processes`` (default), ``redis://…``, ``http``, ``http://h:p,…``,
             ``lambda://fn``, ``lambda-local``.
         workers: parallelism (default: every core for ``processes``).
+        n_map, n_reduce: the job's task counts, for an executor that sizes the workers it starts
+            from them (``starts_workers``); ignored by the others.
+        worker_python: the interpreter of the workers an executor starts (``starts_workers``).
         options: backend options.
 
     Raises:
-        ConfigError: for an unknown name, listing the valid ones.
+        ConfigError: for an unknown name, listing the valid ones, or ``worker_python`` given to an
+            executor that starts no workers.
         MissingExtra: when the backend needs a package that is not installed.
     """
     if isinstance(name, Executor):
+        if worker_python is not None and not name.starts_workers:
+            raise ConfigError(
+                f"worker_python= applies to executors that start workers (http), not {name.name!r}"
+            )
         return name
     name = name or "processes"
     target = EXECUTORS.get(executor_key(name))
@@ -131,4 +150,10 @@ def open_executor(
         )
     module_name, class_name = target.split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
+    if cls.starts_workers:
+        options.update(n_map=n_map, n_reduce=n_reduce)
+        if worker_python is not None:
+            options["worker_python"] = worker_python
+    elif worker_python is not None:
+        raise ConfigError(f"worker_python= applies to executors that start workers (http), not {name!r}")
     return cls.from_name(name, workers=workers, **options)  # type: ignore[no-any-return]

@@ -414,6 +414,8 @@ class HttpExecutor(Executor):
     # Workers run each attempt in a task process under mrkit.execution.watchdog: a stuck one is ended
     # there and comes back as a TaskTimeout failure (see mrkit.backends.http.tasks).
     enforces_timeouts = True
+    # Missing workers are started by the driver: from_name takes n_map, n_reduce and worker_python.
+    starts_workers = True
 
     def __init__(
         self,
