@@ -29,6 +29,9 @@ The contract:
 Text lines are reused from the pool (each pool line appears about ``size_mb / 8`` times in a large
 corpus); word frequencies still follow the vocabulary's Zipf law, which is what word-count style
 jobs care about.
+
+About 500 lines: the text and the uservisits generators share the Zipf sampler and the
+byte-identical output rules; it is a tool for the demo and the benchmarks, not used by jobs.
 """
 
 from __future__ import annotations

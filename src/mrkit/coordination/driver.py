@@ -14,6 +14,9 @@ the time since launch approximates running time; once nothing is pending, a RUNN
 than ``speculative_after`` times the phase's median gets one speculative twin, and whichever commits
 first wins (the other's ``committed`` is False and its output was discarded by the runtime).
 Counters come from the winning attempts' commit manifests, so a duplicate never counts twice.
+
+About 420 lines: the scheduling loop, retries, speculation and timeouts act on one table of
+tasks under one lock.
 """
 
 from __future__ import annotations

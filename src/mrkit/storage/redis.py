@@ -31,6 +31,9 @@ second (blocking reads are bounded), so waiters get one quickly.
 Its connections time out (``SOCKET_TIMEOUT``, or ``?socket_timeout=S`` in the URL): no mrkit command
 blocks in Redis for more than a second, so a reply that does not come means Redis hung or the network
 dropped the connection without a word, and waiting for it would hang the worker or the driver forever.
+
+About 410 lines: the storage, its ranged reader and its URL options (password sources included)
+share one client and its error handling.
 """
 
 from __future__ import annotations

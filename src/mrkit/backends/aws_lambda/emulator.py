@@ -34,6 +34,9 @@ maximum event age, warm sandboxes being reused, and the payload limits (checked 
 
 Each delivery appends its stdout and stderr, framed by ``START``/``END``/``REPORT`` lines as in
 CloudWatch Logs, to ``{state_dir}/function.log``.
+
+About 600 lines: the runtime side (deliveries, retries, timeouts, the on-failure record) and the
+process side (``python -m … run``) are one protocol over the response file and read together.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ The contract (:class:`LambdaExecutor`):
 runtime (:mod:`mrkit.backends.aws_lambda.emulator`) in place of AWS: a fresh process per delivery, timeouts,
 memory limits, retries and injected duplicates; its default storage is a local folder.
 
-Why one module of ~600 lines: the key scheme, the event, the two invokers (boto3 and local) and the
+Why one module of about 770 lines: the key scheme, the event, the two invokers (boto3 and local) and the
 executor are one contract that the handler, the serverless driver and the tests import together;
 the invokers would be the first to move out if it grows.
 

@@ -44,7 +44,7 @@ Keys, in the job's storage (beside those of :mod:`mrkit.model.layout` and
                                          seconds, written after _SUCCESS), failed or cancelled
     _jobs/{job}                          index of submitted jobs (empty), listed by ``list_jobs``
 
-Why one module of ~650 lines: submitting, advancing (inside the functions) and following a job all
+Why one module of about 850 lines: submitting, advancing (inside the functions) and following a job all
 read and write the same keys, listed above once; :class:`ObjectStoreJobHandle` would be the first to
 move out if it grows.
 

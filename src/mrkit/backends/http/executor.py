@@ -48,7 +48,7 @@ The contract (:class:`HttpExecutor`):
 
 Future callbacks run in this executor's connection threads; keep them short (submitting is fine).
 
-This module is over 500 lines because the connection threads, the worker processes and the fault
+This module is about 1,300 lines because the connection threads, the worker processes and the fault
 handling share one lock and one queue; splitting them apart would spread that invariant over files.
 """
 

@@ -39,6 +39,9 @@ The contract:
   line ``{"secret", "sys_path", "ready_fd"}`` from stdin, so the secret never appears on a command
   line, writes its URL to ``ready_fd``, and exits as soon as its stdin reaches end-of-file or its
   parent process changes: it never outlives the driver.
+
+About 510 lines: the request handling, its authentication checks and the task-process pool it
+feeds share the server object; the task processes themselves are in :mod:`mrkit.backends.http.tasks`.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ allowed only when Redis is on loopback, where every peer is this machine.
 Wire format of a stream entry: field ``p`` is ``header-JSON + b"\\n" + body`` and field ``s`` its
 signature. A task's body is ``TaskSpec.encode()``; a result's is ``TaskResult.encode()``.
 
-A little over 500 lines, not split: the sender and listener threads share the executor's pending
+About 700 lines, not split: the sender and listener threads share the executor's pending
 table and lock, and the wire helpers (``pack``/``unpack``/``key``) are what workers import from here.
 """
 

@@ -42,8 +42,8 @@ after 60 s (exit status 1). Tasks it held are reclaimed by others once its liven
 User output of asynchronous tasks (prints to stdout/stderr and ``logging`` records) is captured per
 task, through per-thread proxies installed once, and appended to the job's log stream.
 
-About 800 lines, not split: the loop, its leases and its signal handling share one worker object
-and its in-flight bookkeeping; the output capture (about 100 lines) is the one part that could move
+About 1,100 lines, not split: the loop, its leases and its signal handling share one worker object
+and its in-flight bookkeeping; the output capture (some 100 lines) is the one part that could move
 to its own module.
 """
 
