@@ -46,6 +46,7 @@ KNOWN: dict[tuple[str, str], str] = {
     # serve them, while the service imports the executor's keys and wire format. Next: a declared
     # JobService with its own registry, and each backend's keys and wire format in one module.
     ("mrkit.backends.redis.executor", "mrkit.backends.redis.jobs"): "executor serves submit_job",
+    ("mrkit.backends.redis.executor", "mrkit.backends.redis.job_handle"): "executor serves job_handle",
     ("mrkit.backends.aws_lambda.executor", "mrkit.backends.aws_lambda.jobs"): "executor serves submit_job",
 }
 

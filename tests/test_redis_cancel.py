@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 
 import mrkit
-from mrkit.backends.redis.jobs import JobKeys
+from mrkit.backends.redis.job_state import JobKeys
 from mrkit.errors import JobCancelled
 from tests import jobs_for_tests as J
 from tests.redis_fixtures import WorkerThreads, redis_server, redis_url, wait_for  # noqa: F401

@@ -11,7 +11,7 @@ import pytest
 
 import mrkit
 from mrkit.backends.redis.executor import DEAD, pack, resolve_secret
-from mrkit.backends.redis.jobs import JobKeys
+from mrkit.backends.redis.job_state import JobKeys
 from mrkit.errors import JobFailed
 from mrkit.model.reference import reference
 from tests import jobs_for_tests as J
@@ -184,7 +184,7 @@ def test_a_task_that_kills_every_worker_fails_the_job_after_max_lost(redis_url, 
 
 def test_only_one_publish_entry_may_publish(redis_server, redis_url):  # noqa: F811
     """The PUBLISH script, on its own: one publisher per job; its own reclaim may resume."""
-    from mrkit.backends.redis.jobs import SCRIPTS
+    from mrkit.backends.redis.job_state import SCRIPTS
 
     client = redis_server.client()
     script = client.register_script(SCRIPTS["publish"])

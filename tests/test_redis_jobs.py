@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 import pytest
 
 import mrkit
-from mrkit.backends.redis.jobs import JobKeys, failure_message
+from mrkit.backends.redis.job_state import JobKeys, failure_message
 from mrkit.errors import JobCancelled, JobFailed
 from mrkit.execution.base import open_executor
 from mrkit.model.reference import reference

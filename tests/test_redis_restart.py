@@ -175,7 +175,7 @@ def test_a_frozen_redis_times_out_instead_of_hanging(server, tmp_path, secret_en
     Redis thaws."""
     import redis
 
-    from mrkit.backends.redis.jobs import RedisJobHandle
+    from mrkit.backends.redis.job_handle import RedisJobHandle
     from mrkit.storage.redis import SOCKET_TIMEOUT, connect
 
     assert connect(server.url).connection_pool.connection_kwargs["socket_timeout"] == SOCKET_TIMEOUT

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import mrkit
 from mrkit.backends.redis.executor import WORKERS
-from mrkit.backends.redis.jobs import JobKeys
+from mrkit.backends.redis.job_state import JobKeys
 from mrkit.model.reference import reference
 from tests import jobs_for_tests as J
 from tests.redis_fixtures import (  # noqa: F401 - fixtures

@@ -13,7 +13,8 @@ import pytest
 
 import mrkit
 from mrkit.backends.redis.executor import GROUP
-from mrkit.backends.redis.jobs import SCRIPTS, JobKeys, RedisJobHandle
+from mrkit.backends.redis.job_handle import RedisJobHandle
+from mrkit.backends.redis.job_state import SCRIPTS, JobKeys
 from mrkit.coordination.resume import ResumeRefused
 from mrkit.errors import JobFailed
 from mrkit.model.reference import reference

@@ -381,20 +381,21 @@ class RedisExecutor(Executor):
     def resume_job(self, job_id: str) -> Any:
         """Put the failed or cancelled job ``job_id`` back to running, re-using its committed tasks
         (see :func:`~mrkit.backends.redis.jobs.resume_job`)."""
-        from mrkit.backends.redis.jobs import reaching, resume_job
+        from mrkit.backends.redis.job_handle import reaching
+        from mrkit.backends.redis.jobs import resume_job
 
         with reaching(self.url):
             return resume_job(self, job_id)
 
     def job_handle(self, job_id: str) -> Any:
         """A handle on the asynchronous job ``job_id`` of this Redis, from any process."""
-        from mrkit.backends.redis.jobs import RedisJobHandle
+        from mrkit.backends.redis.job_handle import RedisJobHandle
 
         return RedisJobHandle(self.url, job_id)
 
     def list_jobs(self) -> list[dict[str, Any]]:
         """The asynchronous jobs this Redis knows, newest first, as status dicts."""
-        from mrkit.backends.redis.jobs import list_jobs
+        from mrkit.backends.redis.job_handle import list_jobs
 
         return list_jobs(self.url)
 

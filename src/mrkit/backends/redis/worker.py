@@ -298,7 +298,7 @@ class RedisWorker:
         self._in_task = False  # an entry's task is running (blocking or job)
         self._heartbeat = self.client.register_script(_HEARTBEAT)
         self._requeue = self.client.register_script(_REQUEUE)
-        from mrkit.backends.redis.jobs import SCRIPTS
+        from mrkit.backends.redis.job_state import SCRIPTS
 
         self.scripts = {name: self.client.register_script(text) for name, text in SCRIPTS.items()}
         # Blocking-mode results not yet sent: reply stream -> [(sid, result bytes)], and the entries
@@ -398,7 +398,7 @@ class RedisWorker:
             for job, exists in zip(jobs, pipe.execute(), strict=True):
                 places = self.job_places.pop(job, None)
                 if not exists:
-                    from mrkit.backends.redis.jobs import job_lost
+                    from mrkit.backends.redis.job_steps import job_lost
 
                     job_lost(self.name, job, *(places or ("", "")), "its tasks are dropped")
         new = [s for s in live if s not in self.queues]
@@ -580,13 +580,11 @@ class RedisWorker:
         if header.get("reply"):
             self._run_blocking(stream, entry_id, header, body)
         else:
-            from mrkit.backends.redis import (
-                jobs as redis_jobs,  # the worker hosts asynchronous jobs' coordination
-            )
+            from mrkit.backends.redis import job_steps  # the worker hosts asynchronous jobs' steps
 
             self._running = (stream, entry_id, time.monotonic())
             try:
-                redis_jobs.process_entry(
+                job_steps.process_entry(
                     self,
                     stream,
                     entry_id,
@@ -721,9 +719,9 @@ class RedisWorker:
             pipe.xack(stream, GROUP, entry_id)
             pipe.execute(raise_on_error=False)
         else:
-            from mrkit.backends.redis import jobs as redis_jobs
+            from mrkit.backends.redis import job_steps
 
-            redis_jobs.fail_attempt(self, stream, entry_id, fields, spec, failure)
+            job_steps.fail_attempt(self, stream, entry_id, fields, spec, failure)
         self.done_with(stream, entry_id)
 
     @staticmethod
@@ -779,9 +777,9 @@ class RedisWorker:
         self.done_with(stream, entry_id)
         job = _scope(stream)
         if job and self.queues.get(stream, Queue(stream, "session", 0)).mode == "job":
-            from mrkit.backends.redis import jobs as redis_jobs
+            from mrkit.backends.redis import job_steps
 
-            redis_jobs.note_refused(self, job, entry_id, reason)
+            job_steps.note_refused(self, job, entry_id, reason)
 
     # -- leases ---------------------------------------------------------------------------
 
