@@ -37,9 +37,9 @@ Every transition is one Lua script, so it is atomic with the facts it depends on
   first publish entry that starts (``publisher`` in the state hash); a duplicate is acked and dropped.
 * **FINISH** (after :func:`~mrkit.coordination.publish.publish_output`): marks the job done. The
   publish step is itself a stream entry, enqueued once by the last reduce's COMMIT, so a publisher
-  that dies is replaced like any task (its successor resumes the moves; see :func:`_resume_publish`).
+  that dies is replaced like any task (its successor resumes the moves; see ``job_steps._resume_publish``).
 
-* **RESUME** (:func:`resume_job`, from any process): a ``MULTI`` watched on the state hash puts a
+* **RESUME** (``jobs.resume_job``, from any process): a ``MULTI`` watched on the state hash puts a
   failed or cancelled job back to running as run ``run + 1``, keeping the tasks whose COMMIT is in
   storage and enqueuing the others, signed for the new run.
 
@@ -49,7 +49,7 @@ run that failed never touch the resumed run's completion sets or counters.
 
 A reduce entry seen during the map phase is a duplicate (the real ones are enqueued with the phase
 change): it is acked and dropped without using an attempt. A task that finishes after its job ended
-(a zombie) deletes what it wrote (:func:`_discard_late_attempt`), unless the job failed or was
+(a zombie) deletes what it wrote (``_discard_late_attempt`` in ``job_steps``), unless the job failed or was
 cancelled and the zombie won its task's COMMIT: a resume re-uses it.
 
 Scripts refuse to act when the job's state hash is missing: Redis lost it (restarted without
