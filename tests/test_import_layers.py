@@ -41,14 +41,7 @@ LAYERS: list[tuple[str, ...]] = [
 ]
 
 #: (importer, imported) pairs that break a rule today, with the reason. Empty is the goal.
-KNOWN: dict[tuple[str, str], str] = {
-    # The executors still carry submit_job/job_handle/list_jobs and import their job service to
-    # serve them, while the service imports the executor's keys and wire format. Next: a declared
-    # JobService with its own registry, and each backend's keys and wire format in one module.
-    ("mrkit.backends.redis.executor", "mrkit.backends.redis.jobs"): "executor serves submit_job",
-    ("mrkit.backends.redis.executor", "mrkit.backends.redis.job_handle"): "executor serves job_handle",
-    ("mrkit.backends.aws_lambda.executor", "mrkit.backends.aws_lambda.jobs"): "executor serves submit_job",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def module_name(path: Path) -> str:

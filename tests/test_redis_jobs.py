@@ -14,6 +14,7 @@ import pytest
 
 import mrkit
 from mrkit.backends.redis.job_state import JobKeys, failure_message
+from mrkit.coordination.service import job_service
 from mrkit.errors import JobCancelled, JobFailed
 from mrkit.execution.base import open_executor
 from mrkit.model.reference import reference
@@ -269,7 +270,9 @@ def test_many_jobs_share_one_redis(redis_url):  # noqa: F811
         results = [h.wait(timeout=15) for h in handles]
     for i, result in enumerate(results):
         assert sorted(result) == reference(J.WORDCOUNT, TEXT[: 10 * (i + 1)])
-    listed = {st["id"]: st["state"] for st in open_executor(redis_url, workers=1).list_jobs()}
+    service = job_service(open_executor(redis_url, workers=1))
+    assert service is not None
+    listed = {st["id"]: st["state"] for st in service.list_jobs()}
     assert listed == {h.id: "done" for h in handles}
 
 

@@ -27,6 +27,7 @@ from mrkit.coordination.prepare import plan_job
 from mrkit.coordination.progress import Progress
 from mrkit.coordination.publish import discard_job, open_output, publish_output
 from mrkit.coordination.result import Result
+from mrkit.coordination.service import job_service
 from mrkit.data.output import check_format, read_output
 from mrkit.errors import ConfigError
 from mrkit.execution.base import Executor, open_executor
@@ -309,18 +310,19 @@ def submit(job: Job, inputs: Any, *, executor: str | Executor = "processes", **o
         n_reduce=options.get("n_reduce"),
         worker_python=options.get("worker_python"),
     )
-    if ex.asynchronous and options.get("resume"):
+    service = job_service(ex)
+    if service is not None and options.get("resume"):
         raise ConfigError(
             f"resume=True does not apply to mrkit.submit on {ex.name}: resume a failed asynchronous "
             "job with mrkit.resume(ID, executor=...) (mrkit resume ID), or drive it from this process "
             "with mrkit.run(..., job_id=ID, resume=True)"
         )
-    if ex.asynchronous:
+    if service is not None:
         files = options.pop("files", None)
         if files:  # shipped inside the pickled job, as run() does
             job = job.with_files(files)
         options.pop("resume", None)
-        return ex.submit_job(job, inputs, **options)  # type: ignore[attr-defined,no-any-return]
+        return service.submit_job(job, inputs, **options)
     future: Future[Result] = Future()
     job_id = options.pop("job_id", None) or new_job_id(job.name)
 
@@ -357,14 +359,11 @@ def resume(job_id: str, *, executor: str | Executor) -> JobHandle:
             unknown or expired, still running or done, or its data is gone.
     """
     ex = open_executor(executor, workers=1)
-    if not ex.asynchronous or not hasattr(ex, "resume_job"):
-        if ex.asynchronous:
-            why = f"mrkit.resume does not support asynchronous jobs on {ex.name} yet"
-        else:
-            ex.shutdown()
-            why = f"executor {ex.name} runs jobs in the calling process, not as asynchronous jobs"
+    service = job_service(ex)
+    if service is None:
+        ex.shutdown()
         raise resuming.ResumeRefused(
-            f"{why}: resume the job with mrkit.run(..., job_id=ID, resume=True), which drives it "
-            "from this process"
+            f"executor {ex.name} runs jobs in the calling process, not as asynchronous jobs: resume "
+            "the job with mrkit.run(..., job_id=ID, resume=True), which drives it from this process"
         )
-    return ex.resume_job(job_id)  # type: ignore[attr-defined,no-any-return]
+    return service.resume_job(job_id)

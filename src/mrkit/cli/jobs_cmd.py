@@ -9,7 +9,8 @@
     mrkit jobs                      the jobs the executor's Redis knows, newest first
 
 Every command but ``submit`` finds the job through ``--executor`` (or ``MRKIT_EXECUTOR``), which must
-name an asynchronous executor; its object provides ``job_handle(id)`` and ``list_jobs()``.
+name an asynchronous executor; its job service (:mod:`mrkit.coordination.service`) provides
+``handle(id)`` and ``list_jobs()``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import click
 
 from mrkit.cli.options import apply_storage_options, parse_params, redis_password_option, run_options
+from mrkit.coordination.service import JobService
 from mrkit.errors import ConfigError, JobFailed
 
 _EXECUTOR_OPTION = click.option(
@@ -38,16 +40,18 @@ def _EXECUTOR(fn: Any) -> Any:
     return redis_password_option(_EXECUTOR_OPTION(fn))
 
 
-def _executor(name: str) -> Any:
+def _service(name: str) -> JobService:
+    """The job service of the executor ``name`` (a one-sentence error when it has none)."""
+    from mrkit.coordination.service import job_service
     from mrkit.execution.base import open_executor
 
-    ex = open_executor(name, workers=1)
-    if not ex.asynchronous or not hasattr(ex, "job_handle"):
+    service = job_service(open_executor(name, workers=1))
+    if service is None:
         raise ConfigError(
             f"executor {name!r} runs jobs in the submitting process; submitted jobs live on an "
             "asynchronous executor such as redis://host:port/db"
         )
-    return ex
+    return service
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -86,7 +90,7 @@ def submit(job_ref: str, inputs: tuple[str, ...], **opts: Any) -> None:
             "mrkit submit needs --executor (or MRKIT_EXECUTOR) naming an asynchronous executor, "
             "e.g. redis://127.0.0.1:6379/0"
         )
-    ex = _executor(executor)
+    ex = _service(executor).executor
     if options.get("output") is None:
         options.pop("format", None)
     handle = mrkit.submit(job, run_inputs, executor=ex, **options)
@@ -136,7 +140,7 @@ def status(job_id: str, executor: str, as_json: bool) -> None:
 
     Exits 1 when the job failed, was cancelled, was lost or is unknown.
     """
-    st = _executor(executor).job_handle(job_id).status()
+    st = _service(executor).handle(job_id).status()
     if as_json:
         click.echo(json.dumps(st, indent=1, sort_keys=True))
     else:
@@ -151,7 +155,7 @@ def status(job_id: str, executor: str, as_json: bool) -> None:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the job ends.")
 def logs(job_id: str, executor: str, follow: bool) -> None:
     """Print a submitted job's task events and the output of its user functions, per task."""
-    for line in _executor(executor).job_handle(job_id).logs(follow=follow):
+    for line in _service(executor).handle(job_id).logs(follow=follow):
         click.echo(line)
 
 
@@ -162,7 +166,7 @@ def logs(job_id: str, executor: str, follow: bool) -> None:
 @click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
 def result(job_id: str, executor: str, wait: bool, timeout: float | None) -> None:
     """Print a finished job's output: one JSON key TAB JSON value per line."""
-    handle = _executor(executor).job_handle(job_id)
+    handle = _service(executor).handle(job_id)
     if not wait:
         st = handle.status()
         if st["state"] == "running":
@@ -184,7 +188,7 @@ def result(job_id: str, executor: str, wait: bool, timeout: float | None) -> Non
 @_EXECUTOR
 def cancel(job_id: str, executor: str) -> None:
     """Cancel a submitted job; nothing is published, and `mrkit resume ID` can continue it."""
-    if _executor(executor).job_handle(job_id).cancel():
+    if _service(executor).handle(job_id).cancel():
         click.echo(f"cancelled {job_id}")
     else:
         click.echo(f"job {job_id} had already ended; nothing to cancel", err=True)
@@ -207,7 +211,7 @@ def resume(job_id: str, executor: str, wait: bool, timeout: float | None) -> Non
     """
     import mrkit
 
-    handle = mrkit.resume(job_id, executor=_executor(executor))
+    handle = mrkit.resume(job_id, executor=_service(executor).executor)
     click.echo(handle.id)
     if not wait:
         click.echo(
@@ -225,7 +229,7 @@ def resume(job_id: str, executor: str, wait: bool, timeout: float | None) -> Non
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per job.")
 def jobs(executor: str, as_json: bool) -> None:
     """List the jobs the executor's Redis knows, newest first."""
-    for st in _executor(executor).list_jobs():
+    for st in _service(executor).list_jobs():
         if as_json:
             click.echo(json.dumps(st, sort_keys=True))
             continue

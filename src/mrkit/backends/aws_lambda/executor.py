@@ -518,25 +518,8 @@ class LambdaExecutor(Executor):
             self._queue.put((spec, results_url))
         return future
 
-    def submit_job(self, job: Any, inputs: Any, **options: Any) -> Any:
-        """Hand the whole job to the serverless driver and return its handle at once."""
-        from mrkit.backends.aws_lambda.jobs import submit_job  # coordination sits above us
-
-        return submit_job(self, job, inputs, **options)
-
-    def job_handle(self, job_id: str) -> Any:
-        """A handle on a job submitted with this executor's storage (``mrkit status/result/…``)."""
-        from mrkit.backends.aws_lambda.jobs import ObjectStoreJobHandle
-
-        return ObjectStoreJobHandle(job_id, self._require_storage())
-
-    def list_jobs(self) -> list[dict[str, Any]]:
-        """The status of every job submitted with this executor's storage, newest first."""
-        from mrkit.backends.aws_lambda.jobs import list_jobs
-
-        return list_jobs(self._require_storage())
-
-    def _require_storage(self) -> str:
+    def require_storage(self) -> str:
+        """The storage URL jobs were submitted with; one sentence naming the fix when there is none."""
         if not self._storage_url:
             raise ConfigError(
                 f"executor {self.name} names no storage: add ?storage=s3://bucket/prefix (the "

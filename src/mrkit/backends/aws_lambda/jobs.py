@@ -69,6 +69,7 @@ from mrkit.coordination.handle import JobHandle
 from mrkit.coordination.plan import JobPlan, RetryPolicy, new_job_id
 from mrkit.coordination.prepare import plan_job, require_job
 from mrkit.coordination.publish import open_output, publish_output
+from mrkit.coordination.resume import ResumeRefused
 from mrkit.data.output import check_format, read_output
 from mrkit.errors import ConfigError, JobCancelled, JobFailed
 from mrkit.model import layout
@@ -852,3 +853,26 @@ class ObjectStoreJobHandle(JobHandle):
                 (time.time(), f"{task} {attempt} {state} in {result.seconds:.3f}s on {result.worker}")
             )
         return lines
+
+
+class ServerlessJobService:
+    """The :class:`~mrkit.coordination.service.JobService` of the serverless backend (``lambda://…``,
+    ``lambda-local``): jobs kept in the executor's storage, advanced by the functions."""
+
+    def __init__(self, executor: Any) -> None:
+        self.executor = executor
+
+    def submit_job(self, job: Any, inputs: Any, **options: Any) -> ObjectStoreJobHandle:
+        return submit_job(self.executor, job, inputs, **options)
+
+    def handle(self, job_id: str) -> ObjectStoreJobHandle:
+        return ObjectStoreJobHandle(job_id, self.executor.require_storage())
+
+    def list_jobs(self) -> list[dict[str, Any]]:
+        return list_jobs(self.executor.require_storage())
+
+    def resume_job(self, job_id: str) -> ObjectStoreJobHandle:
+        raise ResumeRefused(
+            f"mrkit.resume does not support asynchronous jobs on {self.executor.name} yet: resume the "
+            "job with mrkit.run(..., job_id=ID, resume=True), which drives it from this process"
+        )

@@ -367,38 +367,6 @@ class RedisExecutor(Executor):
             except _redis_errors():
                 pass  # Redis is gone: the keys expire on their own (SESSION_TTL)
 
-    # -- asynchronous jobs (delegated to the coordination layer) -----------------------------
-
-    def submit_job(self, job: Any, inputs: Any, **options: Any) -> Any:
-        """Hand a whole job to the fleet and return a :class:`~mrkit.backends.redis.jobs.RedisJobHandle`.
-
-        The job advances without this process (see :mod:`mrkit.backends.redis.jobs`).
-        """
-        from mrkit.backends.redis.jobs import submit_job
-
-        return submit_job(self, job, inputs, **options)
-
-    def resume_job(self, job_id: str) -> Any:
-        """Put the failed or cancelled job ``job_id`` back to running, re-using its committed tasks
-        (see :func:`~mrkit.backends.redis.jobs.resume_job`)."""
-        from mrkit.backends.redis.job_handle import reaching
-        from mrkit.backends.redis.jobs import resume_job
-
-        with reaching(self.url):
-            return resume_job(self, job_id)
-
-    def job_handle(self, job_id: str) -> Any:
-        """A handle on the asynchronous job ``job_id`` of this Redis, from any process."""
-        from mrkit.backends.redis.job_handle import RedisJobHandle
-
-        return RedisJobHandle(self.url, job_id)
-
-    def list_jobs(self) -> list[dict[str, Any]]:
-        """The asynchronous jobs this Redis knows, newest first, as status dicts."""
-        from mrkit.backends.redis.job_handle import list_jobs
-
-        return list_jobs(self.url)
-
     # -- the sender thread: one pipelined round trip for everything submitted meanwhile ---------
 
     def _send_loop(self) -> None:

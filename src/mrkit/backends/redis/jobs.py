@@ -22,7 +22,7 @@ from mrkit.backends.redis.executor import (
     pack,
     unpack,
 )
-from mrkit.backends.redis.job_handle import RedisJobHandle, missing_job
+from mrkit.backends.redis.job_handle import RedisJobHandle, list_jobs, missing_job, reaching
 from mrkit.backends.redis.job_state import DEFAULT_TTL, LOG_MAXLEN, JobKeys
 from mrkit.backends.redis.job_steps import log_fields
 from mrkit.coordination.plan import RetryPolicy, new_job_id
@@ -331,3 +331,23 @@ def _task_specs(client: Any, k: JobKeys, secret: bytes) -> dict[str, bytes]:
             continue
         found.setdefault(TaskSpec.decode(body).task_id, body)
     return found
+
+
+class RedisJobService:
+    """The :class:`~mrkit.coordination.service.JobService` of a Redis fleet (``redis://…``)."""
+
+    def __init__(self, executor: Any) -> None:
+        self.executor = executor
+
+    def submit_job(self, job: Any, inputs: Any, **options: Any) -> RedisJobHandle:
+        return submit_job(self.executor, job, inputs, **options)
+
+    def handle(self, job_id: str) -> RedisJobHandle:
+        return RedisJobHandle(self.executor.url, job_id)
+
+    def list_jobs(self) -> list[dict[str, Any]]:
+        return list_jobs(self.executor.url)
+
+    def resume_job(self, job_id: str) -> RedisJobHandle:
+        with reaching(self.executor.url):
+            return resume_job(self.executor, job_id)
