@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import mrkit
 from mrkit.data.map_side import MapOutput, _add_pairs
 from mrkit.data.merging import group_in_memory, group_values, merge_sorted_runs
-from mrkit.data.runs import read_frames, read_run, write_run
+from mrkit.data.shuffle import read_frames, read_run, write_run
 from mrkit.model.partition import key_bytes, stable_partition
 from mrkit.model.reference import reference
 from tests import jobs_for_tests as J
@@ -41,7 +41,7 @@ DOCTESTED = _modules_with_examples()
 
 
 def test_the_shuffle_modules_teach_with_examples():
-    assert {"mrkit.data.merging", "mrkit.data.runs", "mrkit.model.partition"} <= set(DOCTESTED)
+    assert {"mrkit.data.merging", "mrkit.data.shuffle", "mrkit.model.partition"} <= set(DOCTESTED)
 
 
 @pytest.mark.parametrize("name", DOCTESTED)

@@ -6,7 +6,7 @@ or ``mapper_final``) is kept as one dict ``key -> value`` instead, with no
 Python work per pair. Every few thousand records the buffer's size is estimated; past the memory
 budget it is combined in place (when the job has a combiner) and, if still too big, *spilled*:
 partitioned by the stable partitioner, sorted by encoded key, and appended as one sorted run of
-columnar frames (:mod:`mrkit.data.runs`) to each partition's object. At the end the rest is flushed
+columnar frames (:mod:`mrkit.data.shuffle`) to each partition's object. At the end the rest is flushed
 the same way. The result is, per reduce partition, one object holding one run per spill;
 :class:`MapOutput` returns their byte boundaries for the commit manifest.
 
@@ -28,7 +28,7 @@ from itertools import chain, islice
 from operator import itemgetter
 from typing import Any, BinaryIO
 
-from mrkit.data.runs import FRAME_ENTRIES, FRAME_VALUES, write_run
+from mrkit.data.shuffle import FRAME_ENTRIES, FRAME_VALUES, write_run
 from mrkit.model.job import Job, returns_pairs
 from mrkit.model.partition import checked_partitioner, key_bytes, stable_partition
 from mrkit.model.task import TaskFailure
@@ -73,7 +73,7 @@ class MapOutput:
         combiner: the job's combiner or None.
         memory_bytes: the buffer budget; past it the buffer is combined, then spilled.
         open_part: opens the (single) output object of one partition for writing.
-        frame_entries, frame_values: the runs' frame limits (:func:`~mrkit.data.runs.write_run`).
+        frame_entries, frame_values: the runs' frame limits (:func:`~mrkit.data.shuffle.write_run`).
     """
 
     def __init__(

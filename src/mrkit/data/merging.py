@@ -15,7 +15,7 @@ from operator import itemgetter
 from typing import Any
 
 from mrkit.data.gc_pause import gc_paused
-from mrkit.data.runs import Entry, Frame
+from mrkit.data.shuffle import Entry, Frame
 from mrkit.model.partition import key_bytes
 
 _first = itemgetter(0)

@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 
 from mrkit.data.map_side import UserCodeError, _short, user_failure
 from mrkit.data.merging import group_in_memory, group_values, merge_sorted_runs
-from mrkit.data.runs import Frame, read_frames, run_entries
+from mrkit.data.shuffle import Frame, read_frames, run_entries
 from mrkit.model.job import Job, identity_reducer, returns_pairs
 from mrkit.model.task import TaskFailure
 from mrkit.storage.base import Storage

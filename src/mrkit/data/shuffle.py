@@ -1,4 +1,4 @@
-"""Sorted runs: how intermediate (map output) records are laid out in bytes.
+"""The shuffle: sorted runs, how intermediate (map output) records are laid out in bytes.
 
 A run is a sequence of *frames*; a frame is a 4-byte little-endian length followed by one pickled
 tuple ``(keys, values, kbs, single)``, *columnar* so that pickling and unpickling stay in C and cost
