@@ -362,7 +362,7 @@ class WorkerThreads:
     """
 
     def __init__(self, url: str, n: int = 2, *, burst: bool = False, secret: bytes | None = None) -> None:
-        from mrkit.backends.redis.executor import resolve_secret
+        from mrkit.backends.redis.wire import resolve_secret
         from mrkit.backends.redis.worker import RedisWorker
 
         key = resolve_secret(url, secret=secret)

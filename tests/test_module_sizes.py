@@ -23,7 +23,6 @@ OVER_600 = {
     "futures.py": "the launcher-facing pool management",
     "backends/aws_lambda/executor.py": "the invokers (boto3, local) to their own module",
     "data/readers.py": "the formats (csv, jsonl) to their own module",
-    "backends/redis/executor.py": "the listener thread to its own module",
 }
 
 

@@ -10,8 +10,8 @@ from collections.abc import Iterable
 import pytest
 
 import mrkit
-from mrkit.backends.redis.executor import DEAD, pack, resolve_secret
 from mrkit.backends.redis.job_state import JobKeys
+from mrkit.backends.redis.wire import DEAD, pack, resolve_secret
 from mrkit.errors import JobFailed
 from mrkit.model.reference import reference
 from tests import jobs_for_tests as J

@@ -8,8 +8,8 @@ import tempfile
 import pytest
 
 import mrkit
-from mrkit.backends.redis.executor import DEAD, pack, resolve_secret, unpack
 from mrkit.backends.redis.job_state import JobKeys
+from mrkit.backends.redis.wire import DEAD, pack, resolve_secret, unpack
 from mrkit.backends.redis.worker import serve
 from mrkit.errors import AuthenticationError, ConfigError, JobFailed, StorageError
 from mrkit.model.reference import reference

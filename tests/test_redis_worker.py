@@ -8,8 +8,8 @@ import time
 from collections.abc import Iterator
 
 import mrkit
-from mrkit.backends.redis.executor import WORKERS
 from mrkit.backends.redis.job_state import JobKeys
+from mrkit.backends.redis.wire import WORKERS
 from mrkit.model.reference import reference
 from tests import jobs_for_tests as J
 from tests.redis_fixtures import (  # noqa: F401 - fixtures

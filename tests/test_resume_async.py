@@ -12,9 +12,9 @@ from collections.abc import Iterable, Iterator
 import pytest
 
 import mrkit
-from mrkit.backends.redis.executor import GROUP
 from mrkit.backends.redis.job_handle import RedisJobHandle
 from mrkit.backends.redis.job_state import SCRIPTS, JobKeys
+from mrkit.backends.redis.wire import GROUP
 from mrkit.coordination.resume import ResumeRefused
 from mrkit.errors import JobFailed
 from mrkit.model.reference import reference

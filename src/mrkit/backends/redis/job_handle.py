@@ -14,17 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from mrkit.backends.redis.executor import (
-    DEAD,
-    GROUP,
-    JOBS,
-    QUEUES,
-    now_ms,
-    resolve_secret,
-    unpack,
-)
 from mrkit.backends.redis.job_state import POLL_SECONDS, REDIS_DOWN_SECONDS, SCRIPTS, JobKeys
 from mrkit.backends.redis.job_steps import cleanup_job, log_event
+from mrkit.backends.redis.wire import DEAD, GROUP, JOBS, QUEUES, now_ms, resolve_secret, unpack
 from mrkit.coordination.handle import JobHandle
 from mrkit.errors import (
     AuthenticationError,

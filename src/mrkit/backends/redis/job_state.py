@@ -61,9 +61,7 @@ docs/redis.md lists them all.
 
 from __future__ import annotations
 
-from mrkit.backends.redis.executor import (
-    key,
-)
+from mrkit.backends.redis.wire import key
 from mrkit.model.task import TaskFailure, TaskSpec
 
 DEFAULT_TTL = 86400.0

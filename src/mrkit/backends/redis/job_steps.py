@@ -18,13 +18,6 @@ import sys
 import time
 from typing import Any
 
-from mrkit.backends.redis.executor import (
-    GROUP,
-    QUEUES,
-    WORKER_GONE_MS,
-    key,
-    now_ms,
-)
 from mrkit.backends.redis.job_state import (
     DEFAULT_TTL,
     LOG_MAXLEN,
@@ -32,6 +25,7 @@ from mrkit.backends.redis.job_state import (
     failure_message_parts,
     lost_message,
 )
+from mrkit.backends.redis.wire import GROUP, QUEUES, WORKER_GONE_MS, key, now_ms
 from mrkit.coordination.publish import publish_output
 from mrkit.errors import (
     StorageError,

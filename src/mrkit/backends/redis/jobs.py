@@ -13,18 +13,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from mrkit.backends.redis.executor import (
-    GROUP,
-    JOBS,
-    QUEUES,
-    key,
-    now_ms,
-    pack,
-    unpack,
-)
 from mrkit.backends.redis.job_handle import RedisJobHandle, list_jobs, missing_job, reaching
 from mrkit.backends.redis.job_state import DEFAULT_TTL, LOG_MAXLEN, JobKeys
 from mrkit.backends.redis.job_steps import log_fields
+from mrkit.backends.redis.wire import GROUP, JOBS, QUEUES, key, now_ms, pack, unpack
 from mrkit.coordination.plan import RetryPolicy, new_job_id
 from mrkit.coordination.prepare import plan_job, require_job
 from mrkit.coordination.publish import open_output

@@ -65,7 +65,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from mrkit.backends.redis.executor import (
+from mrkit.backends.redis.wire import (
     DEAD,
     DEAD_MAXLEN,
     DEPARTURE_CHECK,
