@@ -524,6 +524,18 @@ class LambdaExecutor(Executor):
 
         return submit_job(self, job, inputs, **options)
 
+    def resume_job(self, job_id: str) -> Any:
+        """Put the failed or cancelled serverless job ``job_id`` of this executor's storage back to
+        running as its next run, re-using its committed tasks (``mrkit.resume``; see
+        :func:`~mrkit.backends.aws_lambda.jobs.resume_job`).
+
+        Raises:
+            ResumeRefused: unknown job, running or done (nothing to resume), or its data is gone.
+        """
+        from mrkit.backends.aws_lambda.jobs import resume_job  # coordination sits above us
+
+        return resume_job(job_id, self._require_storage(), batch_size=self.batch_size)
+
     def job_handle(self, job_id: str) -> Any:
         """A handle on a job submitted with this executor's storage (``mrkit status/result/…``)."""
         from mrkit.backends.aws_lambda.jobs import ObjectStoreJobHandle
