@@ -574,6 +574,8 @@ def _start_reduce(storage: Storage, plan: JobPlan, job_event: dict[str, Any], re
     run = event_run(job_event)
     state = run_prefix(plan.job_id, run)
     sent = state + "reduce-sent"
+    if stopped(storage, plan.job_id, run) is not None:
+        return  # the run ended (or a late call of a run that was resumed): take nothing
     if storage.exists(sent) or not _take_trigger(storage, plan.job_id, "reduce", request_id, run):
         return  # started, or another invocation (the trigger's owner) starts the reduce tasks
     lease = _StepLease.take(
@@ -595,6 +597,8 @@ def _start_reduce(storage: Storage, plan: JobPlan, job_event: dict[str, Any], re
 
 
 def _publish(storage: Storage, plan: JobPlan, request_id: str, run: int = 1) -> None:
+    if stopped(storage, plan.job_id, run) is not None:
+        return  # the run ended (or a late call of a run that was resumed): take nothing
     if not _take_trigger(storage, plan.job_id, "publish", request_id, run):
         return  # another invocation (the trigger's owner) publishes the output
     doc = _load(storage, plan.job_id)
