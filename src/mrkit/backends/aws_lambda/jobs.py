@@ -20,6 +20,17 @@ writes the plan to the object store, invokes one function per map task and retur
   is then sent twice, which the delivery claims make harmless) until
   ``RetryPolicy.max_attempts``; one lost with every delivery (the on-failure record) likewise until
   ``max_lost``; then the job fails: ``state/end`` records the first failure and nothing is published.
+  A failed or cancelled job keeps its intermediate data (commits, map outputs, ``job.pkl``, plan).
+
+**Runs.** :func:`resume_job` puts a failed or cancelled job back to running as its next *run*
+(``state/runs/r{n}``, created with ``put_if_absent``): its committed tasks are kept, the others are
+invoked again with fresh attempt numbers (one above any the job used) and a fresh attempt budget.
+Every event carries its run (``job.run``; none means run 1), and each run has its own triggers,
+leases and end record (run 1 under ``state/``, run n under ``state/r{n}/``). A run is resumed only
+after its end record exists, so every step of an older run — a late delivery, a retry, an on-failure
+record, a phase change — finds its run's end record and does nothing: it cannot end, advance or fail
+the newer run. The completion sets (``state/committed/``) and COMMITs are shared by the runs: a
+COMMIT is first-writer-wins, and a marker is written only for a task that has one.
 
 A phase change is run by one live invocation at a time, under a lease (:class:`_StepLease`), not a
 guard holding the request id: Lambda runs duplicates of an event *with the same request id*, at
@@ -42,16 +53,20 @@ Keys, in the job's storage (beside those of :mod:`mrkit.model.layout` and
     {job}/state/publish/g{n}             lease, generation n: who publishes the output
     {job}/state/end                      the job's end, first writer wins: done (with counters and
                                          seconds, written after _SUCCESS), failed or cancelled
+    {job}/state/runs/r{n}                run n >= 2 was started by a resume (put_if_absent): kept
+                                         tasks, first attempt number, start phase, time
+    {job}/state/r{n}/…                   run n's trigger/, reduce/g{k}, reduce-sent, publish/g{k}, end
     _jobs/{job}                          index of submitted jobs (empty), listed by ``list_jobs``
 
-Why one module of ~650 lines: submitting, advancing (inside the functions) and following a job all
-read and write the same keys, listed above once; :class:`ObjectStoreJobHandle` would be the first to
-move out if it grows.
+Why one module of ~1000 lines: submitting, resuming, advancing (inside the functions) and following
+a job all read and write the same keys, listed above once; :class:`ObjectStoreJobHandle` would be
+the first to move out.
 
 Not handled: a job whose every attempt of some task vanishes without an on-failure record (no
 destination configured, or Lambda dropped the event) stays ``running``; ``status()`` shows which
 tasks have not completed. Invocations that were already running when a job ended may leave keys
-under ``{job}/`` (a bucket lifecycle rule on the prefix removes them; docs/serverless.md).
+under ``{job}/`` (a bucket lifecycle rule on the prefix removes them; docs/serverless.md). A failed or
+cancelled job's data stays until a resumed run finishes or the user deletes ``{job}/``.
 """
 
 from __future__ import annotations
