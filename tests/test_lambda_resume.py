@@ -28,7 +28,7 @@ from mrkit.model.task import TaskFailure, TaskResult
 from mrkit.storage import open_storage
 from tests import jobs_for_tests as J
 from tests.s3_fixtures import *  # noqa: F403 - moto_server, s3_bucket, s3_url
-from tests.test_lambda_handler import context, plan_job
+from tests.test_lambda_handler import LINES, context, plan_job
 from tests.test_lambda_jobs import executor, no_function_left_running  # noqa: F401 - autouse fixture
 
 TEXT = ["the cat sat on the mat", "The dog sat", "a b c a b a", "it's 42 o'clock"] * 10
@@ -245,3 +245,30 @@ def test_cli_resumes_a_cancelled_job_and_exits_2_on_refusals(tmp_path, s3_bucket
     assert proc.returncode == 2 and "job cancelled-1 is done: nothing to resume" in proc.stderr
     proc = mrkit_cli("resume", "nope-2", "--executor", name)
     assert proc.returncode == 2 and "cannot resume: no job nope-2" in proc.stderr
+
+
+def test_a_job_cancelled_with_every_task_committed_resumes_straight_to_publishing(
+    tmp_path, s3_url, monkeypatch
+):
+    ex = executor(tmp_path, s3_url)
+    storage, out, plan = plan_job(s3_url)
+    doc = {"plan": osj._plan_to_dict(plan), "invoker": ex.invoker.config(), "submitted": 0.0, "executor": "t"}
+    storage.put(osj.plan_key(plan.job_id), json.dumps(doc).encode())
+    for spec in (*plan.map_specs, *plan.reduce_specs):  # plain events: the tasks commit, nothing advances
+        [raw] = handler(build_event([spec], storage.url), context())["results"]
+        assert TaskResult.decode(raw).committed
+    storage.put(osj.end_key(plan.job_id), json.dumps({"state": "cancelled"}).encode())
+    assert not out.exists("_SUCCESS")
+    # Two resumes at once, both having read run 1 as the current one: the conditional write of
+    # run 2 decides, and the loser refuses (the winner is simulated by its run record).
+    with monkeypatch.context() as m:
+        m.setattr(osj, "current_run", lambda storage, job_id: 1)
+        storage.put(osj.run_key(plan.job_id, 2), b"{}")
+        with pytest.raises(ResumeRefused, match="changed while it was being resumed"):
+            mrkit.resume(plan.job_id, executor=ex)
+        storage.delete(osj.run_key(plan.job_id, 2))
+    resumed = mrkit.resume(plan.job_id, executor=ex)
+    result = resumed.wait(timeout=60)
+    assert sorted(result) == reference(J.WORDCOUNT, LINES)
+    assert result.counters["map.tasks_resumed"] == 2 and result.counters["reduce.tasks_resumed"] == 2
+    assert result.counters["map.records_in"] == len(LINES)
