@@ -199,9 +199,10 @@ def test_submit_refuses_resume_and_points_at_mrkit_resume(redis_url):  # noqa: F
         mrkit.resume("nope", executor=redis_url)
 
 
-def test_executors_that_cannot_resume_asynchronous_jobs_refuse():
-    with pytest.raises(ResumeRefused, match="does not support asynchronous jobs on lambda-local yet"):
-        mrkit.resume("some-job", executor="lambda-local")
+def test_executors_that_cannot_resume_asynchronous_jobs_refuse(tmp_path):
+    # Serverless jobs resume (tests/test_lambda_resume.py); an unknown one is refused.
+    with pytest.raises(ResumeRefused, match="cannot resume: no job some-job in file://"):
+        mrkit.resume("some-job", executor=f"lambda-local?storage=file://{tmp_path}/store")
     with pytest.raises(ResumeRefused, match="runs jobs in the calling process"):
         mrkit.resume("some-job", executor="inline")
 

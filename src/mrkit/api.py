@@ -345,11 +345,13 @@ def resume(job_id: str, *, executor: str | Executor) -> JobHandle:
     Every task that committed is kept (``map.tasks_resumed`` / ``reduce.tasks_resumed`` count them);
     the others run again with fresh attempt numbers and a fresh attempt budget, and the job then
     publishes the output an uninterrupted run gives. Deliveries of the earlier run that arrive late
-    are dropped. See docs/faults.md ("Resume").
+    are dropped. See docs/faults.md ("Resume") and, for serverless jobs, docs/serverless.md.
 
     Args:
         job_id: the job's id (printed by ``mrkit submit``; ``job_id=`` names it).
-        executor: the asynchronous executor the job was submitted to (``redis://…``).
+        executor: the asynchronous executor the job was submitted to: ``redis://…``, or
+            ``lambda://FUNCTION?storage=s3://…`` / ``lambda-local…`` with the storage it was
+            submitted with.
 
     Returns:
         A :class:`JobHandle` on the resumed job (``wait()`` for its result).

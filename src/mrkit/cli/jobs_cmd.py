@@ -203,11 +203,12 @@ def resume(job_id: str, executor: str, wait: bool, timeout: float | None) -> Non
     """Resume a failed or cancelled submitted job: keep every committed task, run the rest.
 
     Prints the job id, as `mrkit submit` does. Exits 2 when the job cannot be resumed (unknown or
-    expired, still running, already done).
+    expired, still running, already done, its data gone). Works for Redis and serverless jobs.
 
     \b
     Example:
       mrkit resume wordcount-20260101-120000-1a2b3c --executor redis://127.0.0.1:6379/0 --wait
+      mrkit resume wc1 --executor 'lambda://mrkit-fn?storage=s3://bucket/mrkit' --wait
     """
     import mrkit
 

@@ -104,10 +104,11 @@ EXECUTORS: dict[str, str] = {
 def executor_key(name: str) -> str:
     """The registry key for an executor string: its URL scheme, or the name before any ``?options``.
 
-    >>> executor_key("redis://h:6379/0"), executor_key("lambda-local?max_concurrency=2")
+    >>> executor_key("redis://h:6379/0"), executor_key("lambda-local?storage=s3://b/p")
     ('redis', 'lambda-local')
     """
-    return name.split("://", 1)[0] if "://" in name else name.split("?", 1)[0]
+    head = name.split("?", 1)[0]  # a URL in the options (storage=s3://…) is not the executor's scheme
+    return head.split("://", 1)[0] if "://" in head else head
 
 
 def open_executor(

@@ -386,7 +386,7 @@ def _parse_options(
 ) -> tuple[str, dict[str, Any]]:
     """Split ``scheme://target?k=v`` (or ``scheme?k=v``) into the target and typed options (keyword
     options win)."""
-    if "://" in name:
+    if "://" in name.partition("?")[0]:  # not the "://" of a URL in the query (storage=s3://…)
         target, _, query = name.partition("://")[2].partition("?")
     else:
         target, query = "", name.partition("?")[2]

@@ -7,7 +7,9 @@ the local function runtime (``lambda-local``). The event is JSON, built by
     {"mrkit": 1,
      "specs": ["<TaskSpec JSON>", ...],   one task, or a batch of tiny ones, run in order
      "results": "s3://bucket/prefix",     the job's storage: results and claims are written there
-     "job": {"invoker": {...}}}           only for a serverless job: advance the job afterwards
+     "job": {"invoker": {...},            only for a serverless job: advance the job afterwards
+             "run": 2}}                   the job's run the event belongs to (absent: run 1); an
+                                          event of a run that has ended runs nothing, writes nothing
 
 or a Lambda on-failure destination record (``requestContext.condition`` = ``RetriesExhausted``)
 whose ``requestPayload`` is such an event: its tasks are reported lost, except that a task whose own
@@ -96,6 +98,18 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def _run_one(spec: TaskSpec, url: str, job: dict[str, Any] | None, request_id: str, label: str) -> TaskResult:
     storage = storage_for(url)
     key = result_key(spec.job_id, spec.task_id, spec.attempt)
+    if job is not None and _job_stopped(storage, spec.job_id, job):
+        # The event's run has ended (done, failed, cancelled, or resumed as a newer run, which
+        # happens only after it ended): write nothing, so a late event changes no state.
+        return TaskResult(
+            spec.task_id,
+            spec.attempt,
+            ok=False,
+            worker=label,
+            failure=TaskFailure(
+                "", "JobStopped", f"job {spec.job_id} has already ended; task not run", retryable=False
+            ),
+        )
     stored = storage.get_or_none(key)
     if stored is not None:
         result = TaskResult.decode(stored)  # a duplicate that arrived after the first delivery ended
@@ -107,16 +121,6 @@ def _run_one(spec: TaskSpec, url: str, job: dict[str, Any] | None, request_id: s
         result = done
         storage.put_if_absent(key, result.encode())
         _note_skipped(storage, spec)
-    elif job is not None and _job_stopped(storage, spec.job_id):
-        return TaskResult(
-            spec.task_id,
-            spec.attempt,
-            ok=False,
-            worker=label,
-            failure=TaskFailure(
-                "", "JobStopped", f"job {spec.job_id} has already ended; task not run", retryable=False
-            ),
-        )
     else:
         delivery = _claim(storage, spec, request_id)
         if delivery is None:
@@ -198,8 +202,10 @@ def _claim(storage: Storage, spec: TaskSpec, request_id: str) -> int | None:
     return None
 
 
-def _job_stopped(storage: Storage, job_id: str) -> bool:
-    return _serverless().stopped(storage, job_id) is not None
+def _job_stopped(storage: Storage, job_id: str, job: dict[str, Any]) -> bool:
+    """Whether the run of the job that ``job`` (an event's ``job`` member) belongs to has ended."""
+    jobs = _serverless()
+    return jobs.stopped(storage, job_id, jobs.event_run(job)) is not None
 
 
 def _report_lost(record: dict[str, Any]) -> dict[str, Any]:
@@ -219,6 +225,8 @@ def _report_lost(record: dict[str, Any]) -> dict[str, Any]:
     for raw in event.get("specs", ()):
         spec = TaskSpec.decode(raw)
         storage = storage_for(event["results"])
+        if event.get("job") is not None and _job_stopped(storage, spec.job_id, event["job"]):
+            continue  # the event's run has ended (or was resumed as a newer run): nothing to report
         stored = storage.get_or_none(result_key(spec.job_id, spec.task_id, spec.attempt))
         if stored is not None:
             # The task ran, and its invocation died afterwards, perhaps while it owned a phase change

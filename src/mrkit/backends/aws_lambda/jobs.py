@@ -20,6 +20,17 @@ writes the plan to the object store, invokes one function per map task and retur
   is then sent twice, which the delivery claims make harmless) until
   ``RetryPolicy.max_attempts``; one lost with every delivery (the on-failure record) likewise until
   ``max_lost``; then the job fails: ``state/end`` records the first failure and nothing is published.
+  A failed or cancelled job keeps its intermediate data (commits, map outputs, ``job.pkl``, plan).
+
+**Runs.** :func:`resume_job` puts a failed or cancelled job back to running as its next *run*
+(``state/runs/r{n}``, created with ``put_if_absent``): its committed tasks are kept, the others are
+invoked again with fresh attempt numbers (one above any the job used) and a fresh attempt budget.
+Every event carries its run (``job.run``; none means run 1), and each run has its own triggers,
+leases and end record (run 1 under ``state/``, run n under ``state/r{n}/``). A run is resumed only
+after its end record exists, so every step of an older run — a late delivery, a retry, an on-failure
+record, a phase change — finds its run's end record and does nothing: it cannot end, advance or fail
+the newer run. The completion sets (``state/committed/``) and COMMITs are shared by the runs: a
+COMMIT is first-writer-wins, and a marker is written only for a task that has one.
 
 A phase change is run by one live invocation at a time, under a lease (:class:`_StepLease`), not a
 guard holding the request id: Lambda runs duplicates of an event *with the same request id*, at
@@ -42,16 +53,20 @@ Keys, in the job's storage (beside those of :mod:`mrkit.model.layout` and
     {job}/state/publish/g{n}             lease, generation n: who publishes the output
     {job}/state/end                      the job's end, first writer wins: done (with counters and
                                          seconds, written after _SUCCESS), failed or cancelled
+    {job}/state/runs/r{n}                run n >= 2 was started by a resume (put_if_absent): kept
+                                         tasks, first attempt number, start phase, time
+    {job}/state/r{n}/…                   run n's trigger/, reduce/g{k}, reduce-sent, publish/g{k}, end
     _jobs/{job}                          index of submitted jobs (empty), listed by ``list_jobs``
 
-Why one module of about 850 lines: submitting, advancing (inside the functions) and following a job all
-read and write the same keys, listed above once; :class:`ObjectStoreJobHandle` would be the first to
-move out if it grows.
+Why one module of about 1,000 lines: submitting, resuming, advancing (inside the functions) and following
+a job all read and write the same keys, listed above once; :class:`ObjectStoreJobHandle` would be
+the first to move out.
 
 Not handled: a job whose every attempt of some task vanishes without an on-failure record (no
 destination configured, or Lambda dropped the event) stays ``running``; ``status()`` shows which
 tasks have not completed. Invocations that were already running when a job ended may leave keys
-under ``{job}/`` (a bucket lifecycle rule on the prefix removes them; docs/serverless.md).
+under ``{job}/`` (a bucket lifecycle rule on the prefix removes them; docs/serverless.md). A failed or
+cancelled job's data stays until a resumed run finishes or the user deletes ``{job}/``.
 """
 
 from __future__ import annotations
@@ -59,6 +74,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -69,7 +85,7 @@ from mrkit.coordination.handle import JobHandle
 from mrkit.coordination.plan import JobPlan, RetryPolicy, new_job_id
 from mrkit.coordination.prepare import plan_job, require_job
 from mrkit.coordination.publish import open_output, publish_output
-from mrkit.coordination.resume import ResumeRefused
+from mrkit.coordination.resume import ResumeRefused, commit_is_whole
 from mrkit.data.output import check_format, read_output
 from mrkit.errors import ConfigError, JobCancelled, JobFailed
 from mrkit.model import layout
@@ -91,8 +107,35 @@ def attempt_key(job_id: str, task_id: str, attempt: int) -> str:
     return f"{job_id}/state/attempt/{task_id}/a{attempt}"
 
 
-def end_key(job_id: str) -> str:
-    return f"{job_id}/state/end"
+def run_prefix(job_id: str, run: int = 1) -> str:
+    """Where run ``run`` keeps its phase changes and end: ``{job}/state/`` for the first run (as
+    before resumes existed), ``{job}/state/r{run}/`` for each resumed run."""
+    return f"{job_id}/state/" if run <= 1 else f"{job_id}/state/r{run}/"
+
+
+def end_key(job_id: str, run: int = 1) -> str:
+    return run_prefix(job_id, run) + "end"
+
+
+def run_key(job_id: str, run: int) -> str:
+    return f"{job_id}/state/runs/r{run}"
+
+
+def current_run(storage: Storage, job_id: str) -> int:
+    """The job's current run: 1, or the highest ``{job}/state/runs/r{n}`` a resume created."""
+    runs = [int(key.rsplit("/r", 1)[1]) for key in storage.list(f"{job_id}/state/runs/")]
+    return max(runs, default=1)
+
+
+def event_run(job_event: dict[str, Any]) -> int:
+    """The run an event belongs to (events of a job's first run carry none)."""
+    return int(job_event.get("run", 1))
+
+
+def _run_record(storage: Storage, job_id: str, run: int) -> dict[str, Any] | None:
+    """What the resume that started ``run`` recorded (None for the first run)."""
+    raw = storage.get_or_none(run_key(job_id, run)) if run > 1 else None
+    return None if raw is None else dict(json.loads(raw))
 
 
 JOBS_INDEX = "_jobs/"  # one empty key per submitted job, so that listing jobs lists only this folder
@@ -253,6 +296,107 @@ def _invoke_all(invoker: Any, specs: Iterable[TaskSpec], url: str, job_event: di
         list(pool.map(invoker.invoke, events))
 
 
+# -- resuming ---------------------------------------------------------------------------------------
+
+_ATTEMPT_SEGMENT = re.compile(r"/a(\d+)(?:[/.-]|$)")
+
+
+def resume_job(job_id: str, storage_url: str, *, batch_size: int = 1) -> ObjectStoreJobHandle:
+    """Put the failed or cancelled serverless job ``job_id`` back to running as its next run.
+
+    Every task whose COMMIT (and the files it names) is still in the job's storage is kept; the
+    others are invoked again, in events that carry the new run number, as fresh attempt numbers
+    (one above any the job used) with a fresh attempt budget. The run starts in the first phase
+    with a task to run: the map tasks left, else the reduce tasks left (the run's reduce trigger is
+    taken by the resume), else one committed reduce task is delivered again so that the function
+    that finds the phase complete publishes. The run is created with ``put_if_absent`` on
+    ``{job}/state/runs/r{n}``, so of two concurrent resumes one wins and the other refuses.
+
+    Args:
+        job_id: the job's id.
+        storage_url: the storage it was submitted with.
+        batch_size: tasks per event (the executor's ``batch_size``).
+
+    Returns:
+        The job's :class:`ObjectStoreJobHandle`.
+
+    Raises:
+        ResumeRefused: no such job in that storage, it is running or done (nothing to resume), its
+            code is gone, or another resume started it meanwhile.
+    """
+    from mrkit.backends.aws_lambda.executor import DELIVERY_STRIDE, invoker_from_config
+
+    storage = open_storage(storage_url)
+    try:
+        doc = _load(storage, job_id)
+    except ConfigError:
+        raise ResumeRefused(
+            f"cannot resume: no job {job_id} in {storage.url} (it was never submitted with this "
+            "storage, or its keys were deleted)"
+        ) from None
+    run = current_run(storage, job_id)
+    end = stopped(storage, job_id, run)
+    if end is None or end["state"] == "done":
+        raise ResumeRefused(f"job {job_id} is {'running' if end is None else 'done'}: nothing to resume")
+    if not storage.exists(layout.job_key(job_id)):
+        raise ResumeRefused(
+            f"cannot resume job {job_id}: its code is gone from {storage.url} (the job failed on an "
+            "mrkit that deleted a failed job's data, or someone deleted it); submit it again"
+        )
+    plan = _plan_from_dict(doc["plan"])
+    output = open_storage(plan.output_url)
+    kept = {
+        phase: [s.task_id for s in specs if commit_is_whole(storage, output, job_id, s.task_id)]
+        for phase, specs in (("map", plan.map_specs), ("reduce", plan.reduce_specs))
+    }
+    start = next((p for p in ("map", "reduce") if len(kept[p]) < len(getattr(plan, f"{p}_specs"))), "publish")
+    if start == "map":
+        kept["reduce"] = []  # the reduce phase starts afresh; a reduce commit found later still wins
+    attempt = 1 + max(
+        (
+            int(m.group(1))
+            for folder in ("lambda/claims", "lambda/done", "state/attempt")
+            for key in storage.list(f"{job_id}/{folder}/")
+            if (m := _ATTEMPT_SEGMENT.search(key[len(job_id) :]))
+        ),
+        default=1,
+    )
+    if attempt >= DELIVERY_STRIDE:
+        raise ResumeRefused(
+            f"cannot resume job {job_id}: its tasks used {attempt - 1} attempt numbers; submit it again"
+        )
+    new = run + 1
+    record = {"run": new, "submitted": time.time(), "start": start, "attempt": attempt, "kept": kept}
+    if not storage.put_if_absent(run_key(job_id, new), json.dumps(record).encode()):
+        raise ResumeRefused(
+            f"job {job_id} changed while it was being resumed (resumed elsewhere?); nothing done"
+        )
+    # The completion sets become the kept tasks (a commit whose files were gone was deleted above).
+    storage.delete_prefix(f"{job_id}/state/committed/")
+    for phase, tasks in kept.items():
+        for task in tasks:
+            storage.put(committed_prefix(job_id, phase) + task, b"")
+    invoker = invoker_from_config(doc["invoker"])
+    job_event: dict[str, Any] = {"invoker": doc["invoker"], "run": new}
+    if batch_size > 1:
+        job_event["batch_size"] = batch_size
+
+    def fresh(specs: Iterable[TaskSpec], phase: str) -> list[TaskSpec]:
+        return [dataclasses.replace(s, attempt=attempt) for s in specs if s.task_id not in kept[phase]]
+
+    if start == "map":
+        _invoke_all(invoker, fresh(plan.map_specs, "map"), plan.storage_url, job_event)
+    elif start == "reduce":
+        stamp = json.dumps({"request_id": f"resume-r{new}", "time": time.time()}).encode()
+        storage.put(trigger_key(job_id, "reduce", new), stamp)
+        _invoke_all(invoker, fresh(plan.reduce_specs, "reduce"), plan.storage_url, job_event)
+        storage.put(run_prefix(job_id, new) + "reduce-sent", b"resume")
+    else:  # every task is kept: the delivery of a committed reduce task completes the phase, and publishes
+        last = dataclasses.replace(plan.reduce_specs[-1], attempt=attempt)
+        _invoke_all(invoker, [last], plan.storage_url, job_event)
+    return ObjectStoreJobHandle(job_id, storage.url)
+
+
 _PLANS: dict[str, dict[str, Any]] = {}
 _PLANS_LOCK = threading.Lock()
 
@@ -276,9 +420,13 @@ def _load(storage: Storage, job_id: str) -> dict[str, Any]:
 # -- advancing, inside the functions --------------------------------------------------------------------
 
 
-def stopped(storage: Storage, job_id: str) -> dict[str, Any] | None:
-    """The job's end record (done, failed or cancelled), or None while it runs."""
-    raw = storage.get_or_none(end_key(job_id))
+def stopped(storage: Storage, job_id: str, run: int = 1) -> dict[str, Any] | None:
+    """The end record (done, failed or cancelled) of run ``run`` of the job, or None while it runs.
+
+    A run is resumed only once it has ended, so an event of an older run always finds its run's end
+    record here and is dropped: this one read fences every stale event.
+    """
+    raw = storage.get_or_none(end_key(job_id, run))
     return None if raw is None else dict(json.loads(raw))
 
 
@@ -295,7 +443,8 @@ def advance(
         request_id: this invocation's request id (recorded in the leases it takes).
     """
     job_id = spec.job_id
-    if spec.kind is TaskKind.CALL or stopped(storage, job_id) is not None:
+    run = event_run(job_event)
+    if spec.kind is TaskKind.CALL or stopped(storage, job_id, run) is not None:
         return
     committed = storage.exists(layout.commit_key(job_id, spec.task_id))
     if not result.ok and not committed:
@@ -309,12 +458,12 @@ def advance(
     if phase == "map" and done >= plan.n_map:
         _start_reduce(storage, plan, job_event, request_id)
     elif phase == "reduce" and done >= plan.n_reduce:
-        _publish(storage, plan, request_id)
+        _publish(storage, plan, request_id, run)
 
 
 def lost(storage: Storage, spec: TaskSpec, job_event: dict[str, Any], reason: str) -> None:
     """Every delivery of ``spec``'s event failed: launch its next attempt, or fail the job."""
-    if stopped(storage, spec.job_id) is not None:
+    if stopped(storage, spec.job_id, event_run(job_event)) is not None:
         return
     if not storage.exists(layout.commit_key(spec.job_id, spec.task_id)):
         _retry_or_fail(storage, spec, job_event, lost_reason=reason)
@@ -332,8 +481,12 @@ def _retry_or_fail(
 
     plan = _plan_from_dict(_load(storage, spec.job_id)["plan"])
     policy = plan.policy
+    run = event_run(job_event)
     raw = storage.get_or_none(attempt_key(spec.job_id, spec.task_id, spec.attempt))
-    counts: dict[str, Any] = json.loads(raw) if raw else {"failed": 0, "lost": 0, "last": ""}
+    counts: dict[str, Any] = json.loads(raw) if raw else {}
+    if int(counts.get("run", 1)) != run:  # each run has a fresh attempt budget
+        counts = {}
+    counts = {"failed": 0, "lost": 0, "last": "", **counts, "run": run}
     if failure is not None:
         counts["failed"] += 1
         counts["last"] = failure.sentence()
@@ -343,7 +496,7 @@ def _retry_or_fail(
         counts["last"] = lost_reason
         give_up = counts["lost"] > policy.max_lost
     if give_up:
-        _fail_job(storage, plan, spec, counts, failure)
+        _fail_job(storage, plan, spec, counts, failure, run)
         return
     nxt = spec.next_attempt()
     if storage.put_if_absent(attempt_key(spec.job_id, nxt.task_id, nxt.attempt), json.dumps(counts).encode()):
@@ -351,7 +504,12 @@ def _retry_or_fail(
 
 
 def _fail_job(
-    storage: Storage, plan: JobPlan, spec: TaskSpec, counts: dict[str, Any], failure: TaskFailure | None
+    storage: Storage,
+    plan: JobPlan,
+    spec: TaskSpec,
+    counts: dict[str, Any],
+    failure: TaskFailure | None,
+    run: int,
 ) -> None:
     phase = spec.kind.value
     if failure is not None:
@@ -377,15 +535,15 @@ def _fail_job(
         "time": time.time(),
         "counters": _attempt_counters(storage, spec.job_id, (spec.task_id, counts)),
     }
-    if storage.put_if_absent(end_key(spec.job_id), json.dumps(record).encode()):
-        _discard(storage, plan, keep_logs=True)
+    # The intermediate data stays (commits, map outputs, job.pkl, the plan): a resume re-uses it.
+    storage.put_if_absent(end_key(spec.job_id, run), json.dumps(record).encode())
 
 
-def trigger_key(job_id: str, step: str) -> str:
-    return f"{job_id}/state/trigger/{step}"
+def trigger_key(job_id: str, step: str, run: int = 1) -> str:
+    return f"{run_prefix(job_id, run)}trigger/{step}"
 
 
-def _take_trigger(storage: Storage, job_id: str, step: str, request_id: str) -> bool:
+def _take_trigger(storage: Storage, job_id: str, step: str, request_id: str, run: int = 1) -> bool:
     """True when this invocation owns the phase change ``step`` (``reduce`` or ``publish``) of the job.
 
     The owner is decided by one conditional write (``put_if_absent`` of :func:`trigger_key`), so of
@@ -394,7 +552,7 @@ def _take_trigger(storage: Storage, job_id: str, step: str, request_id: str) -> 
     own the step too (a retry must finish what a dead owner began); they serialise on the step's
     lease (:class:`_StepLease`). No other invocation ever takes a step over on its own clock.
     """
-    key = trigger_key(job_id, step)
+    key = trigger_key(job_id, step, run)
     record = json.dumps({"request_id": request_id, "time": time.time()}).encode()
     if storage.put_if_absent(key, record):
         return True
@@ -405,15 +563,19 @@ def _take_trigger(storage: Storage, job_id: str, step: str, request_id: str) -> 
 def _start_reduce(storage: Storage, plan: JobPlan, job_event: dict[str, Any], request_id: str) -> None:
     from mrkit.backends.aws_lambda.executor import invoker_from_config
 
-    sent = f"{plan.job_id}/state/reduce-sent"
-    if storage.exists(sent) or not _take_trigger(storage, plan.job_id, "reduce", request_id):
+    run = event_run(job_event)
+    state = run_prefix(plan.job_id, run)
+    sent = state + "reduce-sent"
+    if stopped(storage, plan.job_id, run) is not None:
+        return  # the run ended (or a late call of a run that was resumed): take nothing
+    if storage.exists(sent) or not _take_trigger(storage, plan.job_id, "reduce", request_id, run):
         return  # started, or another invocation (the trigger's owner) starts the reduce tasks
     lease = _StepLease.take(
         storage,
-        f"{plan.job_id}/state/reduce/",
+        state + "reduce/",
         request_id,
         seconds=float(_load(storage, plan.job_id).get("lease", LEASE_SECONDS)),
-        done=lambda: storage.exists(sent) or stopped(storage, plan.job_id) is not None,
+        done=lambda: storage.exists(sent) or stopped(storage, plan.job_id, run) is not None,
     )
     if lease is None:
         return  # another invocation started (or is starting) the reduce tasks
@@ -426,26 +588,32 @@ def _start_reduce(storage: Storage, plan: JobPlan, job_event: dict[str, Any], re
         lease.release()
 
 
-def _publish(storage: Storage, plan: JobPlan, request_id: str) -> None:
-    if not _take_trigger(storage, plan.job_id, "publish", request_id):
+def _publish(storage: Storage, plan: JobPlan, request_id: str, run: int = 1) -> None:
+    if stopped(storage, plan.job_id, run) is not None:
+        return  # the run ended (or a late call of a run that was resumed): take nothing
+    if not _take_trigger(storage, plan.job_id, "publish", request_id, run):
         return  # another invocation (the trigger's owner) publishes the output
     doc = _load(storage, plan.job_id)
     lease = _StepLease.take(
         storage,
-        f"{plan.job_id}/state/publish/",
+        run_prefix(plan.job_id, run) + "publish/",
         request_id,
         seconds=float(doc.get("lease", LEASE_SECONDS)),
-        done=lambda: stopped(storage, plan.job_id) is not None,
+        done=lambda: stopped(storage, plan.job_id, run) is not None,
     )
     if lease is None:
         return  # another invocation published (or is publishing) the output
     try:
-        if stopped(storage, plan.job_id) is not None:
+        if stopped(storage, plan.job_id, run) is not None:
             return
         output = open_storage(plan.output_url)
         _restage(storage, output, plan)
         counters = _counters(storage, plan)
-        seconds = time.time() - float(doc["submitted"])
+        resumed = _run_record(storage, plan.job_id, run)
+        if resumed is not None:  # a resumed run: how many tasks it kept; its seconds count from the resume
+            for phase in ("map", "reduce"):
+                counters[f"{phase}.tasks_resumed"] = len(resumed["kept"][phase])
+        seconds = time.time() - float((resumed or doc)["submitted"])
         if not lease.held():
             return  # taken over while we prepared (we were presumed dead): the new holder publishes
         publish_output(
@@ -464,7 +632,7 @@ def _publish(storage: Storage, plan: JobPlan, request_id: str) -> None:
             "time": time.time(),
             "output": plan.output_url,
         }
-        storage.put_if_absent(end_key(plan.job_id), json.dumps(record).encode())
+        storage.put_if_absent(end_key(plan.job_id, run), json.dumps(record).encode())
         _discard(storage, plan)
     finally:
         lease.release()
@@ -615,8 +783,9 @@ def _task_failure_counts(
     storage: Storage, job_id: str, latest: tuple[str, dict[str, Any]] | None = None
 ) -> dict[str, tuple[int, int]]:
     """Task id -> (attempts failed, attempts lost), from the attempt guards: the guard of attempt n
-    holds the counts of attempts 1..n-1, so a task's counts are the largest of its guards'."""
-    out: dict[str, tuple[int, int]] = {}
+    holds the counts of the run's attempts before n, so a task's counts in a run are the largest of
+    its guards' in that run, summed over the runs (each resumed run counts afresh)."""
+    per_run: dict[tuple[str, int], tuple[int, int]] = {}
     found = [
         (key.split("/")[-2], storage.get_or_none(key)) for key in storage.list(f"{job_id}/state/attempt/")
     ]
@@ -624,18 +793,21 @@ def _task_failure_counts(
     if latest is not None:
         guards.append(latest)
     for task, counts in guards:
-        failed, lost = out.get(task, (0, 0))
-        out[task] = (max(failed, int(counts["failed"])), max(lost, int(counts["lost"])))
+        where = (task, int(counts.get("run", 1)))
+        failed, lost = per_run.get(where, (0, 0))
+        per_run[where] = (max(failed, int(counts["failed"])), max(lost, int(counts["lost"])))
+    out: dict[str, tuple[int, int]] = {}
+    for (task, _run), (failed, lost) in per_run.items():
+        total = out.get(task, (0, 0))
+        out[task] = (total[0] + failed, total[1] + lost)
     return out
 
 
-def _discard(storage: Storage, plan: JobPlan, *, keep_logs: bool = False) -> None:
-    """Delete the intermediate keys; keep the plan and the end record (status reads them), and
-    with ``keep_logs`` the deliveries and results that :meth:`ObjectStoreJobHandle.logs` reads."""
-    folders = ["map", "reduce", "input", "state/committed", "state/attempt"]
-    if not keep_logs:
-        folders.append("lambda")
-    for folder in folders:
+def _discard(storage: Storage, plan: JobPlan) -> None:
+    """Delete the intermediate keys of a job that is done; keep the plan, the run records and the
+    end records (status reads them). Only a done job is discarded: a failed or cancelled one keeps
+    everything, for a resume."""
+    for folder in ["map", "reduce", "input", "state/committed", "state/attempt", "lambda"]:
         storage.delete_prefix(f"{plan.job_id}/{folder}/")
     storage.delete(layout.job_key(plan.job_id))
     open_storage(plan.output_url).delete_prefix(f"_temporary/{plan.job_id}/")
@@ -708,7 +880,10 @@ class ObjectStoreJobHandle(JobHandle):
             "in_flight": 0,
         }
         zero = {"map": 0, "reduce": 0}
-        end = stopped(self.storage, self.id)
+        run = current_run(self.storage, self.id)
+        if run > 1:
+            status["run"] = run
+        end = stopped(self.storage, self.id, run)
         if end is not None:
             counters = end.get("counters", {})
             done = totals if end["state"] == "done" else zero
@@ -761,7 +936,7 @@ class ObjectStoreJobHandle(JobHandle):
     def wait(self, timeout: float | None = None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            end = stopped(self.storage, self.id)
+            end = stopped(self.storage, self.id, current_run(self.storage, self.id))
             if end is not None:
                 return self._finish(end)
             if deadline is not None and time.monotonic() > deadline:
@@ -791,13 +966,12 @@ class ObjectStoreJobHandle(JobHandle):
         )
 
     def cancel(self) -> bool:
-        """Record the cancellation (invocations that start afterwards do nothing); False when the
-        job had already ended."""
+        """Record the cancellation of the job's current run (invocations that start afterwards do
+        nothing); False when it had already ended. The intermediate data stays, for
+        :func:`resume_job`."""
         record = {"state": "cancelled", "time": time.time()}
-        if not self.storage.put_if_absent(end_key(self.id), json.dumps(record).encode()):
-            return False
-        _discard(self.storage, _plan_from_dict(_load(self.storage, self.id)["plan"]))
-        return True
+        run = current_run(self.storage, self.id)
+        return self.storage.put_if_absent(end_key(self.id, run), json.dumps(record).encode())
 
     def logs(self, follow: bool = False) -> Iterator[str]:
         """One line per delivery and per result, in time order.
@@ -808,7 +982,7 @@ class ObjectStoreJobHandle(JobHandle):
         """
         seen: set[str] = set()
         while True:
-            end = stopped(self.storage, self.id)
+            end = stopped(self.storage, self.id, current_run(self.storage, self.id))
             for _, line in sorted(self._new_log_lines(seen), key=lambda item: item[0]):
                 yield line
             if not follow:
@@ -872,7 +1046,4 @@ class ServerlessJobService:
         return list_jobs(self.executor.require_storage())
 
     def resume_job(self, job_id: str) -> ObjectStoreJobHandle:
-        raise ResumeRefused(
-            f"mrkit.resume does not support asynchronous jobs on {self.executor.name} yet: resume the "
-            "job with mrkit.run(..., job_id=ID, resume=True), which drives it from this process"
-        )
+        return resume_job(job_id, self.executor.require_storage(), batch_size=self.executor.batch_size)
