@@ -4,6 +4,7 @@ exactly what the writer wrote, whatever the block boundaries, and still name a b
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 from hypothesis import given, settings
@@ -57,3 +58,27 @@ def test_blank_lines_are_skipped_and_bad_bytes_named():
     assert list(read_pairs(io.BytesIO(b'"a"\t1\n\n"b"\t2\n'), "tsv")) == [("a", 1), ("b", 2)]
     with pytest.raises(InputError, match="part-00001 is not valid tsv output .not UTF-8"):
         list(read_pairs(io.BytesIO(b'"a\xff"\t1\n'), "tsv", "part-00001"))
+
+
+ANY_FLOAT = st.floats(allow_nan=True, allow_infinity=True)
+PLAIN = st.one_of(st.text(max_size=8), st.integers(), ANY_FLOAT, st.booleans(), st.none())
+PLAIN_KEY = st.one_of(st.text(max_size=8), st.integers(), st.booleans())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pairs=st.lists(
+        st.tuples(st.one_of(st.text(max_size=8), st.integers(), st.booleans()), PLAIN), max_size=20
+    )
+)
+@pytest.mark.parametrize("fmt", ["tsv", "jsonl"])
+def test_the_fast_path_writes_the_bytes_the_json_encoder_writes(pairs, fmt):
+    """Common pairs skip the encoder's machinery; their bytes must be exactly the encoder's."""
+    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    if fmt == "tsv":
+        expected = "".join(f"{encode(k)}\t{encode(v)}\n" for k, v in pairs)
+    else:
+        expected = "".join(encode([k, v]) + "\n" for k, v in pairs)
+    buf = io.BytesIO()
+    write_pairs(buf, pairs, fmt)
+    assert buf.getvalue() == expected.encode()

@@ -23,6 +23,7 @@ import os
 import pickle
 import struct
 from collections.abc import Iterable, Iterator
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any, BinaryIO
 
 from mrkit.errors import ConfigError, InputError
@@ -100,12 +101,20 @@ def write_pairs(f: BinaryIO, pairs: Iterable[tuple[Any, Any]], fmt: str) -> int:
             raise UnencodableOutput(
                 pair, fmt, f"the reducer must yield (key, value) pairs, got {type(pair).__name__}"
             ) from None
+        tk, tv = type(key), type(value)
         try:
-            if fmt == "tsv":
+            if (tk is str or tk is int) and (tv is str or tv is int or (tv is float and value - value == 0)):
+                # The common pair (a str or int key, a str, int or finite float value) written by
+                # hand: the same bytes as the encoder's (encode_basestring is what it calls for str,
+                # repr what it writes for int and finite float), without its per-call machinery.
+                ks = encode_basestring(key) if tk is str else int.__repr__(key)
+                vs = encode_basestring(value) if tv is str else repr(value)
+                lines.append(f"{ks}\t{vs}\n" if fmt == "tsv" else f"[{ks},{vs}]\n")
+            elif fmt == "tsv":
                 lines.append(f"{dumps(key)}\t{dumps(value)}\n")
             else:
                 lines.append(dumps([key, value]) + "\n")
-        except (TypeError, ValueError) as exc:  # ValueError: a circular reference
+        except (TypeError, ValueError) as exc:  # ValueError: a circular reference, an int too long
             raise UnencodableOutput(key, fmt, str(exc)) from None
         if len(lines) >= _BATCH:
             f.write("".join(lines).encode())
