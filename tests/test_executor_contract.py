@@ -291,6 +291,11 @@ def test_submit_with_side_files_and_small_splits_gives_the_same_output(
     got_out = backend.output(tmp_path, "got")
     handle = mrkit.submit(C.STOPWORDS, source, executor=backend.executor, output=got_out, **options)
     got = handle.wait(120)
+    # Every backend's handle reports the one JobStatus schema.
+    st = handle.status()
+    assert isinstance(st, mrkit.JobStatus) and st.id == handle.id and st.state == "done", st
+    assert st.map.total == got.counters["map.tasks"] and st.reduce.total == 3, st
+    assert st.to_dict()["tasks"]["map"]["total"] == st.map.total and st["state"] == "done"
     assert output_bytes(got_out) == output_bytes(expected_out)
     assert "the" not in dict(mrkit.read_output(got_out))
     assert expected.counters["map.tasks"] > 3  # split_size made several splits of one small file

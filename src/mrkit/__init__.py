@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # the names below are imported on first use (PEP 562), for ty
     )
     from mrkit.model.job import Job
     from mrkit.model.partition import stable_partition
+    from mrkit.model.status import JobStatus
 
 # Where each public name lives. They load on first use, so that ``import mrkit`` (and every worker
 # process, which imports a submodule such as the task runtime and so this package first) does not
@@ -57,6 +58,7 @@ _LAZY = {
     "run": "mrkit.api",
     "submit": "mrkit.api",
     "JobHandle": "mrkit.coordination.handle",
+    "JobStatus": "mrkit.model.status",
     "RetryPolicy": "mrkit.coordination.plan",
     "read_output": "mrkit.data.output",
     "AuthenticationError": "mrkit.errors",
@@ -105,6 +107,7 @@ __all__ = [
     "JobCancelled",
     "JobFailed",
     "JobHandle",
+    "JobStatus",
     "MissingExtra",
     "MrkitError",
     "OutputExistsError",

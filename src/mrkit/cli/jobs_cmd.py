@@ -26,6 +26,7 @@ import click
 from mrkit.cli.options import apply_storage_options, parse_params, redis_password_option, run_options
 from mrkit.coordination.service import JobService
 from mrkit.errors import ConfigError, JobFailed
+from mrkit.model.status import JobStatus
 
 _EXECUTOR_OPTION = click.option(
     "--executor",
@@ -107,28 +108,28 @@ def submit(job_ref: str, inputs: tuple[str, ...], **opts: Any) -> None:
     )
 
 
-def _print_status(status: dict[str, Any]) -> None:
-    click.echo(f"job       {status['id']} ({status.get('name', '')})")
-    click.echo(f"state     {status['state']}" + (f", phase {status['phase']}" if status.get("phase") else ""))
-    if "tasks" in status:
-        for phase in ("map", "reduce"):
-            t = status["tasks"][phase]
+def _print_status(st: JobStatus) -> None:
+    click.echo(f"job       {st.id} ({st.name})")
+    click.echo(f"state     {st.state}" + (f", phase {st.phase}" if st.phase else ""))
+    if st.state not in ("unknown", "lost") or st.map.total or st.reduce.total:
+        for name, phase in (("map", st.map), ("reduce", st.reduce)):
             click.echo(
-                f"{phase:<9} {t['done']}/{t['total']} tasks done, {status['attempts'][phase]} attempts, "
-                f"{status['failures'][phase]} failed, {status['lost'][phase]} lost"
+                f"{name:<9} {phase.done}/{phase.total} tasks done, {phase.attempts} attempts, "
+                f"{phase.failures} failed, {phase.lost} lost"
             )
-        click.echo(f"in flight {status['in_flight']}")
-        click.echo(f"workers   {', '.join(status['workers']) or '(none yet)'}")
-        click.echo(f"elapsed   {status['seconds']:.1f}s")
-        if status.get("output"):
-            click.echo(f"output    {status['output']}")
-        if status.get("refused"):
+        click.echo(f"in flight {st.in_flight}")
+        click.echo(f"workers   {', '.join(st.workers) or '(none yet)'}")
+        if st.seconds is not None:
+            click.echo(f"elapsed   {st.seconds:.1f}s")
+        if st.output:
+            click.echo(f"output    {st.output}")
+        if st.refused:
             click.echo(
-                f"refused   {status['refused']} entries did not verify or decode (mrkit logs ID says why); "
+                f"refused   {st.refused} entries did not verify or decode (mrkit logs ID says why); "
                 "do the submitter and the workers share one secret (MRKIT_SECRET / --secret-file)?"
             )
-    if status.get("error"):
-        click.echo(f"error     {status['error']}")
+    if st.error:
+        click.echo(f"error     {st.error}")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -142,10 +143,10 @@ def status(job_id: str, executor: str, as_json: bool) -> None:
     """
     st = _service(executor).handle(job_id).status()
     if as_json:
-        click.echo(json.dumps(st, indent=1, sort_keys=True))
+        click.echo(json.dumps(st.to_dict(), indent=1, sort_keys=True))
     else:
         _print_status(st)
-    if st["state"] in ("failed", "cancelled", "lost", "unknown"):
+    if st.ended_badly:
         sys.exit(1)
 
 
@@ -232,7 +233,7 @@ def jobs(executor: str, as_json: bool) -> None:
     """List the jobs the executor's Redis knows, newest first."""
     for st in _service(executor).list_jobs():
         if as_json:
-            click.echo(json.dumps(st, sort_keys=True))
+            click.echo(json.dumps(st.to_dict(), sort_keys=True))
             continue
         tasks = st["tasks"]
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(st["submitted"]))

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
 
+from mrkit.model.status import JobStatus, PhaseProgress
+
 
 class JobHandle:
     """A job that was submitted and may still be running.
@@ -23,8 +25,8 @@ class JobHandle:
 
     id: str = ""
 
-    def status(self) -> dict[str, Any]:
-        """The job's state: ``{"id", "state", ...}`` with state one of running, done, failed, cancelled."""
+    def status(self) -> JobStatus:
+        """The job's :class:`~mrkit.model.status.JobStatus` (one schema for every backend)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement status()")
 
     def wait(self, timeout: float | None = None) -> Any:
@@ -60,13 +62,35 @@ class LocalJobHandle(JobHandle):
         self._future = future
         self._thread = thread
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> JobStatus:
         if not self._future.done():
-            return {"id": self.id, "state": "running"}
+            return JobStatus(self.id, "running", executor="local")
         exc = self._future.exception()
         if exc is None:
-            return {"id": self.id, "state": "done", "counters": self._future.result().counters}
-        return {"id": self.id, "state": "failed", "error": str(exc)}
+            result = self._future.result()
+            counters = result.counters
+            phases = {
+                p: PhaseProgress(
+                    done=counters.get(f"{p}.tasks", 0),
+                    total=counters.get(f"{p}.tasks", 0),
+                    attempts=counters.get(f"{p}.attempts_launched", 0),
+                    failures=counters.get(f"{p}.attempts_failed", 0),
+                    lost=counters.get(f"{p}.attempts_lost", 0),
+                )
+                for p in ("map", "reduce")
+            }
+            return JobStatus(
+                self.id,
+                "done",
+                phase="end",
+                executor="local",
+                map=phases["map"],
+                reduce=phases["reduce"],
+                seconds=result.seconds,
+                output=result.output,
+                counters=counters,
+            )
+        return JobStatus(self.id, "failed", phase="end", executor="local", error=str(exc))
 
     def wait(self, timeout: float | None = None) -> Any:
         try:

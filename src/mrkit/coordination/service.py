@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from mrkit.coordination.handle import JobHandle
 from mrkit.execution.base import Executor, executor_key
+from mrkit.model.status import JobStatus
 
 #: Registry key of an executor (its URL scheme or name) -> ``module:class`` of its job service.
 SERVICES = {
@@ -46,7 +47,7 @@ class JobService(Protocol):
         """A handle on the job ``job_id``, from any process that reaches the backend."""
         ...
 
-    def list_jobs(self) -> list[dict[str, Any]]:
+    def list_jobs(self) -> list[JobStatus]:
         """The status of every job the backend knows, newest first."""
         ...
 

@@ -90,6 +90,7 @@ from mrkit.data.output import check_format, read_output
 from mrkit.errors import ConfigError, JobCancelled, JobFailed
 from mrkit.model import layout
 from mrkit.model.job import Job
+from mrkit.model.status import JobStatus
 from mrkit.model.task import TaskFailure, TaskKind, TaskResult, TaskSpec
 from mrkit.storage import open_storage
 from mrkit.storage.base import Storage
@@ -816,12 +817,12 @@ def _discard(storage: Storage, plan: JobPlan) -> None:
 # -- following a job from anywhere -----------------------------------------------------------------------
 
 
-def list_jobs(storage_url: str) -> list[dict[str, Any]]:
+def list_jobs(storage_url: str) -> list[JobStatus]:
     """The status of every job submitted with this storage, newest first."""
     storage = open_storage(storage_url)
     ids = [key[len(JOBS_INDEX) :] for key in storage.list(JOBS_INDEX)]
     found = [ObjectStoreJobHandle(job_id, storage_url).status() for job_id in ids]
-    return sorted((s for s in found if s["state"] != "unknown"), key=lambda s: -float(s["submitted"]))
+    return sorted((s for s in found if s.state != "unknown"), key=lambda s: -float(s.submitted or 0))
 
 
 def open_job_handle(job_id: str, storage_url: str) -> ObjectStoreJobHandle:
@@ -852,7 +853,11 @@ class ObjectStoreJobHandle(JobHandle):
         self.storage = open_storage(storage_url)
         self.poll_interval = poll_interval
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> JobStatus:
+        """The job's :class:`~mrkit.model.status.JobStatus` (see :meth:`_status_dict`)."""
+        return JobStatus.from_dict(self._status_dict())
+
+    def _status_dict(self) -> dict[str, Any]:
         """The job's state, in the shape ``mrkit status`` prints for every asynchronous executor.
 
         Returns:
@@ -1042,7 +1047,7 @@ class ServerlessJobService:
     def handle(self, job_id: str) -> ObjectStoreJobHandle:
         return ObjectStoreJobHandle(job_id, self.executor.require_storage())
 
-    def list_jobs(self) -> list[dict[str, Any]]:
+    def list_jobs(self) -> list[JobStatus]:
         return list_jobs(self.executor.require_storage())
 
     def resume_job(self, job_id: str) -> ObjectStoreJobHandle:

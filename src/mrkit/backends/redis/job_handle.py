@@ -25,6 +25,7 @@ from mrkit.errors import (
     JobFailed,
     StorageError,
 )
+from mrkit.model.status import JobStatus
 from mrkit.storage.redis import connect, redact
 
 # -- following a job ---------------------------------------------------------------------------
@@ -136,7 +137,7 @@ def reaching(url: str) -> Iterator[None]:
         raise
 
 
-def list_jobs(url: str, limit: int = 100) -> list[dict[str, Any]]:
+def list_jobs(url: str, limit: int = 100) -> list[JobStatus]:
     """Status of the newest ``limit`` jobs of the Redis at ``url``; forgets jobs whose keys expired.
 
     Raises:
@@ -146,16 +147,17 @@ def list_jobs(url: str, limit: int = 100) -> list[dict[str, Any]]:
         return _list_jobs(url, limit)
 
 
-def _list_jobs(url: str, limit: int) -> list[dict[str, Any]]:
+def _list_jobs(url: str, limit: int) -> list[JobStatus]:
     client = connect(url)
     ids = [i.decode() for i in client.zrevrange(JOBS, 0, limit - 1)]
-    out, gone = [], []
+    out: list[JobStatus] = []
+    gone = []
     for job_id in ids:
         status = job_status(client, job_id, url)
         if status["state"] == "unknown":
             gone.append(job_id)
         else:
-            out.append(status)
+            out.append(JobStatus.from_dict({"executor": redact(url), **status}))
     if gone:
         client.zrem(JOBS, *gone)
     return out
@@ -186,14 +188,16 @@ class RedisJobHandle(JobHandle):
         self.keys = JobKeys(job_id)
         self._refusals_checked = 0  # the job's ``refused`` count when its refusals were last read
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> JobStatus:
         """See :func:`job_status`.
 
         Raises:
             StorageError: Redis cannot be reached (one sentence naming it).
         """
         with reaching(self.url):
-            return job_status(self.client, self.id, self.url)
+            return JobStatus.from_dict(
+                {"executor": redact(self.url), **job_status(self.client, self.id, self.url)}
+            )
 
     def wait(self, timeout: float | None = None) -> Any:
         """Block until the job ends and return its :class:`mrkit.Result`.

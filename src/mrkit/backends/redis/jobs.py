@@ -26,6 +26,7 @@ from mrkit.errors import (
 )
 from mrkit.execution.runtime import storage_for
 from mrkit.model import layout
+from mrkit.model.status import JobStatus
 from mrkit.model.task import TaskSpec
 from mrkit.storage import open_storage
 from mrkit.storage.redis import glob_escape, redact
@@ -337,7 +338,7 @@ class RedisJobService:
     def handle(self, job_id: str) -> RedisJobHandle:
         return RedisJobHandle(self.executor.url, job_id)
 
-    def list_jobs(self) -> list[dict[str, Any]]:
+    def list_jobs(self) -> list[JobStatus]:
         return list_jobs(self.executor.url)
 
     def resume_job(self, job_id: str) -> RedisJobHandle:
