@@ -39,12 +39,19 @@ def chatty_mapper(line: str) -> Iterator[tuple[str, int]]:
     yield from J.words(line)
 
 
+def _write_pid(path: str) -> None:
+    """Publish this process's pid whole (a reader never sees a partial number, which could name
+    another process, such as the worker's supervisor)."""
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(path + ".tmp", path)
+
+
 def sleepy_mapper(line: str) -> Iterator[tuple[str, int]]:
     """The first attempt of map-00001 records its pid and sleeps (to be killed)."""
     ctx = mrkit.context()
     if ctx.task_id == "map-00001" and ctx.attempt == 1:
-        with open(ctx.params["pidfile"], "w") as f:
-            f.write(str(os.getpid()))
+        _write_pid(ctx.params["pidfile"])
         time.sleep(60)
     yield from J.words(line)
 
@@ -53,8 +60,7 @@ def sleepy_reducer(key: str, values: Iterable[int]) -> int:
     """The first attempt of reduce-00000 records its pid and sleeps (to be killed)."""
     ctx = mrkit.context()
     if ctx.task_id == "reduce-00000" and ctx.attempt == 1:
-        with open(ctx.params["pidfile"] + ".reduce", "w") as f:
-            f.write(str(os.getpid()))
+        _write_pid(ctx.params["pidfile"] + ".reduce")
         time.sleep(60)
     return sum(values)
 
