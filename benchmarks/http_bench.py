@@ -44,9 +44,10 @@ import cloudpickle  # noqa: E402
 import workloads  # noqa: E402
 
 import mrkit  # noqa: E402
-from mrkit import corpus, futures  # noqa: E402
+from mrkit import futures  # noqa: E402
 from mrkit.execution.base import Executor, open_executor  # noqa: E402
 from mrkit.model.task import TaskKind, TaskSpec  # noqa: E402
+from mrkit.tools import corpus  # noqa: E402
 
 EXECUTORS = ("http", "processes")
 TINY_TARGET = 1000.0

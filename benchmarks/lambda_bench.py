@@ -5,7 +5,7 @@ Usage::
     python benchmarks/lambda_bench.py [--size-mb 20] [--workers 2] [--repeat 3] [--s3] [--pings 10]
                                       [--data-dir .bench] [--json results.json]
 
-What it measures, on the same input files (``mrkit.corpus`` text, 8 files, generated once into
+What it measures, on the same input files (``mrkit.tools.corpus`` text, 8 files, generated once into
 ``--data-dir``), alternating the sides ``--repeat`` times and reporting medians:
 
 * ``processes``: ``mrkit.run(WordCountSplit, files, executor="processes", workers=W, n_reduce=2)``;
@@ -53,12 +53,12 @@ sys.path.insert(0, str(ROOT))  # tests.s3_fixtures (the moto server) for --s3
 import workloads  # noqa: E402
 
 import mrkit  # noqa: E402
-from mrkit import corpus  # noqa: E402
 from mrkit.backends.aws_lambda.emulator import FunctionConfig, LocalFunction  # noqa: E402
 from mrkit.backends.aws_lambda.executor import LocalLambdaExecutor, build_event, result_key  # noqa: E402
 from mrkit.execution.base import open_executor  # noqa: E402
 from mrkit.model.task import TaskKind, TaskResult, TaskSpec  # noqa: E402
 from mrkit.storage import open_storage  # noqa: E402
+from mrkit.tools import corpus  # noqa: E402
 
 N_FILES = 8
 N_REDUCE = 2

@@ -52,7 +52,7 @@ import cloudpickle  # noqa: E402
 import workloads  # noqa: E402
 
 import mrkit  # noqa: E402
-from mrkit import corpus  # noqa: E402
+from mrkit.tools import corpus  # noqa: E402
 
 WORKERS = 2
 

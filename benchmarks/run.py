@@ -7,7 +7,7 @@ Usage::
 
 The contract:
 
-* Input data is generated once by :mod:`mrkit.corpus` (deterministic: the same bytes everywhere)
+* Input data is generated once by :mod:`mrkit.tools.corpus` (deterministic: the same bytes everywhere)
   into ``--data-dir`` (default ``<repo>/.bench/``, git-ignored) and reused while the generator's
   source is unchanged: 8 text files for the word counts, 8 uservisits CSV files for ad revenue.
 * For each workload, mrkit and its baseline (``benchmarks/workloads.py``) run alternately
@@ -54,7 +54,7 @@ sys.path.insert(0, str(HERE))
 import workloads  # noqa: E402
 
 import mrkit  # noqa: E402
-from mrkit import corpus  # noqa: E402
+from mrkit.tools import corpus  # noqa: E402
 
 N_FILES = 8
 TINY_TASKS = 10_000

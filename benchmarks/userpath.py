@@ -19,7 +19,7 @@ What is measured (the contract):
     one task per input file, merging the per-file results in the parent and writing the TSV. It
     does not import mrkit.
 
-* **Inputs**: 32 files totalling ``--size-mb`` MB from :mod:`mrkit.corpus` (text for the word
+* **Inputs**: 32 files totalling ``--size-mb`` MB from :mod:`mrkit.tools.corpus` (text for the word
   counts, uservisits CSV for ad revenue), generated once into ``<data-dir>/userpath-<size>mb/``.
 * **Pairs**: each workload runs ``--pairs`` pairs (mrkit, reference), alternating which side goes
   first. After each pair the two TSVs are compared as dicts (floats to a relative 1e-9, the order
@@ -73,7 +73,7 @@ sys.path.insert(0, str(HERE))
 import run  # noqa: E402  (also puts <repo>/src first on sys.path, as for run.py)
 import workloads  # noqa: E402
 
-from mrkit import corpus  # noqa: E402
+from mrkit.tools import corpus  # noqa: E402
 
 N_FILES = 32
 TARGETS = {"wc-split": 1.1, "wc-inmapper": 1.5, "wc-record": 2.3, "adrevenue": 1.6}

@@ -20,7 +20,8 @@ tasks and the combiner, so totals from different runs may differ in the last bit
 
 Make some data and run it::
 
-    python -c "from mrkit.corpus import generate_uservisits as g; g('data/uservisits', size_mb=10, files=4)"
+    python -c "from mrkit.tools.corpus import generate_uservisits as g
+    g('data/uservisits', size_mb=10, files=4)"
     mrkit run examples/adrevenue.py:AdRevenue data/uservisits -M 4 -o out/adrevenue
     python examples/adrevenue.py data/uservisits [-o out/adrevenue]    # no -o: prints the top 10
 """

@@ -4,7 +4,8 @@ The same job as ``adrevenue.py``'s class, as one function per role. A job refere
 ``:Name`` makes mrkit build the job from the module's ``@mrkit.map_handler`` / ``@mrkit.reduce_handler``
 functions, and a function named ``partition(key, num_bins)`` is the partitioner::
 
-    python -c "from mrkit.corpus import generate_uservisits as g; g('data/uservisits', size_mb=10, files=4)"
+    python -c "from mrkit.tools.corpus import generate_uservisits as g
+    g('data/uservisits', size_mb=10, files=4)"
     mrkit run examples/adrevenue_handlers.py data/uservisits -M 4 -o out/adrevenue
 
 In Python: ``mrkit.run(mrkit.job_from_module(adrevenue_handlers), "data/uservisits")``.

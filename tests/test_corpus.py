@@ -1,4 +1,4 @@
-"""Tests for mrkit.corpus: determinism, sizes, formats and the shape of the distributions."""
+"""Tests for mrkit.tools.corpus: determinism, sizes, formats and the shape of the distributions."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mrkit.corpus import generate_text, generate_uservisits
 from mrkit.errors import ConfigError
+from mrkit.tools.corpus import generate_text, generate_uservisits
 
 WORD = re.compile(r"[a-z0-9']+")
 

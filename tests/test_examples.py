@@ -19,8 +19,8 @@ from types import ModuleType
 import pytest
 
 import mrkit
-from mrkit.corpus import generate_text, generate_uservisits
 from mrkit.model.reference import reference
+from mrkit.tools.corpus import generate_text, generate_uservisits
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

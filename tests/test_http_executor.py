@@ -20,10 +20,10 @@ import pytest
 import mrkit
 from mrkit import futures
 from mrkit.backends.http.executor import HttpExecutor, HttpTimeouts, parse_addresses
-from mrkit.corpus import generate_text
 from mrkit.errors import ConfigError, JobFailed, WorkerLost
 from mrkit.execution.base import open_executor
 from mrkit.model.reference import reference
+from mrkit.tools.corpus import generate_text
 from tests.http_fixtures import (  # noqa: F401 - fixtures
     ROOT,
     SECRET,

@@ -118,8 +118,8 @@ def demo(size_mb: float, data_dir: str, output: str, executor: str, workers: int
     The corpus is generated once (same bytes on every machine) and reused on later runs.
     """
     import mrkit
-    from mrkit.corpus import generate_text
-    from mrkit.demo import WordCount
+    from mrkit.tools.corpus import generate_text
+    from mrkit.tools.demo import WordCount
 
     marker = os.path.join(data_dir, f".complete-{size_mb:g}mb")
     if not os.path.exists(marker):
