@@ -116,7 +116,12 @@ def test_submit_returns_at_once_and_is_followed_from_anywhere(tmp_path, s3_bucke
     result = handle.result(10)
     assert sorted(result) == sorted(reference(WORDCOUNT, lines))
     assert result.counters["map.deliveries"] == 3 and result.counters["reduce.attempts_launched"] == 2
-    assert not [k for k in open_storage(s3_url).list(f"{handle.id}/") if "/state/" not in k]
+    # The end record is written before the intermediate data is deleted: wait() may return first.
+    storage = open_storage(s3_url)
+    deadline = time.monotonic() + 10
+    while [k for k in storage.list(f"{handle.id}/") if "/state/" not in k] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [k for k in storage.list(f"{handle.id}/") if "/state/" not in k]
     assert list(handle.logs()) == []  # a job that succeeded keeps only its plan and end record
 
 
