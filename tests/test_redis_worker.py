@@ -14,6 +14,7 @@ from mrkit.model.reference import reference
 from tests import jobs_for_tests as J
 from tests.redis_fixtures import (  # noqa: F401 - fixtures
     WorkerThreads,
+    process_tree,
     redis_server,
     redis_url,
     secret_env,
@@ -182,3 +183,50 @@ def test_task_timeout_ends_a_hung_task_of_an_async_job(redis_url, tmp_path, secr
     st = handle.status()
     assert st["lost"]["map"] == 0 and st["failures"]["map"] == 1, st
     assert [line for line in handle.logs() if "timed out after 2 s" in line and "record" in line]
+
+
+def test_a_stop_request_during_a_task_process_restart_still_stops_the_supervisor(redis_url):  # noqa: F811
+    """SIGKILL a fleet worker's task process, then SIGTERM its supervisor at moments that fall before,
+    during and after the replacement is started: every time, the supervisor (and the replacement)
+    stop within seconds and exit 0. (The narrowest window, a request landing while the replacement is
+    being forked, is hit deterministically by the next test.)"""
+    for delay in (0.0, 0.05, 0.2, 0.45, 0.55, 1.0):
+        proc = start_worker(redis_url, burst=False, name=f"restart-{int(delay * 100)}")
+        try:
+            wait_for(lambda: len(process_tree(proc.pid)) >= 2, what="the task process")  # noqa: B023
+            task = process_tree(proc.pid)[1]
+            os.kill(task, signal.SIGKILL)
+            time.sleep(delay)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=15)
+        finally:
+            errs = stop_worker(proc)
+        assert proc.returncode == 0, (delay, errs)
+
+
+class _SleeperContext:
+    """Stands in for the supervisor's multiprocessing context: its processes only sleep."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        self._ctx = multiprocessing.get_context("fork")
+
+    def Process(self, target, args, daemon):  # noqa: N802 - the multiprocessing name
+        return self._ctx.Process(target=time.sleep, args=(30,), daemon=True)
+
+
+def test_a_replacement_started_after_a_stop_request_is_asked_to_stop(redis_url):  # noqa: F811
+    """The stop request lands after the supervisor decided to replace a task process and before the
+    replacement is in its table (forward() then cannot see it): the replacement must still get its
+    SIGTERM, or the supervisor would wait for it for ever."""
+    from mrkit.backends.redis.worker import Supervisor
+
+    sup = Supervisor(redis_url, ["w"], burst=True, secret=b"")
+    sup.ctx = _SleeperContext()
+    sup.stopping, sup.stop_requests = True, 1  # forward() ran while the replacement was being forked
+    sup._start(0)
+    child = sup.children[0]
+    child.join(timeout=10)
+    assert child.exitcode == -signal.SIGTERM
+    assert sup.asked_to_stop == {child.pid: 1}  # once: a second SIGTERM would mean "stop now"

@@ -899,6 +899,8 @@ class Supervisor:
         self.started = [0.0] * len(names)
         self.stopping = False
         self.failed: list[int] = []
+        self.stop_requests = 0  # SIGTERM/SIGINT received: each child gets one SIGTERM per request
+        self.asked_to_stop: dict[int, int] = {}  # child pid -> SIGTERMs sent to it
         self._reporter: RedisWorker | None = None
 
     def _start(self, i: int) -> None:
@@ -910,6 +912,19 @@ class Supervisor:
         )
         child.start()
         self.children[i], self.started[i] = child, time.monotonic()
+        if self.stopping:
+            # A stop request arrived while this replacement was being started, after forward()
+            # had looked at the children: ask it too, or the supervisor would wait for it forever.
+            self._ask_to_stop(child)
+
+    def _ask_to_stop(self, child: Any) -> None:
+        """SIGTERM ``child`` until it has had one per stop request (a second request means "stop
+        now", abandoning the task in hand), never more."""
+        if child.pid is None or not child.is_alive():
+            return
+        while self.asked_to_stop.get(child.pid, 0) < self.stop_requests:
+            self.asked_to_stop[child.pid] = self.asked_to_stop.get(child.pid, 0) + 1
+            os.kill(child.pid, signal.SIGTERM)
 
     def run(self) -> None:
         for name in self.names:
@@ -922,15 +937,21 @@ class Supervisor:
         for i in range(len(self.names)):
             self._start(i)
         last_beat = 0.0
+        supervisor = os.getpid()
 
         def forward(signum: int, _frame: Any) -> None:
+            if os.getpid() != supervisor:
+                # A task process just forked, asked to stop before it installed its own handler
+                # (this one is inherited with the fork): it has nothing to finish, so it ends.
+                os._exit(0)
             # Always SIGTERM: the children ignore SIGINT (and are group leaders, so a terminal's
             # Ctrl-C does not reach them): each sees one request to stop per Ctrl-C, not two (a
             # second one means "stop now", which would abandon the task in hand).
             self.stopping = True
+            self.stop_requests += 1
             for child in self.children:
-                if child is not None and child.pid is not None and child.is_alive():
-                    os.kill(child.pid, signal.SIGTERM)
+                if child is not None:
+                    self._ask_to_stop(child)
 
         previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
