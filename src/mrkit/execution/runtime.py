@@ -309,10 +309,19 @@ def _run_reduce(
     return committed
 
 
-def delete_attempt_runs(storage: Storage, task_prefix: str, attempt: int) -> int:
-    """Delete the files of every execution of attempt number ``attempt`` under ``task_prefix``
-    (:func:`layout.map_task_prefix` or :func:`layout.reduce_task_temp_prefix`); other attempts' runs
-    and the task's COMMIT stay. Returns how many keys went."""
+def delete_attempt_files(spec: TaskSpec) -> int:
+    """Delete the files every execution of attempt ``spec`` wrote (a map's runs in the job's
+    storage, a reduce's part in the output's ``_temporary/``); other attempts' files and the task's
+    COMMIT stay. Returns how many keys went."""
+    if spec.kind is TaskKind.MAP:
+        prefix = layout.map_task_prefix(spec.job_id, spec.task_id)
+        return _delete_runs(storage_for(spec.storage_url), prefix, spec.attempt)
+    prefix = layout.reduce_task_temp_prefix(spec.job_id, spec.task_id)
+    return _delete_runs(storage_for(spec.output_url), prefix, spec.attempt)
+
+
+def _delete_runs(storage: Storage, task_prefix: str, attempt: int) -> int:
+    """Delete every run folder of attempt number ``attempt`` under ``task_prefix``."""
     runs = {
         key[len(task_prefix) :].split("/", 1)[0]
         for key in storage.list(task_prefix)

@@ -30,7 +30,7 @@ from mrkit.coordination.publish import publish_output
 from mrkit.errors import (
     StorageError,
 )
-from mrkit.execution.runtime import delete_attempt_runs, storage_for
+from mrkit.execution.runtime import delete_attempt_files, storage_for
 from mrkit.model import layout
 from mrkit.model.task import TaskFailure, TaskKind, TaskSpec
 from mrkit.storage.base import Storage
@@ -359,16 +359,7 @@ def _drop_stale_attempt(client: Any, k: JobKeys, spec: TaskSpec, committed: bool
     current = int(client.hget(k.state, "run") or 1)
     log_event(client, k.job, spec.task_id, spec.attempt, "", "event", _stale_note(run, current))
     if not committed:
-        _delete_attempt(k, spec)
-
-
-def _delete_attempt(k: JobKeys, spec: TaskSpec) -> None:
-    storage = storage_for(spec.storage_url)
-    if spec.kind is TaskKind.MAP:
-        delete_attempt_runs(storage, layout.map_task_prefix(k.job, spec.task_id), spec.attempt)
-    else:
-        prefix = layout.reduce_task_temp_prefix(k.job, spec.task_id)
-        delete_attempt_runs(storage_for(spec.output_url), prefix, spec.attempt)
+        delete_attempt_files(spec)
 
 
 def _discard_late_attempt(client: Any, k: JobKeys, spec: TaskSpec, committed: bool) -> None:
@@ -382,14 +373,9 @@ def _discard_late_attempt(client: Any, k: JobKeys, spec: TaskSpec, committed: bo
     try:
         if committed and client.hget(k.state, "state") in (b"failed", b"cancelled"):
             return
-        storage = storage_for(spec.storage_url)
-        if spec.kind is TaskKind.MAP:
-            delete_attempt_runs(storage, layout.map_task_prefix(k.job, spec.task_id), spec.attempt)
-        else:
-            prefix = layout.reduce_task_temp_prefix(k.job, spec.task_id)
-            delete_attempt_runs(storage_for(spec.output_url), prefix, spec.attempt)
+        delete_attempt_files(spec)
         if committed:  # the commit key was won after the cleanup had deleted the winner's
-            storage.delete(layout.commit_key(k.job, spec.task_id))
+            storage_for(spec.storage_url).delete(layout.commit_key(k.job, spec.task_id))
     finally:
         expire_job(client, k.job)
 
