@@ -7,22 +7,10 @@ output bytes on every executor, which is what the suite asserts.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator
 
 import mrkit
-
-WORD = re.compile(r"[a-z0-9']+")
-
-
-def words(line: str) -> Iterator[tuple[str, int]]:
-    for w in WORD.findall(line.lower()):
-        yield w, 1
-
-
-def total(key: object, values: Iterable[int]) -> int:
-    return sum(values)
-
+from tests.jobs_for_tests import WORD, total, words
 
 WORD_COUNT = mrkit.Job(mapper=words, combiner=total, reducer=total, name="contract-wordcount")
 

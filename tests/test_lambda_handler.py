@@ -60,6 +60,19 @@ def plan_job(url: str, job: mrkit.Job = WORDCOUNT, n_map: int = 2, n_reduce: int
     return storage, out, plan
 
 
+def on_failure_record(event: dict, error: str = "signal SIGKILL", request_id: str | None = None) -> dict:
+    """The record Lambda sends to the on-failure destination after every delivery of ``event``
+    failed (3 deliveries, the last one ending with ``Runtime.ExitError: error``)."""
+    context = {"condition": "RetriesExhausted", "approximateInvokeCount": 3}
+    if request_id is not None:
+        context["requestId"] = request_id
+    return {
+        "requestContext": context,
+        "requestPayload": event,
+        "responsePayload": {"errorType": "Runtime.ExitError", "errorMessage": error},
+    }
+
+
 def decode(response: dict) -> list[TaskResult]:
     return [TaskResult.decode(raw) for raw in response["results"]]
 
@@ -132,11 +145,7 @@ def test_on_failure_record_marks_the_tasks_lost(s3_url):
     storage, _out, plan = plan_job(s3_url)
     first, second = plan.map_specs
     handler(build_event([second], storage.url), context())  # this one has a result: not lost
-    record = {
-        "requestContext": {"condition": "RetriesExhausted", "approximateInvokeCount": 3},
-        "requestPayload": build_event([first, second], storage.url),
-        "responsePayload": {"errorType": "Runtime.ExitError", "errorMessage": "signal SIGKILL"},
-    }
+    record = on_failure_record(build_event([first, second], storage.url))
     assert handler(record, context()) == {"lost": [first.task_id]}
     reason = json.loads(storage.get(lost_key(plan.job_id, first.task_id, 1)))["reason"]
     assert "RetriesExhausted after 3 deliveries" in reason and "SIGKILL" in reason
@@ -150,11 +159,7 @@ def test_on_failure_record_of_a_task_that_committed_before_dying_reports_it_done
     first, second = plan.map_specs
     handler(build_event([first, second], storage.url), context())
     storage.delete(result_key(plan.job_id, first.task_id, 1))  # as if it died right after its commit
-    record = {
-        "requestContext": {"condition": "RetriesExhausted", "approximateInvokeCount": 3},
-        "requestPayload": build_event([first, second], storage.url),
-        "responsePayload": {"errorType": "Runtime.ExitError", "errorMessage": "signal SIGKILL"},
-    }
+    record = on_failure_record(build_event([first, second], storage.url))
     assert handler(record, context()) == {"lost": []}
     assert not storage.exists(lost_key(plan.job_id, first.task_id, 1))
     done = TaskResult.decode(storage.get(result_key(plan.job_id, first.task_id, 1)))

@@ -26,7 +26,7 @@ from mrkit.model.reference import reference
 from mrkit.model.task import TaskSpec
 from tests.jobs_for_tests import WORDCOUNT
 from tests.s3_fixtures import *  # noqa: F403 - moto_server, s3_bucket, s3_url
-from tests.test_lambda_handler import LINES, context, plan_job
+from tests.test_lambda_handler import LINES, context, on_failure_record, plan_job
 from tests.test_lambda_jobs import no_function_left_running  # noqa: F401 - autouse fixture
 
 
@@ -139,15 +139,7 @@ def test_an_owner_that_died_after_taking_the_trigger_is_finished_by_its_on_failu
     assert recorder.task_ids() == {}
     handler(last, context("r-other"))  # a duplicate under another request id: not the owner
     assert recorder.task_ids() == {}
-    record = {
-        "requestContext": {
-            "requestId": "r-dead",
-            "condition": "RetriesExhausted",
-            "approximateInvokeCount": 3,
-        },
-        "requestPayload": last,
-        "responsePayload": {"errorType": "Runtime.ExitError", "errorMessage": "signal: killed"},
-    }
+    record = on_failure_record(last, "signal: killed", request_id="r-dead")
     handler(record, context())
     assert recorder.task_ids() == {"reduce-00000": 1, "reduce-00001": 1}
 
@@ -173,15 +165,7 @@ def test_a_task_that_committed_and_died_before_reporting_still_starts_the_next_p
         handler(last, context("r-dead"))
     monkeypatch.setattr(lambda_handler, "run_task", real_run_task)
     assert recorder.task_ids() == {}
-    record = {
-        "requestContext": {
-            "requestId": "r-dead",
-            "condition": "RetriesExhausted",
-            "approximateInvokeCount": 3,
-        },
-        "requestPayload": last,
-        "responsePayload": {"errorType": "Runtime.ExitError", "errorMessage": "signal: killed"},
-    }
+    record = on_failure_record(last, "signal: killed", request_id="r-dead")
     assert handler(record, context()) == {"lost": []}
     assert recorder.task_ids() == {"reduce-00000": 1, "reduce-00001": 1}
     handler(record, context())  # a duplicate of the record changes nothing

@@ -28,7 +28,7 @@ from mrkit.model.task import TaskFailure, TaskResult
 from mrkit.storage import open_storage
 from tests import jobs_for_tests as J
 from tests.s3_fixtures import *  # noqa: F403 - moto_server, s3_bucket, s3_url
-from tests.test_lambda_handler import LINES, context, plan_job
+from tests.test_lambda_handler import LINES, context, on_failure_record, plan_job
 from tests.test_lambda_jobs import executor, no_function_left_running  # noqa: F401 - autouse fixture
 
 TEXT = ["the cat sat on the mat", "The dog sat", "a b c a b a", "it's 42 o'clock"] * 10
@@ -188,11 +188,7 @@ def test_stale_events_of_the_failed_run_change_nothing(tmp_path, s3_bucket, s3_u
     for event in events:
         for raw in handler(event, context())["results"]:
             assert TaskResult.decode(raw).failure.exc_type == "JobStopped"
-    on_failure = {
-        "requestContext": {"condition": "RetriesExhausted", "approximateInvokeCount": 3, "requestId": "r1"},
-        "requestPayload": events[1],
-        "responsePayload": {"errorType": "Runtime.ExitError", "errorMessage": "exit status 3"},
-    }
+    on_failure = on_failure_record(events[1], "exit status 3", request_id="r1")
     assert handler(on_failure, context()) == {"lost": []}
     failure = TaskResult(FAILING, 2, ok=False, failure=TaskFailure("", "RuntimeError", "late"))
     osj.advance(storage, failing.next_attempt(), failure, run1, "r1")
