@@ -80,13 +80,18 @@ def cached_data(data_dir: Path, kind: str, size_mb: float) -> list[str]:
         The paths of the ``N_FILES`` files. A ``.complete`` marker records the generator's source
         digest; a missing or different marker means the data set is generated again.
     """
-    folder = data_dir / f"{kind}-{size_mb:g}mb"
+    return cached_corpus(data_dir / f"{kind}-{size_mb:g}mb", kind, size_mb, N_FILES)
+
+
+def cached_corpus(folder: Path, kind: str, size_mb: float, files: int) -> list[str]:
+    """Generate (once) ``files`` files of ``kind`` totalling ``size_mb`` MB in ``folder``, and return
+    their paths; the ``.complete`` marker's stamp (arguments and generator digest) decides."""
     marker = folder / ".complete"
     stamp = json.dumps(
         {
             "kind": kind,
             "size_mb": float(size_mb),
-            "files": N_FILES,
+            "files": files,
             "seed": 0,
             "generator": _generator_digest(),
         }
@@ -98,7 +103,7 @@ def cached_data(data_dir: Path, kind: str, size_mb: float) -> list[str]:
             p.unlink()
     started = time.perf_counter()
     make = corpus.generate_text if kind == "text" else corpus.generate_uservisits
-    paths = make(folder, size_mb=size_mb, files=N_FILES, seed=0)
+    paths = make(folder, size_mb=size_mb, files=files, seed=0)
     seconds = time.perf_counter() - started
     print(
         f"  generated {kind} {size_mb:g} MB in {folder} in {seconds:.1f}s ({size_mb / seconds:.0f} MB/s)",

@@ -73,8 +73,6 @@ sys.path.insert(0, str(HERE))
 import run  # noqa: E402  (also puts <repo>/src first on sys.path, as for run.py)
 import workloads  # noqa: E402
 
-from mrkit.tools import corpus  # noqa: E402
-
 N_FILES = 32
 TARGETS = {"wc-split": 1.1, "wc-inmapper": 1.5, "wc-record": 2.3, "adrevenue": 1.6}
 FIXED_TARGET_S = 0.3
@@ -214,19 +212,7 @@ def cached_inputs(data_dir: Path, kind: str, size_mb: float, files: int = N_FILE
     and a missing or different one regenerates them.
     """
     folder = data_dir / f"userpath-{size_mb:g}mb" / (kind if files == N_FILES else f"{kind}-{files}files")
-    marker = folder / ".complete"
-    stamp = json.dumps({"size_mb": float(size_mb), "files": files, "generator": run._generator_digest()})
-    if marker.exists() and marker.read_text() == stamp:
-        return sorted(str(p) for p in folder.iterdir() if not p.name.startswith("."))
-    if folder.exists():
-        for p in folder.iterdir():
-            p.unlink()
-    started = time.perf_counter()
-    make = corpus.generate_text if kind == "text" else corpus.generate_uservisits
-    paths = make(folder, size_mb=size_mb, files=files, seed=0)
-    print(f"  generated {kind} {size_mb:g} MB in {folder} ({time.perf_counter() - started:.1f}s)", flush=True)
-    marker.write_text(stamp)
-    return paths
+    return run.cached_corpus(folder, kind, size_mb, files)
 
 
 # -- running and comparing -----------------------------------------------------------------------
