@@ -54,6 +54,15 @@ def test_a_bad_line_is_named_by_its_number(fmt, block, monkeypatch):
         list(read_pairs(io.BytesIO(data), fmt, "part-00000"))
 
 
+@pytest.mark.parametrize("line", [b'"a",1', b'"a"\t1\t2', b'["a",1]'])
+def test_a_tsv_line_without_exactly_one_tab_is_refused(line, monkeypatch):
+    data = b'"ok"\t0\n' + line + b"\n"
+    for block in (4, 1 << 22):
+        monkeypatch.setattr(output, "_READ_BLOCK", block)
+        with pytest.raises(InputError, match="part-00000 line 2 is not valid tsv output"):
+            list(read_pairs(io.BytesIO(data), "tsv", "part-00000"))
+
+
 def test_blank_lines_are_skipped_and_bad_bytes_named():
     assert list(read_pairs(io.BytesIO(b'"a"\t1\n\n"b"\t2\n'), "tsv")) == [("a", 1), ("b", 2)]
     with pytest.raises(InputError, match="part-00001 is not valid tsv output .not UTF-8"):

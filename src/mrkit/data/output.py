@@ -196,17 +196,19 @@ def _parse_block(text: str, fmt: str, name: str, first_line: int) -> list[tuple[
         if "\n\n" in body:
             raise ValueError("blank line")  # rare: let the line reader skip blank lines
         if fmt == "tsv":
+            # One tab per line, or a line without one (`"a",1`) would pass for a pair.
+            if body.count("\t") != body.count("\n") + 1:
+                raise ValueError("not one tab per line")
             rows = json.loads("[[" + body.replace("\t", ",").replace("\n", "],[") + "]]")
-            if any(len(row) != 2 for row in rows):
-                raise ValueError("not two fields")
         else:
             rows = json.loads("[" + body.replace("\n", ",") + "]")
-            if any(type(row) is not list or len(row) != 2 for row in rows):
+            if any(type(row) is not list for row in rows):
                 raise ValueError("not a [key, value] array")
+        # Unpacking checks that every row has two fields (ValueError otherwise).
+        return [((_as_key(k) if type(k) is list else k), v) for k, v in rows]
     except ValueError:
         # split("\n"), not splitlines(): U+2028 and friends are text inside a JSON string.
         return list(_read_lines(text.split("\n"), fmt, name, first_line))
-    return [((_as_key(k) if type(k) is list else k), v) for k, v in rows]
 
 
 def _read_lines(raw_lines: Iterable[str], fmt: str, name: str, first_line: int) -> Iterator[tuple[Any, Any]]:
