@@ -7,6 +7,8 @@ output bytes on every executor, which is what the suite asserts.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterable, Iterator
 
 import mrkit
@@ -117,3 +119,18 @@ def words_not_stopped(line: str) -> Iterator[tuple[str, int]]:
 
 
 STOPWORDS = mrkit.Job(mapper=words_not_stopped, combiner=total, reducer=total, name="contract-stopwords")
+
+
+def poisoned_until_cured(line: str) -> Iterator[tuple[str, int]]:
+    """Word count that raises on the 'poison' record until the file ``params["cure"]`` exists (after
+    a second, so that the other map tasks, running alongside, have committed by then)."""
+    if "poison" in line and not os.path.exists(mrkit.context().params["cure"]):
+        time.sleep(1.0)
+        raise ValueError("cannot map a poisoned line yet")
+    yield from words(line)
+
+
+def curable(cure: str) -> mrkit.Job:
+    return mrkit.Job(
+        mapper=poisoned_until_cured, reducer=total, name="contract-curable", params={"cure": cure}
+    )

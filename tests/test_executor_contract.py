@@ -300,3 +300,24 @@ def test_submit_with_side_files_and_small_splits_gives_the_same_output(
     assert "the" not in dict(mrkit.read_output(got_out))
     assert expected.counters["map.tasks"] > 3  # split_size made several splits of one small file
     assert data_counters(got) == data_counters(expected)
+
+
+def test_a_failed_named_job_resumes_reusing_its_committed_tasks(backend: Backend, tmp_path: Path) -> None:
+    """``mrkit.run(..., job_id=ID)`` fails on one split; once the cause is gone, ``resume=True`` runs
+    only the tasks that had not committed and publishes what an undisturbed run publishes."""
+    lines = [*TEXT[:120], "poison here"]  # two splits: the poison is in the second
+    source = write_lines(tmp_path / "input.txt", lines)
+    cure = tmp_path / "cured"
+    expected_out = str(tmp_path / "expected")
+    expected = run(C.WORD_COUNT, source, "inline", output=expected_out, n_map=3, split_size=2000)
+    got_out = backend.output(tmp_path, "got")
+    job_id = f"resume-{tmp_path.name[-20:]}".replace("_", "-")
+    options: dict[str, Any] = {"output": got_out, "n_map": 3, "split_size": 2000, "job_id": job_id}
+    options.update(backend.run_options)
+    with pytest.raises(mrkit.JobFailed, match="cannot map a poisoned line yet"):
+        run(C.curable(str(cure)), source, backend.executor, policy=RetryPolicy(max_attempts=1), **options)
+    cure.touch()
+    got = run(C.curable(str(cure)), source, backend.executor, resume=True, **options)
+    assert output_bytes(got_out) == output_bytes(expected_out)
+    assert got.counters["map.tasks_resumed"] >= 1  # the splits before the poison were not mapped again
+    assert got.counters["map.records_in"] == expected.counters["map.records_in"]
