@@ -332,8 +332,10 @@ def submit(job: Job, inputs: Any, *, executor: str | Executor = "processes", **o
         except BaseException as exc:  # delivered to the handle's wait()/result()
             future.set_exception(exc)
         finally:
-            ex.shutdown()
+            if owns_executor:  # one the caller passed in stays theirs, as with run()
+                ex.shutdown()
 
+    owns_executor = not isinstance(executor, Executor)
     thread = threading.Thread(target=target, name="mrkit-submit", daemon=True)
     thread.start()
     return LocalJobHandle(job_id, future, thread)
