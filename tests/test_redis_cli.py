@@ -53,7 +53,7 @@ def pairs(stdout: str) -> list[tuple[object, object]]:
 
 def first_error(stderr: str) -> str:
     line = next(line for line in stderr.splitlines() if line.startswith("mrkit: error: "))
-    return re.sub(r"job \S+-\d{8}-\d{6}-[0-9a-f]{6}", "job ID", line)
+    return re.sub(r"job \S+-\d{8}-\d{6}-[0-9a-f]{6,}", "job ID", line)
 
 
 def test_a_raising_mapper_fails_run_and_result_with_the_core_sentence(redis_url, tmp_path, secret_env):  # noqa: F811

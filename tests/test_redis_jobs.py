@@ -101,7 +101,7 @@ def test_submit_from_a_process_that_exits_then_collect_from_another(redis_url, t
     job_ref = os.path.join(HERE, "jobs_for_tests.py") + ":WordCount"
     out = mrkit_cmd("submit", job_ref, str(src), "-N", "3", "-M", "2", "--executor", redis_url)
     job_id = out.stdout.strip()
-    assert re.fullmatch(r"wordcount-\d{8}-\d{6}-[0-9a-f]{6}", job_id), out.stdout
+    assert re.fullmatch(r"wordcount-\d{8}-\d{6}-[0-9a-f]{6,}", job_id), out.stdout
     workers = [start_worker(redis_url, name=f"w{i}") for i in range(2)]
     try:
         got = mrkit_cmd("result", job_id, "--wait", "--timeout", "15", "--executor", redis_url)

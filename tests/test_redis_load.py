@@ -66,3 +66,31 @@ def test_a_hundred_jobs_submitted_at_once_from_threads_all_complete(small_redis,
     assert "Too many connections" not in err and "max number of clients" not in err, err[-2000:]
     assert clients <= MAX_CLIENTS
     print(f"{N_JOBS} jobs in {seconds:.1f}s")
+
+
+def test_the_same_job_id_submitted_from_many_threads_at_once_is_created_exactly_once(small_redis, secret_env):  # noqa: F811
+    """Creation is one atomic step: of eight submitters racing on one id, one wins, seven are refused."""
+    url = small_redis.url
+    ID = "same-id"
+    outcomes: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(8)
+
+    def one() -> None:
+        start.wait(timeout=10)
+        try:
+            mrkit.submit(J.WORDCOUNT, mrkit.Records(TEXT), executor=url, n_map=2, n_reduce=1, job_id=ID)
+            outcome = "created"
+        except mrkit.ConfigError as exc:
+            said = str(exc)
+            outcome = "refused" if ID in said and "choose another job id" in said else repr(exc)
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=one, daemon=True) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(outcomes) == ["created"] + ["refused"] * 7, outcomes
+    assert small_redis.client().xlen("mrkit:{same-id}:tasks") == 2  # one job's map tasks, not several

@@ -208,7 +208,7 @@ def resume(job_id: str, executor: str, wait: bool, timeout: float | None) -> Non
 
     \b
     Example:
-      mrkit resume wordcount-20260101-120000-1a2b3c --executor redis://127.0.0.1:6379/0 --wait
+      mrkit resume wordcount-20260101-120000-1a2b3c4d5e --executor redis://127.0.0.1:6379/0 --wait
       mrkit resume wc1 --executor 'lambda://mrkit-fn?storage=s3://bucket/mrkit' --wait
     """
     import mrkit

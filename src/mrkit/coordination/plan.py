@@ -99,9 +99,13 @@ class JobPlan:
 
 
 def new_job_id(name: str) -> str:
-    """A unique, storage-key-safe job id: ``wordcount-20261121-143501-1a2b3c``."""
+    """A unique, storage-key-safe job id: ``wordcount-20261121-143501-1a2b3c4d5e``.
+
+    Forty random bits: a hundred jobs submitted in the same second collide once in ~10^8 bursts
+    (24 bits, the old length, made that once in ~3,000, and a fleet test saw it).
+    """
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:32] or "job"
-    return f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    return f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:10]}"
 
 
 def pickle_job(job: Job, *, remote: bool = False) -> bytes:

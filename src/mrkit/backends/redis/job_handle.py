@@ -30,7 +30,7 @@ from mrkit.storage.redis import connect, redact
 
 # -- following a job ---------------------------------------------------------------------------
 
-_ID_TIME = re.compile(r"-(\d{8}-\d{6})-[0-9a-f]{6}$")
+_ID_TIME = re.compile(r"-(\d{8}-\d{6})-[0-9a-f]{6,}$")
 
 
 def missing_job(client: Any, job_id: str, url: str) -> tuple[str, str]:

@@ -29,7 +29,7 @@ from mrkit.model import layout
 from mrkit.model.status import JobStatus
 from mrkit.model.task import TaskSpec
 from mrkit.storage import open_storage
-from mrkit.storage.redis import glob_escape, redact
+from mrkit.storage.redis import _redis, glob_escape, redact
 
 # -- submitting --------------------------------------------------------------------------------
 
@@ -143,7 +143,14 @@ def submit_job(
     meta = {"mode": "job", "lease_ms": int(executor.lease * 1000)}
     if policy.task_timeout:
         meta["task_timeout_ms"] = int(policy.task_timeout * 1000)
-    pipe = client.pipeline(transaction=True)  # all or nothing: a half-submitted job never exists
+    # All or nothing: a half-submitted job never exists. WATCH makes "create unless it exists" one
+    # step, so two submitters given the same job_id cannot both believe they created it.
+    pipe = client.pipeline(transaction=True)
+    pipe.watch(k.state)
+    if pipe.exists(k.state):
+        pipe.reset()
+        raise ConfigError(f"job {job_id} already exists in Redis at {executor.name}; choose another job id")
+    pipe.multi()
     pipe.hset(k.state, mapping=state)
     pipe.hset(k.meta, mapping=meta)
     pipe.xgroup_create(k.tasks, GROUP, id="0", mkstream=True)
@@ -161,7 +168,15 @@ def submit_job(
     )
     pipe.zadd(JOBS, {job_id: submitted})
     pipe.zadd(QUEUES, {k.tasks: "+inf"})  # a job's stream stays live until the job ends
-    pipe.execute()
+    try:
+        pipe.execute()
+    except _redis().WatchError:
+        raise ConfigError(
+            f"job {job_id} was created in Redis at {executor.name} by another submitter meanwhile; "
+            "choose another job id"
+        ) from None
+    finally:
+        pipe.reset()
     return RedisJobHandle(executor.url, job_id)
 
 
