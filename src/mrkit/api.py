@@ -21,6 +21,7 @@ from mrkit.coordination import resume as resuming
 from mrkit.coordination.driver import run_plan
 from mrkit.coordination.fencing import Epoch, JobFenced
 from mrkit.coordination.handle import JobHandle, LocalJobHandle
+from mrkit.coordination.options import RunOptions
 from mrkit.coordination.plan import RetryPolicy, new_job_id, pickle_job
 from mrkit.coordination.prepare import Records as Records  # re-exported: mrkit.api.Records
 from mrkit.coordination.prepare import plan_job
@@ -28,10 +29,10 @@ from mrkit.coordination.progress import Progress
 from mrkit.coordination.publish import discard_job, open_output, publish_output
 from mrkit.coordination.result import Result
 from mrkit.coordination.service import job_service
-from mrkit.data.output import check_format, read_output
+from mrkit.data.output import read_output
 from mrkit.errors import ConfigError
 from mrkit.execution.base import Executor, open_executor
-from mrkit.model.job import Job
+from mrkit.model.job import Job, require_job
 from mrkit.storage import LocalStorage, open_storage
 from mrkit.storage.base import Storage
 
@@ -111,17 +112,44 @@ def run(
         JobFenced: a newer driver of the same job took over (this one published nothing).
         InputError, ConfigError: bad inputs or options.
     """
+    options = RunOptions(
+        output=output,
+        n_map=n_map,
+        n_reduce=n_reduce,
+        workers=workers,
+        storage=storage,
+        format=format,
+        memory_mb=memory_mb,
+        overwrite=overwrite,
+        policy=policy or RetryPolicy(),
+        errors=errors,
+        input_format=input_format,
+        params=params,
+        progress=progress,
+        quiet=quiet,
+        job_id=job_id,
+        split_size=split_size,
+        resume=resume,
+        worker_python=worker_python,
+        files=None if files is None else tuple(files),
+    )
+    return run_with(job, inputs, options, executor=executor)
+
+
+def run_with(job: Job, inputs: Any, options: RunOptions, *, executor: str | Executor = "processes") -> Result:
+    """:func:`run` with its options as one :class:`RunOptions` (what ``run`` and ``submit`` call).
+
+    An executor given as an object stays the caller's (not shut down); one named here is opened for
+    the run and shut down after it.
+    """
     started = time.monotonic()
-    policy = policy or RetryPolicy()
-    fmt = check_format(format if output is not None else "pickle")
-    if params:
-        job = job.with_params(params)
-    if files:
-        job = job.with_files(files)
+    job = options.apply(job)
+    fmt = options.output_format
+    output, storage, overwrite, resume = options.output, options.storage, options.overwrite, options.resume
     owns_executor = not isinstance(executor, Executor)
-    ex = open_executor(executor, workers=workers, n_map=n_map, n_reduce=n_reduce, worker_python=worker_python)
-    named = job_id is not None
-    job_id = job_id or new_job_id(job.name)
+    ex = options.open_executor(executor)
+    named = options.job_id is not None
+    job_id = options.job_id or new_job_id(job.name)
     temp_dirs: list[str] = []
     created_output = output is not None and "://" not in os.fspath(output) and not os.path.exists(output)
     keep_state = False
@@ -156,19 +184,11 @@ def run(
         plan = plan_job(
             job,
             inputs,
+            options,
             job_id=job_id,
             storage=inter,
             output_url=out_storage.url,
             workers=ex.workers,
-            n_map=n_map,
-            n_reduce=n_reduce,
-            fmt=fmt,
-            memory_mb=memory_mb,
-            overwrite=overwrite,
-            policy=policy,
-            errors=errors,
-            input_format=input_format,
-            split_size=split_size,
             code=code,
         )
         if stored is not None and code is not None:
@@ -177,7 +197,7 @@ def run(
             resuming.save_plan(inter, plan, code)
         keep_state = resumable
         epoch = epoch or Epoch.claim(inter, job_id, out_storage)
-        display = Progress(enabled=progress)
+        display = Progress(enabled=options.progress)
         try:
             counters = run_plan(
                 plan,
@@ -216,7 +236,7 @@ def run(
             seconds,
             pairs,
         )
-        if not quiet:
+        if not options.quiet:
             print(result.summary(), file=sys.stderr)
         return result
     except BaseException:
@@ -303,39 +323,31 @@ def submit(job: Job, inputs: Any, *, executor: str | Executor = "processes", **o
         job, inputs, executor: as for :func:`run`.
         options: the other keyword arguments of :func:`run`.
     """
-    ex = open_executor(
-        executor,
-        workers=options.get("workers"),
-        n_map=options.get("n_map"),
-        n_reduce=options.get("n_reduce"),
-        worker_python=options.get("worker_python"),
-    )
+    opts = RunOptions.from_keywords("mrkit.submit", **options)
+    ex = opts.open_executor(executor)
+    owns_executor = not isinstance(executor, Executor)
     service = job_service(ex)
-    if service is not None and options.get("resume"):
-        raise ConfigError(
-            f"resume=True does not apply to mrkit.submit on {ex.name}: resume a failed asynchronous "
-            "job with mrkit.resume(ID, executor=...) (mrkit resume ID), or drive it from this process "
-            "with mrkit.run(..., job_id=ID, resume=True)"
-        )
     if service is not None:
-        files = options.pop("files", None)
-        if files:  # shipped inside the pickled job, as run() does
-            job = job.with_files(files)
-        options.pop("resume", None)
-        return service.submit_job(job, inputs, **options)
+        if opts.resume:
+            raise ConfigError(
+                f"resume=True does not apply to mrkit.submit on {ex.name}: resume a failed asynchronous "
+                "job with mrkit.resume(ID, executor=...) (mrkit resume ID), or drive it from this process "
+                "with mrkit.run(..., job_id=ID, resume=True)"
+            )
+        return service.submit_job(job, inputs, opts)
     future: Future[Result] = Future()
-    job_id = options.pop("job_id", None) or new_job_id(job.name)
+    job_id = opts.job_id or new_job_id(require_job(job).name)
+    opts = opts.replace(job_id=job_id)
 
     def target() -> None:
         try:
-            future.set_result(run(job, inputs, executor=ex, job_id=job_id, **options))
+            future.set_result(run_with(job, inputs, opts, executor=ex))
         except BaseException as exc:  # delivered to the handle's wait()/result()
             future.set_exception(exc)
         finally:
             if owns_executor:  # one the caller passed in stays theirs, as with run()
                 ex.shutdown()
 
-    owns_executor = not isinstance(executor, Executor)
     thread = threading.Thread(target=target, name="mrkit-submit", daemon=True)
     thread.start()
     return LocalJobHandle(job_id, future, thread)

@@ -1,10 +1,10 @@
 """The submit preamble every path shares: check the job, turn the inputs into splits, build the plan.
 
-:func:`plan_job` is called by :func:`mrkit.run` (a blocking run, fresh or resumed) and by each
-asynchronous job service (Redis, serverless) when a job is submitted, so that one job and one set of
-inputs give the same splits and the same tasks whichever way they are run. Checking and opening the
-output folder (:func:`mrkit.coordination.publish.open_output`) stays with the caller: only it knows
-whether a resumed run may find its own earlier output there.
+:func:`plan_job` is called by :func:`mrkit.run` (a blocking run, fresh or resumed) and, through
+:func:`prepare_submission` (the whole submit preamble: options, job id, storage, output check, plan),
+by each asynchronous job service (Redis, serverless), so that one job and one set of inputs give the
+same splits and the same tasks whichever way they are run. A blocking run checks and opens its
+output itself: only it knows whether a resumed run may find its own earlier output there.
 
 Input conventions (the user's, documented on :func:`mrkit.run`): a str, a path, or a non-empty list
 or tuple of them names files, globs or folders; any other iterable holds the records themselves
@@ -15,12 +15,15 @@ split each.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from mrkit.coordination.plan import JobPlan, RetryPolicy, build_plan, store_records
+from mrkit.coordination.options import RunOptions
+from mrkit.coordination.plan import JobPlan, build_plan, store_records
 from mrkit.errors import ConfigError
-from mrkit.model.job import Job
+from mrkit.execution.base import Executor
+from mrkit.model.job import Job, require_job
 from mrkit.model.task import TaskSettings
 from mrkit.storage.base import Storage
 
@@ -37,15 +40,6 @@ class Records:
 
     def __init__(self, items: Iterable[Any]) -> None:
         self.items = items
-
-
-def require_job(job: Any) -> Job:
-    """``job`` itself when it is an :class:`~mrkit.model.job.Job`; else a one-sentence ConfigError."""
-    if not isinstance(job, Job):
-        raise ConfigError(
-            f"expected an mrkit.Job, got {type(job).__name__}: define mrkit.Job(mapper=..., reducer=...)"
-        )
-    return job
 
 
 def is_paths(inputs: Any) -> bool:
@@ -92,34 +86,27 @@ def input_splits(
 def plan_job(
     job: Job,
     inputs: Any,
+    options: RunOptions,
     *,
     job_id: str,
     storage: Storage,
     output_url: str,
     workers: int,
-    n_map: int | None,
-    n_reduce: int | None,
-    fmt: str,
-    memory_mb: float,
-    overwrite: bool,
-    policy: RetryPolicy,
-    errors: str,
-    input_format: str,
-    split_size: int | None = None,
     code: bytes | None = None,
 ) -> JobPlan:
     """Check ``job``, split ``inputs`` and build the job's :class:`JobPlan` (storing its code once).
 
     Args:
-        job: the job; anything else is refused with one sentence.
+        job: the job as ``options`` run it (:meth:`RunOptions.apply`); anything else is refused with
+            one sentence.
         inputs: paths/globs/folders, or records (module docstring).
+        options: the run's options (``n_map``, ``n_reduce``, ``memory_mb``, ``overwrite``, ``policy``,
+            ``errors``, ``input_format``, ``split_size`` and the output format are used here).
         job_id: the job's id; its keys in ``storage`` start with it.
         storage: the job's intermediate storage (records chunks, ``job.pkl``, map outputs).
         output_url: where the reduce tasks write (the output storage's URL).
         workers: how many attempts the executor runs at once: sizes the default ``n_reduce`` (one
             per worker) and the default number of record chunks (two per worker, at most 64).
-        n_map, n_reduce, fmt, memory_mb, overwrite, policy, errors, input_format, split_size: as
-            for :func:`mrkit.run` (``fmt`` is the output format).
         code: the pickled job of an earlier run being resumed (re-used, so the plan matches).
 
     Raises:
@@ -131,21 +118,93 @@ def plan_job(
         storage,
         job_id,
         workers=workers,
-        n_map=n_map,
-        errors=errors,
-        input_format=input_format,
-        split_size=split_size,
+        n_map=options.n_map,
+        errors=options.errors,
+        input_format=options.input_format,
+        split_size=options.split_size,
     )
-    settings = TaskSettings(memory_mb=memory_mb, output_format=fmt, task_timeout=policy.task_timeout)
+    policy = options.policy
+    settings = TaskSettings(
+        memory_mb=options.memory_mb, output_format=options.output_format, task_timeout=policy.task_timeout
+    )
     return build_plan(
         job,
         splits,
         job_id=job_id,
         storage=storage,
         output_url=output_url,
-        n_reduce=n_reduce or max(1, workers),
+        n_reduce=options.n_reduce or max(1, workers),
         settings=settings,
         policy=policy,
-        overwrite=overwrite,
+        overwrite=options.overwrite,
         code=code,
     )
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A job ready to hand to an asynchronous backend: what :func:`prepare_submission` returns.
+
+    Attributes:
+        job: the job as the options run it (params merged, files attached).
+        job_id: its id (given, or generated from its name and the time).
+        storage: its intermediate storage (records chunks, ``job.pkl``, map outputs).
+        output: where it publishes (``output=``, else ``{job_id}/output/`` in ``storage``).
+        plan: its tasks.
+    """
+
+    job: Job
+    job_id: str
+    storage: Storage
+    output: Storage
+    plan: JobPlan
+
+
+def prepare_submission(
+    job: Any,
+    inputs: Any,
+    options: RunOptions,
+    *,
+    executor: Executor,
+    check_id: Callable[[str], None] | None = None,
+) -> Submission:
+    """The submit preamble of every asynchronous job service, written once.
+
+    Applies ``options`` to ``job``, names the job, opens its intermediate storage (``storage=``,
+    else the executor's) and its output (checked with :func:`~mrkit.coordination.publish.open_output`
+    when ``output=`` is given, else a folder of the intermediate storage, so the result outlives the
+    submitter), then splits the inputs and plans the tasks.
+
+    Args:
+        job, inputs, options: as for :func:`mrkit.submit`.
+        executor: the backend's executor: its ``storage_url(job_id)``, ``workers`` and ``name``.
+        check_id: called with the job id before anything is written (a backend refuses ids its keys
+            cannot hold, or ids already taken, here).
+
+    Raises:
+        ConfigError: bad options, a refused id, or no storage for the job.
+        OutputExistsError: ``output`` holds a result and ``overwrite`` is False.
+        InputError: bad inputs.
+    """
+    from mrkit.coordination.plan import new_job_id
+    from mrkit.coordination.publish import open_output
+    from mrkit.storage import open_storage
+
+    job = options.apply(job)
+    job_id = options.job_id or new_job_id(job.name)
+    if check_id is not None:
+        check_id(job_id)
+    url = options.storage or executor.storage_url(job_id)
+    if not url:
+        raise ConfigError(
+            f"executor {executor.name} needs storage=URL (e.g. s3://bucket/mrkit) for a submitted job"
+        )
+    storage = open_storage(url)
+    if options.output is None:
+        output = open_storage(f"{storage.url}#{job_id}/output/")
+    else:
+        output = open_output(os.fspath(options.output), overwrite=options.overwrite, inputs=inputs)
+    plan = plan_job(
+        job, inputs, options, job_id=job_id, storage=storage, output_url=output.url, workers=executor.workers
+    )
+    return Submission(job, job_id, storage, output, plan)

@@ -17,6 +17,7 @@ import importlib
 from typing import Any, Protocol
 
 from mrkit.coordination.handle import JobHandle
+from mrkit.coordination.options import RunOptions
 from mrkit.execution.base import Executor, executor_key
 from mrkit.model.status import JobStatus
 
@@ -38,9 +39,15 @@ class JobService(Protocol):
 
     executor: Executor
 
-    def submit_job(self, job: Any, inputs: Any, **options: Any) -> JobHandle:
-        """Plan ``job`` over ``inputs`` (the options of :func:`mrkit.run`), hand it to the backend
-        and return its handle at once; the job advances without this process."""
+    def submit_job(self, job: Any, inputs: Any, options: RunOptions) -> JobHandle:
+        """Plan ``job`` over ``inputs`` with ``options``, hand it to the backend and return its
+        handle at once; the job advances without this process.
+
+        The preamble (options applied, id, storage, output check, plan) is
+        :func:`~mrkit.coordination.prepare.prepare_submission`, shared by every service; what is
+        the backend's own is how it stores the plan and starts the first tasks. ``options.resume``
+        is refused before this is called (:func:`mrkit.resume` resumes asynchronous jobs).
+        """
         ...
 
     def handle(self, job_id: str) -> JobHandle:

@@ -269,3 +269,12 @@ def identity_reducer(key: Any, values: Iterable[Any]) -> Iterator[Pair]:
     """The default reducer: emit every value unchanged under its key."""
     for value in values:
         yield key, value
+
+
+def require_job(job: Any) -> Job:
+    """``job`` itself when it is an :class:`~mrkit.model.job.Job`; else a one-sentence ConfigError."""
+    if not isinstance(job, Job):
+        raise ConfigError(
+            f"expected an mrkit.Job, got {type(job).__name__}: define mrkit.Job(mapper=..., reducer=...)"
+        )
+    return job

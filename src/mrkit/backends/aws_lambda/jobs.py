@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import threading
 import time
@@ -82,11 +81,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from mrkit.coordination.handle import JobHandle
-from mrkit.coordination.plan import JobPlan, RetryPolicy, new_job_id
-from mrkit.coordination.prepare import plan_job, require_job
-from mrkit.coordination.publish import open_output, publish_output
+from mrkit.coordination.options import RunOptions
+from mrkit.coordination.plan import JobPlan, RetryPolicy
+from mrkit.coordination.prepare import prepare_submission
+from mrkit.coordination.publish import publish_output
 from mrkit.coordination.resume import ResumeRefused, commit_is_whole
-from mrkit.data.output import check_format, read_output
+from mrkit.data.output import read_output
 from mrkit.errors import ConfigError, JobCancelled, JobFailed
 from mrkit.model import layout
 from mrkit.model.job import Job
@@ -156,82 +156,26 @@ def lease_seconds(function_timeout: float) -> float:
 # -- submitting ------------------------------------------------------------------------------------
 
 
-def submit_job(
-    executor: Any,
-    job: Job,
-    inputs: Any,
-    *,
-    output: str | os.PathLike[str] | None = None,
-    n_map: int | None = None,
-    n_reduce: int | None = None,
-    storage: str | None = None,
-    format: str = "tsv",
-    memory_mb: float = 256.0,
-    overwrite: bool = False,
-    policy: RetryPolicy | None = None,
-    errors: str = "strict",
-    input_format: str = "auto",
-    split_size: int | None = None,
-    params: dict[str, Any] | None = None,
-    job_id: str | None = None,
-    workers: int | None = None,
-    progress: bool | None = None,
-    quiet: bool = False,
-    executor_options: dict[str, Any] | None = None,
-) -> ObjectStoreJobHandle:
+def submit_job(executor: Any, job: Job, inputs: Any, options: RunOptions) -> ObjectStoreJobHandle:
     """Plan ``job``, store the plan, invoke its map tasks and return at once.
 
     Args:
         executor: a :class:`~mrkit.backends.aws_lambda.executor.LambdaExecutor` (its invoker and storage).
-        job, inputs, output, n_map, n_reduce, storage, format, memory_mb, overwrite, policy, errors,
-            input_format, split_size, params, job_id: as for :func:`mrkit.run`.
-        workers, progress, quiet, executor_options: accepted for symmetry with ``mrkit.run``; unused
-            here (``executor`` was opened with them).
+        job, inputs, options: as for :func:`mrkit.submit` (``options.ttl`` does not apply: a
+            serverless job's data stays in its storage until deleted, see docs/serverless.md).
 
     Returns:
         The job's :class:`ObjectStoreJobHandle`.
 
     Raises:
-        ConfigError: no storage the functions reach, or bad options.
+        ConfigError: no storage the functions reach, a job id already taken there, or bad options.
         OutputExistsError: ``output`` holds a result and ``overwrite`` is False.
         InputError: unreadable inputs.
     """
     from mrkit.backends.aws_lambda.executor import invoker_from_config
 
-    require_job(job)
-    policy = policy or RetryPolicy()
-    fmt = check_format(format if output is not None else "pickle")
-    if params:
-        job = job.with_params(params)
-    job_id = job_id or new_job_id(job.name)
-    url = storage or executor.storage_url(job_id)
-    if not url:
-        raise ConfigError(
-            f"executor {executor.name} needs storage=URL (e.g. s3://bucket/mrkit) for a submitted job"
-        )
-    inter = open_storage(url)
-    if output is None:
-        out_url = f"{inter.url}#{job_id}/output/"
-    else:
-        out_url = os.fspath(output)
-        open_output(out_url, overwrite=overwrite, inputs=inputs)
-    plan = plan_job(
-        job,
-        inputs,
-        job_id=job_id,
-        storage=inter,
-        output_url=open_storage(out_url).url,
-        workers=executor.workers,
-        n_map=n_map,
-        n_reduce=n_reduce,
-        fmt=fmt,
-        memory_mb=memory_mb,
-        overwrite=overwrite,
-        policy=policy,
-        errors=errors,
-        input_format=input_format,
-        split_size=split_size,
-    )
+    prepared = prepare_submission(job, inputs, options, executor=executor)
+    job_id, inter, plan = prepared.job_id, prepared.storage, prepared.plan
     for spec in (*plan.map_specs, *plan.reduce_specs):
         executor.check_reachable(spec.output_url)
     invoker = invoker_from_config(executor.invoker.config())
@@ -1041,8 +985,8 @@ class ServerlessJobService:
     def __init__(self, executor: Any) -> None:
         self.executor = executor
 
-    def submit_job(self, job: Any, inputs: Any, **options: Any) -> ObjectStoreJobHandle:
-        return submit_job(self.executor, job, inputs, **options)
+    def submit_job(self, job: Any, inputs: Any, options: RunOptions) -> ObjectStoreJobHandle:
+        return submit_job(self.executor, job, inputs, options)
 
     def handle(self, job_id: str) -> ObjectStoreJobHandle:
         return ObjectStoreJobHandle(job_id, self.executor.require_storage())

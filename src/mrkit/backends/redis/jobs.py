@@ -1,6 +1,6 @@
 """Asynchronous jobs on a Redis fleet: submitting one, and resuming one that failed or was cancelled.
 
-:func:`submit_job` plans the job (the shared preamble, :func:`mrkit.coordination.prepare.plan_job`),
+:func:`submit_job` plans the job (the shared preamble, :func:`mrkit.coordination.prepare.prepare_submission`),
 stores its state and its first phase's entries in Redis, and returns a
 :class:`~mrkit.backends.redis.job_handle.RedisJobHandle` at once; the fleet advances it
 (:mod:`mrkit.backends.redis.job_steps`). :func:`resume_job` puts a failed or cancelled job back to
@@ -10,16 +10,14 @@ running as a new *run*. The state machine, its keys and its scripts are in
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from mrkit.backends.redis.job_handle import RedisJobHandle, list_jobs, missing_job, reaching
 from mrkit.backends.redis.job_state import DEFAULT_TTL, LOG_MAXLEN, JobKeys
 from mrkit.backends.redis.job_steps import log_fields
 from mrkit.backends.redis.wire import GROUP, JOBS, QUEUES, key, now_ms, pack, unpack
-from mrkit.coordination.plan import RetryPolicy, new_job_id
-from mrkit.coordination.prepare import plan_job, require_job
-from mrkit.coordination.publish import open_output
+from mrkit.coordination.options import RunOptions
+from mrkit.coordination.prepare import prepare_submission
 from mrkit.errors import (
     AuthenticationError,
     ConfigError,
@@ -28,88 +26,39 @@ from mrkit.execution.runtime import storage_for
 from mrkit.model import layout
 from mrkit.model.status import JobStatus
 from mrkit.model.task import TaskSpec
-from mrkit.storage import open_storage
 from mrkit.storage.redis import _redis, glob_escape, redact
 
 # -- submitting --------------------------------------------------------------------------------
 
 
-def submit_job(
-    executor: Any,
-    job: Any,
-    inputs: Any,
-    *,
-    output: str | os.PathLike[str] | None = None,
-    n_map: int | None = None,
-    n_reduce: int | None = None,
-    storage: str | None = None,
-    format: str = "tsv",
-    memory_mb: float = 256.0,
-    overwrite: bool = False,
-    policy: RetryPolicy | None = None,
-    errors: str = "strict",
-    input_format: str = "auto",
-    split_size: int | None = None,
-    params: dict[str, Any] | None = None,
-    job_id: str | None = None,
-    ttl: float | None = None,
-    workers: int | None = None,
-    progress: bool | None = None,
-    quiet: bool = False,
-) -> RedisJobHandle:
+def submit_job(executor: Any, job: Any, inputs: Any, options: RunOptions) -> RedisJobHandle:
     """Plan ``job``, store its state and first tasks in Redis, and return at once.
 
     Args:
         executor: the :class:`~mrkit.backends.redis.executor.RedisExecutor` naming the Redis.
-        job, inputs, output, n_map, n_reduce, storage, format, memory_mb, overwrite, policy, errors,
-            input_format, split_size, params, job_id: as for :func:`mrkit.run`. Local input paths and a local
-            ``output`` must be readable (writable) at the same path on every worker.
-        ttl: seconds the job's keys are kept after it ends (default: the URL's ``ttl``, else 24 h).
-        workers, progress, quiet: accepted for compatibility with :func:`mrkit.run`; unused.
+        job, inputs, options: as for :func:`mrkit.submit`. Local input paths and a local ``output``
+            must be readable (writable) at the same path on every worker. ``options.ttl``: seconds
+            the job's keys are kept after it ends (default: the URL's ``ttl``, else 24 h).
 
     Returns:
         A :class:`RedisJobHandle`.
 
     Raises:
         OutputExistsError: ``output`` holds a result and ``overwrite`` is False.
-        ConfigError, InputError: bad options or inputs.
+        ConfigError, InputError: bad options or inputs, or a job id that is taken or that Redis
+            keys cannot hold.
     """
-    from mrkit.data.output import check_format
-
-    require_job(job)
-    policy = policy or RetryPolicy()
-    fmt = check_format(format if output is not None else "pickle")
-    if params:
-        job = job.with_params(params)
-    job_id = job_id or new_job_id(job.name)
-    if "{" in job_id or "}" in job_id or ":" in job_id:
-        raise ConfigError(f"job id {job_id!r} may not contain braces or colons (they delimit Redis keys)")
-    ttl_seconds: float = ttl if ttl is not None else getattr(executor, "ttl", DEFAULT_TTL)
     client = executor.client
-    if client.exists(key(job_id, "state")):
-        raise ConfigError(f"job {job_id} already exists in Redis at {executor.name}; choose another job id")
-    inter = open_storage(storage or executor.storage_url(job_id))
-    if output is None:
-        out_storage = open_storage(f"{inter.url}#{job_id}/output/")
-    else:
-        out_storage = open_output(os.fspath(output), overwrite=overwrite, inputs=inputs)
-    plan = plan_job(
-        job,
-        inputs,
-        job_id=job_id,
-        storage=inter,
-        output_url=out_storage.url,
-        workers=executor.workers,
-        n_map=n_map,
-        n_reduce=n_reduce,
-        fmt=fmt,
-        memory_mb=memory_mb,
-        overwrite=overwrite,
-        policy=policy,
-        errors=errors,
-        input_format=input_format,
-        split_size=split_size,
-    )
+
+    def check_id(job_id: str) -> None:
+        if "{" in job_id or "}" in job_id or ":" in job_id:
+            raise ConfigError(f"job id {job_id!r} may not contain braces or colons (they delimit Redis keys)")
+        if client.exists(key(job_id, "state")):  # early and cheap; the transaction below decides
+            raise _taken(job_id, executor)
+
+    prepared = prepare_submission(job, inputs, options, executor=executor, check_id=check_id)
+    job_id, plan, policy = prepared.job_id, prepared.plan, options.policy
+    ttl_seconds: float = options.ttl if options.ttl is not None else getattr(executor, "ttl", DEFAULT_TTL)
     k = JobKeys(job_id)
     secret = executor.secret
     maps = [pack(secret, {"op": "task", "job": job_id, "run": 1}, spec.encode()) for spec in plan.map_specs]
@@ -128,11 +77,11 @@ def submit_job(
         "map_started": submitted,
         "n_map": plan.n_map,
         "n_reduce": plan.n_reduce,
-        "storage": inter.url,
-        "output": out_storage.url,
-        "in_memory": int(output is None),
-        "format": fmt,
-        "overwrite": int(overwrite),
+        "storage": prepared.storage.url,
+        "output": prepared.output.url,
+        "in_memory": int(options.output is None),
+        "format": options.output_format,
+        "overwrite": int(options.overwrite),
         "max_attempts": policy.max_attempts,
         "max_lost": policy.max_lost,
         "ttl": int(ttl_seconds),
@@ -149,7 +98,7 @@ def submit_job(
     pipe.watch(k.state)
     if pipe.exists(k.state):
         pipe.reset()
-        raise ConfigError(f"job {job_id} already exists in Redis at {executor.name}; choose another job id")
+        raise _taken(job_id, executor)
     pipe.multi()
     pipe.hset(k.state, mapping=state)
     pipe.hset(k.meta, mapping=meta)
@@ -171,13 +120,14 @@ def submit_job(
     try:
         pipe.execute()
     except _redis().WatchError:
-        raise ConfigError(
-            f"job {job_id} was created in Redis at {executor.name} by another submitter meanwhile; "
-            "choose another job id"
-        ) from None
+        raise _taken(job_id, executor) from None  # another submitter created it meanwhile
     finally:
         pipe.reset()
     return RedisJobHandle(executor.url, job_id)
+
+
+def _taken(job_id: str, executor: Any) -> ConfigError:
+    return ConfigError(f"job {job_id} already exists in Redis at {executor.name}; choose another job id")
 
 
 # -- resuming a failed or cancelled job ---------------------------------------------------------
@@ -347,8 +297,8 @@ class RedisJobService:
     def __init__(self, executor: Any) -> None:
         self.executor = executor
 
-    def submit_job(self, job: Any, inputs: Any, **options: Any) -> RedisJobHandle:
-        return submit_job(self.executor, job, inputs, **options)
+    def submit_job(self, job: Any, inputs: Any, options: RunOptions) -> RedisJobHandle:
+        return submit_job(self.executor, job, inputs, options)
 
     def handle(self, job_id: str) -> RedisJobHandle:
         return RedisJobHandle(self.executor.url, job_id)
