@@ -9,8 +9,8 @@ import pytest
 
 import mrkit
 from mrkit.backends.redis.job_state import JobKeys
+from mrkit.backends.redis.supervisor import serve
 from mrkit.backends.redis.wire import DEAD, pack, resolve_secret, unpack
-from mrkit.backends.redis.worker import serve
 from mrkit.errors import AuthenticationError, ConfigError, JobFailed, StorageError
 from mrkit.model.reference import reference
 from mrkit.security import load_secret, sign, verify

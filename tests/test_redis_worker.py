@@ -220,7 +220,7 @@ def test_a_replacement_started_after_a_stop_request_is_asked_to_stop(redis_url):
     """The stop request lands after the supervisor decided to replace a task process and before the
     replacement is in its table (forward() then cannot see it): the replacement must still get its
     SIGTERM, or the supervisor would wait for it for ever."""
-    from mrkit.backends.redis.worker import Supervisor
+    from mrkit.backends.redis.supervisor import Supervisor
 
     sup = Supervisor(redis_url, ["w"], burst=True, secret=b"")
     sup.ctx = _SleeperContext()

@@ -42,7 +42,7 @@ def worker(
 ) -> None:
     """Start a worker for TARGET: a redis:// URL, or the word http."""
     if target.startswith(("redis://", "rediss://", "unix://")):
-        from mrkit.backends.redis.worker import serve as serve_redis
+        from mrkit.backends.redis.supervisor import serve as serve_redis
 
         serve_redis(target, concurrency=concurrency, burst=burst, name=name, secret_file=secret_file)
     elif target == "http":
