@@ -17,7 +17,6 @@ CLAIM = re.compile(r"(?:about|~|roughly)\s*([\d,]+)\s+lines", re.IGNORECASE)
 #: Modules allowed over 600 lines for now, with the split that is next for each.
 OVER_600 = {
     "backends/http/executor.py": "the worker processes it starts and their lifecycle to their own module",
-    "execution/processes.py": "worker replacement and timeouts seen from the parent",
     "backends/aws_lambda/jobs.py": "the handle (following a job) to its own module",
     "futures.py": "the launcher-facing pool management",
     "backends/aws_lambda/executor.py": "the invokers (boto3, local) to their own module",

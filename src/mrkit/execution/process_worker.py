@@ -29,6 +29,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -122,6 +123,46 @@ class FrameReader:
 
 # --------------------------------------------------------------------------------------------------
 # The worker side
+
+
+@dataclass
+class Messages:
+    """What one read of a worker's pipe said (:func:`decode_messages`).
+
+    Attributes:
+        outcomes: one ``(result, None)`` per result frame, or ``(None, exc)`` for one that did not
+            unpickle; in the order the attempts were sent.
+        slowest: the longest of their run times (inf when one did not unpickle).
+        ending: the worker said it sends nothing more (its watchdog ended an attempt).
+        live: the running attempt's (records, bytes) from the last beat; ``(0, 0)`` after a result;
+            None when nothing says.
+    """
+
+    outcomes: list[tuple[Any, BaseException | None]]
+    slowest: float = 0.0
+    ending: bool = False
+    live: tuple[int, int] | None = None
+
+
+def decode_messages(frames: list[bytes]) -> Messages:
+    """Decode the frames a worker sent (results and beats), for the parent."""
+    out = Messages([])
+    for data in frames:
+        if data[:1] == BEAT:  # a pickle never starts with b"B"
+            if len(data) == 1 + BEAT_PROGRESS.size:
+                out.live = BEAT_PROGRESS.unpack_from(data, 1)
+            continue
+        out.live = (0, 0)  # a result: its counts now come with it, not from the beats
+        try:
+            seconds, result, *last = pickle.loads(data)
+        except Exception as exc:
+            out.outcomes.append((None, exc))
+            out.slowest = float("inf")
+        else:
+            out.outcomes.append((result, None))
+            out.slowest = max(out.slowest, seconds)
+            out.ending = out.ending or bool(last)
+    return out
 
 
 def resolve_runner(target: str) -> Callable[..., TaskResult]:
