@@ -15,6 +15,7 @@ import pytest
 
 from mrkit import futures
 from mrkit.errors import ConfigError, JobFailed, WorkerLost
+from mrkit.execution import calls
 from mrkit.execution.base import Executor
 from mrkit.execution.inline import InlineExecutor
 from mrkit.execution.processes import ProcessExecutor
@@ -358,11 +359,11 @@ def test_values_sent_to_workers_survive_pickling():
     scale = 3
     times = lambda x: x * scale  # a closure, as users write them
     for program, args in [
-        (futures._MapChunk(times, star=True), ([(1,), (2,)],)),
-        (futures._MapChunk(times, star=False), ([1, 2],)),
-        (futures._ReduceChunk(times, operator.add, star=True), ([(1,), (2,)],)),
-        (futures._ReduceChunk(times, operator.add, star=False), ([1, 2],)),
-        (futures._Fold(operator.add), ([1, 2, 3],)),
+        (calls.MapChunk(times, star=True), ([(1,), (2,)],)),
+        (calls.MapChunk(times, star=False), ([1, 2],)),
+        (calls.ReduceChunk(times, operator.add, star=True), ([(1,), (2,)],)),
+        (calls.ReduceChunk(times, operator.add, star=False), ([1, 2],)),
+        (calls.Fold(operator.add), ([1, 2, 3],)),
     ]:
         again = pickle.loads(cloudpickle.dumps(program))
         assert again(*args)[1] is None

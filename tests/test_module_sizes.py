@@ -18,7 +18,6 @@ CLAIM = re.compile(r"(?:about|~|roughly)\s*([\d,]+)\s+lines", re.IGNORECASE)
 OVER_600 = {
     "backends/http/executor.py": "the worker processes it starts and their lifecycle to their own module",
     "backends/aws_lambda/jobs.py": "the handle (following a job) to its own module",
-    "futures.py": "the launcher-facing pool management",
     "backends/aws_lambda/executor.py": "the invokers (boto3, local) to their own module",
     "data/readers.py": "the formats (csv, jsonl) to their own module",
 }
