@@ -77,6 +77,17 @@ def by_first_letter(key: str, n: int) -> int:
 PARTITIONED = mrkit.Job(mapper=words, reducer=total, partitioner=by_first_letter, name="contract-partition")
 
 
+def by_input(line: str) -> Iterator[tuple[str, int]]:
+    """Records per input file, and each split's byte offset: what ``mrkit.context().input`` says."""
+    info = mrkit.context().input
+    assert info is not None  # a map task always knows its input
+    yield os.path.basename(info.path), 1
+    yield f"{os.path.basename(info.path)}@{info.start}", len(line.encode()) + 1
+
+
+BY_INPUT = mrkit.Job(mapper=by_input, combiner=total, reducer=total, name="contract-byinput")
+
+
 def typed_pairs(line: str) -> Iterator[tuple[object, object]]:
     """Keys of several types (tuple, int, str, bool, None) and values of several types."""
     ws = WORD.findall(line.lower())

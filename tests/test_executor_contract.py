@@ -201,6 +201,26 @@ def test_typed_keys(backend: Backend, tmp_path: Path) -> None:
     assert keys == {tuple, int, str, bool, type(None)}
 
 
+def test_a_mapper_knows_its_input_file_and_split(backend: Backend, tmp_path: Path) -> None:
+    """``mrkit.context().input``: the file and byte offset of the split, the same on every executor."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_lines(folder / "left.txt", TEXT[:100])
+    write_lines(folder / "right.txt", TEXT[100:130])
+    options: dict[str, Any] = {"split_size": 1500, "n_reduce": 2}
+    expected_out, got_out = str(tmp_path / "expected"), backend.output(tmp_path, "got")
+    run(C.BY_INPUT, str(folder), "inline", output=expected_out, **options)
+    run(C.BY_INPUT, str(folder), backend.executor, output=got_out, **backend.run_options, **options)
+    assert output_bytes(got_out) == output_bytes(expected_out)
+    got = dict(mrkit.read_output(got_out))
+    assert got["left.txt"] == 100 and got["right.txt"] == 30
+    # Each split reports its own start, and the bytes of the lines it owns add up to the file's size.
+    for name in ("left.txt", "right.txt"):
+        starts = sorted(int(k.split("@")[1]) for k in got if k.startswith(f"{name}@"))
+        assert starts[0] == 0 and (len(starts) > 1 or name == "right.txt"), starts  # right: one split
+        assert sum(got[f"{name}@{s}"] for s in starts) == (folder / name).stat().st_size
+
+
 def test_empty_input(backend: Backend, tmp_path: Path) -> None:
     got = agree_with_inline(backend, C.WORD_COUNT, tmp_path, [])
     assert list(mrkit.read_output(backend.output(tmp_path, "got"))) == []

@@ -38,9 +38,9 @@ from mrkit.data.map_side import MapOutput, UserCodeError, map_split, user_failur
 from mrkit.data.reduce_side import fits_in_memory, open_runs, reduce_partition, write_partition
 from mrkit.errors import InputError, StorageError
 from mrkit.model import layout
-from mrkit.model.context import TaskContext, activate
+from mrkit.model.context import InputInfo, TaskContext, activate
 from mrkit.model.job import Job
-from mrkit.model.task import TaskFailure, TaskKind, TaskResult, TaskSpec
+from mrkit.model.task import InputSplit, TaskFailure, TaskKind, TaskResult, TaskSpec
 from mrkit.storage import open_storage
 from mrkit.storage.base import Storage
 
@@ -166,6 +166,7 @@ def run_task(spec: TaskSpec, *, worker: str = "", catch_interrupt: bool = True) 
             attempt=spec.attempt,
             params=job.params,
             files=getattr(job, "files", {}),  # jobs pickled before side files existed have none
+            input=input_info(spec.split) if spec.split is not None else None,
         )
         with activate(ctx):
             if spec.kind is TaskKind.MAP:
@@ -212,6 +213,12 @@ def run_task(spec: TaskSpec, *, worker: str = "", catch_interrupt: bool = True) 
         seconds=time.perf_counter() - started,
         failure=failure,
     )
+
+
+def input_info(split: InputSplit) -> InputInfo:
+    """What ``mrkit.context().input`` says of ``split``: records a driver stored have no path."""
+    stored = split.format == "pickle" and "#" in split.uri
+    return InputInfo("" if stored else split.uri, split.start, split.length, split.index)
 
 
 def _exit_failure(exc: SystemExit | KeyboardInterrupt) -> TaskFailure:

@@ -18,6 +18,29 @@ from typing import Any
 _local = threading.local()
 
 
+@dataclass(frozen=True)
+class InputInfo:
+    """Where the records of a map task come from: ``mrkit.context().input``.
+
+    Attributes:
+        path: the input file's path or URL as the job named it (after glob and folder expansion);
+            ``""`` for in-memory records (``mrkit.Records``), which have no file.
+        start: the byte offset in ``path`` where this task's split starts (a text split owns every
+            line that starts in ``[start, start + length)``).
+        length: the split's length in bytes; -1 means to the end of the file (a whole file, e.g. a
+            compressed one).
+        index: the split's position among the job's splits.
+
+    A mapper that must tell its inputs apart (a reduce-side join of two data sets) reads ``path``,
+    e.g. ``"rankings" in mrkit.context().input.path``.
+    """
+
+    path: str
+    start: int = 0
+    length: int = -1
+    index: int = 0
+
+
 @dataclass
 class TaskContext:
     """What a user function may know about the attempt running it.
@@ -27,6 +50,7 @@ class TaskContext:
         params: the job's ``params``.
         counters: user counters of this attempt; reported as ``user.<name>`` in the job's counters.
         files: the job's side files (``Job(files=...)``), by base name; open them with :meth:`file`.
+        input: in a map task, where its records come from (:class:`InputInfo`); None in a reduce task.
     """
 
     job_id: str
@@ -35,6 +59,7 @@ class TaskContext:
     params: dict[str, Any] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
     files: Mapping[str, bytes] = field(default_factory=dict)
+    input: InputInfo | None = None
 
     def file(self, name: str) -> str:
         """The local path of the job's side file ``name`` (its base name), on whatever worker runs us.
