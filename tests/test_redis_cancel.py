@@ -61,3 +61,35 @@ def test_cancel_drops_prefetched_entries_and_names_the_phase(redis_url, redis_se
         raise AssertionError("wait() returned for a cancelled job")
     logs = "\n".join(handle.logs())
     assert logs.count("dropped: the job was cancelled") == held - 1, logs
+
+
+def test_cancel_is_refused_once_the_output_is_being_published(redis_url, redis_server, tmp_path, monkeypatch):  # noqa: F811
+    """Publishing is the commit: a cancel that arrives while a worker publishes is refused, and the job
+    ends done with its whole output, never cancelled with its output in place."""
+    import threading
+
+    from mrkit.backends.redis import job_steps
+
+    publishing, release = threading.Event(), threading.Event()
+    real_publish = job_steps.publish_output
+
+    def held_publish(*args, **kwargs):  # type: ignore[no-untyped-def]
+        publishing.set()
+        assert release.wait(30), "the test never released the publisher"
+        return real_publish(*args, **kwargs)
+
+    monkeypatch.setattr(job_steps, "publish_output", held_publish)
+    out = tmp_path / "out"
+    handle = mrkit.submit(
+        J.WORDCOUNT, mrkit.Records(["a b", "b c"]), executor=redis_url, output=str(out), n_map=2
+    )
+    with WorkerThreads(redis_url, 1):
+        assert publishing.wait(30), "the job never reached its publish step"
+        assert handle.cancel() is False
+        st = handle.status()
+        assert st.state == "running" and st.phase == "publish", st
+        release.set()
+        result = handle.wait(timeout=30)
+    assert handle.status().state == "done"
+    assert (out / "_SUCCESS").exists() and dict(result) == {"a": 1, "b": 2, "c": 1}
+    assert sorted(mrkit.read_output(str(out))) == [("a", 1), ("b", 2), ("c", 1)]

@@ -189,8 +189,11 @@ def result(job_id: str, executor: str, wait: bool, timeout: float | None) -> Non
 @_EXECUTOR
 def cancel(job_id: str, executor: str) -> None:
     """Cancel a submitted job; nothing is published, and `mrkit resume ID` can continue it."""
-    if _service(executor).handle(job_id).cancel():
+    handle = _service(executor).handle(job_id)
+    if handle.cancel():
         click.echo(f"cancelled {job_id}")
+    elif handle.status().state == "running":
+        click.echo(f"job {job_id} is already publishing its output: too late to cancel", err=True)
     else:
         click.echo(f"job {job_id} had already ended; nothing to cancel", err=True)
 

@@ -297,10 +297,9 @@ class RedisJobHandle(JobHandle):
         return Result(self.id, s["output"].removeprefix("file://"), counters, seconds)
 
     def cancel(self) -> bool:
-        """Cancel the job if it is still running; True when this call cancelled it.
-
-        Tasks already running finish, but nothing they do counts; intermediate data is deleted.
-        """
+        """Cancel the job if it is still running; True when this call cancelled it (see
+        :func:`cancel_job`: False once a worker publishes the output). Tasks already running
+        finish, but nothing they do counts; the intermediate data stays, for a resume."""
         with reaching(self.url):
             return cancel_job(self.client, self.id)
 
@@ -353,8 +352,12 @@ def cancel_job(client: Any, job_id: str) -> bool:
     unrun when they reach them (logged ``dropped: the job was cancelled``); a task already running
     finishes, and its result is discarded.
 
+    Once a worker has started publishing the output, cancelling is refused (False): the output is
+    being committed, and the job ends done (or failed) by its publisher, never cancelled with its
+    output published.
+
     Returns:
-        True when this call cancelled it; False when it had already ended.
+        True when this call cancelled it; False when it had already ended or is publishing.
 
     Raises:
         JobFailed: Redis has no such job.

@@ -158,7 +158,9 @@ return {'run', tostring(n)}
 # KEYS: state, tasks stream, queues. ARGV: group, entry id (or ''), final state, counters, error, now,
 # run (or '' from outside: any run). Ends a running job (done, failed or cancelled); returns 0 when it
 # had already ended, -2 (changing nothing) for an entry of another run. A cancelled job keeps the phase
-# it stopped in, and its error names it, as the in-process driver's JobCancelled does.
+# it stopped in, and its error names it, as the in-process driver's JobCancelled does. A cancel from
+# outside is refused (2) once a worker started publishing: the output is being committed, and the job
+# ends done or failed by its publisher, never cancelled with its output in place.
 _END = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return -1 end
@@ -168,6 +170,9 @@ if (ARGV[7] or '') ~= '' and (redis.call('HGET', KEYS[1], 'run') or '1') ~= ARGV
 end
 if ARGV[2] ~= '' then redis.call('XACK', KEYS[2], ARGV[1], ARGV[2]) end
 if state ~= 'running' then return 0 end
+if ARGV[3] == 'cancelled' and ARGV[2] == '' and redis.call('HEXISTS', KEYS[1], 'publisher') == 1 then
+  return 2
+end
 if ARGV[3] == 'cancelled' then
   local phase = redis.call('HGET', KEYS[1], 'phase') or 'map'
   redis.call('HSET', KEYS[1], 'state', 'cancelled', 'counters', ARGV[4], 'ended', ARGV[6],
