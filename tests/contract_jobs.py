@@ -88,6 +88,30 @@ def by_input(line: str) -> Iterator[tuple[str, int]]:
 BY_INPUT = mrkit.Job(mapper=by_input, combiner=total, reducer=total, name="contract-byinput")
 
 
+def user_record(row: list[str]) -> Iterator[tuple[str, tuple[str, str]]]:
+    """``uid,name`` rows of the users input (read as CSV: a row is a list)."""
+    uid, name = row
+    yield uid, ("user", name)
+
+
+def order_record(row: list[str]) -> Iterator[tuple[str, tuple[str, str]]]:
+    """``uid,amount`` rows of the orders input."""
+    uid, amount = row
+    yield uid, ("order", amount)
+
+
+def join_orders(uid: str, tagged: Iterable[tuple[str, str]]) -> Iterator[tuple[str, list[object]]]:
+    """A reduce-side join: each user's name with the number and total of their orders."""
+    names, amounts = [], []
+    for kind, value in tagged:
+        (names if kind == "user" else amounts).append(value)
+    for name in names:
+        yield name, [len(amounts), round(sum(int(a) for a in amounts), 2)]
+
+
+JOIN = mrkit.Job(reducer=join_orders, name="contract-join")  # its mappers come with its inputs
+
+
 def typed_pairs(line: str) -> Iterator[tuple[object, object]]:
     """Keys of several types (tuple, int, str, bool, None) and values of several types."""
     ws = WORD.findall(line.lower())

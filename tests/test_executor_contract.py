@@ -221,6 +221,31 @@ def test_a_mapper_knows_its_input_file_and_split(backend: Backend, tmp_path: Pat
         assert sum(got[f"{name}@{s}"] for s in starts) == (folder / name).stat().st_size
 
 
+def test_a_join_reads_each_input_with_its_own_mapper(backend: Backend, tmp_path: Path) -> None:
+    """``inputs={path: mapper}`` (Hadoop's MultipleInputs) for a reduce-side join, on every executor."""
+    users = write_lines(tmp_path / "users.csv", [f"u{i},name{i}" for i in range(40)])
+    orders = tmp_path / "orders"
+    orders.mkdir()
+    for part in range(3):
+        write_lines(orders / f"part{part}.csv", [f"u{(i * 7 + part) % 50},{i}" for i in range(60)])
+    inputs = {users: C.user_record, str(orders): C.order_record}
+    expected_out, got_out = str(tmp_path / "expected"), backend.output(tmp_path, "got")
+    run(C.JOIN, inputs, "inline", output=expected_out, split_size=400)
+    # Submitted: asynchronous on Redis and serverless (the services' preamble), a background run elsewhere.
+    handle = mrkit.submit(
+        C.JOIN, inputs, executor=backend.executor, output=got_out, split_size=400, n_reduce=3, quiet=True
+    )
+    got = handle.wait(120)
+    assert output_bytes(got_out) == output_bytes(expected_out)
+    joined = dict(mrkit.read_output(got_out))
+    orders_of = {f"u{i}": [] for i in range(50)}  # the oracle, in plain Python
+    for part in range(3):
+        for i in range(60):
+            orders_of[f"u{(i * 7 + part) % 50}"].append(i)
+    assert joined == {f"name{i}": [len(orders_of[f"u{i}"]), sum(orders_of[f"u{i}"])] for i in range(40)}
+    assert got.counters["map.records_in"] == 40 + 180 and got.counters["map.tasks"] > 2
+
+
 def test_empty_input(backend: Backend, tmp_path: Path) -> None:
     got = agree_with_inline(backend, C.WORD_COUNT, tmp_path, [])
     assert list(mrkit.read_output(backend.output(tmp_path, "got"))) == []

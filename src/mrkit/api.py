@@ -24,7 +24,7 @@ from mrkit.coordination.handle import JobHandle, LocalJobHandle
 from mrkit.coordination.options import RunOptions
 from mrkit.coordination.plan import RetryPolicy, new_job_id, pickle_job
 from mrkit.coordination.prepare import Records as Records  # re-exported: mrkit.api.Records
-from mrkit.coordination.prepare import plan_job
+from mrkit.coordination.prepare import attach_input_mappers, plan_job
 from mrkit.coordination.progress import Progress
 from mrkit.coordination.publish import discard_job, open_output, publish_output
 from mrkit.coordination.result import Result
@@ -143,7 +143,7 @@ def run_with(job: Job, inputs: Any, options: RunOptions, *, executor: str | Exec
     the run and shut down after it.
     """
     started = time.monotonic()
-    job = options.apply(job)
+    job, planned = attach_input_mappers(options.apply(job), inputs)
     fmt = options.output_format
     output, storage, overwrite, resume = options.output, options.storage, options.overwrite, options.resume
     owns_executor = not isinstance(executor, Executor)
@@ -183,7 +183,7 @@ def run_with(job: Job, inputs: Any, options: RunOptions, *, executor: str | Exec
             resuming.clear_state(inter, out_storage, job_id)
         plan = plan_job(
             job,
-            inputs,
+            planned,
             options,
             job_id=job_id,
             storage=inter,

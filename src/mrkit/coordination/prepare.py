@@ -14,6 +14,7 @@ split each.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -52,6 +53,40 @@ def is_paths(inputs: Any) -> bool:
     return all(isinstance(i, path_like) for i in inputs)
 
 
+@dataclass(frozen=True)
+class InputGroups:
+    """The inputs of a job that reads each input with its own mapper: the path groups, in the order
+    of the job's ``input_mappers`` (what :func:`attach_input_mappers` makes of ``{paths: mapper}``)."""
+
+    groups: tuple[tuple[str, ...], ...]
+
+
+def attach_input_mappers(job: Job, inputs: Any) -> tuple[Job, Any]:
+    """``inputs={paths: mapper, ...}`` (Hadoop's ``MultipleInputs``): the job with those mappers and
+    the inputs as :class:`InputGroups`; any other ``inputs`` come back unchanged.
+
+    A key is a path, glob, folder or URL, or a tuple of them; its value is the mapper of every
+    record read from it. ``mrkit.context().input.path`` still tells the files apart inside one group.
+
+    Raises:
+        ConfigError: an empty mapping, a key that names no path, or a mapper that is not callable.
+    """
+    if not isinstance(inputs, dict):
+        return job, inputs
+    if not inputs:
+        raise ConfigError("inputs={} names no input: give {path: mapper} for each input")
+    groups: list[tuple[str, ...]] = []
+    for key in inputs:
+        paths: list[Any] = list(key) if isinstance(key, tuple) else [key]
+        if not is_paths(paths):
+            raise ConfigError(
+                f"inputs={{...}}: the key {key!r} must be a path, glob, folder or URL, or a tuple of them "
+                "(its value is the mapper that reads it)"
+            )
+        groups.append(tuple(os.fspath(p) for p in paths))
+    return job.with_input_mappers(inputs.values()), InputGroups(tuple(groups))
+
+
 def input_splits(
     inputs: Any,
     storage: Storage,
@@ -69,6 +104,18 @@ def input_splits(
         ConfigError: ``inputs`` is neither paths nor an iterable of records.
         InputError: a named input does not exist or cannot be read.
     """
+    from mrkit.data.splits import plan_splits  # reading file sizes and globs: only for paths
+
+    if isinstance(inputs, InputGroups):
+        # Each input planned on its own (``n_map`` shared out), its splits tagged with its mapper.
+        per_group = None if n_map is None else max(1, round(n_map / len(inputs.groups)))
+        splits = []
+        for i, group in enumerate(inputs.groups):
+            planned = plan_splits(
+                list(group), per_group, format=input_format, errors=errors, split_size=split_size
+            )
+            splits += [dataclasses.replace(split, mapper=i) for split in planned]
+        return [dataclasses.replace(split, index=i) for i, split in enumerate(splits)]
     if isinstance(inputs, Records) or not is_paths(inputs):
         items = inputs.items if isinstance(inputs, Records) else inputs
         if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
@@ -77,8 +124,6 @@ def input_splits(
             )
         chunks = n_map or max(2, min(2 * workers, MAX_RECORD_CHUNKS))
         return store_records(storage, job_id, items, chunks)
-    from mrkit.data.splits import plan_splits  # reading file sizes and globs: only for paths
-
     paths = [os.fspath(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
     return plan_splits(paths, n_map, format=input_format, errors=errors, split_size=split_size)
 
@@ -123,6 +168,8 @@ def plan_job(
         input_format=options.input_format,
         split_size=options.split_size,
     )
+    if any(split.mapper < 0 for split in splits) or not splits:
+        job.require_mapper()
     policy = options.policy
     settings = TaskSettings(
         memory_mb=options.memory_mb, output_format=options.output_format, task_timeout=policy.task_timeout
@@ -190,7 +237,7 @@ def prepare_submission(
     from mrkit.coordination.publish import open_output
     from mrkit.storage import open_storage
 
-    job = options.apply(job)
+    job, planned = attach_input_mappers(options.apply(job), inputs)
     job_id = options.job_id or new_job_id(job.name)
     if check_id is not None:
         check_id(job_id)
@@ -205,6 +252,6 @@ def prepare_submission(
     else:
         output = open_output(os.fspath(options.output), overwrite=options.overwrite, inputs=inputs)
     plan = plan_job(
-        job, inputs, options, job_id=job_id, storage=storage, output_url=output.url, workers=executor.workers
+        job, planned, options, job_id=job_id, storage=storage, output_url=output.url, workers=executor.workers
     )
     return Submission(job, job_id, storage, output, plan)

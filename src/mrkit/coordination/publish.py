@@ -26,9 +26,12 @@ def existing_output(output: Storage) -> list[str]:
 
 
 def input_paths(inputs: Any) -> list[str]:
-    """The paths among ``inputs`` (a path, or an iterable that may hold paths); records give none."""
+    """The paths among ``inputs`` (a path, an iterable that may hold paths, or ``{paths: mapper}``);
+    records give none."""
     if isinstance(inputs, (str, os.PathLike)):
         return [os.fspath(inputs)]
+    if isinstance(inputs, dict):  # a mapper per input: the keys are paths, or tuples of them
+        return [p for key in inputs for p in input_paths(key if isinstance(key, tuple) else [key])]
     if isinstance(inputs, (list, tuple)):
         return [os.fspath(i) for i in inputs if isinstance(i, (str, os.PathLike))]
     return []

@@ -237,6 +237,8 @@ def _run_map(spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, int
 
     assert spec.split is not None, "map task without a split"
     split = spec.split
+    if split.mapper >= 0:  # an input with its own mapper (inputs={path: mapper})
+        job = job.for_input(split.mapper)
     reader = open_split(split)
     out = MapOutput(
         n_reduce=spec.n_reduce,

@@ -71,10 +71,11 @@ class Job:
             :data:`MAX_SIDE_FILE_BYTES` in all.
 
     Raises:
-        ConfigError: when a side file is missing, not a file, named twice or too big; when no mapper
-            or mapper_split is defined, a function is not callable, or an
-            introspectable function cannot be called with its slot's arguments (a reducer taking
-            one argument, a combiner taking three): that would fail every attempt the same way.
+        ConfigError: when a side file is missing, not a file, named twice or too big; when a
+            function is not callable, or an introspectable function cannot be called with its
+            slot's arguments (a reducer taking one argument, a combiner taking three): that would
+            fail every attempt the same way. A job with no mapper is refused when it is run, unless
+            each of its inputs brings its own (``inputs={path: mapper}``).
 
     Example:
         >>> job = Job(mapper=lambda line: [(w, 1) for w in line.split()], reducer=lambda k, vs: sum(vs))
@@ -89,6 +90,7 @@ class Job:
     mapper_init: Callable[[], Any] | None = None
     mapper_final: Callable[[], Any] | None = None
     mapper_split: Callable[..., Any] | None = None
+    input_mappers: tuple[Callable[..., Any], ...] = ()
 
     def __init__(
         self,
@@ -124,18 +126,15 @@ class Job:
         self.params: dict[str, Any] = dict(params or {})
         self.name = name or self._default_name()
         self.files: dict[str, bytes] = read_side_files(files)
-        if self.mapper is None and self.mapper_split is None:
-            raise ConfigError(
-                f"job {self.name!r} defines neither mapper nor mapper_split: give mrkit.Job(mapper=...) "
-                "or define a mapper method on the class"
-            )
+        # No mapper at all is allowed here: a join job's mappers may come with its inputs
+        # (inputs={path: mapper}); plan time refuses a job that has no mapper for some input.
         for slot in _FUNCTION_SLOTS:
             check_signature(self.name, slot, getattr(self, slot, None))
 
     def _default_name(self) -> str:
         if type(self) is not Job:
             return type(self).__name__
-        fn = self.mapper or self.mapper_split
+        fn = self.mapper or self.mapper_split or self.reducer
         return getattr(fn, "__name__", "job")
 
     # -- derived facts the runtime needs, computed once per task, never per record ---------------
@@ -156,6 +155,54 @@ class Job:
         clone = object.__new__(type(self))
         clone.__dict__.update(self.__dict__)
         clone.files = read_side_files(files, dict(getattr(self, "files", {})))
+        return clone
+
+    @property
+    def has_mapper(self) -> bool:
+        """True when the job maps records itself (``mapper`` or ``mapper_split``)."""
+        return self.mapper is not None or self.mapper_split is not None
+
+    def require_mapper(self, what: str = "its inputs") -> None:
+        """Refuse, in one sentence, a job that has no mapper for ``what``.
+
+        Raises:
+            ConfigError: neither ``mapper`` nor ``mapper_split`` is defined.
+        """
+        if not self.has_mapper:
+            raise ConfigError(
+                f"job {self.name!r} defines neither mapper nor mapper_split to read {what}: give "
+                "mrkit.Job(mapper=...), define a mapper method on the class, or give a mapper per "
+                "input (inputs={path: mapper})"
+            )
+
+    def with_input_mappers(self, mappers: Iterable[Callable[..., Any]]) -> Job:
+        """Return a copy of this job that reads input ``i`` with ``mappers[i]`` (Hadoop's
+        ``MultipleInputs``): the splits of that input name it (``InputSplit.mapper``), and
+        :meth:`for_input` gives the job a map task of theirs runs.
+
+        Raises:
+            ConfigError: a mapper is not callable, or cannot take one record.
+        """
+        found = tuple(mappers)
+        for i, fn in enumerate(found):
+            if not callable(fn):
+                raise ConfigError(
+                    f"the mapper of input {i} must be callable, got {type(fn).__name__}: {fn!r}"
+                )
+            check_signature(self.name, "mapper", fn)
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.input_mappers = found
+        return clone
+
+    def for_input(self, index: int) -> Job:
+        """The job as a map task of input ``index`` runs it: that input's mapper instead of the
+        job's own mapper hooks (``mapper_split``, ``mapper_init``, ``mapper_final`` are the job's
+        own mapper's); combiner, partitioner and reducer are shared."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.mapper = self.input_mappers[index]
+        clone.mapper_split = clone.mapper_init = clone.mapper_final = None
         return clone
 
     def __repr__(self) -> str:

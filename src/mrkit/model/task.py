@@ -43,6 +43,8 @@ class InputSplit:
         compression: ``""``, ``gz``, ``bz2``, ``xz`` or ``zst``.
         index: position of this split among the job's splits (for messages).
         options: reader options such as ``{"errors": "strict" | "replace" | "skip", "encoding": ...}``.
+        mapper: which of the job's per-input mappers reads this split (``inputs={path: mapper}``,
+            :meth:`mrkit.Job.with_input_mappers`); -1: the job's own mapper.
     """
 
     uri: str
@@ -52,6 +54,7 @@ class InputSplit:
     compression: str = ""
     index: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    mapper: int = -1
 
     def describe(self) -> str:
         """Human description for messages: ``/data/a.txt bytes 0-1048576``."""
