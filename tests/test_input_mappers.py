@@ -65,3 +65,62 @@ def test_the_output_may_not_be_inside_an_input_of_the_mapping(tmp_path) -> None:
     (tmp_path / "a.txt").write_text("x\n")
     with pytest.raises(mrkit.ConfigError, match="holds the input"):
         mrkit.run(JOB, {str(tmp_path): left}, executor="inline", output=str(tmp_path), quiet=True)
+
+
+JOIN_MODULE = """
+import mrkit
+
+
+def user(row):
+    yield row[0], ("user", row[1])
+
+
+def order(row):
+    yield row[0], ("order", int(row[1]))
+
+
+def join(uid, tagged):
+    tagged = list(tagged)  # values are streamed: read them once
+    names = [v for k, v in tagged if k == "user"]
+    spent = sum(v for k, v in tagged if k == "order")
+    for name in names:
+        yield name, spent
+
+
+Join = mrkit.Job(reducer=join, name="join")
+"""
+
+
+def test_a_job_file_names_a_mapper_per_input(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``"inputs": {"users.csv": "user", "orders/": "join.py:order"}``, then ``mrkit run join.json``."""
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "join.py").write_text(JOIN_MODULE)
+    (tmp_path / "users.csv").write_text("u1,ann\nu2,bob\n")
+    (tmp_path / "orders").mkdir()
+    (tmp_path / "orders" / "o.csv").write_text("u1,5\nu2,7\nu1,1\n")
+    spec = {
+        "job": "join.py:Join",
+        "inputs": {"users.csv": "user", "orders/": "join.py:order"},
+        "output": "out",
+    }
+    (tmp_path / "join.json").write_text(json.dumps(spec))
+    proc = subprocess.run(
+        [sys.executable, "-m", "mrkit", "run", str(tmp_path / "join.json"), "--executor", "processes"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(mrkit.read_output(str(tmp_path / "out"))) == [("ann", 6), ("bob", 7)]
+    spec["inputs"] = {"users.csv": "no_such_function"}
+    (tmp_path / "bad.json").write_text(json.dumps(spec))
+    bad = subprocess.run(
+        [sys.executable, "-m", "mrkit", "run", str(tmp_path / "bad.json")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "has no function 'no_such_function'" in bad.stderr, bad.stderr

@@ -8,7 +8,9 @@ A job file (seed 000's ``job.json``, extended)::
 
 ``inputs`` entries that are strings are paths/globs (relative to the job file's folder); any other
 JSON value (numbers, objects, lists) is an inline record, e.g. ``[100000, 100000]`` for Monte Carlo π.
-A ``job`` reference to a file is resolved relative to the job file too.
+An object ``{"rankings/": "rank_mapper", "uservisits/": "visit_mapper"}`` reads each input with its
+own mapper (a function of the job's module, or ``module:function``). A ``job`` reference to a file
+is resolved relative to the job file too.
 """
 
 from __future__ import annotations
@@ -137,7 +139,7 @@ class JobFile:
     """A parsed job file: the job plus the run options it names."""
 
     job: Job
-    inputs: list[Any]
+    inputs: list[Any] | dict[str, Any]
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -167,17 +169,47 @@ def load_job_file(path: str) -> JobFile:
     if not sep:  # a bare module of decorated functions
         module_ref, name = job_ref, ""
     if module_ref.endswith(".py") and not os.path.isabs(module_ref):
-        job_ref = os.path.join(base, module_ref) + sep + name
+        module_ref = os.path.join(base, module_ref)
+        job_ref = module_ref + sep + name
     job = load_job(job_ref, data.get("params") or None)
+    options = {k: v for k, v in data.items() if k not in ("job", "inputs", "params")}
+    if "output" in options and not os.path.isabs(options["output"]) and "://" not in options["output"]:
+        options["output"] = os.path.join(base, options["output"])
+    if isinstance(data["inputs"], dict):  # a mapper per input: {"rankings/": "rank_mapper", ...}
+        mapped = {
+            os.path.join(base, where): _mapper(path, base, module_ref, ref)
+            for where, ref in data["inputs"].items()
+        }
+        return JobFile(job=job, inputs=mapped, options=options)
     raw_inputs = data["inputs"] if isinstance(data["inputs"], list) else [data["inputs"]]
     paths = [os.path.join(base, i) for i in raw_inputs if isinstance(i, str)]
     records = [i for i in raw_inputs if not isinstance(i, str)]
     if paths and records:
         raise ConfigError(f"job file {path}: inputs mix paths and inline values; use one kind")
-    options = {k: v for k, v in data.items() if k not in ("job", "inputs", "params")}
-    if "output" in options and not os.path.isabs(options["output"]) and "://" not in options["output"]:
-        options["output"] = os.path.join(base, options["output"])
     return JobFile(job=job, inputs=paths or records, options=options)
+
+
+def _mapper(path: str, base: str, job_module: str, ref: Any) -> Any:
+    """The mapper ``ref`` of a job file's ``{"input": "ref"}``: a function of the job's module by
+    name, or ``module:function`` / ``file.py:function`` (relative to the job file).
+
+    Raises:
+        ConfigError: ``ref`` is not a string, or names nothing callable.
+    """
+    if not isinstance(ref, str) or not ref:
+        raise ConfigError(
+            f'job file {path}: a mapper per input is named by a string ("module:function"), got {ref!r}'
+        )
+    module_ref, sep, name = ref.rpartition(":")
+    if not sep:
+        module_ref, name = job_module, ref
+    elif module_ref.endswith(".py") and not os.path.isabs(module_ref):
+        module_ref = os.path.join(base, module_ref)
+    module = _import(module_ref)
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ConfigError(f"job file {path}: {module_ref} has no function {name!r} to read an input with")
+    return fn
 
 
 def load_request(
@@ -214,6 +246,6 @@ def load_request(
             )
         job = load_job(job_ref, params or None)
         run_inputs, merged = list(inputs), given
-    if run_inputs and not isinstance(run_inputs[0], str):
+    if run_inputs and not isinstance(run_inputs, dict) and not isinstance(run_inputs[0], str):
         run_inputs = Records(run_inputs)
     return job, run_inputs, merged
