@@ -19,9 +19,7 @@ OVER_600 = {
     "backends/http/executor.py": "the worker processes it starts and their lifecycle to their own module",
     "backends/redis/worker.py": "the output capture to its own module",
     "execution/processes.py": "worker replacement and timeouts seen from the parent",
-    "backends/aws_lambda/jobs.py": "the handle (following a job) to its own module",
     "futures.py": "the launcher-facing pool management",
-    "backends/aws_lambda/executor.py": "the invokers (boto3, local) to their own module",
     "data/readers.py": "the formats (csv, jsonl) to their own module",
 }
 
