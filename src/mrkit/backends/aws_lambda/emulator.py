@@ -61,7 +61,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from mrkit.backends.aws_lambda.wire import failure_record, is_failure_record
+from mrkit.backends.aws_lambda.wire import failure_record, function_arn, is_failure_record, log_group
 from mrkit.errors import ConfigError, WorkerLost
 
 HANDLER = "mrkit.backends.aws_lambda.handler:handler"
@@ -163,12 +163,10 @@ class LambdaContext:
     ) -> None:
         self.function_name = function_name
         self.function_version = "$LATEST"
-        self.invoked_function_arn = (
-            invoked_function_arn or f"arn:aws:lambda:local:000000000000:function:{function_name}"
-        )
+        self.invoked_function_arn = invoked_function_arn or function_arn(function_name)
         self.memory_limit_in_mb = memory_limit_in_mb
         self.aws_request_id = aws_request_id
-        self.log_group_name = f"/aws/lambda/{function_name}"
+        self.log_group_name = log_group(function_name)
         self.log_stream_name = f"local/{os.getpid()}"
         self._deadline = deadline
 

@@ -287,6 +287,16 @@ def pack(
 # -- Lambda's on-failure destination record, and how its runtime reports a crash ----------------------
 
 
+def function_arn(function: str) -> str:
+    """The ARN of a local function (the local runtime's account and region are placeholders)."""
+    return f"arn:aws:lambda:local:000000000000:function:{function}"
+
+
+def log_group(function: str) -> str:
+    """The log group Lambda names after a function."""
+    return f"/aws/lambda/{function}"
+
+
 def is_failure_record(event: dict[str, Any]) -> bool:
     return "requestPayload" in event
 
@@ -302,7 +312,7 @@ def failure_record(
             "requestId": request_id,
             "condition": "RetriesExhausted",
             "approximateInvokeCount": attempts,
-            "functionArn": f"arn:aws:lambda:local:000000000000:function:{function}",
+            "functionArn": function_arn(function),
         },
         "requestPayload": event,
         "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
