@@ -76,6 +76,7 @@ from mrkit.backends.aws_lambda.wire import (
     crashed_result,
     done_prefix,
     lost_key,
+    lost_reason,
     pack,
     result_key,
     skipped_key,
@@ -467,7 +468,7 @@ class LambdaExecutor(Executor):
         except Exception:  # read again at the next interval
             return
         if lost:
-            self._fail(pending.spec, f"every delivery failed: {json.loads(raw).get('reason', '?')}")
+            self._fail(pending.spec, f"every delivery failed: {lost_reason(raw, '?')}")
             return
         with self._lock:
             self._pending.pop(key, None)

@@ -22,6 +22,7 @@ from mrkit.backends.aws_lambda.wire import (
     done_prefix,
     end_key,
     key_task,
+    lost_reason,
     skipped_prefix,
 )
 from mrkit.coordination.handle import JobHandle
@@ -232,9 +233,7 @@ class ObjectStoreJobHandle(JobHandle):
             seen.add(key)
             task, attempt = key.split("/")[-2:]
             if attempt.endswith(LOST):
-                lines.append(
-                    (time.time(), f"{task} {attempt[: -len(LOST)]} lost: {json.loads(raw).get('reason')}")
-                )
+                lines.append((time.time(), f"{task} {attempt[: -len(LOST)]} lost: {lost_reason(raw)}"))
                 continue
             result = TaskResult.decode(raw)
             state = (

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 import uuid
 from typing import Any
 
@@ -54,10 +53,12 @@ from mrkit.backends.aws_lambda.wire import (
     event_run,
     is_failure_record,
     lost_key,
+    lost_record,
     parse_event,
     parse_failure_record,
     result_key,
     skipped_key,
+    stamp,
 )
 from mrkit.execution.runtime import run_task, storage_for
 from mrkit.execution.watchdog import end_process, watch
@@ -118,9 +119,7 @@ def _run_one(spec: TaskSpec, url: str, job: dict[str, Any] | None, request_id: s
         delivery = _claim(storage, spec, request_id)
         if delivery is None:
             reason = f"{MAX_DELIVERIES} deliveries of this event already ran"
-            storage.put_if_absent(
-                lost_key(spec.job_id, spec.task_id, spec.attempt), json.dumps({"reason": reason}).encode()
-            )
+            storage.put_if_absent(lost_key(spec.job_id, spec.task_id, spec.attempt), lost_record(reason))
             if job is not None:
                 _serverless().lost(storage, spec, job, reason)
             return TaskResult(
@@ -188,9 +187,9 @@ def _note_skipped(storage: Storage, spec: TaskSpec) -> None:
 
 def _claim(storage: Storage, spec: TaskSpec, request_id: str) -> int | None:
     """The first free delivery number of this attempt, taken atomically; None when all are taken."""
-    stamp = json.dumps({"request_id": request_id, "time": time.time()}).encode()
+    taken = stamp(request_id)
     for n in range(MAX_DELIVERIES):
-        if storage.put_if_absent(claim_key(spec.job_id, spec.task_id, spec.attempt, n), stamp):
+        if storage.put_if_absent(claim_key(spec.job_id, spec.task_id, spec.attempt, n), taken):
             return n
     return None
 
@@ -238,9 +237,7 @@ def _report_lost(record: dict[str, Any]) -> dict[str, Any]:
             failed_ids.append(spec.task_id)
             crash = None  # a batch runs in order: the first task without a result ended it; the rest are lost
             continue
-        storage.put_if_absent(
-            lost_key(spec.job_id, spec.task_id, spec.attempt), json.dumps({"reason": reason}).encode()
-        )
+        storage.put_if_absent(lost_key(spec.job_id, spec.task_id, spec.attempt), lost_record(reason))
         if job is not None:
             _serverless().lost(storage, spec, job, reason)
         lost.append(spec.task_id)

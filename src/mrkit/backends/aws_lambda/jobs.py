@@ -97,6 +97,7 @@ from mrkit.backends.aws_lambda.wire import (
     reduce_sent_key,
     run_key,
     run_prefix,
+    stamp,
     trigger_key,
 )
 from mrkit.coordination.options import RunOptions
@@ -277,8 +278,7 @@ def resume_job(job_id: str, storage_url: str, *, batch_size: int = 1) -> ObjectS
     if start == "map":
         _invoke_all(invoker, fresh(plan.map_specs, "map"), plan.storage_url, job_event)
     elif start == "reduce":
-        stamp = json.dumps({"request_id": f"resume-r{new}", "time": time.time()}).encode()
-        storage.put(trigger_key(job_id, "reduce", new), stamp)
+        storage.put(trigger_key(job_id, "reduce", new), stamp(f"resume-r{new}"))
         _invoke_all(invoker, fresh(plan.reduce_specs, "reduce"), plan.storage_url, job_event)
         storage.put(reduce_sent_key(job_id, new), b"resume")
     else:  # every task is kept: the delivery of a committed reduce task completes the phase, and publishes
@@ -407,8 +407,7 @@ def _take_trigger(storage: Storage, job_id: str, step: str, request_id: str, run
     lease (:class:`_StepLease`). No other invocation ever takes a step over on its own clock.
     """
     key = trigger_key(job_id, step, run)
-    record = json.dumps({"request_id": request_id, "time": time.time()}).encode()
-    if storage.put_if_absent(key, record):
+    if storage.put_if_absent(key, stamp(request_id)):
         return True
     raw = storage.get_or_none(key)
     return raw is not None and json.loads(raw).get("request_id") == request_id

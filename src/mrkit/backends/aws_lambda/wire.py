@@ -40,6 +40,9 @@ The event of one invocation (JSON, references only; :func:`build_event`, :func:`
 
 or Lambda's on-failure destination record wrapping one (:func:`failure_record`,
 :func:`is_failure_record`).
+
+About 400 lines: the keys, the event and Lambda's records are one contract that every side of the
+backend imports, so they are read in one place.
 """
 
 from __future__ import annotations
@@ -98,6 +101,20 @@ def skipped_prefix(job_id: str) -> str:
 
 def skipped_key(job_id: str, task_id: str, attempt: int, token: str) -> str:
     return f"{skipped_prefix(job_id)}{task_id}/a{attempt}-{token}"
+
+
+def stamp(request_id: str) -> bytes:
+    """A claim's or a trigger's content: who took it (a request id) and when."""
+    return json.dumps({"request_id": request_id, "time": time.time()}).encode()
+
+
+def lost_record(reason: str) -> bytes:
+    """The content of a :func:`lost_key`: why every delivery failed."""
+    return json.dumps({"reason": reason}).encode()
+
+
+def lost_reason(raw: bytes, default: str | None = None) -> str | None:
+    return json.loads(raw).get("reason", default)
 
 
 def key_task(key: str) -> str:
@@ -206,7 +223,7 @@ def event_batch_size(job: dict[str, Any]) -> int:
 
 def _event(specs: list[str], results_url: str, job: dict[str, Any] | None) -> dict[str, Any]:
     event: dict[str, Any] = {"mrkit": EVENT_VERSION, "specs": specs, "results": results_url}
-    if job:
+    if job is not None:
         event["job"] = job
     return event
 
@@ -221,8 +238,6 @@ def build_event(
             arguments can: send fewer items per task, or references instead of data).
     """
     event = _event([s.encode().decode() for s in specs], results_url, job)
-    if job is not None:
-        event["job"] = job
     size = len(json.dumps(event))
     limit = MAX_SYNC_EVENT if sync else MAX_ASYNC_EVENT
     if size > limit:
