@@ -1,8 +1,9 @@
 """One exchange with an HTTP worker: the request, the wait for its answer, and the worker's health.
 
-:class:`_Connection` sends a request in one write and waits for the answer on a selector, giving up
-when a transfer stalls; :class:`_Exchanges` (part of :class:`~.executor.HttpExecutor`) posts one
-task, checks ``/health`` while it runs, and turns every way that can end into an answer or one of
+:class:`~.connection._Connection` sends a request in one write and waits for the answer on a
+selector, giving up when a transfer stalls; :class:`_Exchanges` (part of
+:class:`~.executor.HttpExecutor`) posts one task, checks ``/health`` while it runs, and turns every
+way that can end into an answer or one of
 :class:`~.slots._NotSent`, :class:`~.slots._Replayed`, :class:`~.slots._Lost`. Paths, headers and
 status codes are those of :mod:`mrkit.backends.http.wire`.
 """

@@ -482,7 +482,7 @@ def driver_main(argv: list[str] | None = None) -> int:
     """Entry point of a worker started by an ``http`` driver (internal; see the module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m mrkit.backends.http.server")
     parser.add_argument(
-        "--driver",
+        wire.DRIVER_FLAG,
         action="store_true",
         required=True,
         help="read the configuration from stdin and exit when stdin closes",
