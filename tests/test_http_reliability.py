@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 import mrkit
-import mrkit.backends.http.executor as http_executor
+import mrkit.backends.http.exchange as http_exchange
 from mrkit.backends.http.auth import sign_request
 from mrkit.backends.http.executor import HttpExecutor, HttpTimeouts
 from mrkit.backends.http.server import WorkerServer
@@ -134,7 +134,7 @@ def test_a_replayed_request_is_sent_again_and_the_worker_stays_in_rotation(
         kwargs["nonce"] = next(nonces, None)
         return sign_request(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(http_executor, "sign_request", duplicating)
+    monkeypatch.setattr(http_exchange, "sign_request", duplicating)
     executor = HttpExecutor([f"127.0.0.1:{port}"], secret=SECRET, timeouts=FAST)
     try:
         first = executor.submit(call_spec(touch, str(tmp_path / "a"), task="call-000001")).result(timeout=30)

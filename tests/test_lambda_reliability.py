@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 import mrkit
-from mrkit.backends.aws_lambda import executor as aws_lambda
 from mrkit.backends.aws_lambda import handler as lambda_handler
 from mrkit.backends.aws_lambda import jobs as osj
 from mrkit.backends.aws_lambda.executor import build_event
@@ -74,7 +73,7 @@ def test_simultaneous_map_commits_start_the_reduce_phase_exactly_once(
     ``stalled_renewals``, the invocation that takes the step stalls for longer than a lease while it
     invokes (a throttled function, a long pause): nobody else may start the reduce phase meanwhile."""
     recorder = RecordingInvoker()
-    monkeypatch.setattr(aws_lambda, "invoker_from_config", lambda config: recorder)
+    monkeypatch.setattr(osj, "invoker_from_config", lambda config: recorder)
     n_map = 4
     barrier = threading.Barrier(n_map)
     run_task = lambda_handler.run_task
@@ -124,7 +123,7 @@ def test_an_owner_that_died_after_taking_the_trigger_is_finished_by_its_on_failu
     s3_url, monkeypatch
 ):
     recorder = RecordingInvoker()
-    monkeypatch.setattr(aws_lambda, "invoker_from_config", lambda config: recorder)
+    monkeypatch.setattr(osj, "invoker_from_config", lambda config: recorder)
     storage, _out, plan = _serverless_plan(s3_url, 2, lease=0.3)
     job = {"invoker": recorder.config()}
     handler(build_event([plan.map_specs[0]], storage.url, job=job), context())
@@ -135,7 +134,7 @@ def test_an_owner_that_died_after_taking_the_trigger_is_finished_by_its_on_failu
     )
     handler(last, context("r-dead"))
     monkeypatch.undo()
-    monkeypatch.setattr(aws_lambda, "invoker_from_config", lambda config: recorder)
+    monkeypatch.setattr(osj, "invoker_from_config", lambda config: recorder)
     assert recorder.task_ids() == {}
     handler(last, context("r-other"))  # a duplicate under another request id: not the owner
     assert recorder.task_ids() == {}
@@ -149,7 +148,7 @@ def test_a_task_that_committed_and_died_before_reporting_still_starts_the_next_p
     delivery, as under repeated kills). Its on-failure record must count the commit as done and start
     the reduce phase, once: marked lost, the async job would wait forever for that phase."""
     recorder = RecordingInvoker()
-    monkeypatch.setattr(aws_lambda, "invoker_from_config", lambda config: recorder)
+    monkeypatch.setattr(osj, "invoker_from_config", lambda config: recorder)
     storage, _out, plan = _serverless_plan(s3_url, 2, lease=0.3)
     job = {"invoker": recorder.config()}
     handler(build_event([plan.map_specs[0]], storage.url, job=job), context())
@@ -276,7 +275,7 @@ def test_a_slow_cold_start_is_neither_a_straggler_nor_a_timeout(tmp_path, s3_url
 
 def test_duplicate_events_do_not_rerun_committed_work_and_are_counted(s3_url, monkeypatch):
     recorder = RecordingInvoker()
-    monkeypatch.setattr(aws_lambda, "invoker_from_config", lambda config: recorder)
+    monkeypatch.setattr(osj, "invoker_from_config", lambda config: recorder)
     storage, _out, plan = _serverless_plan(s3_url, 2, lease=1.0)
     job = {"invoker": recorder.config()}
     first = plan.map_specs[0]

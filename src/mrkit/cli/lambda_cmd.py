@@ -29,7 +29,8 @@ from typing import Any
 
 import click
 
-HANDLER = "mrkit.backends.aws_lambda.handler.handler"
+from mrkit.backends.aws_lambda.wire import HANDLER
+
 _SKIP_DIRS = {"__pycache__"}
 _SKIP_SUFFIXES = (".pyc", ".pyo")
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same sources give the same zip (and CodeSha256)

@@ -61,6 +61,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from mrkit.backends.aws_lambda.wire import failure_record, function_arn, is_failure_record, log_group
 from mrkit.errors import ConfigError, WorkerLost
 
 HANDLER = "mrkit.backends.aws_lambda.handler:handler"
@@ -162,12 +163,10 @@ class LambdaContext:
     ) -> None:
         self.function_name = function_name
         self.function_version = "$LATEST"
-        self.invoked_function_arn = (
-            invoked_function_arn or f"arn:aws:lambda:local:000000000000:function:{function_name}"
-        )
+        self.invoked_function_arn = invoked_function_arn or function_arn(function_name)
         self.memory_limit_in_mb = memory_limit_in_mb
         self.aws_request_id = aws_request_id
-        self.log_group_name = f"/aws/lambda/{function_name}"
+        self.log_group_name = log_group(function_name)
         self.log_stream_name = f"local/{os.getpid()}"
         self._deadline = deadline
 
@@ -278,26 +277,15 @@ class LocalFunction:
                 return
             if count < attempts:
                 time.sleep(self.config.retry_delay)
-        if self.config.on_failure == "self" and "requestPayload" not in event and not self._closed:
+        if self.config.on_failure == "self" and not is_failure_record(event) and not self._closed:
             # Lambda's destination record; never one for a record, so failures cannot loop.
-            arn = f"arn:aws:lambda:local:000000000000:function:{self.config.name}"
-            record = {
-                "version": "1.0",
-                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
-                "requestContext": {
-                    "requestId": request_id,
-                    "condition": "RetriesExhausted",
-                    "approximateInvokeCount": attempts,
-                    "functionArn": arn,
-                },
-                "requestPayload": event,
-                "responseContext": {
-                    "statusCode": 200,
-                    "executedVersion": "$LATEST",
-                    "functionError": "Unhandled",
-                },
-                "responsePayload": outcome.error,
-            }
+            record = failure_record(
+                event,
+                request_id=request_id,
+                attempts=attempts,
+                function=self.config.name,
+                error=outcome.error,
+            )
             self.invoke(record)
 
     def _spawn_supervisor(self, event: dict[str, Any], request_id: str) -> None:

@@ -32,19 +32,11 @@ The contract (:class:`LambdaExecutor`):
 runtime (:mod:`mrkit.backends.aws_lambda.emulator`) in place of AWS: a fresh process per delivery, timeouts,
 memory limits, retries and injected duplicates; its default storage is a local folder.
 
-Why one module of about 770 lines: the key scheme, the event, the two invokers (boto3 and local) and the
-executor are one contract that the handler, the serverless driver and the tests import together;
-the invokers would be the first to move out if it grows.
-
-Keys this module writes and reads, in the job's storage (``layout.py`` holds the job's own)::
-
-    {job}/lambda/claims/{task}/a{attempt}/d{n}   delivery n of an attempt's event (put_if_absent),
-                                                 holding the request id; its keys use attempt
-                                                 ``attempt + 1000 * n`` (see lambda_handler)
-    {job}/lambda/done/{task}/a{attempt}          the attempt's TaskResult JSON (first delivery to end)
-    {job}/lambda/done/{task}/a{attempt}.lost     every delivery of the attempt failed (JSON reason)
-    {job}/lambda/skipped/{task}/a{attempt}-{id}  a delivery that found the attempt reported or the
-                                                 task committed and did not run it (empty)
+The key scheme and the event this executor shares with the handler and the serverless driver are in
+:mod:`mrkit.backends.aws_lambda.wire`; the invokers (boto3 and local) in
+:mod:`mrkit.backends.aws_lambda.invokers`. Why one module of about 520 lines: the executor's
+dispatch (event batching), its sync path and its result polling share one table of pending
+attempts and its lock.
 
 Options (keyword arguments, or the query string: ``lambda://fn?region=eu-west-1&max_concurrency=50``):
 ``storage``, ``max_concurrency``, ``invocation`` (``event`` or ``sync``), ``batch_size`` (tasks per
@@ -59,7 +51,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import re
 import tempfile
 import threading
 import time
@@ -67,275 +58,58 @@ import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from mrkit.errors import ConfigError, MissingExtra, WorkerLost
+from mrkit.backends.aws_lambda.invokers import BotoInvoker, Invoker, LocalInvoker, invoker_from_config
+from mrkit.backends.aws_lambda.wire import (
+    DELIVERY_STRIDE,
+    EVENT_VERSION,
+    HANDLER,
+    LOST,
+    MAX_ASYNC_EVENT,
+    MAX_DELIVERIES,
+    MAX_SYNC_EVENT,
+    build_event,
+    claim_key,
+    claims_prefix,
+    crash_description,
+    crashed_result,
+    done_prefix,
+    lost_key,
+    lost_reason,
+    pack,
+    result_key,
+    skipped_key,
+)
+from mrkit.errors import ConfigError, WorkerLost
 from mrkit.execution.base import Executor
 from mrkit.model.task import TaskKind, TaskResult, TaskSpec
 
-HANDLER = "mrkit.backends.aws_lambda.handler.handler"
-EVENT_VERSION = 1
-MAX_ASYNC_EVENT = 256 * 1024  # Lambda's limit for an asynchronous (Event) invocation payload
-MAX_SYNC_EVENT = 6 * 1024 * 1024  # ... and for a synchronous one
-DELIVERY_STRIDE = 1000  # delivery n of attempt a runs as attempt a + 1000 * n (drivers never get near 1000)
-MAX_DELIVERIES = 16  # deliveries of one attempt's event before the handler calls it lost
-
-
-# -- the key scheme --------------------------------------------------------------------------------
-
-
-def claim_key(job_id: str, task_id: str, attempt: int, delivery: int) -> str:
-    return f"{job_id}/lambda/claims/{task_id}/a{attempt}/d{delivery}"
-
-
-def claims_prefix(job_id: str) -> str:
-    return f"{job_id}/lambda/claims/"
-
-
-def done_prefix(job_id: str) -> str:
-    return f"{job_id}/lambda/done/"
-
-
-def result_key(job_id: str, task_id: str, attempt: int) -> str:
-    return f"{job_id}/lambda/done/{task_id}/a{attempt}"
-
-
-def skipped_key(job_id: str, task_id: str, attempt: int, token: str) -> str:
-    return f"{job_id}/lambda/skipped/{task_id}/a{attempt}-{token}"
-
-
-def lost_key(job_id: str, task_id: str, attempt: int) -> str:
-    return result_key(job_id, task_id, attempt) + ".lost"
-
-
-# How a function's runtime reports a handler process that died: "exit status 3" locally and on AWS,
-# "signal SIGSEGV" locally, "signal: segmentation fault" on AWS.
-_CRASH_SIGNALS = {
-    "SIGSEGV": "segmentation fault",
-    "SIGABRT": "aborted",
-    "SIGBUS": "bus error",
-    "SIGFPE": "floating point exception",
-    "SIGILL": "illegal instruction",
-}
-
-
-def crash_description(error_type: str, message: str) -> str | None:
-    """How the task's own code ended its invocation, from the runtime's error; None when it did not.
-
-    A ``Runtime.ExitError`` with a non-zero exit status (``os._exit(3)``) or a crash signal (a
-    segfault, ``abort()``) is the task's doing: a *failed attempt*, counted against ``max_attempts``.
-    SIGKILL is not: it comes from outside (the runtime's timeout, an operator, the OOM killer), so
-    such an invocation stays *lost*.
-
-    >>> crash_description("Runtime.ExitError", "Runtime exited with error: exit status 3")
-    'exit status 3'
-    >>> crash_description("Runtime.ExitError", "Runtime exited with error: signal: segmentation fault")
-    'signal SIGSEGV (segmentation fault)'
-    >>> crash_description("Runtime.ExitError", "Runtime exited without a response (signal SIGKILL)") is None
-    True
-    """
-    if error_type != "Runtime.ExitError" and "Runtime.ExitError" not in message:
-        return None
-    status = re.search(r"exit status (\d+)", message)
-    if status and status[1] != "0":
-        return f"exit status {status[1]}"
-    for name, text in _CRASH_SIGNALS.items():
-        if name in message or text in message:
-            return f"signal {name} ({text})"
-    return None
-
-
-def build_event(
-    specs: list[TaskSpec], results_url: str, *, job: dict[str, Any] | None = None, sync: bool = False
-) -> dict[str, Any]:
-    """The event of one invocation: specs by reference, where results go, and (serverless) the job.
-
-    Raises:
-        ConfigError: the event exceeds Lambda's payload limit (only a futures call with large
-            arguments can: send fewer items per task, or references instead of data).
-    """
-    event: dict[str, Any] = {
-        "mrkit": EVENT_VERSION,
-        "specs": [s.encode().decode() for s in specs],
-        "results": results_url,
-    }
-    if job is not None:
-        event["job"] = job
-    size = len(json.dumps(event))
-    limit = MAX_SYNC_EVENT if sync else MAX_ASYNC_EVENT
-    if size > limit:
-        raise ConfigError(
-            f"the event of {', '.join(s.task_id for s in specs)} is {size:,} bytes, over "
-            f"Lambda's {limit:,}-byte limit: pass references (paths, keys) instead of data, "
-            "or fewer items"
-        )
-    return event
-
-
-def pack(
-    specs: list[TaskSpec],
-    results_url: str,
-    *,
-    job: dict[str, Any] | None = None,
-    batch_size: int = 1,
-    sync: bool = False,
-) -> list[list[TaskSpec]]:
-    """Group ``specs`` into events of at most ``batch_size`` specs, in order, and never over Lambda's
-    payload limit: a batch that would pass it is closed early (a spec too large on its own gets an
-    event of its own, which :func:`build_event` then refuses).
-
-    >>> specs = [TaskSpec(job_id="j", task_id=f"call-{i:06d}", kind=TaskKind.CALL, call=b"x" * 70_000)
-    ...          for i in range(5)]
-    >>> [len(group) for group in pack(specs, "s3://b/p", batch_size=4)]  # ~93 KB each; 256 KB limit
-    [2, 2, 1]
-    """
-    limit = MAX_SYNC_EVENT if sync else MAX_ASYNC_EVENT
-    empty = {"mrkit": EVENT_VERSION, "specs": [], "results": results_url, **({"job": job} if job else {})}
-    base = len(json.dumps(empty))
-    groups: list[list[TaskSpec]] = []
-    group: list[TaskSpec] = []
-    size = base
-    for spec in specs:
-        item = len(json.dumps(spec.encode().decode())) + (2 if group else 0)  # json.dumps puts ", "
-        if group and (len(group) >= batch_size or size + item > limit):
-            groups.append(group)
-            group, size = [], base
-            item -= 2
-        group.append(spec)
-        size += item
-    if group:
-        groups.append(group)
-    return groups
-
-
-def crashed_result(spec: TaskSpec, crash: str, *, worker: str) -> TaskResult:
-    """The failed result of an attempt whose code ended its invocation (see :func:`crash_description`)."""
-    from mrkit.execution.watchdog import crash_failure  # the far side's failure vocabulary
-
-    return TaskResult(spec.task_id, spec.attempt, ok=False, worker=worker, failure=crash_failure(crash))
-
-
-# -- invokers: how an event reaches a function -------------------------------------------------------
-
-
-class Invoker(Protocol):
-    """Delivers events to one function."""
-
-    def invoke(self, event: dict[str, Any], *, sync: bool = False) -> Any:
-        """Invoke; return the response (sync) or None (async, once accepted)."""
-        ...
-
-    def config(self) -> dict[str, Any]:
-        """JSON that :func:`invoker_from_config` turns back into an invoker (inside a function)."""
-        ...
-
-    def timeout(self) -> float:
-        """The function's timeout in seconds."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class BotoInvoker:
-    """Invokes a deployed AWS Lambda function with boto3.
-
-    Args:
-        function: name, ARN or ``name:alias``.
-        region: AWS region (default: the environment's).
-    """
-
-    def __init__(self, function: str, region: str | None = None) -> None:
-        self.function = function
-        self.region = region
-        self._client: Any = None
-        self._timeout: float | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def client(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                try:
-                    import boto3.session
-                    from botocore.config import Config
-                except ImportError:
-                    raise MissingExtra("the lambda:// executor", "lambda", "boto3") from None
-                # Invoke returns 202 at once for Event; a sync call may run for the function's whole timeout.
-                config = Config(
-                    read_timeout=905, retries={"max_attempts": 4, "mode": "standard"}, max_pool_connections=64
-                )
-                session = boto3.session.Session()
-                self._client = session.client("lambda", region_name=self.region, config=config)
-            return self._client
-
-    def invoke(self, event: dict[str, Any], *, sync: bool = False) -> Any:
-        response = self.client.invoke(
-            FunctionName=self.function,
-            InvocationType="RequestResponse" if sync else "Event",
-            Payload=json.dumps(event).encode(),
-        )
-        if not sync:
-            return None
-        payload = json.loads(response["Payload"].read() or b"null")
-        if response.get("FunctionError"):
-            if isinstance(payload, dict):
-                message = f"{payload.get('errorType', '?')}: {payload.get('errorMessage', payload)}"
-            else:
-                message = str(payload)
-            raise WorkerLost(f"function {self.function}: {response['FunctionError']} error: {message}")
-        return payload
-
-    def config(self) -> dict[str, Any]:
-        return {"kind": "lambda", "function": self.function, "region": self.region}
-
-    def timeout(self) -> float:
-        if self._timeout is None:
-            try:
-                described = self.client.get_function_configuration(FunctionName=self.function)
-                self._timeout = float(described["Timeout"])
-            except Exception:  # not allowed to read it, or not deployed yet: assume Lambda's maximum
-                self._timeout = 900.0
-        return self._timeout
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-
-
-class LocalInvoker:
-    """Invokes the local function runtime (:class:`~mrkit.backends.aws_lambda.emulator.LocalFunction`)."""
-
-    def __init__(self, config: Any, *, detached: bool = False) -> None:
-        from mrkit.backends.aws_lambda.emulator import LocalFunction  # the far side, imported late (layers)
-
-        self.function = LocalFunction(config, detached=detached)
-
-    def invoke(self, event: dict[str, Any], *, sync: bool = False) -> Any:
-        return self.function.invoke(event, sync=sync)
-
-    def config(self) -> dict[str, Any]:
-        return {"kind": "local", "config": self.function.config.to_dict()}
-
-    def timeout(self) -> float:
-        return float(self.function.config.timeout)
-
-    def close(self) -> None:
-        self.function.shutdown()
-
-
-def invoker_from_config(config: dict[str, Any]) -> BotoInvoker | LocalInvoker:
-    """Rebuild an invoker from :meth:`Invoker.config` (local ones are detached: a function's
-    invocations must outlive it)."""
-    if config.get("kind") == "lambda":
-        return BotoInvoker(config["function"], config.get("region"))
-    if config.get("kind") == "local":
-        from mrkit.backends.aws_lambda.emulator import FunctionConfig
-
-        return LocalInvoker(FunctionConfig.from_dict(config["config"]), detached=True)
-    raise ConfigError(f"unknown invoker {config!r}: expected kind 'lambda' or 'local'")
-
-
-# -- the executor ------------------------------------------------------------------------------------
+# Moved to .wire (the key scheme, the event) and .invokers; importable from here as before.
+__all__ = [
+    "DELIVERY_STRIDE",
+    "EVENT_VERSION",
+    "HANDLER",
+    "MAX_ASYNC_EVENT",
+    "MAX_DELIVERIES",
+    "MAX_SYNC_EVENT",
+    "BotoInvoker",
+    "Invoker",
+    "LambdaExecutor",
+    "LocalInvoker",
+    "LocalLambdaExecutor",
+    "build_event",
+    "claim_key",
+    "claims_prefix",
+    "crash_description",
+    "crashed_result",
+    "done_prefix",
+    "invoker_from_config",
+    "lost_key",
+    "pack",
+    "result_key",
+    "skipped_key",
+]
 
 
 @dataclass
@@ -662,7 +436,7 @@ class LambdaExecutor(Executor):
                     ready = [
                         (k, p)
                         for k, p in self._pending.items()
-                        if p.spec.job_id == job_id and (k in found or k + ".lost" in found)
+                        if p.spec.job_id == job_id and (k in found or k + LOST in found)
                     ]
                 for key, pending in ready:
                     self._collect(storage, key, pending, lost=key not in found)
@@ -690,11 +464,11 @@ class LambdaExecutor(Executor):
 
     def _collect(self, storage: Any, key: str, pending: _Pending, *, lost: bool) -> None:
         try:
-            raw = storage.get(key + ".lost" if lost else key)
+            raw = storage.get(key + LOST if lost else key)
         except Exception:  # read again at the next interval
             return
         if lost:
-            self._fail(pending.spec, f"every delivery failed: {json.loads(raw).get('reason', '?')}")
+            self._fail(pending.spec, f"every delivery failed: {lost_reason(raw, '?')}")
             return
         with self._lock:
             self._pending.pop(key, None)

@@ -2,14 +2,10 @@
 
 The same handler runs on AWS (``mrkit lambda deploy`` sets it as the function's handler) and in
 the local function runtime (``lambda-local``). The event is JSON, built by
-:func:`mrkit.backends.aws_lambda.executor.build_event`, and carries references only::
-
-    {"mrkit": 1,
-     "specs": ["<TaskSpec JSON>", ...],   one task, or a batch of tiny ones, run in order
-     "results": "s3://bucket/prefix",     the job's storage: results and claims are written there
-     "job": {"invoker": {...},            only for a serverless job: advance the job afterwards
-             "run": 2}}                   the job's run the event belongs to (absent: run 1); an
-                                          event of a run that has ended runs nothing, writes nothing
+:func:`mrkit.backends.aws_lambda.wire.build_event` (its format and the keys below are written there),
+and carries references only: the specs, the job's storage (results and claims are written there)
+and, for a serverless job, the ``job`` member (the invoker, the run: an event of a run that has ended
+runs nothing, writes nothing)
 
 or a Lambda on-failure destination record (``requestContext.condition`` = ``RetriesExhausted``)
 whose ``requestPayload`` is such an event: its tasks are reported lost, except that a task whose own
@@ -45,22 +41,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 import uuid
 from typing import Any
 
-from mrkit.backends.aws_lambda.executor import (
+from mrkit.backends.aws_lambda.wire import (
     DELIVERY_STRIDE,
-    EVENT_VERSION,
     MAX_DELIVERIES,
     claim_key,
     crash_description,
     crashed_result,
+    event_run,
+    is_failure_record,
     lost_key,
+    lost_record,
+    parse_event,
+    parse_failure_record,
     result_key,
     skipped_key,
+    stamp,
 )
-from mrkit.errors import ConfigError
 from mrkit.execution.runtime import run_task, storage_for
 from mrkit.execution.watchdog import end_process, watch
 from mrkit.model import layout
@@ -81,17 +80,12 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     Raises:
         ConfigError: not an mrkit event (or a newer format than this mrkit understands).
     """
-    if "requestPayload" in event:
+    if is_failure_record(event):
         return _report_lost(event)
-    if event.get("mrkit") != EVENT_VERSION:
-        raise ConfigError(
-            f"not an mrkit event (format {event.get('mrkit')!r}, this mrkit reads "
-            f"{EVENT_VERSION}); keys: {sorted(event)[:8]}"
-        )
+    parsed = parse_event(event)
     request_id = str(getattr(context, "aws_request_id", "") or "unknown")
     label = f"lambda:{getattr(context, 'function_name', '?')}:{request_id[:8]}"
-    specs = [TaskSpec.decode(raw) for raw in event.get("specs", ())]
-    results = [_run_one(spec, event["results"], event.get("job"), request_id, label) for spec in specs]
+    results = [_run_one(spec, parsed.results, parsed.job, request_id, label) for spec in parsed.specs]
     return {"results": [r.encode().decode() for r in results]}
 
 
@@ -125,9 +119,7 @@ def _run_one(spec: TaskSpec, url: str, job: dict[str, Any] | None, request_id: s
         delivery = _claim(storage, spec, request_id)
         if delivery is None:
             reason = f"{MAX_DELIVERIES} deliveries of this event already ran"
-            storage.put_if_absent(
-                lost_key(spec.job_id, spec.task_id, spec.attempt), json.dumps({"reason": reason}).encode()
-            )
+            storage.put_if_absent(lost_key(spec.job_id, spec.task_id, spec.attempt), lost_record(reason))
             if job is not None:
                 _serverless().lost(storage, spec, job, reason)
             return TaskResult(
@@ -195,44 +187,36 @@ def _note_skipped(storage: Storage, spec: TaskSpec) -> None:
 
 def _claim(storage: Storage, spec: TaskSpec, request_id: str) -> int | None:
     """The first free delivery number of this attempt, taken atomically; None when all are taken."""
-    stamp = json.dumps({"request_id": request_id, "time": time.time()}).encode()
+    taken = stamp(request_id)
     for n in range(MAX_DELIVERIES):
-        if storage.put_if_absent(claim_key(spec.job_id, spec.task_id, spec.attempt, n), stamp):
+        if storage.put_if_absent(claim_key(spec.job_id, spec.task_id, spec.attempt, n), taken):
             return n
     return None
 
 
 def _job_stopped(storage: Storage, job_id: str, job: dict[str, Any]) -> bool:
     """Whether the run of the job that ``job`` (an event's ``job`` member) belongs to has ended."""
-    jobs = _serverless()
-    return jobs.stopped(storage, job_id, jobs.event_run(job)) is not None
+    return _serverless().stopped(storage, job_id, event_run(job)) is not None
 
 
 def _report_lost(record: dict[str, Any]) -> dict[str, Any]:
     """Every delivery of the wrapped event failed: mark its tasks lost (unless one of them reported)."""
-    event = record["requestPayload"]
-    context = record.get("requestContext", {})
-    error = record.get("responsePayload") or {}
-    reason = (
-        f"{context.get('condition', 'RetriesExhausted')} after "
-        f"{context.get('approximateInvokeCount', '?')} deliveries; last: "
-        f"{error.get('errorType', '?')}: {error.get('errorMessage', '')}"
-    )
-    crash = crash_description(str(error.get("errorType", "")), str(error.get("errorMessage", "")))
-    original = str(context.get("requestId", "") or "unknown")
+    failure = parse_failure_record(record)
+    event = parse_event(failure.event, check_version=False)
+    reason, original, job = failure.reason, failure.request_id, event.job
+    crash = crash_description(failure.error_type, failure.error_message)
     lost: list[str] = []
     failed_ids: list[str] = []
-    for raw in event.get("specs", ()):
-        spec = TaskSpec.decode(raw)
-        storage = storage_for(event["results"])
-        if event.get("job") is not None and _job_stopped(storage, spec.job_id, event["job"]):
+    for spec in event.specs:
+        storage = storage_for(event.results)
+        if job is not None and _job_stopped(storage, spec.job_id, job):
             continue  # the event's run has ended (or was resumed as a newer run): nothing to report
         stored = storage.get_or_none(result_key(spec.job_id, spec.task_id, spec.attempt))
         if stored is not None:
             # The task ran, and its invocation died afterwards, perhaps while it owned a phase change
             # (the trigger holds the request id): finish it, as the original request.
-            if event.get("job") is not None:
-                _serverless().advance(storage, spec, TaskResult.decode(stored), event["job"], original)
+            if job is not None:
+                _serverless().advance(storage, spec, TaskResult.decode(stored), job, original)
             continue
         done = _committed_result(storage, spec, f"lambda:{original[:8]}")
         if done is not None:
@@ -240,24 +224,22 @@ def _report_lost(record: dict[str, Any]) -> dict[str, Any]:
             # Calling it lost would run committed work again, and an async job would wait forever
             # for a phase whose every task committed.
             if storage.put_if_absent(result_key(spec.job_id, spec.task_id, spec.attempt), done.encode()):
-                if event.get("job") is not None:
-                    _serverless().advance(storage, spec, done, event["job"], original)
+                if job is not None:
+                    _serverless().advance(storage, spec, done, job, original)
             continue
         if crash is not None:
             # The task's code ended every delivery itself (os._exit, a segfault): a failed attempt,
             # counted against max_attempts like an exception, not an infrastructure loss.
             failed = crashed_result(spec, crash, worker=f"lambda:{original[:8]}")
             if storage.put_if_absent(result_key(spec.job_id, spec.task_id, spec.attempt), failed.encode()):
-                if event.get("job") is not None:
-                    _serverless().advance(storage, spec, failed, event["job"], original)
+                if job is not None:
+                    _serverless().advance(storage, spec, failed, job, original)
             failed_ids.append(spec.task_id)
             crash = None  # a batch runs in order: the first task without a result ended it; the rest are lost
             continue
-        storage.put_if_absent(
-            lost_key(spec.job_id, spec.task_id, spec.attempt), json.dumps({"reason": reason}).encode()
-        )
-        if event.get("job") is not None:
-            _serverless().lost(storage, spec, event["job"], reason)
+        storage.put_if_absent(lost_key(spec.job_id, spec.task_id, spec.attempt), lost_record(reason))
+        if job is not None:
+            _serverless().lost(storage, spec, job, reason)
         lost.append(spec.task_id)
     return {"lost": lost, **({"failed": failed_ids} if failed_ids else {})}
 

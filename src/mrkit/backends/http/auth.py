@@ -49,11 +49,8 @@ from collections.abc import Callable, Mapping
 from email.message import Message
 
 from mrkit import security
+from mrkit.backends.http.wire import HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP
 from mrkit.errors import AuthenticationError, ConfigError, MrkitError
-
-HEADER_TIMESTAMP = "X-Mrkit-Timestamp"
-HEADER_NONCE = "X-Mrkit-Nonce"
-HEADER_SIGNATURE = "X-Mrkit-Signature"
 
 DEFAULT_SKEW = 60.0  # seconds a request's timestamp may differ from the receiver's clock
 MIN_SECRET_BYTES = 16

@@ -48,23 +48,21 @@ The contract (:class:`HttpExecutor`):
 
 Future callbacks run in this executor's connection threads; keep them short (submitting is fine).
 
-This module is about 1,300 lines because the connection threads, the worker processes and the fault
-handling share one lock and one queue; splitting them apart would spread that invariant over files.
+Its parts, each a mixin of :class:`HttpExecutor` over the state they share (one lock, one queue,
+the slots: :class:`~mrkit.backends.http.slots._ExecutorState`): the worker processes it starts and
+their lifecycle (:mod:`.workers`), one exchange with a worker (:mod:`.exchange`, over
+:mod:`.connection`), and what it does when an exchange fails (:mod:`.faults`). What driver and
+worker agree on (paths, headers, bodies, status codes) is :mod:`mrkit.backends.http.wire`.
+
+This module is about 560 lines: the public API, the slots' threads that take attempts from the
+queue, and the reading of an answer, which all hold the one lock the parts share.
 """
 
 from __future__ import annotations
 
 import atexit
-import http.client
-import io
-import json
 import logging
 import os
-import selectors
-import signal
-import socket
-import struct
-import subprocess
 import sys
 import threading
 import time
@@ -72,318 +70,31 @@ import weakref
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
+from mrkit.backends.http import wire
 from mrkit.backends.http.auth import (
-    HEADER_NONCE,
-    HEADER_SIGNATURE,
     SECRET_ENV,
     SECRET_FILE_ENV,
     generate_secret,
     load_secret,
-    sign_request,
-    verify_response,
 )
+from mrkit.backends.http.exchange import _Exchanges
+from mrkit.backends.http.faults import _Faults
+from mrkit.backends.http.slots import HttpTimeouts, _Item, _Lost, _NotSent, _Replayed, _Slot, parse_addresses
+from mrkit.backends.http.workers import WORKER_PYTHON_ENV, _WorkerProcesses
 from mrkit.errors import AuthenticationError, ConfigError, MrkitError, WorkerLost
 from mrkit.execution.base import Executor
 from mrkit.model.task import TaskKind, TaskResult, TaskSpec
 from mrkit.security import is_loopback
 
+__all__ = ["WORKER_PYTHON_ENV", "HttpExecutor", "HttpTimeouts", "parse_addresses"]
+
 logger = logging.getLogger("mrkit.http")
 
-WORKER_PYTHON_ENV = "MRKIT_WORKER_PYTHON"
-_MAX_STARTUP_FAILURES = 3  # driver-started workers dying before "ready" this many times in a row: give up
-_BACKOFF_FIRST = 0.1
-_BACKOFF_MAX = 5.0
-# A driver-started worker that dies under an attempt (killed from outside: its task process runs the
-# user code, so the task did not do it) is restarted and the attempt sent again, this many times per
-# attempt; beyond that the attempt is lost (WorkerLost) and the driver's max_lost takes over.
-_MAX_RESENDS = 10
-# A resent attempt gets a number the driver never uses (attempt + k * stride), so that it writes under
-# keys of its own: the copy that died may have written (even committed) under the original ones.
-_RESEND_STRIDE = 1000
-# The worker drops connections idle for 300 s (http_server.IDLE_TIMEOUT); reconnect well before, so a
-# request never races the worker closing an idle connection.
-_IDLE_RECONNECT = 60.0
 
-
-@dataclass(frozen=True)
-class HttpTimeouts:
-    """How long the executor waits for HTTP workers, and when it gives up on one.
-
-    Attributes:
-        startup: seconds a driver-started worker has to report that it is ready.
-        connect: seconds to open a TCP connection to a worker.
-        health_interval: while an attempt runs, its worker's ``/health`` is checked this often.
-        health_timeout: a ``/health`` answer slower than this counts as a miss.
-        health_misses: consecutive misses after which the worker is lost: the attempt fails with
-            WorkerLost, and the worker is restarted (driver-started) or probed with backoff.
-        unreachable: with no worker answering for this long, queued attempts fail with WorkerLost.
-        first_contact: running workers (``http://…``) none of which has answered once this many
-            seconds after the first task was submitted: the executor gives up with a ConfigError
-            ("no HTTP worker answered at …"), since retrying cannot help a wrong address.
-        task: seconds an attempt may run before it is lost and a driver-started worker running it
-            is killed and restarted (None: no limit). The driver's ``RetryPolicy.task_timeout`` is
-            not the same: it stops waiting for the attempt and launches another, but the abandoned
-            attempt keeps its worker busy until it ends (its future cannot be cancelled once running).
-
-    A request or an answer that stops moving mid-transfer for :attr:`stall` seconds also gives up
-    on the worker (a frozen worker stops reading a large request; one frozen mid-answer stops
-    sending), as a worker that misses ``/health`` ``health_misses`` times in a row does.
-
-    Example:
-        >>> HttpTimeouts(health_interval=0.2, health_timeout=0.5, health_misses=2).health_misses
-        2
-        >>> HttpTimeouts().stall
-        12.0
-    """
-
-    startup: float = 30.0
-    connect: float = 5.0
-    health_interval: float = 1.0
-    health_timeout: float = 3.0
-    health_misses: int = 3
-    unreachable: float = 30.0
-    first_contact: float = 3.0
-    task: float | None = None
-
-    def __post_init__(self) -> None:
-        for name in (
-            "startup",
-            "connect",
-            "health_interval",
-            "health_timeout",
-            "unreachable",
-            "first_contact",
-        ):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"HttpTimeouts.{name} must be > 0 seconds, got {getattr(self, name)!r}")
-        if self.health_misses < 1:
-            raise ConfigError(f"HttpTimeouts.health_misses must be at least 1, got {self.health_misses!r}")
-        if self.task is not None and not self.task > 0:
-            raise ConfigError(f"HttpTimeouts.task must be > 0 seconds or None, got {self.task!r}")
-
-    @property
-    def stall(self) -> float:
-        """Seconds a transfer may make no progress: ``health_misses × (health_interval + health_timeout)``."""
-        return self.health_misses * (self.health_interval + self.health_timeout)
-
-
-class _NotSent(Exception):
-    """The request did not reach the worker whole: the attempt did not run and can go elsewhere."""
-
-
-class _Replayed(Exception):
-    """The worker refused the request as a replay (409): it did not run; send it again, freshly signed."""
-
-
-class _Lost(Exception):
-    """The attempt may have run and its outcome is unknown; ``kill`` asks to restart our worker."""
-
-    def __init__(self, reason: str, *, kill: bool = False) -> None:
-        super().__init__(reason)
-        self.kill = kill
-
-
-class _Item:
-    """One submitted attempt."""
-
-    __slots__ = ("spec", "future", "running", "bounces", "resends")
-
-    def __init__(self, spec: TaskSpec, future: Future[TaskResult]) -> None:
-        self.spec = spec
-        self.future = future
-        self.running = False  # set_running_or_notify_cancel() succeeded: it can no longer be cancelled
-        self.bounces = 0  # times it could not be delivered
-        self.resends = 0  # times it was sent again after its driver-started worker died under it
-
-
-class _Slot:
-    """One worker as this executor sees it, served by one thread with its own connections."""
-
-    def __init__(self, index: int, host: str = "", port: int = 0, *, owned: bool) -> None:
-        self.index = index
-        self.host = host
-        self.port = port
-        self.owned = owned
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.conn: _Connection | None = None  # tasks
-        self.health: http.client.HTTPConnection | None = None  # /health checks, not to disturb the above
-        self.ready = False
-        self.answered = (
-            False  # it answered once (existing workers): "unreachable" rather than "wrong address"
-        )
-        self.started = False  # a worker process was started for it once (driver-started workers)
-        self.busy = False  # holds an item (guarded by the executor's lock)
-        self.removed = False  # refused our signature: out of rotation for good
-        self.known: set[str] = set()  # futures function digests this worker process has been sent
-        self.last_used = 0.0
-        self.last_ready = time.monotonic()
-        self.failures = 0  # consecutive failed probes (existing workers)
-        self.down_until = 0.0
-        self.down_reason = ""
-        self.thread: threading.Thread | None = None
-
-    @property
-    def label(self) -> str:
-        return f"{self.host}:{self.port}" if self.port else f"http-worker-{self.index}"
-
-    def drop_connections(self) -> None:
-        for conn in (self.conn, self.health):
-            if conn is not None:
-                conn.close()
-        self.conn = self.health = None
-
-    def interrupt(self) -> None:
-        """Unblock this slot's thread if it waits on a response (called from another thread)."""
-        conn = self.conn
-        sock = conn.sock if conn is not None else None
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
-def _set_stall_timeout(sock: socket.socket, seconds: float) -> None:
-    """Make a blocking send or receive on ``sock`` fail after ``seconds`` without progress.
-
-    SO_SNDTIMEO/SO_RCVTIMEO bound each system call in the kernel, so the socket stays in blocking
-    mode and the normal path costs no extra system call (a Python-level timeout would add a poll
-    before every send and receive). ``sendall`` keeps going while bytes move, and raises once
-    ``seconds`` pass with none accepted.
-    """
-    if os.name == "nt":
-        value = struct.pack("L", max(1, int(seconds * 1000)))  # a DWORD of milliseconds
-    else:
-        whole = int(seconds)
-        value = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))  # struct timeval
-    for option in (socket.SO_SNDTIMEO, socket.SO_RCVTIMEO):
-        sock.setsockopt(socket.SOL_SOCKET, option, value)
-
-
-class _StallReader(io.RawIOBase):
-    """The raw stream an answer is read from: a receive that timed out raises TimeoutError.
-
-    http.client reads through ``socket.SocketIO``, which returns None when a receive would block
-    (its non-blocking-socket case); after SO_RCVTIMEO expired it would then take a stalled answer
-    for a short one, or return None as its body.
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__()
-        self._sock = sock
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        try:
-            return self._sock.recv_into(buffer)
-        except BlockingIOError:
-            raise TimeoutError("its answer stopped arriving midway") from None
-
-
-class _Response(http.client.HTTPResponse):
-    """An HTTPResponse read through :class:`_StallReader`."""
-
-    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
-        super().__init__(sock, *args, **kwargs)
-        self.fp.close()  # the SocketIO reader http.client made; it holds no data yet
-        self.fp = io.BufferedReader(_StallReader(sock))
-
-
-class _Connection(http.client.HTTPConnection):
-    """An HTTPConnection that sends a request's headers and body in one write, and can wait for input.
-
-    http.client writes headers and body separately; the worker would then wake up for the headers,
-    block, and wake up again for the body. :meth:`post` collects what ``request()`` sends and writes
-    it once. :meth:`readable` waits for the answer with one ``epoll``/``kqueue`` call on a selector
-    kept per connection, leaving the socket in blocking mode: toggling timeouts around a peek would
-    cost several system calls per task, each one a chance for another driver thread to take the GIL.
-    """
-
-    response_class = _Response
-    host_header = ""  # the signed Host: the worker's address as connected, and its port
-    stall = 0.0  # seconds a send or receive may make no progress (0: no bound)
-    _corked: list[bytes] | None = None
-    _selector: selectors.BaseSelector | None = None
-
-    def connect(self) -> None:
-        super().connect()
-        assert self.sock is not None
-        self.sock.settimeout(None)  # an answer takes as long as its task; health checks bound the wait
-        if self.stall > 0:
-            _set_stall_timeout(self.sock, self.stall)  # ...but once it moves, it must keep moving
-        if self._selector is not None:
-            self._selector.close()
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self.sock, selectors.EVENT_READ)
-
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            if self._selector is not None:
-                self._selector.close()
-                self._selector = None
-
-    def readable(self, timeout: float) -> bool:
-        """True when bytes, or end-of-file, wait to be read; waits at most ``timeout`` seconds."""
-        selector = self._selector
-        return True if selector is None else bool(selector.select(timeout))
-
-    def send(self, data: Any) -> None:
-        if self._corked is not None and isinstance(data, bytes):
-            self._corked.append(data)
-        else:
-            super().send(data)
-
-    def post(self, path: str, body: bytes, headers: dict[str, str]) -> None:
-        self._corked = []
-        try:
-            self.request("POST", path, body, headers)
-            data = b"".join(self._corked)
-        finally:
-            self._corked = None
-        super().send(data)
-
-
-def _exit_description(proc: subprocess.Popen[bytes]) -> str:
-    code = proc.poll()
-    if code is None:
-        return "is still running"
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"
-
-
-def parse_addresses(name: str) -> list[tuple[str, int]]:
-    """``http://h1:p1,h2:p2`` (each item may repeat ``http://``) -> ``[("h1", p1), ("h2", p2)]``.
-
-    Raises:
-        ConfigError: for an item without a host or a numeric port.
-    """
-    body = name[len("http://") :] if name.startswith("http://") else name
-    out: list[tuple[str, int]] = []
-    for item in body.split(","):
-        item = item.strip().removeprefix("http://").rstrip("/")
-        host, sep, port = item.rpartition(":")
-        host = host.strip("[]")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(
-                f"bad HTTP worker address {item!r} in {name!r}: expected "
-                "http://host:port[,host:port...], e.g. http://127.0.0.1:8001,127.0.0.1:8002"
-            )
-        out.append((host, int(port)))
-    return out
-
-
-class HttpExecutor(Executor):
+class HttpExecutor(_WorkerProcesses, _Exchanges, _Faults, Executor):
     """Runs attempts on HTTP workers, started here (``urls=None``) or already running.
 
     Example::
@@ -767,188 +478,6 @@ class HttpExecutor(Executor):
             "start them with `mrkit worker http --port PORT` or fix the addresses"
         )
 
-    # -- bringing workers up -----------------------------------------------------------------------
-
-    def _bring_up(self, slot: _Slot) -> bool:
-        return self._start_worker(slot) if slot.owned else self._probe(slot)
-
-    def _probe(self, slot: _Slot) -> bool:
-        """Check an existing worker's /health, at most as often as its backoff allows."""
-        wait = slot.down_until - time.monotonic()
-        if wait > 0:
-            self._stopped.wait(min(wait, 0.5))
-            return False
-        ok, reason = self._healthy(slot)
-        if ok:
-            if slot.failures:
-                logger.warning("HTTP worker %s answers again; sending it tasks", slot.label)
-            slot.answered = True
-            slot.failures = 0
-            slot.down_reason = ""
-            slot.last_ready = time.monotonic()
-            slot.ready = True
-            return True
-        slot.failures += 1
-        slot.down_reason = reason
-        delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (slot.failures - 1))
-        slot.down_until = time.monotonic() + delay
-        if slot.failures in (1, 5) or slot.failures % 20 == 0:
-            logger.warning(
-                "HTTP worker %s is not answering (%s); trying again in %.1fs (attempt %d)",
-                slot.label,
-                reason,
-                delay,
-                slot.failures,
-            )
-        never = self._never_answered()
-        if never:
-            self._abort(ConfigError(never))
-            return False
-        with self._lock:
-            unreachable = self._unreachable_locked()
-            items = list(self._queue) if unreachable else []
-            if unreachable:
-                self._queue.clear()
-        if items:
-            logger.error("%s: failing %d queued attempt(s)", unreachable, len(items))
-        for item in items:
-            self._fail(item, unreachable)
-        return False
-
-    def _start_worker(self, slot: _Slot) -> bool:
-        """Start (or restart) a driver-started worker; True once it is ready."""
-        restarting = slot.started
-        if restarting:
-            logger.warning("restarting HTTP worker %s", slot.label)
-        self._stop_process(slot, grace=0.0)
-        try:
-            proc, host, port = self._spawn()
-        except _NotSent as exc:
-            if self._closing:
-                return False
-            with self._lock:
-                self._startup_failures += 1
-                failures = self._startup_failures
-            logger.warning("an HTTP worker did not start: %s", exc)
-            if failures >= _MAX_STARTUP_FAILURES:
-                self._abort(
-                    ConfigError(
-                        f"{failures} HTTP workers in a row failed to start (last one: "
-                        f"{exc}); not starting more"
-                    )
-                )
-            else:
-                self._stopped.wait(min(_BACKOFF_MAX, _BACKOFF_FIRST * 2**failures))
-            return False
-        with self._lock:
-            self._startup_failures = 0
-        slot.proc, slot.host, slot.port = proc, host, port
-        slot.started = True
-        slot.known.clear()
-        slot.ready = True
-        slot.last_ready = time.monotonic()
-        logger.info(
-            "%s HTTP worker pid %d at http://%s",
-            "restarted" if restarting else "started",
-            proc.pid,
-            slot.label,
-        )
-        return True
-
-    def _spawn(self) -> tuple[subprocess.Popen[bytes], str, int]:
-        """Start ``python -m mrkit.backends.http.server --driver`` and wait for the URL it reports.
-
-        The secret goes through the child's stdin (``ps`` shows command lines, not pipes); the
-        child reports its URL on a second pipe, so its stdout and stderr stay the driver's, as
-        with the ``processes`` executor.
-
-        Raises:
-            _NotSent: it died or did not report ready within ``timeouts.startup``.
-        """
-        ready_r, ready_w = os.pipe()
-        try:
-            proc = subprocess.Popen(
-                [self.worker_python, "-m", "mrkit.backends.http.server", "--driver"],
-                stdin=subprocess.PIPE,
-                pass_fds=(ready_w,),
-                close_fds=True,
-            )
-        except OSError as exc:
-            os.close(ready_r)
-            raise _NotSent(f"{self.worker_python} could not be run ({type(exc).__name__}: {exc})") from None
-        except BaseException:
-            os.close(ready_r)
-            raise
-        finally:
-            os.close(ready_w)
-        try:
-            # The driver's sys.path (as `processes` workers get it), so jobs pickled by reference import.
-            sys_path = [os.fspath(p) for p in sys.path if isinstance(p, (str, os.PathLike))]
-            config = {"secret": self._secret.decode("ascii"), "sys_path": sys_path, "ready_fd": ready_w}
-            assert proc.stdin is not None
-            try:
-                proc.stdin.write(json.dumps(config).encode() + b"\n")
-                proc.stdin.flush()
-            except OSError:
-                pass  # it died at once: reading the ready pipe reports it
-            line = self._read_ready(ready_r, proc)
-        except BaseException:
-            self._reap(proc, grace=0.0)
-            raise
-        finally:
-            os.close(ready_r)
-        host, port = parse_addresses(line)[0]
-        return proc, host, port
-
-    def _read_ready(self, fd: int, proc: subprocess.Popen[bytes]) -> str:
-        deadline = time.monotonic() + self.timeouts.startup
-        buffer = b""
-        with selectors.DefaultSelector() as selector:
-            selector.register(fd, selectors.EVENT_READ)
-            while b"\n" not in buffer:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self._reap(proc, grace=0.0)
-                    raise _NotSent(
-                        f"it did not report ready within {self.timeouts.startup:g}s and was killed"
-                    )
-                if self._stopped.is_set():
-                    self._reap(proc, grace=0.0)
-                    raise _NotSent("the executor shut down while it started")
-                if not selector.select(min(left, 0.25)):
-                    continue
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    try:
-                        proc.wait(timeout=5.0)
-                    except subprocess.TimeoutExpired:
-                        pass  # it closed the pipe yet lives on: _exit_description says so
-                    raise _NotSent(f"it {_exit_description(proc)} before it was ready (its stderr is above)")
-                buffer += chunk
-        return buffer.decode().strip()
-
-    @staticmethod
-    def _reap(proc: subprocess.Popen[bytes], grace: float) -> None:
-        if proc.stdin is not None:
-            try:
-                proc.stdin.close()
-            except OSError:
-                pass
-        try:
-            proc.wait(timeout=grace) if grace > 0 else None
-        except subprocess.TimeoutExpired:
-            pass
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-    def _stop_process(self, slot: _Slot, grace: float) -> None:
-        slot.drop_connections()
-        slot.ready = False
-        proc, slot.proc = slot.proc, None
-        if proc is not None:
-            self._reap(proc, grace)
-
     def _abort(self, error: MrkitError) -> None:
         """Give up: fail every queued attempt with ``error``; later submits raise it."""
         with self._lock:
@@ -988,7 +517,7 @@ class HttpExecutor(Executor):
                 self._refused(slot, item, str(exc))
                 return
             slot.last_used = slot.last_ready = time.monotonic()
-            if status == 200:
+            if status == wire.OK:
                 try:
                     result = TaskResult.decode(data)
                 except Exception as exc:
@@ -998,276 +527,17 @@ class HttpExecutor(Executor):
                     slot.known.add(spec.call_digest)
                 item.future.set_result(result)
                 return
-            if status == 409 and not full:
+            if status == wire.CONFLICT and not full:
                 full = True  # it forgot the function (or restarted): send it again, with the function
                 continue
-            if status == 503:
+            if status == wire.LOST:
                 # The worker lives, but the task process running the attempt was killed from outside
                 # (or stopped); the worker has replaced it. Its answer says how.
-                try:
-                    reason = str(json.loads(data)["lost"])
-                except (ValueError, KeyError, TypeError):
-                    reason = data[:200].decode("utf-8", "replace")
+                reason = wire.lost_reason(data)
                 self._lost(slot, item, _Lost(f"lost the attempt: {reason} (it started a new one)"))
                 return
-            excerpt = data[:200].decode("utf-8", "replace")
-            self._lost(slot, item, _Lost(f"answered HTTP {status}: {excerpt}"))
+            self._lost(slot, item, _Lost(f"answered HTTP {status}: {wire.excerpt(data)}"))
             return
-
-    def _exchange(self, slot: _Slot, body: bytes) -> tuple[int, bytes]:
-        """POST one task and wait for the answer, checking the worker's health while it runs.
-
-        Raises:
-            _NotSent: the request did not get out whole (the attempt did not run).
-            _Lost: the connection broke after the request was out, or the worker stopped answering.
-            AuthenticationError: the worker refused our signature, or its answer did not verify.
-        """
-        conn = self._connection(slot)
-        # The Host names the address we reached the worker at, and is signed: the worker refuses a
-        # Host that is not one of its own addresses (DNS rebinding), and a request re-aimed elsewhere.
-        headers = sign_request(self._secret, "POST", "/task", body, host=conn.host_header)
-        nonce = headers[HEADER_NONCE]
-        headers["Host"] = conn.host_header
-        headers["Content-Type"] = "application/json"
-        try:
-            conn.post("/task", body, headers)
-        except (BlockingIOError, TimeoutError):
-            slot.drop_connections()  # SO_SNDTIMEO: it stopped reading (frozen, or cut off)
-            raise _NotSent(f"it accepted no bytes of the request for {conn.stall:g}s") from None
-        except (OSError, http.client.HTTPException) as exc:
-            # sendall() failed, so the worker did not receive the whole request and cannot have run it.
-            slot.drop_connections()
-            raise _NotSent(f"the request could not be sent ({type(exc).__name__}: {exc})") from None
-        self._await_answer(slot, conn)
-        try:
-            response = conn.getresponse()
-            try:
-                data = response.read()
-                status = response.status
-                signature = response.getheader(HEADER_SIGNATURE)
-            finally:
-                response.close()
-        except TimeoutError as exc:
-            slot.drop_connections()
-            raise _Lost(f"stalled: {exc} (nothing for {conn.stall:g}s)", kill=True) from None
-        except (OSError, http.client.HTTPException) as exc:
-            slot.drop_connections()
-            raise _Lost(self._broken_connection(slot, exc)) from None
-        if status == 409 and signature is None:
-            # An unsigned 409 is the worker refusing the request itself as a replay (the signed 409
-            # asks for a futures function): nothing ran, so a freshly signed copy may go anywhere.
-            raise _Replayed(data[:200].decode("utf-8", "replace"))
-        if status in (401, 403, 421):
-            raise AuthenticationError(
-                f"it refused our request (HTTP {status}: {data[:200].decode('utf-8', 'replace')})"
-            )
-        verify_response(self._secret, status, nonce, data, signature)
-        return status, data
-
-    def _connection(self, slot: _Slot) -> _Connection:
-        conn = slot.conn
-        if conn is not None and (
-            conn.sock is None
-            or time.monotonic() - slot.last_used > _IDLE_RECONNECT
-            # Readable before we asked anything: the worker closed it (end-of-file), or sent bytes
-            # nobody asked for. Either way it cannot carry a request.
-            or conn.readable(0)
-        ):
-            conn.close()
-            conn = slot.conn = None
-        if conn is None:
-            conn = _Connection(slot.host, slot.port, timeout=self.timeouts.connect)
-            conn.stall = self.timeouts.stall
-            try:
-                conn.connect()
-            except OSError as exc:
-                conn.close()
-                raise _NotSent(f"cannot connect ({type(exc).__name__}: {exc})") from None
-            peer = str(conn.sock.getpeername()[0]) if conn.sock is not None else slot.host
-            conn.host_header = f"[{peer}]:{slot.port}" if ":" in peer else f"{peer}:{slot.port}"
-            slot.conn = conn
-        return conn
-
-    def _await_answer(self, slot: _Slot, conn: _Connection) -> None:
-        """Block until the answer starts to arrive, checking ``/health`` every ``health_interval``.
-
-        Waiting for readability leaves the bytes for http.client to parse; each ``health_interval``
-        without them is our cue to check on the worker, from this same thread, over a second
-        connection (the worker serves it from another thread, so a busy worker still answers).
-
-        Raises:
-            _Lost: the worker stopped answering, its process ended, or the attempt ran too long.
-        """
-        t = self.timeouts
-        started = time.monotonic()
-        misses = 0
-        # Data, end-of-file or an error all make it readable: getresponse() then says which.
-        while not conn.readable(t.health_interval):
-            if self._closing:
-                raise _Lost("was still running the attempt when the executor shut down")
-            if t.task is not None and time.monotonic() - started > t.task:
-                raise _Lost(f"ran the attempt past task_timeout={t.task:g}s", kill=True)
-            if slot.proc is not None and slot.proc.poll() is not None:
-                raise _Lost(_exit_description(slot.proc))
-            ok, reason = self._healthy(slot)
-            misses = 0 if ok else misses + 1
-            if misses >= t.health_misses:
-                raise _Lost(f"stopped answering /health ({misses} checks in a row: {reason})", kill=True)
-
-    def _healthy(self, slot: _Slot) -> tuple[bool, str]:
-        """``(True, "")`` when the worker answers ``GET /health`` in time, else ``(False, why)``."""
-        conn = slot.health
-        if conn is None:
-            conn = slot.health = http.client.HTTPConnection(
-                slot.host, slot.port, timeout=self.timeouts.health_timeout
-            )
-        try:
-            conn.request("GET", "/health")
-            response = conn.getresponse()
-            response.read()
-            response.close()
-            if response.status == 200:
-                return True, ""
-            reason = f"/health answered HTTP {response.status}"
-        except (OSError, http.client.HTTPException) as exc:
-            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        conn.close()
-        slot.health = None
-        return False, reason
-
-    def _broken_connection(self, slot: _Slot, exc: BaseException) -> str:
-        if slot.proc is not None:
-            try:
-                slot.proc.wait(timeout=0.5)  # it probably just died: say how
-            except subprocess.TimeoutExpired:
-                pass
-            if slot.proc.poll() is not None:
-                return _exit_description(slot.proc)
-        return (
-            f"closed the connection mid-attempt ({type(exc).__name__}: {exc})"
-            if str(exc)
-            else f"closed the connection mid-attempt ({type(exc).__name__})"
-        )
-
-    # -- what went wrong ---------------------------------------------------------------------------
-
-    def _not_delivered(self, slot: _Slot, item: _Item, reason: str) -> None:
-        if self._closing:
-            slot.drop_connections()
-            self._fail(item, "the executor shut down before the attempt was sent", worker=slot.label)
-            return
-        item.bounces += 1
-        spec = item.spec
-        slot.drop_connections()
-        slot.ready = False
-        if slot.owned:
-            how = _exit_description(slot.proc) if slot.proc is not None else "is not running"
-            logger.warning(
-                "HTTP worker %s %s (%s); restarting it, task %s attempt %d goes to the next free worker",
-                slot.label,
-                how,
-                reason,
-                spec.task_id,
-                spec.attempt,
-            )
-        else:
-            slot.down_reason = reason
-            slot.down_until = time.monotonic()  # probe it at once, then back off
-            logger.warning(
-                "HTTP worker %s is not up (%s); task %s attempt %d goes to the next free worker",
-                slot.label,
-                reason,
-                spec.task_id,
-                spec.attempt,
-            )
-        if item.bounces > self._max_bounces:
-            self._fail(
-                item,
-                f"could not be delivered to any HTTP worker after {item.bounces} tries "
-                f"(last: {slot.label}: {reason})",
-                worker=slot.label,
-            )
-        else:
-            self._requeue(item)
-
-    def _lost(self, slot: _Slot, item: _Item, exc: _Lost) -> None:
-        spec = item.spec
-        message = f"task {spec.task_id} attempt {spec.attempt} lost: HTTP worker {slot.label} {exc}"
-        slot.drop_connections()
-        if self._closing:
-            self._fail(
-                item,
-                f"task {spec.task_id} attempt {spec.attempt} lost: the executor shut down while "
-                f"HTTP worker {slot.label} ran it",
-                worker=slot.label,
-            )
-            return
-        if not slot.owned:
-            slot.ready = False  # probe it before it gets another task
-            slot.down_reason = str(exc)
-            slot.down_until = time.monotonic()
-            logger.warning("%s; the driver retries the task on the next free worker", message)
-        elif not exc.kill and slot.proc is not None and slot.proc.poll() is not None:
-            # It died under the attempt, and not by the task's doing: user code runs in the worker's
-            # task processes, which report their own deaths. We repair it (restart it), so the loss
-            # is ours to absorb: send the attempt again instead of charging the driver's max_lost.
-            self._stop_process(slot, grace=0.0)
-            if item.resends < _MAX_RESENDS:
-                item.resends += 1
-                attempt = item.spec.attempt % _RESEND_STRIDE + item.resends * _RESEND_STRIDE
-                item.spec = replace(item.spec, attempt=attempt)
-                logger.warning(
-                    "%s; restarting the worker and sending the task again as attempt %d", message, attempt
-                )
-                self._requeue(item)
-                return
-            logger.warning("%s; restarting the worker, and the driver retries the task", message)
-        elif exc.kill or slot.proc is None or slot.proc.poll() is not None:
-            self._stop_process(slot, grace=0.0)  # not ready: the slot's thread restarts it next
-            logger.warning("%s; restarting the worker, and the driver retries the task", message)
-        else:
-            # The process lives and answers; only the connection broke. It is reopened for the next task.
-            logger.warning("%s; the driver retries the task", message)
-        self._fail(item, message, worker=slot.label)
-
-    def _replayed(self, slot: _Slot, item: _Item, reason: str) -> None:
-        item.bounces += 1
-        logger.warning(
-            "HTTP worker %s refused task %s attempt %d as a replayed request (%s); sending it again",
-            slot.label,
-            item.spec.task_id,
-            item.spec.attempt,
-            reason,
-        )
-        if item.bounces > self._max_bounces:
-            self._fail(
-                item, f"HTTP worker {slot.label} refused it {item.bounces} times: {reason}", worker=slot.label
-            )
-        else:
-            self._requeue(item)
-
-    def _refused(self, slot: _Slot, item: _Item, reason: str) -> None:
-        slot.drop_connections()
-        slot.ready = False
-        with self._lock:
-            slot.removed = True
-            left = [s for s in self._slots if not s.removed]
-        logger.error(
-            "HTTP worker %s: %s; it gets no more tasks (do the driver and the worker share one "
-            "secret, and agree on the time?)",
-            slot.label,
-            reason,
-        )
-        if left:
-            self._requeue(item)
-            return
-        error = AuthenticationError(
-            f"every HTTP worker refused this driver's requests (last: {slot.label}: "
-            f"{reason}): start the workers and the driver with the same secret "
-            f"({SECRET_ENV} or --secret-file)"
-        )
-        self._fail(item, "", error=AuthenticationError(str(error)))
-        self._abort(error)
 
 
 # Executors that may still have workers when the interpreter exits. Their workers would exit anyway

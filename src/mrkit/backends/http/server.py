@@ -1,11 +1,8 @@
 """The HTTP worker: ``mrkit worker http``, and the workers an ``http`` driver starts for itself.
 
-Endpoints (stdlib :class:`http.server.ThreadingHTTPServer`, HTTP/1.1 keep-alive)::
-
-    POST /task    TaskSpec JSON, signed (mrkit.backends.http.auth)  ->  200 TaskResult JSON, signed
-    GET  /health  unauthenticated                          ->  200 {"ok": true}
-    GET  /status  unauthenticated                          ->  200 {"version", "running", "completed",
-                                                                    "failed", "refused", "uptime_seconds"}
+Endpoints (stdlib :class:`http.server.ThreadingHTTPServer`, HTTP/1.1 keep-alive): ``POST /task``,
+``GET /health``, ``GET /status``; their paths, headers, bodies and status codes are written once in
+:mod:`mrkit.backends.http.wire`, which the driver imports too.
 
 The contract:
 
@@ -64,9 +61,8 @@ from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from mrkit.backends.http import wire
 from mrkit.backends.http.auth import (
-    HEADER_NONCE,
-    HEADER_SIGNATURE,
     ReplayedRequest,
     RequestVerifier,
     load_secret,
@@ -84,7 +80,6 @@ IDLE_TIMEOUT = 300.0  # seconds a connection may sit idle (or a request stall) b
 _FUNCTION_CACHE_ENTRIES = 64
 _FUNCTION_CACHE_BYTES = 256 << 20
 _PARENT_POLL_SECONDS = 0.5
-_BROWSER_HEADERS = ("Origin", "Sec-Fetch-Site")
 
 
 class WorkerState:
@@ -235,19 +230,20 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
         if self._from_browser():
             return
-        if self.path == "/health":
-            self._send_json(200, {"ok": True})
-        elif self.path == "/status":
-            self._send_json(200, self.server.state.status())
+        if self.path == wire.HEALTH_PATH:
+            self._send(wire.OK, wire.HEALTHY, {})
+        elif self.path == wire.STATUS_PATH:
+            self._send_json(wire.OK, self.server.state.status())
         else:
-            self._send_json(404, {"error": "not found: GET /health, GET /status or POST /task"})
+            where = f"GET {wire.HEALTH_PATH}, GET {wire.STATUS_PATH} or POST {wire.TASK_PATH}"
+            self._send_json(wire.NOT_FOUND, {"error": f"not found: {where}"})
 
     def do_POST(self) -> None:  # noqa: N802
         if self._from_browser():
             return
         state = self.server.state
-        if self.path != "/task":
-            self._send_json(404, {"error": "not found: POST /task"}, close=True)
+        if self.path != wire.TASK_PATH:
+            self._send_json(wire.NOT_FOUND, {"error": f"not found: POST {wire.TASK_PATH}"}, close=True)
             return
         body = self._read_body()
         if body is None:
@@ -262,19 +258,19 @@ class _Handler(BaseHTTPRequestHandler):
             with state.lock:
                 state.refused += 1
             logger.warning("refused a task request from %s: %s", self.address_string(), exc)
-            self._send_json(409, {"error": str(exc), "replayed": True}, close=True)
+            self._send(wire.CONFLICT, wire.replayed_body(str(exc)), {}, close=True)
             return
         except AuthenticationError as exc:
             with state.lock:
                 state.refused += 1
             logger.warning("refused a task request from %s: %s", self.address_string(), exc)
-            self._send_json(401, {"error": str(exc)}, close=True)
+            self._send_json(wire.UNAUTHORIZED, {"error": str(exc)}, close=True)
             return
         try:
             spec = TaskSpec.decode(body)
         except Exception as exc:  # a signed but malformed spec: a driver of another version, say
-            error = {"error": f"undecodable task spec: {type(exc).__name__}: {exc}"}
-            self._send_signed(400, json.dumps(error).encode(), nonce)
+            error = wire.error_body(f"undecodable task spec: {type(exc).__name__}: {exc}")
+            self._send_signed(wire.BAD_REQUEST, error, nonce)
             return
         if spec.kind is TaskKind.CALL and spec.call_digest:
             if spec.call_fn:
@@ -286,16 +282,15 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 cached = state.function(spec.call_digest)
                 if cached is None:
-                    self._send_signed(409, b'{"error":"unknown function digest","need":"call_fn"}', nonce)
+                    self._send_signed(wire.CONFLICT, wire.NEED_FUNCTION, nonce)
                     return
                 spec = dataclasses.replace(spec, call_fn=cached)
         try:
             result = self._run(spec)
         except TaskLost as exc:
-            error = {"error": f"attempt lost: {exc}", "lost": str(exc)}
-            self._send_signed(503, json.dumps(error).encode(), nonce)
+            self._send_signed(wire.LOST, wire.lost_body(str(exc)), nonce)
             return
-        self._send_signed(200, result.encode(), nonce)
+        self._send_signed(wire.OK, result.encode(), nonce)
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -343,30 +338,32 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.state.refused += 1
         logger.warning("refused a task request from %s for Host %r", self.address_string(), host)
         error = f"misdirected request: Host {host!r} is not an address of this worker ({local})"
-        self._send_json(421, {"error": error}, close=True)
+        self._send_json(wire.MISDIRECTED, {"error": error}, close=True)
         return False
 
     def _from_browser(self) -> bool:
         """Refuse (403, close) a request a web browser made: such a page could be any site."""
-        if any(name in self.headers for name in _BROWSER_HEADERS):
+        if any(name in self.headers for name in wire.BROWSER_HEADERS):
             with self.server.state.lock:
                 self.server.state.refused += 1
-            self._send_json(403, {"error": "requests from web browsers are refused"}, close=True)
+            self._send_json(wire.FORBIDDEN, {"error": "requests from web browsers are refused"}, close=True)
             return True
         return False
 
     def _read_body(self) -> bytes | None:
         """The request body, or None after answering why it cannot be read."""
         if "Transfer-Encoding" in self.headers:
-            self._send_json(411, {"error": "send a Content-Length, not a chunked body"}, close=True)
+            self._send_json(
+                wire.LENGTH_REQUIRED, {"error": "send a Content-Length, not a chunked body"}, close=True
+            )
             return None
         try:
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
-            self._send_json(411, {"error": "Content-Length required"}, close=True)
+            self._send_json(wire.LENGTH_REQUIRED, {"error": "Content-Length required"}, close=True)
             return None
         if length < 0 or length > MAX_BODY_BYTES:
-            self._send_json(413, {"error": f"body over {MAX_BODY_BYTES} bytes"}, close=True)
+            self._send_json(wire.TOO_LARGE, {"error": f"body over {MAX_BODY_BYTES} bytes"}, close=True)
             return None
         body = self.rfile.read(length)
         if len(body) != length:
@@ -375,11 +372,11 @@ class _Handler(BaseHTTPRequestHandler):
         return body
 
     def _send_json(self, status: int, data: dict[str, Any], *, close: bool = False) -> None:
-        self._send(status, json.dumps(data).encode(), {}, close=close)
+        self._send(status, json.dumps(data).encode(), {}, close=close)  # wire.error_body's shape
 
     def _send_signed(self, status: int, body: bytes, nonce: str) -> None:
         signature = sign_response(self.server.state.secret, status, nonce, body)
-        self._send(status, body, {HEADER_SIGNATURE: signature, HEADER_NONCE: nonce})
+        self._send(status, body, {wire.HEADER_SIGNATURE: signature, wire.HEADER_NONCE: nonce})
 
     def _send(self, status: int, body: bytes, headers: dict[str, str], *, close: bool = False) -> None:
         try:
@@ -485,7 +482,7 @@ def driver_main(argv: list[str] | None = None) -> int:
     """Entry point of a worker started by an ``http`` driver (internal; see the module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m mrkit.backends.http.server")
     parser.add_argument(
-        "--driver",
+        wire.DRIVER_FLAG,
         action="store_true",
         required=True,
         help="read the configuration from stdin and exit when stdin closes",
@@ -497,12 +494,11 @@ def driver_main(argv: list[str] | None = None) -> int:
     line = sys.stdin.buffer.readline()
     if not line:
         return 0
-    config = json.loads(line)
+    secret, sys_path, ready_fd = wire.parse_startup_line(line)
     _exit_when_orphaned(parent)
-    sys.path[:] = config["sys_path"]  # as the driver sees it, so jobs pickled by reference import here
-    server = open_server(config["secret"].encode("ascii"), port=0, bind="127.0.0.1")
+    sys.path[:] = sys_path  # as the driver sees it, so jobs pickled by reference import here
+    server = open_server(secret, port=0, bind="127.0.0.1")
     server.state.tasks.prestart()
-    ready_fd = int(config["ready_fd"])
     os.write(ready_fd, f"{server.url}\n".encode())
     os.close(ready_fd)
     server.serve_forever(poll_interval=0.5)
