@@ -19,6 +19,7 @@ from mrkit.backends.aws_lambda.wire import (
     claim_parts,
     claims_prefix,
     committed_prefix,
+    decision_key,
     done_prefix,
     end_key,
     key_task,
@@ -185,10 +186,17 @@ class ObjectStoreJobHandle(JobHandle):
 
     def cancel(self) -> bool:
         """Record the cancellation of the job's current run (invocations that start afterwards do
-        nothing); False when it had already ended. The intermediate data stays, for
-        :func:`resume_job`."""
-        record = {"state": "cancelled", "time": time.time()}
+        nothing); False when it had already ended, or when an invocation has begun publishing its
+        output (publishing is the commit: the job then ends done or failed, never cancelled with
+        its output in place). The intermediate data stays, for :func:`resume_job`."""
         run = current_run(self.storage, self.id)
+        decision = decision_key(self.id, run)
+        if (
+            not self.storage.put_if_absent(decision, b"cancel")
+            and self.storage.get_or_none(decision) != b"cancel"
+        ):
+            return False  # publishing
+        record = {"state": "cancelled", "time": time.time()}
         return self.storage.put_if_absent(end_key(self.id, run), json.dumps(record).encode())
 
     def logs(self, follow: bool = False) -> Iterator[str]:

@@ -86,6 +86,7 @@ from mrkit.backends.aws_lambda.wire import (
     attempt_key,
     build_event,
     committed_prefix,
+    decision_key,
     end_key,
     event_batch_size,
     event_run,
@@ -466,6 +467,13 @@ def _publish(storage: Storage, plan: JobPlan, request_id: str, run: int = 1) -> 
         seconds = time.time() - float((resumed or doc)["submitted"])
         if not lease.held():
             return  # taken over while we prepared (we were presumed dead): the new holder publishes
+        decision = decision_key(plan.job_id, run)
+        if not storage.put_if_absent(decision, b"publish") and storage.get_or_none(decision) == b"cancel":
+            # Cancelled first: publish nothing, and end the run as cancelled in case the canceller
+            # died between its decision and its end record (it would otherwise run forever).
+            cancelled = {"state": "cancelled", "time": time.time()}
+            storage.put_if_absent(end_key(plan.job_id, run), json.dumps(cancelled).encode())
+            return
         publish_output(
             storage,
             output,

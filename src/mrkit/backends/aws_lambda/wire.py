@@ -152,6 +152,13 @@ def end_key(job_id: str, run: int = 1) -> str:
     return run_prefix(job_id, run) + "end"
 
 
+def decision_key(job_id: str, run: int = 1) -> str:
+    """Publish or cancel, decided once per run (``put_if_absent``): ``b"publish"`` by the invocation
+    about to publish the output, ``b"cancel"`` by a cancel. Whichever is written first wins: a cancel
+    after the publish began is refused, a publish after a cancel never starts."""
+    return run_prefix(job_id, run) + "decision"
+
+
 def trigger_key(job_id: str, step: str, run: int = 1) -> str:
     return f"{run_prefix(job_id, run)}trigger/{step}"
 
