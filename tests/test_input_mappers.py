@@ -124,3 +124,25 @@ def test_a_job_file_names_a_mapper_per_input(tmp_path) -> None:  # type: ignore[
         timeout=120,
     )
     assert bad.returncode == 2 and "has no function 'no_such_function'" in bad.stderr, bad.stderr
+
+
+def add_one(pair: tuple[str, int]) -> Iterator[tuple[str, int]]:
+    key, value = pair
+    yield key, value + 1
+
+
+def only(key: str, values: Iterable[int]) -> int:
+    [value] = values
+    return value
+
+
+def test_an_iterative_loop_feeds_each_result_to_the_next_run_without_text(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``result = mrkit.run(job, result)``: the pairs of an in-memory result are the next run's
+    records, exact types kept (stored pickled in the job's storage, never published as text)."""
+    step = mrkit.Job(mapper=add_one, reducer=only, name="step")
+    result = mrkit.run(
+        step, mrkit.Records([("a", 0), ("b", 10)]), executor="processes", workers=2, quiet=True
+    )
+    for _ in range(9):
+        result = mrkit.run(step, result, executor="processes", workers=2, quiet=True)
+    assert dict(result) == {"a": 10, "b": 20}
