@@ -27,6 +27,7 @@ from tests.redis_fixtures import (  # noqa: F401 - fixtures
     secret_env,
     start_worker,
     stop_worker,
+    worker_stderr,
 )
 
 TEXT = ["the cat sat on the mat", "The dog sat", "", "a b c a b a", "it's 42 o'clock"] * 20
@@ -233,6 +234,11 @@ def test_sigkill_a_worker_mid_map_and_mid_reduce(redis_url, tmp_path, secret_env
         result = handle.wait(timeout=15)
     finally:
         for w in workers:
+            # A worker still starting up (a loaded machine: the job may end before the third worker
+            # has imported mrkit) has no signal handler yet: let it start before asking it to stop.
+            deadline = time.monotonic() + 30
+            while w.poll() is None and "consuming" not in worker_stderr(w) and time.monotonic() < deadline:
+                time.sleep(0.05)
             if w.poll() is None:
                 w.send_signal(signal.SIGTERM)
         errs = [stop_worker(w) for w in workers]
