@@ -71,7 +71,8 @@ def group_in_memory(runs: Iterable[Iterable[Frame]]) -> Iterator[tuple[Any, Iter
     >>> b = [(["b", "c"], [[2], [4, 5]], None, False)]
     >>> [(k, list(vs)) for k, vs in group_in_memory([a, b])]
     [('a', [1]), ('b', [2]), ('c', [3, 4, 5])]
-    >>> [(k, list(vs)) for k, vs in group_in_memory([[(["a", "c"], [1, 3], None, True)], [(["c"], [4], None, True)]])]
+    >>> c = [(["c"], [4], None, True)]
+    >>> [(k, list(vs)) for k, vs in group_in_memory([[(["a", "c"], [1, 3], None, True)], c])]
     [('a', [1]), ('c', [3, 4])]
     """
     runs = list(runs)
