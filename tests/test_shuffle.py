@@ -297,3 +297,28 @@ def test_sort_grouping_of_single_valued_runs_equals_the_dict_and_the_merge(conte
         keys, values, other = merging._concat_singles(f for run in frames() for f in run)
         assert other is None
         assert [(k, list(vs)) for k, vs in merging._sorted_groups(keys, values)] == streamed
+
+
+def test_a_dict_only_its_items_view_holds_is_taken_without_a_copy_any_other_is_copied():
+    from collections import Counter
+
+    from mrkit.data.map_side import _sole_owner
+
+    def fresh():
+        return Counter("abca").items()
+
+    taken = _sole_owner(fresh())
+    assert taken == Counter("abca")
+    held = Counter("ab")
+    assert _sole_owner(held.items()) is None  # the user still holds it: copied
+    out = MapOutput(
+        n_reduce=1, partitioner=None, combiner=None, memory_bytes=1 << 30, open_part=lambda p: _Kept()
+    )
+    _add_pairs(held.items(), out)
+    held["a"] += 5  # changing theirs afterwards does not change what was emitted
+    assert out.single == {"a": 1, "b": 1}
+
+    class Mine(dict):
+        pass
+
+    assert _sole_owner(Mine(a=1).items()) is None  # only dict and Counter are taken
