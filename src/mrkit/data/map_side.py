@@ -13,7 +13,7 @@ the same way. The result is, per reduce partition, one object holding one run pe
 The hot loop (:func:`map_split`) is flat: lookups are bound before it, the user function is called
 directly per record, and framework work happens per slice of records, never per record (STYLE 23).
 
-About 450 lines: mapping, combining, partitioning and spilling share the map output buffer and
+About 480 lines: mapping, combining, partitioning and spilling share the map output buffer and
 its memory accounting.
 """
 
