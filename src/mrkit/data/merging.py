@@ -95,9 +95,9 @@ def group_in_memory(runs: Iterable[Iterable[Frame]]) -> Iterator[tuple[Any, Iter
 
 # One sort of all entries beats the dict when most keys have few entries; that is judged from
 # the first two runs: the fraction of the second's keys also in the first. CPU time of one reduce
-# partition, min of 15: adrevenue (32 runs, 1.7 entries per key, first two runs share 23%)
-# 155 -> 115 ms by the sort; word count (16 runs, 11.6 entries per key, 80% shared) 104 ->
-# 125 ms by the sort, so it keeps the dict (most entries only append to an existing list).
+# partition with each group summed: adrevenue (32 runs, 1.7 entries per key, first two runs
+# share 23%) 141 -> 100 ms by the sort (min of 15); word count (16 runs, 11.6 entries per key,
+# 80% shared) 99 -> 124 ms by the sort, so it keeps the dict (most entries only append to a list).
 SORT_MAX_SHARED = 0.5
 
 
