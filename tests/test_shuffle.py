@@ -250,3 +250,75 @@ def test_a_run_in_the_old_entry_list_format_fails_with_a_clear_error():
     blob = struct.pack("<I", len(data)) + data
     with pytest.raises(StorageError, match="another mrkit version"):
         list(read_frames(io.BytesIO(blob)))
+
+
+# Single-valued str-key runs (after a combiner or from a Counter): the sort-based grouping, the
+# dict, and the streaming merge must agree exactly, also when a later run is not single-valued
+# (the dict takes over half-way) and whatever share of keys the first two runs have in common.
+single_runs = st.lists(
+    st.one_of(
+        st.dictionaries(
+            st.text(alphabet="abcdé\U0001f600", max_size=3), st.floats(allow_nan=False), max_size=25
+        ),
+        st.lists(st.tuples(st.text(alphabet="abc", max_size=2), st.integers()), max_size=10),
+    ),
+    max_size=7,
+)
+
+
+def _run_of(contents):
+    """A dict becomes one single-valued run (as a spill of ``Counter(...).items()``), a list of
+    pairs an ordinary run."""
+    if not isinstance(contents, dict):
+        return _sorted_run(contents)
+    keys = sorted(contents)
+    buf = _Kept()
+    write_run(buf, keys, [contents[k] for k in keys], single=True, frame_entries=4, frame_values=4)
+    return buf.getvalue()
+
+
+@settings(max_examples=300, deadline=None)
+@given(single_runs)
+def test_sort_grouping_of_single_valued_runs_equals_the_dict_and_the_merge(contents):
+    from mrkit.data import merging
+
+    blobs = [_run_of(c) for c in contents]
+
+    def frames():
+        return [read_frames(io.BytesIO(b)) for b in blobs]
+
+    streamed = [
+        (k, list(vs)) for k, vs in group_values(merge_sorted_runs(read_run(io.BytesIO(b)) for b in blobs))
+    ]
+    in_memory = [(k, list(vs)) for k, vs in group_in_memory(frames())]
+    by_dict = [(k, list(vs)) for k, vs in merging._group_in_dict(f for run in frames() for f in run)]
+    assert in_memory == streamed == by_dict
+    if all(isinstance(c, dict) for c in contents):
+        keys, values, other = merging._concat_singles(f for run in frames() for f in run)
+        assert other is None
+        assert [(k, list(vs)) for k, vs in merging._sorted_groups(keys, values)] == streamed
+
+
+def test_a_dict_only_its_items_view_holds_is_taken_without_a_copy_any_other_is_copied():
+    from collections import Counter
+
+    from mrkit.data.map_side import _sole_owner
+
+    def fresh():
+        return Counter("abca").items()
+
+    taken = _sole_owner(fresh())
+    assert taken == Counter("abca")
+    held = Counter("ab")
+    assert _sole_owner(held.items()) is None  # the user still holds it: copied
+    out = MapOutput(
+        n_reduce=1, partitioner=None, combiner=None, memory_bytes=1 << 30, open_part=lambda p: _Kept()
+    )
+    _add_pairs(held.items(), out)
+    held["a"] += 5  # changing theirs afterwards does not change what was emitted
+    assert out.single == {"a": 1, "b": 1}
+
+    class Mine(dict):
+        pass
+
+    assert _sole_owner(Mine(a=1).items()) is None  # only dict and Counter are taken

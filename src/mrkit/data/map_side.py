@@ -13,16 +13,19 @@ the same way. The result is, per reduce partition, one object holding one run pe
 The hot loop (:func:`map_split`) is flat: lookups are bound before it, the user function is called
 directly per record, and framework work happens per slice of records, never per record (STYLE 23).
 
-About 450 lines: mapping, combining, partitioning and spilling share the map output buffer and
+About 480 lines: mapping, combining, partitioning and spilling share the map output buffer and
 its memory accounting.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import sys
 import traceback
+import weakref
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain, islice
 from operator import itemgetter
@@ -417,7 +420,10 @@ def _add_pairs(pairs: Iterable[tuple[Any, Any]], out: MapOutput) -> None:
     per pair here, and the spill writes them as single-valued frames.
     """
     if type(pairs) is _DICT_ITEMS and not out.buf and not out.single:
-        out.single = dict(pairs)  # type: ignore[arg-type]  # a copy: the user may reuse theirs
+        owned = _sole_owner(pairs)  # type: ignore[arg-type]
+        # A copy, unless nothing but this items view holds the dict (``Counter(...).items()``):
+        # then nobody can read or change it afterwards, and the copy (8.6 ms per 77k words) is saved.
+        out.single = owned if owned is not None else dict(pairs)  # type: ignore[arg-type]
         out.check_memory()
         return
     if out.single:
@@ -437,6 +443,26 @@ def _add_pairs(pairs: Iterable[tuple[Any, Any]], out: MapOutput) -> None:
         if n == 0:
             return
         out.check_memory()
+
+
+def _sole_owner(items: Any) -> dict[Any, Any] | None:
+    """The dict (or ``Counter``) behind the items view ``items`` when only the view refers to it
+    (no name, attribute or weak reference): the mapper built it and let it go. Else None.
+
+    CPython only (reference counts); elsewhere always None, and the caller copies.
+    """
+    getrefcount = getattr(sys, "getrefcount", None)
+    if getrefcount is None or sys.implementation.name != "cpython":
+        return None
+    referents = gc.get_referents(items.mapping)
+    if len(referents) != 1:
+        return None
+    owner = referents[0]
+    del referents
+    if type(owner) not in (dict, Counter) or weakref.getweakrefcount(owner):
+        return None
+    # References: the view, ``owner`` here and getrefcount's argument.
+    return owner if getrefcount(owner) <= 3 else None  # type: ignore[no-any-return]
 
 
 def _index_of(chunk: list[Any], record: Any) -> int:
