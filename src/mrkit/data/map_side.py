@@ -330,7 +330,7 @@ def map_split(job: Job, batches: Iterable[Any], out: MapOutput, where: Callable[
     buf = out.buf
     get = buf.get
     mapper = job.mapper
-    assert mapper is not None  # Job.__init__ refuses a job with neither mapper nor mapper_split
+    assert mapper is not None  # plan_job refuses a job with no mapper for some input
     check = out.check_memory
     n_records = 0
     if job.mapper_init is not None:
