@@ -15,9 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "mrkit"
 CLAIM = re.compile(r"(?:about|~|roughly)\s*([\d,]+)\s+lines", re.IGNORECASE)
 
 #: Modules allowed over 600 lines for now, with the split that is next for each.
-OVER_600 = {
-    "data/readers.py": "the formats (csv, jsonl) to their own module",
-}
+OVER_600: dict[str, str] = {}  # empty: no module is over 600 lines (issue 9); keep it so
 
 
 def modules() -> dict[str, tuple[int, str]]:

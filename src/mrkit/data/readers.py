@@ -38,32 +38,38 @@ front of the buffer for the next read. Per record there is no framework code at 
 (one list-comprehension step for ``jsonl``). Byte offsets of records are computed only when
 :meth:`RecordBatch.locate` is called, by re-reading.
 
-Size (STYLE 3): about 700 lines, because the block reader, the four formats and the sources share
+Size (STYLE 3): about 590 lines, because the block reader, the four formats and the sources share
 one error model (which failures are bad input, which are a storage hiccup to retry). If it grows,
-the sources (``_Stream``, ``_RangedObject``, ``_StorageFile``, decompressors) move to ``sources.py``.
+the sources (``Stream``, ``RangedObject``, ``StorageFile``, decompressors) move to ``sources.py``.
 """
 
 from __future__ import annotations
 
-import bz2
 import codecs
 import csv
-import gzip
 import hashlib
 import itertools
 import json
-import lzma
 import pickle
 import weakref
-import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from mrkit.errors import ConfigError, InputError, MissingExtra
+from mrkit.data.sources import (
+    BLOCK_SIZE,
+    READ_ERRORS,
+    RangedObject,
+    StorageFailed,
+    StorageFile,
+    Stream,
+    close_all,
+    decompressor,
+    skip_lines,
+)
+from mrkit.errors import ConfigError, InputError
 from mrkit.model.task import InputSplit
 from mrkit.storage import open_storage
 
-BLOCK_SIZE = 4 << 20  # bytes per read; big enough that per-read costs vanish, small enough for caches
 PICKLE_BATCH = 65536  # records per batch for pickled inputs
 READ_FORMATS = ("text", "jsonl", "csv", "pickle")
 COMPRESSIONS = ("", "gz", "bz2", "xz", "zst")
@@ -71,17 +77,6 @@ ERRORS = ("strict", "replace", "skip")
 
 _BOM = b"\xef\xbb\xbf"  # the UTF-8 byte order mark
 _CONTINUE = 1 << 16  # read size past the split's end, while finishing its last line
-_READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)  # what a broken file or stream raises
-
-
-class _StorageFailed(Exception):
-    """Carries an ``OSError`` of a storage backend (a dropped connection...) out through the
-    decompressors, so that it is re-raised as itself, which the runtime retries, instead of becoming
-    an :class:`InputError` (a bad input, which fails the same way on every attempt)."""
-
-    def __init__(self, error: OSError) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 class RecordBatch:
@@ -248,9 +243,9 @@ class SplitReader:
                 del chunk  # the buffer is reused as soon as the next block is read
                 yield RecordBatch(records, first, self, off, gaps)
                 first += len(records)
-        except _StorageFailed as exc:
+        except StorageFailed as exc:
             raise exc.error from None
-        except _READ_ERRORS as exc:
+        except READ_ERRORS as exc:
             raise InputError(
                 f"cannot read {self._where()}: {exc}; the input may be truncated or corrupt"
             ) from exc
@@ -402,7 +397,7 @@ class SplitReader:
 
     # -- sources --------------------------------------------------------------------------------
 
-    def _open_stream(self, pos: int) -> _Stream:
+    def _open_stream(self, pos: int) -> Stream:
         """A stream of the split's uncompressed bytes from offset ``pos``.
 
         Raises:
@@ -413,37 +408,37 @@ class SplitReader:
         opened = False  # past opening: errors now come from reading (or decompressing) the data
         try:
             if not self._url:
-                raw: Any = open(split.uri, "rb", buffering=0)  # noqa: SIM115 - closed by _Stream
+                raw: Any = open(split.uri, "rb", buffering=0)  # noqa: SIM115 - closed by Stream
                 closers.append(raw)
                 if not split.compression:
                     raw.seek(pos)
-                    return _Stream(raw, closers)
+                    return Stream(raw, closers)
             else:
                 storage = open_storage(self._url)
                 closers.append(storage)
                 if not split.compression:
                     end = None if split.length < 0 else split.start + split.length
-                    return _Stream(_RangedObject(storage, self._key, pos, end), closers)
-                raw = _StorageFile(storage.open_read(self._key))
+                    return Stream(RangedObject(storage, self._key, pos, end), closers)
+                raw = StorageFile(storage.open_read(self._key))
                 closers.append(raw)
             opened = True
-            stream = _Stream(_decompressor(split.compression, raw), closers)
+            stream = Stream(decompressor(split.compression, raw), closers)
             closers = stream._closers
             stream.discard(pos)  # a compressed stream can only be entered from its beginning
             return stream
         except FileNotFoundError:
-            _close_all(closers)
+            close_all(closers)
             raise InputError(f"input {split.uri} of split {split.index} does not exist") from None
-        except _StorageFailed as exc:
-            _close_all(closers)
+        except StorageFailed as exc:
+            close_all(closers)
             raise exc.error from None
-        except _READ_ERRORS as exc:
-            _close_all(closers)
+        except READ_ERRORS as exc:
+            close_all(closers)
             if self._url and not opened:
                 raise  # the storage backend failed, perhaps for a moment: let the runtime retry
             raise InputError(f"cannot open {self._where()}: {exc}") from exc
         except BaseException:
-            _close_all(closers)
+            close_all(closers)
             raise
 
     def _locate(self, offset: int, line_index: int, record: int) -> str:
@@ -452,8 +447,8 @@ class SplitReader:
             return where
         try:
             with self._open_stream(offset) as stream:
-                byte = offset + _skip_lines(stream, line_index)
-        except (InputError, _StorageFailed, *_READ_ERRORS):
+                byte = offset + skip_lines(stream, line_index)
+        except (InputError, StorageFailed, *READ_ERRORS):
             return where
         return f"{where} ({self._byte_label(byte)})"
 
@@ -468,7 +463,7 @@ class SplitReader:
 
 
 def _line_chunks(
-    stream: _Stream, pos: int, start: int, end: int | None, block_size: int
+    stream: Stream, pos: int, start: int, end: int | None, block_size: int
 ) -> Iterator[tuple[int, memoryview]]:
     """Yield ``(offset, view)``: runs of whole lines whose first bytes lie in ``[start, end)``.
 
@@ -542,130 +537,6 @@ def _line_chunks(
         lo = scanned = k + 1
 
 
-class _Stream:
-    """An uncompressed byte stream with ``readinto``; closing it closes the source, then ``closers``
-    (the raw file, the storage) in reverse order."""
-
-    def __init__(self, source: Any, closers: list[Any]) -> None:
-        self._closers = [*closers, source]
-        self.readinto = source.readinto
-
-    def discard(self, n: int) -> None:
-        buf = memoryview(bytearray(min(max(n, 1), BLOCK_SIZE)))
-        while n > 0:
-            got = self.readinto(buf[: min(n, len(buf))])
-            if not got:
-                return
-            n -= got
-
-    def close(self) -> None:
-        _close_all(self._closers)
-
-    def __enter__(self) -> _Stream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class _RangedObject:
-    """Reads ``[pos, end)`` of a stored object with one ranged read, then (to finish the split's last
-    line) the rest of the object with a second one, opened only if needed."""
-
-    def __init__(self, storage: Any, key: str, pos: int, end: int | None) -> None:
-        self._storage, self._key, self._end = storage, key, end
-        self._f = storage.open_read(key, pos, -1 if end is None else max(end - pos, 0))
-        self._continued = end is None
-
-    def readinto(self, b: memoryview) -> int:
-        try:
-            n = _readinto(self._f, b)
-            if not n and not self._continued:
-                self._continued = True
-                self._f.close()
-                self._f = self._storage.open_read(self._key, self._end, -1)
-                n = _readinto(self._f, b)
-        except OSError as exc:
-            raise _StorageFailed(exc) from exc
-        return n
-
-    def close(self) -> None:
-        self._f.close()
-
-
-class _StorageFile:
-    """A stored object's file, read by a decompressor; its errors become :class:`_StorageFailed`."""
-
-    def __init__(self, f: Any) -> None:
-        self._f = f
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        try:
-            return bytes(self._f.read(n))
-        except OSError as exc:
-            raise _StorageFailed(exc) from exc
-
-    def readinto(self, b: memoryview) -> int:
-        try:
-            return _readinto(self._f, b)
-        except OSError as exc:
-            raise _StorageFailed(exc) from exc
-
-    def close(self) -> None:
-        self._f.close()
-
-
-class _ZstdSource:
-    """``zstandard``'s stream reader, with its errors turned into ``OSError`` like the others'."""
-
-    def __init__(self, raw: Any) -> None:
-        try:
-            import zstandard  # optional: imported only when a .zst split is read (STYLE 9)
-        except ImportError:
-            raise MissingExtra("reading .zst input", "zstd", "zstandard") from None
-        self._error = zstandard.ZstdError
-        self._reader: Any = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-
-    def readinto(self, b: memoryview) -> int:
-        try:
-            return int(self._reader.readinto(b))
-        except self._error as exc:
-            raise OSError(f"zstd: {exc}") from exc
-
-    def close(self) -> None:
-        self._reader.close()
-
-
-def _decompressor(compression: str, raw: Any) -> Any:
-    if compression == "gz":
-        return gzip.GzipFile(fileobj=raw, mode="rb")
-    if compression == "bz2":
-        return bz2.BZ2File(raw, "rb")
-    if compression == "xz":
-        return lzma.LZMAFile(raw, "rb")
-    return _ZstdSource(raw)
-
-
-def _readinto(f: Any, b: memoryview) -> int:
-    """``f.readinto(b)``, for the storage backends' file objects that only have ``read``."""
-    if hasattr(f, "readinto"):
-        return f.readinto(b) or 0
-    data = f.read(len(b))
-    b[: len(data)] = data
-    return len(data)
-
-
-def _close_all(closers: list[Any]) -> None:
-    for thing in reversed(closers):
-        try:
-            thing.close()
-        except Exception:  # noqa: S110 - closing is best effort; the first error was already raised
-            pass
-
-
 # -- small pure helpers -----------------------------------------------------------------------
 
 
@@ -721,26 +592,6 @@ def _line_start(chunk: memoryview, line_index: int) -> int:
     for _ in range(line_index):
         pos = data.index(b"\n", pos) + 1
     return pos
-
-
-def _skip_lines(stream: _Stream, count: int) -> int:
-    """Read past ``count`` newlines; return how many bytes that took."""
-    buf = bytearray(1 << 20)
-    view = memoryview(buf)
-    consumed = 0
-    while count:
-        n = stream.readinto(view)
-        if not n:
-            break
-        found = buf.count(b"\n", 0, n)
-        if found < count:
-            count, consumed = count - found, consumed + n
-            continue
-        pos = -1
-        for _ in range(count):
-            pos = buf.index(b"\n", pos + 1, n)
-        return consumed + pos + 1
-    return consumed
 
 
 __all__ = ["BLOCK_SIZE", "RecordBatch", "SplitReader", "check_encoding", "open_split"]
