@@ -112,27 +112,10 @@ def run(
         JobFenced: a newer driver of the same job took over (this one published nothing).
         InputError, ConfigError: bad inputs or options.
     """
-    options = RunOptions(
-        output=output,
-        n_map=n_map,
-        n_reduce=n_reduce,
-        workers=workers,
-        storage=storage,
-        format=format,
-        memory_mb=memory_mb,
-        overwrite=overwrite,
-        policy=policy or RetryPolicy(),
-        errors=errors,
-        input_format=input_format,
-        params=params,
-        progress=progress,
-        quiet=quiet,
-        job_id=job_id,
-        split_size=split_size,
-        resume=resume,
-        worker_python=worker_python,
-        files=None if files is None else tuple(files),
-    )
+    # Every keyword of run() is a RunOptions field (tests/test_run_options.py keeps it so): built
+    # from the arguments as given, so the option list is written in the signature alone.
+    given = {name: value for name, value in locals().items() if name not in ("job", "inputs", "executor")}
+    options = RunOptions(**given)
     return run_with(job, inputs, options, executor=executor)
 
 
