@@ -11,7 +11,7 @@ import mrkit
 from mrkit.backends.redis.job_state import JobKeys
 from mrkit.errors import JobCancelled
 from tests import jobs_for_tests as J
-from tests.redis_fixtures import WorkerThreads, redis_server, redis_url, wait_for  # noqa: F401
+from tests.redis_fixtures import WorkerThreads, mrkit_cmd, redis_server, redis_url, wait_for  # noqa: F401
 
 N_TASKS = 40
 HOLD = "map-00003"  # the worker reads 8 entries at once (as it does while tasks are tiny): 4-7 wait behind it
@@ -86,6 +86,8 @@ def test_cancel_is_refused_once_the_output_is_being_published(redis_url, redis_s
     with WorkerThreads(redis_url, 1):
         assert publishing.wait(30), "the job never reached its publish step"
         assert handle.cancel() is False
+        said = mrkit_cmd("cancel", handle.id, "--executor", redis_url).stderr
+        assert "is already publishing its output: too late to cancel" in said, said
         st = handle.status()
         assert st.state == "running" and st.phase == "publish", st
         release.set()
