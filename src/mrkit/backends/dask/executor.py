@@ -1,0 +1,258 @@
+"""Run tasks on a Dask distributed cluster: ``dask``, ``dask://host:port``, ``tls://host:port`` or a
+``distributed.Client``.
+
+The contract (:class:`DaskExecutor`, the same as every executor's, :mod:`mrkit.execution.base`):
+
+* ``submit(spec)`` submits ``run_attempt(spec)`` (:mod:`mrkit.backends.dask.tasks`) as one Dask task
+  with a unique key (``pure=False``) and returns a :class:`concurrent.futures.Future` of its
+  :class:`~mrkit.model.task.TaskResult`. A raising user function is a result (``ok=False``); the
+  future raises only :class:`~mrkit.errors.WorkerLost`: the worker died (``KilledWorker``), the
+  scheduler went away, or the executor shut down.
+* Dask never retries on its own behalf: ``retries=0`` on every task, so mrkit's ``RetryPolicy``
+  decides and counts attempts. The local cluster also runs its scheduler with
+  ``allowed_failures=0``, so a killed worker fails its attempt at once (``KilledWorker``) and the
+  driver's next attempt shows in the counters. A scheduler of yours re-runs a task whose worker died
+  up to its ``distributed.scheduler.allowed-failures`` times (3 by default) before saying so; those
+  re-runs are invisible to mrkit's counters, and harmless: a re-run writes under the same attempt's
+  keys and commits first-writer-wins like any attempt (docs/dask.md).
+* Data moves through storage, not through the scheduler: tasks carry references and return
+  counters. ``local`` is True only when every Dask worker listens on a loopback address; otherwise
+  ``mrkit.run`` needs ``storage=`` (and an output) every worker reaches, and a local folder given
+  as ``storage=`` is refused.
+
+Security: the cluster ``dask`` starts listens on 127.0.0.1 only, without a dashboard. A ``dask://``
+(plain ``tcp://``) scheduler is unauthenticated: anyone who reaches its port runs code on its
+workers. Use ``tls://`` with a ``distributed.security.Security`` (``security=`` or the usual Dask
+configuration) for a scheduler on a network.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+from mrkit.errors import ConfigError, MissingExtra, WorkerLost
+from mrkit.execution.base import Executor
+from mrkit.model.task import TaskResult, TaskSpec
+from mrkit.security import is_loopback
+
+try:
+    from distributed import Client, KilledWorker, LocalCluster
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingExtra("the dask executor", "dask", "distributed") from exc
+
+# How long to wait for a scheduler to answer and for its first worker to join.
+CONNECT_TIMEOUT = 30.0
+
+
+class DaskExecutor(Executor):
+    """Runs attempts as Dask tasks.
+
+    Args:
+        client: a connected ``distributed.Client`` (yours: :meth:`shutdown` leaves it open), or None
+            to connect to ``address`` or, without one, start a local cluster.
+        address: a scheduler address, ``tcp://host:port`` or ``tls://host:port``.
+        workers: the local cluster: how many worker processes to start (one thread each; default
+            every core). A running cluster: the parallelism mrkit plans task counts for (default:
+            its workers' threads when connecting); it starts or stops nothing.
+        security: a ``distributed.security.Security`` for ``tls://`` (default: Dask's configuration).
+        storage: intermediate storage URL every worker reaches (returned by :meth:`storage_url`);
+            required by ``mrkit.run`` when some worker is not on this machine.
+        name: the executor string it was built from (for messages).
+
+    Raises:
+        ConfigError: a bad option, an unreachable scheduler, a scheduler with no worker, or a local
+            ``storage=`` folder with workers on other hosts.
+    """
+
+    def __init__(
+        self,
+        client: Client | None = None,
+        *,
+        address: str | None = None,
+        workers: int | None = None,
+        security: Any = None,
+        storage: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        self._cluster: Any = None
+        self._owns_client = client is None
+        self._storage = storage
+        self._lock = threading.Lock()
+        self._pending: set[Any] = set()  # Dask futures not yet resolved, cancelled at shutdown
+        self._closed = False
+        if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
+            raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+        if client is not None:
+            if address is not None:
+                raise ConfigError("give either a distributed.Client or an address=, not both")
+            self.client = client
+        elif address is None:
+            self._cluster, self.client = _start_local_cluster(workers, security)
+        else:
+            try:
+                self.client = Client(address, security=security, timeout=CONNECT_TIMEOUT)
+            except OSError as exc:
+                raise ConfigError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
+        self.name = name or ("dask" if address is None and client is None else f"dask:{self._address()}")
+        try:
+            self.client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
+        except TimeoutError as exc:
+            self.shutdown()
+            raise ConfigError(
+                f"the Dask scheduler at {self._address()} has no worker after {CONNECT_TIMEOUT:.0f} s: "
+                "start some with `dask worker ADDRESS`"
+            ) from exc
+        nthreads = self.client.nthreads()
+        running = self._cluster is None
+        self.workers = workers if running and workers else max(1, sum(nthreads.values()))
+        self.local = all(is_loopback(_host(addr)) for addr in nthreads)
+        if storage and not self.local and "://" not in storage.split("#", 1)[0]:
+            self.shutdown()
+            raise ConfigError(
+                f"storage={storage!r} is a folder on this machine, but Dask workers run on other hosts "
+                f"({', '.join(sorted({_host(a) for a in nthreads}))}): give storage= a URL they all "
+                "reach (s3://bucket/prefix, or file:///path on a shared file system)"
+            )
+
+    @classmethod
+    def from_name(cls, name: str, *, workers: int | None = None, **options: Any) -> DaskExecutor:
+        """Build from ``dask``, ``dask://host:port`` or ``tls://host:port``.
+
+        Args:
+            name: the executor string; ``dask://`` is the plain (unauthenticated) ``tcp://`` protocol.
+            workers: as for :class:`DaskExecutor`.
+            options: :class:`DaskExecutor` keyword arguments (``security``, ``storage``, ``client``).
+
+        Raises:
+            ConfigError: for another name, or as :class:`DaskExecutor`.
+        """
+        client = options.pop("client", None)
+        if name == "dask":
+            return cls(client, workers=workers, name=name, **options)
+        for scheme, protocol in (("dask://", "tcp://"), ("tls://", "tls://")):
+            if name.startswith(scheme) and len(name) > len(scheme):
+                return cls(address=protocol + name[len(scheme) :], workers=workers, name=name, **options)
+        raise ConfigError(
+            f"DaskExecutor is selected by 'dask', 'dask://host:port' or 'tls://host:port', got {name!r}"
+        )
+
+    @classmethod
+    def from_client(cls, client: Client, **options: Any) -> DaskExecutor:
+        """Run on a ``distributed.Client`` you connected; :meth:`shutdown` leaves it open."""
+        return cls(client, **options)
+
+    # -- the executor contract ------------------------------------------------------------------
+
+    def submit(self, spec: TaskSpec) -> Future[TaskResult]:
+        """Submit one attempt as a Dask task; the future resolves to its :class:`TaskResult`.
+
+        Raises:
+            RuntimeError: after :meth:`shutdown`.
+        """
+        from mrkit.backends.dask.tasks import run_attempt
+
+        if self._closed:
+            raise RuntimeError("cannot submit to a DaskExecutor after shutdown()")
+        future: Future[TaskResult] = Future()
+        key = f"mrkit-{spec.job_id}-{spec.task_id}-a{spec.attempt}-{os.urandom(4).hex()}"
+        try:
+            task = self.client.submit(run_attempt, spec, key=key, pure=False, retries=0)
+        except Exception as exc:  # a closed client or a lost scheduler: the infrastructure failed
+            future.set_exception(self._lost(spec, f"could not submit to the Dask scheduler ({exc})"))
+            return future
+        with self._lock:
+            self._pending.add(task)
+        # The driver cancels an attempt it abandoned: drop the Dask task too if it has not run.
+        future.add_done_callback(lambda f: task.cancel() if f.cancelled() else None)
+        task.add_done_callback(lambda t: self._resolve(spec, t, future))
+        return future
+
+    def _resolve(self, spec: TaskSpec, task: Any, future: Future[TaskResult]) -> None:
+        """Runs in Dask's callback thread when ``task`` finished, failed or was cancelled."""
+        with self._lock:
+            self._pending.discard(task)
+        if future.done():
+            return
+        try:
+            outcome: TaskResult | BaseException = task.result(timeout=CONNECT_TIMEOUT)
+        except KilledWorker as exc:
+            outcome = self._lost(spec, f"its Dask worker died ({exc})")
+        except BaseException as exc:  # cancelled (scheduler lost, shutdown) or a transport error
+            outcome = self._lost(spec, f"Dask did not run it ({type(exc).__name__}: {exc})")
+        try:
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+        except Exception:  # noqa: S110 - cancelled by the driver meanwhile: nobody waits for it
+            pass
+
+    def _lost(self, spec: TaskSpec, why: str) -> WorkerLost:
+        return WorkerLost(
+            f"attempt {spec.attempt} of {spec.task_id} was lost: {why}",
+            task_id=spec.task_id,
+            attempt=spec.attempt,
+            worker=self._address(),
+        )
+
+    def storage_url(self, job_id: str) -> str | None:
+        """The ``storage=`` URL given to the executor, or None (a local temp folder when ``local``)."""
+        return self._storage
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """The scheduler's dashboard URL, or None when it has none (the local cluster has none)."""
+        try:
+            info = self.client.scheduler_info(n_workers=0)
+        except Exception:
+            return None
+        return self.client.dashboard_link if info.get("services", {}).get("dashboard") else None
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Cancel this executor's pending tasks; close the client and cluster it opened (not yours)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            pending = list(self._pending)
+        if pending:
+            self.client.cancel(pending)
+        if self._owns_client:
+            # Client first, then the cluster it runs on: the reverse order makes the client log
+            # (and warn about) a lost scheduler while it closes.
+            self.client.close()
+            if self._cluster is not None:
+                self._cluster.close()
+
+    def _address(self) -> str:
+        return str(getattr(self.client.scheduler, "address", "") or "?")
+
+
+def _start_local_cluster(workers: int | None, security: Any) -> tuple[Any, Client]:
+    """A ``LocalCluster`` of ``workers`` single-threaded processes on 127.0.0.1, and its client."""
+    if workers is None:
+        workers = os.cpu_count() or 1
+    cluster = LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,  # one attempt per process, as on `processes`: user code needs no GIL sharing
+        processes=True,
+        host="127.0.0.1",  # never reachable from the network
+        dashboard_address="127.0.0.1:0",  # its HTTP server (health, dashboard) on loopback, any free port
+        security=security,
+        # A dead worker fails its attempt at once; mrkit's retry policy decides and counts.
+        scheduler_kwargs={"allowed_failures": 0},
+    )
+    try:
+        return cluster, Client(cluster)
+    except BaseException:
+        cluster.close()
+        raise
+
+
+def _host(address: str) -> str:
+    """``tcp://10.0.0.5:40123`` -> ``10.0.0.5`` (IPv6 brackets removed)."""
+    rest = address.split("://", 1)[-1].rsplit(":", 1)[0]
+    return rest.strip("[]")
