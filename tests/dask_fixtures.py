@@ -86,6 +86,8 @@ class DaskCluster:
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
+                # Seen once under load (a worker ignoring SIGTERM for 15 s): leave a trace to read.
+                print(f"dask_fixtures: SIGKILL after SIGTERM timed out: {proc.args}", file=sys.stderr)
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
 

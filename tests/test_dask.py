@@ -1,0 +1,161 @@
+"""The Dask executor's own behaviour (the shared contract is in tests/test_executor_contract.py):
+how it is named and reached, what it leaves running, and that ``import mrkit`` stays free of Dask."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from distributed import Client, LocalCluster
+
+import mrkit
+from mrkit import futures
+from mrkit.backends.dask import executor as dask_executor
+from mrkit.backends.dask.executor import DaskExecutor
+from mrkit.errors import ConfigError
+from mrkit.execution.base import open_executor
+from tests import contract_jobs as C
+from tests.dask_fixtures import DaskCluster, start_cluster
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXT = ["the quick brown fox", "the lazy dog", "a b a"] * 20
+
+
+@pytest.fixture(scope="module")
+def cli_cluster() -> Iterator[DaskCluster]:
+    cluster = start_cluster(n_workers=2)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def test_import_mrkit_and_a_processes_job_do_not_import_dask(tmp_path: Path) -> None:
+    source = tmp_path / "in.txt"
+    source.write_text("a b a\n", encoding="utf-8")
+    program = textwrap.dedent(
+        f"""
+        import sys, mrkit
+        from tests import contract_jobs as C
+        if __name__ == "__main__":
+            result = mrkit.run(C.WORD_COUNT, {str(source)!r}, executor="processes", workers=1, quiet=True)
+            print(dict(result), sorted(m for m in sys.modules if m.split(".")[0] in ("dask", "distributed")))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "{'a': 2, 'b': 1} []", out.stderr
+
+
+def _children() -> dict[int, psutil.Process]:
+    # multiprocessing's resource tracker is one per parent process, started by the first spawned
+    # child and kept until this process exits: not a worker of anybody's.
+    return {
+        p.pid: p
+        for p in psutil.Process().children(recursive=True)
+        if "resource_tracker" not in " ".join(p.cmdline())
+    }
+
+
+def test_the_dask_string_starts_a_loopback_cluster_for_the_run_and_stops_it(tmp_path: Path) -> None:
+    before = _children()
+    executor = open_executor("dask", workers=1)
+    try:
+        assert isinstance(executor, DaskExecutor) and executor.local and executor.workers == 1
+        started = [p for pid, p in _children().items() if pid not in before]
+        assert started, "the local cluster runs its worker in a process of its own"
+        info = executor.client.scheduler_info()
+        addresses = [executor.client.scheduler.address, *info["workers"]]
+        assert all(a.startswith("tcp://127.0.0.1:") for a in addresses), addresses
+        source = tmp_path / "in.txt"
+        source.write_text("".join(t + "\n" for t in TEXT), encoding="utf-8")
+        result = mrkit.run(C.WORD_COUNT, str(source), executor=executor, quiet=True)
+        assert dict(result)["the"] == 40
+    finally:
+        executor.shutdown()
+    _gone, alive = psutil.wait_procs(started, timeout=30)
+    assert not alive, f"worker processes outlived shutdown(): {alive}"
+
+
+def test_a_client_of_yours_runs_the_job_and_stays_open(tmp_path: Path) -> None:
+    source = tmp_path / "in.txt"
+    source.write_text("".join(t + "\n" for t in TEXT), encoding="utf-8")
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0"
+    ) as cl:
+        with Client(cl) as client:
+            result = mrkit.run(
+                C.WORD_COUNT, str(source), executor=client, quiet=True, output=str(tmp_path / "o")
+            )
+            assert dict(mrkit.read_output(str(tmp_path / "o")))["a"] == 40
+            assert result.counters["map.tasks"] >= 1
+            assert client.submit(sum, [1, 2]).result(timeout=30) == 3  # still open: mrkit did not close it
+
+
+def test_dask_and_tls_strings_reach_a_scheduler_and_bad_ones_say_what_to_write(
+    cli_cluster: DaskCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = cli_cluster.address.rsplit(":", 1)[1]
+    executor = open_executor(f"dask://127.0.0.1:{port}")
+    try:
+        assert executor.name == f"dask://127.0.0.1:{port}" and executor.workers == 2 and executor.local
+    finally:
+        executor.shutdown()
+    assert cli_cluster.scheduler is not None and cli_cluster.scheduler.poll() is None  # not ours to stop
+    with pytest.raises(ConfigError, match="selected by 'dask', 'dask://host:port' or 'tls://host:port'"):
+        DaskExecutor.from_name("dask://")
+    with pytest.raises(ConfigError, match="workers must be a positive integer"):
+        open_executor("dask", workers=0)
+    monkeypatch.setattr(dask_executor, "CONNECT_TIMEOUT", 1.0)
+    with pytest.raises(ConfigError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
+        open_executor("dask://127.0.0.1:9")  # the discard port: nothing listens
+
+
+def test_futures_map_and_map_reduce_run_on_a_dask_scheduler(cli_cluster: DaskCluster) -> None:
+    name = cli_cluster.address.replace("tcp://", "dask://")
+    try:
+        assert list(futures.map(square, range(50), executor=name)) == [x * x for x in range(50)]
+        assert futures.map_reduce(square, lambda a, b: a + b, range(100), executor=name) == sum(
+            x * x for x in range(100)
+        )
+    finally:
+        futures.shutdown()  # closes the client futures opened for the name, before the cluster stops
+
+
+def test_the_futures_launcher_takes_a_dask_executor(cli_cluster: DaskCluster, tmp_path: Path) -> None:
+    script = tmp_path / "squares.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import json, sys
+            from mrkit import futures
+
+            if __name__ == "__main__":
+                print(json.dumps([futures.get_executor().name, sum(futures.map(lambda x: x * x, range(30)))]))
+            """
+        ),
+        encoding="utf-8",
+    )
+    name = cli_cluster.address.replace("tcp://", "dask://")
+    out = subprocess.run(
+        [sys.executable, "-m", "mrkit", "--executor", name, str(script)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [name, sum(x * x for x in range(30))]
