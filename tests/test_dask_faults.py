@@ -109,3 +109,39 @@ def test_a_dask_worker_command_killed_mid_map_leaves_exactly_once_output(tmp_pat
         assert result.counters.get("map.attempts_lost", 0) == 0  # Dask re-ran it, not mrkit
     finally:
         cluster.stop()
+
+
+def test_a_scheduler_that_goes_away_fails_the_job_clearly_and_publishes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mrkit.backends.dask import executor as dask_executor
+
+    # The client gives up reconnecting after its timeout (30 s by default; 3 s here, to keep it short).
+    monkeypatch.setattr(dask_executor, "CONNECT_TIMEOUT", 3.0)
+    source = tmp_path / "input.txt"
+    source.write_text("".join(line + "\n" for line in LINES), encoding="utf-8")
+    marker = tmp_path / "stalled-pid"
+    cluster = start_cluster(n_workers=2)
+    try:
+        address = cluster.address.replace("tcp://", "dask://")
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(
+                mrkit.run,
+                D.STALL_IN_MAP,
+                str(source),
+                executor=address,
+                output=str(tmp_path / "got"),
+                params={"marker": str(marker)},
+                n_map=4,
+                quiet=True,
+            )
+            wait_for_pid(marker)
+            assert cluster.scheduler is not None
+            os.kill(cluster.scheduler.pid, signal.SIGKILL)
+            started = time.monotonic()
+            with pytest.raises(mrkit.JobFailed, match="the Dask (client is closed|scheduler went away)"):
+                running.result(timeout=120)
+            assert time.monotonic() - started < 60
+    finally:
+        cluster.stop()
+    assert not (tmp_path / "got").exists() or not list((tmp_path / "got").iterdir())

@@ -28,8 +28,10 @@ configuration) for a scheduler on a network.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any
 
@@ -45,6 +47,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 # How long to wait for a scheduler to answer and for its first worker to join.
 CONNECT_TIMEOUT = 30.0
+# How often a thread checks that the client is still open while attempts are pending.
+_WATCH_SECONDS = 0.5
 
 
 class DaskExecutor(Executor):
@@ -81,8 +85,11 @@ class DaskExecutor(Executor):
         self._owns_client = client is None
         self._storage = storage
         self._lock = threading.Lock()
-        self._pending: set[Any] = set()  # Dask futures not yet resolved, cancelled at shutdown
+        # Dask future -> (spec, our future), until resolved; cancelled at shutdown, failed when the
+        # client closes under us (see _watch_client).
+        self._pending: dict[Any, tuple[TaskSpec, Future[TaskResult]]] = {}
         self._closed = False
+        self._watcher: threading.Thread | None = None
         if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
             raise ConfigError(f"workers must be a positive integer, got {workers!r}")
         if client is not None:
@@ -157,6 +164,9 @@ class DaskExecutor(Executor):
         if self._closed:
             raise RuntimeError("cannot submit to a DaskExecutor after shutdown()")
         future: Future[TaskResult] = Future()
+        if self.client.status in ("closing", "closed"):
+            future.set_exception(self._lost(spec, "the Dask client is closed (its scheduler went away)"))
+            return future
         key = f"mrkit-{spec.job_id}-{spec.task_id}-a{spec.attempt}-{os.urandom(4).hex()}"
         try:
             task = self.client.submit(run_attempt, spec, key=key, pure=False, retries=0)
@@ -164,7 +174,12 @@ class DaskExecutor(Executor):
             future.set_exception(self._lost(spec, f"could not submit to the Dask scheduler ({exc})"))
             return future
         with self._lock:
-            self._pending.add(task)
+            self._pending[task] = (spec, future)
+            if self._watcher is None:
+                self._watcher = threading.Thread(
+                    target=self._watch_client, name="mrkit-dask-watch", daemon=True
+                )
+                self._watcher.start()
         # The driver cancels an attempt it abandoned: drop the Dask task too if it has not run.
         future.add_done_callback(lambda f: task.cancel() if f.cancelled() else None)
         task.add_done_callback(lambda t: self._resolve(spec, t, future))
@@ -173,7 +188,7 @@ class DaskExecutor(Executor):
     def _resolve(self, spec: TaskSpec, task: Any, future: Future[TaskResult]) -> None:
         """Runs in Dask's callback thread when ``task`` finished, failed or was cancelled."""
         with self._lock:
-            self._pending.discard(task)
+            self._pending.pop(task, None)
         if future.done():
             return
         try:
@@ -182,13 +197,32 @@ class DaskExecutor(Executor):
             outcome = self._lost(spec, f"its Dask worker died ({exc})")
         except BaseException as exc:  # cancelled (scheduler lost, shutdown) or a transport error
             outcome = self._lost(spec, f"Dask did not run it ({type(exc).__name__}: {exc})")
-        try:
+        with contextlib.suppress(Exception):  # cancelled by the driver meanwhile: nobody waits for it
             if isinstance(outcome, BaseException):
                 future.set_exception(outcome)
             else:
                 future.set_result(outcome)
-        except Exception:  # noqa: S110 - cancelled by the driver meanwhile: nobody waits for it
-            pass
+
+    def _watch_client(self) -> None:
+        """Fail every pending attempt with WorkerLost once the client has closed under us.
+
+        Why a thread that polls: when the scheduler goes away, the client cancels the futures it had
+        (their callbacks run), tries to reconnect for its timeout, then closes -- and the futures
+        submitted *while* it was reconnecting are dropped with it, their callbacks never run (the
+        client's event loop is gone). Without this, the driver would wait for them forever.
+        """
+        while not self._closed:
+            time.sleep(_WATCH_SECONDS)
+            if self.client.status not in ("closing", "closed"):
+                continue
+            time.sleep(_WATCH_SECONDS)  # let callbacks that can still run, run first
+            with self._lock:
+                stranded = list(self._pending.values())
+                self._pending.clear()
+            for spec, future in stranded:
+                if not future.done():
+                    with contextlib.suppress(Exception):  # cancelled by the driver meanwhile
+                        future.set_exception(self._lost(spec, "the Dask scheduler went away"))
 
     def _lost(self, spec: TaskSpec, why: str) -> WorkerLost:
         return WorkerLost(
@@ -218,7 +252,7 @@ class DaskExecutor(Executor):
                 return
             self._closed = True
             pending = list(self._pending)
-        if pending:
+        if pending and self.client.status not in ("closing", "closed"):
             self.client.cancel(pending)
         if self._owns_client:
             # Client first, then the cluster it runs on: the reverse order makes the client log
