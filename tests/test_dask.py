@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -159,3 +160,38 @@ def test_the_futures_launcher_takes_a_dask_executor(cli_cluster: DaskCluster, tm
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [name, sum(x * x for x in range(30))]
+
+
+def test_the_mrkit_command_exits_zero_on_success_and_one_on_failure(
+    cli_cluster: DaskCluster, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.txt"
+    source.write_text("ok fine\npoison\nok\n", encoding="utf-8")
+    job_file = tmp_path / "job.py"
+    job_file.write_text(
+        "import mrkit\nfrom tests.jobs_for_tests import failing_mapper, total, words\n"
+        "good = mrkit.Job(mapper=words, reducer=total)\n"
+        "bad = mrkit.Job(mapper=failing_mapper, reducer=total)\n",
+        encoding="utf-8",
+    )
+    name = cli_cluster.address.replace("tcp://", "dask://")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
+
+    def mrkit_run(job: str, executor: str, out: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "mrkit", "run", f"{job_file}:{job}", str(source), "-o", out]
+        return subprocess.run(
+            [*argv, "--executor", executor], capture_output=True, text=True, cwd=ROOT, timeout=180, env=env
+        )
+
+    good = mrkit_run("good", name, str(tmp_path / "good"))
+    assert good.returncode == 0, good.stderr
+    assert dict(mrkit.read_output(str(tmp_path / "good"))) == {"ok": 2, "fine": 1, "poison": 1}
+    first_lines = []
+    for executor in (name, "processes"):
+        out = tmp_path / f"bad-{executor.split(':')[0]}"
+        bad = mrkit_run("bad", executor, str(out))
+        assert bad.returncode == 1, bad.stderr
+        assert not out.exists()  # nothing published, not even an empty folder
+        first_lines.append(re.sub(r"of job \S+", "of job JOB", bad.stderr.splitlines()[0]))
+    assert first_lines[0] == first_lines[1]
+    assert first_lines[0].startswith("mrkit: error: map task map-00000") and "ValueError" in first_lines[0]
