@@ -195,3 +195,20 @@ def test_the_mrkit_command_exits_zero_on_success_and_one_on_failure(
         first_lines.append(re.sub(r"of job \S+", "of job JOB", bad.stderr.splitlines()[0]))
     assert first_lines[0] == first_lines[1]
     assert first_lines[0].startswith("mrkit: error: map task map-00000") and "ValueError" in first_lines[0]
+
+
+def test_a_script_without_a_main_guard_is_told_to_add_one(tmp_path: Path) -> None:
+    source = tmp_path / "in.txt"
+    source.write_text("a b\n", encoding="utf-8")
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import mrkit\nfrom tests import contract_jobs as C\n"
+        f"mrkit.run(C.WORD_COUNT, {str(source)!r}, executor='dask', workers=1, quiet=True)\n",
+        encoding="utf-8",
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 1
+    # The children's own tracebacks (their re-import of the script failing) may print after ours.
+    said = [line for line in out.stderr.splitlines() if line.startswith("mrkit.errors.ConfigError:")]
+    assert said and 'put the code that runs the job under `if __name__ == "__main__":`' in said[0]

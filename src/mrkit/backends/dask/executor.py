@@ -269,21 +269,41 @@ def _start_local_cluster(workers: int | None, security: Any) -> tuple[Any, Clien
     """A ``LocalCluster`` of ``workers`` single-threaded processes on 127.0.0.1, and its client."""
     if workers is None:
         workers = os.cpu_count() or 1
-    cluster = LocalCluster(
-        n_workers=workers,
-        threads_per_worker=1,  # one attempt per process, as on `processes`: user code needs no GIL sharing
-        processes=True,
-        host="127.0.0.1",  # never reachable from the network
-        dashboard_address="127.0.0.1:0",  # its HTTP server (health, dashboard) on loopback, any free port
-        security=security,
-        # A dead worker fails its attempt at once; mrkit's retry policy decides and counts.
-        scheduler_kwargs={"allowed_failures": 0},
-    )
+    try:
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,  # one attempt per process, as on `processes`: no GIL shared
+            processes=True,
+            host="127.0.0.1",  # never reachable from the network
+            dashboard_address="127.0.0.1:0",  # its HTTP server (health, dashboard): loopback, any port
+            security=security,
+            # A dead worker fails its attempt at once; mrkit's retry policy decides and counts.
+            scheduler_kwargs={"allowed_failures": 0},
+        )
+    except RuntimeError as exc:
+        if not _spawn_bootstrap_error(exc):
+            raise
+        raise ConfigError(
+            "the Dask local cluster ('dask') starts its workers with multiprocessing's spawn, which "
+            "re-imports your script in each of them: put the code that runs the job under "
+            "`if __name__ == \"__main__\":` (or use executor='processes', which needs no guard)"
+        ) from exc
     try:
         return cluster, Client(cluster)
     except BaseException:
         cluster.close()
         raise
+
+
+def _spawn_bootstrap_error(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) is multiprocessing's "bootstrapping phase" error: a
+    script without a ``__main__`` guard started processes again from its re-import in a child."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if "bootstrapping phase" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _host(address: str) -> str:
