@@ -212,3 +212,28 @@ def test_a_script_without_a_main_guard_is_told_to_add_one(tmp_path: Path) -> Non
     # The children's own tracebacks (their re-import of the script failing) may print after ours.
     said = [line for line in out.stderr.splitlines() if line.startswith("mrkit.errors.ConfigError:")]
     assert said and 'put the code that runs the job under `if __name__ == "__main__":`' in said[0]
+
+
+def test_a_tls_scheduler_is_reached_with_its_security(tmp_path: Path) -> None:
+    from distributed.security import Security
+
+    security = Security.temporary()  # a throwaway CA and certificate, as for a real TLS cluster
+    source = tmp_path / "in.txt"
+    source.write_text("".join(t + "\n" for t in TEXT), encoding="utf-8")
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        host="127.0.0.1",
+        protocol="tls",
+        security=security,
+        dashboard_address="127.0.0.1:0",
+    ) as cluster:
+        address = cluster.scheduler_address
+        assert address.startswith("tls://127.0.0.1:")
+        executor = open_executor(address, security=security)
+        try:
+            assert executor.name == address and executor.local
+            result = mrkit.run(C.WORD_COUNT, str(source), executor=executor, quiet=True)
+            assert dict(result)["the"] == 40
+        finally:
+            executor.shutdown()
