@@ -237,3 +237,21 @@ def test_a_tls_scheduler_is_reached_with_its_security(tmp_path: Path) -> None:
             assert dict(result)["the"] == 40
         finally:
             executor.shutdown()
+
+
+def test_workers_on_other_hosts_need_storage_they_all_reach(
+    cli_cluster: DaskCluster, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The test cluster listens on 127.0.0.1 only; pretend its workers' addresses are not loopback
+    # (the only thing that tells mrkit whether a worker shares this machine's folders).
+    monkeypatch.setattr(dask_executor, "is_loopback", lambda host: False)
+    name = cli_cluster.address.replace("tcp://", "dask://")
+    with pytest.raises(
+        ConfigError, match=r"storage='/tmp/x' is a folder on this machine.*give storage= a URL"
+    ):
+        open_executor(name, storage="/tmp/x")
+    source = tmp_path / "in.txt"
+    source.write_text("a b\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="runs tasks on other machines: give storage= a URL they all reach"):
+        mrkit.run(C.WORD_COUNT, str(source), executor=name, output=str(tmp_path / "out"), quiet=True)
+    assert not (tmp_path / "out").exists()
