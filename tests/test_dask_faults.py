@@ -1,6 +1,7 @@
 """Worker loss on Dask: a ``dask worker`` process SIGKILLed mid-map or mid-reduce still gives exactly
-the output an undisturbed run gives, on a ``LocalCluster`` (mrkit's retry counted as a lost attempt)
-and on ``dask scheduler`` + ``dask worker`` commands (Dask's own re-run, invisible to mrkit's counters).
+the output an undisturbed run gives, on a ``LocalCluster`` (mrkit's retries counted as lost
+attempts) and on ``dask scheduler`` + ``dask worker`` commands (Dask's own re-run, invisible to
+mrkit's counters).
 
 Each test runs the job in a thread, waits for the stalled attempt to write its worker's pid, kills that
 process from outside, and compares the published bytes with the same word count run on ``inline``.
@@ -79,20 +80,22 @@ def kill_mid_task(job: mrkit.Job, executor: Any, tmp_path: Path) -> tuple[mrkit.
     return result, pid
 
 
-def test_a_worker_killed_mid_map_costs_one_lost_attempt_on_a_local_cluster(
+def test_a_worker_killed_mid_map_is_counted_as_lost_attempts_on_a_local_cluster(
     local_cluster: Executor, tmp_path: Path
 ) -> None:
     result, _ = kill_mid_task(D.STALL_IN_MAP, local_cluster, tmp_path)
-    assert result.counters["map.attempts_lost"] == 1
+    # The stalled attempt is lost, and so is any attempt the scheduler had already handed to that
+    # worker to run next (Dask sends tasks ahead): at least one, at most the map tasks.
+    assert 1 <= result.counters["map.attempts_lost"] <= result.counters["map.tasks"]
     assert result.counters.get("reduce.attempts_lost", 0) == 0
     assert result.counters["map.records_in"] == len(LINES)  # each split counted once, not twice
 
 
-def test_a_worker_killed_mid_reduce_costs_one_lost_attempt_on_a_local_cluster(
+def test_a_worker_killed_mid_reduce_is_counted_as_lost_attempts_on_a_local_cluster(
     local_cluster: Executor, tmp_path: Path
 ) -> None:
     result, _ = kill_mid_task(D.STALL_IN_REDUCE, local_cluster, tmp_path)
-    assert result.counters["reduce.attempts_lost"] == 1
+    assert 1 <= result.counters["reduce.attempts_lost"] <= result.counters["reduce.tasks"]  # as above
     assert result.counters.get("map.attempts_lost", 0) == 0
 
 

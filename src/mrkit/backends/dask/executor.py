@@ -10,8 +10,9 @@ The contract (:class:`DaskExecutor`, the same as every executor's, :mod:`mrkit.e
   scheduler went away, or the executor shut down.
 * Dask never retries on its own behalf: ``retries=0`` on every task, so mrkit's ``RetryPolicy``
   decides and counts attempts. The local cluster also runs its scheduler with
-  ``allowed_failures=0``, so a killed worker fails its attempt at once (``KilledWorker``) and the
-  driver's next attempt shows in the counters. A scheduler of yours re-runs a task whose worker died
+  ``allowed_failures=0``, so a killed worker fails its attempt at once (``KilledWorker``), along
+  with any the scheduler had already sent it to run next, and the driver's next attempts show in
+  the counters (``*.attempts_lost``). A scheduler of yours re-runs a task whose worker died
   up to its ``distributed.scheduler.allowed-failures`` times (3 by default) before saying so; those
   re-runs are invisible to mrkit's counters, and harmless: a re-run writes under the same attempt's
   keys and commits first-writer-wins like any attempt (docs/dask.md).
