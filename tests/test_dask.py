@@ -103,6 +103,12 @@ def test_a_client_of_yours_runs_the_job_and_stays_open(tmp_path: Path) -> None:
             assert dict(mrkit.read_output(str(tmp_path / "o")))["a"] == 40
             assert result.counters["map.tasks"] >= 1
             assert client.submit(sum, [1, 2]).result(timeout=30) == 3  # still open: mrkit did not close it
+            wrapped = open_executor(client)
+            try:
+                assert wrapped.name == cl.scheduler_address.replace("tcp://", "dask://")
+            finally:
+                wrapped.shutdown()
+            assert client.status == "running"
 
 
 def test_dask_and_tls_strings_reach_a_scheduler_and_bad_ones_say_what_to_write(

@@ -17,7 +17,8 @@ The contract (:class:`DaskExecutor`, the same as every executor's, :mod:`mrkit.e
   re-runs are invisible to mrkit's counters, and harmless: a re-run writes under the same attempt's
   keys and commits first-writer-wins like any attempt (docs/dask.md).
 * Data moves through storage, not through the scheduler: tasks carry references and return
-  counters. ``local`` is True only when every Dask worker listens on a loopback address; otherwise
+  counters. ``local`` is True only when every Dask worker listens on a loopback address (checked
+  when the executor connects; workers that join later are not looked at); otherwise
   ``mrkit.run`` needs ``storage=`` (and an output) every worker reaches, and a local folder given
   as ``storage=`` is refused.
 
@@ -104,7 +105,7 @@ class DaskExecutor(Executor):
                 self.client = Client(address, security=security, timeout=CONNECT_TIMEOUT)
             except OSError as exc:
                 raise ConfigError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
-        self.name = name or ("dask" if address is None and client is None else f"dask:{self._address()}")
+        self.name = name or ("dask" if self._cluster is not None else _executor_string(self._address()))
         try:
             self.client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
         except TimeoutError as exc:
@@ -305,6 +306,11 @@ def _spawn_bootstrap_error(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _executor_string(address: str) -> str:
+    """The executor string that reaches a scheduler address: ``tcp://h:p`` -> ``dask://h:p``."""
+    return "dask://" + address.removeprefix("tcp://") if address.startswith("tcp://") else address
 
 
 def _host(address: str) -> str:
