@@ -47,6 +47,8 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingExtra("the dask executor", "dask", "distributed") from exc
 
+from mrkit.backends.dask.tasks import run_attempt  # noqa: E402 - imports distributed: after the check
+
 # How long to wait for a scheduler to answer and for its first worker to join.
 CONNECT_TIMEOUT = 30.0
 # How often a thread checks that the client is still open while attempts are pending.
@@ -161,8 +163,6 @@ class DaskExecutor(Executor):
         Raises:
             RuntimeError: after :meth:`shutdown`.
         """
-        from mrkit.backends.dask.tasks import run_attempt
-
         if self._closed:
             raise RuntimeError("cannot submit to a DaskExecutor after shutdown()")
         future: Future[TaskResult] = Future()
