@@ -261,3 +261,24 @@ def test_workers_on_other_hosts_need_storage_they_all_reach(
     with pytest.raises(ConfigError, match="runs tasks on other machines: give storage= a URL they all reach"):
         mrkit.run(C.WORD_COUNT, str(source), executor=name, output=str(tmp_path / "out"), quiet=True)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_launcher_starts_a_local_cluster_for_a_script_without_a_guard(tmp_path: Path) -> None:
+    # Under `python -m mrkit` the main module is mrkit's own (guarded), so spawned workers never
+    # re-import the script: it needs no `if __name__ == "__main__":` even with executor 'dask'.
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from mrkit import futures\n"
+        "print(futures.get_executor().name, sum(futures.map(lambda x: x * x, range(30))))\n",
+        encoding="utf-8",
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "mrkit", "--executor", "dask", "-n", "1", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["dask", str(sum(x * x for x in range(30)))]
