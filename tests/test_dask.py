@@ -189,12 +189,14 @@ def test_the_mrkit_command_exits_zero_on_success_and_one_on_failure(
             [*argv, "--executor", executor], capture_output=True, text=True, cwd=ROOT, timeout=180, env=env
         )
 
-    good = mrkit_run("good", name, str(tmp_path / "good"))
-    assert good.returncode == 0, good.stderr
-    assert dict(mrkit.read_output(str(tmp_path / "good"))) == {"ok": 2, "fine": 1, "poison": 1}
+    for i, executor in enumerate((name, "dask")):  # a running scheduler; a local cluster for the command
+        out = tmp_path / f"good-{i}"
+        good = mrkit_run("good", executor, str(out))
+        assert good.returncode == 0, good.stderr
+        assert dict(mrkit.read_output(str(out))) == {"ok": 2, "fine": 1, "poison": 1}
     first_lines = []
-    for executor in (name, "processes"):
-        out = tmp_path / f"bad-{executor.split(':')[0]}"
+    for i, executor in enumerate((name, "processes")):
+        out = tmp_path / f"bad-{i}"
         bad = mrkit_run("bad", executor, str(out))
         assert bad.returncode == 1, bad.stderr
         assert not out.exists()  # nothing published, not even an empty folder
