@@ -108,6 +108,10 @@ def test_a_client_of_yours_runs_the_job_and_stays_open(tmp_path: Path) -> None:
                 assert wrapped.name == cl.scheduler_address.replace("tcp://", "dask://")
             finally:
                 wrapped.shutdown()
+            try:
+                assert list(futures.map(square, range(5), executor=client)) == [0, 1, 4, 9, 16]
+            finally:
+                futures.shutdown()  # shuts the executor futures opened over the client, not the client
             assert client.status == "running"
 
 
