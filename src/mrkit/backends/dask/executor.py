@@ -22,7 +22,7 @@ The contract (:class:`DaskExecutor`, the same as every executor's, :mod:`mrkit.e
   ``mrkit.run`` needs ``storage=`` (and an output) every worker reaches, and a local folder given
   as ``storage=`` is refused.
 
-Security: the cluster ``dask`` starts listens on 127.0.0.1 only, without a dashboard. A ``dask://``
+Security: the cluster ``dask`` starts listens on 127.0.0.1 only (its dashboard too). A ``dask://``
 (plain ``tcp://``) scheduler is unauthenticated: anyone who reaches its port runs code on its
 workers. Use ``tls://`` with a ``distributed.security.Security`` (``security=`` or the usual Dask
 configuration) for a scheduler on a network.
@@ -240,7 +240,7 @@ class DaskExecutor(Executor):
 
     @property
     def dashboard_link(self) -> str | None:
-        """The scheduler's dashboard URL, or None when it has none (the local cluster has none)."""
+        """The scheduler's dashboard URL, or None when it serves none (the page needs ``bokeh``)."""
         try:
             info = self.client.scheduler_info(n_workers=0)
         except Exception:
