@@ -80,6 +80,7 @@ def test_the_dask_string_starts_a_loopback_cluster_for_the_run_and_stops_it(tmp_
         info = executor.client.scheduler_info()
         addresses = [executor.client.scheduler.address, *info["workers"]]
         assert all(a.startswith("tcp://127.0.0.1:") for a in addresses), addresses
+        assert (executor.dashboard_link or "").startswith("http://127.0.0.1:"), executor.dashboard_link
         source = tmp_path / "in.txt"
         source.write_text("".join(t + "\n" for t in TEXT), encoding="utf-8")
         result = mrkit.run(C.WORD_COUNT, str(source), executor=executor, quiet=True)
