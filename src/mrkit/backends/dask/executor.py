@@ -251,15 +251,15 @@ class DaskExecutor(Executor):
         """Fail every pending attempt with WorkerLost once the client has closed under us.
 
         Why a thread that polls: when the scheduler goes away, the client cancels the futures it had
-        (their callbacks run), tries to reconnect for its timeout, then closes -- and the futures
-        submitted *while* it was reconnecting are dropped with it, their callbacks never run (the
+        (the pump sees them complete), tries to reconnect for its timeout, then closes -- and the
+        futures submitted *while* it was reconnecting are dropped with it and never complete (the
         client's event loop is gone). Without this, the driver would wait for them forever.
         """
         while not self._closed:
             time.sleep(_WATCH_SECONDS)
             if self.client.status not in ("closing", "closed"):
                 continue
-            time.sleep(_WATCH_SECONDS)  # let callbacks that can still run, run first
+            time.sleep(_WATCH_SECONDS)  # let the pump deliver what still completed, first
             with self._lock:
                 stranded = list(self._pending.values())
                 self._pending.clear()
