@@ -2,8 +2,10 @@
 
 Every case runs on ``inline`` (the reference), ``processes``, a Redis Streams fleet (a real
 ``redis-server`` on 127.0.0.1 and a real ``mrkit worker`` process), driver-started ``http`` workers,
-and ``lambda-local`` (functions in fresh processes, shuffle through a real S3-protocol server on
-loopback). Each case runs the job on one backend and on ``inline`` and compares:
+``lambda-local`` (functions in fresh processes, shuffle through a real S3-protocol server on
+loopback), ``dask`` (a ``LocalCluster`` of two worker processes) and ``dask-cli`` (``dask scheduler``
+and two ``dask worker`` processes started as commands, reached as ``dask://127.0.0.1:PORT``).
+Each case runs the job on one backend and on ``inline`` and compares:
 
 * the output files, byte for byte (``part-*``; ``_SUCCESS`` holds timings and is only checked to
   exist), read back through :func:`mrkit.read_output` as well;
@@ -37,7 +39,7 @@ from tests import contract_jobs as C
 from tests.redis_fixtures import RedisServer, start_worker, stop_worker
 from tests.s3_fixtures import moto_server  # noqa: F401 - fixture used by the lambda-local backend
 
-BACKENDS = ["inline", "processes", "redis", "http", "lambda-local"]
+BACKENDS = ["inline", "processes", "redis", "http", "lambda-local", "dask", "dask-cli"]
 
 # Counters that describe the data, not where or how often tasks ran (attempts, timings and
 # duplicates may differ between executors; these may not).
@@ -117,6 +119,20 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             yield Backend(name, executor, remote_output=f"s3://{bucket}/out")
         finally:
             executor.shutdown()
+    elif name == "dask":
+        executor = open_executor("dask", workers=2)
+        try:
+            yield Backend(name, executor)
+        finally:
+            executor.shutdown()
+    elif name == "dask-cli":
+        from tests.dask_fixtures import start_cluster
+
+        cluster = start_cluster(n_workers=2)
+        try:
+            yield Backend(name, cluster.address.replace("tcp://", "dask://"))
+        finally:
+            cluster.stop()
     else:  # pragma: no cover - a name added to BACKENDS without its fixture
         raise AssertionError(f"no fixture for backend {name}")
 

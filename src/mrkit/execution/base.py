@@ -15,6 +15,8 @@ imported only when named (STYLE 9)::
     redis://…, rediss://…       RedisExecutor        a worker fleet through Redis Streams (extra: redis)
     http, http://h:p,h:p        HttpExecutor         HTTP workers, spawned or existing
     lambda://fn, lambda-local   LambdaExecutor       serverless functions (extra: lambda)
+    dask, dask://h:p, tls://h:p DaskExecutor         a Dask distributed cluster (extra: dask);
+                                                     a ``distributed.Client`` object works too
 """
 
 from __future__ import annotations
@@ -98,7 +100,11 @@ EXECUTORS: dict[str, str] = {
     "http": "mrkit.backends.http.executor:HttpExecutor",
     "lambda": "mrkit.backends.aws_lambda.executor:LambdaExecutor",
     "lambda-local": "mrkit.backends.aws_lambda.executor:LocalLambdaExecutor",
+    "dask": "mrkit.backends.dask.executor:DaskExecutor",
+    "tls": "mrkit.backends.dask.executor:DaskExecutor",
 }
+# Client objects of other libraries that name an executor, by their class's module and name.
+CLIENTS: dict[str, str] = {"distributed.client.Client": "dask"}
 
 
 def executor_key(name: str) -> str:
@@ -112,7 +118,7 @@ def executor_key(name: str) -> str:
 
 
 def open_executor(
-    name: str | Executor | None = None,
+    name: str | Executor | Any = None,
     *,
     workers: int | None = None,
     n_map: int | None = None,
@@ -124,7 +130,8 @@ def open_executor(
 
     Args:
         name: ``inline``, ``processes`` (default), ``redis://…``, ``http``, ``http://h:p,…``,
-            ``lambda://fn``, ``lambda-local``.
+            ``lambda://fn``, ``lambda-local``, ``dask``, ``dask://h:p``, ``tls://h:p``, or a
+            ``distributed.Client``.
         workers: parallelism (default: every core for ``processes``).
         n_map, n_reduce: the job's task counts, for an executor that sizes the workers it starts
             from them (``starts_workers``); ignored by the others.
@@ -142,12 +149,15 @@ def open_executor(
                 f"worker_python= applies to executors that start workers (http), not {name.name!r}"
             )
         return name
+    if name is not None and not isinstance(name, str):
+        return _from_client(name, workers=workers, **options)
     name = name or "processes"
     target = EXECUTORS.get(executor_key(name))
     if target is None:
         raise ConfigError(
             f"unknown executor {name!r}; choose one of: inline, processes, redis://host:port/db, "
-            "http, http://host:port[,host:port], lambda://function, lambda-local"
+            "http, http://host:port[,host:port], lambda://function, lambda-local, dask, "
+            "dask://host:port, tls://host:port"
         )
     module_name, class_name = target.split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
@@ -158,3 +168,15 @@ def open_executor(
     elif worker_python is not None:
         raise ConfigError(f"worker_python= applies to executors that start workers (http), not {name!r}")
     return cls.from_name(name, workers=workers, **options)  # type: ignore[no-any-return]
+
+
+def _from_client(client: object, *, workers: int | None, **options: Any) -> Executor:
+    """An executor over a client object of a library listed in :data:`CLIENTS` (the caller's own:
+    shutting the executor down leaves it open)."""
+    cls_name = f"{type(client).__module__}.{type(client).__qualname__}"
+    key = CLIENTS.get(cls_name)
+    if key is None:
+        raise ConfigError(f"executor must be a name, an Executor or a distributed.Client, got a {cls_name}")
+    module_name, class_name = EXECUTORS[key].split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls.from_client(client, workers=workers, **options)  # type: ignore[no-any-return]

@@ -1,0 +1,365 @@
+"""Run tasks on a Dask distributed cluster: ``dask``, ``dask://host:port``, ``tls://host:port`` or a
+``distributed.Client``.
+
+The contract (:class:`DaskExecutor`, the same as every executor's, :mod:`mrkit.execution.base`):
+
+* ``submit(spec)`` submits ``run_attempt(spec)`` (:mod:`mrkit.backends.dask.tasks`) as one Dask task
+  with a unique key (``pure=False``) and returns a :class:`concurrent.futures.Future` of its
+  :class:`~mrkit.model.task.TaskResult`. A raising user function is a result (``ok=False``); the
+  future raises only :class:`~mrkit.errors.WorkerLost`: the worker died (``KilledWorker``), the
+  scheduler went away, or the executor shut down.
+* Dask never retries on its own behalf: ``retries=0`` on every task, so mrkit's ``RetryPolicy``
+  decides and counts attempts. The local cluster also runs its scheduler with
+  ``allowed_failures=0``, so a killed worker fails its attempt at once (``KilledWorker``), along
+  with any the scheduler had already sent it to run next, and the driver's next attempts show in
+  the counters (``*.attempts_lost``). A scheduler of yours re-runs a task whose worker died
+  up to its ``distributed.scheduler.allowed-failures`` times (3 by default) before saying so; those
+  re-runs are invisible to mrkit's counters, and harmless: a re-run writes under the same attempt's
+  keys and commits first-writer-wins like any attempt (docs/dask.md).
+* Data moves through storage, not through the scheduler: tasks carry references and return
+  counters. ``local`` is True only when every Dask worker listens on a loopback address (checked
+  when the executor connects; workers that join later are not looked at); otherwise
+  ``mrkit.run`` needs ``storage=`` (and an output) every worker reaches, and a local folder given
+  as ``storage=`` is refused.
+
+Security: the cluster ``dask`` starts listens on 127.0.0.1 only (its dashboard too). A ``dask://``
+(plain ``tcp://``) scheduler is unauthenticated: anyone who reaches its port runs code on its
+workers. Use ``tls://`` with a ``distributed.security.Security`` (``security=`` or the usual Dask
+configuration) for a scheduler on a network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any
+
+from mrkit.errors import ConfigError, MissingExtra, WorkerLost
+from mrkit.execution.base import Executor
+from mrkit.model.task import TaskResult, TaskSpec
+from mrkit.security import is_loopback
+
+try:
+    from distributed import Client, KilledWorker, LocalCluster, as_completed
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingExtra("the dask executor", "dask", "distributed") from exc
+
+from mrkit.backends.dask.tasks import run_attempt  # noqa: E402 - imports distributed: after the check
+
+# How long to wait for a scheduler to answer and for its first worker to join.
+CONNECT_TIMEOUT = 30.0
+# How often a thread checks that the client is still open while attempts are pending.
+_WATCH_SECONDS = 0.5
+
+
+class DaskExecutor(Executor):
+    """Runs attempts as Dask tasks.
+
+    Args:
+        client: a connected ``distributed.Client`` (yours: :meth:`shutdown` leaves it open), or None
+            to connect to ``address`` or, without one, start a local cluster.
+        address: a scheduler address, ``tcp://host:port`` or ``tls://host:port``.
+        workers: the local cluster: how many worker processes to start (one thread each; default
+            every core). A running cluster: the parallelism mrkit plans task counts for (default:
+            its workers' threads when connecting); it starts or stops nothing.
+        security: a ``distributed.security.Security`` for ``tls://`` (default: Dask's configuration).
+        storage: intermediate storage URL every worker reaches (returned by :meth:`storage_url`);
+            required by ``mrkit.run`` when some worker is not on this machine.
+        name: the executor string it was built from (for messages).
+
+    Raises:
+        ConfigError: a bad option, an unreachable scheduler, a scheduler with no worker, or a local
+            ``storage=`` folder with workers on other hosts.
+    """
+
+    def __init__(
+        self,
+        client: Client | None = None,
+        *,
+        address: str | None = None,
+        workers: int | None = None,
+        security: Any = None,
+        storage: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        self._cluster: Any = None
+        self._owns_client = client is None
+        self._storage = storage
+        self._lock = threading.Lock()
+        # Dask future -> (spec, our future), until resolved; cancelled at shutdown, failed when the
+        # client closes under us (see _watch_client).
+        self._pending: dict[Any, tuple[TaskSpec, Future[TaskResult]]] = {}
+        self._closed = False
+        self._completed: Any = None  # distributed.as_completed of the pending tasks (see _pump)
+        self._wake = threading.Event()  # set by submit: the pump has work
+        if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
+            raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+        if client is not None:
+            if address is not None:
+                raise ConfigError("give either a distributed.Client or an address=, not both")
+            self.client = client
+        elif address is None:
+            self._cluster, self.client = _start_local_cluster(workers, security)
+        else:
+            try:
+                self.client = Client(address, security=security, timeout=CONNECT_TIMEOUT)
+            except OSError as exc:
+                raise ConfigError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
+        self.name = name or ("dask" if self._cluster is not None else _executor_string(self._address()))
+        try:
+            self.client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
+        except TimeoutError as exc:
+            self.shutdown()
+            raise ConfigError(
+                f"the Dask scheduler at {self._address()} has no worker after {CONNECT_TIMEOUT:.0f} s: "
+                "start some with `dask worker ADDRESS`"
+            ) from exc
+        nthreads = self.client.nthreads()
+        running = self._cluster is None
+        self.workers = workers if running and workers else max(1, sum(nthreads.values()))
+        self.local = all(is_loopback(_host(addr)) for addr in nthreads)
+        if storage and not self.local and "://" not in storage.split("#", 1)[0]:
+            self.shutdown()
+            raise ConfigError(
+                f"storage={storage!r} is a folder on this machine, but Dask workers run on other hosts "
+                f"({', '.join(sorted({_host(a) for a in nthreads}))}): give storage= a URL they all "
+                "reach (s3://bucket/prefix, or file:///path on a shared file system)"
+            )
+
+    @classmethod
+    def from_name(cls, name: str, *, workers: int | None = None, **options: Any) -> DaskExecutor:
+        """Build from ``dask``, ``dask://host:port`` or ``tls://host:port``.
+
+        Args:
+            name: the executor string; ``dask://`` is the plain (unauthenticated) ``tcp://`` protocol.
+            workers: as for :class:`DaskExecutor`.
+            options: :class:`DaskExecutor` keyword arguments (``security``, ``storage``, ``client``).
+
+        Raises:
+            ConfigError: for another name, or as :class:`DaskExecutor`.
+        """
+        client = options.pop("client", None)
+        if name == "dask":
+            return cls(client, workers=workers, name=name, **options)
+        for scheme, protocol in (("dask://", "tcp://"), ("tls://", "tls://")):
+            if name.startswith(scheme) and len(name) > len(scheme):
+                return cls(address=protocol + name[len(scheme) :], workers=workers, name=name, **options)
+        raise ConfigError(
+            f"DaskExecutor is selected by 'dask', 'dask://host:port' or 'tls://host:port', got {name!r}"
+        )
+
+    @classmethod
+    def from_client(cls, client: Client, **options: Any) -> DaskExecutor:
+        """Run on a ``distributed.Client`` you connected; :meth:`shutdown` leaves it open."""
+        return cls(client, **options)
+
+    # -- the executor contract ------------------------------------------------------------------
+
+    def submit(self, spec: TaskSpec) -> Future[TaskResult]:
+        """Submit one attempt as a Dask task; the future resolves to its :class:`TaskResult`.
+
+        Raises:
+            RuntimeError: after :meth:`shutdown`.
+        """
+        if self._closed:
+            raise RuntimeError("cannot submit to a DaskExecutor after shutdown()")
+        future: Future[TaskResult] = Future()
+        if self.client.status in ("closing", "closed"):
+            future.set_exception(self._lost(spec, "the Dask client is closed (its scheduler went away)"))
+            return future
+        key = f"mrkit-{spec.job_id}-{spec.task_id}-a{spec.attempt}-{os.urandom(4).hex()}"
+        try:
+            task = self.client.submit(run_attempt, spec, key=key, pure=False, retries=0)
+        except Exception as exc:  # a closed client or a lost scheduler: the infrastructure failed
+            future.set_exception(self._lost(spec, f"could not submit to the Dask scheduler ({exc})"))
+            return future
+        with self._lock:
+            self._pending[task] = (spec, future)
+            if self._completed is None:
+                self._completed = as_completed()
+                for target, label in (
+                    (self._pump, "mrkit-dask-results"),
+                    (self._watch_client, "mrkit-dask-watch"),
+                ):
+                    threading.Thread(target=target, name=label, daemon=True).start()
+            self._completed.add(task)
+        self._wake.set()
+        # The driver cancels an attempt it abandoned: drop the Dask task too if it has not run.
+        future.add_done_callback(lambda f: task.cancel() if f.cancelled() else None)
+        return future
+
+    def _pump(self) -> None:
+        """Deliver finished attempts' results, a batch at a time.
+
+        Why not a done-callback per Dask future: each callback would fetch its one result with a
+        blocking round trip from Dask's single callback thread; ``as_completed`` hands over every
+        attempt finished meanwhile, and one ``gather`` fetches their results together (tiny
+        futures-API tasks run about 1.5 times faster this way).
+        """
+        completed = self._completed
+        assert completed is not None
+        while not self._closed:
+            try:
+                batch = completed.next_batch(block=True)
+            except StopIteration:  # nothing in flight: sleep until the next submit
+                self._wake.wait(_WATCH_SECONDS)
+                self._wake.clear()
+                continue
+            finished = [t for t in batch if t.status == "finished"]
+            try:
+                values = self.client.gather(finished) if finished else []
+            except Exception:  # a result lost meanwhile (its worker died): resolve one by one
+                finished, values = [], []
+            delivered = set()
+            for task, value in zip(finished, values, strict=True):
+                self._deliver(task, value)
+                delivered.add(id(task))
+            for task in batch:
+                if id(task) not in delivered:
+                    self._resolve(task)
+
+    def _deliver(self, task: Any, outcome: TaskResult | BaseException) -> None:
+        with self._lock:
+            spec_future = self._pending.pop(task, None)
+        if spec_future is None:
+            return
+        with contextlib.suppress(Exception):  # cancelled by the driver meanwhile: nobody waits for it
+            if isinstance(outcome, BaseException):
+                spec_future[1].set_exception(outcome)
+            else:
+                spec_future[1].set_result(outcome)
+
+    def _resolve(self, task: Any) -> None:
+        """Fetch the outcome of ``task`` (finished, failed or cancelled) on its own and deliver it."""
+        with self._lock:
+            spec_future = self._pending.get(task)
+        if spec_future is None:
+            return
+        spec = spec_future[0]
+        try:
+            outcome: TaskResult | BaseException = task.result(timeout=CONNECT_TIMEOUT)
+        except KilledWorker as exc:
+            outcome = self._lost(spec, f"its Dask worker died ({exc})")
+        except BaseException as exc:  # cancelled (scheduler lost, shutdown) or a transport error
+            outcome = self._lost(spec, f"Dask did not run it ({type(exc).__name__}: {exc})")
+        self._deliver(task, outcome)
+
+    def _watch_client(self) -> None:
+        """Fail every pending attempt with WorkerLost once the client has closed under us.
+
+        Why a thread that polls: when the scheduler goes away, the client cancels the futures it had
+        (the pump sees them complete), tries to reconnect for its timeout, then closes -- and the
+        futures submitted *while* it was reconnecting are dropped with it and never complete (the
+        client's event loop is gone). Without this, the driver would wait for them forever.
+        """
+        while not self._closed:
+            time.sleep(_WATCH_SECONDS)
+            if self.client.status not in ("closing", "closed"):
+                continue
+            time.sleep(_WATCH_SECONDS)  # let the pump deliver what still completed, first
+            with self._lock:
+                stranded = list(self._pending.values())
+                self._pending.clear()
+            for spec, future in stranded:
+                if not future.done():
+                    with contextlib.suppress(Exception):  # cancelled by the driver meanwhile
+                        future.set_exception(self._lost(spec, "the Dask scheduler went away"))
+
+    def _lost(self, spec: TaskSpec, why: str) -> WorkerLost:
+        return WorkerLost(
+            f"attempt {spec.attempt} of {spec.task_id} was lost: {why}",
+            task_id=spec.task_id,
+            attempt=spec.attempt,
+            worker=self._address(),
+        )
+
+    def storage_url(self, job_id: str) -> str | None:
+        """The ``storage=`` URL given to the executor, or None (a local temp folder when ``local``)."""
+        return self._storage
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """The scheduler's dashboard URL, or None when it serves none (the page needs ``bokeh``)."""
+        try:
+            info = self.client.scheduler_info(n_workers=0)
+        except Exception:
+            return None
+        return self.client.dashboard_link if info.get("services", {}).get("dashboard") else None
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Cancel this executor's pending tasks; close the client and cluster it opened (not yours)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            pending = list(self._pending)
+            completed = self._completed
+        if completed is not None:
+            completed.clear()  # lets the pump thread see that nothing is left, and end
+        self._wake.set()
+        if pending and self.client.status not in ("closing", "closed"):
+            self.client.cancel(pending)
+        if self._owns_client:
+            # Client first, then the cluster it runs on: the reverse order makes the client log
+            # (and warn about) a lost scheduler while it closes.
+            self.client.close()
+            if self._cluster is not None:
+                self._cluster.close()
+
+    def _address(self) -> str:
+        return str(getattr(self.client.scheduler, "address", "") or "?")
+
+
+def _start_local_cluster(workers: int | None, security: Any) -> tuple[Any, Client]:
+    """A ``LocalCluster`` of ``workers`` single-threaded processes on 127.0.0.1, and its client."""
+    if workers is None:
+        workers = os.cpu_count() or 1
+    try:
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,  # one attempt per process, as on `processes`: no GIL shared
+            processes=True,
+            host="127.0.0.1",  # never reachable from the network
+            dashboard_address="127.0.0.1:0",  # its HTTP server (health, dashboard): loopback, any port
+            security=security,
+            # A dead worker fails its attempt at once; mrkit's retry policy decides and counts.
+            scheduler_kwargs={"allowed_failures": 0},
+        )
+    except RuntimeError as exc:
+        if not _spawn_bootstrap_error(exc):
+            raise
+        raise ConfigError(
+            "the Dask local cluster ('dask') starts its workers with multiprocessing's spawn, which "
+            "re-imports your script in each of them: put the code that runs the job under "
+            "`if __name__ == \"__main__\":` (or use executor='processes', which needs no guard)"
+        ) from exc
+    try:
+        return cluster, Client(cluster)
+    except BaseException:
+        cluster.close()
+        raise
+
+
+def _spawn_bootstrap_error(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) is multiprocessing's "bootstrapping phase" error: a
+    script without a ``__main__`` guard started processes again from its re-import in a child."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if "bootstrapping phase" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _executor_string(address: str) -> str:
+    """The executor string that reaches a scheduler address: ``tcp://h:p`` -> ``dask://h:p``."""
+    return "dask://" + address.removeprefix("tcp://") if address.startswith("tcp://") else address
+
+
+def _host(address: str) -> str:
+    """``tcp://10.0.0.5:40123`` -> ``10.0.0.5`` (IPv6 brackets removed)."""
+    rest = address.split("://", 1)[-1].rsplit(":", 1)[0]
+    return rest.strip("[]")
