@@ -70,7 +70,11 @@ def _children() -> dict[int, psutil.Process]:
     }
 
 
-def test_the_dask_string_starts_a_loopback_cluster_for_the_run_and_stops_it(tmp_path: Path) -> None:
+def test_the_dask_string_starts_a_loopback_cluster_for_the_run_and_stops_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
     before = _children()
     executor = open_executor("dask", workers=1)
     try:
@@ -89,6 +93,9 @@ def test_the_dask_string_starts_a_loopback_cluster_for_the_run_and_stops_it(tmp_
         executor.shutdown()
     _gone, alive = psutil.wait_procs(started, timeout=30)
     assert not alive, f"worker processes outlived shutdown(): {alive}"
+    # Dask's nannies set PYTHONHASHSEED and OMP_NUM_THREADS... in this process before each spawn;
+    # the caller's environment is theirs again after the run.
+    assert "PYTHONHASHSEED" not in os.environ and os.environ["OMP_NUM_THREADS"] == "7"
 
 
 def test_a_client_of_yours_runs_the_job_and_stays_open(tmp_path: Path) -> None:

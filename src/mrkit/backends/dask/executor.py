@@ -86,6 +86,7 @@ class DaskExecutor(Executor):
         name: str | None = None,
     ) -> None:
         self._cluster: Any = None
+        self._environ: dict[str, str | None] | None = None  # the caller's, before a local cluster
         self._owns_client = client is None
         self._storage = storage
         self._lock = threading.Lock()
@@ -102,7 +103,12 @@ class DaskExecutor(Executor):
                 raise ConfigError("give either a distributed.Client or an address=, not both")
             self.client = client
         elif address is None:
-            self._cluster, self.client = _start_local_cluster(workers, security)
+            self._environ = _nanny_environ()
+            try:
+                self._cluster, self.client = _start_local_cluster(workers, security)
+            except BaseException:
+                _restore_environ(self._environ)
+                raise
         else:
             try:
                 self.client = Client(address, security=security, timeout=CONNECT_TIMEOUT)
@@ -308,6 +314,8 @@ class DaskExecutor(Executor):
             self.client.close()
             if self._cluster is not None:
                 self._cluster.close()
+            if self._environ is not None:
+                _restore_environ(self._environ)
 
     def _address(self) -> str:
         return str(getattr(self.client.scheduler, "address", "") or "?")
@@ -341,6 +349,26 @@ def _start_local_cluster(workers: int | None, security: Any) -> tuple[Any, Clien
     except BaseException:
         cluster.close()
         raise
+
+
+def _nanny_environ() -> dict[str, str | None]:
+    """This process's values of the variables Dask's nannies set in it (``os.environ.update``)
+    before spawning each worker: ``PYTHONHASHSEED=6640`` and ``distributed.nanny.pre-spawn-environ``
+    (``OMP_NUM_THREADS=1``, ``MALLOC_TRIM_THRESHOLD_``...). A local cluster's nannies run in the
+    caller's process, so without a restore the caller's environment, and every process it starts
+    later (``processes`` workers included), would keep them."""
+    import dask.config
+
+    names = {"PYTHONHASHSEED", *(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})}
+    return {name: os.environ.get(name) for name in names}
+
+
+def _restore_environ(saved: dict[str, str | None]) -> None:
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def _spawn_bootstrap_error(exc: BaseException) -> bool:
