@@ -98,16 +98,19 @@ def test_the_dask_string_starts_a_loopback_cluster_for_the_run_and_stops_it(
     assert "PYTHONHASHSEED" not in os.environ and os.environ["OMP_NUM_THREADS"] == "7"
 
 
-def test_a_client_of_yours_runs_the_job_and_stays_open(tmp_path: Path) -> None:
+def test_a_client_of_yours_runs_the_job_and_stays_open(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     source = tmp_path / "in.txt"
     source.write_text("".join(t + "\n" for t in TEXT), encoding="utf-8")
     with LocalCluster(
         n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0"
     ) as cl:
         with Client(cl) as client:
-            result = mrkit.run(
-                C.WORD_COUNT, str(source), executor=client, quiet=True, output=str(tmp_path / "o")
-            )
+            result = mrkit.run(C.WORD_COUNT, str(source), executor=client, output=str(tmp_path / "o"))
+            # The run's summary line ends with the dashboard of the cluster, which outlives the run.
+            summary = capsys.readouterr().err.strip().splitlines()[-1]
+            assert re.search(r"records in .*; dashboard http://127\.0\.0\.1:\d+/status$", summary), summary
             assert dict(mrkit.read_output(str(tmp_path / "o")))["a"] == 40
             assert result.counters["map.tasks"] >= 1
             assert client.submit(sum, [1, 2]).result(timeout=30) == 3  # still open: mrkit did not close it

@@ -220,7 +220,7 @@ def run_with(job: Job, inputs: Any, options: RunOptions, *, executor: str | Exec
             pairs,
         )
         if not options.quiet:
-            print(result.summary(), file=sys.stderr)
+            print(result.summary() + _dashboard_note(ex), file=sys.stderr)
         return result
     except BaseException:
         if not keep_state and state is not None:
@@ -236,6 +236,13 @@ def run_with(job: Job, inputs: Any, options: RunOptions, *, executor: str | Exec
             ex.shutdown()
         for path in temp_dirs:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _dashboard_note(ex: Executor) -> str:
+    """``"; dashboard http://…"`` for an executor whose cluster has a dashboard that outlives the run
+    (a Dask scheduler of yours), else ``""``: a local cluster started for the run is gone with it."""
+    link = getattr(ex, "lasting_dashboard_link", None)
+    return f"; dashboard {link}" if link else ""
 
 
 def _state_dir(

@@ -295,6 +295,13 @@ class DaskExecutor(Executor):
             return None
         return self.client.dashboard_link if info.get("services", {}).get("dashboard") else None
 
+    @property
+    def lasting_dashboard_link(self) -> str | None:
+        """:attr:`dashboard_link` when the cluster outlives this executor (a scheduler or client of
+        yours), None for the local cluster it started (gone when it shuts down): what a run's
+        summary line names."""
+        return None if self._cluster is not None else self.dashboard_link
+
     def shutdown(self, wait: bool = True) -> None:
         """Cancel this executor's pending tasks; close the client and cluster it opened (not yours)."""
         with self._lock:
