@@ -7,30 +7,20 @@ import json
 import pytest
 
 from mrkit.backends.aws_lambda import jobs as osj
-from mrkit.backends.aws_lambda.executor import build_event
-from mrkit.backends.aws_lambda.handler import handler
 from mrkit.backends.aws_lambda.wire import decision_key
 from mrkit.data.output import read_output
 from mrkit.model.reference import reference
-from mrkit.model.task import TaskResult
 from tests import jobs_for_tests as J
 from tests.s3_fixtures import *  # noqa: F403 - moto_server, s3_bucket, s3_url
-from tests.test_lambda_handler import LINES, context, plan_job
-from tests.test_lambda_jobs import executor, no_function_left_running  # noqa: F401 - autouse fixture
+from tests.test_lambda_handler import LINES
+from tests.test_lambda_jobs import committed_job, executor, no_function_left_running  # noqa: F401
 
 
 @pytest.fixture
 def committed(tmp_path, s3_url):  # type: ignore[no-untyped-def]
-    """A serverless job whose every task committed, waiting for its publish step."""
-    ex = executor(tmp_path, s3_url)
-    storage, out, plan = plan_job(s3_url)
-    doc = {"plan": osj._plan_to_dict(plan), "invoker": ex.invoker.config(), "submitted": 0.0, "executor": "t"}
-    storage.put(osj.plan_key(plan.job_id), json.dumps(doc).encode())
-    for spec in (*plan.map_specs, *plan.reduce_specs):  # plain events: the tasks commit, nothing advances
-        [raw] = handler(build_event([spec], storage.url), context())["results"]
-        assert TaskResult.decode(raw).committed
-    handle = osj.ObjectStoreJobHandle(plan.job_id, storage.url)
-    return storage, out, plan, handle
+    """A serverless job whose every task committed, waiting for its publish step, and its handle."""
+    storage, out, plan = committed_job(executor(tmp_path, s3_url), s3_url)
+    return storage, out, plan, osj.ObjectStoreJobHandle(plan.job_id, storage.url)
 
 
 def end_state(storage, plan) -> str:  # type: ignore[no-untyped-def]

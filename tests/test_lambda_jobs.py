@@ -64,6 +64,22 @@ def executor(tmp_path, s3_url: str, **options) -> LocalLambdaExecutor:
     )
 
 
+def committed_job(ex: LocalLambdaExecutor, s3_url: str):  # type: ignore[no-untyped-def]
+    """A serverless job whose plan is stored and whose every map and reduce task committed, through
+    plain events (nothing advances): it waits for its publish step. Returns (storage, output, plan)."""
+    from mrkit.backends.aws_lambda import jobs as osj
+    from mrkit.model.task import TaskResult
+    from tests.test_lambda_handler import context, plan_job
+
+    storage, out, plan = plan_job(s3_url)
+    doc = {"plan": osj._plan_to_dict(plan), "invoker": ex.invoker.config(), "submitted": 0.0, "executor": "t"}
+    storage.put(osj.plan_key(plan.job_id), json.dumps(doc).encode())
+    for spec in (*plan.map_specs, *plan.reduce_specs):
+        [raw] = handler(build_event([spec], storage.url), context())["results"]
+        assert TaskResult.decode(raw).committed
+    return storage, out, plan
+
+
 def test_word_count_with_inputs_shuffle_and_output_in_s3(tmp_path, s3_bucket, s3_url):
     lines = corpus(s3_bucket)
     with executor(tmp_path, s3_url) as ex:

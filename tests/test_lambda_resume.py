@@ -29,7 +29,7 @@ from mrkit.storage import open_storage
 from tests import jobs_for_tests as J
 from tests.s3_fixtures import *  # noqa: F403 - moto_server, s3_bucket, s3_url
 from tests.test_lambda_handler import LINES, context, on_failure_record, plan_job
-from tests.test_lambda_jobs import executor, no_function_left_running  # noqa: F401 - autouse fixture
+from tests.test_lambda_jobs import committed_job, executor, no_function_left_running  # noqa: F401
 
 TEXT = ["the cat sat on the mat", "The dog sat", "a b c a b a", "it's 42 o'clock"] * 10
 FAILING = "map-00003"
@@ -247,12 +247,7 @@ def test_a_job_cancelled_with_every_task_committed_resumes_straight_to_publishin
     tmp_path, s3_url, monkeypatch
 ):
     ex = executor(tmp_path, s3_url)
-    storage, out, plan = plan_job(s3_url)
-    doc = {"plan": osj._plan_to_dict(plan), "invoker": ex.invoker.config(), "submitted": 0.0, "executor": "t"}
-    storage.put(osj.plan_key(plan.job_id), json.dumps(doc).encode())
-    for spec in (*plan.map_specs, *plan.reduce_specs):  # plain events: the tasks commit, nothing advances
-        [raw] = handler(build_event([spec], storage.url), context())["results"]
-        assert TaskResult.decode(raw).committed
+    storage, out, plan = committed_job(ex, s3_url)
     storage.put(osj.end_key(plan.job_id), json.dumps({"state": "cancelled"}).encode())
     assert not out.exists("_SUCCESS")
     # Two resumes at once, both having read run 1 as the current one: the conditional write of
