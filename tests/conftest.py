@@ -14,15 +14,27 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
+# What Dask's nannies set in the process that starts a LocalCluster (``os.environ.update()`` before
+# each worker spawn): PYTHONHASHSEED and ``distributed.nanny.pre-spawn-environ``'s defaults.
+DASK_NANNY_VARIABLES = (
+    "PYTHONHASHSEED",
+    "MALLOC_TRIM_THRESHOLD_",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+)
+
+
 @pytest.fixture(autouse=True)
-def _environment_is_restored_after_each_test() -> Iterator[None]:
-    """Whatever a test's code sets in ``os.environ`` is undone after it, like ``monkeypatch``
-    does for what it sets. Dask's nannies, for one, ``os.environ.update()`` the process that starts
-    a LocalCluster (``PYTHONHASHSEED=6640``...): a test that starts one directly must not change
-    what later tests in the same process see (spawned workers would share one hash salt)."""
-    saved = dict(os.environ)
+def _dask_nanny_variables_restored_after_each_test() -> Iterator[None]:
+    """A test that starts a Dask LocalCluster itself must not change what later tests in the same
+    process see (spawned ``processes`` workers would share one hash salt): the variables Dask's
+    nannies set are restored after every test. Only those: session fixtures (the S3 server's
+    credentials) set variables on purpose, some first during a test."""
+    saved = {name: os.environ.get(name) for name in DASK_NANNY_VARIABLES}
     yield
-    if dict(os.environ) != saved:
-        for name in set(os.environ) - set(saved):
-            del os.environ[name]
-        os.environ.update(saved)
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
