@@ -24,7 +24,7 @@ from mrkit.coordination.handle import JobHandle, LocalJobHandle
 from mrkit.coordination.options import RunOptions
 from mrkit.coordination.plan import RetryPolicy, new_job_id, pickle_job
 from mrkit.coordination.prepare import Records as Records  # re-exported: mrkit.api.Records
-from mrkit.coordination.prepare import attach_input_mappers, plan_job
+from mrkit.coordination.prepare import attach_input_mappers, kept_output, plan_job
 from mrkit.coordination.progress import Progress
 from mrkit.coordination.publish import discard_job, open_output, publish_output
 from mrkit.coordination.result import Result
@@ -144,7 +144,7 @@ def run_with(job: Job, inputs: Any, options: RunOptions, *, executor: str | Exec
             inter = _intermediate_storage(ex, storage, job_id, temp_dirs)
         if output is None and not ex.local:
             # Remote workers cannot reach our temp folder: keep the in-memory result in the job's storage.
-            out_storage: Storage = open_storage(f"{inter.url}#{job_id}/output/")
+            out_storage: Storage = kept_output(inter, job_id)
         elif output is None:
             out_dir = tempfile.mkdtemp(prefix="mrkit-out-")
             temp_dirs.append(out_dir)

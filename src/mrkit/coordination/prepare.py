@@ -193,18 +193,25 @@ class Submission:
     """A job ready to hand to an asynchronous backend: what :func:`prepare_submission` returns.
 
     Attributes:
-        job: the job as the options run it (params merged, files attached).
         job_id: its id (given, or generated from its name and the time).
         storage: its intermediate storage (records chunks, ``job.pkl``, map outputs).
         output: where it publishes (``output=``, else ``{job_id}/output/`` in ``storage``).
         plan: its tasks.
     """
 
-    job: Job
     job_id: str
     storage: Storage
     output: Storage
     plan: JobPlan
+
+
+def kept_output(storage: Storage, job_id: str) -> Storage:
+    """Where a job run without ``output=`` keeps its result when the process that reads it may not
+    see the workers' folders (a remote executor, an asynchronous job): ``{job_id}/output/`` in the
+    job's intermediate ``storage``."""
+    from mrkit.storage import open_storage
+
+    return open_storage(f"{storage.url}#{job_id}/output/")
 
 
 def prepare_submission(
@@ -248,10 +255,10 @@ def prepare_submission(
         )
     storage = open_storage(url)
     if options.output is None:
-        output = open_storage(f"{storage.url}#{job_id}/output/")
+        output = kept_output(storage, job_id)
     else:
         output = open_output(os.fspath(options.output), overwrite=options.overwrite, inputs=inputs)
     plan = plan_job(
         job, planned, options, job_id=job_id, storage=storage, output_url=output.url, workers=executor.workers
     )
-    return Submission(job, job_id, storage, output, plan)
+    return Submission(job_id, storage, output, plan)

@@ -16,6 +16,7 @@ from mrkit.backends.aws_lambda.state import _load, _task_failure_counts, current
 from mrkit.backends.aws_lambda.wire import (
     JOBS_INDEX,
     LOST,
+    cancelled_record,
     claim_parts,
     claims_prefix,
     committed_prefix,
@@ -196,8 +197,7 @@ class ObjectStoreJobHandle(JobHandle):
             and self.storage.get_or_none(decision) != b"cancel"
         ):
             return False  # publishing
-        record = {"state": "cancelled", "time": time.time()}
-        return self.storage.put_if_absent(end_key(self.id, run), json.dumps(record).encode())
+        return self.storage.put_if_absent(end_key(self.id, run), cancelled_record())
 
     def logs(self, follow: bool = False) -> Iterator[str]:
         """One line per delivery and per result, in time order.

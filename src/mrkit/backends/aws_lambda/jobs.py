@@ -85,6 +85,7 @@ from mrkit.backends.aws_lambda.wire import (
     attempt_folders,
     attempt_key,
     build_event,
+    cancelled_record,
     committed_prefix,
     decision_key,
     end_key,
@@ -471,8 +472,7 @@ def _publish(storage: Storage, plan: JobPlan, request_id: str, run: int = 1) -> 
         if not storage.put_if_absent(decision, b"publish") and storage.get_or_none(decision) == b"cancel":
             # Cancelled first: publish nothing, and end the run as cancelled in case the canceller
             # died between its decision and its end record (it would otherwise run forever).
-            cancelled = {"state": "cancelled", "time": time.time()}
-            storage.put_if_absent(end_key(plan.job_id, run), json.dumps(cancelled).encode())
+            storage.put_if_absent(end_key(plan.job_id, run), cancelled_record())
             return
         publish_output(
             storage,

@@ -108,6 +108,12 @@ def stamp(request_id: str) -> bytes:
     return json.dumps({"request_id": request_id, "time": time.time()}).encode()
 
 
+def cancelled_record() -> bytes:
+    """The end record of a cancelled run (written by the canceller, or by a publisher that finds the
+    run's decision was ``cancel``)."""
+    return json.dumps({"state": "cancelled", "time": time.time()}).encode()
+
+
 def lost_record(reason: str) -> bytes:
     """The content of a :func:`lost_key`: why every delivery failed."""
     return json.dumps({"reason": reason}).encode()
