@@ -168,8 +168,8 @@ def load_job_file(path: str) -> JobFile:
     module_ref, sep, name = job_ref.rpartition(":")
     if not sep:  # a bare module of decorated functions
         module_ref, name = job_ref, ""
-    if module_ref.endswith(".py") and not os.path.isabs(module_ref):
-        module_ref = os.path.join(base, module_ref)
+    if module_ref.endswith(".py"):
+        module_ref = _beside(base, module_ref)
         job_ref = module_ref + sep + name
     job = load_job(job_ref, data.get("params") or None)
     options = {k: v for k, v in data.items() if k not in ("job", "inputs", "params")}
@@ -189,6 +189,11 @@ def load_job_file(path: str) -> JobFile:
     return JobFile(job=job, inputs=paths or records, options=options)
 
 
+def _beside(base: str, module_file: str) -> str:
+    """A job file's reference to a ``.py`` file, resolved relative to the job file's folder ``base``."""
+    return module_file if os.path.isabs(module_file) else os.path.join(base, module_file)
+
+
 def _mapper(path: str, base: str, job_module: str, ref: Any) -> Any:
     """The mapper ``ref`` of a job file's ``{"input": "ref"}``: a function of the job's module by
     name, or ``module:function`` / ``file.py:function`` (relative to the job file).
@@ -203,8 +208,8 @@ def _mapper(path: str, base: str, job_module: str, ref: Any) -> Any:
     module_ref, sep, name = ref.rpartition(":")
     if not sep:
         module_ref, name = job_module, ref
-    elif module_ref.endswith(".py") and not os.path.isabs(module_ref):
-        module_ref = os.path.join(base, module_ref)
+    elif module_ref.endswith(".py"):
+        module_ref = _beside(base, module_ref)
     module = _import(module_ref)
     fn = getattr(module, name, None)
     if not callable(fn):
