@@ -150,3 +150,23 @@ def test_submit_refuses_counters_it_could_not_print(tmp_path):
         "--counters",
     )
     assert proc.returncode == 2 and "--counters applies to mrkit run" in proc.stderr
+
+
+def test_other_libraries_info_logs_stay_out_of_verbose_and_quiet_runs(tmp_path):
+    """A library that sets its own logger to INFO (Dask's distributed does) must not flood ``-v`` or
+    ``-q`` runs through the handler mrkit installs; its warnings still show, and mrkit's INFO with -v."""
+    (tmp_path / "in.txt").write_text("a b\n")
+    (tmp_path / "noisy.py").write_text(
+        "import logging\nimport mrkit\n"
+        "chatty = logging.getLogger('chattylib')\nchatty.setLevel(logging.INFO)\n"
+        "def words(line):\n"
+        "    chatty.info('CHATTY-INFO')\n    chatty.warning('CHATTY-WARNING')\n"
+        "    yield from ((w, 1) for w in line.split())\n"
+        "Job = mrkit.Job(mapper=words, reducer=lambda k, vs: sum(vs))\n"
+    )
+    job = f"{tmp_path / 'noisy.py'}:Job"
+    for flag in ("-v", "-q"):
+        proc = mrkit_cli("run", job, str(tmp_path / "in.txt"), "--executor", "inline", flag)
+        assert proc.returncode == 0, proc.stderr
+        assert "CHATTY-INFO" not in proc.stderr, (flag, proc.stderr)
+        assert ("CHATTY-WARNING" in proc.stderr) == (flag == "-v"), (flag, proc.stderr)

@@ -63,9 +63,29 @@ def verbosity(ctx: click.Context | None = None) -> int:
     return int(ctx.meta.get(VERBOSITY, 0)) if ctx is not None else 0
 
 
-def _configure_logging(ctx: click.Context, level: int | str) -> None:
+def _configure_logging(ctx: click.Context, level: int) -> None:
     logging.basicConfig(format="mrkit: %(levelname)s: %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("mrkit").setLevel(level)
+    # Libraries that set their own loggers' level (Dask's distributed logs at INFO) would otherwise
+    # reach this handler through propagation: theirs pass only from WARNING (ERROR with -q) on.
+    others = max(logging.WARNING, level)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _OwnOrSerious) for f in handler.filters):
+            handler.addFilter(_OwnOrSerious(others))
+        for f in handler.filters:
+            if isinstance(f, _OwnOrSerious):
+                f.others = others
+
+
+class _OwnOrSerious(logging.Filter):
+    """mrkit's records at the level its logger allows; anyone else's from ``others`` on."""
+
+    def __init__(self, others: int) -> None:
+        super().__init__()
+        self.others = others
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name == "mrkit" or record.name.startswith("mrkit.") or record.levelno >= self.others
 
 
 def _on_verbose(ctx: click.Context, param: click.Parameter, value: int) -> None:
@@ -82,7 +102,7 @@ def _on_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
 
 def _on_log_level(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     if value:
-        _configure_logging(ctx, value.upper())
+        _configure_logging(ctx, logging.getLevelName(value.upper()))
 
 
 def verbosity_options() -> list[click.Option]:
