@@ -230,3 +230,18 @@ def test_a_replacement_started_after_a_stop_request_is_asked_to_stop(redis_url):
     child.join(timeout=10)
     assert child.exitcode == -signal.SIGTERM
     assert sup.asked_to_stop == {child.pid: 1}  # once: a second SIGTERM would mean "stop now"
+
+
+def test_a_replacement_whose_sigterm_was_lost_in_the_fork_still_stops(redis_url):  # noqa: F811
+    """CPython clears the signals pending in a freshly forked child, so a SIGTERM that reaches a
+    replacement in the instant after fork() is lost (the supervisor then waited for it forever: one
+    run in ~50 of the test above). The replacement also reads the supervisor's shared count of stop
+    requests once its handler is installed: here no SIGTERM is sent at all, and it still stops."""
+    from mrkit.backends.redis.supervisor import Supervisor
+
+    sup = Supervisor(redis_url, ["lost"], burst=False, secret=b"")
+    sup.stop_flag.value = 1  # the request was made; its SIGTERM never arrives
+    sup._start(0)
+    child = sup.children[0]
+    child.join(timeout=15)
+    assert child.exitcode == 0

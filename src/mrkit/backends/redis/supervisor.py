@@ -93,6 +93,12 @@ class Supervisor:
         # fork: the children need nothing but this module, and the supervisor runs no thread.
         self.ctx: Any = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         self.slots = [self.ctx.Array("c", SLOT_BYTES, lock=False) for _ in names]
+        # The stop requests received, shared with the task processes. A SIGTERM sent to a child in
+        # the instant after fork() is lost: CPython clears the signals pending in a fresh child
+        # (bpo-9535, meant for those that arrived before the fork). A child reads this after
+        # installing its handler, so it sees a request made before that, and a SIGTERM for a later
+        # one reaches the handler.
+        self.stop_flag = self.ctx.Value("i", 0, lock=False)
         self.children: list[Any] = [None] * len(names)
         self.started = [0.0] * len(names)
         self.stopping = False
@@ -105,7 +111,15 @@ class Supervisor:
         self.slots[i].value = b""
         child = self.ctx.Process(
             target=_serve_one,
-            args=(self.url, self.names[i], self.burst, self.secret, os.getpid(), self.slots[i]),
+            args=(
+                self.url,
+                self.names[i],
+                self.burst,
+                self.secret,
+                os.getpid(),
+                self.slots[i],
+                self.stop_flag,
+            ),
             daemon=False,
         )
         child.start()
@@ -147,6 +161,7 @@ class Supervisor:
             # second one means "stop now", which would abandon the task in hand).
             self.stopping = True
             self.stop_requests += 1
+            self.stop_flag.value = self.stop_requests  # before any SIGTERM: see __init__
             for child in self.children:
                 if child is not None:
                     self._ask_to_stop(child)
@@ -248,9 +263,16 @@ def _describe_exit(code: int) -> str:
 
 
 def _serve_one(
-    url: str, name: str | None, burst: bool, secret: bytes, parent: int | None = None, slot: Any = None
+    url: str,
+    name: str | None,
+    burst: bool,
+    secret: bytes,
+    parent: int | None = None,
+    slot: Any = None,
+    stop_flag: Any = None,
 ) -> None:
-    """One worker in this process; ``parent``: the pid of the supervisor that started it, if any."""
+    """One worker in this process; ``parent``: the pid of the supervisor that started it, if any;
+    ``stop_flag``: its shared count of stop requests (see :class:`Supervisor`)."""
     if slot is not None and hasattr(os, "setpgrp"):
         os.setpgrp()  # a group leader: ending it after a timeout ends the user's grandchildren too
     install_capture()
@@ -277,6 +299,9 @@ def _serve_one(
         threading.Thread(
             target=_watch_parent, args=(worker, parent), name="mrkit-parent", daemon=True
         ).start()
+    if stop_flag is not None and stop_flag.value:
+        # Asked to stop while being started: the supervisor's SIGTERM may have been lost in the fork.
+        on_signal(signal.SIGTERM, None)
     print(
         f"mrkit worker {worker.name}: consuming {worker.label}{' (burst)' if burst else ''}",
         file=sys.__stderr__,
