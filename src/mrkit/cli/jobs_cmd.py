@@ -123,6 +123,8 @@ def _print_status(st: JobStatus) -> None:
             click.echo(f"elapsed   {st.seconds:.1f}s")
         if st.output:
             click.echo(f"output    {st.output}")
+        if st.dashboard:
+            click.echo(f"dashboard {st.dashboard}")
         if st.refused:
             click.echo(
                 f"refused   {st.refused} entries did not verify or decode (mrkit logs ID says why); "

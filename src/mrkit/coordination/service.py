@@ -27,6 +27,10 @@ SERVICES = {
     "rediss": "mrkit.backends.redis.jobs:RedisJobService",
     "lambda": "mrkit.backends.aws_lambda.jobs:ServerlessJobService",
     "lambda-local": "mrkit.backends.aws_lambda.jobs:ServerlessJobService",
+    # Dask: the same object-store driver, its invocations Dask tasks (a cluster that outlives the
+    # caller: dask://, tls:// or a Client; the "dask" local cluster runs submits in the background).
+    "dask": "mrkit.backends.aws_lambda.dask_jobs:DaskJobService",
+    "tls": "mrkit.backends.aws_lambda.dask_jobs:DaskJobService",
 }
 
 

@@ -60,6 +60,7 @@ class JobStatus:
     refused: int = 0
     error: str | None = None
     counters: Mapping[str, int] | None = None
+    dashboard: str | None = None  # the engine's dashboard page (Dask), when it serves one
 
     @property
     def ended_badly(self) -> bool:
@@ -103,6 +104,7 @@ class JobStatus:
             refused=int(d.get("refused", 0)),
             error=d.get("error"),
             counters=dict(counters) if counters is not None else None,
+            dashboard=d.get("dashboard"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,6 +134,8 @@ class JobStatus:
             out["error"] = self.error
         if self.counters is not None:
             out["counters"] = dict(self.counters)
+        if self.dashboard is not None:
+            out["dashboard"] = self.dashboard
         return out
 
     # The dict face, for code written against the JSON form: st["state"], st.get("error").

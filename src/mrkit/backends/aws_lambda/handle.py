@@ -113,7 +113,7 @@ class ObjectStoreJobHandle(JobHandle):
             counters = end.get("counters", {})
             done = totals if end["state"] == "done" else zero
             status.update(
-                {k: v for k, v in end.items() if k not in ("traceback", "time")},
+                {k: v for k, v in end.items() if k not in ("traceback", "time", "output")},
                 phase="end",
                 tasks={p: {"done": done[p], "total": totals[p]} for p in totals},
                 attempts={p: counters.get(f"{p}.attempts_launched", 0) for p in totals},
@@ -161,7 +161,12 @@ class ObjectStoreJobHandle(JobHandle):
                 return self._finish(end)
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {self.id} still running after {timeout}s: {self.status()}")
+            self._while_running()
             time.sleep(self.poll_interval)
+
+    def _while_running(self) -> None:
+        """Called between two looks at a running job (wait, logs -f): a subclass that can tell a job
+        which will never end (Dask: its tasks are gone) ends it here. Nothing here."""
 
     def _finish(self, end: dict[str, Any]) -> Any:
         from mrkit.coordination.result import Result
@@ -216,6 +221,7 @@ class ObjectStoreJobHandle(JobHandle):
             if end is not None:
                 yield f"job {self.id} {end['state']}" + (f": {end['error']}" if end.get("error") else "")
                 return
+            self._while_running()
             time.sleep(self.poll_interval)
 
     def _new_log_lines(self, seen: set[str]) -> list[tuple[float, str]]:

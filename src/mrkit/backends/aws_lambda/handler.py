@@ -84,12 +84,25 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         return _report_lost(event)
     parsed = parse_event(event)
     request_id = str(getattr(context, "aws_request_id", "") or "unknown")
-    label = f"lambda:{getattr(context, 'function_name', '?')}:{request_id[:8]}"
-    results = [_run_one(spec, parsed.results, parsed.job, request_id, label) for spec in parsed.specs]
+    label = (
+        getattr(context, "worker_label", None)
+        or f"lambda:{getattr(context, 'function_name', '?')}:{request_id[:8]}"
+    )
+    # A Lambda invocation ends itself after a timeout (the only way to stop a stuck thread); a Dask
+    # task must not end the worker process that other jobs share (mrkit.backends.aws_lambda.dask_jobs).
+    ends = bool(getattr(context, "ends_process_on_timeout", True))
+    results = [_run_one(spec, parsed.results, parsed.job, request_id, label, ends) for spec in parsed.specs]
     return {"results": [r.encode().decode() for r in results]}
 
 
-def _run_one(spec: TaskSpec, url: str, job: dict[str, Any] | None, request_id: str, label: str) -> TaskResult:
+def _run_one(
+    spec: TaskSpec,
+    url: str,
+    job: dict[str, Any] | None,
+    request_id: str,
+    label: str,
+    ends_process: bool = True,
+) -> TaskResult:
     storage = storage_for(url)
     key = result_key(spec.job_id, spec.task_id, spec.attempt)
     if job is not None and _job_stopped(storage, spec.job_id, job):
@@ -133,22 +146,29 @@ def _run_one(spec: TaskSpec, url: str, job: dict[str, Any] | None, request_id: s
         run_as = dataclasses.replace(spec, attempt=attempt) if delivery else spec
         worker = f"{label}/d{delivery}"
 
+        timed_out_here = False
+
         def on_timeout(failure: TaskFailure) -> None:
             # From the watchdog thread, while the user code is stuck in this one: report the attempt
             # as failed (it counts against max_attempts), then end the invocation, the only way to
             # stop a Python thread. The runtime's retry of this delivery finds the result and returns it.
+            nonlocal timed_out_here
             timed_out = TaskResult(spec.task_id, spec.attempt, ok=False, worker=worker, failure=failure)
+            timed_out_here = True
             try:
                 storage.put_if_absent(key, timed_out.encode())
                 if job is not None:
                     _serverless().advance(storage, spec, timed_out, job, request_id)
             finally:
-                end_process()
+                if ends_process:
+                    end_process()
 
         with watch(run_as, on_timeout):
             result = run_task(run_as, worker=worker)
         result = dataclasses.replace(result, attempt=spec.attempt)
         storage.put_if_absent(key, result.encode())
+        if timed_out_here:  # reported, and the job advanced, when it timed out (the process went on)
+            return TaskResult.decode(storage.get(key))
     if job is not None:
         _serverless().advance(storage, spec, result, job, request_id)
     return result

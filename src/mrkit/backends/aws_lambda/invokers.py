@@ -119,13 +119,17 @@ class LocalInvoker:
         self.function.shutdown()
 
 
-def invoker_from_config(config: dict[str, Any]) -> BotoInvoker | LocalInvoker:
+def invoker_from_config(config: dict[str, Any]) -> Any:
     """Rebuild an invoker from :meth:`Invoker.config` (local ones are detached: a function's
-    invocations must outlive it)."""
+    invocations must outlive it; ``dask`` is a Dask cluster's, :mod:`.dask_invoker`)."""
     if config.get("kind") == "lambda":
         return BotoInvoker(config["function"], config.get("region"))
     if config.get("kind") == "local":
         from mrkit.backends.aws_lambda.emulator import FunctionConfig
 
         return LocalInvoker(FunctionConfig.from_dict(config["config"]), detached=True)
-    raise ConfigError(f"unknown invoker {config!r}: expected kind 'lambda' or 'local'")
+    if config.get("kind") == "dask":
+        from mrkit.backends.aws_lambda.dask_invoker import DaskInvoker  # imports distributed: only then
+
+        return DaskInvoker.from_config(config)
+    raise ConfigError(f"unknown invoker {config!r}: expected kind 'lambda', 'local' or 'dask'")

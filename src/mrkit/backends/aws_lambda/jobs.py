@@ -164,7 +164,10 @@ def submit_job(executor: Any, job: Job, inputs: Any, options: RunOptions) -> Obj
     job_id, inter, plan = prepared.job_id, prepared.storage, prepared.plan
     for spec in (*plan.map_specs, *plan.reduce_specs):
         executor.check_reachable(spec.output_url)
-    invoker = invoker_from_config(executor.invoker.config())
+    # The invoker recorded in the job's events; an executor may hand over its own (Dask: the
+    # submitter's client, with the user's security), else it is rebuilt detached from its config.
+    job_invoker = getattr(executor, "job_invoker", None)
+    invoker = job_invoker() if job_invoker is not None else invoker_from_config(executor.invoker.config())
     document = {
         "plan": _plan_to_dict(plan),
         "invoker": invoker.config(),
@@ -188,6 +191,10 @@ def _invoke_all(invoker: Any, specs: Iterable[TaskSpec], url: str, job_event: di
     """Invoke ``specs``, ``job_event["batch_size"]`` (default 1) to an event, within the payload limit."""
     groups = pack(list(specs), url, job=job_event, batch_size=event_batch_size(job_event))
     events = [build_event(group, url, job=job_event) for group in groups]
+    bulk = getattr(invoker, "invoke_all", None)
+    if bulk is not None:  # the invoker sends many events at once itself (Dask)
+        bulk(events)
+        return
     # An Invoke call is a round trip (~10-50 ms on AWS; a process spawn locally): overlap them.
     with ThreadPoolExecutor(max_workers=min(16, len(events) or 1)) as pool:
         list(pool.map(invoker.invoke, events))
@@ -198,7 +205,9 @@ def _invoke_all(invoker: Any, specs: Iterable[TaskSpec], url: str, job_event: di
 _ATTEMPT_SEGMENT = re.compile(r"/a(\d+)(?:[/.-]|$)")
 
 
-def resume_job(job_id: str, storage_url: str, *, batch_size: int = 1) -> ObjectStoreJobHandle:
+def resume_job(
+    job_id: str, storage_url: str, *, batch_size: int = 1, invoker: Any = None
+) -> ObjectStoreJobHandle:
     """Put the failed or cancelled serverless job ``job_id`` back to running as its next run.
 
     Every task whose COMMIT (and the files it names) is still in the job's storage is kept; the
@@ -213,6 +222,7 @@ def resume_job(job_id: str, storage_url: str, *, batch_size: int = 1) -> ObjectS
         job_id: the job's id.
         storage_url: the storage it was submitted with.
         batch_size: tasks per event (the executor's ``batch_size``).
+        invoker: what invokes the resumed tasks (default: rebuilt from the job's plan document).
 
     Returns:
         The job's :class:`ObjectStoreJobHandle`.
@@ -271,7 +281,7 @@ def resume_job(job_id: str, storage_url: str, *, batch_size: int = 1) -> ObjectS
     for phase, tasks in kept.items():
         for task in tasks:
             storage.put(committed_prefix(job_id, phase) + task, b"")
-    invoker = invoker_from_config(doc["invoker"])
+    invoker = invoker or invoker_from_config(doc["invoker"])
     job_event = job_member(doc["invoker"], batch_size=batch_size, run=new)
 
     def fresh(specs: Iterable[TaskSpec], phase: str) -> list[TaskSpec]:

@@ -26,6 +26,10 @@ Security: the cluster ``dask`` starts listens on 127.0.0.1 only (its dashboard t
 (plain ``tcp://``) scheduler is unauthenticated: anyone who reaches its port runs code on its
 workers. Use ``tls://`` with a ``distributed.security.Security`` (``security=`` or the usual Dask
 configuration) for a scheduler on a network.
+
+Why one module of about 410 lines: the executor's submit, its result pump, its client watcher and
+its shutdown share one table of pending attempts and its lock; the local cluster's start-up (and
+the caller's environment it restores) is its only other part.
 """
 
 from __future__ import annotations
@@ -58,6 +62,10 @@ _WATCH_SECONDS = 0.5
 class DaskExecutor(Executor):
     """Runs attempts as Dask tasks.
 
+    ``asynchronous``: a cluster that outlives this process (``dask://``, ``tls://``, a Client) runs
+    submitted jobs without it, through the Dask job service
+    (:mod:`mrkit.backends.aws_lambda.dask_jobs`); the local cluster ``dask`` sets it False.
+
     Args:
         client: a connected ``distributed.Client`` (yours: :meth:`shutdown` leaves it open), or None
             to connect to ``address`` or, without one, start a local cluster.
@@ -74,6 +82,8 @@ class DaskExecutor(Executor):
         ConfigError: a bad option, an unreachable scheduler, a scheduler with no worker, or a local
             ``storage=`` folder with workers on other hosts.
     """
+
+    asynchronous = True
 
     def __init__(
         self,
@@ -115,6 +125,9 @@ class DaskExecutor(Executor):
             except OSError as exc:
                 raise ConfigError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
         self.name = name or ("dask" if self._cluster is not None else _executor_string(self._address()))
+        # The local cluster stops with this process: there a submitted job is a background run, as
+        # on processes (see the class attribute).
+        self.asynchronous = self._cluster is None
         try:
             self.client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
         except TimeoutError as exc:

@@ -1,0 +1,301 @@
+"""Asynchronous jobs on a real Dask cluster (``dask scheduler`` + ``dask worker`` processes on
+127.0.0.1): submitted, followed and ended without the submitting process
+(:mod:`mrkit.backends.aws_lambda.dask_jobs`).
+
+Each test starts its own small cluster when it kills part of it; the others share one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("distributed")
+
+import mrkit  # noqa: E402
+from mrkit.coordination.plan import RetryPolicy  # noqa: E402
+from tests import contract_jobs as C  # noqa: E402
+from tests import dask_jobs as D  # noqa: E402
+from tests.dask_fixtures import DaskCluster, start_cluster  # noqa: E402
+
+MRKIT = [sys.executable, "-m", "mrkit"]
+LINES = ["the cat sat on the mat", "a b c a b a", "zebra yak xylophone"] * 200
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[DaskCluster]:
+    c = start_cluster(n_workers=2)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def executor_of(cluster: DaskCluster) -> str:
+    return cluster.address.replace("tcp://", "dask://")
+
+
+def write_input(tmp_path: Path, lines: list[str] = LINES, name: str = "input.txt") -> str:
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def expected_output(tmp_path: Path, job: mrkit.Job, source: str, **options: object) -> dict[str, object]:
+    out = tmp_path / "expected"
+    mrkit.run(job, source, executor="inline", output=str(out), quiet=True, **options)
+    return dict(mrkit.read_output(str(out)))
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    environ = {**os.environ, **(env or {})}
+    environ["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parent.parent), environ.get("PYTHONPATH", "")]
+    )
+    return subprocess.run([*MRKIT, *args], capture_output=True, text=True, timeout=timeout, env=environ)
+
+
+def test_a_job_submitted_from_a_process_that_exits_is_followed_from_others(
+    cluster: DaskCluster, tmp_path: Path
+) -> None:
+    """``mrkit submit --executor dask://…`` prints the id and exits; ``mrkit status``, ``logs``,
+    ``jobs`` and ``result --wait`` from other processes follow the job to its output, without
+    ``--storage`` (the scheduler knows where the job's state lives)."""
+    source = write_input(tmp_path)
+    out = tmp_path / "out"
+    submitted = cli(
+        "submit",
+        "tests.contract_jobs:WORD_COUNT",
+        source,
+        "--executor",
+        executor_of(cluster),
+        "--output",
+        str(out),
+        "-M",
+        "3",
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip().splitlines()[-1]
+    waited = cli("result", job_id, "--executor", executor_of(cluster), "--wait", "--timeout", "90")
+    assert waited.returncode == 0, waited.stderr
+    got = {json.loads(k): json.loads(v) for k, v in (line.split("\t") for line in waited.stdout.splitlines())}
+    assert got == expected_output(tmp_path, C.WORD_COUNT, source)
+    assert dict(mrkit.read_output(str(out))) == got
+    status = cli("status", job_id, "--executor", executor_of(cluster), "--json")
+    assert status.returncode == 0, status.stderr
+    st = json.loads(status.stdout)
+    assert st["state"] == "done" and st["tasks"]["reduce"] == {"done": 3, "total": 3}, st
+    assert st["counters"]["reduce.records_out"] == len(got)
+    listed = cli("jobs", "--executor", executor_of(cluster))
+    assert listed.returncode == 0 and job_id in listed.stdout, listed.stdout + listed.stderr
+    logs = cli("logs", job_id, "--executor", executor_of(cluster))
+    assert logs.returncode == 0, logs.stderr
+
+
+def test_an_unknown_job_id_is_one_clear_sentence(cluster: DaskCluster) -> None:
+    done = cli("status", "no-such-job", "--executor", executor_of(cluster))
+    assert done.returncode != 0
+    assert "no job no-such-job on the Dask scheduler" in done.stderr, done.stderr
+
+
+def test_a_raising_mapper_fails_the_job_like_processes_and_publishes_nothing(
+    cluster: DaskCluster, tmp_path: Path
+) -> None:
+    source = write_input(tmp_path, [*LINES[:50], "poison here"])
+    out = tmp_path / "out"
+    handle = mrkit.submit(
+        C.RAISING_MAPPER,
+        source,
+        executor=executor_of(cluster),
+        output=str(out),
+        policy=RetryPolicy(max_attempts=2),
+        quiet=True,
+    )
+    with pytest.raises(mrkit.JobFailed) as failed:
+        handle.wait(90)
+    with pytest.raises(mrkit.JobFailed) as on_processes:
+        mrkit.run(
+            C.RAISING_MAPPER,
+            source,
+            executor="processes",
+            output=str(tmp_path / "p"),
+            policy=RetryPolicy(max_attempts=2),
+            quiet=True,
+        )
+    shape = lambda m: m.split(" of job ")[0] + m.split(" of job ")[1].split(" ", 1)[1]  # noqa: E731 - ids differ
+    assert shape(str(failed.value)) == shape(str(on_processes.value))
+    assert "after 2 attempts" in str(failed.value)
+    assert not (out / "_SUCCESS").exists() and not list(out.glob("part-*"))
+    assert handle.status().state == "failed"
+
+
+def test_a_worker_killed_mid_map_loses_nothing_and_counts_nothing_twice(tmp_path: Path) -> None:
+    """SIGKILL the ``dask worker`` running a map task, then start another: Dask runs the task again
+    (another delivery of the same event), and the output is what an undisturbed run publishes."""
+    c = start_cluster(n_workers=2)
+    try:
+        source = write_input(tmp_path, [*LINES, "stall here", *LINES])
+        marker = tmp_path / "stalled-pid"
+        out = tmp_path / "out"
+        handle = mrkit.submit(
+            D.STALL_IN_MAP,
+            source,
+            executor=executor_of(c),
+            output=str(out),
+            params={"marker": str(marker)},
+            n_reduce=2,
+            quiet=True,
+        )
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert time.monotonic() < deadline, handle.status()
+            time.sleep(0.05)
+        os.kill(int(marker.read_text()), signal.SIGKILL)
+        c.add_worker()
+        result = handle.wait(120)
+        assert dict(mrkit.read_output(str(out))) == expected_output(tmp_path, C.WORD_COUNT, source)
+        assert result.counters["map.records_in"] == len(LINES) * 2 + 1
+        assert handle.status().state == "done"
+    finally:
+        c.stop()
+
+
+def test_cancel_stops_the_jobs_dask_tasks_and_publishes_nothing(cluster: DaskCluster, tmp_path: Path) -> None:
+    source = write_input(tmp_path, [*LINES, "stall here"])
+    marker = tmp_path / "stalled-pid"
+    out = tmp_path / "out"
+    handle = mrkit.submit(
+        D.STALL_IN_MAP,
+        source,
+        executor=executor_of(cluster),
+        output=str(out),
+        params={"marker": str(marker), "stall_seconds": 8},
+        quiet=True,
+    )
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert time.monotonic() < deadline, handle.status()
+        time.sleep(0.05)
+    assert handle.cancel() is True
+    assert handle.status().state == "cancelled"
+    with pytest.raises(mrkit.JobCancelled):
+        handle.wait(10)
+    assert not out.exists() or not list(out.iterdir())
+    from mrkit.backends.aws_lambda.dask_invoker import job_key_prefix
+    from mrkit.backends.aws_lambda.dask_jobs import _job_task_keys
+
+    deadline = time.monotonic() + 30
+    while handle.client.run_on_scheduler(_job_task_keys, job_key_prefix(handle.id)):
+        assert time.monotonic() < deadline, "the cancelled job's Dask tasks are still on the scheduler"
+        time.sleep(0.2)
+    # The stalled task's thread still sleeps in its worker (Python cannot stop it); the worker stays usable.
+    assert (
+        mrkit.run(
+            C.WORD_COUNT,
+            write_input(tmp_path, name="small.txt"),
+            executor=executor_of(cluster),
+            output=str(tmp_path / "after"),
+            quiet=True,
+        ).counters["map.tasks"]
+        >= 1
+    )
+
+
+def test_a_job_whose_tasks_vanish_from_the_scheduler_fails_clearly_and_resumes(
+    cluster: DaskCluster, tmp_path: Path
+) -> None:
+    """Dask forgets a task it gave up on (its workers kept dying) and tells nobody: the follower that
+    finds none of the job's tasks left fails the job in one sentence, and ``mrkit.resume`` runs the
+    rest (the committed tasks are kept) to the output of an undisturbed run."""
+    from distributed import Future
+
+    from mrkit.backends.aws_lambda.dask_invoker import job_key_prefix
+    from mrkit.backends.aws_lambda.dask_jobs import _job_task_keys
+
+    source = write_input(tmp_path, [*LINES, "stall here"])
+    marker = tmp_path / "stalled-pid"
+    out = tmp_path / "out"
+    handle = mrkit.submit(
+        D.STALL_IN_MAP,
+        source,
+        executor=executor_of(cluster),
+        output=str(out),
+        params={"marker": str(marker), "stall_seconds": 8},
+        split_size=2000,
+        quiet=True,
+    )
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert time.monotonic() < deadline, handle.status()
+        time.sleep(0.05)
+    keys = handle.client.run_on_scheduler(_job_task_keys, job_key_prefix(handle.id))
+    handle.client.cancel([Future(k, handle.client) for k in keys], force=True)  # as Dask giving up
+    started = time.monotonic()
+    with pytest.raises(mrkit.JobFailed, match="none of its tasks is left on the Dask scheduler"):
+        handle.wait(30)
+    assert time.monotonic() - started < 15
+    assert not (out / "_SUCCESS").exists()
+    resumed = mrkit.resume(handle.id, executor=executor_of(cluster))
+    result = resumed.wait(90)
+    assert dict(mrkit.read_output(str(out))) == expected_output(tmp_path, C.WORD_COUNT, source)
+    assert result.counters["map.tasks_resumed"] >= 1
+
+
+def test_a_scheduler_that_goes_away_fails_the_job_and_never_hangs(tmp_path: Path) -> None:
+    c = start_cluster(n_workers=1)
+    try:
+        source = write_input(tmp_path, [*LINES, "stall here"])
+        marker = tmp_path / "stalled-pid"
+        handle = mrkit.submit(
+            D.STALL_IN_MAP,
+            source,
+            executor=executor_of(c),
+            output=str(tmp_path / "out"),
+            params={"marker": str(marker)},
+            quiet=True,
+        )
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert time.monotonic() < deadline, handle.status()
+            time.sleep(0.05)
+        assert c.scheduler is not None
+        os.kill(c.scheduler.pid, signal.SIGKILL)
+        started = time.monotonic()
+        with pytest.raises(mrkit.JobFailed, match="Dask scheduler at .* could not be reached"):
+            handle.wait(60)
+        assert time.monotonic() - started < 40
+    finally:
+        c.stop()
+
+
+def test_a_stuck_attempt_times_out_without_killing_its_worker(cluster: DaskCluster, tmp_path: Path) -> None:
+    """``task_timeout`` on Dask: the stuck attempt is reported failed and the next attempt runs; the
+    worker process that other jobs share is not ended."""
+    source = write_input(tmp_path, [*LINES, "stall here"])
+    marker = tmp_path / "stalled-pid"
+    out = tmp_path / "out"
+    handle = mrkit.submit(
+        D.STALL_IN_MAP,
+        source,
+        executor=executor_of(cluster),
+        output=str(out),
+        params={"marker": str(marker), "stall_seconds": 8},
+        policy=RetryPolicy(task_timeout=2),
+        quiet=True,
+    )
+    result = handle.wait(90)
+    assert result.counters["map.attempts_failed"] == 1
+    assert dict(mrkit.read_output(str(out))) == expected_output(tmp_path, C.WORD_COUNT, source)
+    stalled = int(marker.read_text())
+    os.kill(stalled, 0)  # still alive: raises ProcessLookupError if the timeout ended the worker
+    assert all(w.poll() is None for w in cluster.workers)
