@@ -97,7 +97,7 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "--executor",
             default=None,
             envvar="MRKIT_EXECUTOR",
-            help="inline, processes (default), redis://…, http, http://h:p,…, lambda://fn.",
+            help="inline, processes (default), redis://…, http, http://h:p,…, lambda://fn, dask, dask://h:p, tls://h:p.",
         ),
         click.option(
             "--workers",
