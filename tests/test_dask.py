@@ -299,3 +299,35 @@ def test_the_launcher_starts_a_local_cluster_for_a_script_without_a_guard(tmp_pa
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["dask", str(sum(x * x for x in range(30)))]
+
+
+def fails_on_seven(x: int) -> int:
+    if x == 7:
+        raise ValueError(f"seven is not allowed (got {x})")
+    return x + 1
+
+
+def test_tiny_calls_share_dask_tasks_and_each_keeps_its_own_result_or_error(cli_cluster: DaskCluster) -> None:
+    """Hundreds of ``futures.submit`` calls in a loop go several to a Dask task (Dask spends ~2 ms
+    on each task): every future still gets its own value, and the one call that raises raises its
+    own exception, with its type, while the calls sharing its Dask task succeed."""
+    from mrkit.backends.dask.executor import DaskExecutor
+
+    name = cli_cluster.address.replace("tcp://", "dask://")
+    executor = DaskExecutor.from_name(name)
+    sent: list[int] = []
+    real_send = executor._send
+    executor._send = lambda group: (sent.append(len(group)), real_send(group))[1]  # type: ignore[method-assign]
+    try:
+        with futures.using(executor):
+            submitted = [futures.submit(fails_on_seven, i) for i in range(300)]
+            for i, f in enumerate(submitted):
+                if i == 7:
+                    with pytest.raises(ValueError, match="seven is not allowed"):
+                        f.result(timeout=60)
+                else:
+                    assert f.result(timeout=60) == i + 1
+    finally:
+        executor.shutdown()
+    assert sum(sent) >= 300 and max(sent) > 1, sent  # batched (retries of nothing: 300 calls)
+    assert len(sent) < 300

@@ -43,7 +43,7 @@ from typing import Any
 
 from mrkit.errors import ConfigError, MissingExtra, WorkerLost
 from mrkit.execution.base import Executor
-from mrkit.model.task import TaskResult, TaskSpec
+from mrkit.model.task import TaskKind, TaskResult, TaskSpec
 from mrkit.security import is_loopback
 
 try:
@@ -51,12 +51,13 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingExtra("the dask executor", "dask", "distributed") from exc
 
-from mrkit.backends.dask.tasks import run_attempt  # noqa: E402 - imports distributed: after the check
+from mrkit.backends.dask.tasks import run_attempt, run_attempts  # noqa: E402 - imports distributed: after the check
 
 # How long to wait for a scheduler to answer and for its first worker to join.
 CONNECT_TIMEOUT = 30.0
 # How often a thread checks that the client is still open while attempts are pending.
 _WATCH_SECONDS = 0.5
+_MAX_BATCH = 32  # futures-API calls in one Dask task, at most (see DaskExecutor._send_calls)
 
 
 class DaskExecutor(Executor):
@@ -100,9 +101,13 @@ class DaskExecutor(Executor):
         self._owns_client = client is None
         self._storage = storage
         self._lock = threading.Lock()
-        # Dask future -> (spec, our future), until resolved; cancelled at shutdown, failed when the
-        # client closes under us (see _watch_client).
-        self._pending: dict[Any, tuple[TaskSpec, Future[TaskResult]]] = {}
+        # Dask future -> [(spec, our future)] of the attempts it runs, until resolved; cancelled at
+        # shutdown, failed when the client closes under us (see _watch_client).
+        self._pending: dict[Any, list[tuple[TaskSpec, Future[TaskResult]]]] = {}
+        # futures-API calls waiting for _send_calls, and its thread (started by the first call)
+        self._calls: list[tuple[TaskSpec, Future[TaskResult]]] = []
+        self._calls_ready = threading.Event()
+        self._batcher: threading.Thread | None = None
         self._closed = False
         self._completed: Any = None  # distributed.as_completed of the pending tasks (see _pump)
         self._wake = threading.Event()  # set by submit: the pump has work
@@ -180,6 +185,10 @@ class DaskExecutor(Executor):
     def submit(self, spec: TaskSpec) -> Future[TaskResult]:
         """Submit one attempt as a Dask task; the future resolves to its :class:`TaskResult`.
 
+        A futures-API call (a CALL task) may share its Dask task with other calls submitted meanwhile
+        (see :meth:`_send_calls`): Dask spends about 2 ms of scheduling on every task, far more than a
+        tiny call costs.
+
         Raises:
             RuntimeError: after :meth:`shutdown`.
         """
@@ -189,14 +198,41 @@ class DaskExecutor(Executor):
         if self.client.status in ("closing", "closed"):
             future.set_exception(self._lost(spec, "the Dask client is closed (its scheduler went away)"))
             return future
-        key = f"mrkit-{spec.job_id}-{spec.task_id}-a{spec.attempt}-{os.urandom(4).hex()}"
-        try:
-            task = self.client.submit(run_attempt, spec, key=key, pure=False, retries=0)
-        except Exception as exc:  # a closed client or a lost scheduler: the infrastructure failed
-            future.set_exception(self._lost(spec, f"could not submit to the Dask scheduler ({exc})"))
+        if spec.kind is TaskKind.CALL:
+            batcher = None
+            with self._lock:
+                self._calls.append((spec, future))
+                if self._batcher is None:
+                    batcher = self._batcher = threading.Thread(
+                        target=self._send_calls, name="mrkit-dask-calls", daemon=True
+                    )
+            if batcher is not None:
+                batcher.start()
+            self._calls_ready.set()
             return future
+        self._send([(spec, future)])
+        return future
+
+    def _send(self, group: list[tuple[TaskSpec, Future[TaskResult]]]) -> None:
+        """Submit ``group`` as one Dask task (``run_attempt``, or ``run_attempts`` for several)."""
+        first = group[0][0]
+        salt = os.urandom(4).hex()
+        task: Any
+        try:
+            if len(group) == 1:
+                key = f"mrkit-{first.job_id}-{first.task_id}-a{first.attempt}-{salt}"
+                task = self.client.submit(run_attempt, first, key=key, pure=False, retries=0)
+            else:
+                key = f"mrkit-{first.job_id}-calls-{first.task_id}-x{len(group)}-{salt}"
+                specs = [spec for spec, _ in group]
+                task = self.client.submit(run_attempts, specs, key=key, pure=False, retries=0)
+        except Exception as exc:  # a closed client or a lost scheduler: the infrastructure failed
+            for spec, future in group:
+                with contextlib.suppress(Exception):  # cancelled by the driver meanwhile
+                    future.set_exception(self._lost(spec, f"could not submit to the Dask scheduler ({exc})"))
+            return
         with self._lock:
-            self._pending[task] = (spec, future)
+            self._pending[task] = group
             if self._completed is None:
                 self._completed = as_completed()
                 for target, label in (
@@ -206,9 +242,28 @@ class DaskExecutor(Executor):
                     threading.Thread(target=target, name=label, daemon=True).start()
             self._completed.add(task)
         self._wake.set()
-        # The driver cancels an attempt it abandoned: drop the Dask task too if it has not run.
-        future.add_done_callback(lambda f: task.cancel() if f.cancelled() else None)
-        return future
+        if len(group) == 1:
+            # The driver cancels an attempt it abandoned: drop the Dask task too if it has not run.
+            group[0][1].add_done_callback(lambda f: task.cancel() if f.cancelled() else None)
+
+    def _send_calls(self) -> None:
+        """Send the queued futures-API calls, several to a Dask task when many are queued.
+
+        Calls queue up while the previous ones are being sent, so a caller submitting in a loop gets
+        batches on its own, and a lone call goes at once. A batch is at most :data:`_MAX_BATCH`
+        calls, and the queue is cut in at least twice as many batches as the cluster has threads, so
+        that long calls still spread over every worker.
+        """
+        while not self._closed:
+            self._calls_ready.wait(_WATCH_SECONDS)
+            self._calls_ready.clear()
+            with self._lock:
+                calls, self._calls = self._calls, []
+            if not calls:
+                continue
+            size = max(1, min(_MAX_BATCH, -(-len(calls) // (2 * self.workers))))
+            for i in range(0, len(calls), size):
+                self._send(calls[i : i + size])
 
     def _pump(self) -> None:
         """Deliver finished attempts' results, a batch at a time.
@@ -234,37 +289,38 @@ class DaskExecutor(Executor):
                 finished, values = [], []
             delivered = set()
             for task, value in zip(finished, values, strict=True):
-                self._deliver(task, value)
+                self._deliver(task, value if isinstance(value, list) else [value])
                 delivered.add(id(task))
             for task in batch:
                 if id(task) not in delivered:
                     self._resolve(task)
 
-    def _deliver(self, task: Any, outcome: TaskResult | BaseException) -> None:
+    def _deliver(self, task: Any, results: list[TaskResult] | None, why: str = "") -> None:
+        """Resolve the futures of ``task``'s attempts with ``results``, or as lost (``why``)."""
         with self._lock:
-            spec_future = self._pending.pop(task, None)
-        if spec_future is None:
+            group = self._pending.pop(task, None)
+        if group is None:
             return
-        with contextlib.suppress(Exception):  # cancelled by the driver meanwhile: nobody waits for it
-            if isinstance(outcome, BaseException):
-                spec_future[1].set_exception(outcome)
-            else:
-                spec_future[1].set_result(outcome)
+        for i, (spec, future) in enumerate(group):
+            with contextlib.suppress(Exception):  # cancelled by the driver meanwhile: nobody waits for it
+                if results is None:
+                    future.set_exception(self._lost(spec, why))
+                else:
+                    future.set_result(results[i])
 
     def _resolve(self, task: Any) -> None:
         """Fetch the outcome of ``task`` (finished, failed or cancelled) on its own and deliver it."""
         with self._lock:
-            spec_future = self._pending.get(task)
-        if spec_future is None:
-            return
-        spec = spec_future[0]
+            if task not in self._pending:
+                return
         try:
-            outcome: TaskResult | BaseException = task.result(timeout=CONNECT_TIMEOUT)
+            value = task.result(timeout=CONNECT_TIMEOUT)
         except KilledWorker as exc:
-            outcome = self._lost(spec, f"its Dask worker died ({exc})")
+            self._deliver(task, None, f"its Dask worker died ({exc})")
         except BaseException as exc:  # cancelled (scheduler lost, shutdown) or a transport error
-            outcome = self._lost(spec, f"Dask did not run it ({type(exc).__name__}: {exc})")
-        self._deliver(task, outcome)
+            self._deliver(task, None, f"Dask did not run it ({type(exc).__name__}: {exc})")
+        else:
+            self._deliver(task, value if isinstance(value, list) else [value])
 
     def _watch_client(self) -> None:
         """Fail every pending attempt with WorkerLost once the client has closed under us.
@@ -280,8 +336,9 @@ class DaskExecutor(Executor):
                 continue
             time.sleep(_WATCH_SECONDS)  # let the pump deliver what still completed, first
             with self._lock:
-                stranded = list(self._pending.values())
+                stranded = [pair for group in self._pending.values() for pair in group] + self._calls
                 self._pending.clear()
+                self._calls = []
             for spec, future in stranded:
                 if not future.done():
                     with contextlib.suppress(Exception):  # cancelled by the driver meanwhile
@@ -323,6 +380,11 @@ class DaskExecutor(Executor):
             self._closed = True
             pending = list(self._pending)
             completed = self._completed
+            unsent, self._calls = self._calls, []
+        for spec, future in unsent:
+            with contextlib.suppress(Exception):
+                future.set_exception(self._lost(spec, f"executor {self.name} shut down before it ran"))
+        self._calls_ready.set()
         if completed is not None:
             completed.clear()  # lets the pump thread see that nothing is left, and end
         self._wake.set()

@@ -20,8 +20,17 @@ def run_attempt(spec: TaskSpec) -> TaskResult:
 
     The result names the Dask worker's address, so that logs and counters say where it ran.
     """
+    return run_task(spec, worker=_address())
+
+
+def run_attempts(specs: list[TaskSpec]) -> list[TaskResult]:
+    """Run several attempts (tiny futures-API calls that share one Dask task), in order."""
+    worker = _address()
+    return [run_task(spec, worker=worker) for spec in specs]
+
+
+def _address() -> str:
     try:
-        worker = get_worker().address
+        return str(get_worker().address)
     except ValueError:  # not inside a Dask worker (a test calling it directly)
-        worker = ""
-    return run_task(spec, worker=worker)
+        return ""
