@@ -96,6 +96,8 @@ def test_a_job_submitted_from_a_process_that_exits_is_followed_from_others(
     st = json.loads(status.stdout)
     assert st["state"] == "done" and st["tasks"]["reduce"] == {"done": 3, "total": 3}, st
     assert st["counters"]["reduce.records_out"] == len(got)
+    # The scheduler runs with --no-dashboard: its HTTP server answers 404 for the page, so no link.
+    assert "dashboard" not in st, st
     listed = cli("jobs", "--executor", executor_of(cluster))
     assert listed.returncode == 0 and job_id in listed.stdout, listed.stdout + listed.stderr
     logs = cli("logs", job_id, "--executor", executor_of(cluster))
@@ -299,3 +301,23 @@ def test_a_stuck_attempt_times_out_without_killing_its_worker(cluster: DaskClust
     stalled = int(marker.read_text())
     os.kill(stalled, 0)  # still alive: raises ProcessLookupError if the timeout ended the worker
     assert all(w.poll() is None for w in cluster.workers)
+
+
+def test_status_shows_the_dashboard_of_a_cluster_that_serves_one(tmp_path: Path) -> None:
+    """A job submitted through a ``Client`` of yours is asynchronous too; its status names the
+    dashboard page the scheduler serves (without bokeh, a page saying what to install)."""
+    from distributed import Client, LocalCluster
+
+    source = write_input(tmp_path)
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0"
+        ) as cl,
+        Client(cl) as client,
+    ):
+        handle = mrkit.submit(C.WORD_COUNT, source, executor=client, output=str(tmp_path / "out"), quiet=True)
+        assert type(handle).__name__ == "DaskJobHandle"
+        handle.wait(60)
+        st = handle.status()
+        assert st.state == "done" and (st.dashboard or "").startswith("http://127.0.0.1:"), st
+        assert st.to_dict()["dashboard"] == st.dashboard

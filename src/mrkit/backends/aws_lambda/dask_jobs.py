@@ -42,6 +42,7 @@ runs blocking jobs and is not imported here (the service reads ``client``, ``loc
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import os
 import tempfile
 import time
@@ -121,17 +122,18 @@ class DaskJobHandle(ObjectStoreJobHandle):
     scheduler knows (the dashboard, whether the job's tasks are still there; see the module
     docstring for the verdicts it may write)."""
 
-    def __init__(self, job_id: str, storage_url: str, client: Any, address: str) -> None:
+    def __init__(
+        self, job_id: str, storage_url: str, client: Any, address: str, dashboard: str | None = None
+    ) -> None:
         super().__init__(job_id, storage_url)
-        self.client, self.address = client, address
+        self.client, self.address, self.dashboard = client, address, dashboard
         self._empty_since: float | None = None
         self._unreachable_since: float | None = None
 
     def status(self) -> JobStatus:
         self._check_alive()
         st = JobStatus.from_dict(self._status_dict())
-        link = _dashboard(self.client)
-        return st if link is None else _with_dashboard(st, link)
+        return st if self.dashboard is None else dataclasses.replace(st, dashboard=self.dashboard)
 
     def _while_running(self) -> None:
         self._check_alive()
@@ -196,20 +198,6 @@ def _job_task_keys(prefix: str, dask_scheduler: Any = None) -> list[str]:
     return [str(key) for key in dask_scheduler.tasks if str(key).startswith(prefix)]
 
 
-def _dashboard(client: Any) -> str | None:
-    try:
-        info = client.scheduler_info(n_workers=0)
-    except Exception:
-        return None
-    return str(client.dashboard_link) if info.get("services", {}).get("dashboard") else None
-
-
-def _with_dashboard(st: JobStatus, link: str) -> JobStatus:
-    import dataclasses
-
-    return dataclasses.replace(st, dashboard=link)
-
-
 # -- the service ---------------------------------------------------------------------------------------
 
 
@@ -270,7 +258,8 @@ class DaskJobService:
         return self._handle(handle.id, handle.storage_url)
 
     def _handle(self, job_id: str, storage_url: str) -> DaskJobHandle:
-        return DaskJobHandle(job_id, storage_url, self.executor.client, self.address)
+        dashboard = getattr(self.executor, "dashboard_link", None)
+        return DaskJobHandle(job_id, storage_url, self.executor.client, self.address, dashboard)
 
     def handle(self, job_id: str) -> DaskJobHandle:
         storage_url = self.executor.client.get_metadata([REGISTRY, job_id], None)

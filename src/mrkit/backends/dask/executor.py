@@ -109,6 +109,7 @@ class DaskExecutor(Executor):
         self._calls_ready = threading.Event()
         self._batcher: threading.Thread | None = None
         self._closed = False
+        self._dashboard: str | None = None  # the dashboard link once looked up ("" for none)
         self._completed: Any = None  # distributed.as_completed of the pending tasks (see _pump)
         self._wake = threading.Event()  # set by submit: the pump has work
         if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
@@ -358,12 +359,15 @@ class DaskExecutor(Executor):
 
     @property
     def dashboard_link(self) -> str | None:
-        """The scheduler's dashboard URL, or None when it serves none (the page needs ``bokeh``)."""
-        try:
-            info = self.client.scheduler_info(n_workers=0)
-        except Exception:
-            return None
-        return self.client.dashboard_link if info.get("services", {}).get("dashboard") else None
+        """The scheduler's dashboard page, or None when it serves none.
+
+        Asked once per executor: the scheduler lists its HTTP server as ``dashboard`` even when the
+        page is off (``--no-dashboard``, or no ``bokeh``), so the page itself is fetched (one GET, at
+        most a second) and a link that would answer 404 is never shown.
+        """
+        if self._dashboard is None:
+            self._dashboard = _served_dashboard(self.client) or ""
+        return self._dashboard or None
 
     @property
     def lasting_dashboard_link(self) -> str | None:
@@ -401,6 +405,22 @@ class DaskExecutor(Executor):
 
     def _address(self) -> str:
         return str(getattr(self.client.scheduler, "address", "") or "?")
+
+
+def _served_dashboard(client: Any) -> str | None:
+    """The link of the dashboard page ``client``'s scheduler serves, or None (see dashboard_link)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        info = client.scheduler_info(n_workers=0)
+        if not info.get("services", {}).get("dashboard"):
+            return None
+        link = str(client.dashboard_link)
+        with urllib.request.urlopen(link, timeout=1.0) as response:  # noqa: S310 - the scheduler's own http URL
+            return link if response.status == 200 else None
+    except (Exception, urllib.error.URLError):
+        return None
 
 
 def _start_local_cluster(workers: int | None, security: Any) -> tuple[Any, Client]:
