@@ -141,16 +141,19 @@ def test_a_raising_mapper_fails_the_job_like_processes_and_publishes_nothing(
     assert handle.status().state == "failed"
 
 
-def test_a_worker_killed_mid_map_loses_nothing_and_counts_nothing_twice(tmp_path: Path) -> None:
-    """SIGKILL the ``dask worker`` running a map task, then start another: Dask runs the task again
-    (another delivery of the same event), and the output is what an undisturbed run publishes."""
+@pytest.mark.parametrize("phase", ["map", "reduce"])
+def test_a_worker_killed_mid_task_loses_nothing_and_counts_nothing_twice(phase: str, tmp_path: Path) -> None:
+    """SIGKILL the ``dask worker`` running a map (or reduce) task, then start another: Dask runs the
+    task again (another delivery of the same event), the job goes on without its submitter's help,
+    and the output is what an undisturbed run publishes."""
     c = start_cluster(n_workers=2)
     try:
         source = write_input(tmp_path, [*LINES, "stall here", *LINES])
         marker = tmp_path / "stalled-pid"
         out = tmp_path / "out"
+        job = D.STALL_IN_MAP if phase == "map" else D.STALL_IN_REDUCE
         handle = mrkit.submit(
-            D.STALL_IN_MAP,
+            job,
             source,
             executor=executor_of(c),
             output=str(out),
@@ -167,6 +170,7 @@ def test_a_worker_killed_mid_map_loses_nothing_and_counts_nothing_twice(tmp_path
         result = handle.wait(120)
         assert dict(mrkit.read_output(str(out))) == expected_output(tmp_path, C.WORD_COUNT, source)
         assert result.counters["map.records_in"] == len(LINES) * 2 + 1
+        assert result.counters[f"{phase}.deliveries"] >= result.counters[f"{phase}.tasks"] + 1  # the re-run
         assert handle.status().state == "done"
     finally:
         c.stop()
