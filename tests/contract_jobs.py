@@ -169,3 +169,40 @@ def curable(cure: str) -> mrkit.Job:
     return mrkit.Job(
         mapper=poisoned_until_cured, reducer=total, name="contract-curable", params={"cure": cure}
     )
+
+
+def count_then_rank(pair: tuple[str, int]) -> Iterator[tuple[None, tuple[int, str]]]:
+    """Step 2's mapper: every (word, count) under one key, count first, for the top-N reducer."""
+    word, count = pair
+    yield None, (count, word)
+
+
+def top_three(_key: None, ranked: Iterable[tuple[int, str]]) -> Iterator[tuple[str, int]]:
+    """Step 2's reducer: the three most frequent words, ties broken by the word."""
+    for count, word in sorted(ranked, key=lambda cw: (-cw[0], cw[1]))[:3]:
+        yield word, count
+
+
+# Two steps: word count, then the top three words (typed (count, word) tuples cross the steps).
+TOP_WORDS = mrkit.Job(
+    steps=[
+        mrkit.Step(mapper=words, combiner=total, reducer=total),
+        mrkit.Step(mapper=count_then_rank, reducer=top_three, n_reduce=1, name="top"),
+    ],
+    name="contract-topwords",
+)
+
+
+class TopWordsWithPoison(mrkit.Job):
+    """The class form of TOP_WORDS, whose second step raises on a word from ``params["poison"]``."""
+
+    def steps(self) -> list[mrkit.Step]:
+        return [
+            mrkit.Step(mapper=words, combiner=total, reducer=total),
+            mrkit.Step(mapper=self.rank, reducer=top_three, n_reduce=1, name="top"),
+        ]
+
+    def rank(self, pair: tuple[str, int]) -> Iterator[tuple[None, tuple[int, str]]]:
+        if pair[0] == self.params.get("poison"):
+            raise ValueError(f"cannot rank {pair[0]!r}")
+        yield from count_then_rank(pair)

@@ -20,6 +20,7 @@ A new backend joins the contract by adding one entry to :data:`BACKENDS` and a b
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from mrkit.execution.base import Executor, open_executor
 from mrkit.model.task import TaskResult, TaskSpec
 from mrkit.storage import open_storage
 from tests import contract_jobs as C
+from tests.jobs_for_tests import words
 from tests.redis_fixtures import RedisServer, start_worker, stop_worker
 from tests.s3_fixtures import moto_server  # noqa: F401 - fixture used by the lambda-local backend
 
@@ -384,3 +386,38 @@ def test_a_failed_named_job_resumes_reusing_its_committed_tasks(backend: Backend
     assert output_bytes(got_out) == output_bytes(expected_out)
     assert got.counters["map.tasks_resumed"] >= 1  # the splits before the poison were not mapped again
     assert got.counters["map.records_in"] == expected.counters["map.records_in"]
+
+
+def test_a_two_step_job_feeds_typed_pairs_to_its_second_step(backend: Backend, tmp_path: Path) -> None:
+    """Word count then top three: step 2 reads step 1's pairs with their types, only the last step
+    publishes, counters come per step, and the output is the same bytes as inline's."""
+    got = agree_with_inline(backend, C.TOP_WORDS, tmp_path, TEXT)
+    counts = collections.Counter(word for line in TEXT for word, _ in words(line))
+    oracle = sorted(counts.items(), key=lambda wc: (-wc[1], wc[0]))[:3]
+    assert list(mrkit.read_output(backend.output(tmp_path, "got"))) == oracle
+    assert got.counters["step1.map.records_in"] == len(TEXT) == got.counters["map.records_in"]
+    assert got.counters["step2.map.records_in"] == got.counters["step1.reduce.records_out"]
+    assert got.counters["step2.reduce.records_out"] == 3 == got.counters["reduce.records_out"]
+    assert got.counters["step2.reduce.tasks"] == 1
+    # Nothing of step 1 is published beside the output.
+    names = open_storage(backend.output(tmp_path, "got")).list("")
+    assert sorted(n for n in names if not n.startswith("_")) == ["part-00000"], names
+
+
+def test_a_failing_step_is_named_and_nothing_is_published(backend: Backend, tmp_path: Path) -> None:
+    source = write_lines(tmp_path / "input.txt", TEXT)
+    out = backend.output(tmp_path, "got")
+    job = C.TopWordsWithPoison(params={"poison": "zebra"})
+    with pytest.raises(mrkit.JobFailed) as failed:
+        run(
+            job,
+            source,
+            backend.executor,
+            output=out,
+            policy=RetryPolicy(max_attempts=1),
+            **backend.run_options,
+        )
+    message = str(failed.value)
+    assert message.startswith("step 2 of 2 (top) of job "), message
+    assert "ValueError: cannot rank 'zebra'" in message
+    assert not [n for n in open_storage(out).list("") if "part-" in n or "_SUCCESS" in n]

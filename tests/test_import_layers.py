@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
         "mrkit.tools",
         "mrkit.testing",
         "mrkit.worker",
+        "mrkit.multistep",
         "mrkit",
     ),
     ("mrkit.backends",),

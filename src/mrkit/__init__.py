@@ -47,12 +47,14 @@ if TYPE_CHECKING:  # the names below are imported on first use (PEP 562), for ty
     from mrkit.model.job import Job
     from mrkit.model.partition import stable_partition
     from mrkit.model.status import JobStatus
+    from mrkit.model.steps import Step
 
 # Where each public name lives. They load on first use, so that ``import mrkit`` (and every worker
 # process, which imports a submodule such as the task runtime and so this package first) does not
 # pay for the whole API: ~60 ms less per fresh interpreter.
 _LAZY = {
     "Job": "mrkit.model.job",
+    "Step": "mrkit.model.steps",
     "map_handler": "mrkit.model.decorators",
     "combine_handler": "mrkit.model.decorators",
     "partition_handler": "mrkit.model.decorators",
@@ -103,6 +105,7 @@ __all__ = [
     "__version__",
     # Defining a job: the function and class forms, the decorators of a job file, partitioning.
     "Job",
+    "Step",
     "map_handler",
     "combine_handler",
     "partition_handler",

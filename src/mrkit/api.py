@@ -34,6 +34,8 @@ from mrkit.data.output import read_output
 from mrkit.errors import ConfigError
 from mrkit.execution.base import Executor, open_executor
 from mrkit.model.job import Job, require_job
+from mrkit.model.steps import job_steps
+from mrkit.multistep import run_steps
 from mrkit.storage import LocalStorage, open_storage
 from mrkit.storage.base import Storage
 
@@ -126,6 +128,9 @@ def run_with(job: Job, inputs: Any, options: RunOptions, *, executor: str | Exec
     An executor given as an object stays the caller's (not shut down); one named here is opened for
     the run and shut down after it.
     """
+    steps = job_steps(options.apply(job))
+    if steps is not None:
+        return run_steps(options.apply(job), steps, inputs, options, executor=executor, run_one=run_with)
     started = time.monotonic()
     job, planned = attach_input_mappers(options.apply(job), inputs)
     fmt = options.output_format
@@ -319,6 +324,11 @@ def submit(job: Job, inputs: Any, *, executor: str | Executor = "processes", **o
     owns_executor = not isinstance(executor, Executor)
     service = job_service(ex)
     if service is not None:
+        if job_steps(opts.apply(job)) is not None:
+            raise ConfigError(
+                f"mrkit.submit cannot run the multi-step job {require_job(job).name!r} on {ex.name} "
+                "yet: run it with mrkit.run (or mrkit.submit on processes, inline, http or dask)"
+            )
         if opts.resume:
             raise ConfigError(
                 f"resume=True does not apply to mrkit.submit on {ex.name}: resume a failed asynchronous "

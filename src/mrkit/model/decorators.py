@@ -97,9 +97,8 @@ def job_from_module(module: ModuleType, params: dict[str, Any] | None = None) ->
             f"module {module.__name__} has no @mrkit.map_handler function and the job reference names "
             "no object: decorate the map function, or name a Job as module:Name"
         )
-    return Job(
-        **found, params=params, files=(), name=module.__name__.rpartition(".")[2].removeprefix("mrkit_user_")
-    )
+    name = module.__name__.rpartition(".")[2].removeprefix("mrkit_user_")
+    return Job(**found, params=params, files=(), name=name)  # type: ignore[arg-type]  # found: slot -> function
 
 
 def _scopes(module: ModuleType) -> list[ModuleType]:

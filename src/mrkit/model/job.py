@@ -65,6 +65,8 @@ class Job:
         params: a JSON-able mapping the user functions read as ``self.params`` (class form) or
             ``mrkit.context().params`` (either form).
         name: a label shown in progress, logs and status; default: the class or mapper name.
+        steps: a multi-step job: a list of :class:`mrkit.Step` instead of the functions above
+            (:mod:`mrkit.model.steps`; the class form overrides :meth:`steps`).
         files: small side files the user functions read (a stop-word list): read now, shipped
             inside the job to every worker, and opened there with ``mrkit.context().file(name)``,
             which returns a local path to a copy (``name`` is the file's base name). At most
@@ -105,6 +107,7 @@ class Job:
         params: Mapping[str, Any] | None = None,
         name: str | None = None,
         files: Iterable[str | os.PathLike[str]] = (),
+        steps: Iterable[Any] | None = None,
     ) -> None:
         given = {
             "mapper": mapper,
@@ -124,6 +127,7 @@ class Job:
             # methods stay bound. The runtime calls both the same way.
             setattr(self, slot, fn)
         self.params: dict[str, Any] = dict(params or {})
+        self._steps = None if steps is None else list(steps)
         self.name = name or self._default_name()
         self.files: dict[str, bytes] = read_side_files(files)
         # No mapper at all is allowed here: a join job's mappers may come with its inputs
@@ -134,8 +138,14 @@ class Job:
     def _default_name(self) -> str:
         if type(self) is not Job:
             return type(self).__name__
-        fn = self.mapper or self.mapper_split or self.reducer
+        first = (self._steps or [None])[0]
+        fn = self.mapper or self.mapper_split or self.reducer or getattr(first, "mapper", None)
         return getattr(fn, "__name__", "job")
+
+    def steps(self) -> list[Any] | None:
+        """The :class:`~mrkit.model.steps.Step` list of a multi-step job (``steps=``, or override
+        this in the class form); None for a job of one map → reduce."""
+        return getattr(self, "_steps", None)
 
     # -- derived facts the runtime needs, computed once per task, never per record ---------------
 
