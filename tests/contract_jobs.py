@@ -206,3 +206,16 @@ class TopWordsWithPoison(mrkit.Job):
         if pair[0] == self.params.get("poison"):
             raise ValueError(f"cannot rank {pair[0]!r}")
         yield from count_then_rank(pair)
+
+
+def lines_by_word(line: str) -> Iterator[tuple[str, str]]:
+    """Every word of a line, with the line (for sort_values: a reducer that keeps values in order)."""
+    for word, _ in words(line):
+        yield word, line
+
+
+def values_as_given(_word: str, lines: Iterable[str]) -> list[str]:
+    return list(lines)
+
+
+LINES_BY_WORD = mrkit.Job(mapper=lines_by_word, reducer=values_as_given, name="contract-linesbyword")

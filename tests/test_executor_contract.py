@@ -421,3 +421,31 @@ def test_a_failing_step_is_named_and_nothing_is_published(backend: Backend, tmp_
     assert message.startswith("step 2 of 2 (top) of job "), message
     assert "ValueError: cannot rank 'zebra'" in message
     assert not [n for n in open_storage(out).list("") if "part-" in n or "_SUCCESS" in n]
+
+
+def test_sorted_values_and_totally_ordered_output(backend: Backend, tmp_path: Path) -> None:
+    """``sort_values``: each reducer sees its values sorted; ``sort_output``: the parts read in order
+    are sorted by key (range partitions sampled from the map output), on every backend."""
+    source = write_lines(tmp_path / "input.txt", TEXT)
+    out = backend.output(tmp_path, "got")
+    run(
+        C.LINES_BY_WORD,
+        source,
+        backend.executor,
+        output=out,
+        n_reduce=3,
+        sort_values=True,
+        sort_output=True,
+        **backend.run_options,
+    )  # noqa: E501
+    got = list(mrkit.read_output(out))
+    keys = [k for k, _ in got]
+    assert keys == sorted(keys) and len(set(keys)) == len(keys)
+    assert all(values == sorted(values) for _, values in got)
+    oracle: dict[str, list[str]] = {}
+    for line in TEXT:
+        for word, _ in words(line):
+            oracle.setdefault(word, []).append(line)
+    assert dict(got) == {word: sorted(lines) for word, lines in oracle.items()}
+    sizes = [open_storage(out).size(f"part-{p:05d}") for p in range(3)]
+    assert sum(1 for size in sizes if size) >= 2, sizes  # the sampled cut points spread the keys

@@ -64,6 +64,8 @@ def run(
     resume: bool = False,
     worker_python: str | None = None,
     files: Iterable[str | os.PathLike[str]] | None = None,
+    sort_values: bool = False,
+    sort_output: bool = False,
 ) -> Result:
     """Run ``job`` over ``inputs`` and return its :class:`Result`.
 
@@ -104,6 +106,11 @@ def run(
             (default ``$MRKIT_WORKER_PYTHON``, else ``sys.executable``).
         files: side files shipped with the job to every worker (``Job(files=...)``); a task opens
             one with ``mrkit.context().file("name")``.
+        sort_values: each reducer sees the values of its key in sorted order (secondary sort);
+            values that cannot be compared fail the task, not retried.
+        sort_output: totally ordered output, TeraSort style: keys are range-partitioned from a
+            sample of the map output, so ``part-00000 … part-(M-1)`` read in order are sorted by
+            key (:mod:`mrkit.coordination.sampling` says what the sample costs).
 
     Returns:
         The :class:`Result`.

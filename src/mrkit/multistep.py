@@ -76,7 +76,7 @@ def run_steps(
                 quiet=True,
                 params=None,  # applied to the job already (step_job merged the step's over them)
                 files=None,
-                **({} if last else {"output": None, "overwrite": False}),
+                **({} if last else {"output": None, "overwrite": False, "sort_output": False}),
                 **({} if k == 1 else {"input_format": "auto", "split_size": None}),
             )
             try:

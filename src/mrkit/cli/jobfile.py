@@ -42,6 +42,8 @@ _KNOWN_KEYS = {
     "errors",
     "input_format",
     "split_size",
+    "sort_values",
+    "sort_output",
 }
 
 

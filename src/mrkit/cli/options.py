@@ -139,6 +139,20 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="Undecodable input: fail (strict, default), replace or skip (counted).",
         ),
         click.option("--overwrite", is_flag=True, default=None, help="Replace an existing output."),
+        click.option(
+            "--sort-values",
+            "sort_values",
+            is_flag=True,
+            default=None,
+            help="Each reducer sees its key's values sorted (secondary sort).",
+        ),
+        click.option(
+            "--sort-output",
+            "sort_output",
+            is_flag=True,
+            default=None,
+            help="Totally ordered output: parts read in order are sorted by key (sampled range partitions).",
+        ),
         click.option("--param", multiple=True, metavar="NAME=VALUE", help="Job parameter (repeatable)."),
         click.option("--counters", is_flag=True, default=False, help="Print every counter at the end."),
     ]

@@ -49,6 +49,8 @@ class RunOptions:
     worker_python: str | None = None
     files: tuple[str | os.PathLike[str], ...] | None = None
     ttl: float | None = None
+    sort_values: bool = False
+    sort_output: bool = False
 
     def __post_init__(self) -> None:
         # Normalised here, once: callers pass None for "the default" and any iterable of files.
@@ -113,4 +115,6 @@ class RunOptions:
             job = job.with_params(self.params)
         if self.files:
             job = job.with_files(self.files)
+        if self.sort_values:
+            job = job.with_sorted_values()
         return job

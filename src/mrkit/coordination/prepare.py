@@ -170,6 +170,11 @@ def plan_job(
     )
     if any(split.mapper < 0 for split in splits) or not splits:
         job.require_mapper()
+    n_reduce = options.n_reduce or max(1, workers)
+    if options.sort_output:
+        from mrkit.coordination.sampling import with_range_partitioner
+
+        job = with_range_partitioner(job, splits, n_reduce)
     policy = options.policy
     settings = TaskSettings(
         memory_mb=options.memory_mb, output_format=options.output_format, task_timeout=policy.task_timeout
@@ -180,7 +185,7 @@ def plan_job(
         job_id=job_id,
         storage=storage,
         output_url=output_url,
-        n_reduce=options.n_reduce or max(1, workers),
+        n_reduce=n_reduce,
         settings=settings,
         policy=policy,
         overwrite=options.overwrite,

@@ -67,6 +67,8 @@ def reduce_partition(
         groups = group_in_memory(runs)
     else:
         groups = group_values(merge_sorted_runs(map(run_entries, runs)))
+    if getattr(job, "sort_values", False):  # jobs pickled before sort_values have no attribute
+        groups = ((k, _sorted_values(k, vs)) for k, vs in groups)
     try:
         if yields_pairs:
             for key, values in groups:
@@ -78,6 +80,9 @@ def reduce_partition(
                 yield key, reducer(key, values)
     except GeneratorExit:
         raise
+    except UncomparableValues as exc:
+        error = user_failure(f"reducer on key {_short(key)}", exc)
+        raise UserCodeError(dataclasses.replace(error.failure, retryable=False)) from exc
     except Exception as exc:
         error = user_failure(f"reducer on key {_short(key)}", exc)
         tb = exc.__traceback__
@@ -92,6 +97,19 @@ def reduce_partition(
         raise error from exc
     finally:
         counters["keys"] = counters.get("keys", 0) + keys
+
+
+class UncomparableValues(TypeError):
+    """``sort_values=True`` and two values of one key cannot be compared (every attempt would fail)."""
+
+
+def _sorted_values(key: Any, values: Iterator[Any]) -> Iterator[Any]:
+    try:
+        return iter(sorted(values))
+    except TypeError as exc:
+        raise UncomparableValues(
+            f"sort_values=True, but the values of key {_short(key)} cannot be sorted: {exc}"
+        ) from None
 
 
 def write_partition(open_out: Callable[[], BinaryIO], pairs: Iterator[tuple[Any, Any]], fmt: str) -> int:

@@ -93,6 +93,7 @@ class Job:
     mapper_final: Callable[[], Any] | None = None
     mapper_split: Callable[..., Any] | None = None
     input_mappers: tuple[Callable[..., Any], ...] = ()
+    sort_values: bool = False  # the reducer sees each key's values sorted (the run's sort_values)
 
     def __init__(
         self,
@@ -165,6 +166,13 @@ class Job:
         clone = object.__new__(type(self))
         clone.__dict__.update(self.__dict__)
         clone.files = read_side_files(files, dict(getattr(self, "files", {})))
+        return clone
+
+    def with_sorted_values(self) -> Job:
+        """Return a copy of this job whose reducer sees each key's values sorted."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.sort_values = True
         return clone
 
     @property

@@ -12,6 +12,7 @@ float, bool, None and tuples of those this is ordinary equality, except that ``1
 
 from __future__ import annotations
 
+import bisect
 import pickle
 import zlib
 from collections.abc import Callable
@@ -70,3 +71,22 @@ def checked_partitioner(fn: Callable[[Any, int], int] | None) -> Callable[[Any, 
         return p
 
     return partition
+
+
+class RangePartitioner:
+    """A total-order partitioner (``sort_output=True``, TeraSort's): partition ``i`` holds the keys
+    whose :func:`key_bytes` lie between cut points ``i - 1`` and ``i``.
+
+    Within a partition the reduce side hands keys out in :func:`key_bytes` order (for ``str`` keys,
+    Python's own order), so the parts read in order are globally sorted.
+
+    >>> p = RangePartitioner([key_bytes("h"), key_bytes("p")])
+    >>> [p(k, 3) for k in ("apple", "h", "kiwi", "zebra")]
+    [0, 1, 1, 2]
+    """
+
+    def __init__(self, cuts: list[bytes]) -> None:
+        self.cuts = list(cuts)
+
+    def __call__(self, key: Any, n_reduce: int) -> int:
+        return min(bisect.bisect_right(self.cuts, key_bytes(key)), n_reduce - 1)
