@@ -28,8 +28,8 @@ workers. Use ``tls://`` with a ``distributed.security.Security`` (``security=`` 
 configuration) for a scheduler on a network.
 
 Why one module of about 500 lines: the executor's submit, its batching of futures-API calls, its
-result pump, its client watcher and its shutdown share one table of pending attempts and its lock; the local cluster's start-up (and
-the caller's environment it restores) is its only other part.
+result pump, its client watcher and its shutdown share one table of pending attempts and its lock;
+the local cluster's start-up (and the caller's environment it restores) is its only other part.
 """
 
 from __future__ import annotations
