@@ -1,0 +1,174 @@
+"""Issue 11's benchmarks: a two-step job against two jobs, and ``sort_output`` against no sort.
+
+    python benchmarks/pipeline_bench.py                          # 100 MB, 3 alternating rounds
+    python benchmarks/pipeline_bench.py --size-mb 5 --rounds 1   # smoke test
+
+Each side is a whole fresh process that runs, writes its output and is read back (as users run it),
+on the ``processes`` executor with ``--workers`` workers; the two sides of a race alternate, and
+each line prints the medians and their ratio.
+
+* **two-step** (target <= 0.9x): word count then the top 100 words as one job of two
+  ``mrkit.Step``s (``examples/top_words.py``'s ``TopWords``), against the same two steps run as
+  two jobs: job 1 publishes its counts as TSV, job 2 reads that output back (``input_format="text"``,
+  one ``json.loads`` per field) and keeps the top 100. Both must give the same 100 words.
+* **sort-output** (target <= 1.5x): ``examples/terasort.py``'s ``TeraSort`` over ``--size-mb`` MB of
+  100-byte records with ``sort_output=True`` (sampled range partitions, every part written sorted),
+  against the same job with hash partitions. The sorted side's output is checked with the example's
+  checker (globally sorted, every record there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import userpath  # noqa: E402
+from userpath import cached_inputs, timed_run  # noqa: E402
+
+ROOT = HERE.parent
+TARGETS = {"two-step": 0.9, "sort-output": 1.5}
+
+TWO_STEP = """
+import sys
+sys.path.insert(0, {examples!r})
+import mrkit
+from top_words import TopWords
+
+if __name__ == "__main__":
+    *paths, out, tsv = sys.argv[1:]
+    mrkit.run(TopWords(params={{"top": 100}}), paths, output=out, overwrite=True, quiet=True, workers={workers},
+              input_format="text")
+    with open(tsv, "w") as f:
+        for word, count in mrkit.read_output(out):
+            f.write(f"{{word}}\\t{{count}}\\n")
+"""
+
+TWO_JOBS = """
+import json, sys
+sys.path.insert(0, {examples!r})
+import mrkit
+from top_words import TopWords
+
+steps = TopWords(params={{"top": 100}}).steps()  # the top reducer reads its own params
+count = mrkit.Job(mapper=steps[0].mapper, combiner=steps[0].combiner, reducer=steps[0].reducer, name="count")
+
+
+def parsed(line):
+    word, n = line.split("\\t")
+    yield from steps[1].mapper((json.loads(word), json.loads(n)))
+
+
+top = mrkit.Job(mapper=parsed, reducer=steps[1].reducer, name="top")
+
+if __name__ == "__main__":
+    *paths, out, tsv = sys.argv[1:]
+    mrkit.run(count, paths, output=out + "-counts", overwrite=True, quiet=True, workers={workers},
+              input_format="text")
+    mrkit.run(top, [out + "-counts"], output=out, overwrite=True, quiet=True, workers={workers}, n_reduce=1,
+              input_format="text")
+    with open(tsv, "w") as f:
+        for word, count in mrkit.read_output(out):
+            f.write(f"{{word}}\\t{{count}}\\n")
+"""
+
+TERASORT = """
+import sys
+sys.path.insert(0, {examples!r})
+import mrkit
+from terasort import TeraSort
+
+if __name__ == "__main__":
+    *paths, out, sort = sys.argv[1:]
+    mrkit.run(TeraSort(), paths, output=out, overwrite=True, quiet=True, workers={workers}, n_reduce={workers},
+              input_format="text", sort_output=sort == "sorted")
+"""
+
+
+def race(label: str, rounds: int, sides: dict[str, list[str]]) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for r in range(rounds):
+        for name in list(sides) if r % 2 == 0 else list(sides)[::-1]:
+            times[name].append(timed_run(sides[name]))
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mb", type=float, default=100.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--data-dir", type=Path, default=ROOT / ".bench")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="mrkit-pipeline-bench-"))
+    examples = str(ROOT / "examples")
+    report: dict[str, Any] = {"size_mb": args.size_mb, "workers": args.workers}
+    ok = True
+    print(f"issue 11 benchmarks: {args.size_mb:g} MB, {args.workers} workers, fresh processes, medians")
+
+    # -- two steps against two jobs ---------------------------------------------------------------
+    paths = cached_inputs(args.data_dir, "text", args.size_mb)
+    scripts = {}
+    for name, source in (("two-step", TWO_STEP), ("two-jobs", TWO_JOBS)):
+        scripts[name] = tmp / f"{name.replace('-', '_')}.py"
+        scripts[name].write_text(source.format(examples=examples, workers=args.workers))
+    sides = {
+        name: [sys.executable, str(script), *paths, str(tmp / f"{name}-out"), str(tmp / f"{name}.tsv")]
+        for name, script in scripts.items()
+    }
+    times = race("two-step", args.rounds, sides)
+    same = userpath.read_tsv(tmp / "two-step.tsv") == userpath.read_tsv(tmp / "two-jobs.tsv")
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    ratio = med["two-step"] / med["two-jobs"]
+    passed = same and ratio <= TARGETS["two-step"]
+    ok &= passed
+    report["two-step"] = {"seconds": times, "ratio": ratio, "same": same}
+    print(
+        f"  two-step top 100   one job {med['two-step']:6.2f}s  two jobs {med['two-jobs']:6.2f}s  "
+        f"ratio {ratio:4.2f} (<= 0.9)  {'same output' if same else 'DIFFERENT OUTPUT'}  {'PASS' if passed else 'MISS'}"
+    )
+
+    # -- sort_output against hash partitions ------------------------------------------------------
+    sys.path.insert(0, examples)
+    import terasort
+
+    records = int(args.size_mb * 1_000_000) // terasort.RECORD
+    folder = args.data_dir / f"terasort-{args.size_mb:g}mb"
+    marker = folder / ".complete"
+    if not marker.exists() or marker.read_text() != str(records):
+        terasort.generate(str(folder), records, files=8)
+        marker.write_text(str(records))
+    inputs = sorted(str(p) for p in folder.glob("part-*.txt"))
+    script = tmp / "terasort_run.py"
+    script.write_text(TERASORT.format(examples=examples, workers=args.workers))
+    sides = {
+        sort: [sys.executable, str(script), *inputs, str(tmp / f"terasort-{sort}"), sort]
+        for sort in ("sorted", "hashed")
+    }
+    times = race("sort-output", args.rounds, sides)
+    problems = terasort.check(str(tmp / "terasort-sorted"), records)
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    ratio = med["sorted"] / med["hashed"]
+    passed = not problems and ratio <= TARGETS["sort-output"]
+    ok &= passed
+    report["sort-output"] = {"seconds": times, "ratio": ratio, "problems": problems[:3]}
+    print(
+        f"  sort_output        sorted {med['sorted']:6.2f}s  hash partitions {med['hashed']:6.2f}s  "
+        f"ratio {ratio:4.2f} (<= 1.5)  {'checked: sorted' if not problems else problems[0]}  "
+        f"{'PASS' if passed else 'MISS'}"
+    )
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
