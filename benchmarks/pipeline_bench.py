@@ -44,8 +44,8 @@ from top_words import TopWords
 
 if __name__ == "__main__":
     *paths, out, tsv = sys.argv[1:]
-    mrkit.run(TopWords(params={{"top": 100}}), paths, output=out, overwrite=True, quiet=True, workers={workers},
-              input_format="text")
+    job = TopWords(params={{"top": 100}})
+    mrkit.run(job, paths, output=out, overwrite=True, quiet=True, workers={workers}, input_format="text")
     with open(tsv, "w") as f:
         for word, count in mrkit.read_output(out):
             f.write(f"{{word}}\\t{{count}}\\n")
@@ -87,8 +87,8 @@ from terasort import TeraSort
 
 if __name__ == "__main__":
     *paths, out, sort = sys.argv[1:]
-    mrkit.run(TeraSort(), paths, output=out, overwrite=True, quiet=True, workers={workers}, n_reduce={workers},
-              input_format="text", sort_output=sort == "sorted")
+    options = dict(overwrite=True, quiet=True, workers={workers}, n_reduce={workers}, input_format="text")
+    mrkit.run(TeraSort(), paths, output=out, sort_output=sort == "sorted", **options)
 """
 
 
@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     report["two-step"] = {"seconds": times, "ratio": ratio, "same": same}
     print(
         f"  two-step top 100   one job {med['two-step']:6.2f}s  two jobs {med['two-jobs']:6.2f}s  "
-        f"ratio {ratio:4.2f} (<= 0.9)  {'same output' if same else 'DIFFERENT OUTPUT'}  {'PASS' if passed else 'MISS'}"
+        f"ratio {ratio:4.2f} (<= 0.9)  {'same output' if same else 'DIFFERENT OUTPUT'}  "
+        f"{'PASS' if passed else 'MISS'}"
     )
 
     # -- sort_output against hash partitions ------------------------------------------------------
