@@ -326,3 +326,21 @@ def test_adrevenue_partitioner_is_stable_and_in_range() -> None:
         assert all(0 <= b < n for b in bins)
         assert bins[0] == bins[1]  # same host, same bin
     assert example.partition_by_host("www.a.com/x.html", 1000) == 92  # crc32, not the salted hash()
+
+
+@pytest.mark.parametrize(("executor", "workers"), EXECUTORS)
+def test_pagerank_iterates_in_memory_and_matches_plain_python(executor: str, workers: int | None) -> None:
+    """Ten iterations, each one mrkit run fed the previous in-memory result (typed pairs, never text),
+    agree with the same iterations in plain Python; a loose tolerance stops the loop early."""
+    pagerank = load_example("pagerank")
+    graph = pagerank.generate_graph(300)
+    ranks, ran = pagerank.pagerank(graph, iterations=10, tolerance=0.0, executor=executor, workers=workers)
+    assert ran == 10
+    expected = pagerank.reference(graph, 10)
+    assert ranks.keys() == expected.keys()
+    assert all(math.isclose(ranks[n], expected[n], rel_tol=1e-12, abs_tol=1e-15) for n in graph)
+    assert math.isclose(sum(ranks.values()), 1.0, rel_tol=1e-9)
+    _ranks, early = pagerank.pagerank(
+        graph, iterations=10, tolerance=0.05, executor=executor, workers=workers
+    )
+    assert early < 10
