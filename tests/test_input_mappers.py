@@ -126,6 +126,40 @@ def test_a_job_file_names_a_mapper_per_input(tmp_path) -> None:  # type: ignore[
     assert bad.returncode == 2 and "has no function 'no_such_function'" in bad.stderr, bad.stderr
 
 
+def test_the_command_line_names_a_mapper_per_input(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``mrkit run join.py:Join --input-mapper users.csv=user --input-mapper orders/=join.py:order``."""
+    import subprocess
+    import sys
+
+    (tmp_path / "join.py").write_text(JOIN_MODULE)
+    (tmp_path / "users.csv").write_text("u1,ann\nu2,bob\n")
+    (tmp_path / "orders").mkdir()
+    (tmp_path / "orders" / "o.csv").write_text("u1,5\nu2,7\nu1,1\n")
+
+    def mrkit_run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "mrkit", "run", "join.py:Join", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    done = mrkit_run(
+        "--input-mapper", "users.csv=user", "--input-mapper", "orders/=join.py:order", "-o", "out"
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(mrkit.read_output(str(tmp_path / "out"))) == [("ann", 6), ("bob", 7)]
+    for args, said in (
+        (
+            ("users.csv", "--input-mapper", "orders/=order"),
+            "either as INPUT arguments or each with --input-mapper",
+        ),
+        (("--input-mapper", "users.csv"), "must look like PATH=MAPPER"),
+        (
+            ("--input-mapper", "users.csv=nothing"),
+            "--input-mapper users.csv=nothing: join.py has no function 'nothing'",
+        ),
+    ):
+        bad = mrkit_run(*args)
+        assert bad.returncode == 2 and said in bad.stderr.splitlines()[0], bad.stderr
+
+
 def add_one(pair: tuple[str, int]) -> Iterator[tuple[str, int]]:
     key, value = pair
     yield key, value + 1

@@ -179,7 +179,7 @@ def load_job_file(path: str) -> JobFile:
         options["output"] = os.path.join(base, options["output"])
     if isinstance(data["inputs"], dict):  # a mapper per input: {"rankings/": "rank_mapper", ...}
         mapped = {
-            os.path.join(base, where): _mapper(path, base, module_ref, ref)
+            os.path.join(base, where): _mapper(f"job file {path}", base, module_ref, ref)
             for where, ref in data["inputs"].items()
         }
         return JobFile(job=job, inputs=mapped, options=options)
@@ -196,7 +196,7 @@ def _beside(base: str, module_file: str) -> str:
     return module_file if os.path.isabs(module_file) else os.path.join(base, module_file)
 
 
-def _mapper(path: str, base: str, job_module: str, ref: Any) -> Any:
+def _mapper(where: str, base: str, job_module: str, ref: Any) -> Any:
     """The mapper ``ref`` of a job file's ``{"input": "ref"}``: a function of the job's module by
     name, or ``module:function`` / ``file.py:function`` (relative to the job file).
 
@@ -205,7 +205,7 @@ def _mapper(path: str, base: str, job_module: str, ref: Any) -> Any:
     """
     if not isinstance(ref, str) or not ref:
         raise ConfigError(
-            f'job file {path}: a mapper per input is named by a string ("module:function"), got {ref!r}'
+            f'{where}: a mapper per input is named by a string ("module:function"), got {ref!r}'
         )
     module_ref, sep, name = ref.rpartition(":")
     if not sep:
@@ -215,7 +215,7 @@ def _mapper(path: str, base: str, job_module: str, ref: Any) -> Any:
     module = _import(module_ref)
     fn = getattr(module, name, None)
     if not callable(fn):
-        raise ConfigError(f"job file {path}: {module_ref} has no function {name!r} to read an input with")
+        raise ConfigError(f"{where}: {module_ref} has no function {name!r} to read an input with")
     return fn
 
 
@@ -240,7 +240,24 @@ def load_request(
     from mrkit.coordination.prepare import Records
 
     params = options.pop("params")
+    pairs = options.pop("input_mappers", ()) or ()
     given = {k: v for k, v in options.items() if v is not None}
+    if pairs:
+        if inputs:
+            raise ConfigError(
+                "give the inputs either as INPUT arguments or each with --input-mapper PATH=MAPPER, not both"
+            )
+        if job_ref.endswith(".json"):
+            raise ConfigError('--input-mapper applies to a job reference; a job file names them in "inputs"')
+        job = load_job(job_ref, params or None)
+        module_ref = job_ref.rpartition(":")[0] or job_ref
+        mapped = {}
+        for pair in pairs:
+            where, sep, ref = pair.rpartition("=")
+            if not sep or not where or not ref:
+                raise ConfigError(f"--input-mapper {pair!r} must look like PATH=MAPPER")
+            mapped[where] = _mapper(f"--input-mapper {pair}", os.getcwd(), module_ref, ref)
+        return job, mapped, given
     if job_ref.endswith(".json"):
         spec = load_job_file(job_ref)
         job = spec.job.with_params(params) if params else spec.job

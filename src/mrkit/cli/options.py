@@ -154,6 +154,14 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="Totally ordered output: parts read in order are sorted by key (sampled range partitions).",
         ),
         click.option("--param", multiple=True, metavar="NAME=VALUE", help="Job parameter (repeatable)."),
+        click.option(
+            "--input-mapper",
+            "input_mappers",
+            multiple=True,
+            metavar="PATH=MAPPER",
+            help="Read PATH with its own mapper, a function of the job's module or module:function "
+            "(repeatable; Hadoop's MultipleInputs, for joins). Replaces INPUT.",
+        ),
         click.option("--counters", is_flag=True, default=False, help="Print every counter at the end."),
     ]
     for option in reversed(options):
