@@ -219,3 +219,13 @@ def values_as_given(_word: str, lines: Iterable[str]) -> list[str]:
 
 
 LINES_BY_WORD = mrkit.Job(mapper=lines_by_word, reducer=values_as_given, name="contract-linesbyword")
+
+
+def long_words(line: str) -> Iterator[tuple[str, int]]:
+    """A map-only job's mapper: each word of 5 letters or more, with its length, in line order."""
+    for word, _ in words(line):
+        if len(word) >= 5:
+            yield word, len(word)
+
+
+LONG_WORDS = mrkit.Job(mapper=long_words, name="contract-longwords")

@@ -449,3 +449,24 @@ def test_sorted_values_and_totally_ordered_output(backend: Backend, tmp_path: Pa
     assert dict(got) == {word: sorted(lines) for word, lines in oracle.items()}
     sizes = [open_storage(out).size(f"part-{p:05d}") for p in range(3)]
     assert sum(1 for size in sizes if size) >= 2, sizes  # the sampled cut points spread the keys
+
+
+def test_a_map_only_job_publishes_one_part_per_map_task_in_mapper_order(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """``n_reduce=0``: no shuffle; map task ``i`` writes ``part-i`` with its pairs in the order its
+    mapper emitted them; synchronous and submitted runs publish the same bytes as inline."""
+    got = agree_with_inline(backend, C.LONG_WORDS, tmp_path, TEXT, n_reduce=0, split_size=500)
+    out = backend.output(tmp_path, "got")
+    parts = sorted(n for n in open_storage(out).list("") if n.startswith("part-"))
+    assert len(parts) == got.counters["map.tasks"] > 1 and got.counters.get("reduce.tasks", 0) == 0
+    expected = [pair for line in TEXT for pair in C.long_words(line)]
+    assert list(mrkit.read_output(out)) == expected  # parts in order, each in mapper order
+    assert got.counters["map.records_out"] == len(expected)
+    submitted_out = backend.output(tmp_path, "submitted")
+    handle = mrkit.submit(
+        C.LONG_WORDS, str(tmp_path / "input.txt"), executor=backend.executor, output=submitted_out,
+        n_reduce=0, split_size=500, quiet=True, **backend.run_options,
+    )  # fmt: skip
+    handle.wait(120)
+    assert output_bytes(submitted_out) == output_bytes(out)

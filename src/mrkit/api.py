@@ -205,11 +205,13 @@ def run_with(job: Job, inputs: Any, options: RunOptions, *, executor: str | Exec
             )
             epoch.check()  # a zombie driver must not publish over its successor's output
             seconds = time.monotonic() - started
+            phase, n_parts = plan.output_phase
             publish_output(
                 inter,
                 out_storage,
                 job_id,
-                plan.n_reduce,
+                n_parts,
+                phase=phase,
                 output_format=fmt,
                 overwrite=overwrite,
                 summary={"seconds": round(seconds, 3), "counters": counters, "epoch": epoch.number},

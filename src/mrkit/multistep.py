@@ -5,7 +5,8 @@ result: its ``(key, value)`` pairs, with their exact Python types (the intermedi
 ``pickle`` format and publish nothing; their pairs become the next step's input records, stored as
 pickled chunks in the job's storage like any in-memory input). Only the last step writes the output.
 
-* Every step runs on the run's executor, opened once for all steps.
+* Every step runs on the run's executor, opened once for all steps. A last step without reducer
+  (and without its own ``n_reduce``) is map-only: its map tasks write the output parts.
 * Counters: each step's under ``step{K}.`` (``step1.map.records_in``); unprefixed, the job's two
   ends: step 1's ``map.*`` (what was read) and the last step's ``reduce.*`` (what was written).
 * A failure names its step: *step 2 of 3 (top) of job X: map task …*; nothing is published.
@@ -72,7 +73,10 @@ def run_steps(
                 # Each step runs as a job of its own id: a named step would keep its state for a
                 # resume (a multi-step job does not resume yet), in the output folder.
                 job_id=None,
-                n_reduce=step.n_reduce or options.n_reduce,
+                # A last step without reducer is map-only: its map tasks write the output.
+                n_reduce=0
+                if last and step.reducer is None and step.n_reduce is None
+                else step.n_reduce or options.n_reduce,
                 quiet=True,
                 params=None,  # applied to the job already (step_job merged the step's over them)
                 files=None,

@@ -399,6 +399,8 @@ def run_plan(
     counters: dict[str, int] = {}
     status: dict[str, dict[str, object]] = {}
     for phase, specs in (("map", plan.map_specs), ("reduce", plan.reduce_specs)):
+        if phase == "reduce" and not specs:
+            break  # a map-only job: the map tasks wrote the output parts
         if guard is not None:
             guard()
         done = reuse(specs) if reuse is not None else None

@@ -97,6 +97,12 @@ class JobPlan:
     def n_reduce(self) -> int:
         return len(self.reduce_specs)
 
+    @property
+    def output_phase(self) -> tuple[str, int]:
+        """The phase whose tasks write the output parts, and how many: ``("reduce", n_reduce)``, or
+        ``("map", n_map)`` for a map-only job (``n_reduce=0``)."""
+        return ("reduce", self.n_reduce) if self.reduce_specs else ("map", self.n_map)
+
 
 def new_job_id(name: str) -> str:
     """A unique, storage-key-safe job id: ``wordcount-20261121-143501-1a2b3c4d5e``.
@@ -159,8 +165,8 @@ def build_plan(
             bytes an earlier driver stored, so that its tasks and ours name the same digest);
             default: :func:`pickle_job` of ``job``.
     """
-    if n_reduce < 1:
-        raise ConfigError(f"n_reduce must be at least 1, got {n_reduce}")
+    if n_reduce < 0:
+        raise ConfigError(f"n_reduce must be at least 0 (0: a map-only job), got {n_reduce}")
     code = pickle_job(job) if code is None else code
     storage.put(layout.job_key(job_id), code)
     base = TaskSpec(

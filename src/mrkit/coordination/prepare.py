@@ -170,7 +170,13 @@ def plan_job(
     )
     if any(split.mapper < 0 for split in splits) or not splits:
         job.require_mapper()
-    n_reduce = options.n_reduce or max(1, workers)
+    n_reduce = options.n_reduce if options.n_reduce is not None else max(1, workers)
+    if n_reduce == 0 and not splits:
+        raise ConfigError("a map-only job (n_reduce=0) has no input records to map: give it an input")
+    if options.sort_output and n_reduce == 0:
+        raise ConfigError(
+            "sort_output=True needs a reduce phase: a map-only job (n_reduce=0) writes no sorted output"
+        )
     if options.sort_output:
         from mrkit.coordination.sampling import with_range_partitioner
 

@@ -140,10 +140,12 @@ def summary_line(job_id: str, seconds: float, counters: dict[str, int], ok: bool
     nbytes = counters.get("map.bytes_in", 0)
     rate = nbytes / max(seconds, 1e-9) / (1 << 20)
     state = "done" if ok else "FAILED"
+    # A map-only job (no reduce task) writes its output from the map tasks.
+    out = "reduce" if counters.get("reduce.tasks", 0) or "reduce.records_out" in counters else "map"
     return (
         f"mrkit: job {job_id} {state} in {seconds:.2f} s: "
         f"{counters.get('map.records_in', 0):,} records in ({human_bytes(nbytes)}, {rate:.1f} MB/s), "
-        f"{counters.get('reduce.records_out', 0):,} records out "
-        f"({human_bytes(counters.get('reduce.bytes_out', 0))}), "
+        f"{counters.get(f'{out}.records_out', 0):,} records out "
+        f"({human_bytes(counters.get(f'{out}.bytes_out', 0))}), "
         f"{counters.get('map.tasks', 0)} map + {counters.get('reduce.tasks', 0)} reduce tasks"
     )

@@ -91,6 +91,7 @@ def publish_output(
     output_format: str,
     overwrite: bool = False,
     summary: Mapping[str, Any] | None = None,
+    phase: str = "reduce",
 ) -> None:
     """Move every committed reduce part into place, then write ``_SUCCESS``.
 
@@ -101,10 +102,12 @@ def publish_output(
         output_format: recorded in ``_SUCCESS`` for :func:`mrkit.read_output`.
         overwrite: delete a previous result first.
         summary: counters and timings to record in ``_SUCCESS``.
+        phase: whose tasks wrote the parts: ``reduce``, or ``map`` for a map-only job, part ``p``
+            being map task ``p``'s (:attr:`~mrkit.coordination.plan.JobPlan.output_phase`).
     """
     manifests = []
     for p in range(n_reduce):
-        raw = storage.get(layout.commit_key(job_id, layout.task_id("reduce", p)))
+        raw = storage.get(layout.commit_key(job_id, layout.task_id(phase, p)))
         manifests.append(json.loads(raw))
     if overwrite:
         for key in existing_output(output):

@@ -240,6 +240,8 @@ def _run_map(spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, int
     if split.mapper >= 0:  # an input with its own mapper (inputs={path: mapper})
         job = job.for_input(split.mapper)
     reader = open_split(split)
+    if spec.n_reduce == 0:
+        return _run_map_only(spec, job, storage, counters, ctx, reader)
     out = MapOutput(
         n_reduce=spec.n_reduce,
         partitioner=job.partitioner,
@@ -281,6 +283,50 @@ def _run_map(spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, int
         "counters": counters,
     }
     return _commit(storage, spec, manifest, layout.map_run_prefix(spec.job_id, spec.task_id, run))
+
+
+def _run_map_only(
+    spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, int], ctx: TaskContext, reader: Any
+) -> bool:
+    """A map task of a map-only job (``n_reduce=0``): its pairs, in the order the mapper emits them,
+    are its output part, written and committed as a reduce task's part is (first attempt wins)."""
+    from mrkit.data.map_only import map_only_pairs
+
+    assert spec.split is not None
+    run = layout.attempt_run(spec.attempt)
+    output = storage_for(spec.output_url)
+    temp_key = layout.reduce_temp_key(spec.job_id, spec.task_id, run, spec.split.index)
+    ident = threading.get_ident()
+    live = _LIVE[ident] = [0, 0]
+
+    def counted(batches: Any) -> Any:
+        for batch in batches:
+            live[0] += len(batch.records)
+            live[1] = reader.bytes_read
+            yield batch
+
+    try:
+        pairs = map_only_pairs(job, counted(reader.batches()), spec.split.describe, counters)
+        written = write_partition(lambda: output.open_write(temp_key), pairs, spec.settings.output_format)
+    except BaseException:
+        output.delete(temp_key)
+        raise
+    finally:
+        _LIVE.pop(ident, None)
+    counters.update(
+        bytes_in=reader.bytes_read,
+        records_out=written,
+        bytes_out=output.size(temp_key),
+        records_skipped=reader.skipped,
+    )
+    counters.update((f"user.{name}", value) for name, value in ctx.counters.items())
+    manifest = {"attempt": spec.attempt, "key": temp_key, "counters": counters}
+    committed = storage.put_if_absent(
+        layout.commit_key(spec.job_id, spec.task_id), json.dumps(manifest).encode()
+    )
+    if not committed:
+        output.delete(temp_key)
+    return committed
 
 
 def _run_reduce(

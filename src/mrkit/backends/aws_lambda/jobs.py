@@ -294,7 +294,7 @@ def resume_job(
         _invoke_all(invoker, fresh(plan.reduce_specs, "reduce"), plan.storage_url, job_event)
         storage.put(reduce_sent_key(job_id, new), b"resume")
     else:  # every task is kept: the delivery of a committed reduce task completes the phase, and publishes
-        last = dataclasses.replace(plan.reduce_specs[-1], attempt=attempt)
+        last = dataclasses.replace((plan.reduce_specs or plan.map_specs)[-1], attempt=attempt)
         _invoke_all(invoker, [last], plan.storage_url, job_event)
     return ObjectStoreJobHandle(job_id, storage.url)
 
@@ -327,10 +327,10 @@ def advance(
     storage.put(committed_prefix(job_id, phase) + spec.task_id, b"")
     done = len(set(storage.list(committed_prefix(job_id, phase))))
     plan = _plan_from_dict(_load(storage, job_id)["plan"])
-    if phase == "map" and done >= plan.n_map:
+    if phase == "map" and done >= plan.n_map and plan.n_reduce:
         _start_reduce(storage, plan, job_event, request_id)
-    elif phase == "reduce" and done >= plan.n_reduce:
-        _publish(storage, plan, request_id, run)
+    elif phase == plan.output_phase[0] and done >= plan.output_phase[1]:
+        _publish(storage, plan, request_id, run)  # the last reduce task, or map task of a map-only job
 
 
 def lost(storage: Storage, spec: TaskSpec, job_event: dict[str, Any], reason: str) -> None:
@@ -484,11 +484,13 @@ def _publish(storage: Storage, plan: JobPlan, request_id: str, run: int = 1) -> 
             # died between its decision and its end record (it would otherwise run forever).
             storage.put_if_absent(end_key(plan.job_id, run), cancelled_record())
             return
+        phase, n_parts = plan.output_phase
         publish_output(
             storage,
             output,
             plan.job_id,
-            plan.n_reduce,
+            n_parts,
+            phase=phase,
             output_format=plan.output_format,
             overwrite=plan.overwrite,
             summary={"seconds": round(seconds, 3), "counters": counters},
@@ -512,8 +514,9 @@ def _restage(storage: Storage, output: Storage, plan: JobPlan) -> None:
     Only a retry of the publishing invocation gets here with work to undo; on a first publish
     every temp key exists and this costs one ``size`` per part.
     """
-    for p in range(plan.n_reduce):
-        manifest = json.loads(storage.get(layout.commit_key(plan.job_id, layout.task_id("reduce", p))))
+    phase, n_parts = plan.output_phase
+    for p in range(n_parts):
+        manifest = json.loads(storage.get(layout.commit_key(plan.job_id, layout.task_id(phase, p))))
         if not output.exists(manifest["key"]) and output.exists(layout.part_key(p)):
             output.move(layout.part_key(p), manifest["key"])
 

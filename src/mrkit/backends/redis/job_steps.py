@@ -218,7 +218,8 @@ def _run_task(
             nomkstream=True,
         )
     if result.ok:
-        next_phase = "reduce" if spec.kind is TaskKind.MAP else "publish"
+        # A map-only job (n_reduce=0) publishes when its last map task commits.
+        next_phase = "reduce" if spec.kind is TaskKind.MAP and spec.n_reduce else "publish"
         total = spec.n_map if spec.kind is TaskKind.MAP else spec.n_reduce
         note = "committed" if result.committed else "finished; a previous attempt had committed (discarded)"
         pipe.xadd(
@@ -238,7 +239,7 @@ def _run_task(
             text = (
                 "every map task committed: reduce phase started"
                 if next_phase == "reduce"
-                else "every reduce task committed: publishing the output"
+                else f"every {spec.kind.value} task committed: publishing the output"
             )
             log_event(client, k.job, "", 0, worker.name, "event", text)
         elif verdict == "lost":
@@ -407,12 +408,23 @@ def _run_publish(worker: Any, k: JobKeys, entry_id: bytes, reclaimed: bool, run:
         counters = collect_counters(client, k, storage, state)
         seconds = (now_ms() - int(state["submitted"])) / 1000
         summary = {"seconds": round(seconds, 3), "counters": counters}
-        n_reduce, fmt, overwrite = int(state["n_reduce"]), state["format"], state["overwrite"] == "1"
+        fmt, overwrite = state["format"], state["overwrite"] == "1"
+        # The output parts are the reduce tasks', or the map tasks' for a map-only job.
+        n_parts, phase = int(state["n_reduce"]), "reduce"
+        if n_parts == 0:
+            n_parts, phase = int(state["n_map"]), "map"
         if reclaimed:
-            _resume_publish(storage, output, k.job, n_reduce, fmt, summary)
+            _resume_publish(storage, output, k.job, n_parts, fmt, summary, phase)
         else:
             publish_output(
-                storage, output, k.job, n_reduce, output_format=fmt, overwrite=overwrite, summary=summary
+                storage,
+                output,
+                k.job,
+                n_parts,
+                output_format=fmt,
+                overwrite=overwrite,
+                summary=summary,
+                phase=phase,
             )
     except Exception as exc:
         if worker.is_infrastructure_error(exc):
@@ -442,14 +454,20 @@ def _run_publish(worker: Any, k: JobKeys, entry_id: bytes, reclaimed: bool, run:
 
 
 def _resume_publish(
-    storage: Storage, output: Storage, job_id: str, n_reduce: int, fmt: str, summary: dict[str, Any]
+    storage: Storage,
+    output: Storage,
+    job_id: str,
+    n_reduce: int,
+    fmt: str,
+    summary: dict[str, Any],
+    phase: str = "reduce",
 ) -> None:
     """Finish a publish whose worker died: move the parts not yet moved, then write ``_SUCCESS``.
 
     ``publish_output`` is not re-run because its overwrite step would delete parts already moved.
     """
     for p in range(n_reduce):
-        manifest = json.loads(storage.get(layout.commit_key(job_id, layout.task_id("reduce", p))))
+        manifest = json.loads(storage.get(layout.commit_key(job_id, layout.task_id(phase, p))))
         if output.exists(manifest["key"]):
             output.move(manifest["key"], layout.part_key(p))
         elif not output.exists(layout.part_key(p)):

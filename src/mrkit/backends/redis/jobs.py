@@ -105,7 +105,8 @@ def submit_job(executor: Any, job: Any, inputs: Any, options: RunOptions) -> Red
     pipe.xgroup_create(k.tasks, GROUP, id="0", mkstream=True)
     for fields in maps:
         pipe.xadd(k.tasks, fields)
-    pipe.rpush(k.next("reduce"), *[v for fields in reduces for v in (fields["p"], fields["s"])])
+    if reduces:  # none for a map-only job (n_reduce=0): its last map commit starts the publish
+        pipe.rpush(k.next("reduce"), *[v for fields in reduces for v in (fields["p"], fields["s"])])
     pipe.rpush(k.next("publish"), publish["p"], publish["s"])
     pipe.xadd(
         k.logs,
@@ -232,7 +233,8 @@ def resume_job(executor: Any, job_id: str) -> RedisJobHandle:
             pipe.set(k.trigger("reduce"), "resumed")
         if start == "publish":
             pipe.set(k.trigger("publish"), "resumed")
-        pipe.rpush(k.next("reduce"), *[v for f in reduces for v in (f["p"], f["s"])])
+        if reduces:
+            pipe.rpush(k.next("reduce"), *[v for f in reduces for v in (f["p"], f["s"])])
         pipe.rpush(k.next("publish"), publish["p"], publish["s"])
         for f in first:
             pipe.xadd(k.tasks, f)
