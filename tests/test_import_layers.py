@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
         "mrkit.testing",
         "mrkit.worker",
         "mrkit.multistep",
+        "mrkit.pipeline",
         "mrkit",
     ),
     ("mrkit.backends",),

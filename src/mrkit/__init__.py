@@ -48,6 +48,7 @@ if TYPE_CHECKING:  # the names below are imported on first use (PEP 562), for ty
     from mrkit.model.partition import stable_partition
     from mrkit.model.status import JobStatus
     from mrkit.model.steps import Step
+    from mrkit.pipeline import Pipeline
 
 # Where each public name lives. They load on first use, so that ``import mrkit`` (and every worker
 # process, which imports a submodule such as the task runtime and so this package first) does not
@@ -55,6 +56,7 @@ if TYPE_CHECKING:  # the names below are imported on first use (PEP 562), for ty
 _LAZY = {
     "Job": "mrkit.model.job",
     "Step": "mrkit.model.steps",
+    "Pipeline": "mrkit.pipeline",
     "map_handler": "mrkit.model.decorators",
     "combine_handler": "mrkit.model.decorators",
     "partition_handler": "mrkit.model.decorators",
@@ -106,6 +108,7 @@ __all__ = [
     # Defining a job: the function and class forms, the decorators of a job file, partitioning.
     "Job",
     "Step",
+    "Pipeline",
     "map_handler",
     "combine_handler",
     "partition_handler",
