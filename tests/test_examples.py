@@ -344,3 +344,58 @@ def test_pagerank_iterates_in_memory_and_matches_plain_python(executor: str, wor
         graph, iterations=10, tolerance=0.05, executor=executor, workers=workers
     )
     assert early < 10
+
+
+def join_oracle(
+    rankings: list[str], uservisits: list[str], date_from: str, date_to: str
+) -> dict[str, tuple[float, float]]:
+    """The web-analytics join query in plain Python: per source IP, revenue and average page rank."""
+    ranks = {}
+    for path in rankings:
+        with open(path, encoding="ascii") as f:
+            for line in f:
+                url, rank, _ = line.rstrip("\n").split(",")
+                ranks[url] = int(rank)
+    totals: dict[str, list[float]] = {}
+    for path in uservisits:
+        with open(path, encoding="ascii") as f:
+            for line in f:
+                ip, url, date, revenue = line.split(",", 4)[:4]
+                if date_from <= date <= date_to and url in ranks:
+                    t = totals.setdefault(ip, [0.0, 0.0, 0])
+                    t[0] += float(revenue)
+                    t[1] += ranks[url]
+                    t[2] += 1
+    return {ip: (t[0], t[1] / t[2]) for ip, t in totals.items()}
+
+
+@pytest.mark.parametrize(("executor", "workers"), EXECUTORS)
+def test_the_web_analytics_join_matches_plain_python(
+    executor: str, workers: int | None, tmp_path: Path
+) -> None:
+    """Three steps, two inputs each with its own mapper: the top IPs by revenue in a date range, with
+    their average page rank, as a plain-Python join computes them."""
+    from mrkit.tools.corpus import generate_rankings
+
+    example = load_example("web_analytics_join")
+    uservisits = generate_uservisits(tmp_path / "uv", size_mb=1, files=2)
+    rankings = generate_rankings(tmp_path / "rk", uservisits_mb=1, files=2)
+    window = ("1975-01-01", "1985-12-31")
+    result = example.run(
+        str(tmp_path / "rk"),
+        str(tmp_path / "uv"),
+        *window,
+        top=5,
+        executor=executor,
+        workers=workers,
+        quiet=True,
+    )
+    oracle = join_oracle(rankings, uservisits, *window)
+    expected = sorted(oracle.items(), key=lambda item: -item[1][0])[:5]
+    got = list(result)
+    assert [ip for ip, _ in got] == [ip for ip, _ in expected]
+    for (_, (revenue, rank)), (_, (want_revenue, want_rank)) in zip(got, expected, strict=True):
+        assert math.isclose(revenue, want_revenue, rel_tol=1e-9) and math.isclose(
+            rank, want_rank, rel_tol=1e-9
+        )
+    assert result.counters["step1.map.tasks"] >= 2 and result.counters["step3.reduce.tasks"] == 1

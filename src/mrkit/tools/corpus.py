@@ -12,6 +12,10 @@ Two generators, both pure functions of their arguments:
     ``sourceIP,destURL,visitDate,adRevenue,userAgent,countryCode,languageCode,searchWord,duration``.
     About 2,600 distinct destURLs per MB of output (260k per 100 MB), with Zipf-like popularity.
     No field contains a comma, a quote or a newline, so ``line.split(",")`` parses a row.
+``generate_rankings(path_or_folder, uservisits_mb=, files=, seed=)``
+    The benchmark's other table, ``pageURL,pageRank,avgDuration``: one row per destURL of the
+    uservisits generated with the same ``seed`` and ``size_mb`` (so a join of the two matches every
+    visit), with a page rank and an average duration drawn uniformly from 1..10,000 and 1..100.
 
 The contract:
 
@@ -30,7 +34,7 @@ Text lines are reused from the pool (each pool line appears about ``size_mb / 8`
 corpus); word frequencies still follow the vocabulary's Zipf law, which is what word-count style
 jobs care about.
 
-About 500 lines: the text and the uservisits generators share the Zipf sampler and the
+About 540 lines: the text, uservisits and rankings generators share the Zipf sampler and the
 byte-identical output rules; it is a tool for the demo and the benchmarks, not used by jobs.
 """
 
@@ -497,4 +501,44 @@ def generate_uservisits(
         share = total * (i + 1) // files - total * i // files
         with open(path, "wb") as f:
             _write_uservisits(f, rng, share, ips, tails, next_url, row_length)
+    return paths
+
+
+def generate_rankings(
+    path_or_folder: str | os.PathLike[str], *, uservisits_mb: float = 10.0, files: int = 1, seed: int = 0
+) -> list[str]:
+    """Write rankings CSV rows (no header) for the URLs of ``generate_uservisits(size_mb=uservisits_mb,
+    seed=seed)``: ``pageURL,pageRank,avgDuration``, one row per URL, in the uservisits' URL order.
+
+    Args:
+        path_or_folder: a ``.csv`` path (``files=1``) or a directory receiving ``rankings-00000.csv`` ….
+        uservisits_mb, seed: those of the uservisits whose URLs to rank.
+        files: number of files; the rows are dealt out in order.
+
+    Returns:
+        The paths of the files written, in order.
+    """
+    _check(uservisits_mb, files)
+    target = os.fspath(path_or_folder)
+    if target.endswith(".csv"):
+        if files != 1:
+            raise ConfigError(f"{target!r} is a single .csv file but files={files}; pass a folder instead")
+        if os.path.dirname(target):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+        paths = [target]
+    else:
+        os.makedirs(target, exist_ok=True)
+        paths = [os.path.join(target, f"rankings-{i:05d}.csv") for i in range(files)]
+    rng = random.Random(seed)  # the same draws as generate_uservisits, up to its URL list
+    n_urls = max(round(2600 * uservisits_mb), 100)
+    words = [w.lower() for w in _vocabulary(rng, 40_000) if w.isalpha()]
+    urls = _urls(rng, n_urls, words)
+    ranks = random.Random(seed + 1)  # its own stream: the URL list above stays uservisits'
+    page_ranks = _random_below(ranks, n_urls, 10_000)
+    durations = _random_below(ranks, n_urls, 100)
+    rows = [f"{url},{1 + r},{1 + d}\n" for url, r, d in zip(urls, page_ranks, durations, strict=True)]
+    for i, path in enumerate(paths):
+        lo, hi = len(rows) * i // files, len(rows) * (i + 1) // files
+        with open(path, "w", encoding="ascii", newline="\n") as f:
+            f.write("".join(rows[lo:hi]))
     return paths
