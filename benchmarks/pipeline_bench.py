@@ -11,6 +11,12 @@ each line prints the medians and their ratio.
   ``mrkit.Step``s (``examples/top_words.py``'s ``TopWords``), against the same two steps run as
   two jobs: job 1 publishes its counts as TSV, job 2 reads that output back (``input_format="text"``,
   one ``json.loads`` per field) and keeps the top 100. Both must give the same 100 words.
+* **join** (target <= 2.0x): ``examples/web_analytics_join.py`` (join on URL with a mapper per input,
+  aggregate per source IP, top 10 by revenue; three steps) over ``--size-mb`` MB of uservisits and
+  their rankings, against a hand-written ``multiprocessing`` program (the rankings read into a dict
+  in the parent, a forked ``Pool`` aggregates each uservisits file, the parent merges and ranks).
+  DuckDB running the same SQL is reported as a reference point when it is installed (``pip install
+  duckdb``; not a dependency). The three must agree on the top 10.
 * **sort-output** (target <= 1.5x): ``examples/terasort.py``'s ``TeraSort`` over ``--size-mb`` MB of
   100-byte records with ``sort_output=True`` (sampled range partitions, every part written sorted),
   against the same job with hash partitions. The sorted side's output is checked with the example's
@@ -20,6 +26,7 @@ each line prints the medians and their ratio.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import sys
@@ -34,7 +41,93 @@ import userpath  # noqa: E402
 from userpath import cached_inputs, timed_run  # noqa: E402
 
 ROOT = HERE.parent
-TARGETS = {"two-step": 0.9, "sort-output": 1.5}
+TARGETS = {"two-step": 0.9, "join": 2.0, "sort-output": 1.5}
+WINDOW = ("1975-01-01", "1985-12-31")
+
+JOIN_MRKIT = """
+import sys
+sys.path.insert(0, {examples!r})
+from web_analytics_join import run
+
+if __name__ == "__main__":
+    rankings, uservisits, tsv = sys.argv[1:]
+    result = run(rankings, uservisits, {lo!r}, {hi!r}, top=10, quiet=True, workers={workers})
+    with open(tsv, "w") as f:
+        for ip, (revenue, rank) in result:
+            f.write(f"{{ip}}\\t{{revenue!r}}\\n")
+"""
+
+JOIN_POOL = """
+import glob, heapq, os, sys
+from multiprocessing import Pool
+
+RANKS = {{}}
+
+
+def visits(path):
+    totals = {{}}
+    get, ranks = totals.get, RANKS
+    with open(path, encoding="ascii") as f:
+        for line in f:
+            ip, url, date, revenue = line.split(",", 4)[:4]
+            if {lo!r} <= date <= {hi!r}:
+                rank = ranks.get(url)
+                if rank is not None:
+                    t = get(ip)
+                    if t is None:
+                        totals[ip] = [float(revenue), rank, 1]
+                    else:
+                        t[0] += float(revenue)
+                        t[1] += rank
+                        t[2] += 1
+    return totals
+
+
+if __name__ == "__main__":
+    rankings, uservisits, tsv = sys.argv[1:]
+    for path in sorted(glob.glob(os.path.join(rankings, "*.csv"))):
+        with open(path, encoding="ascii") as f:
+            for line in f:
+                url, rank, _ = line.split(",")
+                RANKS[url] = int(rank)
+    merged = {{}}
+    with Pool({workers}) as pool:  # forked after RANKS is filled: the workers share it
+        for part in pool.imap_unordered(visits, sorted(glob.glob(os.path.join(uservisits, "*.csv")))):
+            for ip, (r, k, n) in part.items():
+                t = merged.get(ip)
+                if t is None:
+                    merged[ip] = [r, k, n]
+                else:
+                    t[0] += r
+                    t[1] += k
+                    t[2] += n
+    with open(tsv, "w") as f:
+        for ip, t in heapq.nlargest(10, merged.items(), key=lambda item: item[1][0]):
+            f.write(f"{{ip}}\\t{{t[0]!r}}\\n")
+"""
+
+JOIN_DUCKDB = """
+import os, sys
+import duckdb
+
+VISITS = ("{{'ip': 'VARCHAR', 'url': 'VARCHAR', 'date': 'VARCHAR', 'revenue': 'DOUBLE', "
+          "'agent': 'VARCHAR', 'country': 'VARCHAR', 'language': 'VARCHAR', 'word': 'VARCHAR', "
+          "'duration': 'INTEGER'}}")
+RANKINGS = "{{'url': 'VARCHAR', 'rank': 'INTEGER', 'duration': 'INTEGER'}}"
+
+if __name__ == "__main__":
+    rankings, uservisits, tsv = sys.argv[1:]
+    uv, rk = os.path.join(uservisits, "*.csv"), os.path.join(rankings, "*.csv")
+    query = (
+        "SELECT v.ip, SUM(v.revenue) AS total, AVG(r.rank) "
+        f"FROM read_csv('{{uv}}', header=false, columns={{VISITS}}) v "
+        f"JOIN read_csv('{{rk}}', header=false, columns={{RANKINGS}}) r ON r.url = v.url "
+        "WHERE v.date BETWEEN {lo!r} AND {hi!r} GROUP BY v.ip ORDER BY total DESC LIMIT 10"
+    )
+    with open(tsv, "w") as f:
+        for ip, total, _rank in duckdb.sql(query).fetchall():
+            f.write(f"{{ip}}\\t{{total!r}}\\n")
+"""
 
 TWO_STEP = """
 import sys
@@ -134,6 +227,46 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  two-step top 100   one job {med['two-step']:6.2f}s  two jobs {med['two-jobs']:6.2f}s  "
         f"ratio {ratio:4.2f} (<= 0.9)  {'same output' if same else 'DIFFERENT OUTPUT'}  "
+        f"{'PASS' if passed else 'MISS'}"
+    )
+
+    # -- the join query against a multiprocessing program (and DuckDB) -----------------------------
+    from mrkit.tools.corpus import generate_rankings, generate_uservisits
+
+    folder = args.data_dir / f"join-{args.size_mb:g}mb"
+    if not (folder / ".complete").exists():
+        generate_uservisits(folder / "uservisits", size_mb=args.size_mb, files=8)
+        generate_rankings(folder / "rankings", uservisits_mb=args.size_mb, files=2)
+        (folder / ".complete").write_text("1")
+    sides = {}
+    for name, source in (("mrkit", JOIN_MRKIT), ("pool", JOIN_POOL), ("duckdb", JOIN_DUCKDB)):
+        if name == "duckdb" and importlib.util.find_spec("duckdb") is None:
+            continue
+        script = tmp / f"join_{name}.py"
+        script.write_text(source.format(examples=examples, workers=args.workers, lo=WINDOW[0], hi=WINDOW[1]))
+        tsv = tmp / f"join-{name}.tsv"
+        sides[name] = [
+            sys.executable,
+            str(script),
+            str(folder / "rankings"),
+            str(folder / "uservisits"),
+            str(tsv),
+        ]
+    times = race("join", args.rounds, sides)
+    tops = {name: userpath.read_tsv(tmp / f"join-{name}.tsv") for name in sides}
+    agree = all(
+        list(top) == list(tops["mrkit"]) and all(abs(top[k] - tops["mrkit"][k]) <= 1e-6 * top[k] for k in top)
+        for top in tops.values()
+    )
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    ratio = med["mrkit"] / med["pool"]
+    passed = agree and ratio <= TARGETS["join"]
+    ok &= passed
+    report["join"] = {"seconds": times, "ratio": ratio, "same": agree}
+    duck = f"  DuckDB {med['duckdb']:6.2f}s" if "duckdb" in med else "  DuckDB not installed"
+    print(
+        f"  join query         mrkit {med['mrkit']:6.2f}s  multiprocessing {med['pool']:6.2f}s  "
+        f"ratio {ratio:4.2f} (<= 2.0){duck}  {'same top 10' if agree else 'DIFFERENT RESULTS'}  "
         f"{'PASS' if passed else 'MISS'}"
     )
 

@@ -7,6 +7,8 @@ where a task attempt runs:
   sorted runs under the attempt's own keys, then commit with ``put_if_absent`` on the task's
   ``COMMIT`` key. The first attempt to commit wins; a later one (a duplicate delivery, a zombie, a
   speculative twin) deletes its own files and reports ``committed=False``.
+* **map-only** (``n_reduce=0``): the map hooks' pairs, in order, are the task's output part
+  (:mod:`mrkit.data.map_only`), written and committed as a reduce task's part is.
 * **reduce**: read every map task's commit manifest, merge this partition's runs, reduce, write the
   part file under the attempt's temp key in the output storage, commit the same way.
 * **duplicates**: a map or reduce attempt whose task already has a committed attempt (its
@@ -18,6 +20,9 @@ where a task attempt runs:
 ``ok=False`` with a :class:`~mrkit.model.task.TaskFailure` naming the input position, so that every
 transport reports them the same way. Jobs and futures functions are unpickled once per process and
 cached by digest; the digest is checked before unpickling.
+
+About 420 lines: the task kinds (map, map-only, reduce, call) share one commit rule, the live
+progress counters and the job cache; the data work itself is in :mod:`mrkit.data`.
 """
 
 from __future__ import annotations
@@ -250,16 +255,8 @@ def _run_map(spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, int
         open_part=lambda p: storage.open_write(layout.map_part_key(spec.job_id, spec.task_id, run, p)),
     )
     ident = threading.get_ident()
-    live = _LIVE[ident] = [0, 0]
-
-    def counted(batches: Any) -> Any:
-        for batch in batches:
-            live[0] += len(batch.records)
-            live[1] = reader.bytes_read
-            yield batch
-
     try:
-        records = map_split(job, counted(reader.batches()), out, split.describe)
+        records = map_split(job, _counted(reader, ident), out, split.describe)
         offsets = out.finish()
     except BaseException:
         out.abort()
@@ -297,16 +294,8 @@ def _run_map_only(
     output = storage_for(spec.output_url)
     temp_key = layout.reduce_temp_key(spec.job_id, spec.task_id, run, spec.split.index)
     ident = threading.get_ident()
-    live = _LIVE[ident] = [0, 0]
-
-    def counted(batches: Any) -> Any:
-        for batch in batches:
-            live[0] += len(batch.records)
-            live[1] = reader.bytes_read
-            yield batch
-
     try:
-        pairs = map_only_pairs(job, counted(reader.batches()), spec.split.describe, counters)
+        pairs = map_only_pairs(job, _counted(reader, ident), spec.split.describe, counters)
         written = write_partition(lambda: output.open_write(temp_key), pairs, spec.settings.output_format)
     except BaseException:
         output.delete(temp_key)
@@ -319,6 +308,28 @@ def _run_map_only(
         bytes_out=output.size(temp_key),
         records_skipped=reader.skipped,
     )
+    return _commit_part(storage, output, spec, temp_key, counters, ctx)
+
+
+def _counted(reader: Any, ident: int) -> Any:
+    """The reader's batches, counted into this thread's live progress (records, bytes read)."""
+    live = _LIVE[ident] = [0, 0]
+    for batch in reader.batches():
+        live[0] += len(batch.records)
+        live[1] = reader.bytes_read
+        yield batch
+
+
+def _commit_part(
+    storage: Storage,
+    output: Storage,
+    spec: TaskSpec,
+    temp_key: str,
+    counters: dict[str, int],
+    ctx: TaskContext,
+) -> bool:
+    """Commit an attempt that wrote an output part at ``temp_key`` (first attempt wins; a loser
+    deletes its part)."""
     counters.update((f"user.{name}", value) for name, value in ctx.counters.items())
     manifest = {"attempt": spec.attempt, "key": temp_key, "counters": counters}
     committed = storage.put_if_absent(
@@ -354,14 +365,7 @@ def _run_reduce(
     counters["grouped_in_memory"] = int(in_memory)
     counters["bytes_out"] = output.size(temp_key)
     counters["runs_in"] = len(runs)
-    counters.update((f"user.{name}", value) for name, value in ctx.counters.items())
-    manifest = {"attempt": spec.attempt, "key": temp_key, "counters": counters}
-    committed = storage.put_if_absent(
-        layout.commit_key(spec.job_id, spec.task_id), json.dumps(manifest).encode()
-    )
-    if not committed:
-        output.delete(temp_key)
-    return committed
+    return _commit_part(storage, output, spec, temp_key, counters, ctx)
 
 
 def delete_attempt_files(spec: TaskSpec) -> int:
