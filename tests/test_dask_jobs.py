@@ -55,6 +55,14 @@ def expected_output(tmp_path: Path, job: mrkit.Job, source: str, **options: obje
     return dict(mrkit.read_output(str(out)))
 
 
+def wait_for_stall(marker: Path, handle: mrkit.JobHandle, timeout: float = 60.0) -> None:
+    """Wait until a stalling task wrote its pid to ``marker`` (tests/dask_jobs.py)."""
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        assert time.monotonic() < deadline, handle.status()
+        time.sleep(0.05)
+
+
 def cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
@@ -161,10 +169,7 @@ def test_a_worker_killed_mid_task_loses_nothing_and_counts_nothing_twice(phase: 
             n_reduce=2,
             quiet=True,
         )
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert time.monotonic() < deadline, handle.status()
-            time.sleep(0.05)
+        wait_for_stall(marker, handle)
         os.kill(int(marker.read_text()), signal.SIGKILL)
         c.add_worker()
         result = handle.wait(120)
@@ -188,10 +193,7 @@ def test_cancel_stops_the_jobs_dask_tasks_and_publishes_nothing(cluster: DaskClu
         params={"marker": str(marker), "stall_seconds": 8},
         quiet=True,
     )
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        assert time.monotonic() < deadline, handle.status()
-        time.sleep(0.05)
+    wait_for_stall(marker, handle)
     assert handle.cancel() is True
     assert handle.status().state == "cancelled"
     with pytest.raises(mrkit.JobCancelled):
@@ -240,10 +242,7 @@ def test_a_job_whose_tasks_vanish_from_the_scheduler_fails_clearly_and_resumes(
         split_size=2000,
         quiet=True,
     )
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        assert time.monotonic() < deadline, handle.status()
-        time.sleep(0.05)
+    wait_for_stall(marker, handle)
     keys = handle.client.run_on_scheduler(_job_task_keys, job_key_prefix(handle.id))
     handle.client.cancel([Future(k, handle.client) for k in keys], force=True)  # as Dask giving up
     started = time.monotonic()
@@ -270,10 +269,7 @@ def test_a_scheduler_that_goes_away_fails_the_job_and_never_hangs(tmp_path: Path
             params={"marker": str(marker)},
             quiet=True,
         )
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert time.monotonic() < deadline, handle.status()
-            time.sleep(0.05)
+        wait_for_stall(marker, handle)
         assert c.scheduler is not None
         os.kill(c.scheduler.pid, signal.SIGKILL)
         started = time.monotonic()

@@ -40,7 +40,7 @@ from mrkit.errors import ConfigError
 
 Pair = tuple[Any, Any]
 
-_FUNCTION_SLOTS = (
+FUNCTION_SLOTS = (  # the user functions a job (or a multi-step job's Step) may define
     "mapper",
     "combiner",
     "reducer",
@@ -133,7 +133,7 @@ class Job:
         self.files: dict[str, bytes] = read_side_files(files)
         # No mapper at all is allowed here: a join job's mappers may come with its inputs
         # (inputs={path: mapper}); plan time refuses a job that has no mapper for some input.
-        for slot in _FUNCTION_SLOTS:
+        for slot in FUNCTION_SLOTS:
             check_signature(self.name, slot, getattr(self, slot, None))
 
     def _default_name(self) -> str:
@@ -224,7 +224,7 @@ class Job:
         return clone
 
     def __repr__(self) -> str:
-        slots = [s for s in _FUNCTION_SLOTS if getattr(self, s, None) is not None]
+        slots = [s for s in FUNCTION_SLOTS if getattr(self, s, None) is not None]
         return f"<mrkit.Job {self.name} ({', '.join(slots)})>"
 
 

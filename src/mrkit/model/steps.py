@@ -20,17 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mrkit.errors import ConfigError
-from mrkit.model.job import Job
-
-_STEP_FUNCTIONS = (
-    "mapper",
-    "combiner",
-    "reducer",
-    "partitioner",
-    "mapper_init",
-    "mapper_final",
-    "mapper_split",
-)
+from mrkit.model.job import FUNCTION_SLOTS, Job
 
 
 @dataclass(frozen=True)
@@ -104,7 +94,7 @@ def job_steps(job: Job) -> list[Step] | None:
 def step_job(job: Job, step: Step, index: int) -> Job:
     """The one-step :class:`Job` that runs ``step`` (number ``index``, from 1) of ``job``: the step's
     functions, the job's params updated with the step's, the job's side files."""
-    functions = {slot: getattr(step, slot) for slot in _STEP_FUNCTIONS}
+    functions = {slot: getattr(step, slot) for slot in FUNCTION_SLOTS}
     if functions["mapper"] is None and functions["mapper_split"] is None:
         functions["mapper"] = pass_through
     one = Job(**functions, params={**job.params, **dict(step.params)}, name=f"{job.name}-step{index}")
