@@ -14,8 +14,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 DASK = str(Path(sys.executable).with_name("dask"))
 
@@ -101,3 +103,26 @@ def start_cluster(n_workers: int = 2, env: dict[str, str] | None = None) -> Dask
         [str(Path(__file__).resolve().parent.parent), full_env.get("PYTHONPATH", "")]
     ).rstrip(os.pathsep)
     return DaskCluster(folder, full_env).start(n_workers)
+
+
+def closing_submitted_clients(monkeypatch: Any) -> Iterator[None]:
+    """For an autouse fixture: record every handle ``mrkit.submit`` returns during the test, then
+    close the Dask client each one holds (a submit to ``dask://…`` opens its own). A client left to
+    the garbage collector closes at a random later moment, inside another test, and one whose
+    scheduler a test stopped retries its connection meanwhile."""
+    import mrkit
+
+    handles: list[Any] = []
+    real = mrkit.submit
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        handle = real(*args, **kwargs)
+        handles.append(handle)
+        return handle
+
+    monkeypatch.setattr(mrkit, "submit", recording)
+    yield
+    for handle in handles:
+        client = getattr(handle, "client", None)
+        if type(client).__module__.startswith("distributed") and client.status not in ("closing", "closed"):
+            client.close(timeout=10)

@@ -24,10 +24,15 @@ import mrkit  # noqa: E402
 from mrkit.coordination.plan import RetryPolicy  # noqa: E402
 from tests import contract_jobs as C  # noqa: E402
 from tests import dask_jobs as D  # noqa: E402
-from tests.dask_fixtures import DaskCluster, start_cluster  # noqa: E402
+from tests.dask_fixtures import DaskCluster, closing_submitted_clients, start_cluster  # noqa: E402
 
 MRKIT = [sys.executable, "-m", "mrkit"]
 LINES = ["the cat sat on the mat", "a b c a b a", "zebra yak xylophone"] * 200
+
+
+@pytest.fixture(autouse=True)
+def _close_clients(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    yield from closing_submitted_clients(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -252,6 +257,7 @@ def test_a_job_whose_tasks_vanish_from_the_scheduler_fails_clearly_and_resumes(
     assert not (out / "_SUCCESS").exists()
     resumed = mrkit.resume(handle.id, executor=executor_of(cluster))
     result = resumed.wait(90)
+    resumed.client.close(timeout=10)  # type: ignore[attr-defined]  # opened by mrkit.resume
     assert dict(mrkit.read_output(str(out))) == expected_output(tmp_path, C.WORD_COUNT, source)
     assert result.counters["map.tasks_resumed"] >= 1
 

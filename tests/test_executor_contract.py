@@ -80,6 +80,13 @@ class Backend:
         return str(tmp_path / label)
 
 
+@pytest.fixture(autouse=True)
+def _close_clients(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    from tests.dask_fixtures import closing_submitted_clients
+
+    yield from closing_submitted_clients(monkeypatch)
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     name = request.param

@@ -13,7 +13,6 @@ import sys
 import tempfile
 import threading
 import time
-import weakref
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from typing import Any
@@ -344,12 +343,10 @@ def submit(job: Job, inputs: Any, *, executor: str | Executor = "processes", **o
                 "job with mrkit.resume(ID, executor=...) (mrkit resume ID), or drive it from this process "
                 "with mrkit.run(..., job_id=ID, resume=True)"
             )
-        handle = service.submit_job(job, inputs, opts)
-        if owns_executor:
-            # The executor opened here (a connection, a Dask client) lives as long as the handle,
-            # which may use it to follow the job.
-            weakref.finalize(handle, ex.shutdown)
-        return handle
+        # An executor opened here (a connection, a Dask client) stays open: the handle may use it to
+        # follow the job. (Closing it from a finalizer when the handle is collected closed Dask
+        # clients at arbitrary moments, from the garbage collector, inside unrelated code.)
+        return service.submit_job(job, inputs, opts)
     future: Future[Result] = Future()
     job_id = opts.job_id or new_job_id(require_job(job).name)
     opts = opts.replace(job_id=job_id)
