@@ -152,3 +152,59 @@ def test_the_top_words_example_runs_from_the_command_line(tmp_path: Path) -> Non
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ['"cat"\t30', '"the"\t30']
+
+
+STEPS_MODULE = """
+def words(line):
+    for word in line.split():
+        yield word, 1
+
+
+def total(word, counts):
+    return sum(counts)
+
+
+def to_ranking(pair):
+    yield None, (pair[1], pair[0])
+
+
+def top(_key, ranked):
+    for count, word in sorted(ranked, key=lambda cw: (-cw[0], cw[1]))[:2]:
+        yield word, count
+"""
+
+
+def test_a_job_file_lists_steps_by_function_names(tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "topwords.py").write_text(STEPS_MODULE, encoding="utf-8")
+    (tmp_path / "in.txt").write_text("b a b\nc a b\n", encoding="utf-8")
+    spec = {
+        "job": "topwords.py",
+        "inputs": ["in.txt"],
+        "output": "out",
+        "steps": [
+            {"mapper": "words", "combiner": "total", "reducer": "total"},
+            {"mapper": "to_ranking", "reducer": "topwords.py:top", "n_reduce": 1, "name": "top"},
+        ],
+    }
+    (tmp_path / "job.json").write_text(json.dumps(spec), encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "mrkit", "run", str(tmp_path / "job.json"), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert list(mrkit.read_output(str(tmp_path / "out"))) == [("b", 3), ("a", 2)]
+    spec["steps"] = [{"mapper": "words", "reduce": "total"}]
+    (tmp_path / "bad.json").write_text(json.dumps(spec), encoding="utf-8")
+    bad = subprocess.run(
+        [sys.executable, "-m", "mrkit", "run", str(tmp_path / "bad.json")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "step 1 has unknown keys ['reduce']" in bad.stderr.splitlines()[0], (
+        bad.stderr
+    )

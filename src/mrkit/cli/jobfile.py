@@ -11,6 +11,15 @@ JSON value (numbers, objects, lists) is an inline record, e.g. ``[100000, 100000
 An object ``{"rankings/": "rank_mapper", "uservisits/": "visit_mapper"}`` reads each input with its
 own mapper (a function of the job's module, or ``module:function``). A ``job`` reference to a file
 is resolved relative to the job file too.
+
+A multi-step job lists its steps by function names, ``job`` naming the module they live in::
+
+    {"job": "topwords.py", "inputs": ["texts/"],
+     "steps": [{"mapper": "words", "combiner": "total", "reducer": "total"},
+               {"mapper": "to_ranking", "reducer": "top", "n_reduce": 1}]}
+
+(each step: ``mapper``, ``combiner``, ``reducer``, ``partitioner`` as function names or
+``module:function``, ``n_reduce``, ``params``, ``name``; see :class:`mrkit.Step`).
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ _KNOWN_KEYS = {
     "split_size",
     "sort_values",
     "sort_output",
+    "steps",
 }
 
 
@@ -173,8 +183,11 @@ def load_job_file(path: str) -> JobFile:
     if module_ref.endswith(".py"):
         module_ref = _beside(base, module_ref)
         job_ref = module_ref + sep + name
-    job = load_job(job_ref, data.get("params") or None)
-    options = {k: v for k, v in data.items() if k not in ("job", "inputs", "params")}
+    if "steps" in data:
+        job = _steps_job(path, base, module_ref, data["steps"], data.get("params") or None)
+    else:
+        job = load_job(job_ref, data.get("params") or None)
+    options = {k: v for k, v in data.items() if k not in ("job", "inputs", "params", "steps")}
     if "output" in options and not os.path.isabs(options["output"]) and "://" not in options["output"]:
         options["output"] = os.path.join(base, options["output"])
     if isinstance(data["inputs"], dict):  # a mapper per input: {"rankings/": "rank_mapper", ...}
@@ -191,22 +204,64 @@ def load_job_file(path: str) -> JobFile:
     return JobFile(job=job, inputs=paths or records, options=options)
 
 
+_STEP_KEYS = {"mapper", "combiner", "reducer", "partitioner", "n_reduce", "params", "name"}
+
+
+def _steps_job(path: str, base: str, module_ref: str, steps: Any, params: dict[str, Any] | None) -> Job:
+    """The multi-step job a job file's ``"steps"`` list names (functions of ``module_ref`` or
+    ``module:function``).
+
+    Raises:
+        ConfigError: ``steps`` is not a list of objects, a step has an unknown key, or names a
+            function that does not exist.
+    """
+    from mrkit.model.steps import Step
+
+    if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
+        raise ConfigError(f'job file {path}: "steps" must be a list of objects, one per step')
+    built = []
+    for k, step in enumerate(steps, 1):
+        unknown = set(step) - _STEP_KEYS
+        if unknown:
+            raise ConfigError(
+                f"job file {path}: step {k} has unknown keys {sorted(unknown)}; valid: {sorted(_STEP_KEYS)}"
+            )
+        functions = {
+            slot: _function(f"job file {path}, step {k}", base, module_ref, step[slot], slot)
+            for slot in ("mapper", "combiner", "reducer", "partitioner")
+            if slot in step
+        }
+        built.append(
+            Step(
+                **functions,
+                n_reduce=step.get("n_reduce"),
+                params=step.get("params") or {},
+                name=step.get("name"),
+            )
+        )
+    name = os.path.basename(module_ref).removesuffix(".py") or "steps"
+    return Job(steps=built, params=params, name=name)
+
+
 def _beside(base: str, module_file: str) -> str:
     """A job file's reference to a ``.py`` file, resolved relative to the job file's folder ``base``."""
     return module_file if os.path.isabs(module_file) else os.path.join(base, module_file)
 
 
 def _mapper(where: str, base: str, job_module: str, ref: Any) -> Any:
-    """The mapper ``ref`` of a job file's ``{"input": "ref"}``: a function of the job's module by
-    name, or ``module:function`` / ``file.py:function`` (relative to the job file).
+    """The mapper ``ref`` of a job file's ``{"input": "ref"}`` (see :func:`_function`)."""
+    return _function(where, base, job_module, ref, "mapper per input")
+
+
+def _function(where: str, base: str, job_module: str, ref: Any, what: str) -> Any:
+    """The function ``ref`` names: a function of the job's module by name, or ``module:function`` /
+    ``file.py:function`` (relative to the job file).
 
     Raises:
         ConfigError: ``ref`` is not a string, or names nothing callable.
     """
     if not isinstance(ref, str) or not ref:
-        raise ConfigError(
-            f'{where}: a mapper per input is named by a string ("module:function"), got {ref!r}'
-        )
+        raise ConfigError(f'{where}: a {what} is named by a string ("module:function"), got {ref!r}')
     module_ref, sep, name = ref.rpartition(":")
     if not sep:
         module_ref, name = job_module, ref
@@ -215,7 +270,7 @@ def _mapper(where: str, base: str, job_module: str, ref: Any) -> Any:
     module = _import(module_ref)
     fn = getattr(module, name, None)
     if not callable(fn):
-        raise ConfigError(f"{where}: {module_ref} has no function {name!r} to read an input with")
+        raise ConfigError(f"{where}: {module_ref} has no function {name!r} (the {what})")
     return fn
 
 
