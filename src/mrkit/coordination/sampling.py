@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import cloudpickle
+
 from mrkit.data.readers import open_split
 from mrkit.model.context import TaskContext, activate
 from mrkit.model.job import Job
@@ -44,6 +46,9 @@ def sample_cuts(job: Job, splits: list[InputSplit], n_reduce: int) -> list[bytes
     if n_reduce <= 1 or not splits:
         return []
     per_split = max(10, SAMPLE_KEYS // len(splits))
+    # A copy runs the sample: hooks such as mapper_init may keep state on the job, which must not
+    # travel to the workers inside the job's code.
+    job = cloudpickle.loads(cloudpickle.dumps(job))
     ctx = TaskContext(
         job_id="sample", task_id="sample", attempt=0, params=job.params, files=getattr(job, "files", {})
     )

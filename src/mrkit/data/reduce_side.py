@@ -81,7 +81,8 @@ def reduce_partition(
     except GeneratorExit:
         raise
     except UncomparableValues as exc:
-        error = user_failure(f"reducer on key {_short(key)}", exc)
+        # Raised while grouping the next key, before the reducer saw it: the message names that key.
+        error = user_failure("sorting values for the reducer", exc)
         raise UserCodeError(dataclasses.replace(error.failure, retryable=False)) from exc
     except Exception as exc:
         error = user_failure(f"reducer on key {_short(key)}", exc)
