@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +13,12 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+
+# The job registry (mrkit.coordination.events) of every run the tests make, subprocesses included:
+# a folder of this test session, never the home folder of whoever runs the tests. A test that reads
+# it sets its own MRKIT_HOME (monkeypatch) first.
+os.environ["MRKIT_HOME"] = tempfile.mkdtemp(prefix="mrkit-test-home-")
 
 
 # What Dask's nannies set in the process that starts a LocalCluster (``os.environ.update()`` before

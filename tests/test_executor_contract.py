@@ -477,3 +477,27 @@ def test_a_map_only_job_publishes_one_part_per_map_task_in_mapper_order(
     )  # fmt: skip
     handle.wait(120)
     assert output_bytes(submitted_out) == output_bytes(out)
+
+
+def test_every_backend_records_one_committed_event_per_task(backend: Backend, tmp_path: Path) -> None:
+    """The run's task events (``mrkit plot``'s input) are the same kinds on every backend: each task
+    one committed attempt with its worker and counts, every outcome one of the known ones."""
+    from mrkit.coordination.events import OUTCOMES, load_events
+
+    source = write_lines(tmp_path / "input.txt", TEXT)
+    job_id = f"events-{tmp_path.name[-24:]}".replace("_", "-")
+    got = run(
+        C.WORD_COUNT,
+        source,
+        backend.executor,
+        output=backend.output(tmp_path, "got"),
+        job_id=job_id,
+        n_reduce=2,
+        **backend.run_options,
+    )  # noqa: E501
+    events = load_events(job_id)
+    committed = [e for e in events if e.outcome == "committed"]
+    tasks = got.counters["map.tasks"] + got.counters["reduce.tasks"]
+    assert len(committed) == len({e.task for e in committed}) == tasks
+    assert all(e.outcome in OUTCOMES and e.end >= e.start and e.worker for e in events)
+    assert sum(e.records_in for e in committed if e.phase == "map") == len(TEXT)

@@ -7,6 +7,7 @@ Redis, hands the plan to the fleet and returns at once) and returns a :class:`Jo
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -19,6 +20,7 @@ from typing import Any
 
 from mrkit.coordination import resume as resuming
 from mrkit.coordination.driver import run_plan
+from mrkit.coordination.events import EventLog, save_run
 from mrkit.coordination.fencing import Epoch, JobFenced
 from mrkit.coordination.handle import JobHandle, LocalJobHandle
 from mrkit.coordination.options import RunOptions
@@ -30,7 +32,7 @@ from mrkit.coordination.publish import discard_job, open_output, publish_output
 from mrkit.coordination.result import Result
 from mrkit.coordination.service import job_service
 from mrkit.data.output import read_output
-from mrkit.errors import ConfigError
+from mrkit.errors import ConfigError, JobCancelled
 from mrkit.execution.base import Executor, open_executor
 from mrkit.model.job import Job, require_job
 from mrkit.model.steps import job_steps
@@ -193,6 +195,7 @@ def run_with(job: Job, inputs: Any, options: RunOptions, *, executor: str | Exec
         keep_state = resumable
         epoch = epoch or Epoch.claim(inter, job_id, out_storage)
         display = Progress(enabled=options.progress)
+        events = EventLog()
         try:
             counters = run_plan(
                 plan,
@@ -201,6 +204,7 @@ def run_with(job: Job, inputs: Any, options: RunOptions, *, executor: str | Exec
                 display,
                 reuse=(lambda specs: resuming.committed(inter, out_storage, specs)) if resume else None,
                 guard=lambda: epoch.check(force=False),
+                events=events,
             )
             epoch.check()  # a zombie driver must not publish over its successor's output
             seconds = time.monotonic() - started
@@ -216,6 +220,7 @@ def run_with(job: Job, inputs: Any, options: RunOptions, *, executor: str | Exec
                 summary={"seconds": round(seconds, 3), "counters": counters, "epoch": epoch.number},
             )
         except BaseException as exc:
+            _record_run(job_id, job.name, ex, events, started, exc)
             # A resumable job keeps its state for a resume; a fenced driver deletes nothing of its
             # successor's; anything else leaves no trace.
             if not keep_state and not isinstance(exc, JobFenced):
@@ -223,6 +228,7 @@ def run_with(job: Job, inputs: Any, options: RunOptions, *, executor: str | Exec
             if created_output and output is not None:
                 _remove_if_empty(os.fspath(output))
             raise
+        _record_run(job_id, job.name, ex, events, started, None, counters)
         pairs = list(read_output(out_storage.url)) if output is None else None
         discard_job(inter, None, job_id)
         seconds = time.monotonic() - started
@@ -304,6 +310,37 @@ def _intermediate_storage(ex: Executor, storage: str | None, job_id: str, temp_d
     path = tempfile.mkdtemp(prefix="mrkit-job-")
     temp_dirs.append(path)
     return LocalStorage(path)
+
+
+def _record_run(
+    job_id: str,
+    name: str,
+    executor: Executor,
+    events: EventLog,
+    started: float,
+    error: BaseException | None,
+    counters: dict[str, int] | None = None,
+) -> None:
+    """Keep the run's task events and end status in the job registry (``mrkit plot ID``); a registry
+    that cannot be written costs a warning, never the run."""
+    state = "done" if error is None else "cancelled" if isinstance(error, JobCancelled) else "failed"
+    status: dict[str, Any] = {
+        "id": job_id,
+        "name": name,
+        "executor": executor.name,
+        "state": state,
+        "seconds": round(time.monotonic() - started, 3),
+        "ended": time.time(),
+        "counters": counters if counters is not None else getattr(error, "counters", {}),
+    }
+    if error is not None:
+        status["error"] = str(error).splitlines()[0] if str(error) else type(error).__name__
+    try:
+        save_run(job_id, events, status)
+    except OSError as exc:
+        logging.getLogger("mrkit").warning(
+            "could not keep the events of job %s in the registry: %s", job_id, exc
+        )
 
 
 def _remove_if_empty(path: str) -> None:

@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "cancel": "mrkit.cli.jobs_cmd:cancel",
     "resume": "mrkit.cli.jobs_cmd:resume",
     "jobs": "mrkit.cli.jobs_cmd:jobs",
+    "plot": "mrkit.cli.plot_cmd:plot",
     "worker": "mrkit.cli.worker_cmd:worker",
     "lambda": "mrkit.cli.lambda_cmd:lambda_group",
 }
@@ -49,6 +50,7 @@ HELP = {
     "cancel": "Cancel a submitted job.",
     "resume": "Resume a failed or cancelled submitted job, re-using its committed tasks.",
     "jobs": "List the jobs an executor knows.",
+    "plot": "Write a run's timeline and task-duration histogram as SVG: mrkit plot ID -o t.svg.",
     "worker": "Start a worker: mrkit worker redis://host:port/db, or mrkit worker http.",
     "lambda": "Deploy or remove the mrkit function on AWS Lambda.",
 }

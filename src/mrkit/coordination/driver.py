@@ -32,6 +32,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, wait
 from dataclasses import dataclass, field
 
+from mrkit.coordination.events import EventLog
 from mrkit.coordination.plan import JobPlan, RetryPolicy
 from mrkit.coordination.progress import Progress
 from mrkit.errors import ConfigError, JobCancelled, JobFailed, WorkerLost
@@ -121,8 +122,10 @@ class PhaseRunner:
         cancelled: threading.Event,
         done: frozenset[str] | None = None,
         guard: Callable[[], None] | None = None,
+        events: EventLog | None = None,
     ) -> None:
         self.phase = phase
+        self.events = events
         self.tasks = [_Task(spec) for spec in specs]
         self.guard = guard
         self.executor = executor
@@ -135,6 +138,7 @@ class PhaseRunner:
         # future -> (task, when the attempt started running); the time is the submit time until
         # an executor that reports running() says the attempt has left its queue (see _clock).
         self._inflight: dict[Future[TaskResult], tuple[_Task, float]] = {}
+        self._specs: dict[Future[TaskResult], TaskSpec] = {}  # the attempt each future runs (events)
         self._queued: set[Future[TaskResult]] = set()
         self._durations: list[float] = []
         self._done = 0
@@ -201,8 +205,11 @@ class PhaseRunner:
             task.speculated = True
             self.stats.speculative += 1
         spec = dataclasses.replace(task.spec, attempt=task.launched)
+        if self.events is not None:
+            self.events.started(self.phase, spec, speculative)
         future = self.executor.submit(spec)
         self._inflight[future] = (task, time.monotonic())
+        self._specs[future] = spec
         if self.executor.reports_running:
             self._queued.add(future)
 
@@ -220,12 +227,18 @@ class PhaseRunner:
     def _handle(self, future: Future[TaskResult]) -> None:
         self._queued.discard(future)
         task, _started = self._inflight.pop(future)
+        spec = self._specs.pop(future)
         task.running -= 1
+        events = self.events
         try:
             result = future.result()
         except CancelledError:
+            if events is not None:
+                events.ended(spec, "cancelled")
             return
         except WorkerLost as exc:
+            if events is not None:
+                events.ended(spec, "lost", error=str(exc))
             self._lost(task, str(exc))
             return
         except ConfigError as exc:  # the executor cannot run anything (e.g. its runner does not import)
@@ -235,8 +248,16 @@ class PhaseRunner:
                 task_id=task.spec.task_id,
             ) from exc
         except Exception as exc:  # an executor that fails a future otherwise: treat as lost, say why
+            if events is not None:
+                events.ended(spec, "lost", error=f"{type(exc).__name__}: {exc}")
             self._lost(task, f"{type(exc).__name__}: {exc}")
             return
+        if events is not None:
+            outcome = (
+                "committed" if result.ok and result.committed else "discarded" if result.ok else "failed"
+            )
+            sentence = result.failure.sentence() if result.failure is not None else ""
+            events.ended(spec, outcome, result, sentence)
         if task.state is TaskState.COMMITTED:
             # A speculative twin or duplicate finished after the winner: the task stands, but a
             # failed attempt is still counted (as a lost one is in _lost), so counters tell the truth.
@@ -377,6 +398,7 @@ def run_plan(
     *,
     reuse: Callable[[tuple[TaskSpec, ...]], frozenset[str]] | None = None,
     guard: Callable[[], None] | None = None,
+    events: EventLog | None = None,
 ) -> dict[str, int]:
     """Run the map phase, then the reduce phase, of ``plan``; return the job's counters.
 
@@ -389,6 +411,8 @@ def run_plan(
             ``{phase}.tasks_resumed``; their counters come from their commit manifests as usual).
         guard: called at the start of each phase and before launching attempts (at most every
             few tenths of a second, see :mod:`mrkit.coordination.fencing`); raises to stop.
+        events: records every attempt (:mod:`mrkit.coordination.events`); the attempts still
+            running when the run stops are closed as ``cancelled``.
 
     Raises:
         JobFailed: a task ran out of attempts (nothing has been published).
@@ -405,7 +429,16 @@ def run_plan(
             guard()
         done = reuse(specs) if reuse is not None else None
         runner = PhaseRunner(
-            phase, specs, executor, storage, plan.policy, progress, cancelled, done=done, guard=guard
+            phase,
+            specs,
+            executor,
+            storage,
+            plan.policy,
+            progress,
+            cancelled,
+            done=done,
+            guard=guard,
+            events=events,
         )
         try:
             stats = runner.run()
@@ -417,6 +450,9 @@ def run_plan(
             exc.counters = {**counters, **exc.counters}
             exc.status = {**status, **exc.status}
             raise
+        finally:
+            if events is not None:
+                events.close_all()
         counters.update(stats.as_counters(phase))
         counters[f"{phase}.millis"] = int(stats.seconds * 1000)
         status.update(runner.status())
