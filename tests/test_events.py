@@ -109,3 +109,61 @@ def test_mrkit_plot_writes_an_escaped_svg_timeline_and_refuses_unknown_ids(tmp_p
 
 def load_events_from(home: Path, job_id: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in (home / "jobs" / job_id / "events.jsonl").read_text().splitlines()]
+
+
+def test_mrkit_status_without_executor_follows_a_local_run_during_and_after_it(tmp_path: Path) -> None:
+    """``mrkit status ID`` finds a ``mrkit run`` of this machine in the registry: running (tasks done
+    so far, from the events written as attempts end), then done; an unknown id is one sentence."""
+    import time
+
+    home = tmp_path / "home"
+    module = tmp_path / "slow.py"
+    module.write_text(
+        "import time, mrkit\n"
+        "def slow(line):\n"
+        "    time.sleep(0.4)\n"
+        "    yield line, 1\n"
+        "job = mrkit.Job(mapper=slow, reducer=lambda k, vs: sum(vs))\n",
+        encoding="utf-8",
+    )
+    source = text(tmp_path, [f"line {i}" for i in range(8)])
+    env = {"MRKIT_HOME": str(home), "PATH": "/usr/bin:/bin"}
+    command = [sys.executable, "-m", "mrkit"]
+    argv = [
+        *command,
+        "run",
+        f"{module}:job",
+        source,
+        "--job-id",
+        "live1",
+        "--split-size",
+        "1",
+        "--workers",
+        "2",
+    ]
+    run = subprocess.Popen([*argv, "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        seen_running = None
+        deadline = time.monotonic() + 60
+        while run.poll() is None and time.monotonic() < deadline:
+            done = subprocess.run(
+                [*command, "status", "live1", "--json"], capture_output=True, text=True, env=env
+            )
+            if done.returncode == 0 and json.loads(done.stdout)["state"] == "running":
+                seen_running = json.loads(done.stdout)
+                if seen_running["tasks"]["map"]["done"] >= 1:
+                    break
+            time.sleep(0.2)
+        assert seen_running is not None and seen_running["tasks"]["map"]["total"] == 8, seen_running
+        assert run.wait(60) == 0
+    finally:
+        if run.poll() is None:
+            run.kill()
+    final = subprocess.run([*command, "status", "live1", "--json"], capture_output=True, text=True, env=env)
+    st = json.loads(final.stdout)
+    assert (
+        final.returncode == 0 and st["state"] == "done" and st["tasks"]["map"] == {"done": 8, "total": 8}
+    ), st
+    assert st["counters"]["map.records_in"] == 8
+    unknown = subprocess.run([*command, "status", "nope"], capture_output=True, text=True, env=env)
+    assert unknown.returncode == 2 and "no run nope in the job registry" in unknown.stderr.splitlines()[0]

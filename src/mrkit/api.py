@@ -16,11 +16,12 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 from mrkit.coordination import resume as resuming
 from mrkit.coordination.driver import run_plan
-from mrkit.coordination.events import EventLog, save_run
+from mrkit.coordination.events import EventLog, save_run, save_start
 from mrkit.coordination.fencing import Epoch, JobFenced
 from mrkit.coordination.handle import JobHandle, LocalJobHandle
 from mrkit.coordination.options import RunOptions
@@ -195,7 +196,7 @@ def run_with(job: Job, inputs: Any, options: RunOptions, *, executor: str | Exec
         keep_state = resumable
         epoch = epoch or Epoch.claim(inter, job_id, out_storage)
         display = Progress(enabled=options.progress)
-        events = EventLog()
+        events = EventLog(_record_start(job_id, job.name, ex, plan))
         try:
             counters = run_plan(
                 plan,
@@ -310,6 +311,15 @@ def _intermediate_storage(ex: Executor, storage: str | None, job_id: str, temp_d
     path = tempfile.mkdtemp(prefix="mrkit-job-")
     temp_dirs.append(path)
     return LocalStorage(path)
+
+
+def _record_start(job_id: str, name: str, executor: Executor, plan: Any) -> Path | None:
+    """Say in the job registry that the run started (``mrkit status ID`` finds it running); return
+    the file its events go to as they happen (None when the registry cannot be written)."""
+    try:
+        return save_start(job_id, name, executor.name, {"map": plan.n_map, "reduce": plan.n_reduce})
+    except OSError:
+        return None  # _record_run warns at the end
 
 
 def _record_run(

@@ -108,6 +108,19 @@ def submit(job_ref: str, inputs: tuple[str, ...], **opts: Any) -> None:
     )
 
 
+def _local_status(job_id: str) -> JobStatus:
+    """A run of ``mrkit run`` on this machine, from the job registry (:mod:`mrkit.coordination.events`)."""
+    from mrkit.coordination.events import local_status, registry_dir
+
+    try:
+        return JobStatus.from_dict(local_status(job_id))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no run {job_id} in the job registry {registry_dir()}: a submitted job needs --executor "
+            "(or MRKIT_EXECUTOR) naming where it was submitted"
+        ) from None
+
+
 def _print_status(st: JobStatus) -> None:
     click.echo(f"job       {st.id} ({st.name})")
     click.echo(f"state     {st.state}" + (f", phase {st.phase}" if st.phase else ""))
@@ -136,14 +149,25 @@ def _print_status(st: JobStatus) -> None:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("job_id", metavar="ID")
-@_EXECUTOR
+@redis_password_option
+@click.option(
+    "--executor",
+    envvar="MRKIT_EXECUTOR",
+    default=None,
+    help="The asynchronous executor the job was submitted to (redis://…); without it, a run of "
+    "mrkit run on this machine, from the job registry.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON object.")
-def status(job_id: str, executor: str, as_json: bool) -> None:
-    """Show a submitted job's phase, tasks done per phase, attempts, failures and workers.
+def status(job_id: str, executor: str | None, as_json: bool) -> None:
+    """Show a job's phase, tasks done per phase, attempts, failures and workers: a submitted job
+    (--executor), or a run of ``mrkit run`` on this machine (its job registry).
 
     Exits 1 when the job failed, was cancelled, was lost or is unknown.
     """
-    st = _service(executor).handle(job_id).status()
+    if executor is None:
+        st = _local_status(job_id)
+    else:
+        st = _service(executor).handle(job_id).status()
     if as_json:
         click.echo(json.dumps(st.to_dict(), indent=1, sort_keys=True))
     else:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -57,12 +58,19 @@ class TaskEvent:
 
 
 class EventLog:
-    """The events of one run, recorded by the driver's threads."""
+    """The events of one run, recorded by the driver's threads.
 
-    def __init__(self) -> None:
+    Args:
+        sink: a file each ended attempt's event is appended to at once, as a JSON line (the job
+            registry's ``events.jsonl``: ``mrkit status ID`` reads the progress of a running job
+            there); None keeps them in memory only. A sink that cannot be written is dropped.
+    """
+
+    def __init__(self, sink: Path | None = None) -> None:
         self._lock = threading.Lock()
         self._open: dict[tuple[str, int], TaskEvent] = {}
         self.events: list[TaskEvent] = []
+        self.sink = sink
 
     def started(self, phase: str, spec: TaskSpec, speculative: bool = False) -> None:
         with self._lock:
@@ -88,6 +96,16 @@ class EventLog:
                 event.bytes_in, event.bytes_out = c.get("bytes_in", 0), c.get("bytes_out", 0)
                 event.spills = c.get("spills", 0)
             self.events.append(event)
+            self._append(event)
+
+    def _append(self, event: TaskEvent) -> None:
+        if self.sink is None:
+            return
+        try:
+            with open(self.sink, "a", encoding="utf-8") as f:
+                f.write(json.dumps(asdict(event), sort_keys=True) + "\n")
+        except OSError:
+            self.sink = None  # the registry is not writable: the run goes on without it
 
     def close_all(self, outcome: str = "cancelled") -> None:
         """End every attempt still open (the job stopped before they reported)."""
@@ -96,6 +114,7 @@ class EventLog:
             for event in self._open.values():
                 event.end, event.outcome = now, outcome
                 self.events.append(event)
+                self._append(event)
             self._open.clear()
 
 
@@ -116,7 +135,10 @@ def save_run(job_id: str, log: EventLog, status: dict[str, Any]) -> Path:
         json.dumps(asdict(e), sort_keys=True) + "\n" for e in sorted(log.events, key=lambda e: e.start)
     )
     (folder / "events.jsonl").write_text(lines, encoding="utf-8")
-    (folder / "status.json").write_text(json.dumps(status, indent=1, sort_keys=True), encoding="utf-8")
+    started = folder / "status.json"
+    if started.exists():  # what save_start recorded (task totals, the driver's pid) stays
+        status = {**json.loads(started.read_text(encoding="utf-8")), **status}
+    started.write_text(json.dumps(status, indent=1, sort_keys=True), encoding="utf-8")
     _prune(folder.parent)
     return folder
 
@@ -128,6 +150,62 @@ def _prune(base: Path) -> None:
     runs = sorted((p for p in base.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in runs[KEEP_RUNS:]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def save_start(job_id: str, name: str, executor: str, totals: dict[str, int]) -> Path:
+    """Record a run that starts (``mrkit status ID`` then says it is running, and who runs it);
+    return its events file, for :class:`EventLog`'s ``sink``."""
+    folder = registry_dir(job_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    status = {
+        "id": job_id,
+        "name": name,
+        "executor": executor,
+        "state": "running",
+        "submitted": time.time(),
+        "totals": totals,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+    }
+    (folder / "status.json").write_text(json.dumps(status, indent=1, sort_keys=True), encoding="utf-8")
+    (folder / "events.jsonl").write_text("", encoding="utf-8")
+    return folder / "events.jsonl"
+
+
+def local_status(job_id: str) -> dict[str, Any]:
+    """The :class:`~mrkit.model.status.JobStatus` form of a run in the registry: its recorded status,
+    with tasks done, attempts, failures and lost per phase counted from its events. A run still
+    marked running whose driver process (on this host) is gone is ``lost``.
+
+    Raises:
+        FileNotFoundError: no run of that id in the registry.
+    """
+    folder = registry_dir(job_id)
+    status = json.loads((folder / "status.json").read_text(encoding="utf-8"))
+    events = load_events(job_id)
+    if status.get("state") == "running" and status.get("host") == socket.gethostname():
+        try:
+            os.kill(int(status["pid"]), 0)
+        except (ProcessLookupError, KeyError, ValueError):
+            status["state"] = "lost"
+            status["error"] = f"the process that ran job {job_id} (pid {status.get('pid')}) is gone"
+        except PermissionError:
+            pass  # alive, someone else's
+    phases = ("map", "reduce")
+    totals = status.get("totals") or {}
+    count = lambda phase, outcome: sum(1 for e in events if e.phase == phase and e.outcome == outcome)  # noqa: E731
+    status["tasks"] = {p: {"done": count(p, "committed"), "total": totals.get(p, 0)} for p in phases}
+    status["attempts"] = {p: sum(1 for e in events if e.phase == p) for p in phases}
+    status["failures"] = {p: count(p, "failed") for p in phases}
+    status["lost"] = {p: count(p, "lost") for p in phases}
+    status["workers"] = sorted({e.worker for e in events if e.worker})
+    if status["state"] == "running":
+        status["phase"] = next(
+            (p for p in phases if status["tasks"][p]["done"] < totals.get(p, 0)), "publish"
+        )
+    else:
+        status["phase"] = "end"
+    return status
 
 
 def load_events(job_id: str) -> list[TaskEvent]:
