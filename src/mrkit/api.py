@@ -7,7 +7,6 @@ Redis, hands the plan to the fleet and returns at once) and returns a :class:`Jo
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import sys
@@ -16,12 +15,11 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any
 
 from mrkit.coordination import resume as resuming
 from mrkit.coordination.driver import run_plan
-from mrkit.coordination.events import EventLog, save_run, save_start
+from mrkit.coordination.events import EventLog, record_end, record_start
 from mrkit.coordination.fencing import Epoch, JobFenced
 from mrkit.coordination.handle import JobHandle, LocalJobHandle
 from mrkit.coordination.options import RunOptions
@@ -33,7 +31,7 @@ from mrkit.coordination.publish import discard_job, open_output, publish_output
 from mrkit.coordination.result import Result
 from mrkit.coordination.service import job_service
 from mrkit.data.output import read_output
-from mrkit.errors import ConfigError, JobCancelled
+from mrkit.errors import ConfigError
 from mrkit.execution.base import Executor, open_executor
 from mrkit.model.job import Job, require_job
 from mrkit.model.steps import job_steps
@@ -196,7 +194,7 @@ def run_with(job: Job, inputs: Any, options: RunOptions, *, executor: str | Exec
         keep_state = resumable
         epoch = epoch or Epoch.claim(inter, job_id, out_storage)
         display = Progress(enabled=options.progress)
-        events = EventLog(_record_start(job_id, job.name, ex, plan))
+        events = EventLog(record_start(job_id, job.name, ex.name, plan))
         try:
             counters = run_plan(
                 plan,
@@ -221,7 +219,7 @@ def run_with(job: Job, inputs: Any, options: RunOptions, *, executor: str | Exec
                 summary={"seconds": round(seconds, 3), "counters": counters, "epoch": epoch.number},
             )
         except BaseException as exc:
-            _record_run(job_id, job.name, ex, events, started, exc)
+            record_end(job_id, job.name, ex.name, events, started, exc)
             # A resumable job keeps its state for a resume; a fenced driver deletes nothing of its
             # successor's; anything else leaves no trace.
             if not keep_state and not isinstance(exc, JobFenced):
@@ -229,7 +227,7 @@ def run_with(job: Job, inputs: Any, options: RunOptions, *, executor: str | Exec
             if created_output and output is not None:
                 _remove_if_empty(os.fspath(output))
             raise
-        _record_run(job_id, job.name, ex, events, started, None, counters)
+        record_end(job_id, job.name, ex.name, events, started, None, counters)
         pairs = list(read_output(out_storage.url)) if output is None else None
         discard_job(inter, None, job_id)
         seconds = time.monotonic() - started
@@ -313,46 +311,6 @@ def _intermediate_storage(ex: Executor, storage: str | None, job_id: str, temp_d
     return LocalStorage(path)
 
 
-def _record_start(job_id: str, name: str, executor: Executor, plan: Any) -> Path | None:
-    """Say in the job registry that the run started (``mrkit status ID`` finds it running); return
-    the file its events go to as they happen (None when the registry cannot be written)."""
-    try:
-        return save_start(job_id, name, executor.name, {"map": plan.n_map, "reduce": plan.n_reduce})
-    except OSError:
-        return None  # _record_run warns at the end
-
-
-def _record_run(
-    job_id: str,
-    name: str,
-    executor: Executor,
-    events: EventLog,
-    started: float,
-    error: BaseException | None,
-    counters: dict[str, int] | None = None,
-) -> None:
-    """Keep the run's task events and end status in the job registry (``mrkit plot ID``); a registry
-    that cannot be written costs a warning, never the run."""
-    state = "done" if error is None else "cancelled" if isinstance(error, JobCancelled) else "failed"
-    status: dict[str, Any] = {
-        "id": job_id,
-        "name": name,
-        "executor": executor.name,
-        "state": state,
-        "seconds": round(time.monotonic() - started, 3),
-        "ended": time.time(),
-        "counters": counters if counters is not None else getattr(error, "counters", {}),
-    }
-    if error is not None:
-        status["error"] = str(error).splitlines()[0] if str(error) else type(error).__name__
-    try:
-        save_run(job_id, events, status)
-    except OSError as exc:
-        logging.getLogger("mrkit").warning(
-            "could not keep the events of job %s in the registry: %s", job_id, exc
-        )
-
-
 def _remove_if_empty(path: str) -> None:
     for dirpath, _dirs, files in os.walk(path, topdown=False):
         if files:
@@ -390,10 +348,7 @@ def submit(job: Job, inputs: Any, *, executor: str | Executor = "processes", **o
                 "job with mrkit.resume(ID, executor=...) (mrkit resume ID), or drive it from this process "
                 "with mrkit.run(..., job_id=ID, resume=True)"
             )
-        # An executor opened here (a connection, a Dask client) stays open: the handle may use it to
-        # follow the job. (Closing it from a finalizer when the handle is collected closed Dask
-        # clients at arbitrary moments, from the garbage collector, inside unrelated code.)
-        return service.submit_job(job, inputs, opts)
+        return service.submit_job(job, inputs, opts)  # the executor stays open: the handle uses it
     future: Future[Result] = Future()
     job_id = opts.job_id or new_job_id(require_job(job).name)
     opts = opts.replace(job_id=job_id)

@@ -23,6 +23,7 @@ registry that cannot be written (a read-only home) is skipped with a warning, ne
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -217,3 +218,45 @@ def load_events(job_id: str) -> list[TaskEvent]:
     path = registry_dir(job_id) / "events.jsonl"
     with open(path, encoding="utf-8") as f:
         return [TaskEvent(**json.loads(line)) for line in f if line.strip()]
+
+
+def record_start(job_id: str, name: str, executor: str, plan: Any) -> Path | None:
+    """Say in the registry that a run of ``plan`` started (``mrkit status ID`` finds it running);
+    return the file its events go to as they happen (None when the registry cannot be written)."""
+    try:
+        return save_start(job_id, name, executor, {"map": plan.n_map, "reduce": plan.n_reduce})
+    except OSError:
+        return None  # record_end warns at the end
+
+
+def record_end(
+    job_id: str,
+    name: str,
+    executor: str,
+    events: EventLog,
+    started: float,
+    error: BaseException | None,
+    counters: dict[str, int] | None = None,
+) -> None:
+    """Keep a run's events and end status in the registry (``started``: its ``time.monotonic()``
+    start); a registry that cannot be written costs a warning, never the run."""
+    from mrkit.errors import JobCancelled
+
+    state = "done" if error is None else "cancelled" if isinstance(error, JobCancelled) else "failed"
+    status: dict[str, Any] = {
+        "id": job_id,
+        "name": name,
+        "executor": executor,
+        "state": state,
+        "seconds": round(time.monotonic() - started, 3),
+        "ended": time.time(),
+        "counters": counters if counters is not None else getattr(error, "counters", {}),
+    }
+    if error is not None:
+        status["error"] = str(error).splitlines()[0] if str(error) else type(error).__name__
+    try:
+        save_run(job_id, events, status)
+    except OSError as exc:
+        logging.getLogger("mrkit").warning(
+            "could not keep the events of job %s in the registry: %s", job_id, exc
+        )
