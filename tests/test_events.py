@@ -165,5 +165,15 @@ def test_mrkit_status_without_executor_follows_a_local_run_during_and_after_it(t
         final.returncode == 0 and st["state"] == "done" and st["tasks"]["map"] == {"done": 8, "total": 8}
     ), st
     assert st["counters"]["map.records_in"] == 8
+    slowest = st["slowest"]
+    assert (
+        len(slowest) == 3
+        and slowest[0]["seconds"] >= slowest[-1]["seconds"]
+        and slowest[0]["task"].startswith("map-")
+    )
+    text_status = subprocess.run(
+        [*command, "status", "live1"], capture_output=True, text=True, env=env
+    ).stdout
+    assert "slowest   map-" in text_status, text_status
     unknown = subprocess.run([*command, "status", "nope"], capture_output=True, text=True, env=env)
     assert unknown.returncode == 2 and "no run nope in the job registry" in unknown.stderr.splitlines()[0]

@@ -138,6 +138,12 @@ def _print_status(st: JobStatus) -> None:
             click.echo(f"output    {st.output}")
         if st.dashboard:
             click.echo(f"dashboard {st.dashboard}")
+        for i, slow in enumerate(st.slowest):
+            mark = " (straggler: over twice its phase's median)" if slow.get("straggler") else ""
+            click.echo(
+                f"{'slowest' if i == 0 else '':<9} {slow['task']} attempt {slow['attempt']}: "
+                f"{slow['seconds']:.3f}s on {slow['worker']}{mark}"
+            )
         if st.refused:
             click.echo(
                 f"refused   {st.refused} entries did not verify or decode (mrkit logs ID says why); "

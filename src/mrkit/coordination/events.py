@@ -193,13 +193,15 @@ def local_status(job_id: str) -> dict[str, Any]:
         except PermissionError:
             pass  # alive, someone else's
     phases = ("map", "reduce")
-    totals = status.get("totals") or {}
+    counters = status.get("counters") or {}
+    totals = status.get("totals") or {p: counters.get(f"{p}.tasks", 0) for p in phases}
     count = lambda phase, outcome: sum(1 for e in events if e.phase == phase and e.outcome == outcome)  # noqa: E731
     status["tasks"] = {p: {"done": count(p, "committed"), "total": totals.get(p, 0)} for p in phases}
     status["attempts"] = {p: sum(1 for e in events if e.phase == p) for p in phases}
     status["failures"] = {p: count(p, "failed") for p in phases}
     status["lost"] = {p: count(p, "lost") for p in phases}
     status["workers"] = sorted({e.worker for e in events if e.worker})
+    status["slowest"] = slowest_attempts(events)
     if status["state"] == "running":
         status["phase"] = next(
             (p for p in phases if status["tasks"][p]["done"] < totals.get(p, 0)), "publish"
@@ -207,6 +209,26 @@ def local_status(job_id: str) -> dict[str, Any]:
     else:
         status["phase"] = "end"
     return status
+
+
+def slowest_attempts(events: list[TaskEvent], n: int = 3) -> list[dict[str, Any]]:
+    """The ``n`` longest committed attempts; ``straggler`` marks one over twice its phase's median."""
+    committed = [e for e in events if e.outcome == "committed"]
+    medians: dict[str, float] = {}
+    for phase in {e.phase for e in committed}:
+        durations = sorted(e.end - e.start for e in committed if e.phase == phase)
+        medians[phase] = durations[len(durations) // 2]
+    longest = sorted(committed, key=lambda e: e.start - e.end)[:n]
+    return [
+        {
+            "task": e.task,
+            "attempt": e.attempt,
+            "seconds": round(e.end - e.start, 3),
+            "worker": e.worker,
+            "straggler": (e.end - e.start) > 2 * medians[e.phase] > 0,
+        }
+        for e in longest
+    ]
 
 
 def load_events(job_id: str) -> list[TaskEvent]:

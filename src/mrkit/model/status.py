@@ -61,6 +61,9 @@ class JobStatus:
     error: str | None = None
     counters: Mapping[str, int] | None = None
     dashboard: str | None = None  # the engine's dashboard page (Dask), when it serves one
+    # The slowest committed attempts, when the backend records them (a run of this machine):
+    # {"task", "attempt", "seconds", "worker", "straggler"} (straggler: over twice its phase's median).
+    slowest: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def ended_badly(self) -> bool:
@@ -105,6 +108,7 @@ class JobStatus:
             error=d.get("error"),
             counters=dict(counters) if counters is not None else None,
             dashboard=d.get("dashboard"),
+            slowest=tuple(dict(x) for x in d.get("slowest") or ()),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,6 +140,8 @@ class JobStatus:
             out["counters"] = dict(self.counters)
         if self.dashboard is not None:
             out["dashboard"] = self.dashboard
+        if self.slowest:
+            out["slowest"] = [dict(x) for x in self.slowest]
         return out
 
     # The dict face, for code written against the JSON form: st["state"], st.get("error").
