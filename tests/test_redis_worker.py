@@ -245,3 +245,25 @@ def test_a_replacement_whose_sigterm_was_lost_in_the_fork_still_stops(redis_url)
     child = sup.children[0]
     child.join(timeout=15)
     assert child.exitcode == 0
+
+
+def test_a_stop_request_while_the_supervisor_starts_is_a_clean_stop(redis_url):  # noqa: F811
+    """SIGTERM while ``mrkit worker`` is still starting (here: handing back a predecessor's entries,
+    before any task process exists): the supervisor's handler is already in place, so it starts no
+    task process and returns normally (exit 0), instead of dying of the signal (exit -15)."""
+    from mrkit.backends.redis.supervisor import Supervisor
+
+    sup = Supervisor(redis_url, ["early-a", "early-b"], burst=False, secret=b"")
+    real = sup._hand_back
+
+    def hand_back_then_stop(name: str) -> None:
+        real(name)
+        if name == "early-a":
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler runs in this (main) thread at the next bytecode
+
+    sup._hand_back = hand_back_then_stop  # type: ignore[method-assign]
+    before = signal.getsignal(signal.SIGTERM)
+    sup.run()
+    assert sup.stop_requests == 1 and all(child is None for child in sup.children)
+    assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back

@@ -139,15 +139,6 @@ class Supervisor:
             os.kill(child.pid, signal.SIGTERM)
 
     def run(self) -> None:
-        for name in self.names:
-            # Entries still pending for these names belong to a predecessor that used them (a fleet
-            # restarted with the same --name after a kill): it is gone, so they are reclaimable now.
-            try:
-                self._hand_back(name)
-            except Exception:
-                pass  # Redis unreachable: the children say so
-        for i in range(len(self.names)):
-            self._start(i)
         last_beat = 0.0
         supervisor = os.getpid()
 
@@ -166,8 +157,10 @@ class Supervisor:
                 if child is not None:
                     self._ask_to_stop(child)
 
+        # First: a stop request during start-up is a clean stop (exit 0), not a death by SIGTERM.
         previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
+            self._start_all()
             while any(child is not None for child in self.children):
                 time.sleep(0.1)
                 if time.monotonic() - last_beat >= WORKER_BEAT:
@@ -184,6 +177,19 @@ class Supervisor:
             raise StorageError(
                 f"{len(self.failed)} of {len(self.names)} worker processes failed (exit codes {self.failed})"
             )
+
+    def _start_all(self) -> None:
+        for name in self.names:
+            # Entries still pending for these names belong to a predecessor that used them (a fleet
+            # restarted with the same --name after a kill): it is gone, so they are reclaimable now.
+            try:
+                self._hand_back(name)
+            except Exception:
+                pass  # Redis unreachable: the children say so
+        for i in range(len(self.names)):
+            if self.stopping:
+                return  # asked to stop while starting: start no more
+            self._start(i)
 
     def _beat(self) -> None:
         """Beat the liveness of the task processes alive: this process runs no user code, so a task
