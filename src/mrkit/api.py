@@ -135,11 +135,12 @@ def run_with(job: Job, inputs: Any, options: RunOptions, *, executor: str | Exec
     An executor given as an object stays the caller's (not shut down); one named here is opened for
     the run and shut down after it.
     """
-    steps = job_steps(options.apply(job))
+    job = options.apply(job)
+    steps = job_steps(job)
     if steps is not None:
-        return run_steps(options.apply(job), steps, inputs, options, executor=executor, run_one=run_with)
+        return run_steps(job, steps, inputs, options, executor=executor, run_one=run_with)
     started = time.monotonic()
-    job, planned = attach_input_mappers(options.apply(job), inputs)
+    job, planned = attach_input_mappers(job, inputs)
     fmt = options.output_format
     output, storage, overwrite, resume = options.output, options.storage, options.overwrite, options.resume
     owns_executor = not isinstance(executor, Executor)

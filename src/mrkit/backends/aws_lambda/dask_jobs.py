@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import json
 import os
 import tempfile
 import time
@@ -52,7 +53,7 @@ from typing import Any
 from mrkit.backends.aws_lambda import dask_invoker
 from mrkit.backends.aws_lambda.dask_invoker import DaskInvoker, job_key_prefix
 from mrkit.backends.aws_lambda.handle import ObjectStoreJobHandle, list_jobs
-from mrkit.backends.aws_lambda.state import _load, current_run, stopped
+from mrkit.backends.aws_lambda.state import current_run, stopped
 from mrkit.backends.aws_lambda.wire import end_key
 from mrkit.coordination.options import RunOptions
 from mrkit.errors import ConfigError
@@ -100,11 +101,6 @@ def run_event(event: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- following a job -----------------------------------------------------------------------------------
-
-
-def _job_tasks(prefix: str, dask_scheduler: Any = None) -> int:
-    """On the scheduler: how many tasks of the job it holds (any state)."""
-    return sum(1 for key in dask_scheduler.tasks if str(key).startswith(prefix))
 
 
 def _ask(client: Any, function: Any, *args: Any) -> Any:
@@ -159,7 +155,7 @@ class DaskJobHandle(ObjectStoreJobHandle):
             return
         now = time.monotonic()
         try:
-            left = _ask(self.client, _job_tasks, job_key_prefix(self.id))
+            left = _ask(self.client, _job_task_keys, job_key_prefix(self.id))
         except Exception as exc:
             self._unreachable_since = self._unreachable_since or now
             if now - self._unreachable_since >= SCHEDULER_GONE_SECONDS:
@@ -188,13 +184,12 @@ class DaskJobHandle(ObjectStoreJobHandle):
             )
 
     def _fail(self, run: int, message: str) -> None:
-        import json
-
         record = {"state": "failed", "error": message, "task_id": "", "traceback": "", "time": time.time()}
         self.storage.put_if_absent(end_key(self.id, run), json.dumps(record).encode())
 
 
 def _job_task_keys(prefix: str, dask_scheduler: Any = None) -> list[str]:
+    """On the scheduler: the keys of the job's tasks it holds, in any state."""
     return [str(key) for key in dask_scheduler.tasks if str(key).startswith(prefix)]
 
 
@@ -217,16 +212,7 @@ class _Submitter:
         return self.executor.storage_url(job_id) or (default_storage() if self.executor.local else None)
 
     def check_reachable(self, url: str) -> None:
-        if url.startswith("memory://"):
-            raise ConfigError(
-                f"Dask workers are other processes and cannot reach {url}: give a folder or s3://"
-            )
-        if not self.executor.local and "://" not in url.split("#", 1)[0]:
-            raise ConfigError(
-                f"{url} is a folder on this machine, but Dask workers run on other hosts: give "
-                "storage= and output= URLs they all reach (s3://bucket/prefix, or file:///path on a "
-                "shared file system)"
-            )
+        self.executor.check_reachable(url, option="output=")
 
 
 def default_storage() -> str:
@@ -247,13 +233,8 @@ class DaskJobService:
     def submit_job(self, job: Any, inputs: Any, options: RunOptions) -> DaskJobHandle:
         from mrkit.backends.aws_lambda.jobs import submit_job
 
-        submitter = _Submitter(self.executor, self.address)
-        if options.storage is None and submitter.storage_url("") is None:
-            raise ConfigError(
-                f"a job submitted to {self.executor.name} needs storage= that every Dask worker reaches "
-                "(s3://bucket/prefix, or file:///path on a shared file system)"
-            )
-        handle = submit_job(submitter, job, inputs, options)
+        # A missing storage= is refused by the shared preamble (prepare_submission), in one sentence.
+        handle = submit_job(_Submitter(self.executor, self.address), job, inputs, options)
         self.executor.client.set_metadata([REGISTRY, handle.id], handle.storage_url)
         return self._handle(handle.id, handle.storage_url)
 
@@ -280,7 +261,6 @@ class DaskJobService:
     def resume_job(self, job_id: str) -> DaskJobHandle:
         from mrkit.backends.aws_lambda.jobs import resume_job
 
-        handle = self.handle(job_id)
-        _load(handle.storage, job_id)
+        handle = self.handle(job_id)  # resume_job refuses a job whose state is gone
         resume_job(job_id, handle.storage_url, invoker=_Submitter(self.executor, self.address).invoker)
         return handle

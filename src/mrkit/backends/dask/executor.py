@@ -146,13 +146,13 @@ class DaskExecutor(Executor):
         running = self._cluster is None
         self.workers = workers if running and workers else max(1, sum(nthreads.values()))
         self.local = all(is_loopback(_host(addr)) for addr in nthreads)
-        if storage and not self.local and "://" not in storage.split("#", 1)[0]:
-            self.shutdown()
-            raise ConfigError(
-                f"storage={storage!r} is a folder on this machine, but Dask workers run on other hosts "
-                f"({', '.join(sorted({_host(a) for a in nthreads}))}): give storage= a URL they all "
-                "reach (s3://bucket/prefix, or file:///path on a shared file system)"
-            )
+        self._hosts = sorted({_host(addr) for addr in nthreads})
+        if storage:
+            try:
+                self._refuse_local_folder(storage, "storage=")
+            except ConfigError:
+                self.shutdown()
+                raise
 
     @classmethod
     def from_name(cls, name: str, *, workers: int | None = None, **options: Any) -> DaskExecutor:
@@ -352,6 +352,30 @@ class DaskExecutor(Executor):
             attempt=spec.attempt,
             worker=self._address(),
         )
+
+    def check_reachable(self, url: str, *, option: str = "storage=") -> None:
+        """Refuse, in one sentence, a storage or output location (given as ``option``) that the Dask
+        workers cannot reach: ``memory://`` (every worker is a process of its own), or a folder of
+        this machine when some worker runs on another host (checked against the workers seen when
+        the executor connected).
+
+        Raises:
+            ConfigError: naming the location, the hosts and what to give instead.
+        """
+        if url.startswith("memory://"):
+            raise ConfigError(
+                f"Dask workers are other processes and cannot reach {option}{url}: give a folder or s3://"
+            )
+        self._refuse_local_folder(url, option)
+
+    def _refuse_local_folder(self, url: str, option: str) -> None:
+        """A folder of this machine, when some worker runs on another host: one sentence."""
+        if not self.local and "://" not in url.split("#", 1)[0]:
+            raise ConfigError(
+                f"{option}{url!r} is a folder on this machine, but Dask workers run on other hosts "
+                f"({', '.join(self._hosts)}): give {option} a URL they all reach (s3://bucket/prefix, "
+                "or file:///path on a shared file system)"
+            )
 
     def storage_url(self, job_id: str) -> str | None:
         """The ``storage=`` URL given to the executor, or None (a local temp folder when ``local``)."""
