@@ -14,7 +14,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,12 +62,44 @@ def expected_output(tmp_path: Path, job: mrkit.Job, source: str, **options: obje
     return dict(mrkit.read_output(str(out)))
 
 
-def wait_for_stall(marker: Path, handle: mrkit.JobHandle, timeout: float = 60.0) -> None:
-    """Wait until a stalling task wrote its pid to ``marker`` (tests/dask_jobs.py)."""
-    deadline = time.monotonic() + timeout
-    while not marker.exists():
-        assert time.monotonic() < deadline, handle.status()
-        time.sleep(0.05)
+@dataclass
+class Stalled:
+    """A job submitted over an input with a ``stall`` line (tests/dask_jobs.py), and its files."""
+
+    handle: Any
+    source: str
+    out: Path
+    marker: Path  # where the stalling attempt writes its worker's pid
+
+    def wait_for_stall(self, timeout: float = 60.0) -> int:
+        """Wait until the stalling attempt has started; return its worker's pid."""
+        deadline = time.monotonic() + timeout
+        while not self.marker.exists():
+            assert time.monotonic() < deadline, self.handle.status()
+            time.sleep(0.05)
+        return int(self.marker.read_text())
+
+
+def submit_stalling(
+    executor: str,
+    tmp_path: Path,
+    *,
+    job: mrkit.Job = D.STALL_IN_MAP,
+    lines: list[str] | None = None,
+    stall_seconds: float | None = 8,
+    **options: Any,
+) -> Stalled:
+    """Submit ``job`` (a stalling one) with its marker; ``stall_seconds`` None: the long default
+    stall, for a worker the test kills anyway (a shared cluster's workers get the short one)."""
+    source = write_input(tmp_path, lines if lines is not None else [*LINES, "stall here"])
+    marker, out = tmp_path / "stalled-pid", tmp_path / "out"
+    params: dict[str, Any] = {"marker": str(marker)}
+    if stall_seconds is not None:
+        params["stall_seconds"] = stall_seconds
+    handle = mrkit.submit(
+        job, source, executor=executor, output=str(out), params=params, quiet=True, **options
+    )
+    return Stalled(handle, source, out, marker)
 
 
 def cli(
@@ -161,21 +195,13 @@ def test_a_worker_killed_mid_task_loses_nothing_and_counts_nothing_twice(phase: 
     and the output is what an undisturbed run publishes."""
     c = start_cluster(n_workers=2)
     try:
-        source = write_input(tmp_path, [*LINES, "stall here", *LINES])
-        marker = tmp_path / "stalled-pid"
-        out = tmp_path / "out"
         job = D.STALL_IN_MAP if phase == "map" else D.STALL_IN_REDUCE
-        handle = mrkit.submit(
-            job,
-            source,
-            executor=executor_of(c),
-            output=str(out),
-            params={"marker": str(marker)},
-            n_reduce=2,
-            quiet=True,
+        lines = [*LINES, "stall here", *LINES]
+        stalled = submit_stalling(
+            executor_of(c), tmp_path, job=job, lines=lines, stall_seconds=None, n_reduce=2
         )
-        wait_for_stall(marker, handle)
-        os.kill(int(marker.read_text()), signal.SIGKILL)
+        handle, source, out = stalled.handle, stalled.source, stalled.out
+        os.kill(stalled.wait_for_stall(), signal.SIGKILL)
         c.add_worker()
         result = handle.wait(120)
         assert dict(mrkit.read_output(str(out))) == expected_output(tmp_path, C.WORD_COUNT, source)
@@ -187,18 +213,9 @@ def test_a_worker_killed_mid_task_loses_nothing_and_counts_nothing_twice(phase: 
 
 
 def test_cancel_stops_the_jobs_dask_tasks_and_publishes_nothing(cluster: DaskCluster, tmp_path: Path) -> None:
-    source = write_input(tmp_path, [*LINES, "stall here"])
-    marker = tmp_path / "stalled-pid"
-    out = tmp_path / "out"
-    handle = mrkit.submit(
-        D.STALL_IN_MAP,
-        source,
-        executor=executor_of(cluster),
-        output=str(out),
-        params={"marker": str(marker), "stall_seconds": 8},
-        quiet=True,
-    )
-    wait_for_stall(marker, handle)
+    stalled = submit_stalling(executor_of(cluster), tmp_path)
+    handle, out = stalled.handle, stalled.out
+    stalled.wait_for_stall()
     assert handle.cancel() is True
     assert handle.status().state == "cancelled"
     with pytest.raises(mrkit.JobCancelled):
@@ -235,19 +252,9 @@ def test_a_job_whose_tasks_vanish_from_the_scheduler_fails_clearly_and_resumes(
     from mrkit.backends.aws_lambda.dask_invoker import job_key_prefix
     from mrkit.backends.aws_lambda.dask_jobs import _job_task_keys
 
-    source = write_input(tmp_path, [*LINES, "stall here"])
-    marker = tmp_path / "stalled-pid"
-    out = tmp_path / "out"
-    handle = mrkit.submit(
-        D.STALL_IN_MAP,
-        source,
-        executor=executor_of(cluster),
-        output=str(out),
-        params={"marker": str(marker), "stall_seconds": 8},
-        split_size=2000,
-        quiet=True,
-    )
-    wait_for_stall(marker, handle)
+    stalled = submit_stalling(executor_of(cluster), tmp_path, split_size=2000)
+    handle, source, out = stalled.handle, stalled.source, stalled.out
+    stalled.wait_for_stall()
     keys = handle.client.run_on_scheduler(_job_task_keys, job_key_prefix(handle.id))
     handle.client.cancel([Future(k, handle.client) for k in keys], force=True)  # as Dask giving up
     started = time.monotonic()
@@ -265,17 +272,9 @@ def test_a_job_whose_tasks_vanish_from_the_scheduler_fails_clearly_and_resumes(
 def test_a_scheduler_that_goes_away_fails_the_job_and_never_hangs(tmp_path: Path) -> None:
     c = start_cluster(n_workers=1)
     try:
-        source = write_input(tmp_path, [*LINES, "stall here"])
-        marker = tmp_path / "stalled-pid"
-        handle = mrkit.submit(
-            D.STALL_IN_MAP,
-            source,
-            executor=executor_of(c),
-            output=str(tmp_path / "out"),
-            params={"marker": str(marker)},
-            quiet=True,
-        )
-        wait_for_stall(marker, handle)
+        stalled = submit_stalling(executor_of(c), tmp_path, stall_seconds=None)
+        handle = stalled.handle
+        stalled.wait_for_stall()
         assert c.scheduler is not None
         os.kill(c.scheduler.pid, signal.SIGKILL)
         started = time.monotonic()
@@ -289,23 +288,15 @@ def test_a_scheduler_that_goes_away_fails_the_job_and_never_hangs(tmp_path: Path
 def test_a_stuck_attempt_times_out_without_killing_its_worker(cluster: DaskCluster, tmp_path: Path) -> None:
     """``task_timeout`` on Dask: the stuck attempt is reported failed and the next attempt runs; the
     worker process that other jobs share is not ended."""
-    source = write_input(tmp_path, [*LINES, "stall here"])
-    marker = tmp_path / "stalled-pid"
-    out = tmp_path / "out"
-    handle = mrkit.submit(
-        D.STALL_IN_MAP,
-        source,
-        executor=executor_of(cluster),
-        output=str(out),
-        params={"marker": str(marker), "stall_seconds": 8},
-        policy=RetryPolicy(task_timeout=2),
-        quiet=True,
-    )
-    result = handle.wait(90)
+    stalled = submit_stalling(executor_of(cluster), tmp_path, policy=RetryPolicy(task_timeout=2))
+    result = stalled.handle.wait(90)
     assert result.counters["map.attempts_failed"] == 1
-    assert dict(mrkit.read_output(str(out))) == expected_output(tmp_path, C.WORD_COUNT, source)
-    stalled = int(marker.read_text())
-    os.kill(stalled, 0)  # still alive: raises ProcessLookupError if the timeout ended the worker
+    assert dict(mrkit.read_output(str(stalled.out))) == expected_output(
+        tmp_path, C.WORD_COUNT, stalled.source
+    )
+    os.kill(
+        int(stalled.marker.read_text()), 0
+    )  # still alive: raises ProcessLookupError if the timeout ended the worker
     assert all(w.poll() is None for w in cluster.workers)
 
 
