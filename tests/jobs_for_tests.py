@@ -120,3 +120,15 @@ def streaming_count(key: str, values: Iterable[int]) -> tuple[int, int]:
         with open(mrkit.context().params["peak_file"], "w") as f:
             f.write(str(tracemalloc.get_traced_memory()[1] - base))
     return n, s
+
+
+def paced_words(line: str) -> Iterator[tuple[str, int]]:
+    """Word count at ``params["each"]`` seconds per record (a job that runs long enough to watch);
+    a line holding 'poison' raises with markup in its message (pages must show it as text)."""
+    time.sleep(mrkit.context().params.get("each", 0.0))
+    if "poison" in line:
+        raise ValueError("cannot map <script>window.injected = 1</script> poison")
+    yield from words(line)
+
+
+PACED = mrkit.Job(mapper=paced_words, reducer=total, name="paced")

@@ -10,6 +10,7 @@ When ``redis-server`` is not installed, the tests skip on a laptop but fail when
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -276,7 +277,7 @@ def start_worker(
             stdout=subprocess.DEVNULL,
             stderr=fd,
             text=True,
-            env={**environ, **(env or {})},
+            env={"PYTHONFAULTHANDLER": "1", **environ, **(env or {})},  # stacks on a hang: stop_worker
             start_new_session=new_session,
         )
     finally:
@@ -292,11 +293,20 @@ def worker_stderr(proc: subprocess.Popen[str]) -> str:
 
 
 def stop_worker(proc: subprocess.Popen[str], timeout: float = 30.0) -> str:
-    """Wait for a worker to exit (SIGKILL it after ``timeout``); return its stderr."""
+    """Wait for a worker to exit; return its stderr. One still running after ``timeout`` is hung:
+    every process of its tree gets SIGABRT first (the workers run with ``PYTHONFAULTHANDLER``, so
+    each writes its threads' stacks into that stderr, which the failing assertion shows), then
+    SIGKILL."""
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
+        for pid in reversed(process_tree(proc.pid)):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGABRT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=2)
+        with contextlib.suppress(OSError):
+            os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
     err = worker_stderr(proc)
     try:

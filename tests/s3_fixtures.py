@@ -1,10 +1,11 @@
 """A real S3-protocol server on 127.0.0.1 for the object-store tests: moto's standalone server.
 
-``moto_server`` (session-scoped) starts ``python -m moto.server -H 127.0.0.1 -p PORT`` as a
-subprocess on a free loopback port, waits until it answers, points the usual AWS environment
-variables at it (dummy credentials, ``AWS_ENDPOINT_URL_S3``), and kills it at the end. Subprocesses
-started by the tests (lambda-local invocations) inherit those variables, so they reach the same
-server. ``s3_bucket`` gives each test a fresh, empty bucket name; ``s3_url`` an ``s3://`` URL in it.
+``moto_server`` (session-scoped) starts moto's server (``tests/moto_s3_server.py``: its conditional
+PUT made atomic, as S3's is) with ``-H 127.0.0.1 -p PORT`` as a subprocess on a free loopback
+port, waits until it answers, points the usual AWS environment variables at it (dummy
+credentials, ``AWS_ENDPOINT_URL_S3``), and kills it at the end. Subprocesses started by the tests
+(lambda-local invocations) inherit those variables, so they reach the same server. ``s3_bucket``
+gives each test a fresh, empty bucket name; ``s3_url`` an ``s3://`` URL in it.
 
 When ``moto[server]`` is not installed the tests are skipped on a laptop and fail in CI
 (``CI`` set), like the Redis fixtures (STYLE 32).
@@ -24,6 +25,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -66,7 +68,15 @@ class MotoServer:
             RuntimeError: it exited or did not answer within ``timeout`` seconds.
         """
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            # moto's server with its conditional PUT made atomic (see that module).
+            [
+                sys.executable,
+                str(Path(__file__).with_name("moto_s3_server.py")),
+                "-H",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

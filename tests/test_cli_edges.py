@@ -63,7 +63,7 @@ def test_a_mistyped_job_name_lists_the_jobs_in_the_file() -> None:
     assert proc.returncode == 2
     assert proc.stderr.splitlines()[0] == (
         "mrkit: error: tests/jobs_for_tests.py has no attribute 'WordCont'; did you mean 'WordCount'? "
-        "(jobs in it: InMapperWordCount, SplitWordCount, WORDCOUNT, WordCount)"
+        "(jobs in it: InMapperWordCount, PACED, SplitWordCount, WORDCOUNT, WordCount)"
     )
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 import mrkit
-from mrkit.coordination.events import OUTCOMES, load_events, registry_dir
+from mrkit.coordination.events import OUTCOMES
+from mrkit.coordination.registry import load_events, registry_dir
 from tests import contract_jobs as C
 
 
@@ -105,6 +106,16 @@ def test_mrkit_plot_writes_an_escaped_svg_timeline_and_refuses_unknown_ids(tmp_p
     assert "<script>" not in svg and "&lt;script&gt;" in svg
     unknown = mrkit_cli("plot", "nope", "-o", str(tmp_path / "n.svg"))
     assert unknown.returncode == 2 and "no run nope in the job registry" in unknown.stderr.splitlines()[0]
+    png = mrkit_cli("plot", "bad1", "-o", str(tmp_path / "bad1.png"))
+    assert png.returncode == 0, png.stderr
+    from PIL import Image
+
+    with Image.open(tmp_path / "bad1.png") as image:
+        assert image.format == "PNG" and image.size[0] == 1800  # twice the SVG's 900 px
+        colours = {colour for _, colour in image.getcolors(1 << 20) or []}
+        assert (0x4C, 0x78, 0xA8) in colours  # map bars are drawn in the map colour
+    wrong = mrkit_cli("plot", "bad1", "-o", str(tmp_path / "bad1.pdf"))
+    assert wrong.returncode == 2 and "SVG or PNG" in wrong.stderr.splitlines()[0]
 
 
 def load_events_from(home: Path, job_id: str) -> list[dict[str, object]]:
@@ -165,6 +176,8 @@ def test_mrkit_status_without_executor_follows_a_local_run_during_and_after_it(t
         final.returncode == 0 and st["state"] == "done" and st["tasks"]["map"] == {"done": 8, "total": 8}
     ), st
     assert st["counters"]["map.records_in"] == 8
+    committed = [e for e in st["events"] if e["outcome"] == "committed"]
+    assert sorted(e["task"] for e in committed if e["phase"] == "map") == [f"map-{i:05d}" for i in range(8)]
     slowest = st["slowest"]
     assert (
         len(slowest) == 3
@@ -177,3 +190,18 @@ def test_mrkit_status_without_executor_follows_a_local_run_during_and_after_it(t
     assert "slowest   map-" in text_status, text_status
     unknown = subprocess.run([*command, "status", "nope"], capture_output=True, text=True, env=env)
     assert unknown.returncode == 2 and "no run nope in the job registry" in unknown.stderr.splitlines()[0]
+
+
+def test_a_listing_reads_an_ended_runs_counts_from_its_end_record(tmp_path: Path, monkeypatch) -> None:
+    """``mrkit jobs`` and the dashboard list many runs: an ended run's counts come from what its end
+    recorded, not from re-reading its events (here deleted to prove it)."""
+    from mrkit.coordination.registry import list_runs, registry_dir
+
+    monkeypatch.setenv("MRKIT_HOME", str(tmp_path / "home"))
+    job = mrkit.Job(mapper=lambda line: [(w, 1) for w in line.split()], reducer=lambda k, v: sum(v))
+    result = mrkit.run(job, mrkit.Records(["a b", "b c", "c d"]), executor="inline", n_map=3, quiet=True)
+    (registry_dir(result.job_id) / "events.jsonl").unlink()
+    (listed,) = list_runs()
+    assert listed.id == result.job_id and listed.state == "done"
+    assert (listed.map.done, listed.map.total, listed.map.attempts) == (3, 3, 3)
+    assert listed.reduce.done == listed.reduce.total >= 1

@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import json
 import re
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -482,7 +483,8 @@ def test_a_map_only_job_publishes_one_part_per_map_task_in_mapper_order(
 def test_every_backend_records_one_committed_event_per_task(backend: Backend, tmp_path: Path) -> None:
     """The run's task events (``mrkit plot``'s input) are the same kinds on every backend: each task
     one committed attempt with its worker and counts, every outcome one of the known ones."""
-    from mrkit.coordination.events import OUTCOMES, load_events
+    from mrkit.coordination.events import OUTCOMES
+    from mrkit.coordination.registry import load_events
 
     source = write_lines(tmp_path / "input.txt", TEXT)
     job_id = f"events-{tmp_path.name[-24:]}".replace("_", "-")
@@ -501,3 +503,85 @@ def test_every_backend_records_one_committed_event_per_task(backend: Backend, tm
     assert len(committed) == len({e.task for e in committed}) == tasks
     assert all(e.outcome in OUTCOMES and e.end >= e.start and e.worker for e in events)
     assert sum(e.records_in for e in committed if e.phase == "map") == len(TEXT)
+
+
+def test_a_submitted_job_keeps_the_same_events_for_any_process_to_read(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """``handle.events()`` of a submitted job, and of a fresh handle on it by id (the way another
+    process or the dashboard follows it): one committed event per task with its worker, records
+    and bytes; a raising mapper's attempts are ``failed`` with their one-sentence error."""
+    from mrkit.coordination.events import OUTCOMES
+    from mrkit.coordination.registry import RegistryJobHandle
+    from mrkit.coordination.service import job_service
+
+    source = write_lines(tmp_path / "input.txt", TEXT)
+    handle = mrkit.submit(
+        C.WORD_COUNT, source, executor=backend.executor, output=backend.output(tmp_path, "got"),
+        n_reduce=2, split_size=2000, quiet=True, **backend.run_options,
+    )  # fmt: skip
+    got = handle.wait(120)
+    ex = open_executor(backend.executor) if isinstance(backend.executor, str) else backend.executor
+    service = job_service(ex)
+    again = service.handle(handle.id) if service is not None else RegistryJobHandle(handle.id)
+    deadline = time.monotonic() + 10  # a backend may write an attempt's event just after its commit
+    tasks = got.counters["map.tasks"] + got.counters["reduce.tasks"]
+    while True:
+        events = again.events()
+        committed = [e for e in events if e.outcome == "committed"]
+        if len(committed) >= tasks or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(committed) == len({(e.phase, e.task) for e in committed}) == tasks
+    assert all(e.outcome in OUTCOMES and e.end >= e.start > 0 and e.worker for e in events)
+    assert sum(e.records_in for e in committed if e.phase == "map") == len(TEXT)
+    assert sum(e.records_out for e in committed if e.phase == "reduce") == got.counters["reduce.records_out"]
+    assert sum(e.bytes_in for e in committed if e.phase == "map") == got.counters["map.bytes_in"]
+    assert [e.start for e in events] == sorted(e.start for e in events)
+    assert {e.to_dict()["task"] for e in handle.events()} == {e.task for e in events}
+
+    lines = [*TEXT[:10], "this line is poison", *TEXT[:10]]
+    failing = mrkit.submit(
+        C.RAISING_MAPPER, write_lines(tmp_path / "poison.txt", lines), executor=backend.executor,
+        output=backend.output(tmp_path, "failed"), n_map=1, policy=RetryPolicy(max_attempts=2),
+        quiet=True, **backend.run_options,
+    )  # fmt: skip
+    with pytest.raises(mrkit.JobFailed):
+        failing.wait(120)
+    deadline = time.monotonic() + 10
+    while True:
+        failed = [e for e in failing.events() if e.outcome == "failed"]
+        if len(failed) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert [e.attempt for e in failed] == [1, 2]
+    assert all("poison" in e.error and "\n" not in e.error for e in failed), failed
+    if ex is not backend.executor:
+        ex.shutdown()  # the executor opened to find the job service (a Dask client) is closed
+
+
+def test_a_submitted_job_cancelled_midway_ends_cancelled_and_publishes_nothing(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """``handle.cancel()`` of a running job, on every backend (a local run through the job
+    registry's cancel request, a fleet's or the functions' through their job state)."""
+    from tests.jobs_for_tests import PACED
+
+    source = write_lines(tmp_path / "input.txt", [f"alpha beta {i}" for i in range(60)])
+    out = backend.output(tmp_path, "cancelled")
+    handle = mrkit.submit(
+        PACED, source, executor=backend.executor, output=out, params={"each": 0.1}, split_size=1,
+        n_reduce=2, quiet=True, **backend.run_options,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while handle.status().map.done < 1:  # running, and past its first task
+        assert time.monotonic() < deadline, "the job did not start"
+        time.sleep(0.1)
+    assert handle.cancel() is True
+    with pytest.raises(mrkit.JobFailed):  # JobCancelled is a JobFailed
+        handle.wait(60)
+    assert handle.status().state == "cancelled"
+    # Published means part-* or _SUCCESS at the top: a named job keeps its state in _temporary/
+    # for a resume.
+    published = [n for n in open_storage(out).list("") if n.startswith(("part-", "_SUCCESS"))]
+    assert published == [], out

@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
         "mrkit.worker",
         "mrkit.multistep",
         "mrkit.pipeline",
+        "mrkit.dashboard",
         "mrkit",
     ),
     ("mrkit.backends",),

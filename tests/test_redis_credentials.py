@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import tempfile
 
+import pytest
+
 import mrkit
 from mrkit.model.reference import reference
 from tests import jobs_for_tests as J
@@ -113,3 +115,37 @@ def test_an_unreadable_password_file_is_one_sentence(tmp_path):
     )
     assert proc.returncode == 2 and "cannot read the Redis password file" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_failure_in_records_stored_in_redis_never_shows_the_password(tmp_path):
+    """A failed task names its split, and in-memory records live in Redis: the split's URL holds
+    the password, which must read ``***`` in the error, the job's state, its logs and its events."""
+    acl = ["--requirepass", PASSWORD]
+    server = RedisServer(tempfile.mkdtemp(dir=tmp_path), extra=acl).start()
+    url = f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0"
+    job = mrkit.Job(mapper=J.failing_mapper, reducer=J.total, name="pw-failing")
+    records = mrkit.Records(["a b", "poison here", "c"])
+    policy = mrkit.RetryPolicy(max_attempts=1)
+    try:
+        with WorkerThreads(url, 1, burst=False):
+            handle = mrkit.submit(job, records, executor=url, n_map=1, policy=policy)
+            try:
+                handle.wait(60)
+            except mrkit.JobFailed as exc:
+                error = str(exc)
+            else:
+                raise AssertionError("the job did not fail")
+            seen = [
+                error,
+                str(handle.status().to_dict()),
+                "\n".join(handle.logs()),
+                str([e.to_dict() for e in handle.events()]),
+            ]
+        with pytest.raises(mrkit.JobFailed) as blocking:
+            with WorkerThreads(url, 1, burst=False):
+                mrkit.run(job, records, executor=url, n_map=1, policy=policy, quiet=True)
+        seen.append(str(blocking.value))
+        assert "cannot map" in error and ":***@127.0.0.1" in error
+        assert all(PASSWORD not in text for text in seen), [t for t in seen if PASSWORD in t]
+    finally:
+        server.stop()

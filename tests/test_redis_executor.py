@@ -147,7 +147,7 @@ def test_worker_killed_mid_task_is_retried(redis_url, tmp_path, secret_env):  # 
         got = run(job, mrkit.Records(records), executor=ex, n_map=4, n_reduce=2)
         assert sorted(got) == reference(mrkit.Job(mapper=J.words, reducer=J.total), records)
         assert 1 <= got.counters["map.attempts_lost"] <= 2  # its task, and one it may have prefetched
-        assert time.monotonic() - started < 15
+        assert time.monotonic() - started < 25  # handed back at once: not a 30 s lease waited out
     finally:
         ex.shutdown()
         for p in procs:

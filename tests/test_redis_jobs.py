@@ -88,7 +88,7 @@ def test_submit_advances_without_the_submitter(redis_url):  # noqa: F811
     handle = mrkit.submit(J.WORDCOUNT, mrkit.Records(TEXT), executor=redis_url, n_map=3, n_reduce=2)
     assert handle.status()["state"] == "running" and handle.status()["phase"] == "map"
     with WorkerThreads(redis_url, 2, burst=True):
-        result = handle.wait(timeout=15)
+        result = handle.wait(timeout=60)
     assert sorted(result) == reference(J.WORDCOUNT, TEXT)
     st = handle.status()
     assert st["state"] == "done" and st["tasks"]["map"] == {"done": 3, "total": 3}
@@ -126,7 +126,7 @@ def test_logs_capture_user_output_per_task(redis_url, tmp_path, secret_env):  # 
     )
     worker = start_worker(redis_url, name="talker")
     try:
-        handle.wait(timeout=15)
+        handle.wait(timeout=60)
     finally:
         stop_worker(worker)
     lines = list(handle.logs())
@@ -154,7 +154,7 @@ def test_failure_after_max_attempts_uses_the_driver_message_and_publishes_nothin
         job_id="failing-job",
     )
     with WorkerThreads(redis_url, 2, burst=True), pytest.raises(JobFailed) as info:
-        handle.wait(timeout=15)
+        handle.wait(timeout=60)
     with pytest.raises(JobFailed) as inline:
         mrkit.run(
             job,
@@ -211,7 +211,7 @@ def test_duplicated_entries_change_nothing(redis_url, redis_server):  # noqa: F8
     reduce_entry = client.lrange(k.next("reduce"), 0, 1)
     client.xadd(k.tasks, {"p": reduce_entry[0], "s": reduce_entry[1]})  # a reduce before its phase, even
     with WorkerThreads(redis_url, 2, burst=True):
-        result = handle.wait(timeout=15)
+        result = handle.wait(timeout=60)
     assert sorted(result) == reference(J.WORDCOUNT, TEXT)
     assert result.counters["map.records_in"] == len(TEXT)  # counted from the winning commits only
     # A duplicate of a task already committed is acked without running; one still racing runs, loses
@@ -231,7 +231,7 @@ def test_sigkill_a_worker_mid_map_and_mid_reduce(redis_url, tmp_path, secret_env
         os.kill(
             wait_for(lambda: read_pid(pidfile + ".reduce"), timeout=15, what="the reduce"), signal.SIGKILL
         )
-        result = handle.wait(timeout=15)
+        result = handle.wait(timeout=60)
     finally:
         for w in workers:
             # A worker still starting up (a loaded machine: the job may end before the third worker
@@ -258,7 +258,7 @@ def test_keys_have_a_ttl_and_are_documented(redis_url, redis_server):  # noqa: F
         J.WORDCOUNT, mrkit.Records(TEXT), executor=redis_url + "?ttl=600", n_map=2, n_reduce=2
     )
     with WorkerThreads(redis_url, 2, burst=True):
-        handle.wait(timeout=15)
+        handle.wait(timeout=60)
     client = redis_server.client()
     job_keys = [k.decode() for k in client.keys(f"mrkit:{{{handle.id}}}:*")]
     assert job_keys and all(0 < client.ttl(k) <= 600 for k in job_keys)
@@ -279,7 +279,7 @@ def test_many_jobs_share_one_redis(redis_url):  # noqa: F811
         for i in range(3)
     ]
     with WorkerThreads(redis_url, 2, burst=True):
-        results = [h.wait(timeout=15) for h in handles]
+        results = [h.wait(timeout=60) for h in handles]
     for i, result in enumerate(results):
         assert sorted(result) == reference(J.WORDCOUNT, TEXT[: 10 * (i + 1)])
     service = job_service(open_executor(redis_url, workers=1))
@@ -294,7 +294,7 @@ def test_local_input_missing_on_the_worker_is_named(redis_url, tmp_path):  # noq
     handle = mrkit.submit(J.WORDCOUNT, str(src), executor=redis_url, n_map=1, n_reduce=1)
     src.unlink()  # as if the worker ran on a machine without this file
     with WorkerThreads(redis_url, 1, burst=True), pytest.raises(JobFailed) as info:
-        handle.wait(timeout=15)
+        handle.wait(timeout=60)
     message = str(info.value)
     assert f"input {src} is not readable on worker thread-0 (host " in message
     assert "must exist at the same path on every worker" in message and "after 1 attempt" in message

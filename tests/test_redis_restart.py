@@ -67,7 +67,7 @@ def test_restart_with_appendonly_completes(server, tmp_path, secret_env):  # noq
     out = str(tmp_path / "out")
     handle, workers = _run_with_restart(server, out)
     try:
-        result = handle.wait(timeout=15)
+        result = handle.wait(timeout=60)
     finally:
         for w in workers:
             w.send_signal(signal.SIGTERM)

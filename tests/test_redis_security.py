@@ -93,7 +93,7 @@ def test_injected_entry_is_refused_logged_and_never_run(redis_url, redis_server,
     client.xadd(stream, {"p": b"x\n" + evil, "s": sign(b"wrong secret", b"x\n" + evil)})
     worker = start_worker(redis_url, name="guard")
     try:
-        result = handle.wait(timeout=15)
+        result = handle.wait(timeout=60)
     finally:
         err = stop_worker(worker)
     assert sorted(result) == reference(J.WORDCOUNT, TEXT)  # the job itself was unaffected
@@ -128,7 +128,7 @@ def test_password_in_the_url(tmp_path, secret_env):  # noqa: F811
         handle = mrkit.submit(J.WORDCOUNT, mrkit.Records(TEXT), executor=good, n_map=2, n_reduce=1)
         worker = start_worker(good, name="authed")
         try:
-            assert sorted(handle.wait(timeout=15)) == reference(J.WORDCOUNT, TEXT)
+            assert sorted(handle.wait(timeout=60)) == reference(J.WORDCOUNT, TEXT)
             assert "hunter2" not in repr(handle.status())
         finally:
             stop_worker(worker)

@@ -322,3 +322,38 @@ def test_a_dict_only_its_items_view_holds_is_taken_without_a_copy_any_other_is_c
         pass
 
     assert _sole_owner(Mine(a=1).items()) is None  # only dict and Counter are taken
+
+
+def test_relaxed_collection_restores_the_thresholds_after_overlapping_threads() -> None:
+    """Two map tasks of one process (threads of an HTTP worker) overlap: the first in sets the
+    relaxed threshold, the last out restores the user's; a threshold of 0 (collector off) stays."""
+    import gc
+    import threading
+
+    from mrkit.data.gc_pause import RELAXED_THRESHOLD, gc_relaxed
+
+    before = gc.get_threshold()
+    inside, release = threading.Event(), threading.Event()
+    seen: list[int] = []
+
+    def task() -> None:
+        with gc_relaxed():
+            inside.set()
+            release.wait(5)
+            seen.append(gc.get_threshold()[0])
+
+    other = threading.Thread(target=task)
+    other.start()
+    inside.wait(5)
+    with gc_relaxed():
+        release.set()
+        other.join(5)
+        assert gc.get_threshold()[0] == RELAXED_THRESHOLD  # the other left first: still relaxed
+    assert seen == [RELAXED_THRESHOLD]
+    assert gc.get_threshold() == before
+    gc.set_threshold(0)
+    try:
+        with gc_relaxed():
+            assert gc.get_threshold()[0] == 0
+    finally:
+        gc.set_threshold(*before)

@@ -391,3 +391,17 @@ def test_split_size_on_the_command_line(tmp_path):
     import mrkit
 
     assert dict(mrkit.read_output(str(tmp_path / "out"))) == {"a": 1, "b": 2, "c": 2, "d": 1}
+
+
+def test_a_default_plan_cuts_no_split_over_the_cap(tmp_path):
+    """Big files are cut so that no split exceeds DEFAULT_SPLIT_CAP (a task's memory follows its
+    split); small files are left whole as before. Planning only stats the files (sparse here)."""
+    from mrkit.data.splits import DEFAULT_SPLIT_CAP
+
+    for i, size in enumerate([40 << 20, 31 << 20, 31 << 20, 1000]):
+        with open(tmp_path / f"f{i}.txt", "wb") as f:
+            f.truncate(size)
+    splits = plan_splits(str(tmp_path), None)
+    assert max(s.length for s in splits) <= DEFAULT_SPLIT_CAP
+    assert [s.length for s in splits if s.uri.endswith("f3.txt")] == [1000]
+    assert len(splits) == 3 + 2 + 2 + 1

@@ -6,6 +6,7 @@ backend; this file checks the rest on inline and processes.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +100,28 @@ def test_step_overrides_and_pass_through_steps(tmp_path: Path) -> None:
     assert got["c"] == [300]  # "cat" 30 times, scaled by step 2's factor
     assert sorted(got["a"]) == [100, 200]  # "and" 10 and "a" 20: two values under one key
     assert result.counters["step2.reduce.tasks"] == 3
+
+
+@pytest.mark.parametrize("named_storage", [False, True])
+def test_a_step_reads_the_previous_steps_parts_from_storage_and_they_are_deleted(
+    tmp_path: Path, named_storage: bool
+) -> None:
+    """Step 2's map tasks are step 1's reduce parts (one split each, read from the job's storage,
+    not from the driver's memory); once step 2 has read them they are gone, and nothing of the
+    job is left in the temp folder or in storage=."""
+    import tempfile
+
+    storage = tmp_path / "storage"
+    job = mrkit.Job(steps=[mrkit.Step(mapper=words, reducer=total, n_reduce=3), mrkit.Step(reducer=total)])
+    options = {"storage": f"file://{storage}"} if named_storage else {}
+    result = mrkit.run(job, source(tmp_path), executor="processes", workers=2, quiet=True, **options)
+    assert dict(result)["cat"] == 30
+    assert result.counters["step2.map.tasks"] == 3  # one per part of step 1
+    assert result.counters["step2.map.records_in"] == result.counters["step1.reduce.records_out"]
+    leftovers = [p for p in os.listdir(tempfile.gettempdir()) if result.job_id in p]
+    assert leftovers == []
+    if named_storage:
+        assert not [str(p) for p in storage.rglob("*") if p.is_file()]
 
 
 def test_a_step_without_mapper_over_text_names_its_step(tmp_path: Path) -> None:

@@ -3,6 +3,9 @@
 ``run`` plans the job, runs it on the chosen executor, publishes the output atomically and returns a
 :class:`Result`; ``submit`` does the same in the background (or, on an asynchronous executor such as
 Redis, hands the plan to the fleet and returns at once) and returns a :class:`JobHandle`.
+
+About 410 lines: ``run``'s twenty options are documented here, where users read them (the
+planning, driving and publishing it calls live in :mod:`mrkit.coordination`).
 """
 
 from __future__ import annotations
@@ -19,19 +22,19 @@ from typing import Any
 
 from mrkit.coordination import resume as resuming
 from mrkit.coordination.driver import run_plan
-from mrkit.coordination.events import EventLog, record_end, record_start
 from mrkit.coordination.fencing import Epoch, JobFenced
-from mrkit.coordination.handle import JobHandle, LocalJobHandle
+from mrkit.coordination.handle import JobHandle
 from mrkit.coordination.options import RunOptions
 from mrkit.coordination.plan import RetryPolicy, new_job_id, pickle_job
 from mrkit.coordination.prepare import Records as Records  # re-exported: mrkit.api.Records
 from mrkit.coordination.prepare import attach_input_mappers, kept_output, plan_job
 from mrkit.coordination.progress import Progress
 from mrkit.coordination.publish import discard_job, open_output, publish_output
+from mrkit.coordination.registry import LocalJobHandle, Recording
 from mrkit.coordination.result import Result
 from mrkit.coordination.service import job_service
 from mrkit.data.output import read_output
-from mrkit.errors import ConfigError
+from mrkit.errors import ConfigError, MissingExtra
 from mrkit.execution.base import Executor, open_executor
 from mrkit.model.job import Job, require_job
 from mrkit.model.steps import job_steps
@@ -66,6 +69,7 @@ def run(
     files: Iterable[str | os.PathLike[str]] | None = None,
     sort_values: bool = False,
     sort_output: bool = False,
+    dashboard: bool = False,
 ) -> Result:
     """Run ``job`` over ``inputs`` and return its :class:`Result`.
 
@@ -111,6 +115,8 @@ def run(
         sort_output: totally ordered output, TeraSort style: keys are range-partitioned from a
             sample of the map output, so ``part-00000 … part-(M-1)`` read in order are sorted by
             key (:mod:`mrkit.coordination.sampling` says what the sample costs).
+        dashboard: serve the web dashboard (:mod:`mrkit.dashboard`, on 127.0.0.1) while the run
+            lasts, and print the run's page address.
 
     Returns:
         The :class:`Result`.
@@ -138,7 +144,16 @@ def run_with(job: Job, inputs: Any, options: RunOptions, *, executor: str | Exec
     job = options.apply(job)
     steps = job_steps(job)
     if steps is not None:
-        return run_steps(job, steps, inputs, options, executor=executor, run_one=run_with)
+        if not options.dashboard:
+            return run_steps(job, steps, inputs, options, executor=executor, run_one=run_with)
+        # One page for the whole job (the registry reads it through its steps), not one per step.
+        job_id = options.job_id or new_job_id(job.name)
+        options = options.replace(job_id=job_id, dashboard=False)
+        board = serve_run_dashboard(job_id)
+        try:
+            return run_steps(job, steps, inputs, options, executor=executor, run_one=run_with)
+        finally:
+            board.stop()
     started = time.monotonic()
     job, planned = attach_input_mappers(job, inputs)
     fmt = options.output_format
@@ -146,7 +161,8 @@ def run_with(job: Job, inputs: Any, options: RunOptions, *, executor: str | Exec
     owns_executor = not isinstance(executor, Executor)
     ex = options.open_executor(executor)
     named = options.job_id is not None
-    job_id = options.job_id or new_job_id(job.name)
+    job_id = options.job_id or options.step_id or new_job_id(job.name)
+    board = serve_run_dashboard(job_id) if options.dashboard else None
     temp_dirs: list[str] = []
     created_output = output is not None and "://" not in os.fspath(output) and not os.path.exists(output)
     keep_state = False
@@ -195,16 +211,17 @@ def run_with(job: Job, inputs: Any, options: RunOptions, *, executor: str | Exec
         keep_state = resumable
         epoch = epoch or Epoch.claim(inter, job_id, out_storage)
         display = Progress(enabled=options.progress)
-        events = EventLog(record_start(job_id, job.name, ex.name, plan))
+        record = Recording(job_id, job.name, ex.name, plan)  # in the registry, with its events
         try:
             counters = run_plan(
                 plan,
                 ex,
                 inter,
                 display,
+                record.cancelled,
                 reuse=(lambda specs: resuming.committed(inter, out_storage, specs)) if resume else None,
                 guard=lambda: epoch.check(force=False),
-                events=events,
+                events=record.events,
             )
             epoch.check()  # a zombie driver must not publish over its successor's output
             seconds = time.monotonic() - started
@@ -220,7 +237,7 @@ def run_with(job: Job, inputs: Any, options: RunOptions, *, executor: str | Exec
                 summary={"seconds": round(seconds, 3), "counters": counters, "epoch": epoch.number},
             )
         except BaseException as exc:
-            record_end(job_id, job.name, ex.name, events, started, exc)
+            record.end(started, exc)
             # A resumable job keeps its state for a resume; a fenced driver deletes nothing of its
             # successor's; anything else leaves no trace.
             if not keep_state and not isinstance(exc, JobFenced):
@@ -228,7 +245,7 @@ def run_with(job: Job, inputs: Any, options: RunOptions, *, executor: str | Exec
             if created_output and output is not None:
                 _remove_if_empty(os.fspath(output))
             raise
-        record_end(job_id, job.name, ex.name, events, started, None, counters)
+        record.end(started, None, counters)
         pairs = list(read_output(out_storage.url)) if output is None else None
         discard_job(inter, None, job_id)
         seconds = time.monotonic() - started
@@ -252,10 +269,23 @@ def run_with(job: Job, inputs: Any, options: RunOptions, *, executor: str | Exec
             _remove_if_empty(os.fspath(output))
         raise
     finally:
+        if board is not None:
+            board.stop()
         if owns_executor:
             ex.shutdown()
         for path in temp_dirs:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def serve_run_dashboard(job_id: str) -> Any:
+    """Serve the dashboard beside the run ``job_id`` and print its page's address."""
+    try:
+        from mrkit.dashboard.server import DashboardServer
+    except ImportError as exc:
+        raise MissingExtra("dashboard=True", "dashboard", exc.name or "starlette") from None
+    board = DashboardServer().start()
+    print(f"mrkit: dashboard of job {job_id} at {board.job_url('local', job_id)}", file=sys.stderr)
+    return board
 
 
 def _dashboard_note(ex: Executor) -> str:
@@ -342,6 +372,11 @@ def submit(job: Job, inputs: Any, *, executor: str | Executor = "processes", **o
             raise ConfigError(
                 f"mrkit.submit cannot run the multi-step job {require_job(job).name!r} on {ex.name} "
                 "yet: run it with mrkit.run (or mrkit.submit on processes, inline, http or dask)"
+            )
+        if opts.dashboard:
+            raise ConfigError(
+                f"dashboard=True serves the page of a run of this process; follow a job submitted to "
+                f"{ex.name} with: mrkit dashboard --executor URL"
             )
         if opts.resume:
             raise ConfigError(

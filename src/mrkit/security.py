@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import urllib.parse
 
 from mrkit.errors import AuthenticationError, ConfigError
 
@@ -113,3 +114,20 @@ def is_loopback(host: str | None) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for every message, log line, event and page.
+
+    >>> redact_url("redis://user:secret@h:6379/0#in/chunk-0")
+    'redis://user:***@h:6379/0#in/chunk-0'
+    >>> redact_url("/data/a.txt")
+    '/data/a.txt'
+    """
+    if "@" not in url:
+        return url  # no userinfo: nothing to hide (and no parsing cost for plain paths)
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))

@@ -10,7 +10,8 @@
 
 Every command but ``submit`` finds the job through ``--executor`` (or ``MRKIT_EXECUTOR``), which must
 name an asynchronous executor; its job service (:mod:`mrkit.coordination.service`) provides
-``handle(id)`` and ``list_jobs()``.
+``handle(id)`` and ``list_jobs()``. Without it, ``status``, ``logs``, ``cancel`` and ``jobs`` read the
+runs of this machine from the job registry (:mod:`mrkit.coordination.registry`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import click
 
 from mrkit.cli.options import apply_storage_options, parse_params, redis_password_option, run_options
+from mrkit.coordination.handle import JobHandle
 from mrkit.coordination.service import JobService
 from mrkit.errors import ConfigError, JobFailed
 from mrkit.model.status import JobStatus
@@ -39,6 +41,34 @@ _EXECUTOR_OPTION = click.option(
 def _EXECUTOR(fn: Any) -> Any:
     """``--executor`` and ``--redis-password-file`` (a redis:// executor's password, out of argv)."""
     return redis_password_option(_EXECUTOR_OPTION(fn))
+
+
+def _OPTIONAL_EXECUTOR(fn: Any) -> Any:
+    """``--executor`` where a run of this machine (the job registry) is the default."""
+    return redis_password_option(
+        click.option(
+            "--executor",
+            envvar="MRKIT_EXECUTOR",
+            default=None,
+            help="The asynchronous executor the job was submitted to (redis://…); without it, a run "
+            "of mrkit run on this machine, from the job registry.",
+        )(fn)
+    )
+
+
+def _handle(job_id: str, executor: str | None) -> JobHandle:
+    """The job ``job_id`` on ``executor``, or in the job registry of this machine when None."""
+    if executor is not None:
+        return _service(executor).handle(job_id)
+    from mrkit.coordination.registry import RegistryJobHandle, registry_dir
+
+    handle = RegistryJobHandle(job_id)
+    if not registry_dir(job_id).joinpath("status.json").exists():
+        raise ConfigError(
+            f"no run {job_id} in the job registry {registry_dir()}: a submitted job needs --executor "
+            "(or MRKIT_EXECUTOR) naming where it was submitted"
+        )
+    return handle
 
 
 def _service(name: str) -> JobService:
@@ -102,23 +132,13 @@ def submit(job_ref: str, inputs: tuple[str, ...], **opts: Any) -> None:
         # A serverless job's state lives in its storage: the follow-up commands must name it too.
         follow += f"{'&' if '?' in follow else '?'}storage={storage}"
     click.echo(
+        f"mrkit: watch it in the web dashboard: mrkit dashboard --executor {shlex.quote(follow)}", err=True
+    )
+    click.echo(
         f"mrkit: submitted {handle.id}; follow it with: "
         f"mrkit status {handle.id} --executor {shlex.quote(follow)}",
         err=True,
     )
-
-
-def _local_status(job_id: str) -> JobStatus:
-    """A run of ``mrkit run`` on this machine, from the job registry (:mod:`mrkit.coordination.events`)."""
-    from mrkit.coordination.events import local_status, registry_dir
-
-    try:
-        return JobStatus.from_dict(local_status(job_id))
-    except FileNotFoundError:
-        raise ConfigError(
-            f"no run {job_id} in the job registry {registry_dir()}: a submitted job needs --executor "
-            "(or MRKIT_EXECUTOR) naming where it was submitted"
-        ) from None
 
 
 def _print_status(st: JobStatus) -> None:
@@ -138,6 +158,10 @@ def _print_status(st: JobStatus) -> None:
             click.echo(f"output    {st.output}")
         if st.dashboard:
             click.echo(f"dashboard {st.dashboard}")
+        if st.cost is not None:  # a serverless job: requests, GB-seconds, estimated price
+            from mrkit.coordination.cost import describe
+
+            click.echo(f"cost      {describe(st.cost)}")
         for i, slow in enumerate(st.slowest):
             mark = " (straggler: over twice its phase's median)" if slow.get("straggler") else ""
             click.echo(
@@ -155,27 +179,24 @@ def _print_status(st: JobStatus) -> None:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("job_id", metavar="ID")
-@redis_password_option
-@click.option(
-    "--executor",
-    envvar="MRKIT_EXECUTOR",
-    default=None,
-    help="The asynchronous executor the job was submitted to (redis://…); without it, a run of "
-    "mrkit run on this machine, from the job registry.",
-)
+@_OPTIONAL_EXECUTOR
 @click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON object.")
 def status(job_id: str, executor: str | None, as_json: bool) -> None:
     """Show a job's phase, tasks done per phase, attempts, failures and workers: a submitted job
-    (--executor), or a run of ``mrkit run`` on this machine (its job registry).
+    (--executor), or a run of ``mrkit run`` on this machine (its job registry). --json prints the
+    status with the job's task events (one object per attempt).
 
     Exits 1 when the job failed, was cancelled, was lost or is unknown.
     """
-    if executor is None:
-        st = _local_status(job_id)
-    else:
-        st = _service(executor).handle(job_id).status()
+    handle = _handle(job_id, executor)
+    st = handle.status()
     if as_json:
-        click.echo(json.dumps(st.to_dict(), indent=1, sort_keys=True))
+        out = st.to_dict()
+        try:  # the task events too, one object per attempt (mrkit.coordination.events)
+            out["events"] = [e.to_dict() for e in handle.events()]
+        except (NotImplementedError, FileNotFoundError):
+            pass
+        click.echo(json.dumps(out, indent=1, sort_keys=True))
     else:
         _print_status(st)
     if st.ended_badly:
@@ -184,11 +205,12 @@ def status(job_id: str, executor: str | None, as_json: bool) -> None:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("job_id", metavar="ID")
-@_EXECUTOR
+@_OPTIONAL_EXECUTOR
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the job ends.")
-def logs(job_id: str, executor: str, follow: bool) -> None:
-    """Print a submitted job's task events and the output of its user functions, per task."""
-    for line in _service(executor).handle(job_id).logs(follow=follow):
+def logs(job_id: str, executor: str | None, follow: bool) -> None:
+    """Print a job's task events and the output of its user functions, per task (a run of this
+    machine without --executor: one line per ended attempt)."""
+    for line in _handle(job_id, executor).logs(follow=follow):
         click.echo(line)
 
 
@@ -218,10 +240,11 @@ def result(job_id: str, executor: str, wait: bool, timeout: float | None) -> Non
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("job_id", metavar="ID")
-@_EXECUTOR
-def cancel(job_id: str, executor: str) -> None:
-    """Cancel a submitted job; nothing is published, and `mrkit resume ID` can continue it."""
-    handle = _service(executor).handle(job_id)
+@_OPTIONAL_EXECUTOR
+def cancel(job_id: str, executor: str | None) -> None:
+    """Cancel a submitted job, or a run of this machine (without --executor); nothing is
+    published, and `mrkit resume ID` can continue a submitted one."""
+    handle = _handle(job_id, executor)
     if handle.cancel():
         click.echo(f"cancelled {job_id}")
     elif handle.status().state == "running":
@@ -262,16 +285,19 @@ def resume(job_id: str, executor: str, wait: bool, timeout: float | None) -> Non
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@_EXECUTOR
+@_OPTIONAL_EXECUTOR
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per job.")
-def jobs(executor: str, as_json: bool) -> None:
-    """List the jobs the executor's Redis knows, newest first."""
-    for st in _service(executor).list_jobs():
+def jobs(executor: str | None, as_json: bool) -> None:
+    """List the jobs the executor knows, newest first (without --executor: the runs of this
+    machine, from the job registry)."""
+    from mrkit.coordination.registry import list_runs
+
+    for st in _service(executor).list_jobs() if executor is not None else list_runs():
         if as_json:
             click.echo(json.dumps(st.to_dict(), sort_keys=True))
             continue
         tasks = st["tasks"]
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(st["submitted"]))
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(st["submitted"] or 0))
         maps, reduces = tasks["map"], tasks["reduce"]
         click.echo(
             f"{st['id']}  {st['state']:<9} {st['phase']:<9} map {maps['done']}/{maps['total']} "

@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "resume": "mrkit.cli.jobs_cmd:resume",
     "jobs": "mrkit.cli.jobs_cmd:jobs",
     "plot": "mrkit.cli.plot_cmd:plot",
+    "dashboard": "mrkit.cli.dashboard_cmd:dashboard",
     "worker": "mrkit.cli.worker_cmd:worker",
     "lambda": "mrkit.cli.lambda_cmd:lambda_group",
 }
@@ -51,6 +52,7 @@ HELP = {
     "resume": "Resume a failed or cancelled submitted job, re-using its committed tasks.",
     "jobs": "List the jobs an executor knows.",
     "plot": "Write a run's timeline and task-duration histogram as SVG: mrkit plot ID -o t.svg.",
+    "dashboard": "Serve the web dashboard of this machine's runs and of each --executor's jobs.",
     "worker": "Start a worker: mrkit worker redis://host:port/db, or mrkit worker http.",
     "lambda": "Deploy or remove the mrkit function on AWS Lambda.",
 }

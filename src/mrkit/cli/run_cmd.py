@@ -41,6 +41,12 @@ def _print_counters(counters: dict[str, int]) -> None:
     metavar="PATH",
     help="A side file shipped with the job (repeatable): tasks open it with mrkit.context().file(NAME).",
 )
+@click.option(
+    "--dashboard",
+    is_flag=True,
+    default=None,
+    help="Serve the web dashboard on 127.0.0.1 while the run lasts, and print the run's page address.",
+)
 def run(job_ref: str, inputs: tuple[str, ...], **opts: Any) -> None:
     """Run JOB over INPUT files, globs or folders and wait for the result.
 
@@ -54,6 +60,7 @@ def run(job_ref: str, inputs: tuple[str, ...], **opts: Any) -> None:
       mrkit run examples/montecarlo_pi.json
       cat texts/*.txt | mrkit run examples/wordcount.py:WordCount - -o out/   # - is standard input
       mrkit run examples/wordcount.py:WordCount 'texts/*.txt' -o out/ --job-id wc1 --resume
+      mrkit run examples/wordcount.py:WordCount 'texts/*.txt' -o out/ --dashboard
     """
     opts["params"] = parse_params(opts.pop("param"))
     opts["files"] = list(opts.pop("files")) or None

@@ -1,8 +1,11 @@
-"""Task events of a blocking run: one record per attempt, and where they are kept.
+"""Task events: one record per attempt, on every backend.
 
-The in-process driver (:mod:`mrkit.coordination.driver`) records every attempt it launches, on any
-executor: when it started and ended (wall clock, seconds since the epoch), its phase, task and
-attempt number, the worker that ran it, and its outcome:
+Whoever sees an attempt end records it as a :class:`TaskEvent`: the in-process driver
+(:mod:`mrkit.coordination.driver`) for blocking runs on any executor, the backend's own far side
+for asynchronous jobs (Redis workers, serverless handlers), each keeping them with the job so that
+any process reads them through ``JobHandle.events()``. An event says when the attempt started and
+ended (wall clock, seconds since the epoch), its phase, task and attempt number, the worker that
+ran it (host:pid, or a function's request id), and its outcome:
 
 * ``committed``: it won its task's commit;
 * ``discarded``: it finished after another attempt of its task had committed (a speculative twin, a
@@ -11,21 +14,14 @@ attempt number, the worker that ran it, and its outcome:
 * ``lost``: its worker died or could not be reached (``error`` says why);
 * ``cancelled``: the driver dropped it (its task committed meanwhile, or the job stopped).
 
-with its records and bytes in/out and spills. ``mrkit run`` keeps them after the run in the job
-registry (:func:`registry_dir`), with the job's end status, so that ``mrkit plot ID`` finds them.
-
-The registry is ``$MRKIT_HOME/jobs/{job id}/`` (``events.jsonl``, ``status.json``); ``MRKIT_HOME``
-defaults to ``$XDG_DATA_HOME/mrkit``, else ``~/.local/share/mrkit``. Writing it costs one small
-file per run (tens of microseconds per attempt); the newest :data:`KEEP_RUNS` runs are kept. A
-registry that cannot be written (a read-only home) is skipped with a warning, never a failed run.
+with its records and bytes in/out and spills; ``speculative`` marks a twin launched for a slow
+task. The registry of runs on this machine (where ``mrkit run`` keeps them) is
+:mod:`mrkit.coordination.registry`.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
-import socket
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -35,7 +31,6 @@ from typing import Any
 from mrkit.model.task import TaskResult, TaskSpec
 
 OUTCOMES = ("committed", "discarded", "failed", "lost", "cancelled")
-KEEP_RUNS = 200  # runs kept in the registry; older ones are deleted when a run is saved
 
 
 @dataclass
@@ -56,6 +51,63 @@ class TaskEvent:
     bytes_out: int = 0
     spills: int = 0
     error: str = ""
+    memory_mb: int = 0  # the function's configured memory, where it is billed by it (serverless)
+    traceback: str = ""  # a failed attempt's remote traceback (its last TRACEBACK_CHARS characters)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (every field; ``from_dict`` reads it back)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TaskEvent:
+        """An event from its JSON form; keys this version does not know are ignored (an event
+        written by a newer mrkit still reads)."""
+        return cls(**{k: v for k, v in d.items() if k in _FIELDS})
+
+    @property
+    def seconds(self) -> float:
+        """How long the attempt ran (0 while it runs)."""
+        return max(0.0, self.end - self.start) if self.end else 0.0
+
+
+_FIELDS = frozenset(TaskEvent.__dataclass_fields__)
+TRACEBACK_CHARS = 8000  # an event stays small: the innermost frames are the ones that matter
+
+
+def event_of(
+    phase: str,
+    spec: TaskSpec,
+    outcome: str,
+    result: TaskResult | None = None,
+    *,
+    start: float | None = None,
+    end: float | None = None,
+    error: str = "",
+    worker: str = "",
+) -> TaskEvent:
+    """The event of an attempt that ended with ``outcome``: times, worker and counts from its
+    ``result`` when there is one (its start is ``end - result.seconds``: the time it ran, not the
+    time it waited in a queue), else from ``start``/``end``/``worker``."""
+    now = time.time() if end is None else end
+    if start is None:  # unknown: the attempt ran for the seconds it measured, up to now
+        start = now - (result.seconds if result is not None else 0.0)
+    event = TaskEvent(phase, spec.task_id, spec.attempt, start, now, outcome, worker=worker, error=error)
+    if result is not None:
+        _take_result(event, result, now)
+    return event
+
+
+def _take_result(event: TaskEvent, result: TaskResult, now: float) -> None:
+    c = result.counters
+    event.worker = result.worker or event.worker
+    if result.seconds:  # the launch time, or when it left a queue, whichever is later
+        event.start = max(event.start, now - result.seconds)
+    # A map attempt's output is its pairs (after its combiner: what it spilled), a reduce's its records.
+    event.records_in, event.records_out = c.get("records_in", 0), c.get("records_out", c.get("pairs_out", 0))
+    event.bytes_in, event.bytes_out = c.get("bytes_in", 0), c.get("bytes_out", 0)
+    event.spills = c.get("spills", 0)
+    if result.failure is not None and result.failure.traceback:
+        event.traceback = result.failure.traceback[-TRACEBACK_CHARS:]
 
 
 class EventLog:
@@ -89,13 +141,7 @@ class EventLog:
                 return
             event.end, event.outcome, event.error = now, outcome, error
             if result is not None:
-                c = result.counters
-                event.worker = result.worker
-                if result.seconds:
-                    event.start = max(event.start, now - result.seconds)
-                event.records_in, event.records_out = c.get("records_in", 0), c.get("records_out", 0)
-                event.bytes_in, event.bytes_out = c.get("bytes_in", 0), c.get("bytes_out", 0)
-                event.spills = c.get("spills", 0)
+                _take_result(event, result, now)
             self.events.append(event)
             self._append(event)
 
@@ -104,7 +150,7 @@ class EventLog:
             return
         try:
             with open(self.sink, "a", encoding="utf-8") as f:
-                f.write(json.dumps(asdict(event), sort_keys=True) + "\n")
+                f.write(json.dumps(event.to_dict(), sort_keys=True) + "\n")
         except OSError:
             self.sink = None  # the registry is not writable: the run goes on without it
 
@@ -117,98 +163,6 @@ class EventLog:
                 self.events.append(event)
                 self._append(event)
             self._open.clear()
-
-
-def registry_dir(job_id: str | None = None) -> Path:
-    """The job registry (``$MRKIT_HOME/jobs``), or one job's folder in it."""
-    home = os.environ.get("MRKIT_HOME") or os.path.join(
-        os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "mrkit"
-    )
-    base = Path(home) / "jobs"
-    return base if job_id is None else base / job_id
-
-
-def save_run(job_id: str, log: EventLog, status: dict[str, Any]) -> Path:
-    """Keep a finished run's events and end status in the registry; return its folder."""
-    folder = registry_dir(job_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = "".join(
-        json.dumps(asdict(e), sort_keys=True) + "\n" for e in sorted(log.events, key=lambda e: e.start)
-    )
-    (folder / "events.jsonl").write_text(lines, encoding="utf-8")
-    started = folder / "status.json"
-    if started.exists():  # what save_start recorded (task totals, the driver's pid) stays
-        status = {**json.loads(started.read_text(encoding="utf-8")), **status}
-    started.write_text(json.dumps(status, indent=1, sort_keys=True), encoding="utf-8")
-    _prune(folder.parent)
-    return folder
-
-
-def _prune(base: Path) -> None:
-    """Delete all but the newest :data:`KEEP_RUNS` runs of the registry."""
-    import shutil
-
-    runs = sorted((p for p in base.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in runs[KEEP_RUNS:]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def save_start(job_id: str, name: str, executor: str, totals: dict[str, int]) -> Path:
-    """Record a run that starts (``mrkit status ID`` then says it is running, and who runs it);
-    return its events file, for :class:`EventLog`'s ``sink``."""
-    folder = registry_dir(job_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    status = {
-        "id": job_id,
-        "name": name,
-        "executor": executor,
-        "state": "running",
-        "submitted": time.time(),
-        "totals": totals,
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-    }
-    (folder / "status.json").write_text(json.dumps(status, indent=1, sort_keys=True), encoding="utf-8")
-    (folder / "events.jsonl").write_text("", encoding="utf-8")
-    return folder / "events.jsonl"
-
-
-def local_status(job_id: str) -> dict[str, Any]:
-    """The :class:`~mrkit.model.status.JobStatus` form of a run in the registry: its recorded status,
-    with tasks done, attempts, failures and lost per phase counted from its events. A run still
-    marked running whose driver process (on this host) is gone is ``lost``.
-
-    Raises:
-        FileNotFoundError: no run of that id in the registry.
-    """
-    folder = registry_dir(job_id)
-    status = json.loads((folder / "status.json").read_text(encoding="utf-8"))
-    events = load_events(job_id)
-    if status.get("state") == "running" and status.get("host") == socket.gethostname():
-        try:
-            os.kill(int(status["pid"]), 0)
-        except (ProcessLookupError, KeyError, ValueError):
-            status["state"] = "lost"
-            status["error"] = f"the process that ran job {job_id} (pid {status.get('pid')}) is gone"
-        except PermissionError:
-            pass  # alive, someone else's
-    phases = ("map", "reduce")
-    counters = status.get("counters") or {}
-    totals = status.get("totals") or {p: counters.get(f"{p}.tasks", 0) for p in phases}
-    count = lambda phase, outcome: sum(1 for e in events if e.phase == phase and e.outcome == outcome)  # noqa: E731
-    status["tasks"] = {p: {"done": count(p, "committed"), "total": totals.get(p, 0)} for p in phases}
-    status["attempts"] = {p: sum(1 for e in events if e.phase == p) for p in phases}
-    status["failures"] = {p: count(p, "failed") for p in phases}
-    status["lost"] = {p: count(p, "lost") for p in phases}
-    status["workers"] = sorted({e.worker for e in events if e.worker})
-    status["slowest"] = slowest_attempts(events)
-    if status["state"] == "running":
-        status["phase"] = next(
-            (p for p in phases if status["tasks"][p]["done"] < totals.get(p, 0)), "publish"
-        )
-    else:
-        status["phase"] = "end"
-    return status
 
 
 def slowest_attempts(events: list[TaskEvent], n: int = 3) -> list[dict[str, Any]]:
@@ -229,56 +183,3 @@ def slowest_attempts(events: list[TaskEvent], n: int = 3) -> list[dict[str, Any]
         }
         for e in longest
     ]
-
-
-def load_events(job_id: str) -> list[TaskEvent]:
-    """A recorded run's events, in start order.
-
-    Raises:
-        FileNotFoundError: no run of that id in the registry.
-    """
-    path = registry_dir(job_id) / "events.jsonl"
-    with open(path, encoding="utf-8") as f:
-        return [TaskEvent(**json.loads(line)) for line in f if line.strip()]
-
-
-def record_start(job_id: str, name: str, executor: str, plan: Any) -> Path | None:
-    """Say in the registry that a run of ``plan`` started (``mrkit status ID`` finds it running);
-    return the file its events go to as they happen (None when the registry cannot be written)."""
-    try:
-        return save_start(job_id, name, executor, {"map": plan.n_map, "reduce": plan.n_reduce})
-    except OSError:
-        return None  # record_end warns at the end
-
-
-def record_end(
-    job_id: str,
-    name: str,
-    executor: str,
-    events: EventLog,
-    started: float,
-    error: BaseException | None,
-    counters: dict[str, int] | None = None,
-) -> None:
-    """Keep a run's events and end status in the registry (``started``: its ``time.monotonic()``
-    start); a registry that cannot be written costs a warning, never the run."""
-    from mrkit.errors import JobCancelled
-
-    state = "done" if error is None else "cancelled" if isinstance(error, JobCancelled) else "failed"
-    status: dict[str, Any] = {
-        "id": job_id,
-        "name": name,
-        "executor": executor,
-        "state": state,
-        "seconds": round(time.monotonic() - started, 3),
-        "ended": time.time(),
-        "counters": counters if counters is not None else getattr(error, "counters", {}),
-    }
-    if error is not None:
-        status["error"] = str(error).splitlines()[0] if str(error) else type(error).__name__
-    try:
-        save_run(job_id, events, status)
-    except OSError as exc:
-        logging.getLogger("mrkit").warning(
-            "could not keep the events of job %s in the registry: %s", job_id, exc
-        )

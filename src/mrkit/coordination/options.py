@@ -51,6 +51,11 @@ class RunOptions:
     ttl: float | None = None
     sort_values: bool = False
     sort_output: bool = False
+    dashboard: bool = False
+    #: Internal, not a keyword of mrkit.run: the id a step of a multi-step job runs and records itself
+    #: under (``{job}-step{k}``, :mod:`mrkit.coordination.step_record`). Unlike ``job_id`` it does not
+    #: make the run resumable (a multi-step job does not resume yet).
+    step_id: str | None = None
 
     def __post_init__(self) -> None:
         # Normalised here, once: callers pass None for "the default" and any iterable of files.
@@ -68,7 +73,7 @@ class RunOptions:
         Raises:
             ConfigError: a keyword that is not an option, named in one sentence with ``caller``.
         """
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)} - {"step_id"}
         unknown = sorted(set(keywords) - known)
         if unknown:
             raise ConfigError(

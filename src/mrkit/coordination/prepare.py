@@ -15,6 +15,7 @@ split each.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from mrkit.coordination.plan import JobPlan, build_plan, store_records
 from mrkit.errors import ConfigError
 from mrkit.execution.base import Executor
 from mrkit.model.job import Job, require_job
-from mrkit.model.task import TaskSettings
+from mrkit.model.task import InputSplit, TaskSettings
 from mrkit.storage.base import Storage
 
 MAX_RECORD_CHUNKS = 64  # default splits of in-memory records: 2 per worker, at most this many
@@ -51,6 +52,36 @@ def is_paths(inputs: Any) -> bool:
     if not isinstance(inputs, (list, tuple)) or not inputs:
         return False
     return all(isinstance(i, path_like) for i in inputs)
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """The result a step of a multi-step job left at ``url`` (``pickle`` parts, never published
+    to the user): the next step's map tasks read it as typed ``(key, value)`` records, one split per
+    part, straight from that storage (the driver reads each part once, for its SHA-256: nothing is
+    unpickled that the plan did not vouch for)."""
+
+    url: str
+
+    def splits(self) -> list[InputSplit]:
+        from mrkit.storage import open_storage
+
+        base, prefix = self.url.split("#", 1) if "#" in self.url else (self.url, "")
+        storage = open_storage(self.url)
+        try:
+            parts = sorted(k for k in storage.list("") if k.startswith("part-"))
+            base = base if prefix else storage.url
+            return [
+                InputSplit(
+                    f"{base}#{prefix}{part}",
+                    format="pickle",
+                    index=i,
+                    options={"sha256": hashlib.sha256(storage.get(part)).hexdigest(), "framed": True},
+                )
+                for i, part in enumerate(parts)
+            ]
+        finally:
+            storage.close()
 
 
 @dataclass(frozen=True)
@@ -106,6 +137,8 @@ def input_splits(
     """
     from mrkit.data.splits import plan_splits  # reading file sizes and globs: only for paths
 
+    if isinstance(inputs, StepOutput):
+        return inputs.splits()
     if isinstance(inputs, InputGroups):
         # Each input planned on its own (``n_map`` shared out), its splits tagged with its mapper.
         per_group = None if n_map is None else max(1, round(n_map / len(inputs.groups)))

@@ -4,14 +4,25 @@ Building a dict of a hundred thousand fresh lists (the reduce side's in-memory g
 CPython run its cyclic collector again and again over the growing structure: measured on the
 ``adrevenue`` benchmark, the grouping loop took twice as long with the collector on. Those loops
 create no reference cycles and run no user code, so pausing the collector there loses nothing.
-User functions always run with the collector in the state the user left it.
+User functions always run with the collector in the state the user left it, though a map task
+runs them under :func:`gc_relaxed`: collected, only less often.
 """
 
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+#: The youngest generation's threshold (allocations of containers between two collections) while a
+#: map task fills its buffer. CPython's default, 700, makes it run a full collection over the
+#: buffer each time that buffer grew by a quarter: on a map task of 130,000 distinct keys (the join
+#: example's rankings) the mapping loop took 160 ms instead of 125 ms (112 ms with no collector).
+RELAXED_THRESHOLD = 10_000
+_relaxed_lock = threading.Lock()
+_relaxed_depth = 0
+_saved_threshold: tuple[int, ...] = ()
 
 
 @contextmanager
@@ -32,3 +43,36 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+@contextmanager
+def gc_relaxed() -> Iterator[None]:
+    """Run the block with the cyclic collector on, but its youngest generation collected at most
+    every :data:`RELAXED_THRESHOLD` container allocations; the previous thresholds come back after.
+
+    For loops that run user code while they build big structures (a map task's buffer): cyclic
+    garbage the user's code makes is still collected, and the collector stops re-scanning the
+    growing buffer hundreds of times. Nested and concurrent blocks (threads) share one setting:
+    the first to enter sets it and the last to leave restores it.
+
+    >>> before = gc.get_threshold()
+    >>> with gc_relaxed():
+    ...     gc.get_threshold()[0] >= RELAXED_THRESHOLD
+    True
+    >>> gc.get_threshold() == before
+    True
+    """
+    global _relaxed_depth, _saved_threshold
+    with _relaxed_lock:
+        if _relaxed_depth == 0:
+            _saved_threshold = gc.get_threshold()
+            if _saved_threshold[0] and _saved_threshold[0] < RELAXED_THRESHOLD:  # 0: the user disabled it
+                gc.set_threshold(RELAXED_THRESHOLD, *_saved_threshold[1:])
+        _relaxed_depth += 1
+    try:
+        yield
+    finally:
+        with _relaxed_lock:
+            _relaxed_depth -= 1
+            if _relaxed_depth == 0:
+                gc.set_threshold(*_saved_threshold)

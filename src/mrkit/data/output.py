@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any, BinaryIO
 
+from mrkit.data.gc_pause import gc_paused
 from mrkit.errors import ConfigError, InputError
 from mrkit.model.layout import SUCCESS_KEY
 
@@ -199,13 +200,16 @@ def _parse_block(text: str, fmt: str, name: str, first_line: int) -> list[tuple[
             # One tab per line, or a line without one (`"a",1`) would pass for a pair.
             if body.count("\t") != body.count("\n") + 1:
                 raise ValueError("not one tab per line")
-            rows = json.loads("[[" + body.replace("\t", ",").replace("\n", "],[") + "]]")
+            array = "[[" + body.replace("\t", ",").replace("\n", "],[") + "]]"
         else:
-            rows = json.loads("[" + body.replace("\n", ",") + "]")
-            if any(type(row) is not list for row in rows):
+            array = "[" + body.replace("\n", ",") + "]"
+        # Tens of thousands of fresh lists and tuples at once: see mrkit.data.gc_pause.
+        with gc_paused():
+            rows = json.loads(array)
+            if fmt != "tsv" and any(type(row) is not list for row in rows):
                 raise ValueError("not a [key, value] array")
-        # Unpacking checks that every row has two fields (ValueError otherwise).
-        return [((_as_key(k) if type(k) is list else k), v) for k, v in rows]
+            # Unpacking checks that every row has two fields (ValueError otherwise).
+            return [((_as_key(k) if type(k) is list else k), v) for k, v in rows]
     except ValueError:
         # split("\n"), not splitlines(): U+2028 and friends are text inside a JSON string.
         return list(_read_lines(text.split("\n"), fmt, name, first_line))

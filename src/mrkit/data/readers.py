@@ -15,9 +15,9 @@ each with its position for error messages) or ``reader.records()`` (flat). The c
   ``csv``: one list of ``str`` per line, through :mod:`csv` (excel dialect, no header handling).
   One CSV record per line: a quoted field holding a line break cannot be read correctly across
   split cuts, so it is refused (``InputError``) wherever it is, or skipped with ``errors="skip"``.
-  ``pickle``: ``uri`` is ``"<storage-url>#<key>"`` of a pickled list written by the driver; the
-  whole list is the split (``start``/``length`` are not used); ``options["sha256"]``, when set,
-  must match the object's digest before anything is unpickled.
+  ``pickle``: ``uri`` is ``"<storage-url>#<key>"`` of a pickled list written by the driver, or of
+  a step's output part (``options["framed"]``: framed lists of pairs); the whole object is the
+  split; ``options["sha256"]``, when set, must match its digest before anything is unpickled.
 * **Errors** (``split.options["errors"]``). ``strict`` (default): an undecodable byte, a bad JSON
   line or a bad CSV line raises :class:`~mrkit.errors.InputError` naming the file, the byte offset
   and the record number (0-based within the split, like :attr:`RecordBatch.first`). ``replace``:
@@ -34,11 +34,10 @@ each with its position for error messages) or ``reader.records()`` (flat). The c
 
 Speed: the reader fills one reused buffer with 4 MiB reads, decodes each block of
 complete lines once and cuts it with ``str.split("\\n")``; the partial last line moves to the
-front of the buffer for the next read. Per record there is no framework code at all for ``text``
-(one list-comprehension step for ``jsonl``). Byte offsets of records are computed only when
-:meth:`RecordBatch.locate` is called, by re-reading.
+front of the buffer. Per record there is no framework code for ``text`` (one step for ``jsonl``).
+Byte offsets of records are computed only when :meth:`RecordBatch.locate` is called, by re-reading.
 
-Size (STYLE 3): about 590 lines, because the block reader, the four formats and the sources share
+Size (STYLE 3): about 600 lines, because the block reader, the four formats and the sources share
 one error model (which failures are bad input, which are a storage hiccup to retry). If it grows,
 the sources (``Stream``, ``RangedObject``, ``StorageFile``, decompressors) move to ``sources.py``.
 """
@@ -48,6 +47,7 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
+import io
 import itertools
 import json
 import pickle
@@ -55,6 +55,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from mrkit.data.output import read_pairs
 from mrkit.data.sources import (
     BLOCK_SIZE,
     READ_ERRORS,
@@ -384,7 +385,8 @@ class SplitReader:
                     f"refusing to unpickle {uri}: its SHA-256 is {actual}, not the expected {expected}"
                 )
         try:
-            records = pickle.loads(data)
+            framed = self.split.options.get("framed")  # a step's output part: framed lists of pairs
+            records = list(read_pairs(io.BytesIO(data), "pickle")) if framed else pickle.loads(data)
         except Exception as exc:  # unpickling can raise anything (missing class, bad opcode...)
             raise InputError(f"cannot unpickle the records of {uri}: {type(exc).__name__}: {exc}") from exc
         if not isinstance(records, list):

@@ -6,6 +6,9 @@ line boundaries: a split owns every line that *starts* in ``[start, start + leng
 skips the partial line at its start and finishes the line that straddles its end), so each line is
 read exactly once whatever the cut points, and planning never has to read the data.
 
+About 410 lines: the planner and the input expansion it needs (local paths, globs, folders and
+storage URLs) belong together; the readers of those splits are :mod:`mrkit.data.readers`.
+
 What an input may be:
 
     data/a.txt                   one file (never filtered, even when its name starts with ``_``)
@@ -51,6 +54,9 @@ ERRORS = ("strict", "replace", "skip")
 _GLOB_CHARS = frozenset("*?[")
 
 
+DEFAULT_SPLIT_CAP = 16 << 20  # bytes: the largest split of a default plan (see plan_splits)
+
+
 def plan_splits(
     inputs: InputPath | Sequence[InputPath],
     n_map: int | None,
@@ -71,7 +77,9 @@ def plan_splits(
 
     Args:
         inputs: a path, glob, folder or storage URL, or a list of them (see the module docstring).
-        n_map: the number of splits wanted, or None for ``max(number of files, 2 * CPU count)``;
+        n_map: the number of splits wanted, or None for ``max(number of files, 2 * CPU count,
+            the pieces of 16 MiB the files make)`` (:data:`DEFAULT_SPLIT_CAP`: 32 files of 31 MB
+            make 64 splits, so that a task's memory stays bounded whatever the files' sizes);
             either way bounded by ``total bytes // min_split_bytes`` (a small file stays whole).
         format: ``auto`` (from the extension: ``.jsonl``/``.ndjson`` -> jsonl, ``.csv`` -> csv,
             anything else -> text, after removing a compression suffix), ``text``, ``jsonl``, ``csv``.
@@ -106,7 +114,10 @@ def plan_splits(
     if split_size is not None:
         return _splits_of_size(files, split_size, format, {"errors": errors, "encoding": encoding})
     if n_map is None:
-        n_map = max(len(files), 2 * (os.cpu_count() or 1))
+        # Enough splits for every core twice, and none over DEFAULT_SPLIT_CAP: a task's memory
+        # follows its split (a mapper_split holds its split's words), so big files are cut.
+        capped = sum(-(-size // DEFAULT_SPLIT_CAP) for _, size in files)  # pieces of every file
+        n_map = max(len(files), 2 * (os.cpu_count() or 1), capped)
     options = {"errors": errors, "encoding": encoding}
     splits: list[InputSplit] = []
     compressions = [_compression(uri) for uri, _ in files]

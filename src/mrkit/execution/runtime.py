@@ -39,6 +39,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from mrkit.data.gc_pause import gc_relaxed
 from mrkit.data.map_side import MapOutput, UserCodeError, map_split, user_failure
 from mrkit.data.reduce_side import fits_in_memory, open_runs, reduce_partition, write_partition
 from mrkit.errors import InputError, StorageError
@@ -256,8 +257,9 @@ def _run_map(spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, int
     )
     ident = threading.get_ident()
     try:
-        records = map_split(job, _counted(reader, ident), out, split.describe)
-        offsets = out.finish()
+        with gc_relaxed():  # the buffer grows to every distinct key of the split: see gc_relaxed
+            records = map_split(job, _counted(reader, ident), out, split.describe)
+            offsets = out.finish()
     except BaseException:
         out.abort()
         raise

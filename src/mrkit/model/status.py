@@ -12,7 +12,9 @@ JSON schema (``to_dict``)::
      "tasks": {"map": {"done", "total"}, "reduce": {"done", "total"}},
      "attempts": {"map", "reduce"}, "failures": {…}, "lost": {…}, "duplicates_skipped": {…},
      "in_flight", "workers", "submitted", "ended", "seconds", "output", "refused",
-     "error" (failed, cancelled, lost or unknown jobs only), "counters" (ended jobs only)}
+     "error" (failed, cancelled, lost or unknown jobs only), "counters" (ended jobs only),
+     "cost" (serverless jobs only: requests and GB-seconds per phase, estimated price; see
+     mrkit.coordination.cost)}
 
 ``state`` is one of :data:`STATES`.
 """
@@ -64,6 +66,8 @@ class JobStatus:
     # The slowest committed attempts, when the backend records them (a run of this machine):
     # {"task", "attempt", "seconds", "worker", "straggler"} (straggler: over twice its phase's median).
     slowest: tuple[Mapping[str, Any], ...] = ()
+    # A serverless job's cost report (mrkit.coordination.cost.cost_report's dict); None elsewhere.
+    cost: Mapping[str, Any] | None = None
 
     @property
     def ended_badly(self) -> bool:
@@ -109,6 +113,7 @@ class JobStatus:
             counters=dict(counters) if counters is not None else None,
             dashboard=d.get("dashboard"),
             slowest=tuple(dict(x) for x in d.get("slowest") or ()),
+            cost=dict(d["cost"]) if d.get("cost") is not None else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -142,6 +147,8 @@ class JobStatus:
             out["dashboard"] = self.dashboard
         if self.slowest:
             out["slowest"] = [dict(x) for x in self.slowest]
+        if self.cost is not None:
+            out["cost"] = dict(self.cost)
         return out
 
     # The dict face, for code written against the JSON form: st["state"], st.get("error").

@@ -20,6 +20,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from mrkit.security import redact_url
+
 
 class TaskKind(str, enum.Enum):
     """What a task does."""
@@ -57,10 +59,12 @@ class InputSplit:
     mapper: int = -1
 
     def describe(self) -> str:
-        """Human description for messages: ``/data/a.txt bytes 0-1048576``."""
+        """Human description for messages: ``/data/a.txt bytes 0-1048576`` (a URL's password, as
+        in records stored in a password-protected Redis, shows as ``***``)."""
+        uri = redact_url(self.uri)
         if self.length < 0:
-            return f"{self.uri}" if self.start == 0 else f"{self.uri} bytes {self.start}-end"
-        return f"{self.uri} bytes {self.start}-{self.start + self.length}"
+            return f"{uri}" if self.start == 0 else f"{uri} bytes {self.start}-end"
+        return f"{uri} bytes {self.start}-{self.start + self.length}"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from mrkit.errors import ConfigError, MissingExtra, UnsafeKeyError
+from mrkit.security import redact_url
 from mrkit.storage.base import Storage, check_key
 
 NAMESPACE = "mrkit"
@@ -125,17 +126,12 @@ class RedisURL:
 
 
 def redact(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for messages and logs).
+    """``url`` with its password replaced by ``***`` (:func:`mrkit.security.redact_url`).
 
     >>> redact("redis://user:secret@h:6379/0")
     'redis://user:***@h:6379/0'
     """
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    userinfo = f"{parts.username or ''}:***"
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[-1]}"))
+    return redact_url(url)
 
 
 PASSWORD_ENV = "MRKIT_REDIS_PASSWORD"

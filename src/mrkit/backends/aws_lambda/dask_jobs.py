@@ -54,6 +54,7 @@ from mrkit.backends.aws_lambda import dask_invoker
 from mrkit.backends.aws_lambda.dask_invoker import DaskInvoker, job_key_prefix
 from mrkit.backends.aws_lambda.handle import ObjectStoreJobHandle, list_jobs
 from mrkit.backends.aws_lambda.state import current_run, stopped
+from mrkit.backends.aws_lambda.task_events import end_open_deliveries
 from mrkit.backends.aws_lambda.wire import end_key
 from mrkit.coordination.options import RunOptions
 from mrkit.errors import ConfigError
@@ -76,6 +77,7 @@ class _Context:
         self.aws_request_id = key  # the same for Dask's re-runs of the task: a retried delivery
         self.function_name = "dask"
         self.worker_label = f"dask:{worker}" if worker else "dask"
+        self.event_worker = worker or key  # its task events name the worker (the key outside one)
         self.ends_process_on_timeout = False  # the worker is shared: see the module docstring
 
 
@@ -117,6 +119,8 @@ class DaskJobHandle(ObjectStoreJobHandle):
     """Follows a Dask job: its state from storage (as :class:`ObjectStoreJobHandle`), plus what the
     scheduler knows (the dashboard, whether the job's tasks are still there; see the module
     docstring for the verdicts it may write)."""
+
+    reports_cost = False  # a Dask cluster is not billed per invocation
 
     def __init__(
         self, job_id: str, storage_url: str, client: Any, address: str, dashboard: str | None = None
@@ -185,7 +189,10 @@ class DaskJobHandle(ObjectStoreJobHandle):
 
     def _fail(self, run: int, message: str) -> None:
         record = {"state": "failed", "error": message, "task_id": "", "traceback": "", "time": time.time()}
-        self.storage.put_if_absent(end_key(self.id, run), json.dumps(record).encode())
+        if self.storage.put_if_absent(end_key(self.id, run), json.dumps(record).encode()):
+            # Its deliveries still open will never report: they are lost (their task events say so).
+            reason = f"its Dask task is gone from the scheduler at {self.address}"
+            end_open_deliveries(self.storage, self.id, reason)
 
 
 def _job_task_keys(prefix: str, dask_scheduler: Any = None) -> list[str]:

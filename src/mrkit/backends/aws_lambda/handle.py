@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from mrkit.backends.aws_lambda.state import _load, _task_failure_counts, current_run, stopped
+from mrkit.backends.aws_lambda.task_events import read_events
 from mrkit.backends.aws_lambda.wire import (
     JOBS_INDEX,
     LOST,
@@ -27,6 +28,8 @@ from mrkit.backends.aws_lambda.wire import (
     lost_reason,
     skipped_prefix,
 )
+from mrkit.coordination.cost import cost_report, price_table
+from mrkit.coordination.events import TaskEvent
 from mrkit.coordination.handle import JobHandle
 from mrkit.data.output import read_output
 from mrkit.errors import ConfigError, JobCancelled, JobFailed
@@ -41,7 +44,8 @@ def list_jobs(storage_url: str) -> list[JobStatus]:
     """The status of every job submitted with this storage, newest first."""
     storage = open_storage(storage_url)
     ids = [key[len(JOBS_INDEX) :] for key in storage.list(JOBS_INDEX)]
-    found = [ObjectStoreJobHandle(job_id, storage_url).status() for job_id in ids]
+    # Without the cost report: it reads every event of the job (status() of one job has it).
+    found = [JobStatus.from_dict(ObjectStoreJobHandle(job_id, storage_url)._status_dict()) for job_id in ids]
     return sorted((s for s in found if s.state != "unknown"), key=lambda s: -float(s.submitted or 0))
 
 
@@ -73,9 +77,29 @@ class ObjectStoreJobHandle(JobHandle):
         self.storage = open_storage(storage_url)
         self.poll_interval = poll_interval
 
+    #: Whether ``status()`` reports the job's cost (a serverless job is billed per invocation; a Dask
+    #: job, whose handle is a subclass, is not).
+    reports_cost = True
+
     def status(self) -> JobStatus:
-        """The job's :class:`~mrkit.model.status.JobStatus` (see :meth:`_status_dict`)."""
-        return JobStatus.from_dict(self._status_dict())
+        """The job's :class:`~mrkit.model.status.JobStatus` (see :meth:`_status_dict`), with its
+        cost report (:mod:`mrkit.coordination.cost`, from its task events)."""
+        status = self._status_dict()
+        if self.reports_cost and status["state"] != "unknown":
+            status["cost"] = self.cost()
+        return JobStatus.from_dict(status)
+
+    def cost(self, events: list[TaskEvent] | None = None) -> dict[str, Any]:
+        """The job's cost report so far (:func:`~mrkit.coordination.cost.cost_report` of its events,
+        or of ``events`` when the caller read them already, priced by
+        :func:`~mrkit.coordination.cost.price_table`); ``{"error": sentence}`` when the user's price
+        table cannot be read. The phase changes run inside the task invocations: there are no
+        driver invocations to add."""
+        try:
+            prices = price_table()
+        except ConfigError as exc:
+            return {"error": str(exc)}
+        return cost_report(self.events() if events is None else events, prices=prices)
 
     def _status_dict(self) -> dict[str, Any]:
         """The job's state, in the shape ``mrkit status`` prints for every asynchronous executor.
@@ -152,6 +176,12 @@ class ObjectStoreJobHandle(JobHandle):
             },
         )
         return status
+
+    def events(self) -> list[TaskEvent]:
+        """The job's task events (:mod:`.task_events`): one per delivery that ended, and, while the
+        job runs, one per delivery still running (``end`` 0), in start order."""
+        running = stopped(self.storage, self.id, current_run(self.storage, self.id)) is None
+        return read_events(self.storage, self.id, running=running)
 
     def wait(self, timeout: float | None = None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout

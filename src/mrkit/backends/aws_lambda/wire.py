@@ -26,6 +26,11 @@ Keys, in the job's storage (beside those of :mod:`mrkit.model.layout`)::
                                          seconds, written after _SUCCESS), failed or cancelled
     {job}/state/runs/r{n}                run n >= 2 was started by a resume (put_if_absent): kept
                                          tasks, first attempt number, start phase, time
+    {job}/state/events/{task}/a{n}-{tag}.json   one TaskEvent (JSON, one PUT) per delivery that ended:
+                                         tag ``d{k}`` delivery k ran it, ``s{token}`` a delivery that
+                                         did not run it, ``final`` every delivery died (the on-failure
+                                         record's), ``c{token}`` a delivery its cancelled run dropped;
+                                         kept with the plan and end records (:mod:`.task_events`)
     {job}/state/r{n}/…                   run n's trigger/, reduce/g{k}, reduce-sent, publish/g{k}, end
     _jobs/{job}                          index of submitted jobs (empty), listed by ``list_jobs``
 
@@ -41,7 +46,7 @@ The event of one invocation (JSON, references only; :func:`build_event`, :func:`
 or Lambda's on-failure destination record wrapping one (:func:`failure_record`,
 :func:`is_failure_record`).
 
-About 400 lines: the keys, the event and Lambda's records are one contract that every side of the
+About 430 lines: the keys, the event and Lambda's records are one contract that every side of the
 backend imports, so they are read in one place.
 """
 
@@ -189,6 +194,25 @@ def run_key(job_id: str, run: int) -> str:
 def run_of_key(key: str) -> int:
     """The run number of a :func:`run_key`."""
     return int(key.rsplit("/r", 1)[1])
+
+
+def events_prefix(job_id: str) -> str:
+    """Where a job's task events live (under ``state/``: a done job's discard keeps them)."""
+    return f"{job_id}/state/events/"
+
+
+def event_key(job_id: str, task_id: str, attempt: int, tag: str) -> str:
+    """The key of one delivery's :class:`~mrkit.coordination.events.TaskEvent` (tags: module docstring)."""
+    return f"{events_prefix(job_id)}{task_id}/a{attempt}-{tag}.json"
+
+
+def event_delivery(key: str) -> str:
+    """``{task}/a{attempt}-{tag}`` of an event key, or of a claim key (``{task}/a{attempt}-d{n}``): an
+    event and the claim of the delivery that wrote it name the same string."""
+    if key.endswith(".json"):
+        return "/".join(key[: -len(".json")].split("/")[-2:])
+    task, attempt, delivery = claim_parts(key)
+    return f"{task}/{attempt}-{delivery}"
 
 
 def attempt_folders(job_id: str) -> list[str]:

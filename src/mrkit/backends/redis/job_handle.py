@@ -1,4 +1,4 @@
-"""Following an asynchronous Redis job by its id: status, logs, result, cancel, the list of jobs.
+"""Following an asynchronous Redis job by its id: status, logs, events, result, cancel, the list of jobs.
 
 :class:`RedisJobHandle` works from any process that reaches the Redis (``mrkit status/logs/result/
 cancel ID --executor redis://…``); :func:`job_status` is the status dict every side reports, and
@@ -14,9 +14,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from mrkit.backends.redis.job_events import read_events
 from mrkit.backends.redis.job_state import POLL_SECONDS, REDIS_DOWN_SECONDS, SCRIPTS, JobKeys
 from mrkit.backends.redis.job_steps import cleanup_job, log_event
 from mrkit.backends.redis.wire import DEAD, GROUP, JOBS, QUEUES, now_ms, resolve_secret, unpack
+from mrkit.coordination.events import TaskEvent
 from mrkit.coordination.handle import JobHandle
 from mrkit.errors import (
     AuthenticationError,
@@ -302,6 +304,16 @@ class RedisJobHandle(JobHandle):
         finish, but nothing they do counts; the intermediate data stays, for a resume."""
         with reaching(self.url):
             return cancel_job(self.client, self.id)
+
+    def events(self) -> list[TaskEvent]:
+        """The job's task events (:mod:`mrkit.backends.redis.job_events`): every attempt that ended,
+        and those still running (``end`` 0), in start order; empty once the job's keys expired.
+
+        Raises:
+            StorageError: Redis cannot be reached (one sentence naming it).
+        """
+        with reaching(self.url):
+            return read_events(self.client, self.keys)
 
     def logs(self, follow: bool = False) -> Iterator[str]:
         """Yield the job's log lines; with ``follow``, keep yielding new ones until the job ends.

@@ -61,6 +61,7 @@ docs/redis.md lists them all.
 
 from __future__ import annotations
 
+from mrkit.backends.redis.job_events import SCRIPTS as EVENT_SCRIPTS
 from mrkit.backends.redis.wire import key
 from mrkit.model.task import TaskFailure, TaskSpec
 
@@ -224,6 +225,8 @@ class JobKeys:
         self.job = job_id
         for name in ("state", "meta", "tasks", "attempts", "failures", "lost", "workers", "logs"):
             setattr(self, name, key(job_id, name))
+        for name in ("events", "running"):
+            setattr(self, name, key(job_id, name))
         self.state: str
         self.meta: str
         self.tasks: str
@@ -232,6 +235,8 @@ class JobKeys:
         self.lost: str
         self.workers: str
         self.logs: str
+        self.events: str  # the attempts' task events (mrkit.backends.redis.job_events)
+        self.running: str
 
     def done(self, phase: str) -> str:
         return key(self.job, f"done:{phase}")
@@ -274,4 +279,5 @@ SCRIPTS = {
     "end": _END,
     "publish": _PUBLISH,
     "refused": _REFUSED,
+    **EVENT_SCRIPTS,
 }

@@ -18,6 +18,7 @@ import sys
 import time
 from typing import Any
 
+from mrkit.backends.redis.job_events import record_end, record_from_running, start_attempt
 from mrkit.backends.redis.job_state import (
     DEFAULT_TTL,
     LOG_MAXLEN,
@@ -174,7 +175,9 @@ def _run_task(
         )
         if float(state[4] or 0):
             reason += f", or the attempt ran longer than task_timeout={float(state[4]):g}s"
-        outcome = worker.scripts["lost"](
+        pipe = client.pipeline(transaction=False)
+        record_from_running(pipe, worker, k, entry_id, "lost", reason)  # the attempt its holder ran
+        worker.scripts["lost"](
             keys=[k.state, k.done(phase), k.tasks, k.lost],
             args=[
                 GROUP,
@@ -185,7 +188,9 @@ def _run_task(
                 now_ms(),
                 run,
             ],
+            client=pipe,
         )
+        outcome = pipe.execute()[-1]
         verdict = outcome[0].decode()
         if verdict == "lost":
             _job_lost(worker, k.job, spec, entry_id)
@@ -197,12 +202,8 @@ def _run_task(
             return
         log_event(client, k.job, spec.task_id, 0, worker.name, "event", f"reclaimed ({reason})")
     worker.job_places[k.job] = (spec.storage_url, spec.output_url)  # to clean up if the job is lost
-    pipe = client.pipeline(transaction=False)
-    pipe.hincrby(k.attempts, spec.task_id, 1)
-    pipe.zadd(k.workers, {worker.name: now_ms()})
-    attempt = int(pipe.execute()[0])
+    attempt, started = start_attempt(worker, k, spec, entry_id, LOG_MAXLEN)  # logs "started"
     spec = dataclasses.replace(spec, attempt=attempt)
-    log_event(client, k.job, spec.task_id, attempt, worker.name, "event", "started")
     result, captured = worker.run_spec(spec, capture=True, entry=(k.tasks, entry_id, {}, fields))
     if result.failure is not None and worker.is_infrastructure_failure(result.failure):
         # Redis (or the storage) failed under the task, not the user's code: leave the entry pending
@@ -217,6 +218,7 @@ def _run_task(
             approximate=True,
             nomkstream=True,
         )
+    record_end(pipe, worker, k, entry_id, spec, result, started)  # the attempt's event, same round trip
     if result.ok:
         # A map-only job (n_reduce=0) publishes when its last map task commits.
         next_phase = "reduce" if spec.kind is TaskKind.MAP and spec.n_reduce else "publish"
@@ -270,9 +272,9 @@ def fail_attempt(
     raw = worker.client.hget(k.state, "max_attempts")
     if raw is None:
         return  # Redis lost the job, or it ended and expired: nothing to count against
-    _record_failure(
-        worker, k, entry_id, fields, spec, failure, int(raw), worker.client.pipeline(transaction=False)
-    )
+    pipe = worker.client.pipeline(transaction=False)
+    record_from_running(pipe, worker, k, entry_id, "failed", failure.sentence(), spec.attempt)
+    _record_failure(worker, k, entry_id, fields, spec, failure, int(raw), pipe)
 
 
 def _job_of(stream: str) -> str:

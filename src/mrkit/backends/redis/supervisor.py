@@ -21,6 +21,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from mrkit.backends.redis.capture import install_capture
@@ -285,17 +286,16 @@ def _serve_one(
     worker = RedisWorker(url, name=name, burst=burst, secret=secret, slot=slot)
 
     signals = 0
+    request_stop, relay = _stop_relay(worker)
 
     def on_signal(signum: int, _frame: Any) -> None:
         nonlocal signals
         signals += 1
         if signals > 1 and worker._running_task():
             raise KeyboardInterrupt  # a second signal while a task runs: stop now, abandoning it
-        if signals == 1:
-            print(f"mrkit worker {worker.name}: stopping after the current task", file=sys.__stderr__)
         # A stop already under way (a burst worker that drained, a parent gone) needs nothing more:
         # raising here would turn a clean exit into a traceback and exit status 1.
-        worker.stop()
+        request_stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     if parent is None:
@@ -313,7 +313,39 @@ def _serve_one(
         file=sys.__stderr__,
     )
     done = worker.run()
+    if signals:
+        relay.join(timeout=1.0)  # its "stopping" line comes before the last one
     print(f"mrkit worker {worker.name}: exiting after {done} entries", file=sys.__stderr__)
+
+
+def _stop_relay(worker: RedisWorker) -> tuple[Callable[[], None], threading.Thread]:
+    """A stop request that a signal handler can make, and the thread that carries it out: the
+    request writes one byte to a pipe; the thread, waiting on the pipe, says so and stops ``worker``.
+
+    A handler runs in the main thread between two of its bytecodes, perhaps inside
+    ``threading.Event.set()`` holding the event's lock (the worker loop sets its stop event as it
+    ends): ``worker.stop()`` there waited for that lock forever, and a burst worker told to stop as
+    it drained never exited (seen on a loaded machine). ``print`` there can fail the same way on the
+    stream's lock. ``os.write`` takes no lock of Python's.
+    """
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+
+    def relay() -> None:
+        os.read(read_end, 1)
+        print(f"mrkit worker {worker.name}: stopping after the current task", file=sys.__stderr__)
+        worker.stop()
+
+    thread = threading.Thread(target=relay, name="mrkit-stop", daemon=True)
+    thread.start()
+
+    def request() -> None:
+        try:
+            os.write(write_end, b"s")
+        except BlockingIOError:
+            pass  # the pipe is full of earlier requests: this one is already made
+
+    return request, thread
 
 
 def _watch_parent(worker: RedisWorker, parent: int) -> None:

@@ -146,7 +146,8 @@ class RedisWorker:
     # -- lifecycle ------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask :meth:`run` to return after the task in hand (safe from a signal handler or thread)."""
+        """Ask :meth:`run` to return after the task in hand (from another thread; a signal handler
+        goes through :func:`~mrkit.backends.redis.supervisor._stop_relay`: this takes a lock)."""
         self._stop.set()
 
     def run(self) -> int:
