@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from collections.abc import Iterable
 
 import pytest
 
 import mrkit
 from mrkit.backends.redis.job_state import JobKeys
-from mrkit.backends.redis.wire import DEAD, pack, resolve_secret
+from mrkit.backends.redis.wire import DEAD, beat, pack, resolve_secret
 from mrkit.errors import JobFailed
 from mrkit.model.reference import reference
 from tests import jobs_for_tests as J
@@ -48,10 +50,21 @@ def test_entries_before_their_phase_and_a_duplicated_publish_change_nothing(redi
     handle = mrkit.submit(J.WORDCOUNT, mrkit.Records(TEXT), executor=redis_url, n_map=3, n_reduce=2)
     client = redis_server.client()
     k = JobKeys(handle.id)
-    # Hold the map entries back (read by a consumer that is no worker), so the job stays in its map
-    # phase while the workers meet a reduce and the publish step delivered early (as duplicates).
+    # Hold the map entries back (read by a consumer that is no worker, and that beats its liveness:
+    # the workers hand a silent consumer's entries back within a second), so the job stays in its
+    # map phase while the workers meet a reduce and the publish step delivered early (as duplicates).
     parked = client.xreadgroup("workers", "parked", {k.tasks: ">"})[0][1]
     assert len(parked) == 3
+    holding = threading.Event()
+    holding.set()
+
+    def keep_parked_alive() -> None:
+        while holding.is_set():
+            beat(client, "parked")
+            time.sleep(0.25)
+
+    beating = threading.Thread(target=keep_parked_alive, daemon=True)
+    beating.start()
     reduce_entry = client.lrange(k.next("reduce"), 0, 1)
     publish_entry = client.lrange(k.next("publish"), 0, 1)
     client.xadd(k.tasks, {"p": reduce_entry[0], "s": reduce_entry[1]})
@@ -63,9 +76,14 @@ def test_entries_before_their_phase_and_a_duplicated_publish_change_nothing(redi
             lambda: sum("before its phase" in line for line in handle.logs()) == 2,
             what="both early entries to be dropped",
         )
+        # Still held by "parked": nothing ran a map before they are released.
+        assert client.xpending(k.tasks, "workers")["pending"] == 3
+        assert "reclaimed" not in "\n".join(handle.logs())
         for entry_id, fields in parked:  # release the maps
             client.xack(k.tasks, "workers", entry_id)
             client.xadd(k.tasks, fields)
+        holding.clear()
+        beating.join()
         result = handle.wait(timeout=60)
     assert sorted(result) == reference(J.WORDCOUNT, TEXT)
     st = handle.status()
