@@ -99,7 +99,7 @@ def intermediate_url(ex: Executor | None, options: RunOptions, job_id: str, k: i
     Raises:
         ConfigError: no storage is named and the executor runs tasks on other machines.
     """
-    base = options.storage or base or (ex.storage_url(job_id) if ex is not None else "")
+    base = options.storage or base or (ex.storage_url(job_id) if ex is not None else "") or ""
     if base:
         joint = base.rstrip("/") + "/" if "#" in base else base + "#"
         return f"{joint}{job_id}/step{k}/"

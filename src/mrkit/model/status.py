@@ -14,7 +14,9 @@ JSON schema (``to_dict``)::
      "in_flight", "workers", "submitted", "ended", "seconds", "output", "refused",
      "error" (failed, cancelled, lost or unknown jobs only), "counters" (ended jobs only),
      "cost" (serverless jobs only: requests and GB-seconds per phase, estimated price; see
-     mrkit.coordination.cost)}
+     mrkit.coordination.cost),
+     "step", "steps" (multi-step jobs submitted to a job service only: the step running, from 1,
+     and the step count; "phase" is then "step2.map", and "counters" are per step, "step1.map.…")}
 
 ``state`` is one of :data:`STATES`.
 """
@@ -68,6 +70,10 @@ class JobStatus:
     slowest: tuple[Mapping[str, Any], ...] = ()
     # A serverless job's cost report (mrkit.coordination.cost.cost_report's dict); None elsewhere.
     cost: Mapping[str, Any] | None = None
+    # A multi-step job submitted to a job service: the step running (from 1) and the step count;
+    # None for a one-step job.
+    step: int | None = None
+    steps: int | None = None
 
     @property
     def ended_badly(self) -> bool:
@@ -114,6 +120,8 @@ class JobStatus:
             dashboard=d.get("dashboard"),
             slowest=tuple(dict(x) for x in d.get("slowest") or ()),
             cost=dict(d["cost"]) if d.get("cost") is not None else None,
+            step=int(d["step"]) if d.get("step") is not None else None,
+            steps=int(d["steps"]) if d.get("steps") is not None else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,6 +157,8 @@ class JobStatus:
             out["slowest"] = [dict(x) for x in self.slowest]
         if self.cost is not None:
             out["cost"] = dict(self.cost)
+        if self.steps is not None:
+            out["step"], out["steps"] = self.step, self.steps
         return out
 
     # The dict face, for code written against the JSON form: st["state"], st.get("error").

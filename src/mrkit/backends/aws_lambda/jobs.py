@@ -111,6 +111,7 @@ from mrkit.errors import ConfigError
 from mrkit.model import layout
 from mrkit.model.job import Job
 from mrkit.model.status import JobStatus
+from mrkit.model.steps import job_steps
 from mrkit.model.task import TaskFailure, TaskKind, TaskResult, TaskSpec
 from mrkit.storage import open_storage
 from mrkit.storage.base import Storage
@@ -160,6 +161,11 @@ def submit_job(executor: Any, job: Job, inputs: Any, options: RunOptions) -> Obj
         OutputExistsError: ``output`` holds a result and ``overwrite`` is False.
         InputError: unreadable inputs.
     """
+    if job_steps(options.apply(job)) is not None:
+        raise ConfigError(
+            f"mrkit.submit cannot run the multi-step job {job.name!r} on {executor.name} yet: run it with "
+            "mrkit.run (or mrkit.submit on redis, processes, inline, http or dask local)"
+        )
     prepared = prepare_submission(job, inputs, options, executor=executor)
     job_id, inter, plan = prepared.job_id, prepared.storage, prepared.plan
     for spec in (*plan.map_specs, *plan.reduce_specs):
