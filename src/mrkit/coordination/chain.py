@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from mrkit.coordination.handle import JobHandle
 from mrkit.coordination.options import RunOptions
-from mrkit.coordination.plan import new_job_id, pickle_job
+from mrkit.coordination.plan import new_job_id
 from mrkit.coordination.prepare import StepOutput
 from mrkit.coordination.step_options import (
     delete_intermediate,
@@ -44,7 +44,8 @@ from mrkit.coordination.step_options import (
     step_options,
 )
 from mrkit.coordination.step_record import step_run_id
-from mrkit.errors import ConfigError
+from mrkit.errors import AuthenticationError, ConfigError
+from mrkit.execution import shipping
 from mrkit.model.job import Job
 from mrkit.model.steps import Step, job_steps, step_job
 
@@ -53,6 +54,7 @@ POLL_SECONDS = 0.2
 #: its claimer's crash: the next advance submits the step (the backend's atomic create keeps it once).
 CLAIM_GRACE_SECONDS = 30.0
 ENDED = ("done", "failed", "cancelled")
+_STEP_HOOKS = ("mapper", "combiner", "reducer", "partitioner")
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,11 @@ class ChainSpec:
 
     def encode(self) -> bytes:
         """The spec as bytes; the job travels as its workers load it (:func:`pickle_job`)."""
-        return pickle.dumps((pickle_job(self.job), self.options, self.workers, self.base), protocol=5)
+        # The steps' functions are the job's code too: shipped by value when local (as pickle_job
+        # ships a one-step job's hooks), so that any side that advances the chain can load it.
+        hooks = [getattr(step, name, None) for step in self.steps for name in _STEP_HOOKS]
+        code = shipping.dumps(self.job, roots=(*hooks, *(getattr(self.job, n, None) for n in _STEP_HOOKS)))
+        return pickle.dumps((code, self.options, self.workers, self.base), protocol=5)
 
     @staticmethod
     def decode(data: bytes) -> ChainSpec:
@@ -220,7 +226,14 @@ def advance(store: ChainStore, k: int, submit: Submit, handle_for: Callable[[str
         time.time() - claimed < CLAIM_GRACE_SECONDS or step_exists(handle_for, step_run_id(job_id, k + 1))
     ):
         return  # another delivery submits it (or did)
-    spec = store.spec()
+    try:
+        spec = store.spec()
+    except AuthenticationError:
+        return  # a side without the secret cannot advance the chain (its workers do)
+    except Exception as exc:  # a spec this side cannot load (a module it lacks): the step cannot run
+        if store.finish("failed", step_failure(record.labels[k], job_id, f"{type(exc).__name__}: {exc}")):
+            delete_between(store, k)
+        return
     inputs = StepOutput(intermediate_url(None, spec.options, job_id, k, spec.base))
     try:
         _submit_step(spec, job_id, k + 1, inputs, submit)
