@@ -189,7 +189,9 @@ def test_cancel_between_steps_stops_the_chain(redis_url, held):  # noqa: F811
         handle.step_handle(1).wait(timeout=60)  # type: ignore[attr-defined]
     assert mrkit_cmd("cancel", handle.id, "--executor", redis_url).returncode == 0
     # The advance that comes late (the publisher's) finds the chain cancelled: no step 2.
-    redis_chain.after_publish(redis_url, resolve_secret(redis_url), f"{handle.id}-step1", redis_jobs.submit_job)
+    redis_chain.after_publish(
+        redis_url, resolve_secret(redis_url), f"{handle.id}-step1", redis_jobs.submit_job
+    )
     assert _step_submits(redis_url, f"{handle.id}-step2") == 0
     with pytest.raises(JobCancelled, match=f"job {handle.id} was cancelled during step 1"):
         handle.wait(timeout=60)
