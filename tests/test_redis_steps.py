@@ -19,6 +19,7 @@ from mrkit.backends.redis import chain as redis_chain
 from mrkit.backends.redis import jobs as redis_jobs
 from mrkit.backends.redis.wire import key, resolve_secret
 from mrkit.backends.redis.worker import RedisWorker
+from mrkit.coordination import chain_handle
 from mrkit.coordination.service import job_service
 from mrkit.errors import JobCancelled, JobFailed
 from mrkit.execution.base import open_executor
@@ -153,7 +154,12 @@ def test_duplicate_publish_deliveries_submit_the_next_step_once(redis_url, held)
         assert list(handle.wait(timeout=60)) == EXPECTED
 
 
-def test_a_chain_whose_publisher_did_not_advance_is_advanced_by_its_handle(redis_url, held):  # noqa: F811
+def test_a_chain_whose_publisher_did_not_advance_is_advanced_by_its_handle(
+    redis_url,  # noqa: F811
+    held,
+    monkeypatch,
+):
+    monkeypatch.setattr(chain_handle, "RECOVER_AFTER_SECONDS", 0.0)
     handle = mrkit.submit(C.TOP_WORDS, mrkit.Records(TEXT), executor=redis_url, n_map=2)
     with WorkerThreads(redis_url, 1, burst=True):
         handle.step_handle(1).wait(timeout=60)  # type: ignore[attr-defined]

@@ -33,6 +33,17 @@ from mrkit.coordination.step_record import step_run_id
 from mrkit.errors import JobCancelled, JobFailed
 from mrkit.model.status import JobStatus
 
+#: A step that ended this many seconds ago without the chain advancing: its publisher died between
+#: its publish and its advance, and a handle (with the secret) advances the chain in its place.
+RECOVER_AFTER_SECONDS = 10.0
+
+
+def _stuck(step: JobStatus) -> bool:
+    ended = step.ended
+    if ended is None and step.submitted is not None and step.seconds is not None:
+        ended = float(step.submitted) + float(step.seconds)  # (object-store statuses carry no "ended")
+    return ended is not None and time.time() - float(ended) >= RECOVER_AFTER_SECONDS
+
 
 class ChainHandle(JobHandle):
     """Follows a chain by its id, from any process that reaches its backend (module docstring).
@@ -74,7 +85,7 @@ class ChainHandle(JobHandle):
                 if self.store.finish(final, step_failure(label, self.id, error)):
                     delete_between(self.store, record.step - 1)
                     delete_between(self.store, record.step)
-            elif current.state == "done" and self.submit is not None:
+            elif current.state == "done" and self.submit is not None and _stuck(current):
                 advance(self.store, record.step, self.submit, self.handle_for)
             record = self._record()
             if record.step > len(statuses):
