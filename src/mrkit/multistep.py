@@ -18,9 +18,13 @@ step writes the output.
   registry holds the job under its id, read through its steps (``mrkit status/plot/cancel ID``:
   :mod:`mrkit.coordination.step_record`).
 
-Not yet: ``resume=True`` (refused in one sentence), and asynchronous multi-step jobs on Redis,
-serverless and Dask (``mrkit.submit`` refuses; on the other executors it runs these steps in a
-background thread).
+The per-step rules (options, intermediate place, failure sentence, counters) are
+:mod:`mrkit.coordination.step_options`, shared with the asynchronous form: on Redis, serverless and
+Dask, ``mrkit.submit`` runs a multi-step job as a chain of one-step jobs that the backend advances
+itself (:mod:`mrkit.coordination.chain`); on the other executors it runs :func:`run_steps` in a
+background thread.
+
+Not yet: ``resume=True`` (refused in one sentence), here and for a chain.
 """
 
 from __future__ import annotations
