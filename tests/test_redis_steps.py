@@ -209,3 +209,19 @@ def test_resuming_a_chain_is_refused_in_one_sentence(redis_url, held):  # noqa: 
     handle.cancel()
     with pytest.raises(mrkit.ConfigError, match="is a multi-step job, and resuming one is not supported yet"):
         mrkit.resume(handle.id, executor=redis_url)
+
+
+def test_cancel_during_the_last_step_cancels_it_and_publishes_nothing(redis_url, held, tmp_path):  # noqa: F811
+    out = tmp_path / "out"
+    handle = mrkit.submit(C.TOP_WORDS, mrkit.Records(TEXT), executor=redis_url, n_map=2, output=str(out))
+    with WorkerThreads(redis_url, 2, burst=True):
+        handle.step_handle(1).wait(timeout=60)  # type: ignore[attr-defined]
+    redis_chain.after_publish(
+        redis_url, resolve_secret(redis_url), f"{handle.id}-step1", redis_jobs.submit_job
+    )
+    assert handle.status().step == 2  # step 2 submitted; no worker runs it yet
+    assert handle.cancel() is True
+    assert handle.step_handle(2).status().state == "cancelled"  # type: ignore[attr-defined]
+    with pytest.raises(JobCancelled, match=f"job {handle.id} was cancelled during step 2"):
+        handle.wait(timeout=60)
+    assert not (out / "_SUCCESS").exists() and not list(out.glob("part-*"))

@@ -36,6 +36,8 @@ from mrkit.model.status import JobStatus
 #: A step that ended this many seconds ago without the chain advancing: its publisher died between
 #: its publish and its advance, and a handle (with the secret) advances the chain in its place.
 RECOVER_AFTER_SECONDS = 10.0
+#: A chain whose current step is unknown this long after the chain was submitted has lost it.
+PENDING_SECONDS = 60.0
 
 
 def _stuck(step: JobStatus) -> bool:
@@ -79,7 +81,9 @@ class ChainHandle(JobHandle):
         current = statuses[-1]
         if record.state == "running":
             label = record.labels[record.step - 1]
-            if current.state in ("failed", "cancelled", "lost", "unknown"):
+            # (A first step not there yet: its submit is under way, in the submitter.)
+            pending = current.state == "unknown" and time.time() - record.submitted < PENDING_SECONDS
+            if current.state in ("failed", "cancelled", "lost", "unknown") and not pending:
                 final = "cancelled" if current.state == "cancelled" else "failed"
                 error = current.error or f"job {current.id} {current.state}"
                 if self.store.finish(final, step_failure(label, self.id, error)):
@@ -148,12 +152,21 @@ class ChainHandle(JobHandle):
         """Cancel the chain: no later step starts, and the running step is cancelled. True when
         this call cancelled it (False once it ended)."""
         record = self._record()
+        if record.state != "running":
+            return False
+        last = record.step == record.n_steps
+        if last and step_exists(self.handle_for, step_run_id(self.id, record.step)):
+            # The last step publishes the job's output: once it has begun to, it is too late (its
+            # own cancel refuses), and the job ends done, never cancelled with its output published.
+            step = self.step_handle(record.step)
+            if not step.cancel() and step.status().state in ("running", "done"):
+                return False
         if not self.store.finish("cancelled", f"job {self.id} was cancelled during step {record.step}"):
             return False
         # The step running now, and one an advance may be submitting at this moment (the advancer
         # checks the chain's state after its submit, and cancels what it submitted).
         for k in (record.step, record.step + 1):
-            if k <= record.n_steps and step_exists(self.handle_for, step_run_id(self.id, k)):
+            if not last and k <= record.n_steps and step_exists(self.handle_for, step_run_id(self.id, k)):
                 self.step_handle(k).cancel()
         return True
 

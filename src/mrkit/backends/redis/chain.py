@@ -183,6 +183,8 @@ def after_publish(url: str, secret: bytes, step_id: str, submit_job: Callable[..
     """The job ``step_id`` published on the Redis at ``url``: when it is a step of a chain, advance
     the chain (a worker calls this at the end of a publish, with the fleet ``secret``;
     :func:`mrkit.coordination.chain.advance`)."""
+    if _STEP_ID.match(step_id) is None:
+        return  # (most jobs: no connection opened)
     executor = RedisExecutor(url, workers=1, secret=secret)
     found = chain_of_step(executor.client, step_id)
     if found is None:
