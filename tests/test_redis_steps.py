@@ -121,6 +121,8 @@ def test_the_submitter_exits_before_step_2_and_the_cli_follows_the_chain(
     status = json.loads(mrkit_cmd("status", job_id, "--json", "--executor", redis_url).stdout)
     assert status["state"] == "done" and status["steps"] == 2 and status["step"] == 2
     assert status["counters"]["step1.map.records_in"] == 2
+    text = mrkit_cmd("status", job_id, "--executor", redis_url).stdout
+    assert "state     done, phase step2." in text and "step      2 of 2" in text, text
     assert "step2" in mrkit_cmd("logs", job_id, "--executor", redis_url).stdout
     assert job_id in mrkit_cmd("jobs", "--executor", redis_url).stdout
 
