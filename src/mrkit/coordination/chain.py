@@ -36,6 +36,7 @@ from mrkit.coordination.handle import JobHandle
 from mrkit.coordination.options import RunOptions
 from mrkit.coordination.plan import new_job_id
 from mrkit.coordination.prepare import StepOutput
+from mrkit.coordination.resume import ResumeRefused
 from mrkit.coordination.step_options import (
     delete_intermediate,
     intermediate_url,
@@ -160,7 +161,7 @@ def submit_chain(
     base: str,
     handle_for: Callable[[str], JobHandle],
 ) -> str:
-    """Store the chain of the multi-step ``job`` (options applied), submit its step 1, return its handle.
+    """Store the chain of the multi-step ``job`` (options applied), submit its step 1, return its id.
 
     Args:
         store_for: the backend's :class:`ChainStore` of a job id.
@@ -258,14 +259,13 @@ def advance(store: ChainStore, k: int, submit: Submit, handle_for: Callable[[str
 
 def chain_resume_refused(job_id: str) -> ConfigError:
     """The refusal of ``mrkit.resume`` for a chain (a multi-step job does not resume yet)."""
-    from mrkit.coordination.resume import ResumeRefused
-
     return ResumeRefused(
         f"job {job_id} is a multi-step job, and resuming one is not supported yet: submit it again"
     )
 
 
 def step_exists(handle_for: Callable[[str], JobHandle], run_id: str) -> bool:
+    """True when the backend knows the one-step job ``run_id`` (a step that was submitted)."""
     try:
         return handle_for(run_id).status().state not in ("unknown", "lost")
     except Exception:
