@@ -318,3 +318,48 @@ def test_status_shows_the_dashboard_of_a_cluster_that_serves_one(tmp_path: Path)
         st = handle.status()
         assert st.state == "done" and (st.dashboard or "").startswith("http://127.0.0.1:"), st
         assert st.to_dict()["dashboard"] == st.dashboard
+
+
+def test_a_multi_step_job_advances_on_the_cluster_without_its_submitter(
+    cluster: DaskCluster, tmp_path: Path
+) -> None:
+    """``mrkit submit`` of a two-step job exits at once; the Dask task that publishes step 1 submits
+    step 2 (the chain ends before anyone follows it); ``mrkit result/status/jobs`` follow the job."""
+    from mrkit.backends.aws_lambda.dask_jobs import default_storage
+
+    source = write_input(tmp_path)
+    submitted = cli("submit", "tests.contract_jobs:TOP_WORDS", source, "--executor", executor_of(cluster))
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip().splitlines()[-1]
+    end = Path(default_storage()) / job_id / "chain" / "end.json"
+    deadline = time.monotonic() + 90
+    while not end.exists():  # nobody follows the job meanwhile
+        assert time.monotonic() < deadline, "the chain did not end within 90 s"
+        time.sleep(0.2)
+    waited = cli("result", job_id, "--executor", executor_of(cluster), "--wait", "--timeout", "90")
+    assert waited.returncode == 0, waited.stderr
+    got = [tuple(json.loads(x) for x in line.split("\t")) for line in waited.stdout.splitlines()]
+    assert got == list(mrkit.run(C.TOP_WORDS, source, executor="inline", quiet=True))
+    st = json.loads(cli("status", job_id, "--executor", executor_of(cluster), "--json").stdout)
+    assert (st["state"], st["step"], st["steps"]) == ("done", 2, 2), st
+    assert st["counters"]["step2.map.records_in"] == st["counters"]["step1.reduce.records_out"], st
+    assert job_id in cli("jobs", "--executor", executor_of(cluster)).stdout
+
+
+def test_a_failing_step_of_a_multi_step_job_is_named(cluster: DaskCluster, tmp_path: Path) -> None:
+    source = write_input(tmp_path)
+    out = tmp_path / "out"
+    handle = mrkit.submit(
+        C.TopWordsWithPoison(params={"poison": "zebra"}),
+        source,
+        executor=executor_of(cluster),
+        output=str(out),
+        policy=RetryPolicy(max_attempts=1),
+        quiet=True,
+    )
+    with pytest.raises(mrkit.JobFailed) as failed:
+        handle.wait(90)
+    message = str(failed.value)
+    assert message.startswith(f"step 2 of 2 (top) of job {handle.id}: "), message
+    assert "ValueError: cannot rank 'zebra'" in message
+    assert not (out / "_SUCCESS").exists() and not list(out.glob("part-*"))

@@ -431,6 +431,33 @@ def test_a_failing_step_is_named_and_nothing_is_published(backend: Backend, tmp_
     assert not [n for n in open_storage(out).list("") if "part-" in n or "_SUCCESS" in n]
 
 
+def test_a_submitted_two_step_job_advances_step_by_step_and_reports_per_step(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """``mrkit.submit`` of a two-step job: on Redis, serverless and Dask a chain of one-step jobs the
+    backend advances itself, elsewhere a background run; the same bytes as a blocking inline run,
+    counters per step, and (on the job services) a status per step."""
+    source = write_lines(tmp_path / "input.txt", TEXT)
+    expected_out = str(tmp_path / "expected")
+    expected = run(C.TOP_WORDS, source, "inline", output=expected_out)
+    got_out = backend.output(tmp_path, "got")
+    options: dict[str, Any] = {"n_map": 3, "n_reduce": 3, "quiet": True, **backend.run_options}
+    handle = mrkit.submit(C.TOP_WORDS, source, executor=backend.executor, output=got_out, **options)
+    got = handle.wait(120)
+    assert output_bytes(got_out) == output_bytes(expected_out)
+    assert got.counters["step1.map.records_in"] == len(TEXT) == got.counters["map.records_in"]
+    assert got.counters["step2.map.records_in"] == got.counters["step1.reduce.records_out"]
+    assert got.counters["step2.reduce.records_out"] == 3 == got.counters["reduce.records_out"]
+    assert data_counters(got) == data_counters(expected)
+    st = handle.status()
+    assert st.state == "done" and st.id == handle.id, st
+    if st.steps is not None:  # a chain on a job service
+        assert (st.step, st.steps) == (2, 2) and st.phase.startswith("step2"), st
+        assert st.counters is not None and st.counters["step1.map.records_in"] == len(TEXT), st
+    names = open_storage(got_out).list("")
+    assert sorted(n for n in names if not n.startswith("_")) == ["part-00000"], names
+
+
 def test_sorted_values_and_totally_ordered_output(backend: Backend, tmp_path: Path) -> None:
     """``sort_values``: each reducer sees its values sorted; ``sort_output``: the parts read in order
     are sorted by key (range partitions sampled from the map output), on every backend."""

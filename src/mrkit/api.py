@@ -355,9 +355,11 @@ def _remove_if_empty(path: str) -> None:
 def submit(job: Job, inputs: Any, *, executor: str | Executor = "processes", **options: Any) -> JobHandle:
     """Start ``job`` and return a :class:`JobHandle` at once.
 
-    On an asynchronous executor (``redis://…``, ``lambda://…``) the job advances without this
-    process: it may exit, and ``mrkit status/result ID`` follow the job from anywhere. On the others
-    the job runs in a background thread of this process.
+    On an asynchronous executor (``redis://…``, ``lambda://…``, ``dask://…``) the job advances
+    without this process: it may exit, and ``mrkit status/result ID`` follow the job from anywhere;
+    a multi-step job advances there from step to step as a chain of one-step jobs
+    (:mod:`mrkit.coordination.chain`). On the others the job runs in a background thread of this
+    process.
 
     Args:
         job, inputs, executor: as for :func:`run`.
@@ -368,11 +370,6 @@ def submit(job: Job, inputs: Any, *, executor: str | Executor = "processes", **o
     owns_executor = not isinstance(executor, Executor)
     service = job_service(ex)
     if service is not None:
-        if job_steps(opts.apply(job)) is not None:
-            raise ConfigError(
-                f"mrkit.submit cannot run the multi-step job {require_job(job).name!r} on {ex.name} "
-                "yet: run it with mrkit.run (or mrkit.submit on processes, inline, http or dask)"
-            )
         if opts.dashboard:
             raise ConfigError(
                 f"dashboard=True serves the page of a run of this process; follow a job submitted to "

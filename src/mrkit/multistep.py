@@ -18,16 +18,18 @@ step writes the output.
   registry holds the job under its id, read through its steps (``mrkit status/plot/cancel ID``:
   :mod:`mrkit.coordination.step_record`).
 
-Not yet: ``resume=True`` (refused in one sentence), and asynchronous multi-step jobs on Redis,
-serverless and Dask (``mrkit.submit`` refuses; on the other executors it runs these steps in a
-background thread).
+The per-step rules (options, intermediate place, failure sentence, counters) are
+:mod:`mrkit.coordination.step_options`, shared with the asynchronous form: on Redis, serverless and
+Dask, ``mrkit.submit`` runs a multi-step job as a chain of one-step jobs that the backend advances
+itself (:mod:`mrkit.coordination.chain`); on the other executors it runs :func:`run_steps` in a
+background thread.
+
+Not yet: ``resume=True`` (refused in one sentence), here and for a chain.
 """
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +38,15 @@ from mrkit.coordination.options import RunOptions
 from mrkit.coordination.plan import new_job_id
 from mrkit.coordination.prepare import StepOutput
 from mrkit.coordination.result import Result
+from mrkit.coordination.step_options import (
+    delete_intermediate,
+    intermediate_url,
+    job_counters,
+    prefixed,
+    step_failure,
+    step_label,
+    step_options,
+)
 from mrkit.coordination.step_record import StepsRecording
 from mrkit.errors import ConfigError, JobCancelled, JobFailed
 from mrkit.execution.base import Executor
@@ -88,41 +99,23 @@ def run_steps(
             last = k == len(steps)
             one = step_job(job, step, k)
             between = None if last else intermediate_url(ex, options, job_id, k)
-            step_options = options.replace(
-                # Each step runs as a job of its own id, {job}-step{k}, recorded in the registry and
-                # linked to the job's record; not a named job_id, which would keep its state for a
-                # resume (a multi-step job does not resume yet) in the output folder.
-                job_id=None,
-                step_id=record.start_step(k),
-                # A last step without reducer is map-only: its map tasks write the output.
-                n_reduce=0
-                if last and step.reducer is None and step.n_reduce is None
-                else step.n_reduce or options.n_reduce,
-                quiet=True,
-                params=None,  # applied to the job already (step_job merged the step's over them)
-                files=None,
-                **(
-                    {}
-                    if last
-                    else {"output": between, "format": "pickle", "overwrite": True, "sort_output": False}
-                ),
-                **({} if k == 1 else {"input_format": "auto", "split_size": None}),
+            step_opts = step_options(
+                options, step, k, len(steps), between=between, run_id=record.start_step(k)
             )
             try:
-                result = run_one(one, current, step_options, executor=ex)
+                result = run_one(one, current, step_opts, executor=ex)
             except JobFailed as exc:
-                label = f"step {k} of {len(steps)}" + (f" ({step.name})" if step.name else "")
                 raise (JobCancelled if isinstance(exc, JobCancelled) else JobFailed)(
-                    f"{label} of job {job_id}: {exc}",
+                    step_failure(step_label(k, len(steps), step), job_id, str(exc)),
                     job_id=job_id,
                     task_id=exc.task_id,
                     remote_traceback=exc.remote_traceback,
-                    counters={**counters, **{f"step{k}.{n}": v for n, v in exc.counters.items()}},
+                    counters={**counters, **prefixed(exc.counters, k)},
                     status=exc.status,
                 ) from exc
-            counters.update({f"step{k}.{name}": value for name, value in result.counters.items()})
+            counters.update(prefixed(result.counters, k))
             while handed:  # the result of the step before this one has been read
-                _delete(handed.pop())
+                delete_intermediate(handed.pop())
             if between is not None:
                 handed.append(between)
                 current = StepOutput(between)
@@ -133,18 +126,15 @@ def run_steps(
         raise
     finally:
         for url in handed:
-            _delete(url)
+            delete_intermediate(url)
         if owns_executor:
             ex.shutdown()
         if error is not None:
             record.end(started, error, counters)
-    ends = {n: v for n, v in counters.items() if n.startswith("step1.map.")}
-    ends = {n.removeprefix("step1."): v for n, v in ends.items()}
-    ends.update({n: v for n, v in result.counters.items() if n.startswith("reduce.")})
     final = Result(
         job_id,
         result.output,
-        {**ends, **counters},
+        job_counters(counters, result.counters),
         time.monotonic() - started,
         None if result.output is not None else list(result),
     )
@@ -152,29 +142,3 @@ def run_steps(
     if not options.quiet:
         print(final.summary() + f" ({len(steps)} steps)", file=sys.stderr)
     return final
-
-
-def intermediate_url(ex: Executor, options: RunOptions, job_id: str, k: int) -> str:
-    """Where step ``k``'s result waits for step ``k + 1``: the job's storage (``storage=``, else the
-    executor's), under ``{job_id}/step{k}/``; a new temp folder when the workers share this
-    machine's files and no storage is named."""
-    base = options.storage or ex.storage_url(job_id)
-    if base:
-        joint = base.rstrip("/") + "/" if "#" in base else base + "#"
-        return f"{joint}{job_id}/step{k}/"
-    if not ex.local:
-        raise ConfigError(
-            f"executor {ex.name} runs tasks on other machines: give storage= a URL they all reach"
-        )
-    return tempfile.mkdtemp(prefix=f"mrkit-{job_id}-step{k}-")
-
-
-def _delete(url: str) -> None:
-    """Remove an intermediate result (a temp folder, or its keys in the job's storage)."""
-    if "://" not in url:
-        shutil.rmtree(url, ignore_errors=True)
-        return
-    from mrkit.storage import open_storage
-
-    with open_storage(url) as storage:
-        storage.delete_prefix("")

@@ -144,6 +144,8 @@ def submit(job_ref: str, inputs: tuple[str, ...], **opts: Any) -> None:
 def _print_status(st: JobStatus) -> None:
     click.echo(f"job       {st.id} ({st.name})")
     click.echo(f"state     {st.state}" + (f", phase {st.phase}" if st.phase else ""))
+    if st.steps is not None:  # a multi-step job on a job service: the tasks below are its step's
+        click.echo(f"step      {st.step} of {st.steps}")
     if st.state not in ("unknown", "lost") or st.map.total or st.reduce.total:
         for name, phase in (("map", st.map), ("reduce", st.reduce)):
             click.echo(

@@ -14,7 +14,9 @@ JSON schema (``to_dict``)::
      "in_flight", "workers", "submitted", "ended", "seconds", "output", "refused",
      "error" (failed, cancelled, lost or unknown jobs only), "counters" (ended jobs only),
      "cost" (serverless jobs only: requests and GB-seconds per phase, estimated price; see
-     mrkit.coordination.cost)}
+     mrkit.coordination.cost),
+     "step", "steps" (multi-step jobs only: the step running, from 1, and the step count; "phase"
+     is then "step2.map", and "counters" are per step, "step1.map.…")}
 
 ``state`` is one of :data:`STATES`.
 """
@@ -68,6 +70,9 @@ class JobStatus:
     slowest: tuple[Mapping[str, Any], ...] = ()
     # A serverless job's cost report (mrkit.coordination.cost.cost_report's dict); None elsewhere.
     cost: Mapping[str, Any] | None = None
+    # A multi-step job: the step running (from 1) and the step count; None for a one-step job.
+    step: int | None = None
+    steps: int | None = None
 
     @property
     def ended_badly(self) -> bool:
@@ -114,6 +119,7 @@ class JobStatus:
             dashboard=d.get("dashboard"),
             slowest=tuple(dict(x) for x in d.get("slowest") or ()),
             cost=dict(d["cost"]) if d.get("cost") is not None else None,
+            **_step_fields(d),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,6 +155,8 @@ class JobStatus:
             out["slowest"] = [dict(x) for x in self.slowest]
         if self.cost is not None:
             out["cost"] = dict(self.cost)
+        if self.steps is not None:
+            out["step"], out["steps"] = self.step, self.steps
         return out
 
     # The dict face, for code written against the JSON form: st["state"], st.get("error").
@@ -166,3 +174,14 @@ class JobStatus:
 
     def items(self) -> Iterator[tuple[str, Any]]:
         return iter(self.to_dict().items())
+
+
+def _step_fields(d: Mapping[str, Any]) -> dict[str, int]:
+    """``step``/``steps`` of a status dict: the JSON form's ints, or a multi-step run's registry
+    record (``steps``: the run ids of its steps so far, ``n_steps``: the step count)."""
+    steps = d.get("steps")
+    if isinstance(steps, list):
+        return {"step": len(steps), "steps": int(d["n_steps"])} if d.get("n_steps") else {}
+    if isinstance(steps, int) and isinstance(d.get("step"), int):
+        return {"step": int(d["step"]), "steps": steps}
+    return {}

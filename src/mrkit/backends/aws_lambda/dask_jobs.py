@@ -51,14 +51,19 @@ import uuid
 from typing import Any
 
 from mrkit.backends.aws_lambda import dask_invoker
+from mrkit.backends.aws_lambda.chain import chain_handle, is_chain, submit_chain_job
 from mrkit.backends.aws_lambda.dask_invoker import DaskInvoker, job_key_prefix
 from mrkit.backends.aws_lambda.handle import ObjectStoreJobHandle, list_jobs
 from mrkit.backends.aws_lambda.state import current_run, stopped
 from mrkit.backends.aws_lambda.task_events import end_open_deliveries
 from mrkit.backends.aws_lambda.wire import end_key
+from mrkit.coordination.chain import chain_resume_refused
+from mrkit.coordination.handle import JobHandle
 from mrkit.coordination.options import RunOptions
 from mrkit.errors import ConfigError
 from mrkit.model.status import JobStatus
+from mrkit.model.steps import job_steps
+from mrkit.storage import open_storage
 
 #: Seconds a follower waits on an unreachable scheduler before it fails the job.
 SCHEDULER_GONE_SECONDS = 10.0
@@ -237,11 +242,18 @@ class DaskJobService:
         self.executor = executor
         self.address = str(executor.client.scheduler.address)
 
-    def submit_job(self, job: Any, inputs: Any, options: RunOptions) -> DaskJobHandle:
+    def submit_job(self, job: Any, inputs: Any, options: RunOptions) -> JobHandle:
         from mrkit.backends.aws_lambda.jobs import submit_job
 
+        submitter = _Submitter(self.executor, self.address)
+        applied = options.apply(job)
+        steps = job_steps(applied)
+        if steps is not None:  # a multi-step job: a chain of one-step jobs (.chain)
+            chain = submit_chain_job(submitter, applied, steps, inputs, options, submit_job, self._handle_for)
+            self.executor.client.set_metadata([REGISTRY, chain.id], chain.store.storage.url)  # type: ignore[attr-defined]
+            return chain
         # A missing storage= is refused by the shared preamble (prepare_submission), in one sentence.
-        handle = submit_job(_Submitter(self.executor, self.address), job, inputs, options)
+        handle = submit_job(submitter, job, inputs, options)
         self.executor.client.set_metadata([REGISTRY, handle.id], handle.storage_url)
         return self._handle(handle.id, handle.storage_url)
 
@@ -249,13 +261,24 @@ class DaskJobService:
         dashboard = getattr(self.executor, "dashboard_link", None)
         return DaskJobHandle(job_id, storage_url, self.executor.client, self.address, dashboard)
 
-    def handle(self, job_id: str) -> DaskJobHandle:
+    def _handle_for(self, storage_url: str, job_id: str) -> JobHandle:
+        return self._handle(job_id, storage_url)
+
+    def _chain(self, storage_url: str, job_id: str) -> JobHandle:
+        from mrkit.backends.aws_lambda.jobs import submit_job
+
+        submitter = _Submitter(self.executor, self.address)
+        return chain_handle(storage_url, job_id, self._handle_for, lambda *a: submit_job(submitter, *a))
+
+    def handle(self, job_id: str) -> JobHandle:
         storage_url = self.executor.client.get_metadata([REGISTRY, job_id], None)
         if storage_url is None:
             raise ConfigError(
                 f"no job {job_id} on the Dask scheduler at {self.address} (it was submitted to another "
                 "scheduler, or this one was restarted since)"
             )
+        if is_chain(open_storage(str(storage_url)), job_id):
+            return self._chain(str(storage_url), job_id)
         return self._handle(job_id, str(storage_url))
 
     def list_jobs(self) -> list[JobStatus]:
@@ -263,11 +286,16 @@ class DaskJobService:
         found: list[JobStatus] = []
         for storage_url in sorted(set(registry.values())):
             found += [s for s in list_jobs(storage_url) if s.id in registry]
+            storage = open_storage(storage_url)
+            chains = [j for j, url in registry.items() if url == storage_url and is_chain(storage, j)]
+            found += [self._chain(storage_url, j).status() for j in chains]
         return sorted(found, key=lambda s: -float(s.submitted or 0))
 
     def resume_job(self, job_id: str) -> DaskJobHandle:
         from mrkit.backends.aws_lambda.jobs import resume_job
 
         handle = self.handle(job_id)  # resume_job refuses a job whose state is gone
+        if not isinstance(handle, DaskJobHandle):
+            raise chain_resume_refused(job_id)
         resume_job(job_id, handle.storage_url, invoker=_Submitter(self.executor, self.address).invoker)
         return handle

@@ -66,6 +66,13 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from mrkit.backends.aws_lambda.chain import (
+    after_publish,
+    chain_handle,
+    chain_statuses,
+    is_chain,
+    submit_chain_job,
+)
 from mrkit.backends.aws_lambda.handle import ObjectStoreJobHandle, list_jobs, open_job_handle
 from mrkit.backends.aws_lambda.invokers import invoker_from_config
 from mrkit.backends.aws_lambda.lease import LEASE_SECONDS, _StepLease, lease_seconds
@@ -102,6 +109,8 @@ from mrkit.backends.aws_lambda.wire import (
     stamp,
     trigger_key,
 )
+from mrkit.coordination.chain import chain_resume_refused
+from mrkit.coordination.handle import JobHandle
 from mrkit.coordination.options import RunOptions
 from mrkit.coordination.plan import JobPlan
 from mrkit.coordination.prepare import prepare_submission
@@ -111,6 +120,7 @@ from mrkit.errors import ConfigError
 from mrkit.model import layout
 from mrkit.model.job import Job
 from mrkit.model.status import JobStatus
+from mrkit.model.steps import job_steps
 from mrkit.model.task import TaskFailure, TaskKind, TaskResult, TaskSpec
 from mrkit.storage import open_storage
 from mrkit.storage.base import Storage
@@ -330,7 +340,7 @@ def advance(
     if phase == "map" and done >= plan.n_map and plan.n_reduce:
         _start_reduce(storage, plan, job_event, request_id)
     elif phase == plan.output_phase[0] and done >= plan.output_phase[1]:
-        _publish(storage, plan, request_id, run)  # the last reduce task, or map task of a map-only job
+        _publish(storage, plan, request_id, run, job_event)  # the last reduce (or map-only map) task
 
 
 def lost(storage: Storage, spec: TaskSpec, job_event: dict[str, Any], reason: str) -> None:
@@ -450,7 +460,9 @@ def _start_reduce(storage: Storage, plan: JobPlan, job_event: dict[str, Any], re
         lease.release()
 
 
-def _publish(storage: Storage, plan: JobPlan, request_id: str, run: int = 1) -> None:
+def _publish(
+    storage: Storage, plan: JobPlan, request_id: str, run: int = 1, job_event: dict[str, Any] | None = None
+) -> None:
     if stopped(storage, plan.job_id, run) is not None:
         return  # the run ended (or a late call of a run that was resumed): take nothing
     if not _take_trigger(storage, plan.job_id, "publish", request_id, run):
@@ -506,6 +518,8 @@ def _publish(storage: Storage, plan: JobPlan, request_id: str, run: int = 1) -> 
         _discard(storage, plan)
     finally:
         lease.release()
+    # A step of a multi-step job that published: this invocation submits the next step (.chain).
+    after_publish(storage, plan.job_id, doc, event_batch_size(job_event or {}), submit_job)
 
 
 def _restage(storage: Storage, output: Storage, plan: JobPlan) -> None:
@@ -538,14 +552,28 @@ class ServerlessJobService:
     def __init__(self, executor: Any) -> None:
         self.executor = executor
 
-    def submit_job(self, job: Any, inputs: Any, options: RunOptions) -> ObjectStoreJobHandle:
+    def submit_job(self, job: Any, inputs: Any, options: RunOptions) -> JobHandle:
+        applied = options.apply(job)
+        steps = job_steps(applied)
+        if steps is not None:  # a multi-step job: a chain of one-step jobs (.chain)
+            return submit_chain_job(self.executor, applied, steps, inputs, options, submit_job, _handle_for)
         return submit_job(self.executor, job, inputs, options)
 
-    def handle(self, job_id: str) -> ObjectStoreJobHandle:
-        return ObjectStoreJobHandle(job_id, self.executor.require_storage())
+    def handle(self, job_id: str) -> JobHandle:
+        url = self.executor.require_storage()
+        if is_chain(open_storage(url), job_id):
+            return chain_handle(url, job_id, _handle_for, lambda *a: submit_job(self.executor, *a))
+        return ObjectStoreJobHandle(job_id, url)
 
     def list_jobs(self) -> list[JobStatus]:
-        return list_jobs(self.executor.require_storage())
+        url = self.executor.require_storage()
+        return chain_statuses(url, list_jobs(url), _handle_for)
 
     def resume_job(self, job_id: str) -> ObjectStoreJobHandle:
+        if is_chain(open_storage(self.executor.require_storage()), job_id):
+            raise chain_resume_refused(job_id)
         return resume_job(job_id, self.executor.require_storage(), batch_size=self.executor.batch_size)
+
+
+def _handle_for(storage_url: str, job_id: str) -> JobHandle:
+    return ObjectStoreJobHandle(job_id, storage_url)

@@ -443,16 +443,10 @@ def _run_publish(worker: Any, k: JobKeys, entry_id: bytes, reclaimed: bool, run:
     ended = _end(worker, k, entry_id, "done", counters, "", run)
     if ended in (-1, -2):
         return
-    log_event(
-        client,
-        k.job,
-        "",
-        0,
-        worker.name,
-        "event",
-        f"done in {seconds:.2f}s: output at {redact(state['output'])}",
-    )
+    done = f"done in {seconds:.2f}s: output at {redact(state['output'])}"
+    log_event(client, k.job, "", 0, worker.name, "event", done)
     cleanup_job(client, k.job, state, failed=False)
+    worker.chain_published(k.job)  # a step of a multi-step job: submit the next step
 
 
 def _resume_publish(

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from mrkit.backends.redis.chain import chain_handle, chain_of_step, is_chain, submit_chain_job
 from mrkit.backends.redis.job_handle import RedisJobHandle, list_jobs, missing_job, reaching
 from mrkit.backends.redis.job_state import DEFAULT_TTL, LOG_MAXLEN, JobKeys
 from mrkit.backends.redis.job_steps import log_fields
 from mrkit.backends.redis.wire import GROUP, JOBS, QUEUES, key, now_ms, pack, unpack
+from mrkit.coordination.chain import chain_resume_refused
+from mrkit.coordination.handle import JobHandle
 from mrkit.coordination.options import RunOptions
 from mrkit.coordination.prepare import prepare_submission
 from mrkit.errors import (
@@ -25,6 +28,7 @@ from mrkit.errors import (
 from mrkit.execution.runtime import storage_for
 from mrkit.model import layout
 from mrkit.model.status import JobStatus
+from mrkit.model.steps import job_steps
 from mrkit.model.task import TaskSpec
 from mrkit.storage.redis import _redis, glob_escape, redact
 
@@ -299,15 +303,35 @@ class RedisJobService:
     def __init__(self, executor: Any) -> None:
         self.executor = executor
 
-    def submit_job(self, job: Any, inputs: Any, options: RunOptions) -> RedisJobHandle:
+    def submit_job(self, job: Any, inputs: Any, options: RunOptions) -> JobHandle:
+        applied = options.apply(job)
+        steps = job_steps(applied)
+        if steps is not None:  # a multi-step job: a chain of one-step jobs (mrkit.backends.redis.chain)
+            with reaching(self.executor.url):
+                return submit_chain_job(self.executor, applied, steps, inputs, options, submit_job)
         return submit_job(self.executor, job, inputs, options)
 
-    def handle(self, job_id: str) -> RedisJobHandle:
+    def handle(self, job_id: str) -> JobHandle:
+        with reaching(self.executor.url):
+            if is_chain(self.executor.client, job_id):
+                return chain_handle(self.executor, job_id, submit_job)
         return RedisJobHandle(self.executor.url, job_id)
 
     def list_jobs(self) -> list[JobStatus]:
-        return list_jobs(self.executor.url)
+        """Every job, newest first; a multi-step job once, as its chain (its steps are not listed)."""
+        jobs = list_jobs(self.executor.url)
+        with reaching(self.executor.url):
+            chains = {st.id for st in jobs if is_chain(self.executor.client, st.id)}
+            out = []
+            for st in jobs:
+                found = chain_of_step(self.executor.client, st.id)
+                if found is not None and found[0] in chains:
+                    continue
+                out.append(chain_handle(self.executor, st.id, submit_job).status() if st.id in chains else st)
+        return out
 
     def resume_job(self, job_id: str) -> RedisJobHandle:
         with reaching(self.executor.url):
+            if is_chain(self.executor.client, job_id):
+                raise chain_resume_refused(job_id)
             return resume_job(self.executor, job_id)

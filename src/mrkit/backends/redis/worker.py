@@ -381,6 +381,15 @@ class RedisWorker:
             finally:
                 self._running = None
 
+    def chain_published(self, job_id: str) -> None:
+        """``job_id`` published: a step of a multi-step job submits the next (redis/chain.py)."""
+        from mrkit.backends.redis import chain, jobs
+
+        try:
+            chain.after_publish(self.url, self.secret, job_id, jobs.submit_job)
+        except Exception as exc:  # the step is done; the next handle that looks recovers the chain
+            print(f"mrkit worker {self.name}: advancing after job {job_id}: {exc!r}", file=sys.stderr)
+
     def _run_blocking(self, stream: str, entry_id: bytes, header: dict[str, Any], body: bytes) -> None:
         try:
             spec = TaskSpec.decode(body)
