@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,21 @@ def wait_for_pid(marker: Path, timeout: float = 60.0) -> int:
     return int(marker.read_text())
 
 
+def in_background(fn: Any, *args: Any, **kwargs: Any) -> Future[Any]:
+    """Run ``fn`` in a daemon thread; its future. Unlike a ThreadPoolExecutor, nothing joins the
+    thread: a run that never ends fails its test at ``result(timeout=…)`` instead of hanging it."""
+    future: Future[Any] = Future()
+
+    def target() -> None:
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # delivered to result()
+            future.set_exception(exc)
+
+    threading.Thread(target=target, name="test-run", daemon=True).start()
+    return future
+
+
 def kill_mid_task(job: mrkit.Job, executor: Any, tmp_path: Path) -> tuple[mrkit.Result, int]:
     """Run ``job`` on ``executor`` and SIGKILL the worker process of the stalled attempt; return the
     job's result (after asserting its output is the undisturbed word count's) and the killed pid."""
@@ -62,20 +78,19 @@ def kill_mid_task(job: mrkit.Job, executor: Any, tmp_path: Path) -> tuple[mrkit.
     marker = tmp_path / "stalled-pid"
     options: dict[str, Any] = {"n_map": 4, "n_reduce": 3, "split_size": 4000, "quiet": True}
     mrkit.run(C.WORD_COUNT, str(source), executor="inline", output=str(tmp_path / "expected"), **options)
-    with ThreadPoolExecutor(1) as pool:
-        running = pool.submit(
-            mrkit.run,
-            job,
-            str(source),
-            executor=executor,
-            output=str(tmp_path / "got"),
-            params={"marker": str(marker)},
-            **options,
-        )
-        pid = wait_for_pid(marker)
-        assert pid != os.getpid()
-        os.kill(pid, signal.SIGKILL)
-        result = running.result(timeout=180)
+    running = in_background(
+        mrkit.run,
+        job,
+        str(source),
+        executor=executor,
+        output=str(tmp_path / "got"),
+        params={"marker": str(marker)},
+        **options,
+    )
+    pid = wait_for_pid(marker)
+    assert pid != os.getpid()
+    os.kill(pid, signal.SIGKILL)
+    result = running.result(timeout=180)
     assert parts(str(tmp_path / "got")) == parts(str(tmp_path / "expected"))
     return result, pid
 
@@ -127,24 +142,23 @@ def test_a_scheduler_that_goes_away_fails_the_job_clearly_and_publishes_nothing(
     cluster = start_cluster(n_workers=2)
     try:
         address = cluster.address.replace("tcp://", "dask://")
-        with ThreadPoolExecutor(1) as pool:
-            running = pool.submit(
-                mrkit.run,
-                D.STALL_IN_MAP,
-                str(source),
-                executor=address,
-                output=str(tmp_path / "got"),
-                params={"marker": str(marker)},
-                n_map=4,
-                quiet=True,
-            )
-            wait_for_pid(marker)
-            assert cluster.scheduler is not None
-            os.kill(cluster.scheduler.pid, signal.SIGKILL)
-            started = time.monotonic()
-            with pytest.raises(mrkit.JobFailed, match="the Dask (client is closed|scheduler went away)"):
-                running.result(timeout=120)
-            assert time.monotonic() - started < 60
+        running = in_background(
+            mrkit.run,
+            D.STALL_IN_MAP,
+            str(source),
+            executor=address,
+            output=str(tmp_path / "got"),
+            params={"marker": str(marker)},
+            n_map=4,
+            quiet=True,
+        )
+        wait_for_pid(marker)
+        assert cluster.scheduler is not None
+        os.kill(cluster.scheduler.pid, signal.SIGKILL)
+        started = time.monotonic()
+        with pytest.raises(mrkit.JobFailed, match="the Dask (client is closed|scheduler went away)"):
+            running.result(timeout=120)
+        assert time.monotonic() - started < 60
     finally:
         cluster.stop()
     assert not (tmp_path / "got").exists() or not list((tmp_path / "got").iterdir())
