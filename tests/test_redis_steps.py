@@ -227,3 +227,13 @@ def test_cancel_during_the_last_step_cancels_it_and_publishes_nothing(redis_url,
     with pytest.raises(JobCancelled, match=f"job {handle.id} was cancelled during step 2"):
         handle.wait(timeout=60)
     assert not (out / "_SUCCESS").exists() and not list(out.glob("part-*"))
+
+
+def test_a_one_step_job_and_a_chain_cannot_share_an_id(redis_url):  # noqa: F811
+    # Both ways: each submit refuses the id the other holds (their keys live under the same hash tag).
+    mrkit.submit(C.TOP_WORDS, mrkit.Records(TEXT), executor=redis_url, n_map=2, job_id="shared-a")
+    with pytest.raises(mrkit.ConfigError, match="job shared-a already exists in Redis"):
+        mrkit.submit(C.WORD_COUNT, mrkit.Records(TEXT), executor=redis_url, job_id="shared-a")
+    mrkit.submit(C.WORD_COUNT, mrkit.Records(TEXT), executor=redis_url, job_id="shared-b")
+    with pytest.raises(mrkit.ConfigError, match="shared-b"):
+        mrkit.submit(C.TOP_WORDS, mrkit.Records(TEXT), executor=redis_url, n_map=2, job_id="shared-b")

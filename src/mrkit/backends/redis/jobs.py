@@ -57,7 +57,9 @@ def submit_job(executor: Any, job: Any, inputs: Any, options: RunOptions) -> Red
     def check_id(job_id: str) -> None:
         if "{" in job_id or "}" in job_id or ":" in job_id:
             raise ConfigError(f"job id {job_id!r} may not contain braces or colons (they delimit Redis keys)")
-        if client.exists(key(job_id, "state")):  # early and cheap; the transaction below decides
+        # A one-step job or a multi-step job (a chain) of that id: early and cheap; the
+        # transaction below decides.
+        if client.exists(key(job_id, "state"), key(job_id, "chain")):
             raise _taken(job_id, executor)
 
     prepared = prepare_submission(job, inputs, options, executor=executor, check_id=check_id)
@@ -99,8 +101,8 @@ def submit_job(executor: Any, job: Any, inputs: Any, options: RunOptions) -> Red
     # All or nothing: a half-submitted job never exists. WATCH makes "create unless it exists" one
     # step, so two submitters given the same job_id cannot both believe they created it.
     pipe = client.pipeline(transaction=True)
-    pipe.watch(k.state)
-    if pipe.exists(k.state):
+    pipe.watch(k.state, key(job_id, "chain"))
+    if pipe.exists(k.state, key(job_id, "chain")):
         pipe.reset()
         raise _taken(job_id, executor)
     pipe.multi()
