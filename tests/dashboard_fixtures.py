@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -53,17 +52,6 @@ def submit_paced(tmp_path: Path, lines: list[str], each: float, **options: Any) 
     options.setdefault("executor", "processes")
     options.setdefault("workers", 2)
     return mrkit.submit(PACED, str(source), params={"each": each}, quiet=True, **options)
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "a condition") -> Any:
-    """Poll ``check`` until it returns something true (bounded)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def registry_running(job_id: str) -> bool:

@@ -22,8 +22,8 @@ from mrkit.coordination.registry import RegistryJobHandle
 from mrkit.dashboard.server import DashboardServer, is_loopback
 from mrkit.dashboard.sources import open_sources
 from mrkit.errors import ConfigError
-from tests.dashboard_fixtures import csrf_of, get, post, registry_running, submit_paced, wait_for
-from tests.redis_fixtures import RedisServer
+from tests.dashboard_fixtures import csrf_of, get, post, registry_running, submit_paced
+from tests.redis_fixtures import RedisServer, wait_for
 
 LINES = [f"alpha beta gamma {i}" for i in range(40)]
 

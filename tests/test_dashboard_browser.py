@@ -26,8 +26,8 @@ from mrkit.coordination.events import EventLog, TaskEvent
 from mrkit.coordination.registry import record_end, save_start
 from mrkit.dashboard.server import DashboardServer
 from mrkit.dashboard.sources import open_sources
-from tests.dashboard_fixtures import registry_running, submit_paced, wait_for
-from tests.redis_fixtures import RedisServer, start_worker, stop_worker
+from tests.dashboard_fixtures import registry_running, submit_paced
+from tests.redis_fixtures import RedisServer, start_worker, stop_worker, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("MRKIT_TEST_ARTIFACTS") or ROOT / "test-artifacts")
