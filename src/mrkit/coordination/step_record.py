@@ -17,6 +17,7 @@ id the user knows (``job_id=``, ``--job-id``, the summary line):
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from typing import Any
@@ -36,6 +37,20 @@ from mrkit.coordination.registry import (
 def step_run_id(job_id: str, k: int) -> str:
     """The registry id of step ``k`` (from 1) of the multi-step job ``job_id``."""
     return f"{job_id}-step{k}"
+
+
+_STEP_RUN_ID = re.compile(r"^(?P<job>.+)-step(?P<k>\d+)$")
+
+
+def split_step_run_id(run_id: str) -> tuple[str, int] | None:
+    """``(job id, k)`` when ``run_id`` has the shape :func:`step_run_id` gives, else None (whether
+    such a multi-step job exists is for the caller to check).
+
+    >>> split_step_run_id("words-step2"), split_step_run_id("words")
+    (('words', 2), None)
+    """
+    match = _STEP_RUN_ID.match(run_id)
+    return None if match is None else (match["job"], int(match["k"]))
 
 
 class StepsRecording:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,12 +31,11 @@ from mrkit.coordination.chain import ChainRecord, ChainSpec, advance, submit_cha
 from mrkit.coordination.chain_handle import ChainHandle
 from mrkit.coordination.handle import JobHandle
 from mrkit.coordination.options import RunOptions
+from mrkit.coordination.step_record import split_step_run_id
 from mrkit.errors import ConfigError, StorageError
 from mrkit.model.status import JobStatus
 from mrkit.storage import open_storage
 from mrkit.storage.base import Storage
-
-_STEP_ID = re.compile(r"^(?P<chain>.+)-step(?P<k>\d+)$")
 
 
 def chain_prefix(job_id: str) -> str:
@@ -124,10 +122,8 @@ def is_chain(storage: Storage, job_id: str) -> bool:
 
 def chain_of_step(storage: Storage, step_id: str) -> tuple[str, int] | None:
     """``(chain id, k)`` when ``step_id`` is step ``k`` of a chain in ``storage``, else None."""
-    match = _STEP_ID.match(step_id)
-    if match is None or not is_chain(storage, match["chain"]):
-        return None
-    return match["chain"], int(match["k"])
+    found = split_step_run_id(step_id)
+    return found if found is not None and is_chain(storage, found[0]) else None
 
 
 #: handle_for(storage URL, job id) -> the backend's handle of a one-step job.

@@ -17,7 +17,6 @@ shows the chain and hides its steps). Once the chain ends its keys get the TTL o
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,9 +28,8 @@ from mrkit.backends.redis.wire import JOBS, key, now_ms, pack, unpack
 from mrkit.coordination.chain import ChainRecord, ChainSpec, advance, submit_chain
 from mrkit.coordination.chain_handle import ChainHandle
 from mrkit.coordination.options import RunOptions
+from mrkit.coordination.step_record import split_step_run_id
 from mrkit.errors import ConfigError
-
-_STEP_ID = re.compile(r"^(?P<chain>.+)-step(?P<k>\d+)$")
 
 # End the chain in KEYS[1] if it is running: ARGV = state, error, ended (ms). 1 when ended here.
 _FINISH = """
@@ -137,10 +135,8 @@ def is_chain(client: Any, job_id: str) -> bool:
 
 def chain_of_step(client: Any, step_id: str) -> tuple[str, int] | None:
     """``(chain id, k)`` when ``step_id`` is step ``k`` of a chain in this Redis, else None."""
-    match = _STEP_ID.match(step_id)
-    if match is None or not is_chain(client, match["chain"]):
-        return None
-    return match["chain"], int(match["k"])
+    found = split_step_run_id(step_id)
+    return found if found is not None and is_chain(client, found[0]) else None
 
 
 def chain_handle(executor: Any, job_id: str, submit_job: Callable[..., Any]) -> ChainHandle:
@@ -183,7 +179,7 @@ def after_publish(url: str, secret: bytes, step_id: str, submit_job: Callable[..
     """The job ``step_id`` published on the Redis at ``url``: when it is a step of a chain, advance
     the chain (a worker calls this at the end of a publish, with the fleet ``secret``;
     :func:`mrkit.coordination.chain.advance`)."""
-    if _STEP_ID.match(step_id) is None:
+    if split_step_run_id(step_id) is None:
         return  # (most jobs: no connection opened)
     executor = RedisExecutor(url, workers=1, secret=secret)
     found = chain_of_step(executor.client, step_id)
