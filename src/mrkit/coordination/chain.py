@@ -232,26 +232,22 @@ def advance(store: ChainStore, k: int, submit: Submit, handle_for: Callable[[str
     except AuthenticationError:
         return  # a side without the secret cannot advance the chain (its workers do)
     except Exception as exc:  # a spec this side cannot load (a module it lacks): the step cannot run
-        if store.finish("failed", step_failure(record.labels[k], job_id, f"{type(exc).__name__}: {exc}")):
-            delete_between(store, k)
+        _fail_step(store, record, k + 1, f"{type(exc).__name__}: {exc}")
         return
     inputs = StepOutput(intermediate_url(None, spec.options, job_id, k, spec.base))
     try:
         _submit_step(spec, job_id, k + 1, inputs, submit)
     except ConfigError as exc:
-        if step_exists(handle_for, step_run_id(job_id, k + 1)):
-            pass  # submitted by a recovery meanwhile: the atomic create kept it once
-        else:
-            if store.finish("failed", step_failure(record.labels[k], job_id, str(exc))):
-                delete_between(store, k)
+        if not step_exists(handle_for, step_run_id(job_id, k + 1)):
+            _fail_step(store, record, k + 1, str(exc), spec)
             return
+        # else: submitted by a recovery meanwhile; the atomic create kept it once
     except Exception as exc:
-        if store.finish("failed", step_failure(record.labels[k], job_id, f"{type(exc).__name__}: {exc}")):
-            delete_between(store, k)
+        _fail_step(store, record, k + 1, f"{type(exc).__name__}: {exc}", spec)
         return
     store.set_step(k + 1)
     if k >= 2:
-        delete_between(store, k - 1)  # read by step k, which has ended
+        delete_between(store, k - 1, spec)  # read by step k, which has ended
     after = store.read()
     if after is not None and after.state == "cancelled":  # cancelled while this step was submitted
         handle_for(step_run_id(job_id, k + 1)).cancel()
@@ -272,12 +268,22 @@ def step_exists(handle_for: Callable[[str], JobHandle], run_id: str) -> bool:
         return False
 
 
-def delete_between(store: ChainStore, k: int) -> None:
-    """Delete step ``k``'s intermediate result (if there is such a step and it had one)."""
+def _fail_step(
+    store: ChainStore, record: ChainRecord, k: int, why: str, spec: ChainSpec | None = None
+) -> None:
+    """Fail the chain at step ``k`` (it could not be submitted) and delete what step ``k`` would
+    have read, if this call ended the chain."""
+    if store.finish("failed", step_failure(record.labels[k - 1], store.job_id, why)):
+        delete_between(store, k - 1, spec)
+
+
+def delete_between(store: ChainStore, k: int, spec: ChainSpec | None = None) -> None:
+    """Delete step ``k``'s intermediate result (if there is such a step and it had one); ``spec``:
+    the chain's, when the caller has loaded it already."""
     if k < 1:
         return
     try:
-        spec = store.spec()
+        spec = spec or store.spec()
         if k < len(spec.steps):
             delete_intermediate(intermediate_url(None, spec.options, store.job_id, k, spec.base))
     except Exception:
