@@ -91,9 +91,14 @@ class ChainHandle(JobHandle):
                     delete_between(self.store, record.step)
             elif current.state == "done" and self.submit is not None and _stuck(current):
                 advance(self.store, record.step, self.submit, self.handle_for)
-            record = self._record()
-            if record.step > len(statuses):
-                statuses.append(self.step_handle(record.step).status())
+            before, record = record, self._record()
+            if (record.step, record.state) != (before.step, before.state):
+                # The chain moved on since its steps were read (a publisher advanced or ended it in
+                # between): read the steps from the one that was current again, or the job would be
+                # reported with a step's counters and output of a moment before it ended.
+                statuses[before.step - 1 :] = [
+                    self.step_handle(j).status() for j in range(before.step, record.step + 1)
+                ]
         return record, statuses
 
     def status(self) -> JobStatus:
