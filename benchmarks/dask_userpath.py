@@ -3,6 +3,7 @@ connects, runs the job, writes its output, and the output is read back.
 
     python benchmarks/dask_userpath.py                       # 100 MB, 2 workers, 3 alternating rounds
     python benchmarks/dask_userpath.py --size-mb 5 --rounds 1   # smoke test
+    python benchmarks/dask_userpath.py --tuned                # workers with docs/dask.md's batch settings
 
 The cluster is what a Dask user has running: ``dask scheduler`` and ``--workers`` ``dask worker``
 processes (one thread each) on 127.0.0.1, started once before any timing. Per workload, in
@@ -105,7 +106,18 @@ def same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return all(abs(a[k] - b[k]) <= 1e-9 * max(1.0, abs(a[k])) for k in a)
 
 
-def start_cluster(workers: int, folder: Path) -> tuple[str, list[subprocess.Popen[bytes]]]:
+#: ``--tuned``: the workers' settings docs/dask.md recommends for a cluster that runs batch jobs (the
+#: local cluster ``dask`` starts with them: mrkit.backends.dask.executor.LOCAL_CLUSTER_CONFIG).
+TUNED_ENV = {
+    "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
+    "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s",
+    "DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL": "2s",
+}
+
+
+def start_cluster(
+    workers: int, folder: Path, worker_env: dict[str, str] | None = None
+) -> tuple[str, list[subprocess.Popen[bytes]]]:
     dask = str(Path(sys.executable).with_name("dask"))
     scheduler_file = folder / "scheduler.json"
     log = open(folder / "cluster.log", "wb")  # noqa: SIM115 - the processes hold it
@@ -131,7 +143,7 @@ def start_cluster(workers: int, folder: Path) -> tuple[str, list[subprocess.Pope
                 + ["--name", f"bench-{i}"],
                 stdout=log,
                 stderr=log,
-                env=userpath._env(),
+                env={**userpath._env(), **(worker_env or {})},
             )
         )
     from distributed import Client
@@ -154,14 +166,23 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip the Dask bag side (slow at large sizes): only dask/processes",
     )
+    parser.add_argument(
+        "--tuned",
+        action="store_true",
+        help="start the workers with docs/dask.md's batch settings (profiler off, slower tick and monitor)",
+    )
     args = parser.parse_args(argv)
     sides = ["dask", "processes"] + ([] if args.no_bag else ["bag"])
     tmp = Path(tempfile.mkdtemp(prefix="mrkit-dask-userpath-"))
-    address, procs = start_cluster(args.workers, tmp)
+    address, procs = start_cluster(args.workers, tmp, TUNED_ENV if args.tuned else None)
     executor = address.replace("tcp://", "dask://")
     report: dict[str, Any] = {"size_mb": args.size_mb, "workers": args.workers, "rounds": args.rounds}
     ok = True
-    print(f"mrkit on a running Dask cluster ({args.workers} workers), {args.size_mb:g} MB, fresh processes")
+    print(
+        f"mrkit on a running Dask cluster ({args.workers} workers"
+        + (", tuned" if args.tuned else ", Dask's default settings")
+        + f"), {args.size_mb:g} MB, fresh processes"
+    )
     try:
         for name in args.only:
             kind = "uservisits" if name == "adrevenue" else "text"

@@ -9,8 +9,9 @@ Task states and their transitions live here, in one place (STYLE 14)::
                            |
                            +--out of attempts / input unreadable--> FAILED (the job fails)
 
-A phase ends when every task is COMMITTED. At most ``executor.workers`` attempts are in flight, so
-the time since launch approximates running time; once nothing is pending, a RUNNING task slower
+A phase ends when every task is COMMITTED. At most ``executor.workers`` attempts are in flight (plus
+``executor.queue_ahead`` queued beside its workers, timed from when they leave that queue), so the
+time since launch approximates running time; once nothing is pending, a RUNNING task slower
 than ``speculative_after`` times the phase's median gets one speculative twin, and whichever commits
 first wins (the other's ``committed`` is False and its output was discarded by the runtime).
 Counters come from the winning attempts' commit manifests, so a duplicate never counts twice.
@@ -164,7 +165,10 @@ class PhaseRunner:
             else 0,
             live=getattr(self.executor, "live_progress", None),
         )
-        capacity = max(1, self.executor.workers)
+        workers = max(1, self.executor.workers)
+        capacity = workers
+        if self.executor.reports_running:  # see Executor.queue_ahead
+            capacity += max(0, self.executor.queue_ahead)
         try:
             while self._done < len(self.tasks):
                 if self.cancelled.is_set():
@@ -179,7 +183,7 @@ class PhaseRunner:
                     if task.state is not TaskState.COMMITTED:
                         self._launch(task)
                 if not self._pending:
-                    self._maybe_speculate(capacity)
+                    self._maybe_speculate(workers)  # a twin only for a worker left idle
                 if not self._inflight:
                     continue
                 finished, _ = wait(list(self._inflight), timeout=0.2, return_when=FIRST_COMPLETED)

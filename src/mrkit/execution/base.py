@@ -42,6 +42,10 @@ class Executor:
         reports_running: True when the futures it returns report ``running()`` once an attempt
             leaves its queue for a worker; the driver then times attempts from that moment
             instead of from submission.
+        queue_ahead: how many attempts beyond ``workers`` the driver keeps submitted, so that a
+            worker finds its next attempt queued beside it when one ends instead of waiting for a
+            round trip to the driver (Dask: one per worker thread). Only with ``reports_running``,
+            so that waiting in that queue never counts as running time.
         enforces_timeouts: True when the side that runs an attempt enforces
             ``TaskSettings.task_timeout`` itself (:mod:`mrkit.execution.watchdog`: time *without
             progress*, the stuck process ended and replaced) and resolves the future with a
@@ -57,6 +61,7 @@ class Executor:
     local: bool = True
     asynchronous: bool = False
     reports_running: bool = False
+    queue_ahead: int = 0
     enforces_timeouts: bool = False
     starts_workers: bool = False
 
