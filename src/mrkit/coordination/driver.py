@@ -16,7 +16,7 @@ than ``speculative_after`` times the phase's median gets one speculative twin, a
 first wins (the other's ``committed`` is False and its output was discarded by the runtime).
 Counters come from the winning attempts' commit manifests, so a duplicate never counts twice.
 
-About 420 lines: the scheduling loop, retries, speculation and timeouts act on one table of
+About 460 lines: the scheduling loop, retries, speculation and timeouts act on one table of
 tasks under one lock.
 """
 

@@ -27,9 +27,11 @@ Security: the cluster ``dask`` starts listens on 127.0.0.1 only (its dashboard t
 workers. Use ``tls://`` with a ``distributed.security.Security`` (``security=`` or the usual Dask
 configuration) for a scheduler on a network.
 
-Why one module of about 500 lines: the executor's submit, its batching of futures-API calls, its
-result pump, its client watcher and its shutdown share one table of pending attempts and its lock;
-the local cluster's start-up (and the caller's environment it restores) is its only other part.
+Why one module of about 580 lines: the executor's submit, its batching of futures-API calls, its
+queue of attempts waiting beside the workers (``queue_ahead``, ``_mark_running``), its result pump,
+its client watcher and its shutdown share one table of pending attempts and its lock; the local
+cluster's start-up (its batch settings, and the caller's environment it restores) is its only other
+part.
 """
 
 from __future__ import annotations
