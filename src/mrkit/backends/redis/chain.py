@@ -23,6 +23,7 @@ from typing import Any
 
 from mrkit.backends.redis.executor import RedisExecutor
 from mrkit.backends.redis.job_handle import RedisJobHandle
+from mrkit.backends.redis.job_state import JobKeys, check_job_id
 from mrkit.backends.redis.job_steps import expire_job
 from mrkit.backends.redis.wire import JOBS, key, now_ms, pack, unpack
 from mrkit.coordination.chain import ChainRecord, ChainSpec, advance, submit_chain
@@ -57,14 +58,12 @@ class RedisChainStore:
 
     def __init__(self, client: Any, secret: bytes, job_id: str, ttl: float = 86400.0) -> None:
         self.client, self.secret, self.job_id = client, secret, job_id
-        self.key = key(job_id, "chain")
+        keys = JobKeys(job_id)
+        self.key, self._one_step_state = keys.chain, keys.state
         self.ttl = ttl
 
     def create(self, record: ChainRecord, spec: ChainSpec) -> None:
-        if "{" in self.job_id or "}" in self.job_id or ":" in self.job_id:
-            raise ConfigError(
-                f"job id {self.job_id!r} may not contain braces or colons (they delimit Redis keys)"
-            )
+        check_job_id(self.job_id)
         fields = pack(self.secret, {"op": "chain", "job": self.job_id}, spec.encode())
         mapping = {
             **fields,
@@ -76,8 +75,8 @@ class RedisChainStore:
             "ttl": int(self.ttl),
         }
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.watch(self.key, key(self.job_id, "state"))
-            if pipe.exists(self.key) or pipe.exists(key(self.job_id, "state")):
+            pipe.watch(self.key, self._one_step_state)
+            if pipe.exists(self.key) or pipe.exists(self._one_step_state):
                 raise ConfigError(f"job {self.job_id} already exists in this Redis; choose another job id")
             pipe.multi()
             pipe.hset(self.key, mapping=mapping)
@@ -130,7 +129,7 @@ class RedisChainStore:
 
 def is_chain(client: Any, job_id: str) -> bool:
     """True when ``job_id`` names a multi-step job (a chain) in this Redis."""
-    return bool(client.exists(key(job_id, "chain")))
+    return bool(client.exists(JobKeys(job_id).chain))
 
 
 def chain_of_step(client: Any, step_id: str) -> tuple[str, int] | None:

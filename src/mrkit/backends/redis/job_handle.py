@@ -17,7 +17,7 @@ from typing import Any
 from mrkit.backends.redis.job_events import read_events
 from mrkit.backends.redis.job_state import POLL_SECONDS, REDIS_DOWN_SECONDS, SCRIPTS, JobKeys
 from mrkit.backends.redis.job_steps import cleanup_job, log_event
-from mrkit.backends.redis.wire import DEAD, GROUP, JOBS, QUEUES, key, now_ms, resolve_secret, unpack
+from mrkit.backends.redis.wire import DEAD, GROUP, JOBS, QUEUES, now_ms, resolve_secret, unpack
 from mrkit.coordination.events import TaskEvent
 from mrkit.coordination.handle import JobHandle
 from mrkit.errors import (
@@ -156,7 +156,7 @@ def _list_jobs(url: str, limit: int) -> list[JobStatus]:
     gone = []
     for job_id in ids:
         status = job_status(client, job_id, url)
-        if status["state"] == "unknown" and not client.exists(key(job_id, "chain")):
+        if status["state"] == "unknown" and not client.exists(JobKeys(job_id).chain):
             gone.append(job_id)  # (a multi-step job has no state of its own: its chain, chain.py)
         else:
             out.append(JobStatus.from_dict({"executor": redact(url), **status}))

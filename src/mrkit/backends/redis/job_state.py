@@ -63,6 +63,7 @@ from __future__ import annotations
 
 from mrkit.backends.redis.job_events import SCRIPTS as EVENT_SCRIPTS
 from mrkit.backends.redis.wire import key
+from mrkit.errors import ConfigError
 from mrkit.model.task import TaskFailure, TaskSpec
 
 DEFAULT_TTL = 86400.0
@@ -218,6 +219,16 @@ return redis.call('HINCRBY', KEYS[1], 'refused', 1)
 """
 
 
+def check_job_id(job_id: str) -> None:
+    """Refuse a job id that would not stay inside its own keys (``mrkit:{id}:name``).
+
+    Raises:
+        ConfigError: the id holds a brace or a colon.
+    """
+    if "{" in job_id or "}" in job_id or ":" in job_id:
+        raise ConfigError(f"job id {job_id!r} may not contain braces or colons (they delimit Redis keys)")
+
+
 class JobKeys:
     """The Redis keys of one asynchronous job (docs/redis.md describes each)."""
 
@@ -225,7 +236,7 @@ class JobKeys:
         self.job = job_id
         for name in ("state", "meta", "tasks", "attempts", "failures", "lost", "workers", "logs"):
             setattr(self, name, key(job_id, name))
-        for name in ("events", "running"):
+        for name in ("events", "running", "chain"):
             setattr(self, name, key(job_id, name))
         self.state: str
         self.meta: str
@@ -237,6 +248,7 @@ class JobKeys:
         self.logs: str
         self.events: str  # the attempts' task events (mrkit.backends.redis.job_events)
         self.running: str
+        self.chain: str  # the record of a multi-step job of this id (mrkit.backends.redis.chain)
 
     def done(self, phase: str) -> str:
         return key(self.job, f"done:{phase}")

@@ -14,9 +14,9 @@ from typing import Any
 
 from mrkit.backends.redis.chain import chain_handle, chain_of_step, is_chain, submit_chain_job
 from mrkit.backends.redis.job_handle import RedisJobHandle, list_jobs, missing_job, reaching
-from mrkit.backends.redis.job_state import DEFAULT_TTL, LOG_MAXLEN, JobKeys
+from mrkit.backends.redis.job_state import DEFAULT_TTL, LOG_MAXLEN, JobKeys, check_job_id
 from mrkit.backends.redis.job_steps import log_fields
-from mrkit.backends.redis.wire import GROUP, JOBS, QUEUES, key, now_ms, pack, unpack
+from mrkit.backends.redis.wire import GROUP, JOBS, QUEUES, now_ms, pack, unpack
 from mrkit.coordination.chain import chain_resume_refused
 from mrkit.coordination.handle import JobHandle
 from mrkit.coordination.options import RunOptions
@@ -55,11 +55,11 @@ def submit_job(executor: Any, job: Any, inputs: Any, options: RunOptions) -> Red
     client = executor.client
 
     def check_id(job_id: str) -> None:
-        if "{" in job_id or "}" in job_id or ":" in job_id:
-            raise ConfigError(f"job id {job_id!r} may not contain braces or colons (they delimit Redis keys)")
+        check_job_id(job_id)
         # A one-step job or a multi-step job (a chain) of that id: early and cheap; the
         # transaction below decides.
-        if client.exists(key(job_id, "state"), key(job_id, "chain")):
+        taken = JobKeys(job_id)
+        if client.exists(taken.state, taken.chain):
             raise _taken(job_id, executor)
 
     prepared = prepare_submission(job, inputs, options, executor=executor, check_id=check_id)
@@ -101,8 +101,8 @@ def submit_job(executor: Any, job: Any, inputs: Any, options: RunOptions) -> Red
     # All or nothing: a half-submitted job never exists. WATCH makes "create unless it exists" one
     # step, so two submitters given the same job_id cannot both believe they created it.
     pipe = client.pipeline(transaction=True)
-    pipe.watch(k.state, key(job_id, "chain"))
-    if pipe.exists(k.state, key(job_id, "chain")):
+    pipe.watch(k.state, k.chain)
+    if pipe.exists(k.state, k.chain):
         pipe.reset()
         raise _taken(job_id, executor)
     pipe.multi()
