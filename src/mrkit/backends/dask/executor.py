@@ -50,6 +50,7 @@ from mrkit.model.task import TaskKind, TaskResult, TaskSpec
 from mrkit.security import is_loopback
 
 try:
+    import dask.config
     from distributed import Client, KilledWorker, LocalCluster, as_completed
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingExtra("the dask executor", "dask", "distributed") from exc
@@ -502,8 +503,6 @@ def _served_dashboard(client: Any) -> str | None:
 
 def _start_local_cluster(workers: int | None, security: Any) -> tuple[Any, Client]:
     """A ``LocalCluster`` of ``workers`` single-threaded processes on 127.0.0.1, and its client."""
-    import dask.config
-
     if workers is None:
         workers = os.cpu_count() or 1
     try:
@@ -543,8 +542,6 @@ def _nanny_environ() -> dict[str, str | None]:
     (``OMP_NUM_THREADS=1``, ``MALLOC_TRIM_THRESHOLD_``...). A local cluster's nannies run in the
     caller's process, so without a restore the caller's environment, and every process it starts
     later (``processes`` workers included), would keep them."""
-    import dask.config
-
     names = {"PYTHONHASHSEED", *(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})}
     return {name: os.environ.get(name) for name in names}
 
