@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import resource
 import threading
 import time
@@ -379,6 +380,19 @@ def test_async_events_are_retried_duplicated_and_finally_reported(tmp_path):
     local(tmp_path, retry_delay=0.01).invoke({"log": str(log), "always_fail": True})
     lines = wait_for_lines(log, 4)
     assert [line["record"] for line in lines] == [False, False, False, True]
+
+
+def test_the_callers_random_stream_is_left_alone(tmp_path):
+    # Duplicates, slot choice and retry jitter must not draw from the global ``random`` stream: a
+    # user who seeded it for reproducible results would get another sequence after a job ran.
+    log = tmp_path / "log.jsonl"
+    random.seed(2026)
+    state = random.getstate()
+    fn = local(tmp_path, duplicate_rate=1.0, retry_delay=0.01)
+    fn.invoke({"log": str(log), "fail_first": str(tmp_path / "flag")})
+    assert len(wait_for_lines(log, 3)) >= 3  # two deliveries at once, one of them retried
+    assert fn.wait_idle(30)
+    assert random.getstate() == state
 
 
 def test_detached_invocations_outlive_their_invoker(tmp_path):

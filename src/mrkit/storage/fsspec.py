@@ -56,6 +56,9 @@ from mrkit.storage.base import Storage, check_key
 from mrkit.storage.objects import Body, FsspecObjects, S3Objects
 
 READ_RETRIES = 5  # re-issues of a failed ranged GET before the read fails (reset by progress)
+# Retry jitter comes from a private generator: a library must not draw from (and so shift) the
+# caller's global ``random`` stream, which a user may have seeded for reproducible results.
+_JITTER = random.Random()
 WINDOW = 64 << 20  # bytes asked of one ranged GET (S3); the body is streamed, not held
 # An open-ended read (``length=-1``) starts with a small window and doubles it: the input reader
 # opens one just to finish a split's last line, reading 64 KiB past the split's end at a time, and
@@ -314,7 +317,7 @@ class _RangeReader(io.RawIOBase):
                         f"failed (last: {type(exc).__name__}: {exc}); giving up after "
                         f"{self._retries} retries"
                     ) from exc
-                time.sleep(min(2.0, 0.05 * 2**failures) * (0.5 + random.random()))
+                time.sleep(min(2.0, 0.05 * 2**failures) * (0.5 + _JITTER.random()))
 
     def _drop_stream(self) -> None:
         stream, self._stream = self._stream, None

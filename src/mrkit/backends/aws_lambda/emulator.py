@@ -200,6 +200,9 @@ class LocalFunction:
         self._threads: set[threading.Thread] = set()  # asynchronous deliveries of this object
         self._lock = threading.Lock()
         self._closed = False
+        # Duplicates, slot order and retry jitter draw from a private generator, never from the
+        # caller's global ``random`` stream (a user who seeds it must get the same sequence).
+        self._rng = random.Random()
         self.deliveries: list[Delivery] = []  # completed deliveries of this object (for the benchmark)
         for sub in ("slots", "running"):
             os.makedirs(os.path.join(config.folder(), sub), exist_ok=True)
@@ -255,7 +258,7 @@ class LocalFunction:
 
     def deliver_async(self, event: dict[str, Any], request_id: str) -> None:
         """Deliver ``event`` at least once: retries, injected duplicates, then the on-failure record."""
-        if random.random() < self.config.duplicate_rate:
+        if self._rng.random() < self.config.duplicate_rate:
             twin = self._start_thread(self._deliver_with_retries, event, request_id)
             self._deliver_with_retries(event, request_id)
             if twin.is_alive():
@@ -418,7 +421,7 @@ class LocalFunction:
         """Hold one of ``max_concurrency`` slot files (``flock``), waiting for one if all are held."""
         folder = os.path.join(self.config.folder(), "slots")
         n = self.config.max_concurrency
-        first = random.randrange(n)
+        first = self._rng.randrange(n)
         while True:
             for i in range(n):
                 path = os.path.join(folder, f"slot-{(first + i) % n}")
@@ -436,7 +439,7 @@ class LocalFunction:
                 return
             if self._closed:
                 raise _Closed()
-            time.sleep(0.01 + random.random() * 0.02)
+            time.sleep(0.01 + self._rng.random() * 0.02)
 
     def shutdown(self, wait: bool = True, timeout: float = 30.0) -> None:
         """Kill the deliveries this object runs and drop those waiting for a slot or a retry
