@@ -11,12 +11,17 @@ die, hang or report its hash salt, and tests stay readable::
     {"hash": "text"}             counters["hash"] == hash("text") in this worker
     {"raise": "message"}         raise RuntimeError(message) (a runner should not; the executor copes)
     {"output": 1000000}          return that many bytes in ``output`` (large results)
+    {"report": true}             ``output`` is JSON: this worker's parent pid, what each of its file
+                                 descriptors is (``/proc/self/fd``), whether SIGTERM has its default
+                                 handler, and ``seeded`` of a ``numpy.random`` module if one is loaded
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
 import time
 
 from mrkit.model.task import TaskResult, TaskSpec
@@ -42,9 +47,27 @@ def act(spec: TaskSpec, *, worker: str = "") -> TaskResult:
     if "value" in orders:
         counters["value"] = 2 * orders["value"]
     output = b"x" * orders.get("output", 0)
+    if orders.get("report"):
+        output = json.dumps(_report()).encode()
     return TaskResult(spec.task_id, spec.attempt, ok=True, counters=counters, output=output, worker=worker)
 
 
 def tiny(spec: TaskSpec, *, worker: str = "") -> TaskResult:
     """The smallest useful task: echo the partition number back (for throughput measurements)."""
     return TaskResult(spec.task_id, spec.attempt, ok=True, counters={"p": spec.partition}, worker=worker)
+
+
+def _report() -> dict[str, object]:
+    fds = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            fds[name] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            pass  # the listing's own descriptor, closed by now
+    numpy_random = sys.modules.get("numpy.random")
+    return {
+        "ppid": os.getppid(),
+        "fds": fds,
+        "sigterm_default": signal.getsignal(signal.SIGTERM) == signal.SIG_DFL,
+        "seeded": getattr(numpy_random, "seeded", None),
+    }

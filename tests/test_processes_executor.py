@@ -354,8 +354,9 @@ def test_no_worker_outlives_shutdown(make_executor: MakeExecutor, start_method: 
     assert not [pid for pid in every if alive(pid)]
 
 
-@pytest.mark.parametrize("start_method", START_METHODS)
-def test_workers_exit_when_the_driver_is_killed(start_method: str, tmp_path: Path) -> None:
+# None: the default, which in this fresh single-threaded driver is the fast start (forked workers).
+@pytest.mark.parametrize("start_method", [*START_METHODS, None])
+def test_workers_exit_when_the_driver_is_killed(start_method: str | None, tmp_path: Path) -> None:
     driver = tmp_path / "driver.py"
     driver.write_text(
         textwrap.dedent(f"""

@@ -160,6 +160,9 @@ def run_with(job: Job, inputs: Any, options: RunOptions, *, executor: str | Exec
     output, storage, overwrite, resume = options.output, options.storage, options.overwrite, options.resume
     owns_executor = not isinstance(executor, Executor)
     ex = options.open_executor(executor)
+    # Before this run starts threads of its own (dashboard, cancel watch): the processes executor
+    # then forks its workers from a single-threaded driver (its fast start).
+    ex.start()
     named = options.job_id is not None
     job_id = options.job_id or options.step_id or new_job_id(job.name)
     board = serve_run_dashboard(job_id) if options.dashboard else None

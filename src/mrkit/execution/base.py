@@ -73,6 +73,14 @@ class Executor:
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement submit()")
 
+    def start(self) -> None:
+        """Start the workers now rather than at the first :meth:`submit` (optional; idempotent).
+
+        ``mrkit.run`` calls it as soon as it has the executor, before it starts threads of its
+        own: the ``processes`` executor then forks its first workers from a still single-threaded
+        driver, which is its fast start. Executors without anything to start do nothing.
+        """
+
     def storage_url(self, job_id: str) -> str | None:
         """Storage URL for a job's intermediate data, or None to use a local temp folder."""
         return None

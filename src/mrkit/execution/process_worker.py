@@ -28,7 +28,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -297,9 +297,22 @@ class _Reporter:
 
 
 def worker_main(
-    conn: Connection, lifeline: Connection, runner: str, sys_path: list[str], environ: dict[str, str]
+    conn: Connection,
+    lifeline: Connection,
+    runner: str,
+    sys_path: list[str],
+    environ: dict[str, str],
+    inherited: Sequence[Connection] = (),
 ) -> None:
-    """Body of a worker process: say hello, then run tasks from ``conn`` until told to stop."""
+    """Body of a worker process: say hello, then run tasks from ``conn`` until told to stop.
+
+    ``inherited``: for a worker forked from the driver itself (the executor's fast start), the
+    driver's connections it inherited and must close (:func:`~.process_start.after_fork_from_driver`).
+    """
+    if inherited:
+        from mrkit.execution.process_start import after_fork_from_driver
+
+        after_fork_from_driver(inherited)
     # Its own process group, so that killing the group ends the programs its tasks started too
     # (subprocess.Popen in a mapper): see end_process() and ProcessExecutor._kill(). It also keeps
     # the terminal's Ctrl-C away from workers: the driver decides what happens to running tasks.

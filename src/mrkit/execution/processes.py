@@ -86,6 +86,7 @@ from mrkit.execution.process_start import (
     main_module_hidden,
     preload_in_forkserver,
     short_socket_dir,
+    single_threaded,
 )
 from mrkit.execution.process_worker import STOP, decode_messages, send_all, split_runner, worker_main
 from mrkit.model.task import TaskResult, TaskSpec
@@ -116,12 +117,15 @@ class ProcessExecutor(Executor):
             future = executor.submit(spec)
             result = future.result()        # TaskResult, or raises WorkerLost
 
-    Workers start lazily, all at once, on the first ``submit`` (or eagerly with :meth:`warm_up`).
-    Each worker sees the driver's ``sys.path`` and environment as they were when *it* started.
+    Workers start lazily, all at once, on the first ``submit`` (or eagerly with :meth:`start` or
+    :meth:`warm_up`). Each worker sees the driver's ``sys.path`` and environment as they were when
+    *it* started. With the default start method, workers that start while the driver is
+    single-threaded are forked from the driver itself (the fast start, :mod:`.process_start`);
+    ``fast_started`` says whether that happened.
 
     Hash salts: with ``forkserver`` every worker is forked from the one fork server, so all workers
     share the server's ``str`` hash salt (drawn when the server started, different from the
-    driver's); with ``spawn`` each worker draws its own. ``PYTHONHASHSEED`` fixes all of them, but
+    driver's); fast-started workers share the driver's; with ``spawn`` each worker draws its own. ``PYTHONHASHSEED`` fixes all of them, but
     under forkserver only if it was set before the server started. Either way ``hash()`` must not
     decide where a key goes: partitioners use digests.
     """
@@ -151,6 +155,8 @@ class ProcessExecutor(Executor):
                 *without progress*, a failed attempt) is separate and enforced in the workers.
             start_method: ``forkserver`` (default on Linux) or ``spawn`` (default elsewhere); see
                 :func:`default_start_method`. ``fork`` is accepted but unsafe in a threaded driver.
+                Left to the default on Linux, the first workers are forked from the driver when it
+                is single-threaded at that moment (the fast start); given, it is used for all.
             runner: import string of the function workers call, ``run(spec, worker=label)``.
             prefetch: how many extra small tasks may be sent ahead to a worker whose tasks are tiny
                 (0 disables). Sent-ahead tasks can no longer be cancelled.
@@ -166,6 +172,9 @@ class ProcessExecutor(Executor):
         if task_timeout is not None and not task_timeout > 0:
             raise ConfigError(f"task_timeout must be > 0 seconds or None, got {task_timeout!r}")
         methods = multiprocessing.get_all_start_methods()
+        # Fast start (process_start): the first workers are forked from the driver itself when it
+        # is single-threaded then; only when the user left the start method to us.
+        fast_start = start_method is None and sys.platform.startswith("linux") and "fork" in methods
         start_method = start_method or default_start_method()
         if start_method not in methods:
             raise ConfigError(f"start_method must be one of {', '.join(methods)}; got {start_method!r}")
@@ -182,6 +191,8 @@ class ProcessExecutor(Executor):
         self.prefetch = prefetch
         self.shutdown_grace = shutdown_grace
         self._ctx = multiprocessing.get_context(start_method)
+        self._fork_ctx = multiprocessing.get_context("fork") if fast_start else None
+        self.fast_started = False  # whether the first workers were forked from this process
         if start_method == "forkserver":
             preload_in_forkserver(self._ctx, [__name__, "mrkit.execution.runtime"])
 
@@ -226,6 +237,21 @@ class ProcessExecutor(Executor):
         with self._lock:
             live = [w.live for w in self._workers]
         return sum(r for r, _ in live), sum(b for _, b in live)
+
+    def start(self) -> None:
+        """Start the workers now, without waiting for them to be ready (a no-op once started).
+
+        Called early (``mrkit.run`` does, before it starts any thread), the first workers are
+        forked from this process while it is single-threaded: see :mod:`.process_start`.
+
+        Raises:
+            RuntimeError: after :meth:`shutdown`.
+        """
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("cannot start a ProcessExecutor after shutdown()")
+            if not self._started:
+                self._start_locked()
 
     def submit(self, spec: TaskSpec) -> Future[TaskResult]:
         """Queue one attempt; it runs on the first free worker.
@@ -326,28 +352,43 @@ class ProcessExecutor(Executor):
     def _start_locked(self) -> None:
         # All workers start together: Process.start() returns once the child exists (forkserver:
         # after one fork; spawn: after fork+exec), and they import and say hello in parallel.
-        if self.start_method == "forkserver":
-            short_socket_dir()
+        # Checked before this method starts the dispatcher thread: a fork must see one thread.
+        fork = self._fork_ctx is not None and single_threaded()
         self._started = True
         self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
         # Every worker gets the read end; only this process ever holds the write end (spawn and
-        # forkserver pass a child only the descriptors in its arguments), see _watch_driver().
+        # forkserver pass a child only the descriptors in its arguments; a forked child closes
+        # what it inherited), see _watch_driver().
         self._lifeline_r, self._lifeline_w = self._ctx.Pipe(duplex=False)
         for _ in range(self.workers):
-            self._idle.append(self._start_worker_locked())
+            self._idle.append(self._start_worker_locked(fork=fork))
+        self.fast_started = fork
         self._ready_cv.notify_all()
         self._dispatcher = threading.Thread(target=self._dispatch, name="mrkit-dispatcher", daemon=True)
         self._dispatcher.start()
 
-    def _start_worker_locked(self) -> WorkerHandle:
-        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+    def _start_worker_locked(self, fork: bool = False) -> WorkerHandle:
+        """Start one worker: forked from this process (``fork``, the fast start) or with the start
+        method (every replacement of a dead worker: by then the dispatcher thread runs)."""
+        ctx = self._fork_ctx if fork else self._ctx
+        assert ctx is not None
+        if not fork and self.start_method == "forkserver":
+            short_socket_dir()  # before the fork server first starts (cheap once it did)
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        # A forked child holds copies of every descriptor of this process: it closes those that
+        # only the driver may hold (see after_fork_from_driver).
+        inherited: list[Connection] = []
+        if fork:
+            assert self._wake_r and self._wake_w and self._lifeline_w
+            inherited = [parent_conn, self._lifeline_w, self._wake_r, self._wake_w]
+            inherited += [w.conn for w in self._workers]
         # Not a daemon process: daemonic processes may not start children, and user code in a task
         # may well use multiprocessing. Our atexit hook stops workers before multiprocessing's own
         # hook would join them.
-        process = self._ctx.Process(  # type: ignore[attr-defined]
+        process = ctx.Process(  # type: ignore[attr-defined]
             target=worker_main,
             name="mrkit-worker",
-            args=(child_conn, self._lifeline_r, self.runner, list(sys.path), dict(os.environ)),
+            args=(child_conn, self._lifeline_r, self.runner, list(sys.path), dict(os.environ), inherited),
         )
         with main_module_hidden():
             process.start()
