@@ -125,9 +125,9 @@ class ProcessExecutor(Executor):
 
     Hash salts: with ``forkserver`` every worker is forked from the one fork server, so all workers
     share the server's ``str`` hash salt (drawn when the server started, different from the
-    driver's); fast-started workers share the driver's; with ``spawn`` each worker draws its own. ``PYTHONHASHSEED`` fixes all of them, but
-    under forkserver only if it was set before the server started. Either way ``hash()`` must not
-    decide where a key goes: partitioners use digests.
+    driver's); fast-started workers share the driver's; with ``spawn`` each worker draws its own.
+    ``PYTHONHASHSEED`` fixes all of them, but under forkserver only if it was set before the server
+    started. Either way ``hash()`` must not decide where a key goes: partitioners use digests.
     """
 
     name = "processes"
