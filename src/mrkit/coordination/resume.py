@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickletools
 import re
 from typing import Any
 
@@ -64,6 +63,8 @@ def code_fingerprint(code: bytes) -> str:
     refer to and tracker ids left out; any change to the code, its parameters or the local modules
     shipped with it still changes the fingerprint.
     """
+    import pickletools  # only resumable jobs fingerprint their code: not on every run's import path
+
     digest = hashlib.sha256()
     memo: dict[int, object] = {}
     last: object = None
