@@ -13,11 +13,13 @@ die, hang or report its hash salt, and tests stay readable::
     {"output": 1000000}          return that many bytes in ``output`` (large results)
     {"report": true}             ``output`` is JSON: this worker's parent pid, what each of its file
                                  descriptors is (``/proc/self/fd``), whether SIGTERM has its default
-                                 handler, and ``seeded`` of a ``numpy.random`` module if one is loaded
+                                 handler, ``seeded`` of a ``numpy.random`` module if one is loaded, and how
+                                 many objects the cyclic collector never scans (``gc.freeze``)
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -70,4 +72,5 @@ def _report() -> dict[str, object]:
         "fds": fds,
         "sigterm_default": signal.getsignal(signal.SIGTERM) == signal.SIG_DFL,
         "seeded": getattr(numpy_random, "seeded", None),
+        "frozen": gc.get_freeze_count(),
     }

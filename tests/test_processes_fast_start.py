@@ -7,6 +7,7 @@ order ``report``). What must hold for a forked worker to be as good as a fork-se
 * it holds none of the driver's private pipe ends (the lifeline's write end, the dispatcher's
   wake-up pipe, the other workers' task pipes), so EOF on them keeps its meaning;
 * the driver's Python signal handlers are gone, and NumPy's global generator is reseeded;
+* the driver's objects are frozen for the worker's cyclic collector (``gc.freeze``), not the driver's;
 * a driver with a second thread, or a user who names a start method, gets no fork at all;
 * a worker that dies is replaced through the fork server (the driver is threaded by then).
 """
@@ -71,7 +72,9 @@ DRIVER = textwrap.dedent(
             while len(executor.worker_pids()) < 2 and time.monotonic() < deadline:
                 time.sleep(0.05)
             later = reports(executor, 4)
+        import gc
         print(json.dumps({"pid": os.getpid(), "fast": executor.fast_started, "private": private,
+                          "driver_frozen": gc.get_freeze_count(),
                           "first": first, "later": later, "workers": executor.worker_pids()}))
         executor.shutdown()
     """
@@ -104,6 +107,9 @@ def test_a_single_threaded_driver_forks_its_workers_and_they_keep_nothing_of_it(
         assert not set(private["task_pipes"]) & set(held)
         assert worker["sigterm_default"] is True
         assert worker["seeded"] is True
+        # The driver's objects stay out of the worker's collector (no copy-on-write by gc scans)...
+        assert worker["frozen"] > 1000
+    assert report["driver_frozen"] == 0  # ...and the driver collects its own as before
 
 
 @pytest.mark.parametrize("mode", ["threaded", "named"])

@@ -6,6 +6,7 @@ a worker ends, :func:`settle_attempts` says what becomes of them: the running on
 ended the process, or its watchdog could not run) or was *lost* (killed from outside: it does not
 count against ``max_attempts``), and the ones sent ahead never started and run elsewhere.
 :func:`check_deadlines` kills workers past a deadline. The executor holds its lock around both.
+:func:`stop_at_exit` stops every executor's workers as the interpreter exits.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import signal
 import time
 from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from typing import Any
@@ -228,3 +230,20 @@ def stop_stragglers(workers: list[WorkerHandle], stop_at: float) -> float:
             w.process.terminate()
         return stop_at + 0.5 - now
     return stop_at - now
+
+
+def stop_at_exit(executors: Iterable[Any]) -> None:
+    """Stop every worker of ``executors`` (each a ``ProcessExecutor``) as the interpreter exits.
+
+    Bounded: ``shutdown()`` kills stragglers after ``shutdown_grace`` + 0.5 s, and the wait for each
+    dispatcher thread ends a little after that.
+    """
+    live = list(executors)
+    for executor in live:
+        executor.shutdown(wait=False)
+    for executor in live:
+        dispatcher = executor._dispatcher
+        if dispatcher is not None:
+            dispatcher.join(timeout=executor.shutdown_grace + 2.0)
+        for w in list(executor._workers):
+            kill(w)

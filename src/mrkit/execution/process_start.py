@@ -9,7 +9,14 @@ The one exception to "never fork" is the *fast start*: while the driver is still
 (:func:`single_threaded`, which counts native threads too), forking it is as safe as forking any
 single-threaded program, and ~0.1 s faster per run than starting a fork server and importing the
 runtime in it. The executor uses it for its first workers only, and never when the user chose a
-start method; :func:`after_fork_from_driver` makes such a worker look like a freshly started one.
+start method; :func:`~.process_worker.after_fork_from_driver` makes such a worker look like a
+freshly started one.
+
+Hash salts follow from the start method: with ``forkserver`` every worker is forked from the one
+fork server, so all share the server's ``str`` hash salt (drawn when the server started, different
+from the driver's); fast-started workers share the driver's; with ``spawn`` each worker draws its
+own. ``PYTHONHASHSEED`` fixes all of them, but under forkserver only if it was set before the server
+started. Either way ``hash()`` must not decide where a key goes: partitioners use digests.
 """
 
 from __future__ import annotations
@@ -17,13 +24,14 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import signal
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
 from typing import Any
 
 from mrkit.errors import ConfigError
+from mrkit.execution.process_worker import worker_main
 
 
 def default_start_method() -> str:
@@ -54,32 +62,60 @@ def single_threaded() -> bool:
         return False
 
 
-def after_fork_from_driver(inherited: Iterable[Any]) -> None:
-    """Make a worker forked from the driver look like one started fresh (see the executor's fast start).
+def start_worker(
+    ctx: Any, lifeline_r: Connection, runner: str, driver_only: list[Connection]
+) -> tuple[Any, Connection]:
+    """Start one worker process running :func:`~.process_worker.worker_main` with ``ctx``.
 
-    * Closes ``inherited``: the driver's ends of pipes that only the driver may hold (the workers'
-      lifeline, the dispatcher's wake-up pipe, the other workers' task pipes), so that EOF on them
-      still means what the driver relies on. Closed through their objects, so that no finalizer
-      closes the same number again after the kernel reused it.
-    * Puts every Python signal handler the driver installed back to the default, and drops the
-      driver's wake-up fd (an asyncio loop's): a forkserver child has neither.
-    * Reseeds NumPy's global generator when the driver imported it: forked children would otherwise
-      all draw the same "random" numbers (``random`` reseeds itself after a fork; NumPy does not).
+    Args:
+        lifeline_r: the read end of the driver's lifeline pipe (the worker watches it).
+        driver_only: for a worker forked from the driver (the fast start), the driver's own ends
+            of its pipes, which the child closes with its copy of this task pipe's driver end
+            (:func:`~.process_worker.after_fork_from_driver`); empty otherwise (other start
+            methods pass a child only the descriptors in its arguments).
+
+    Returns:
+        The process and the driver's end of the worker's task pipe.
     """
-    for conn in inherited:
-        with contextlib.suppress(OSError):
-            conn.close()
-    for signum in signal.valid_signals():
-        handler = signal.getsignal(signum)
-        if callable(handler) and handler is not signal.default_int_handler:
-            with contextlib.suppress(OSError, ValueError):
-                signal.signal(signum, signal.SIG_DFL)
-    with contextlib.suppress(ValueError):
-        signal.set_wakeup_fd(-1)
-    np_random = sys.modules.get("numpy.random")
-    if np_random is not None:
-        with contextlib.suppress(Exception):
-            np_random.seed()
+    parent_conn, child_conn = ctx.Pipe(duplex=True)
+    inherited = [parent_conn, *driver_only] if driver_only else []
+    # Not a daemon process: daemonic processes may not start children, and user code in a task
+    # may well use multiprocessing. The executor's atexit hook stops workers before
+    # multiprocessing's own hook would join them.
+    process = ctx.Process(
+        target=worker_main,
+        name="mrkit-worker",
+        args=(child_conn, lifeline_r, runner, list(sys.path), dict(os.environ), inherited),
+    )
+    with main_module_hidden():
+        process.start()
+    # Only the child may hold its end: if the parent kept it, a dead child would never read as EOF.
+    child_conn.close()
+    return process, parent_conn
+
+
+@contextlib.contextmanager
+def gc_frozen_for_fork() -> Iterator[None]:
+    """Fork inside this block: the children never scan (and so never copy) the driver's objects.
+
+    A forked child shares the driver's memory pages until it writes to them, and CPython's cyclic
+    collector writes to every object it scans: without this, each worker's first full collection
+    would copy every page of the driver's Python objects (a driver holding 2 GB of records would
+    cost 2 GB more per worker). :func:`gc.freeze` moves every object the driver has now out of the
+    collector's sight; the children keep that, and the driver takes its objects back at once
+    (:func:`gc.unfreeze`), so its own collections are as before. Both are constant-time. A driver
+    that froze objects itself is left alone: unfreezing would undo its own choice.
+    """
+    import gc
+
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 # A Unix socket's path must fit in sun_path: 108 bytes with its NUL on Linux, 104 on macOS. The fork

@@ -10,8 +10,12 @@ attempt out and the process is about to end. While a watched attempt runs it als
 soon as the driver is gone (the lifeline pipe), and every exit takes the worker's process group
 along. Pickle is fine on this pipe: both ends are this program, and nobody else holds it.
 
+A worker forked from the driver itself (the executor's fast start) first undoes what it inherited
+(:func:`after_fork_from_driver`).
+
 The parent side (dispatching, replacing dead workers, timeouts seen from outside) is in
-:mod:`mrkit.execution.processes`; the two are changed together.
+:mod:`mrkit.execution.processes`; the two are changed together. About 410 lines: the protocol's
+two ends (framing, the worker loop, its beats and exits) read together.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -296,6 +300,34 @@ class _Reporter:
                         return
 
 
+def after_fork_from_driver(inherited: Iterable[Any]) -> None:
+    """Make a worker forked from the driver look like one started fresh (see the executor's fast start).
+
+    * Closes ``inherited``: the driver's ends of pipes that only the driver may hold (the workers'
+      lifeline, the dispatcher's wake-up pipe, the other workers' task pipes), so that EOF on them
+      still means what the driver relies on. Closed through their objects, so that no finalizer
+      closes the same number again after the kernel reused it.
+    * Puts every Python signal handler the driver installed back to the default, and drops the
+      driver's wake-up fd (an asyncio loop's): a forkserver child has neither.
+    * Reseeds NumPy's global generator when the driver imported it: forked children would otherwise
+      all draw the same "random" numbers (``random`` reseeds itself after a fork; NumPy does not).
+    """
+    for conn in inherited:
+        with contextlib.suppress(OSError):
+            conn.close()
+    for signum in signal.valid_signals():
+        handler = signal.getsignal(signum)
+        if callable(handler) and handler is not signal.default_int_handler:
+            with contextlib.suppress(OSError, ValueError):
+                signal.signal(signum, signal.SIG_DFL)
+    with contextlib.suppress(ValueError):
+        signal.set_wakeup_fd(-1)
+    np_random = sys.modules.get("numpy.random")
+    if np_random is not None:
+        with contextlib.suppress(Exception):
+            np_random.seed()
+
+
 def worker_main(
     conn: Connection,
     lifeline: Connection,
@@ -307,11 +339,9 @@ def worker_main(
     """Body of a worker process: say hello, then run tasks from ``conn`` until told to stop.
 
     ``inherited``: for a worker forked from the driver itself (the executor's fast start), the
-    driver's connections it inherited and must close (:func:`~.process_start.after_fork_from_driver`).
+    driver's connections it inherited and must close (:func:`after_fork_from_driver`).
     """
     if inherited:
-        from mrkit.execution.process_start import after_fork_from_driver
-
         after_fork_from_driver(inherited)
     # Its own process group, so that killing the group ends the programs its tasks started too
     # (subprocess.Popen in a mapper): see end_process() and ProcessExecutor._kill(). It also keeps

@@ -55,6 +55,7 @@ lines: the executor, its dispatcher thread and its lock, read together) is the p
 from __future__ import annotations
 
 import atexit
+import contextlib
 import multiprocessing
 import multiprocessing.util  # imported before our atexit hook is registered, so ours runs first
 import os
@@ -79,16 +80,18 @@ from mrkit.execution.process_handles import (
     kill,
     kill_group,
     settle_attempts,
+    stop_at_exit,
     stop_stragglers,
 )
 from mrkit.execution.process_start import (
     default_start_method,
-    main_module_hidden,
+    gc_frozen_for_fork,
     preload_in_forkserver,
     short_socket_dir,
     single_threaded,
+    start_worker,
 )
-from mrkit.execution.process_worker import STOP, decode_messages, send_all, split_runner, worker_main
+from mrkit.execution.process_worker import STOP, decode_messages, send_all, split_runner
 from mrkit.model.task import TaskResult, TaskSpec
 
 DEFAULT_RUNNER = "mrkit.execution.runtime:run_task"
@@ -119,15 +122,8 @@ class ProcessExecutor(Executor):
 
     Workers start lazily, all at once, on the first ``submit`` (or eagerly with :meth:`start` or
     :meth:`warm_up`). Each worker sees the driver's ``sys.path`` and environment as they were when
-    *it* started. With the default start method, workers that start while the driver is
-    single-threaded are forked from the driver itself (the fast start, :mod:`.process_start`);
-    ``fast_started`` says whether that happened.
-
-    Hash salts: with ``forkserver`` every worker is forked from the one fork server, so all workers
-    share the server's ``str`` hash salt (drawn when the server started, different from the
-    driver's); fast-started workers share the driver's; with ``spawn`` each worker draws its own.
-    ``PYTHONHASHSEED`` fixes all of them, but under forkserver only if it was set before the server
-    started. Either way ``hash()`` must not decide where a key goes: partitioners use digests.
+    *it* started. How they start (and so their ``str`` hash salts) is :mod:`.process_start`'s
+    contract; ``fast_started`` says whether the first ones were forked from the driver itself.
     """
 
     name = "processes"
@@ -172,8 +168,7 @@ class ProcessExecutor(Executor):
         if task_timeout is not None and not task_timeout > 0:
             raise ConfigError(f"task_timeout must be > 0 seconds or None, got {task_timeout!r}")
         methods = multiprocessing.get_all_start_methods()
-        # Fast start (process_start): the first workers are forked from the driver itself when it
-        # is single-threaded then; only when the user left the start method to us.
+        # The fast start (process_start) only when the user left the start method to us.
         fast_start = start_method is None and sys.platform.startswith("linux") and "fork" in methods
         start_method = start_method or default_start_method()
         if start_method not in methods:
@@ -239,14 +234,8 @@ class ProcessExecutor(Executor):
         return sum(r for r, _ in live), sum(b for _, b in live)
 
     def start(self) -> None:
-        """Start the workers now, without waiting for them to be ready (a no-op once started).
-
-        Called early (``mrkit.run`` does, before it starts any thread), the first workers are
-        forked from this process while it is single-threaded: see :mod:`.process_start`.
-
-        Raises:
-            RuntimeError: after :meth:`shutdown`.
-        """
+        """Start the workers now, not waiting for them (a no-op once started; see
+        :meth:`Executor.start`). Raises RuntimeError after :meth:`shutdown`."""
         with self._lock:
             if self._closing:
                 raise RuntimeError("cannot start a ProcessExecutor after shutdown()")
@@ -360,8 +349,9 @@ class ProcessExecutor(Executor):
         # forkserver pass a child only the descriptors in its arguments; a forked child closes
         # what it inherited), see _watch_driver().
         self._lifeline_r, self._lifeline_w = self._ctx.Pipe(duplex=False)
-        for _ in range(self.workers):
-            self._idle.append(self._start_worker_locked(fork=fork))
+        with gc_frozen_for_fork() if fork else contextlib.nullcontext():
+            for _ in range(self.workers):
+                self._idle.append(self._start_worker_locked(fork=fork))
         self.fast_started = fork
         self._ready_cv.notify_all()
         self._dispatcher = threading.Thread(target=self._dispatch, name="mrkit-dispatcher", daemon=True)
@@ -370,31 +360,15 @@ class ProcessExecutor(Executor):
     def _start_worker_locked(self, fork: bool = False) -> WorkerHandle:
         """Start one worker: forked from this process (``fork``, the fast start) or with the start
         method (every replacement of a dead worker: by then the dispatcher thread runs)."""
-        ctx = self._fork_ctx if fork else self._ctx
-        assert ctx is not None
-        if not fork and self.start_method == "forkserver":
-            short_socket_dir()  # before the fork server first starts (cheap once it did)
-        parent_conn, child_conn = ctx.Pipe(duplex=True)
-        # A forked child holds copies of every descriptor of this process: it closes those that
-        # only the driver may hold (see after_fork_from_driver).
-        inherited: list[Connection] = []
+        ctx, driver_only = self._ctx, []
         if fork:
-            assert self._wake_r and self._wake_w and self._lifeline_w
-            inherited = [parent_conn, self._lifeline_w, self._wake_r, self._wake_w]
-            inherited += [w.conn for w in self._workers]
-        # Not a daemon process: daemonic processes may not start children, and user code in a task
-        # may well use multiprocessing. Our atexit hook stops workers before multiprocessing's own
-        # hook would join them.
-        process = ctx.Process(  # type: ignore[attr-defined]
-            target=worker_main,
-            name="mrkit-worker",
-            args=(child_conn, self._lifeline_r, self.runner, list(sys.path), dict(os.environ), inherited),
-        )
-        with main_module_hidden():
-            process.start()
-        # Only the child may hold its end: if the parent kept it, a dead child would never read as EOF.
-        child_conn.close()
-        w = WorkerHandle(process, parent_conn)
+            assert self._fork_ctx and self._lifeline_w and self._wake_r and self._wake_w
+            ctx = self._fork_ctx
+            driver_only = [self._lifeline_w, self._wake_r, self._wake_w, *(w.conn for w in self._workers)]
+        elif self.start_method == "forkserver":
+            short_socket_dir()  # before the fork server first starts (cheap once it did)
+        assert self._lifeline_r is not None
+        w = WorkerHandle(*start_worker(ctx, self._lifeline_r, self.runner, driver_only))
         self._workers.append(w)
         self._generation += 1
         return w
@@ -620,18 +594,6 @@ class ProcessExecutor(Executor):
 _LIVE: weakref.WeakSet[ProcessExecutor] = weakref.WeakSet()
 
 
-def _shutdown_at_exit() -> None:
-    # Bounded: shutdown() kills stragglers after shutdown_grace + 0.5 s, and we stop waiting for the
-    # dispatcher a little after that. Runs before multiprocessing's own exit hook (registered when
-    # multiprocessing.util was imported, earlier), which would otherwise join our workers forever.
-    for executor in list(_LIVE):
-        executor.shutdown(wait=False)
-    for executor in list(_LIVE):
-        dispatcher = executor._dispatcher
-        if dispatcher is not None:
-            dispatcher.join(timeout=executor.shutdown_grace + 2.0)
-        for w in list(executor._workers):
-            kill(w)
-
-
-atexit.register(_shutdown_at_exit)
+# Runs before multiprocessing's own exit hook (registered when multiprocessing.util was imported,
+# earlier), which would otherwise join our workers forever.
+atexit.register(stop_at_exit, _LIVE)
