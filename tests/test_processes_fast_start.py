@@ -32,7 +32,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="th
 
 DRIVER = textwrap.dedent(
     """
-    import json, os, signal, sys, threading, time, types
+    import json, os, signal, sys, threading, types
     from mrkit.execution.processes import ProcessExecutor
     from mrkit.model.task import TaskKind, TaskSpec
 
@@ -68,10 +68,8 @@ DRIVER = textwrap.dedent(
         if mode == "replace":
             crash = TaskSpec("job", "crash", TaskKind.CALL, call=json.dumps({"exit": 1}).encode())
             assert not executor.submit(crash).result(timeout=30).ok
-            deadline = time.monotonic() + 20
-            while len(executor.worker_pids()) < 2 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            later = reports(executor, 4)
+            executor.warm_up(timeout=30)  # the replacement said hello: both workers are idle
+            later = reports(executor, 2)  # one task to each idle worker
         import gc
         print(json.dumps({"pid": os.getpid(), "fast": executor.fast_started, "private": private,
                           "driver_frozen": gc.get_freeze_count(),
