@@ -24,9 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_processes_executor import RUNNER, alive, wait_until
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.test_processes_executor import ROOT, RUNNER, alive, wait_until
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fast start is Linux-only")
 

@@ -22,6 +22,7 @@ started. Either way ``hash()`` must not decide where a key goes: partitioners us
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import os
 import sys
@@ -106,8 +107,6 @@ def gc_frozen_for_fork() -> Iterator[None]:
     (:func:`gc.unfreeze`), so its own collections are as before. Both are constant-time. A driver
     that froze objects itself is left alone: unfreezing would undo its own choice.
     """
-    import gc
-
     if gc.get_freeze_count():
         yield
         return

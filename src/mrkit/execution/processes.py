@@ -237,10 +237,7 @@ class ProcessExecutor(Executor):
         """Start the workers now, not waiting for them (a no-op once started; see
         :meth:`Executor.start`). Raises RuntimeError after :meth:`shutdown`."""
         with self._lock:
-            if self._closing:
-                raise RuntimeError("cannot start a ProcessExecutor after shutdown()")
-            if not self._started:
-                self._start_locked()
+            self._started_locked("start")
 
     def submit(self, spec: TaskSpec) -> Future[TaskResult]:
         """Queue one attempt; it runs on the first free worker.
@@ -260,12 +257,9 @@ class ProcessExecutor(Executor):
         # Pickle in the caller's thread, outside the lock: the dispatcher only moves bytes.
         item = Item(spec, future, pickle.dumps(spec, pickle.HIGHEST_PROTOCOL))
         with self._lock:
-            if self._closing:
-                raise RuntimeError("cannot submit to a ProcessExecutor after shutdown()")
+            self._started_locked("submit to")
             if self._broken:
                 raise ConfigError(self._broken)
-            if not self._started:
-                self._start_locked()
             if self._idle:
                 # Straight to an idle worker from this thread: no hop through the dispatcher.
                 future.set_running_or_notify_cancel()
@@ -287,10 +281,7 @@ class ProcessExecutor(Executor):
             WorkerLost: when the workers are not ready within ``timeout``.
         """
         with self._lock:
-            if self._closing:
-                raise RuntimeError("cannot warm up a ProcessExecutor after shutdown()")
-            if not self._started:
-                self._start_locked()
+            self._started_locked("warm up")
             ready = self._ready_cv.wait_for(
                 lambda: self._broken or self._closing or all(w.ready for w in self._workers), timeout
             )
@@ -337,6 +328,14 @@ class ProcessExecutor(Executor):
             dispatcher.join()
 
     # -- starting workers (lock held) -----------------------------------------------------------
+
+    def _started_locked(self, doing: str) -> None:
+        """Start the workers unless they are (``doing``: what the caller was asked to do, for the
+        message after :meth:`shutdown`, when this raises RuntimeError)."""
+        if self._closing:
+            raise RuntimeError(f"cannot {doing} a ProcessExecutor after shutdown()")
+        if not self._started:
+            self._start_locked()
 
     def _start_locked(self) -> None:
         # All workers start together: Process.start() returns once the child exists (forkserver:
