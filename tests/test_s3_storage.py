@@ -300,3 +300,23 @@ def test_storage_options_on_the_command_line_reach_the_driver_and_its_workers(
         [*args, "--storage-options", "[1]"], capture_output=True, text=True, timeout=60, env=env, cwd=ROOT
     )
     assert bad.returncode == 2 and "--storage-options must be a JSON object" in bad.stderr
+
+
+def test_forked_workers_do_not_share_the_read_retry_jitter():
+    # Workers forked from one process (the processes executor's fast start, a fork server) would
+    # otherwise all back off by the same "random" delays. Forked in a fresh interpreter: this
+    # test process has threads.
+    script = (
+        "import os, sys\n"
+        "from mrkit.storage.fsspec import _JITTER\n"
+        "r, w = os.pipe()\n"
+        "if os.fork() == 0:\n"
+        "    os.write(w, repr(_JITTER.random()).encode()); os._exit(0)\n"
+        "os.close(w); os.wait()\n"
+        "print(repr(_JITTER.random()), os.read(r, 100).decode())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=30
+    )
+    parent, child = out.stdout.split()
+    assert parent != child

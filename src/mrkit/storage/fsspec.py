@@ -57,8 +57,11 @@ from mrkit.storage.objects import Body, FsspecObjects, S3Objects
 
 READ_RETRIES = 5  # re-issues of a failed ranged GET before the read fails (reset by progress)
 # Retry jitter comes from a private generator: a library must not draw from (and so shift) the
-# caller's global ``random`` stream, which a user may have seeded for reproducible results.
+# caller's global ``random`` stream, which a user may have seeded for reproducible results. Reseeded
+# in every forked child, as ``random`` does for its own: workers forked from one process would
+# otherwise all wait the same "random" delays, which is what jitter is there to prevent.
 _JITTER = random.Random()
+os.register_at_fork(after_in_child=_JITTER.seed)
 WINDOW = 64 << 20  # bytes asked of one ranged GET (S3); the body is streamed, not held
 # An open-ended read (``length=-1``) starts with a small window and doubles it: the input reader
 # opens one just to finish a split's last line, reading 64 KiB past the split's end at a time, and
