@@ -10,6 +10,7 @@ order ``report``). What must hold for a forked worker to be as good as a fork-se
 * the driver's objects are frozen for the worker's cyclic collector (``gc.freeze``), not the driver's;
 * a driver with a second thread, or a user who names a start method, gets no fork at all;
 * a worker that dies is replaced through the fork server (the driver is threaded by then).
+* ``mrkit.run`` takes this path for a one-step and a multi-step job alike.
 """
 
 from __future__ import annotations
@@ -124,3 +125,37 @@ def test_a_dead_fast_started_worker_is_replaced_through_the_fork_server(tmp_path
     parents = {worker["ppid"] for worker in report["later"]}
     # The survivor is the driver's child; its replacement came from the fork server.
     assert report["pid"] in parents and len(parents) == 2
+
+
+RUNS = textwrap.dedent(
+    """
+    import json, os
+    import mrkit
+
+    def parent(record):
+        yield "ppid", os.getppid()
+
+    def distinct(key, values):
+        return sorted(set(values))
+
+    if __name__ == "__main__":
+        records = mrkit.Records(["a"] * 8)
+        one = mrkit.run(mrkit.Job(mapper=parent, reducer=distinct), records, n_map=4, quiet=True)
+        steps = mrkit.Job(steps=[mrkit.Step(mapper=parent, reducer=distinct)] * 2)
+        two = mrkit.run(steps, records, n_map=4, quiet=True)
+        print(json.dumps({"pid": os.getpid(), "one": dict(one), "two": dict(two)}))
+    """
+)
+
+
+def test_mrkit_run_forks_the_workers_of_one_step_and_multi_step_jobs_from_the_driver(tmp_path: Path) -> None:
+    # mrkit.run (and a multi-step job's loop over its steps) start the executor before any thread
+    # of their own; a mapper reports its worker's parent.
+    script = tmp_path / "runs.py"
+    script.write_text(RUNS)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["one"] == {"ppid": [report["pid"]]}
+    assert report["two"] == {"ppid": [report["pid"]]}

@@ -83,6 +83,7 @@ def run_steps(
     job_id = options.job_id or new_job_id(job.name)
     owns_executor = not isinstance(executor, Executor)
     ex = options.open_executor(executor)
+    ex.start()  # before the registry's cancel watch starts a thread: see Executor.start
     counters: dict[str, int] = {}
     current = inputs
     handed: list[str] = []  # the intermediate results still stored, deleted once read
