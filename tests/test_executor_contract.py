@@ -247,6 +247,33 @@ def test_a_mapper_knows_its_input_file_and_split(backend: Backend, tmp_path: Pat
         assert sum(got[f"{name}@{s}"] for s in starts) == (folder / name).stat().st_size
 
 
+def test_small_files_packed_into_fewer_map_tasks_change_no_byte(backend: Backend, tmp_path: Path) -> None:
+    """The default plan packs small files into map tasks (``pack_splits``): the same bytes as one
+    task per file, and ``mrkit.context().input`` still names the file each record came from."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(24):
+        write_lines(folder / f"f{i:02d}.txt", [f"{line} file{i}" for line in TEXT[i : i + 20 + i % 5]])
+    expected_out, got_out = str(tmp_path / "expected"), backend.output(tmp_path, "got")
+    # One task per file (an explicit n_map is never packed) against the default, packed, plan.
+    expected = run(C.BY_INPUT, str(folder), "inline", output=expected_out, n_map=24, n_reduce=2)
+    got = run(
+        C.BY_INPUT,
+        str(folder),
+        backend.executor,
+        output=got_out,
+        n_map=None,
+        n_reduce=2,
+        **backend.run_options,
+    )
+    assert expected.counters["map.tasks"] == 24 and got.counters["map.tasks"] < 24
+    assert output_bytes(got_out) == output_bytes(expected_out)
+    counts = dict(mrkit.read_output(got_out))
+    assert [counts[f"f{i:02d}.txt"] for i in range(24)] == [20 + i % 5 for i in range(24)]
+    assert all(counts[f"f{i:02d}.txt@0"] == (folder / f"f{i:02d}.txt").stat().st_size for i in range(24))
+    assert got.counters["map.bytes_in"] == sum(f.stat().st_size for f in folder.iterdir())
+
+
 def test_a_join_reads_each_input_with_its_own_mapper(backend: Backend, tmp_path: Path) -> None:
     """``inputs={path: mapper}`` (Hadoop's MultipleInputs) for a reduce-side join, on every executor."""
     users = write_lines(tmp_path / "users.csv", [f"u{i},name{i}" for i in range(40)])

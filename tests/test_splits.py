@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mrkit.data.splits import plan_splits
+from mrkit.data.splits import DEFAULT_SPLIT_CAP, pack_splits, plan_splits
 from mrkit.errors import ConfigError, InputError
 from mrkit.model.task import InputSplit
 from mrkit.storage import MemoryStorage
@@ -405,3 +405,53 @@ def test_a_default_plan_cuts_no_split_over_the_cap(tmp_path):
     assert max(s.length for s in splits) <= DEFAULT_SPLIT_CAP
     assert [s.length for s in splits if s.uri.endswith("f3.txt")] == [1000]
     assert len(splits) == 3 + 2 + 2 + 1
+
+
+# -- packing small splits into map tasks ------------------------------------------------------------
+
+MB = 1 << 20
+pieces = st.lists(
+    st.tuples(
+        st.integers(1, 20 * MB),  # length
+        st.sampled_from(["", "", "", "gz"]),  # compression
+        st.sampled_from(["text", "text", "csv", "pickle"]),  # format (pickle: stored records)
+        st.integers(-1, 1),  # input mapper
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces, st.integers(1, 8))
+def test_packing_keeps_every_split_once_in_order_within_the_cap(specs, parallelism):
+    splits = [
+        InputSplit(f"f{i}", 0, -1 if comp else length, fmt, comp, i, {}, mapper)
+        for i, (length, comp, fmt, mapper) in enumerate(specs)
+    ]
+    groups = pack_splits(splits, parallelism)
+    assert [s for g in groups for s in g] == splits  # all of them, once, in order
+    for group in groups:
+        if len(group) > 1:
+            assert all(s.length >= 0 and not s.compression and s.format != "pickle" for s in group)
+            assert len({s.mapper for s in group}) == 1  # a task has one mapper
+            assert sum(s.length for s in group) <= DEFAULT_SPLIT_CAP
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 200), st.integers(1, 40 * MB), st.integers(1, 8))
+def test_equal_splits_leave_every_worker_two_tasks_at_least(n, length, parallelism):
+    splits = [InputSplit(f"f{i}", 0, length, "text", index=i) for i in range(n)]
+    groups = pack_splits(splits, parallelism)
+    assert len(groups) >= min(n, 2 * parallelism)
+    sizes = [len(g) for g in groups]
+    assert max(sizes) - min(sizes) <= 1 or len(groups) == n  # equal shares
+
+
+def test_many_small_files_make_equal_tasks_a_multiple_of_the_workers():
+    splits = [InputSplit(f"f{i:02d}", 0, 3 * MB + i * 1000, "text", index=i) for i in range(32)]
+    groups = pack_splits(splits, 2)
+    assert [len(g) for g in groups] == [4] * 8  # 100 MB: 8 tasks of 12.5 MB, 4 per worker
+    tiny = [InputSplit(f"t{i}", 0, 1000, "text", index=i) for i in range(1000)]
+    assert sorted(len(g) for g in pack_splits(tiny, 3)) == [166, 166, 167, 167, 167, 167]
+    big = [InputSplit(f"b{i}", 0, DEFAULT_SPLIT_CAP, "text", index=i) for i in range(5)]
+    assert pack_splits(big, 2) == [(s,) for s in big]  # nothing to gain: one task per split

@@ -154,7 +154,7 @@ class PhaseRunner:
 
     def run(self) -> PhaseStats:
         started = time.monotonic()
-        splits = [t.spec.split for t in self.tasks]
+        splits = [piece for t in self.tasks for piece in (t.spec.pieces or (None,))]
         self.progress.start_phase(
             self.phase,
             len(self.tasks),
@@ -315,7 +315,7 @@ class PhaseRunner:
             retry_note = (
                 "" if failure.retryable else " (not retried: another attempt would fail the same way)"
             )
-            where = spec.split.describe() if spec.split is not None and not failure.where else ""
+            where = spec.describe_input() if not failure.where else ""
             if self.phase == "reduce":
                 where = f"partition {spec.partition}"
             detail = failure.sentence() if not where else f"{where}: {failure.sentence()}"

@@ -13,7 +13,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,10 +157,13 @@ def build_plan(
     policy: RetryPolicy,
     overwrite: bool = False,
     code: bytes | None = None,
+    groups: Sequence[tuple[InputSplit, ...]] | None = None,
 ) -> JobPlan:
     """Store the job's code in ``storage`` and return the plan of its map and reduce tasks.
 
     Args:
+        groups: the splits packed into map tasks (:func:`mrkit.data.splits.pack_splits`), in
+            order; default: one map task per split.
         code: the pickled job to store, when the caller already has it (a resume re-uses the
             bytes an earlier driver stored, so that its tasks and ours name the same digest);
             default: :func:`pickle_job` of ``job``.
@@ -176,13 +179,16 @@ def build_plan(
         storage_url=storage.url,
         job_key=layout.job_key(job_id),
         job_digest=hashlib.sha256(code).hexdigest(),
-        n_map=len(splits),
+        n_map=len(groups) if groups is not None else len(splits),
         n_reduce=n_reduce,
         output_url=output_url,
         settings=settings,
     )
+    if groups is None:
+        groups = [(s,) for s in splits]
     maps = tuple(
-        dataclasses.replace(base, task_id=layout.task_id("map", i), split=s) for i, s in enumerate(splits)
+        dataclasses.replace(base, task_id=layout.task_id("map", i), split=g[0], more_splits=tuple(g[1:]))
+        for i, g in enumerate(groups)
     )
     reduces = tuple(
         dataclasses.replace(base, task_id=layout.task_id("reduce", p), kind=TaskKind.REDUCE, partition=p)

@@ -218,6 +218,13 @@ def plan_job(
     settings = TaskSettings(
         memory_mb=options.memory_mb, output_format=options.output_format, task_timeout=policy.task_timeout
     )
+    groups = None
+    if options.n_map is None and options.split_size is None and n_reduce > 0:
+        from mrkit.data.splits import pack_splits
+
+        # Small files share a map task (fewer sorts and shuffle entries); an explicit n_map or
+        # split_size is the user's own cut, and a map-only job writes one part per map task.
+        groups = pack_splits(splits, workers)
     return build_plan(
         job,
         splits,
@@ -229,6 +236,7 @@ def plan_job(
         policy=policy,
         overwrite=options.overwrite,
         code=code,
+        groups=groups,
     )
 
 

@@ -111,7 +111,7 @@ def plan_identity(plan: JobPlan, code: bytes) -> dict[str, Any]:
         "n_reduce": plan.n_reduce,
         "output": plan.output_url,
         "format": plan.output_format,
-        "splits": [_split_identity(s.split) for s in plan.map_specs if s.split is not None],
+        "splits": [_split_identity(piece) for s in plan.map_specs for piece in s.pieces],
     }
     # Through JSON and back, so that it compares equal to the stored copy (tuples become lists).
     result: dict[str, Any] = json.loads(json.dumps(identity, sort_keys=True))

@@ -243,11 +243,20 @@ def _run_map(spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, int
 
     assert spec.split is not None, "map task without a split"
     split = spec.split
-    if split.mapper >= 0:  # an input with its own mapper (inputs={path: mapper})
+    if split.mapper >= 0:  # an input with its own mapper (inputs={path: mapper}; one per task)
         job = job.for_input(split.mapper)
-    reader = open_split(split)
     if spec.n_reduce == 0:
-        return _run_map_only(spec, job, storage, counters, ctx, reader)
+        return _run_map_only(spec, job, storage, counters, ctx, open_split(split))
+    reader: Any
+    if spec.more_splits:  # small files packed into this task: read one after another
+        from mrkit.data.pieces import PackedReader
+
+        def now_reading(piece: InputSplit) -> None:
+            ctx.input = input_info(piece)
+
+        reader = PackedReader(spec.pieces, now_reading)
+    else:
+        reader = open_split(split)
     out = MapOutput(
         n_reduce=spec.n_reduce,
         partitioner=job.partitioner,
@@ -258,7 +267,7 @@ def _run_map(spec: TaskSpec, job: Job, storage: Storage, counters: dict[str, int
     ident = threading.get_ident()
     try:
         with gc_relaxed():  # the buffer grows to every distinct key of the split: see gc_relaxed
-            records = map_split(job, _counted(reader, ident), out, split.describe)
+            records = map_split(job, _counted(reader, ident), out, spec.describe_input)
             offsets = out.finish()
     except BaseException:
         out.abort()

@@ -32,7 +32,9 @@ class InputInfo:
         index: the split's position among the job's splits.
 
     A mapper that must tell its inputs apart (a reduce-side join of two data sets) reads ``path``,
-    e.g. ``"rankings" in mrkit.context().input.path``.
+    e.g. ``"rankings" in mrkit.context().input.path``. In a map task that reads several small files
+    packed together (the default plan, :func:`mrkit.data.splits.pack_splits`), it describes the
+    split being read at the moment.
     """
 
     path: str

@@ -5,7 +5,7 @@ A job is written in one of three equivalent forms (README.md, "Four ways to writ
 * functions: ``mrkit.Job(mapper=f, reducer=g, combiner=g)``;
 * a class: ``class WordCount(mrkit.Job)`` defining ``mapper``/``combiner``/``reducer``/``partitioner``
   as methods, plus the optional hooks ``mapper_init``/``mapper_final`` (in-mapper combining) and
-  ``mapper_split`` (one call per split, for whole-split speed);
+  ``mapper_split`` (one call per map task, for whole-split speed);
 * a JSON job file naming one of the above (see :mod:`mrkit.model.jobfile`).
 
 Either way the runtime calls ``job.mapper(record)``, ``job.reducer(key, values)`` and so on: for the
@@ -20,7 +20,8 @@ Contracts of the user functions:
     called once per map task before the first / after the last record; ``mapper_final`` may yield or
     return pairs like ``mapper``.
 ``mapper_split(records)``
-    replaces ``mapper`` when defined: called once per split with an iterator of its records, returns
+    replaces ``mapper`` when defined: called once per map task with an iterator of its records (its
+    split, or the small files packed into it: :func:`mrkit.data.splits.pack_splits`), returns
     or yields pairs.
 ``combiner(key, values)`` / ``reducer(key, values)``
     ``values`` is an iterator. A generator function yields output ``(key, value)`` pairs; a plain

@@ -110,7 +110,9 @@ class TaskSpec:
         job_key, job_digest: where the pickled job lies in that storage and its SHA-256, checked
             before unpickling and used as the cache key on workers.
         n_map, n_reduce: the job's task counts.
-        split: the input of a map task.
+        split: the input of a map task (its first piece, when it has several).
+        more_splits: a map task's further pieces, read after ``split`` in order: small files that the
+            default plan packs into one task (:func:`mrkit.data.splits.pack_splits`).
         partition: the partition of a reduce task.
         output_url: storage URL of the output folder (reduce tasks write their part there).
         settings: :class:`TaskSettings`.
@@ -129,6 +131,7 @@ class TaskSpec:
     n_map: int = 0
     n_reduce: int = 0
     split: InputSplit | None = None
+    more_splits: tuple[InputSplit, ...] = ()
     partition: int = -1
     output_url: str = ""
     settings: TaskSettings = field(default_factory=TaskSettings)
@@ -152,6 +155,8 @@ class TaskSpec:
         data["kind"] = self.kind.value
         if self.split is not None:
             data["split"] = dict(self.split.__dict__)
+        if self.more_splits:
+            data["more_splits"] = [dict(piece.__dict__) for piece in self.more_splits]
         if self.settings == _DEFAULT_SETTINGS:
             del data["settings"]
         else:
@@ -170,8 +175,24 @@ class TaskSpec:
             data[name] = base64.b64decode(data[name]) if data.get(name) else b""
         if data.get("split") is not None:
             data["split"] = InputSplit.from_dict(data["split"])
+        if data.get("more_splits"):
+            data["more_splits"] = tuple(InputSplit.from_dict(piece) for piece in data["more_splits"])
         data["settings"] = TaskSettings(**data.get("settings") or {})
         return cls(**data)
+
+    @property
+    def pieces(self) -> tuple[InputSplit, ...]:
+        """Every split a map task reads, in order (``split`` then ``more_splits``); empty otherwise."""
+        return () if self.split is None else (self.split, *self.more_splits)
+
+    def describe_input(self) -> str:
+        """A map task's input for messages: its split, or its first piece and how many follow."""
+        if self.split is None:
+            return ""
+        if not self.more_splits:
+            return self.split.describe()
+        n = len(self.more_splits)
+        return f"{self.split.describe()} and {n} more input{'s' if n > 1 else ''} packed into this task"
 
     def next_attempt(self) -> TaskSpec:
         return dataclasses.replace(self, attempt=self.attempt + 1)

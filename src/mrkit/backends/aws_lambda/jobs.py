@@ -394,7 +394,7 @@ def _fail_job(
     phase = spec.kind.value
     if failure is not None:
         retry_note = "" if failure.retryable else " (not retried: another attempt would fail the same way)"
-        where = spec.split.describe() if spec.split is not None and not failure.where else ""
+        where = spec.describe_input() if not failure.where else ""
         detail = failure.sentence() if not where else f"{where}: {failure.sentence()}"
         message = (
             f"{phase} task {spec.task_id} of job {spec.job_id} failed after {counts['failed']} "

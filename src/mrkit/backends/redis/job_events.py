@@ -152,7 +152,7 @@ def record_end(
     """Queue on ``pipe`` the event of the attempt ``spec`` that returned ``result`` (see the module
     docstring for its outcome); the caller's COMMIT or FAIL script follows in the same pipeline."""
     outcome = "committed" if result.ok and result.committed else "discarded" if result.ok else "failed"
-    urls = (spec.storage_url, spec.output_url, spec.split.uri if spec.split is not None else "")
+    urls = (spec.storage_url, spec.output_url, *(piece.uri for piece in spec.pieces))
     error = scrub(one_line(result.failure.sentence()), worker, *urls) if result.failure is not None else ""
     event = event_of(spec.kind.value, spec, outcome, result, start=started, error=error, worker=worker.name)
     event.traceback = scrub(event.traceback, worker, *urls)

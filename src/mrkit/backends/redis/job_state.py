@@ -268,7 +268,7 @@ def failure_message_parts(phase: str, spec: TaskSpec, failure: TaskFailure) -> t
     whether the in-process driver or the fleet ran it.
     """
     retry_note = "" if failure.retryable else " (not retried: another attempt would fail the same way)"
-    where = spec.split.describe() if spec.split is not None and not failure.where else ""
+    where = spec.describe_input() if not failure.where else ""
     detail = failure.sentence() if not where else f"{where}: {failure.sentence()}"
     return f"{phase} task {spec.task_id} of job {spec.job_id} failed after ", f"{retry_note}: {detail}"
 

@@ -453,20 +453,15 @@ class RedisWorker:
             if self.slot is not None:
                 self.slot.value = b""
                 self._current = None
-        split = spec.split
-        if (
-            not result.ok
-            and split is not None
-            and "://" not in split.uri
-            and "#" not in split.uri
-            and not os.path.exists(split.uri)
-        ):
+        local = [p.uri for p in spec.pieces if "://" not in p.uri and "#" not in p.uri]
+        missing = next((uri for uri in local if not os.path.exists(uri)), None) if not result.ok else None
+        if missing is not None:
             failure = TaskFailure(
                 where="",
                 exc_type="InputError",
                 retryable=False,
                 message=(
-                    f"input {split.uri} is not readable on worker {self.name} (host {self.host}): inputs "
+                    f"input {missing} is not readable on worker {self.name} (host {self.host}): inputs "
                     "given as local paths must exist at the same path on every worker; put them in a "
                     "folder every worker mounts, or pass the records themselves"
                 ),
