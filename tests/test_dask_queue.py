@@ -88,6 +88,7 @@ def test_a_queued_attempt_waits_beside_the_worker_and_is_timed_from_when_it_runs
         PACED,
         inputs(tmp_path / "in", 3, 4),
         executor=one_thread,
+        n_map=3,  # one task per file (the default plan would pack these small files into two)
         n_reduce=1,
         params={"each": SECONDS_PER_TASK / 4},
         policy=mrkit.RetryPolicy(task_timeout=TIMEOUT, speculative=False),
