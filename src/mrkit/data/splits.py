@@ -6,8 +6,9 @@ line boundaries: a split owns every line that *starts* in ``[start, start + leng
 skips the partial line at its start and finishes the line that straddles its end), so each line is
 read exactly once whatever the cut points, and planning never has to read the data.
 
-About 410 lines: the planner and the input expansion it needs (local paths, globs, folders and
-storage URLs) belong together; the readers of those splits are :mod:`mrkit.data.readers`.
+About 480 lines: the planner, the input expansion it needs (local paths, globs, folders and
+storage URLs) and the packing of small splits into tasks belong together; the readers of those
+splits are :mod:`mrkit.data.readers`.
 
 What an input may be:
 
@@ -25,8 +26,6 @@ with :func:`fnmatch.fnmatchcase`, so ``*`` never crosses a ``/`` there either.
 The same file named twice is read once. Empty files are dropped (a split never has zero bytes);
 compressed files (``.gz .bz2 .xz .zst``) are never cut and become one split with ``length=-1``.
 Local files come back as absolute paths, objects as ``"<storage-url>#<key>"``.
-
-About 400 lines: globbing, sizing and cutting inputs into splits share the input conventions.
 """
 
 from __future__ import annotations
@@ -394,12 +393,12 @@ def pack_splits(
     Every map task costs more than its records: its output is sorted and spilled once, and the
     reduce side merges one entry per distinct key *per task*. A word count over 32 files of 3 MB
     shuffles 1.74 million entries as 32 tasks and 0.58 million as 8, and runs 10-15 % faster
-    (benchmarks/README.md). The task count makes tasks of 80 % of ``cap`` on average (so that
-    equal shares fit under it), rounded up to a multiple of ``parallelism``, and at least
-    ``2 * parallelism`` (a wave for every worker, and a second to
-    even out their speeds), never more than there are splits; the splits are shared out in order by
-    their bytes. A compressed or stored-records split (unknown or not file-backed size) is a task
-    of its own, and no task mixes splits of different input mappers.
+    (benchmarks/README.md). Each input (the consecutive splits of one input mapper) is packed on
+    its own: into tasks of 80 % of ``cap`` on average (so that equal shares fit under it), their
+    count rounded up to a multiple of ``parallelism`` and at least ``2 * parallelism`` (a wave for
+    every worker, and a second to even out their speeds), never more than there are splits; the
+    splits are shared out in order by their bytes. A compressed or stored-records split (unknown
+    or not file-backed size) is a task of its own.
 
     >>> s = [InputSplit(f"f{i}", 0, 3 << 20, "text", index=i) for i in range(32)]
     >>> [len(group) for group in pack_splits(s, 2)]
@@ -407,30 +406,39 @@ def pack_splits(
     >>> [len(group) for group in pack_splits(s[:3], 2)]
     [1, 1, 1]
     """
+    groups: list[tuple[InputSplit, ...]] = []
+    run: list[InputSplit] = []  # consecutive packable splits of one input mapper
+    for split in splits:
+        if run and split.mapper != run[0].mapper:
+            groups += _pack_run(run, parallelism, cap)
+            run = []
+        if split.length >= 0 and not split.compression and split.format != "pickle":
+            run.append(split)
+        else:
+            groups += _pack_run(run, parallelism, cap)
+            run = []
+            groups.append((split,))
+    groups += _pack_run(run, parallelism, cap)
+    return groups
+
+
+def _pack_run(splits: list[InputSplit], parallelism: int, cap: int) -> list[tuple[InputSplit, ...]]:
+    """Pack splits of one input, all of known size, into shares of about equal bytes (see above)."""
     if not splits:
         return []
-    packable = [s.length >= 0 and not s.compression and s.format != "pickle" for s in splits]
-    total = sum(s.length for s, ok in zip(splits, packable, strict=True) if ok)
+    total = sum(s.length for s in splits)
     per = max(1, parallelism)
-    # Tasks of at most 80 % of the cap on average, so that equal shares fit under it.
     at_least = -(-total * 5 // (4 * cap))
-    n_tasks = max(2 * per, -(-at_least // per) * per)
-    target = total / n_tasks
+    target = total / max(2 * per, -(-at_least // per) * per)
     groups: list[tuple[InputSplit, ...]] = []
     group: list[InputSplit] = []
     size = slot = 0
-    done = 0  # bytes of the packable splits before this one
-    for split, ok in zip(splits, packable, strict=True):
-        if not ok:
-            if group:
-                groups.append(tuple(group))
-                group, size = [], 0
-            groups.append((split,))
-            continue
+    done = 0  # bytes of the splits before this one
+    for split in splits:
         # The share a split belongs to is where its middle byte falls: equal shares, in order.
         its_slot = int((done + split.length / 2) // target) if target else 0
         done += split.length
-        if group and (its_slot != slot or split.mapper != group[0].mapper or size + split.length > cap):
+        if group and (its_slot != slot or size + split.length > cap):
             groups.append(tuple(group))
             group, size = [], 0
         if not group:
