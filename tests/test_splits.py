@@ -455,3 +455,13 @@ def test_many_small_files_make_equal_tasks_a_multiple_of_the_workers():
     assert sorted(len(g) for g in pack_splits(tiny, 3)) == [166, 166, 167, 167, 167, 167]
     big = [InputSplit(f"b{i}", 0, DEFAULT_SPLIT_CAP, "text", index=i) for i in range(5)]
     assert pack_splits(big, 2) == [(s,) for s in big]  # nothing to gain: one task per split
+
+
+def test_each_input_is_packed_on_its_own():
+    # The join benchmark's shape: a small input (4 pieces of 3 MB) beside a big one (8 of 12.5 MB).
+    # Packed together, the small input became one task and the job 9 tasks for 2 workers.
+    rankings = [InputSplit(f"r{i}", 0, 3 * MB, "text", index=i, mapper=0) for i in range(4)]
+    visits = [InputSplit(f"v{i}", 0, 12 * MB + MB // 2, "text", index=4 + i, mapper=1) for i in range(8)]
+    assert pack_splits(rankings + visits, 2) == [(s,) for s in rankings + visits]
+    small = [InputSplit(f"s{i}", 0, MB, "text", index=i, mapper=i // 8) for i in range(16)]
+    assert [len(g) for g in pack_splits(small, 2)] == [2, 2, 2, 2, 2, 2, 2, 2]  # 4 tasks per input
