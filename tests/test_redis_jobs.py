@@ -13,11 +13,12 @@ from collections.abc import Iterable, Iterator
 import pytest
 
 import mrkit
-from mrkit.backends.redis.job_state import JobKeys, failure_message
+from mrkit.backends.redis.job_state import JobKeys
 from mrkit.coordination.service import job_service
 from mrkit.errors import JobCancelled, JobFailed
 from mrkit.execution.base import open_executor
 from mrkit.model.reference import reference
+from mrkit.model.task import failure_message
 from tests import jobs_for_tests as J
 from tests.redis_fixtures import (  # noqa: F401 - fixtures
     WorkerThreads,

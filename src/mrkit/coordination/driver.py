@@ -38,7 +38,7 @@ from mrkit.coordination.progress import Progress
 from mrkit.errors import ConfigError, JobCancelled, JobFailed, WorkerLost
 from mrkit.execution.base import Executor
 from mrkit.model import layout
-from mrkit.model.task import TaskFailure, TaskResult, TaskSpec
+from mrkit.model.task import TaskFailure, TaskResult, TaskSpec, failure_message
 from mrkit.storage.base import Storage
 
 
@@ -312,17 +312,8 @@ class PhaseRunner:
         spec = task.spec
         if task.failure is not None:
             failure = task.failure
-            retry_note = (
-                "" if failure.retryable else " (not retried: another attempt would fail the same way)"
-            )
-            where = spec.describe_input() if not failure.where else ""
-            if self.phase == "reduce":
-                where = f"partition {spec.partition}"
-            detail = failure.sentence() if not where else f"{where}: {failure.sentence()}"
-            message = (
-                f"{self.phase} task {spec.task_id} of job {spec.job_id} failed after "
-                f"{task.failed} attempt{'s' * (task.failed != 1)}{retry_note}: {detail}"
-            )
+            where = f"partition {spec.partition}" if self.phase == "reduce" else None
+            message = failure_message(self.phase, spec, failure, task.failed, where)
             raise JobFailed(
                 message, job_id=spec.job_id, task_id=spec.task_id, remote_traceback=failure.traceback
             )

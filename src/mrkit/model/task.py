@@ -273,3 +273,29 @@ class TaskResult:
         if data.get("failure") is not None:
             data["failure"] = TaskFailure(**data["failure"])
         return cls(**data)
+
+
+def failure_message_parts(
+    phase: str, spec: TaskSpec, failure: TaskFailure, where: str | None = None
+) -> tuple[str, str]:
+    """A failed job's sentence, split around its attempt count (``... after `` | `` ...``):
+    ``prefix + f"{n} attempt{'s' * (n != 1)}" + suffix``. One definition, so that a job fails with
+    the same sentence whichever driver ran it (in process, a Redis fleet, serverless).
+
+    Args:
+        where: where the failure happened, when the caller names it (the in-process driver names a
+            reduce task's partition); default: the failure's own ``where``, else the task's input.
+    """
+    retry_note = "" if failure.retryable else " (not retried: another attempt would fail the same way)"
+    if where is None:
+        where = spec.describe_input() if not failure.where else ""
+    detail = failure.sentence() if not where else f"{where}: {failure.sentence()}"
+    return f"{phase} task {spec.task_id} of job {spec.job_id} failed after ", f"{retry_note}: {detail}"
+
+
+def failure_message(
+    phase: str, spec: TaskSpec, failure: TaskFailure, failed: int, where: str | None = None
+) -> str:
+    """The one-sentence message of a task that failed ``failed`` times (:func:`failure_message_parts`)."""
+    prefix, suffix = failure_message_parts(phase, spec, failure, where)
+    return f"{prefix}{failed} attempt{'s' * (failed != 1)}{suffix}"

@@ -121,7 +121,7 @@ from mrkit.model import layout
 from mrkit.model.job import Job
 from mrkit.model.status import JobStatus
 from mrkit.model.steps import job_steps
-from mrkit.model.task import TaskFailure, TaskKind, TaskResult, TaskSpec
+from mrkit.model.task import TaskFailure, TaskKind, TaskResult, TaskSpec, failure_message
 from mrkit.storage import open_storage
 from mrkit.storage.base import Storage
 
@@ -393,13 +393,7 @@ def _fail_job(
 ) -> None:
     phase = spec.kind.value
     if failure is not None:
-        retry_note = "" if failure.retryable else " (not retried: another attempt would fail the same way)"
-        where = spec.describe_input() if not failure.where else ""
-        detail = failure.sentence() if not where else f"{where}: {failure.sentence()}"
-        message = (
-            f"{phase} task {spec.task_id} of job {spec.job_id} failed after {counts['failed']} "
-            f"attempt{'s' * (counts['failed'] != 1)}{retry_note}: {detail}"
-        )
+        message = failure_message(phase, spec, failure, counts["failed"])
         traceback = failure.traceback
     else:
         message = (

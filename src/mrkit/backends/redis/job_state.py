@@ -64,7 +64,6 @@ from __future__ import annotations
 from mrkit.backends.redis.job_events import SCRIPTS as EVENT_SCRIPTS
 from mrkit.backends.redis.wire import key
 from mrkit.errors import ConfigError
-from mrkit.model.task import TaskFailure, TaskSpec
 
 DEFAULT_TTL = 86400.0
 LOG_MAXLEN = 10_000
@@ -258,25 +257,6 @@ class JobKeys:
 
     def next(self, phase: str) -> str:
         return key(self.job, f"next:{phase}")
-
-
-def failure_message_parts(phase: str, spec: TaskSpec, failure: TaskFailure) -> tuple[str, str]:
-    """The driver's failure sentence, split around its attempt count (``... after `` | `` ...``).
-
-    ``prefix + f"{n} attempt{'s' * (n != 1)}" + suffix`` is exactly the message of
-    :meth:`mrkit.coordination.driver.PhaseRunner._fail_job`, so a job fails with the same sentence
-    whether the in-process driver or the fleet ran it.
-    """
-    retry_note = "" if failure.retryable else " (not retried: another attempt would fail the same way)"
-    where = spec.describe_input() if not failure.where else ""
-    detail = failure.sentence() if not where else f"{where}: {failure.sentence()}"
-    return f"{phase} task {spec.task_id} of job {spec.job_id} failed after ", f"{retry_note}: {detail}"
-
-
-def failure_message(phase: str, spec: TaskSpec, failure: TaskFailure, failed: int) -> str:
-    """The one-sentence message of a task that failed ``failed`` times (see :func:`failure_message_parts`)."""
-    prefix, suffix = failure_message_parts(phase, spec, failure)
-    return f"{prefix}{failed} attempt{'s' * (failed != 1)}{suffix}"
 
 
 def lost_message(phase: str, task_id: str, job_id: str, lost: int | str, reason: str) -> str:

@@ -23,7 +23,6 @@ from mrkit.backends.redis.job_state import (
     DEFAULT_TTL,
     LOG_MAXLEN,
     JobKeys,
-    failure_message_parts,
     lost_message,
 )
 from mrkit.backends.redis.wire import GROUP, QUEUES, WORKER_GONE_MS, key, now_ms
@@ -33,7 +32,7 @@ from mrkit.errors import (
 )
 from mrkit.execution.runtime import delete_attempt_files, storage_for
 from mrkit.model import layout
-from mrkit.model.task import TaskFailure, TaskKind, TaskSpec
+from mrkit.model.task import TaskFailure, TaskKind, TaskSpec, failure_message_parts
 from mrkit.storage.base import Storage
 from mrkit.storage.redis import glob_escape, redact
 

@@ -453,8 +453,8 @@ class RedisWorker:
             if self.slot is not None:
                 self.slot.value = b""
                 self._current = None
-        local = [p.uri for p in spec.pieces if "://" not in p.uri and "#" not in p.uri]
-        missing = next((uri for uri in local if not os.path.exists(uri)), None) if not result.ok else None
+        local = () if result.ok else (p.uri for p in spec.pieces if "://" not in p.uri and "#" not in p.uri)
+        missing = next((uri for uri in local if not os.path.exists(uri)), None)
         if missing is not None:
             failure = TaskFailure(
                 where="",
