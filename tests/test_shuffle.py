@@ -407,3 +407,34 @@ def test_relaxed_collection_restores_the_thresholds_after_overlapping_threads() 
             assert gc.get_threshold()[0] == 0
     finally:
         gc.set_threshold(*before)
+
+
+def test_paused_collection_leaves_nothing_for_the_youngest_generation_to_traverse() -> None:
+    """What a paused block builds is moved to the oldest generation on the way out (no collection
+    of it all at the next allocation), still collectable; a user's own gc.freeze() is left alone."""
+    import gc
+
+    from mrkit.data.gc_pause import gc_paused
+
+    assert gc.isenabled()
+    with gc_paused():
+        built = [[i] for i in range(50_000)]
+        assert gc.get_count()[0] >= 50_000
+    assert gc.isenabled()
+    young = {id(o) for generation in (0, 1) for o in gc.get_objects(generation=generation)}
+    assert id(built) not in young and id(built[-1]) not in young  # promoted: in the oldest generation
+    assert gc.get_freeze_count() == 0  # unfrozen again: a full collection still sees them
+    cycle: list[object] = []
+    cycle.append(cycle)
+    del cycle, built
+    assert gc.collect() >= 1  # garbage made before or after stays collectable
+
+    gc.freeze()  # the user's (a pre-fork server's): not undone by a paused block
+    try:
+        frozen = gc.get_freeze_count()
+        with gc_paused():
+            more = [[i] for i in range(1_000)]
+        assert gc.get_freeze_count() == frozen
+        del more
+    finally:
+        gc.unfreeze()

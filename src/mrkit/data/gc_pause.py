@@ -4,6 +4,8 @@ Building a dict of a hundred thousand fresh lists (the reduce side's in-memory g
 CPython run its cyclic collector again and again over the growing structure: measured on the
 ``adrevenue`` benchmark, the grouping loop took twice as long with the collector on. Those loops
 create no reference cycles and run no user code, so pausing the collector there loses nothing.
+On the way out what the block built is moved to the oldest generation (:func:`_promote_young`),
+or the first allocation after the pause would make the collector traverse all of it at once.
 User functions always run with the collector in the state the user left it, though a map task
 runs them under :func:`gc_relaxed`: collected, only less often.
 """
@@ -42,7 +44,24 @@ def gc_paused() -> Iterator[None]:
         yield
     finally:
         if was_enabled:
+            _promote_young()
             gc.enable()
+
+
+def _promote_young() -> None:
+    """Move every tracked object to the oldest generation, without traversing any.
+
+    What the block built is all in the youngest generation, and the first allocation after
+    ``gc.enable()`` would make the collector traverse every object of it: 0.1 s after building
+    300,000 small lists, and 5 % of the join example's worker time (the reduce's grouping dict).
+    ``gc.freeze()`` then ``gc.unfreeze()`` moves them to the oldest generation in constant time;
+    they are freed by reference counting as before, and cyclic garbage among them waits for the
+    next full collection. Skipped when someone else froze objects (a pre-fork server's
+    ``gc.freeze()``): unfreezing would undo theirs.
+    """
+    if gc.get_freeze_count() == 0:
+        gc.freeze()
+        gc.unfreeze()
 
 
 @contextmanager
