@@ -114,21 +114,22 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         finally:
             executor.shutdown()
     elif name == "lambda-local":
+        from mrkit.backends.aws_lambda.emulator import stop_detached
         from mrkit.backends.aws_lambda.executor import LocalLambdaExecutor
 
         server = request.getfixturevalue("moto_server")
         bucket = server.create_bucket()
+        state_dir = str(tmp_path_factory.mktemp("fn"))
         executor = LocalLambdaExecutor.from_name(
-            "lambda-local",
-            state_dir=str(tmp_path_factory.mktemp("fn")),
-            storage=f"s3://{bucket}/mrkit",
-            timeout=30,
-            max_concurrency=4,
+            "lambda-local", state_dir=state_dir, storage=f"s3://{bucket}/mrkit", timeout=30, max_concurrency=4
         )
         try:
             yield Backend(name, executor, remote_output=f"s3://{bucket}/out")
         finally:
             executor.shutdown()
+            # The submitted jobs' detached deliveries outlive the executor by design; left alone,
+            # they retried against the stopped S3 server for minutes after the suite (44 processes).
+            stop_detached(state_dir)
     elif name == "dask":
         executor = open_executor("dask", workers=2)
         try:

@@ -17,7 +17,13 @@ import uuid
 import pytest
 
 import mrkit
-from mrkit.backends.aws_lambda.emulator import FunctionConfig, FunctionError, LambdaContext, LocalFunction
+from mrkit.backends.aws_lambda.emulator import (
+    FunctionConfig,
+    FunctionError,
+    LambdaContext,
+    LocalFunction,
+    stop_detached,
+)
 from mrkit.backends.aws_lambda.executor import build_event, claim_key, lost_key, result_key
 from mrkit.backends.aws_lambda.handler import handler
 from mrkit.coordination.plan import RetryPolicy, build_plan, store_records
@@ -408,6 +414,43 @@ def test_detached_invocations_outlive_their_invoker(tmp_path):
     assert wait_for_lines(log, 1)[0]["pid"] != os.getpid()
     assert fn.wait_idle(30)  # ... and then it ends, with its delivery
     assert "Status: ok" in (tmp_path / "fn" / "function.log").read_text()
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    """True once ``pid`` has exited (a zombie waiting for its new parent to reap it counts)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rpartition(")")[2].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_stop_detached_kills_a_running_delivery_and_drops_one_waiting_for_a_slot(tmp_path):
+    log = tmp_path / "log.jsonl"
+    config = FunctionConfig(
+        name="echo",
+        handler="tests.test_lambda_handler:echo_handler",
+        state_dir=str(tmp_path / "fn"),
+        max_concurrency=1,
+    )
+    fn = LocalFunction(config, detached=True)
+    fn.invoke({"log": str(log), "sleep": 60})  # holds the only slot ...
+    delivery_pid = wait_for_lines(log, 1)[0]["pid"]
+    fn.invoke({"log": str(log)})  # ... and this one waits for it, in its own supervisor
+    assert not fn.wait_idle(0)
+    started = time.monotonic()
+    assert stop_detached(config.folder()) >= 1
+    assert time.monotonic() - started < 10 and fn.wait_idle(0)
+    assert _gone_within(delivery_pid, 5)  # the running delivery was killed with its supervisor
+    time.sleep(0.5)  # the waiting one never starts, then or later
+    assert (tmp_path / "fn" / "function.log").read_text().count("START RequestId") == 1
+    assert len(log.read_text().splitlines()) == 1
+    assert stop_detached(config.folder()) == 0  # nothing left to stop
 
 
 def test_shutdown_kills_running_deliveries_and_drops_queued_ones(tmp_path):
