@@ -114,7 +114,7 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         finally:
             executor.shutdown()
     elif name == "lambda-local":
-        from mrkit.backends.aws_lambda.emulator import stop_detached
+        from mrkit.backends.aws_lambda.detached import stop_detached
         from mrkit.backends.aws_lambda.executor import LocalLambdaExecutor
 
         server = request.getfixturevalue("moto_server")

@@ -17,13 +17,8 @@ import uuid
 import pytest
 
 import mrkit
-from mrkit.backends.aws_lambda.emulator import (
-    FunctionConfig,
-    FunctionError,
-    LambdaContext,
-    LocalFunction,
-    stop_detached,
-)
+from mrkit.backends.aws_lambda.detached import stop_detached
+from mrkit.backends.aws_lambda.emulator import FunctionConfig, FunctionError, LambdaContext, LocalFunction
 from mrkit.backends.aws_lambda.executor import build_event, claim_key, lost_key, result_key
 from mrkit.backends.aws_lambda.handler import handler
 from mrkit.coordination.plan import RetryPolicy, build_plan, store_records

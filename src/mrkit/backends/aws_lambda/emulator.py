@@ -27,8 +27,9 @@ same ``(event, context)`` contract, and keeps what a serverless job has to survi
 * **Shutdown** (:meth:`LocalFunction.shutdown`) kills the deliveries this object runs and drops the
   ones still waiting for a slot: nothing it invoked starts afterwards. :meth:`LocalFunction.wait_idle`
   waits until no delivery of the ``state_dir`` runs or waits, detached ones included, and
-  :func:`stop_detached` stops them all (a test's teardown: a submitted job's deliveries would
-  otherwise retry against a storage server that is gone, for minutes after the test).
+  :func:`mrkit.backends.aws_lambda.detached.stop_detached` stops them all (a test's teardown: a
+  submitted job's deliveries would otherwise retry against a storage server that is gone, for
+  minutes after the test).
 
 Not emulated: Lambda's delays between retries (about one and two minutes; here ``retry_delay``), the
 maximum event age, warm sandboxes being reused, and the payload limits (checked by the executor).
@@ -309,8 +310,7 @@ class LocalFunction:
                 "sh",
                 sys.executable,
                 "-m",
-                "mrkit.backends.aws_lambda.emulator",
-                "async",
+                "mrkit.backends.aws_lambda.detached",  # its run_supervisor
                 path,
             ],
             env={**os.environ, "LOG": log},
@@ -491,53 +491,6 @@ class LocalFunction:
         )
 
 
-def stop_detached(folder: str, timeout: float = 10.0) -> int:
-    """Stop every detached delivery of the function whose state folder is ``folder``: the events
-    no supervisor took yet are removed, and every supervisor is sent SIGTERM (it kills its
-    delivery's process group and exits; SIGKILL after ``timeout / 2`` seconds). Repeated until
-    nothing runs, since a delivery may have invoked more before it was stopped.
-
-    Returns:
-        how many supervisors were signalled.
-
-    Raises:
-        TimeoutError: deliveries still ran after ``timeout`` seconds.
-    """
-    running = os.path.join(folder, "running")
-    if not os.path.isdir(running):
-        return 0
-    deadline = time.monotonic() + timeout
-    signalled: dict[int, float] = {}
-    idle_checks = 0
-    while True:
-        for name in os.listdir(folder):
-            if name.startswith("event-") and name.endswith(".json"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(folder, name))
-        busy = False
-        for name in os.listdir(running):
-            path = os.path.join(running, name)
-            if not _held(path, remove_stale=True):
-                continue
-            busy = True
-            with contextlib.suppress(FileNotFoundError, ValueError):
-                with open(path, "rb") as f:
-                    pid = int(f.read() or b"0")  # 0: the supervisor has not written it yet
-                first = signalled.setdefault(pid, time.monotonic()) if pid else None
-                if first is not None:
-                    late = time.monotonic() - first > timeout / 2
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL if late else signal.SIGTERM)
-        # Idle twice in a row: a supervisor that read its event just before the event was removed
-        # takes its lock within milliseconds, and is stopped on the next round.
-        idle_checks = 0 if busy else idle_checks + 1
-        if idle_checks == 2:
-            return len(signalled)
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"detached deliveries of {folder} still ran after {timeout:g} s")
-        time.sleep(0.05)
-
-
 def _held(path: str, *, remove_stale: bool = False) -> bool:
     """True when another open file holds the ``flock`` of ``path``."""
     try:
@@ -561,7 +514,7 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-# -- the far side: what a delivery process and a supervisor process run -------------------------------------
+# -- the far side: what a delivery process runs (a supervisor's: detached.run_supervisor) --------------------
 
 
 def _run_delivery() -> int:
@@ -607,49 +560,8 @@ def _run_delivery() -> int:
     return status
 
 
-def _run_supervisor(path: str) -> int:
-    """Body of ``python -m mrkit.backends.aws_lambda.emulator async FILE``: deliver one detached event.
-
-    The supervisor holds the ``flock`` of ``running/{event file}.lock`` from before it removes the
-    event file until it ends, so :meth:`LocalFunction.wait_idle` always sees it (the lock is
-    released by the kernel even if the supervisor is killed).
-    """
-    try:
-        with open(path) as f:
-            job = json.load(f)
-    except FileNotFoundError:
-        return 0  # removed by stop_detached before it started: never delivered
-    config = FunctionConfig.from_dict(job["config"])
-    lock_path = os.path.join(config.folder(), "running", os.path.basename(path) + ".lock")
-    function = LocalFunction(config, detached=True)
-
-    def stop(signum: int, _frame: Any) -> None:  # stop_detached: no retry, no new delivery
-        function._closed = True
-        for proc in list(function._procs):
-            _kill_group(proc)
-        os._exit(128 + signum)  # the kernel releases the lock; _held removes the stale file
-
-    signal.signal(signal.SIGTERM, stop)
-    with open(lock_path, "a+b") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        lock.truncate(0)
-        lock.write(str(os.getpid()).encode())  # for stop_detached
-        lock.flush()
-        with contextlib.suppress(FileNotFoundError):  # stop_detached may have removed it already
-            os.unlink(path)
-        try:
-            function.deliver_async(job["event"], job["request_id"])
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(lock_path)
-    return 0
-
-
 if __name__ == "__main__":
-    command = sys.argv[1] if len(sys.argv) > 1 else ""
-    if command == "run":
+    if sys.argv[1:] == ["run"]:
         sys.exit(_run_delivery())
-    elif command == "async" and len(sys.argv) == 3:
-        sys.exit(_run_supervisor(sys.argv[2]))
-    print("usage: python -m mrkit.backends.aws_lambda.emulator run | async EVENT_FILE", file=sys.stderr)
+    print("usage: python -m mrkit.backends.aws_lambda.emulator run", file=sys.stderr)
     sys.exit(2)
