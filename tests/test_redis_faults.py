@@ -53,6 +53,9 @@ def test_entries_before_their_phase_and_a_duplicated_publish_change_nothing(redi
     # Hold the map entries back (read by a consumer that is no worker, and that beats its liveness:
     # the workers hand a silent consumer's entries back within a second), so the job stays in its
     # map phase while the workers meet a reduce and the publish step delivered early (as duplicates).
+    # Alive before it holds anything: a consumer that holds entries and never beat counts as departed
+    # (the CI once saw two of the three maps handed back, in a window of a few milliseconds).
+    beat(client, "parked")
     parked = client.xreadgroup("workers", "parked", {k.tasks: ">"})[0][1]
     assert len(parked) == 3
     holding = threading.Event()
@@ -61,30 +64,35 @@ def test_entries_before_their_phase_and_a_duplicated_publish_change_nothing(redi
     def keep_parked_alive() -> None:
         while holding.is_set():
             beat(client, "parked")
-            time.sleep(0.25)
+            time.sleep(0.1)
 
     beating = threading.Thread(target=keep_parked_alive, daemon=True)
     beating.start()
-    reduce_entry = client.lrange(k.next("reduce"), 0, 1)
-    publish_entry = client.lrange(k.next("publish"), 0, 1)
-    client.xadd(k.tasks, {"p": reduce_entry[0], "s": reduce_entry[1]})
-    client.xadd(k.tasks, {"p": publish_entry[0], "s": publish_entry[1]})
-    # And the publish step enqueued twice when the last reduce commits (two publishers at once).
-    client.rpush(k.next("publish"), *publish_entry)
-    with WorkerThreads(redis_url, 2):
-        wait_for(
-            lambda: sum("before its phase" in line for line in handle.logs()) == 2,
-            what="both early entries to be dropped",
-        )
-        # Still held by "parked": nothing ran a map before they are released.
-        assert client.xpending(k.tasks, "workers")["pending"] == 3
-        assert "reclaimed" not in "\n".join(handle.logs())
-        for entry_id, fields in parked:  # release the maps
-            client.xack(k.tasks, "workers", entry_id)
-            client.xadd(k.tasks, fields)
+    try:
+        reduce_entry = client.lrange(k.next("reduce"), 0, 1)
+        publish_entry = client.lrange(k.next("publish"), 0, 1)
+        client.xadd(k.tasks, {"p": reduce_entry[0], "s": reduce_entry[1]})
+        client.xadd(k.tasks, {"p": publish_entry[0], "s": publish_entry[1]})
+        # And the publish step enqueued twice when the last reduce commits (two publishers at once).
+        client.rpush(k.next("publish"), *publish_entry)
+        with WorkerThreads(redis_url, 2):
+            wait_for(
+                lambda: sum("before its phase" in line for line in handle.logs()) == 2,
+                what="both early entries to be dropped",
+            )
+            # Still held by "parked": nothing ran a map before they are released.
+            logs = "\n".join(handle.logs())
+            assert client.xpending(k.tasks, "workers")["pending"] == 3, logs
+            assert "reclaimed" not in logs
+            for entry_id, fields in parked:  # release the maps
+                client.xack(k.tasks, "workers", entry_id)
+                client.xadd(k.tasks, fields)
+            holding.clear()
+            beating.join()
+            result = handle.wait(timeout=60)
+    finally:  # a failed assertion must not leave the thread beating into the next test's server
         holding.clear()
-        beating.join()
-        result = handle.wait(timeout=60)
+        beating.join(5)
     assert sorted(result) == reference(J.WORDCOUNT, TEXT)
     st = handle.status()
     assert st["failures"] == {"map": 0, "reduce": 0} and st["attempts"] == {"map": 3, "reduce": 2}, st
