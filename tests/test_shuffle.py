@@ -434,7 +434,10 @@ def test_paused_collection_leaves_nothing_for_the_youngest_generation_to_travers
         frozen = gc.get_freeze_count()
         with gc_paused():
             more = [[i] for i in range(1_000)]
-        assert gc.get_freeze_count() == frozen
+        # Neither unfrozen nor frozen further (a frozen object freed meanwhile, by another thread of
+        # the test process, lowers the count: CI saw 10 fewer), and the block's objects stay young.
+        assert 0 < gc.get_freeze_count() <= frozen
+        assert id(more) in {id(o) for generation in (0, 1, 2) for o in gc.get_objects(generation=generation)}
         del more
     finally:
         gc.unfreeze()
