@@ -119,16 +119,7 @@ class MapOutput:
 
     def add(self, pairs: Iterable[tuple[Any, Any]]) -> None:
         """Add ``pairs`` to the buffer, without checking memory (the caller does, between slices)."""
-        buf, more = self.buf, self.more
-        more_get = more.get
-        for key, value in pairs:
-            lst = more_get(key)
-            if lst is not None:
-                lst.append(value)
-            elif key in buf:
-                more[key] = [value]
-            else:
-                buf[key] = value
+        _add_into(self.buf, self.more, pairs)
 
     def values_of(self, key: Any) -> list[Any]:
         """Every value the buffer holds for ``key``, in the order they came (empty if none)."""
@@ -223,19 +214,20 @@ class MapOutput:
                 return
             if not more:
                 return
-            combined = MapOutput.__new__(MapOutput)  # only its two dicts, filled by add()
-            combined.buf, combined.more = {}, {}
+            new_buf: dict[Any, Any] = {}
+            new_more: dict[Any, list[Any]] = {}
             for key, first in buf.items():
                 later = more.get(key)
                 if later is None:
-                    combined.add(((key, first),))
+                    _add_into(new_buf, new_more, ((key, first),))
                 else:
                     later.insert(0, first)
-                    combined.add(combiner(key, iter(later)))
+                    _add_into(new_buf, new_more, combiner(key, iter(later)))
+            # Refilled in place: map_split holds the two dicts under local names.
             buf.clear()
-            buf.update(combined.buf)
+            buf.update(new_buf)
             more.clear()
-            more.update(combined.more)
+            more.update(new_more)
         except Exception as exc:
             raise user_failure(f"combiner on key {_short(key)}", exc) from exc
 
@@ -381,8 +373,8 @@ def map_split(job: Job, batches: Iterable[Any], out: MapOutput, where: Callable[
                 for record in chunk:
                     pairs = mapper(record)
                     if pairs is not None:
-                        # MapOutput.add, inlined: the hottest loop. ``more`` first: a key seen
-                        # many times (a word) costs one lookup, as with one dict of lists.
+                        # _add_into, inlined: the hottest loop, where a call per record would
+                        # cost more than the lookups (``more`` first: see there).
                         for key, value in pairs:
                             lst = more_get(key)
                             if lst is not None:
@@ -451,6 +443,21 @@ def _run_hook(hook: Callable[[], Any], out: MapOutput, where: str) -> None:
 
 
 _DICT_ITEMS: type = type({}.items())
+
+
+def _add_into(buf: dict[Any, Any], more: dict[Any, list[Any]], pairs: Iterable[tuple[Any, Any]]) -> None:
+    """Add ``pairs`` to a buffer's two dicts (``buf``: each key's first value; ``more``: the later
+    values of keys with several). ``more`` is looked in first: a key seen many times (a word)
+    costs one lookup and an append. map_split runs the same loop inlined, per record."""
+    more_get = more.get
+    for key, value in pairs:
+        lst = more_get(key)
+        if lst is not None:
+            lst.append(value)
+        elif key in buf:
+            more[key] = [value]
+        else:
+            buf[key] = value
 
 
 def _add_pairs(pairs: Iterable[tuple[Any, Any]], out: MapOutput) -> None:

@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from mrkit.backends.aws_lambda.emulator import FunctionConfig, LocalFunction, _held, _kill_group
+from mrkit.backends.aws_lambda.emulator import FunctionConfig, LocalFunction, lock_held
 
 
 def stop_detached(folder: str, timeout: float = 10.0) -> int:
@@ -49,7 +49,7 @@ def stop_detached(folder: str, timeout: float = 10.0) -> int:
         busy = False
         for name in os.listdir(running):
             path = os.path.join(running, name)
-            if not _held(path, remove_stale=True):
+            if not lock_held(path, remove_stale=True):
                 continue
             busy = True
             with contextlib.suppress(FileNotFoundError, ValueError):
@@ -87,10 +87,8 @@ def run_supervisor(path: str) -> int:
     function = LocalFunction(config, detached=True)
 
     def stop(signum: int, _frame: Any) -> None:  # stop_detached: no retry, no new delivery
-        function._closed = True
-        for proc in list(function._procs):
-            _kill_group(proc)
-        os._exit(128 + signum)  # the kernel releases the lock; _held removes the stale file
+        function.kill_now()
+        os._exit(128 + signum)  # the kernel releases the lock; lock_held removes the stale file
 
     signal.signal(signal.SIGTERM, stop)
     with open(lock_path, "a+b") as lock:

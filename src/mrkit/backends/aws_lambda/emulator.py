@@ -460,6 +460,14 @@ class LocalFunction:
             for thread in threads:
                 thread.join(max(0.0, deadline - time.monotonic()))
 
+    def kill_now(self) -> None:
+        """Kill this object's deliveries and start no more, without taking its lock: safe in a
+        signal handler that interrupted this object's own thread (:meth:`shutdown` could wait for
+        the lock that thread holds)."""
+        self._closed = True
+        for proc in list(self._procs):
+            _kill_group(proc)
+
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no delivery of this function's ``state_dir`` runs, waits for a slot or is about
         to be supervised (detached ones of every process included).
@@ -486,12 +494,12 @@ class LocalFunction:
         running = os.path.join(folder, "running")
         locks = [os.path.join(running, n) for n in os.listdir(running)]
         slots = os.path.join(folder, "slots")
-        return any(_held(p, remove_stale=True) for p in locks) or any(
-            _held(os.path.join(slots, n)) for n in os.listdir(slots)
+        return any(lock_held(p, remove_stale=True) for p in locks) or any(
+            lock_held(os.path.join(slots, n)) for n in os.listdir(slots)
         )
 
 
-def _held(path: str, *, remove_stale: bool = False) -> bool:
+def lock_held(path: str, *, remove_stale: bool = False) -> bool:
     """True when another open file holds the ``flock`` of ``path``."""
     try:
         f = open(path, "a+b")  # noqa: SIM115 - closed below
