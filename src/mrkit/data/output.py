@@ -178,41 +178,59 @@ def read_pairs(f: BinaryIO, fmt: str, name: str = "") -> Iterator[tuple[Any, Any
                 tail = block
                 continue
         tail = block[end:]
-        try:
-            text = block[:end].decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InputError(f"{name} is not valid {fmt} output (not UTF-8): {exc}") from exc
-        lines = text.count("\n") + (0 if text.endswith("\n") or not text else 1)
-        if text.strip():
-            yield from _parse_block(text, fmt, name, first_line)
-        first_line += lines
+        data = block[:end]
+        newlines = data.count(b"\n")
+        if data.strip():
+            yield from _parse_block(data, fmt, name, first_line, newlines)
+        first_line += newlines + (0 if data.endswith(b"\n") or not data else 1)
         if not chunk:
             return
 
 
-def _parse_block(text: str, fmt: str, name: str, first_line: int) -> list[tuple[Any, Any]]:
-    """The pairs of whole ``tsv``/``jsonl`` lines ``text`` (the first one is line ``first_line``)."""
-    body = text.strip("\n")
+def _parse_block(data: bytes, fmt: str, name: str, first_line: int, newlines: int) -> list[tuple[Any, Any]]:
+    """The pairs of whole ``tsv``/``jsonl`` lines ``data`` holding ``newlines`` line ends (the first
+    line is line ``first_line``).
+
+    The block is rewritten as bytes and decoded once (bytes.replace is about twice as fast as
+    str.replace on the same text, and decoding checks UTF-8 all the same). A block that does not
+    parse goes to the line reader, which names the bad line; a blank line (the line reader skips
+    it) sends its block there too.
+    """
+    complete = data.endswith(b"\n")
+    lines = newlines + (0 if complete else 1)
+    body = data[:-1] if complete else data
     try:
-        if "\n\n" in body:
-            raise ValueError("blank line")  # rare: let the line reader skip blank lines
+        # A blank line fails either check below: it has no tab, and "],[]" (tsv) or ",," (jsonl)
+        # does not parse or unpack.
         if fmt == "tsv":
             # One tab per line, or a line without one (`"a",1`) would pass for a pair.
-            if body.count("\t") != body.count("\n") + 1:
+            if body.count(b"\t") != lines:
                 raise ValueError("not one tab per line")
-            array = "[[" + body.replace("\t", ",").replace("\n", "],[") + "]]"
+            array = b"[[" + body.replace(b"\t", b",").replace(b"\n", b"],[") + b"]]"
         else:
-            array = "[" + body.replace("\n", ",") + "]"
+            array = b"[" + body.replace(b"\n", b",") + b"]"
+        try:
+            text = array.decode("utf-8")
+        except UnicodeDecodeError:
+            text = _decoded(data, fmt, name)  # raises, naming the position in the part's own bytes
+        del array
         # Tens of thousands of fresh lists and tuples at once: see mrkit.data.gc_pause.
         with gc_paused():
-            rows = json.loads(array)
+            rows = json.loads(text)
             if fmt != "tsv" and any(type(row) is not list for row in rows):
                 raise ValueError("not a [key, value] array")
             # Unpacking checks that every row has two fields (ValueError otherwise).
             return [((_as_key(k) if type(k) is list else k), v) for k, v in rows]
     except ValueError:
         # split("\n"), not splitlines(): U+2028 and friends are text inside a JSON string.
-        return list(_read_lines(text.split("\n"), fmt, name, first_line))
+        return list(_read_lines(_decoded(data, fmt, name).split("\n"), fmt, name, first_line))
+
+
+def _decoded(data: bytes, fmt: str, name: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{name} is not valid {fmt} output (not UTF-8): {exc}") from None
 
 
 def _read_lines(raw_lines: Iterable[str], fmt: str, name: str, first_line: int) -> Iterator[tuple[Any, Any]]:
@@ -242,13 +260,19 @@ def _as_key(value: Any) -> Any:
 def read_output(folder: str | os.PathLike[str]) -> Iterator[tuple[Any, Any]]:
     """Read back the ``(key, value)`` pairs of a published output folder, part by part.
 
+    In a single-threaded process on Linux, the next part of a local folder is parsed in a forked
+    child while the caller consumes this one (:mod:`mrkit.data.prefetch`); the pairs and their order
+    are the same either way.
+
     Args:
         folder: a local folder or storage URL written by ``mrkit.run(..., output=folder)``.
 
     Raises:
         InputError: when the folder has no ``_SUCCESS`` (the job did not finish) or a part is corrupt.
     """
+    from mrkit.data.prefetch import Prefetch, can_prefetch
     from mrkit.storage import open_storage
+    from mrkit.storage.local import LocalStorage
 
     url = os.fspath(folder)
     storage = open_storage(url)
@@ -257,6 +281,25 @@ def read_output(folder: str | os.PathLike[str]) -> Iterator[tuple[Any, Any]]:
         raise InputError(f"{url} has no {SUCCESS_KEY} marker: the job that writes it did not finish")
     info = json.loads(raw or b"{}")
     fmt = info.get("format", "tsv")
-    for key in sorted(k for k in storage.list("part-") if "/" not in k):
+    parts = sorted(k for k in storage.list("part-") if "/" not in k)
+    local = isinstance(storage, LocalStorage) and fmt != "pickle"  # pickle parts load fast as they are
+
+    def parse(key: str) -> list[tuple[Any, Any]]:
         with storage.open_read(key) as f:
-            yield from read_pairs(f, fmt, f"{url}/{key}")
+            return list(read_pairs(f, fmt, f"{url}/{key}"))
+
+    ahead: Prefetch | None = None
+    try:
+        for i, key in enumerate(parts):
+            pairs = ahead.result() if ahead is not None else None
+            ahead = None
+            if i + 1 < len(parts) and can_prefetch(storage.size(parts[i + 1]), local):
+                ahead = Prefetch(lambda k=parts[i + 1]: parse(k))  # type: ignore[misc]
+            if pairs is not None:
+                yield from pairs
+                continue
+            with storage.open_read(key) as f:
+                yield from read_pairs(f, fmt, f"{url}/{key}")
+    finally:
+        if ahead is not None:
+            ahead.cancel()

@@ -6,10 +6,10 @@ the fork server's socket under a long ``TMPDIR``), and a child that does not re-
 script (:func:`main_module_hidden`).
 
 The one exception to "never fork" is the *fast start*: while the driver is still single-threaded
-(:func:`single_threaded`, which counts native threads too), forking it is as safe as forking any
-single-threaded program, and ~0.1 s faster per run than starting a fork server and importing the
-runtime in it. The executor uses it for its first workers only, and never when the user chose a
-start method; :func:`~.process_worker.after_fork_from_driver` makes such a worker look like a
+(:func:`~mrkit.data.prefetch.single_threaded`, which counts native threads too), forking it is as
+safe as forking any single-threaded program, and ~0.1 s faster per run than starting a fork server
+and importing the runtime in it. The executor uses it for its first workers only, and never when the
+user chose a start method; :func:`~.process_worker.after_fork_from_driver` makes such a worker look like a
 freshly started one.
 
 Hash salts follow from the start method: with ``forkserver`` every worker is forked from the one
@@ -49,18 +49,6 @@ def default_start_method() -> str:
     if sys.platform.startswith("linux") and "forkserver" in multiprocessing.get_all_start_methods():
         return "forkserver"
     return "spawn"
-
-
-def single_threaded() -> bool:
-    """True when this process runs exactly one thread, native threads included (Linux only).
-
-    ``threading.active_count()`` does not see threads that C libraries start (BLAS pools, gRPC,
-    a JVM); the kernel's task list does. Without ``/proc`` the answer is False: never guess.
-    """
-    try:
-        return len(os.listdir("/proc/self/task")) == 1
-    except OSError:
-        return False
 
 
 def start_worker(

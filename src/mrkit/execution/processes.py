@@ -69,6 +69,7 @@ from concurrent.futures import Future
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from mrkit.data.prefetch import single_threaded
 from mrkit.errors import ConfigError, WorkerLost
 from mrkit.execution.base import Executor
 from mrkit.execution.process_handles import (
@@ -88,7 +89,6 @@ from mrkit.execution.process_start import (
     gc_frozen_for_fork,
     preload_in_forkserver,
     short_socket_dir,
-    single_threaded,
     start_worker,
 )
 from mrkit.execution.process_worker import STOP, decode_messages, send_all, split_runner
