@@ -122,6 +122,27 @@ def test_a_hanging_mapper_fails_the_job_after_its_attempts_naming_the_record(
     assert attempts(tmp_path) == 2
 
 
+def hang_on_poison(word: str, counts: Iterable[int]) -> int:
+    if word == "poison":
+        time.sleep(3600)
+    return sum(counts)
+
+
+def test_a_hanging_reducer_fails_the_job_naming_the_key(text: Path, tmp_path: Path) -> None:
+    # The worker's watchdog reads the key from the reduce loop's frame (mrkit.execution.watchdog).
+    job = mrkit.Job(mapper=lambda line: ((w, 1) for w in line.split()), reducer=hang_on_poison)
+    policy = RetryPolicy(max_attempts=2, task_timeout=1)
+    started = time.monotonic()
+    with pytest.raises(JobFailed) as caught:
+        mrkit.run(
+            job, str(text), n_map=1, n_reduce=1, executor="processes", workers=2, policy=policy, quiet=True
+        )
+    message = str(caught.value)
+    assert time.monotonic() - started < 2 * 1 + 10
+    assert "reduce task reduce-00000" in message and "failed after 2 attempts" in message, message
+    assert "timed out after 1 s" in message and "reducer on key 'poison'" in message, message
+
+
 def test_inline_ends_a_hanging_mapper_too(text: Path, tmp_path: Path) -> None:
     error, seconds = run_poison("hang", text, tmp_path, timeout=1, executor="inline", workers=None)
     assert "timed out after 1 s" in str(error) and seconds < 10
