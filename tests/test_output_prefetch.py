@@ -23,6 +23,7 @@ from mrkit.data import prefetch
 from mrkit.data.output import read_output
 
 prefetch.PREFETCH_MIN_BYTES = 1
+prefetch.resident_bytes = lambda: 0  # these parts are small next to an interpreter's memory
 taken = []
 result = prefetch.Prefetch.result
 def counting_result(self):
@@ -105,6 +106,14 @@ def test_a_child_killed_before_it_answers_leaves_the_part_to_the_caller(tmp_path
     assert got["children_left"] is False
 
 
+def test_children_reaped_by_someone_else_still_hand_their_parts_over(tmp_path):
+    parts = sample_parts(3, 200)
+    make_output(tmp_path / "out", parts)
+    got = run_harness(tmp_path / "out", setup="import signal; signal.signal(signal.SIGCHLD, signal.SIG_IGN)")
+    assert [tuple(p) for p in got["pairs"]] == [pair for part in parts for pair in part]
+    assert got["taken"] == [True, True]
+
+
 def test_a_reader_that_stops_early_leaves_no_child(tmp_path):
     make_output(tmp_path / "out", sample_parts(3, 200))
     read_two = """
@@ -125,4 +134,11 @@ def test_no_child_outside_the_safe_cases(monkeypatch):
     monkeypatch.setattr(prefetch, "single_threaded", lambda: False)
     assert prefetch.can_prefetch(10, local=True) is False  # threads: a fork could deadlock
     monkeypatch.setattr(prefetch, "single_threaded", lambda: True)
+    monkeypatch.setattr(prefetch, "resident_bytes", lambda: 256 * 10)
     assert prefetch.can_prefetch(10, local=True) is True
+    monkeypatch.setattr(prefetch, "resident_bytes", lambda: 256 * 10 + 1)
+    assert prefetch.can_prefetch(10, local=True) is False  # a fork of this much memory costs more
+
+
+def test_resident_bytes_reads_this_process():
+    assert 1 << 20 < prefetch.resident_bytes() < 64 << 30

@@ -14,7 +14,10 @@ A child is forked only where that is safe and pays:
 * the part lives in local storage (a fork shares no socket or connection pool with the child);
 * the part has between :data:`PREFETCH_MIN_BYTES` (below, the fork costs about what it saves) and
   :data:`PREFETCH_MAX_BYTES` (a prefetched part is held whole until it is consumed; larger parts
-  are read block by block by the caller, as before, so memory stays bounded).
+  are read block by block by the caller, as before, so memory stays bounded);
+* the part is at least 1/256 of this process's resident memory: a fork copies the page tables, in
+  time that grows with the memory mapped, so a notebook holding gigabytes forks only for parts
+  large enough to repay it.
 
 What the parent unpickles comes from a fork of itself through a pipe only the two of them hold:
 nothing from a peer. A child that fails in any way (a corrupt part, a signal, a short write)
@@ -41,7 +44,16 @@ def can_prefetch(size: int, local: bool) -> bool:
     """True when a part of ``size`` bytes (in local storage when ``local``) may be read by a child."""
     if not (local and PREFETCH_MIN_BYTES <= size <= PREFETCH_MAX_BYTES and hasattr(os, "fork")):
         return False
-    return single_threaded()
+    return single_threaded() and size * 256 >= resident_bytes()
+
+
+def resident_bytes() -> int:
+    """This process's resident memory in bytes (Linux ``/proc``; 0 where it cannot be read)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def single_threaded() -> bool:
@@ -85,12 +97,18 @@ class Prefetch:
         """The child's pairs, or None when it failed (then the caller parses the part itself)."""
         with open(self._read_end, "rb") as f:
             data = f.read()
-        _, status = os.waitpid(self.pid, 0)
+        try:
+            _, status = os.waitpid(self.pid, 0)
+        except ChildProcessError:  # reaped by someone else (SIGCHLD ignored, or a handler's waitpid)
+            status = 0  # unknown: a short or empty write fails to unpickle below
         self.pid = 0
         if status != 0 or not data:
             return None
-        with gc_paused():  # a list of fresh tuples: see mrkit.data.gc_pause
-            pairs: list[tuple[Any, Any]] = pickle.loads(data)
+        try:
+            with gc_paused():  # a list of fresh tuples: see mrkit.data.gc_pause
+                pairs: list[tuple[Any, Any]] = pickle.loads(data)
+        except Exception:  # a child cut short mid-write: the caller parses the part itself
+            return None
         return pairs
 
     def cancel(self) -> None:
@@ -100,5 +118,6 @@ class Prefetch:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
         os.close(self._read_end)
-        os.waitpid(self.pid, 0)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
         self.pid = 0
