@@ -127,6 +127,39 @@ def test_a_reader_that_stops_early_leaves_no_child(tmp_path):
     assert got["children_left"] is False
 
 
+def test_a_read_interrupted_while_taking_a_part_back_closes_nothing_twice(tmp_path):
+    # result() is interrupted after its file object took the pipe's read end: cancel() must kill and
+    # reap the child without closing that descriptor number again (by then it may be another file's).
+    make_output(tmp_path / "out", sample_parts(3, 200))
+    interrupt_the_first_take = """
+    import io
+    real_open = open
+    def interrupting_open(file, *args, **kwargs):
+        f = real_open(file, *args, **kwargs)
+        if isinstance(file, int) and not taken:
+            f.close()
+            taken.append("interrupted")
+            raise KeyboardInterrupt
+        return f
+    prefetch.open = interrupting_open
+    """
+    read = """
+    try:
+        pairs = list(read_output(sys.argv[1]))
+    except KeyboardInterrupt:
+        pairs = ["interrupted"]
+        spare = os.open(sys.argv[1] + "/_SUCCESS", os.O_RDONLY)  # takes the lowest free number
+        os.fstat(spare)  # still open: nobody closed it behind our back
+    """
+    got = run_harness(
+        tmp_path / "out",
+        read=textwrap.dedent(read).strip().replace("\n", "\n    "),
+        setup=interrupt_the_first_take,
+    )
+    assert got["pairs"] == ["interrupted"] and got["taken"] == ["interrupted"]
+    assert got["children_left"] is False
+
+
 def test_no_child_outside_the_safe_cases(monkeypatch):
     monkeypatch.setattr(prefetch, "PREFETCH_MIN_BYTES", 1)
     assert prefetch.can_prefetch(10, local=False) is False  # not local storage

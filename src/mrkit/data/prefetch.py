@@ -95,7 +95,8 @@ class Prefetch:
 
     def result(self) -> list[tuple[Any, Any]] | None:
         """The child's pairs, or None when it failed (then the caller parses the part itself)."""
-        with open(self._read_end, "rb") as f:
+        read_end, self._read_end = self._read_end, -1  # the file object below owns (and closes) it
+        with open(read_end, "rb") as f:
             data = f.read()
         try:
             _, status = os.waitpid(self.pid, 0)
@@ -117,7 +118,9 @@ class Prefetch:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
-        os.close(self._read_end)
+        if self._read_end >= 0:  # not yet handed to result()'s file object (interrupted there)
+            os.close(self._read_end)
+            self._read_end = -1
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self.pid, 0)
         self.pid = 0
