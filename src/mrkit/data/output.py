@@ -282,24 +282,23 @@ def read_output(folder: str | os.PathLike[str]) -> Iterator[tuple[Any, Any]]:
     info = json.loads(raw or b"{}")
     fmt = info.get("format", "tsv")
     parts = sorted(k for k in storage.list("part-") if "/" not in k)
-    local = isinstance(storage, LocalStorage) and fmt != "pickle"  # pickle parts load fast as they are
+    # Only a local part may be read ahead (and pickle parts load fast as they are): any other
+    # storage is not even asked for sizes.
+    local = isinstance(storage, LocalStorage) and fmt != "pickle"
 
-    def parse(key: str) -> list[tuple[Any, Any]]:
+    def part_pairs(key: str) -> Iterator[tuple[Any, Any]]:
         with storage.open_read(key) as f:
-            return list(read_pairs(f, fmt, f"{url}/{key}"))
+            yield from read_pairs(f, fmt, f"{url}/{key}")
 
     ahead: Prefetch | None = None
     try:
         for i, key in enumerate(parts):
             pairs = ahead.result() if ahead is not None else None
             ahead = None
-            if i + 1 < len(parts) and can_prefetch(storage.size(parts[i + 1]), local):
-                ahead = Prefetch(lambda k=parts[i + 1]: parse(k))  # type: ignore[misc]
-            if pairs is not None:
-                yield from pairs
-                continue
-            with storage.open_read(key) as f:
-                yield from read_pairs(f, fmt, f"{url}/{key}")
+            following = parts[i + 1] if local and i + 1 < len(parts) else None
+            if following is not None and can_prefetch(storage.size(following), local):
+                ahead = Prefetch(lambda k=following: list(part_pairs(k)))  # type: ignore[misc]
+            yield from part_pairs(key) if pairs is None else pairs
     finally:
         if ahead is not None:
             ahead.cancel()
