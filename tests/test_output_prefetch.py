@@ -47,7 +47,10 @@ print(json.dumps({{"pairs": pairs, "taken": taken, "children_left": left}}))
 
 
 def run_harness(folder: Path, read: str = "pairs = list(read_output(sys.argv[1]))", setup: str = "") -> dict:
-    code = HARNESS.format(read=read, setup=textwrap.dedent(setup))
+    # ``read`` goes inside the harness's try block: dedented, then indented to the block's depth.
+    code = HARNESS.format(
+        read=textwrap.dedent(read).strip().replace("\n", "\n    "), setup=textwrap.dedent(setup)
+    )
     done = subprocess.run(
         [sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=120, check=True
     )
@@ -121,7 +124,7 @@ def test_a_reader_that_stops_early_leaves_no_child(tmp_path):
     pairs = [next(it), next(it)]
     it.close()
     """
-    got = run_harness(tmp_path / "out", read=textwrap.dedent(read_two).strip().replace("\n", "\n    "))
+    got = run_harness(tmp_path / "out", read=read_two)
     assert [tuple(p) for p in got["pairs"]] == [("k0-00000", 0), ("k0-00001", 0.5)]
     assert got["taken"] == []
     assert got["children_left"] is False
@@ -153,7 +156,7 @@ def test_a_read_interrupted_while_taking_a_part_back_closes_nothing_twice(tmp_pa
     """
     got = run_harness(
         tmp_path / "out",
-        read=textwrap.dedent(read).strip().replace("\n", "\n    "),
+        read=read,
         setup=interrupt_the_first_take,
     )
     assert got["pairs"] == ["interrupted"] and got["taken"] == ["interrupted"]
