@@ -65,8 +65,10 @@ def test_a_tsv_line_without_exactly_one_tab_is_refused(line, monkeypatch):
 
 def test_blank_lines_are_skipped_and_bad_bytes_named():
     assert list(read_pairs(io.BytesIO(b'"a"\t1\n\n"b"\t2\n'), "tsv")) == [("a", 1), ("b", 2)]
-    with pytest.raises(InputError, match="part-00001 is not valid tsv output .not UTF-8"):
-        list(read_pairs(io.BytesIO(b'"a\xff"\t1\n'), "tsv", "part-00001"))
+    bad = b'"a"\t1\n"b\xff"\t2\n'
+    message = r"part-00001 line 2 is not valid tsv output \(not UTF-8: byte\(s\) 0xff"
+    with pytest.raises(InputError, match=message):
+        list(read_pairs(io.BytesIO(bad), "tsv", "part-00001"))
 
 
 ANY_FLOAT = st.floats(allow_nan=True, allow_infinity=True)

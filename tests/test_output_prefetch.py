@@ -1,7 +1,8 @@
-"""``read_output`` parses the next part in a forked child (mrkit.data.prefetch): the pairs, their
-order and the errors must be exactly those of reading every part in the calling process, and no
-child may outlive the read. Each case runs in a fresh interpreter: pytest's own process may run
-threads, and then no child is forked at all (which the last test checks)."""
+"""``read_output`` parses a local output in a forked child, block by block (mrkit.data.prefetch):
+the pairs, their order and the errors must be exactly those of reading every part in the calling
+process, the child's memory must stay bounded, and no child may outlive the read. Each case runs in
+a fresh interpreter: pytest's own process may run threads, and then no child is forked at all
+(which the last tests check)."""
 
 from __future__ import annotations
 
@@ -16,21 +17,26 @@ import pytest
 from mrkit.data import prefetch
 from mrkit.data.output import read_output, write_pairs
 
-# Run in the child interpreter: counts the children that handed back a parse, then reads.
+# Run in the child interpreter: small blocks (so that every case spans many), a record of what each
+# read-ahead child handed back (items taken, complete or not), then the read.
 HARNESS = """
 import json, os, sys
-from mrkit.data import prefetch
+from mrkit.data import output, prefetch
 from mrkit.data.output import read_output
 
 prefetch.PREFETCH_MIN_BYTES = 1
 prefetch.resident_bytes = lambda: 0  # these parts are small next to an interpreter's memory
+output._HEAD_BLOCK = 1024
+output._AHEAD_BLOCK = 4096
 taken = []
-result = prefetch.Prefetch.result
-def counting_result(self):
-    pairs = result(self)
-    taken.append(pairs is not None)
-    return pairs
-prefetch.Prefetch.result = counting_result
+items = prefetch.ReadAhead.items
+def counting_items(self):
+    n = 0
+    for item in items(self):
+        n += 1
+        yield item
+    taken.append([n, self.complete])
+prefetch.ReadAhead.items = counting_items
 {setup}
 try:
     {read}
@@ -69,52 +75,67 @@ def sample_parts(n_parts: int = 4, per_part: int = 3000) -> list[list[tuple]]:
     return [[(f"k{p}-{i:05d}", i * 0.5 if i % 2 else i) for i in range(per_part)] for p in range(n_parts)]
 
 
+def plain_read_error(folder: Path) -> str:
+    """The sentence of reading ``folder`` in pytest's process (threads: no child is ever forked)."""
+    with pytest.raises(Exception) as caught:
+        list(read_output(folder))
+    return f"{type(caught.value).__name__}: {caught.value}"
+
+
 @pytest.mark.parametrize("fmt", ["tsv", "jsonl"])
-def test_prefetched_parts_give_the_same_pairs_in_the_same_order(tmp_path, fmt):
+def test_read_ahead_gives_the_same_pairs_in_the_same_order(tmp_path, fmt):
     parts = sample_parts()
     make_output(tmp_path / "out", parts, fmt)
     got = run_harness(tmp_path / "out")
-    assert got["taken"] == [True, True, True]  # parts 1-3 came from children
+    [[blocks, complete]] = got["taken"]
+    assert complete and blocks > 4 * 10  # every part, in many blocks, came from the child
     assert [tuple(p) for p in got["pairs"]] == [pair for part in parts for pair in part]
     assert got["children_left"] is False
 
 
-def test_a_corrupt_part_read_ahead_fails_with_the_sentence_of_a_plain_read(tmp_path):
-    make_output(tmp_path / "out", sample_parts(3, 50))
-    with open(tmp_path / "out" / "part-00002", "ab") as f:
-        f.write(b'"x"\tnot json\n')
+@pytest.mark.parametrize(
+    ("part", "line", "bad"),
+    [
+        (2, 51, b'"x"\tnot json\n'),  # appended to a later part
+        (0, 1500, b'"x"\tnot json\n'),  # in the middle of the first part, past the caller's block
+        (1, 700, b'"b\xff"\t2\n'),  # not UTF-8, mid-part
+    ],
+)
+def test_a_corrupt_line_read_ahead_fails_with_the_sentence_of_a_plain_read(tmp_path, part, line, bad):
+    make_output(tmp_path / "out", sample_parts(3, 3000 if line > 51 else 50))
+    path = tmp_path / "out" / f"part-{part:05d}"
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join([*lines[: line - 1], bad, *lines[line - 1 :]]))
     got = run_harness(tmp_path / "out")
-    assert got["taken"] == [True, False]  # the child of part 2 failed: the caller parsed it
-    assert got["error"] == f"InputError: {tmp_path}/out/part-00002 line 51 is not valid tsv output: " + (
-        "Expecting value: line 1 column 1 (char 0)"
-    )
-    with pytest.raises(Exception, match="part-00002 line 51 is not valid tsv output"):
-        list(read_output(tmp_path / "out"))
+    [[_, complete]] = got["taken"]
+    assert complete is False  # the child stopped at the bad block; the caller read on from there
+    assert got["error"] == plain_read_error(tmp_path / "out")
+    assert f"part-{part:05d} line {line} is not valid tsv output" in got["error"]
 
 
-def test_a_child_killed_before_it_answers_leaves_the_part_to_the_caller(tmp_path):
+def test_a_child_killed_before_it_answers_leaves_the_read_to_the_caller(tmp_path):
     parts = sample_parts(3, 200)
     make_output(tmp_path / "out", parts)
     kill_every_child = """
     import signal
-    start = prefetch.Prefetch.__init__
-    def killed(self, parse):
-        start(self, parse)
+    start = prefetch.ReadAhead.__init__
+    def killed(self, produce):
+        start(self, produce)
         os.kill(self.pid, signal.SIGKILL)
-    prefetch.Prefetch.__init__ = killed
+    prefetch.ReadAhead.__init__ = killed
     """
     got = run_harness(tmp_path / "out", setup=kill_every_child)
-    assert got["taken"] == [False, False]
+    assert got["taken"] == [[0, False]]
     assert [tuple(p) for p in got["pairs"]] == [pair for part in parts for pair in part]
     assert got["children_left"] is False
 
 
-def test_children_reaped_by_someone_else_still_hand_their_parts_over(tmp_path):
+def test_a_child_reaped_by_someone_else_still_hands_its_blocks_over(tmp_path):
     parts = sample_parts(3, 200)
     make_output(tmp_path / "out", parts)
     got = run_harness(tmp_path / "out", setup="import signal; signal.signal(signal.SIGCHLD, signal.SIG_IGN)")
     assert [tuple(p) for p in got["pairs"]] == [pair for part in parts for pair in part]
-    assert got["taken"] == [True, True]
+    assert got["taken"][0][1] is True
 
 
 def test_a_reader_that_stops_early_leaves_no_child(tmp_path):
@@ -126,12 +147,40 @@ def test_a_reader_that_stops_early_leaves_no_child(tmp_path):
     """
     got = run_harness(tmp_path / "out", read=read_two)
     assert [tuple(p) for p in got["pairs"]] == [("k0-00000", 0), ("k0-00001", 0.5)]
-    assert got["taken"] == []
     assert got["children_left"] is False
 
 
-def test_a_read_interrupted_while_taking_a_part_back_closes_nothing_twice(tmp_path):
-    # result() is interrupted after its file object took the pipe's read end: cancel() must kill and
+def test_the_child_parses_only_a_bounded_way_ahead_of_a_slow_reader(tmp_path):
+    make_output(tmp_path / "out", sample_parts(4, 20000))  # ~1.6 MB: ~400 blocks of 4 KiB
+    count_blocks = """
+    import time
+    prefetch.QUEUE_ITEMS = 2
+    produced = os.open(sys.argv[1] + "/../produced", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    parsed_blocks = output._parsed_blocks
+    def counted(*args):
+        for item in parsed_blocks(*args):
+            os.write(produced, b".")  # in the child: one byte per block parsed
+            yield item
+    output._parsed_blocks = counted
+    """
+    read_slowly = """
+    it = read_output(sys.argv[1])
+    pairs = [next(it) for _ in range(100)]  # the caller's own first block
+    time.sleep(1.0)  # the child runs ahead until the queue and the pipe are full, then waits
+    ahead = os.path.getsize(sys.argv[1] + "/../produced")
+    pairs += list(it)
+    pairs = [ahead, len(pairs), os.path.getsize(sys.argv[1] + "/../produced")]
+    """
+    got = run_harness(tmp_path / "out", read=read_slowly, setup=count_blocks)
+    ahead, n_pairs, produced = got["pairs"]
+    assert n_pairs == 80000 and produced > 300
+    # Two queued, the pipe's 64 KiB (~16 blocks of 4 KiB pickled), one being written, one parsed.
+    assert 3 <= ahead <= 24, ahead  # it did run ahead, and stopped
+    assert got["children_left"] is False
+
+
+def test_a_read_interrupted_while_taking_from_the_child_closes_nothing_twice(tmp_path):
+    # items() is interrupted after its file object took the pipe's read end: cancel() must kill and
     # reap the child without closing that descriptor number again (by then it may be another file's).
     make_output(tmp_path / "out", sample_parts(3, 200))
     interrupt_the_first_take = """
@@ -154,19 +203,21 @@ def test_a_read_interrupted_while_taking_a_part_back_closes_nothing_twice(tmp_pa
         spare = os.open(sys.argv[1] + "/_SUCCESS", os.O_RDONLY)  # takes the lowest free number
         os.fstat(spare)  # still open: nobody closed it behind our back
     """
-    got = run_harness(
-        tmp_path / "out",
-        read=read,
-        setup=interrupt_the_first_take,
-    )
+    got = run_harness(tmp_path / "out", read=read, setup=interrupt_the_first_take)
     assert got["pairs"] == ["interrupted"] and got["taken"] == ["interrupted"]
     assert got["children_left"] is False
 
 
+def test_no_child_in_pytests_threaded_process_and_the_same_pairs(tmp_path):
+    parts = sample_parts(2, 100)
+    make_output(tmp_path / "out", parts)
+    assert list(read_output(tmp_path / "out")) == [pair for part in parts for pair in part]
+
+
 def test_no_child_outside_the_safe_cases(monkeypatch):
+    assert prefetch.can_prefetch(prefetch.PREFETCH_MIN_BYTES - 1, local=True) is False  # too little to pay
     monkeypatch.setattr(prefetch, "PREFETCH_MIN_BYTES", 1)
     assert prefetch.can_prefetch(10, local=False) is False  # not local storage
-    assert prefetch.can_prefetch(prefetch.PREFETCH_MAX_BYTES + 1, local=True) is False  # too big to hold
     monkeypatch.setattr(prefetch, "single_threaded", lambda: False)
     assert prefetch.can_prefetch(10, local=True) is False  # threads: a fork could deadlock
     monkeypatch.setattr(prefetch, "single_threaded", lambda: True)

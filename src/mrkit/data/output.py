@@ -29,6 +29,7 @@ from typing import Any, BinaryIO
 from mrkit.data.gc_pause import gc_paused
 from mrkit.errors import ConfigError, InputError
 from mrkit.model.layout import SUCCESS_KEY
+from mrkit.storage.base import Storage
 
 FORMATS = ("tsv", "jsonl", "pickle")
 _LEN = struct.Struct("<I")
@@ -144,8 +145,9 @@ def _write_frame(f: BinaryIO, batch: list[tuple[Any, Any]]) -> int:
     return len(batch)
 
 
-def read_pairs(f: BinaryIO, fmt: str, name: str = "") -> Iterator[tuple[Any, Any]]:
-    """Iterate the pairs of one part file written by :func:`write_pairs`.
+def read_pairs(f: BinaryIO, fmt: str, name: str = "", first_line: int = 1) -> Iterator[tuple[Any, Any]]:
+    """Iterate the pairs of one part file written by :func:`write_pairs`, from ``f``'s position
+    (the start of line ``first_line``, which error messages count from).
 
     For ``tsv``/``jsonl`` a key that is a JSON array is returned as a tuple (module docstring).
 
@@ -165,10 +167,18 @@ def read_pairs(f: BinaryIO, fmt: str, name: str = "") -> Iterator[tuple[Any, Any
     # newlines inside JSON text, so a raw "\t" only separates key from value and a raw "\n" only
     # ends a pair: turning them into "," and "],[" makes the block one JSON array of [key, value]
     # arrays. A block that does not parse is re-read line by line, to name the bad line.
-    first_line = 1
+    for data, newlines in _line_blocks(f, _READ_BLOCK):
+        if not data.isspace():
+            yield from _parse_block(data, fmt, name, first_line, newlines)
+        first_line += _lines_in(data, newlines)
+
+
+def _line_blocks(f: BinaryIO, size: int) -> Iterator[tuple[bytes, int]]:
+    """Blocks of whole lines of about ``size`` bytes read from ``f`` (the last one may lack its
+    line end), each with its count of line ends."""
     tail = b""
     while True:
-        chunk = f.read(_READ_BLOCK)
+        chunk = f.read(size)
         block = tail + chunk
         if not chunk:
             end = len(block)
@@ -179,12 +189,15 @@ def read_pairs(f: BinaryIO, fmt: str, name: str = "") -> Iterator[tuple[Any, Any
                 continue
         tail = block[end:]
         data = block[:end]
-        newlines = data.count(b"\n")
-        if data.strip():
-            yield from _parse_block(data, fmt, name, first_line, newlines)
-        first_line += newlines + (0 if data.endswith(b"\n") or not data else 1)
+        if data:
+            yield data, data.count(b"\n")
         if not chunk:
             return
+
+
+def _lines_in(data: bytes, newlines: int) -> int:
+    """The lines a block of ``newlines`` line ends holds (one more if its last line has no end)."""
+    return newlines + (0 if data.endswith(b"\n") else 1)
 
 
 def _parse_block(data: bytes, fmt: str, name: str, first_line: int, newlines: int) -> list[tuple[Any, Any]]:
@@ -212,7 +225,7 @@ def _parse_block(data: bytes, fmt: str, name: str, first_line: int, newlines: in
         try:
             text = array.decode("utf-8")
         except UnicodeDecodeError:
-            text = _decoded(data, fmt, name)  # raises, naming the position in the part's own bytes
+            text = _decoded(data, fmt, name, first_line)  # raises, naming the line
         del array
         # Tens of thousands of fresh lists and tuples at once: see mrkit.data.gc_pause.
         with gc_paused():
@@ -223,14 +236,19 @@ def _parse_block(data: bytes, fmt: str, name: str, first_line: int, newlines: in
             return [((_as_key(k) if type(k) is list else k), v) for k, v in rows]
     except ValueError:
         # split("\n"), not splitlines(): U+2028 and friends are text inside a JSON string.
-        return list(_read_lines(_decoded(data, fmt, name).split("\n"), fmt, name, first_line))
+        return list(_read_lines(_decoded(data, fmt, name, first_line).split("\n"), fmt, name, first_line))
 
 
-def _decoded(data: bytes, fmt: str, name: str) -> str:
+def _decoded(data: bytes, fmt: str, name: str, first_line: int) -> str:
+    """``data`` (lines from line ``first_line`` on) decoded; else an error naming the bad line."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(f"{name} is not valid {fmt} output (not UTF-8): {exc}") from None
+        line = first_line + data.count(b"\n", 0, exc.start)
+        bad = data[exc.start : exc.end].hex()
+        raise InputError(
+            f"{name} line {line} is not valid {fmt} output (not UTF-8: byte(s) 0x{bad}, {exc.reason})"
+        ) from None
 
 
 def _read_lines(raw_lines: Iterable[str], fmt: str, name: str, first_line: int) -> Iterator[tuple[Any, Any]]:
@@ -260,9 +278,9 @@ def _as_key(value: Any) -> Any:
 def read_output(folder: str | os.PathLike[str]) -> Iterator[tuple[Any, Any]]:
     """Read back the ``(key, value)`` pairs of a published output folder, part by part.
 
-    In a single-threaded process on Linux, the next part of a local folder is parsed in a forked
-    child while the caller consumes this one (:mod:`mrkit.data.prefetch`); the pairs and their order
-    are the same either way.
+    In a single-threaded process on Linux, a local folder's parts are parsed in a forked child,
+    block by block, while the caller consumes its first block and then each block the child hands
+    back (:mod:`mrkit.data.prefetch`); the pairs and their order are the same either way.
 
     Args:
         folder: a local folder or storage URL written by ``mrkit.run(..., output=folder)``.
@@ -270,7 +288,7 @@ def read_output(folder: str | os.PathLike[str]) -> Iterator[tuple[Any, Any]]:
     Raises:
         InputError: when the folder has no ``_SUCCESS`` (the job did not finish) or a part is corrupt.
     """
-    from mrkit.data.prefetch import Prefetch, can_prefetch
+    from mrkit.data.prefetch import ReadAhead, can_prefetch
     from mrkit.storage import open_storage
     from mrkit.storage.local import LocalStorage
 
@@ -281,24 +299,69 @@ def read_output(folder: str | os.PathLike[str]) -> Iterator[tuple[Any, Any]]:
         raise InputError(f"{url} has no {SUCCESS_KEY} marker: the job that writes it did not finish")
     info = json.loads(raw or b"{}")
     fmt = info.get("format", "tsv")
-    parts = sorted(k for k in storage.list("part-") if "/" not in k)
-    # Only a local part may be read ahead (and pickle parts load fast as they are): any other
-    # storage is not even asked for sizes.
-    local = isinstance(storage, LocalStorage) and fmt != "pickle"
-
-    def part_pairs(key: str) -> Iterator[tuple[Any, Any]]:
-        with storage.open_read(key) as f:
-            yield from read_pairs(f, fmt, f"{url}/{key}")
-
-    ahead: Prefetch | None = None
+    parts = [(k, f"{url}/{k}") for k in sorted(k for k in storage.list("part-") if "/" not in k)]
+    # Only local text parts are read ahead (pickle parts load fast as they are): no other storage
+    # is even asked for sizes.
+    if not (parts and isinstance(storage, LocalStorage) and fmt != "pickle"):
+        yield from _read_from(storage, parts, fmt, (0, 0, 1))
+        return
+    # The caller parses the first block itself while the child starts on the rest: a small block,
+    # so that pairs flow at once and the child, whose work is most of the read, starts early.
+    with storage.open_read(parts[0][0]) as f:
+        head, newlines = next(_line_blocks(f, _HEAD_BLOCK), (b"", 0))
+    position = (0, len(head), 1 + (_lines_in(head, newlines) if head else 0))
+    left = sum(storage.size(key) for key, _ in parts) - len(head)
+    ahead = None
+    if can_prefetch(left, local=True):
+        ahead = ReadAhead(lambda: _parsed_blocks(storage, parts, fmt, position))
     try:
-        for i, key in enumerate(parts):
-            pairs = ahead.result() if ahead is not None else None
-            ahead = None
-            following = parts[i + 1] if local and i + 1 < len(parts) else None
-            if following is not None and can_prefetch(storage.size(following), local):
-                ahead = Prefetch(lambda k=following: list(part_pairs(k)))  # type: ignore[misc]
-            yield from part_pairs(key) if pairs is None else pairs
+        if head and not head.isspace():
+            yield from _parse_block(head, fmt, parts[0][1], 1, newlines)
+        if ahead is not None:
+            for block in ahead.items():
+                position, keys, values = block  # position: where to read on if the child stops
+                yield from zip(keys, values, strict=True)
+            if ahead.complete:
+                return
+        # No child, or one that stopped short: read on from the last block taken, so that a
+        # corrupt line fails here with the same sentence as without a child.
+        yield from _read_from(storage, parts, fmt, position)
     finally:
         if ahead is not None:
             ahead.cancel()
+
+
+# A position in an output: (part index, byte offset in that part, number of the line there).
+_Position = tuple[int, int, int]
+_HEAD_BLOCK = 1 << 18  # the first block, which the caller of read_output parses itself
+_AHEAD_BLOCK = 1 << 20  # the blocks a read-ahead child parses and hands back one at a time
+
+
+def _read_from(
+    storage: Storage, parts: list[tuple[str, str]], fmt: str, position: _Position
+) -> Iterator[tuple[Any, Any]]:
+    """The pairs of ``parts`` (key, name for messages) from ``position`` on, read here."""
+    index, offset, line = position
+    for i in range(index, len(parts)):
+        key, name = parts[i]
+        with storage.open_read(key, start=offset) as f:
+            yield from read_pairs(f, fmt, name, line)
+        offset, line = 0, 1
+
+
+def _parsed_blocks(
+    storage: Storage, parts: list[tuple[str, str]], fmt: str, position: _Position
+) -> Iterator[tuple[_Position, list[Any], list[Any]]]:
+    """The pairs of ``parts`` from ``position`` on, parsed in blocks: per block, the position after
+    it and its keys and values as two lists (a read-ahead child's items: two flat lists unpickle
+    in about half the time of a list of pairs). Raises on the first block that does not parse."""
+    index, offset, line = position
+    for i in range(index, len(parts)):
+        key, name = parts[i]
+        with storage.open_read(key, start=offset) as f:
+            for data, newlines in _line_blocks(f, _AHEAD_BLOCK):
+                pairs = [] if data.isspace() else _parse_block(data, fmt, name, line, newlines)
+                offset += len(data)
+                line += _lines_in(data, newlines)
+                yield (i, offset, line), [k for k, _ in pairs], [v for _, v in pairs]
+        offset, line = 0, 1

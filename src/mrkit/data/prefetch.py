@@ -1,28 +1,32 @@
-"""Parse an output part in a forked child while the caller consumes the part before it.
+"""Parse output parts in a forked child, block by block, while the caller consumes what came before.
 
-:func:`~mrkit.data.output.read_output` hands pairs out part by part. On the path users run (one
-process runs a job, then reads its output back) the workers have exited by then and the reading
-process is the only busy one: parsing part k+1 in a child while the caller consumes part k puts the
-second core to work. Parsing is most of the cost of reading a part; taking the child's parse back
-(one ``pickle.loads`` of the pairs) costs about a fifth of it.
+:func:`~mrkit.data.output.read_output` hands pairs out in order. On the path users run (one process
+runs a job, then reads its output back) the workers have exited by then and the reading process is
+the only busy one: a child that parses the rest of the output while the caller consumes its first
+block puts a second core to work. Parsing is most of the cost of reading; taking a parsed block
+back (one ``pickle.loads`` of its keys and values as two lists) costs about a seventh of it.
 
-A child is forked only where that is safe and pays:
+:class:`ReadAhead` is the mechanism: a forked child runs a producer of items (here: one per parsed
+block) and streams them back over a pipe, in order, then an end marker. The child's main thread
+produces; a second thread writes to the pipe, so parsing goes on while the caller is busy with
+what it already has. At most :data:`QUEUE_ITEMS` items wait in the child, so its memory stays
+bounded however large the output is and however slowly the caller reads.
+
+A child is forked only where that is safe and pays (:func:`can_prefetch`):
 
 * Linux with ``os.fork``, and this process runs exactly one thread
-  (:func:`single_threaded`): a fork copies locks that other
-  threads hold, so forking a multi-threaded process can deadlock the child;
-* the part lives in local storage (a fork shares no socket or connection pool with the child);
-* the part has between :data:`PREFETCH_MIN_BYTES` (below, the fork costs about what it saves) and
-  :data:`PREFETCH_MAX_BYTES` (a prefetched part is held whole until it is consumed; larger parts
-  are read block by block by the caller, as before, so memory stays bounded);
-* the part is at least 1/256 of this process's resident memory: a fork copies the page tables, in
-  time that grows with the memory mapped, so a notebook holding gigabytes forks only for parts
-  large enough to repay it.
+  (:func:`single_threaded`): a fork copies locks that other threads hold, so forking a
+  multi-threaded process can deadlock the child;
+* the parts live in local storage (a fork shares no socket or connection pool with the child);
+* at least :data:`PREFETCH_MIN_BYTES` are left to read (below, the fork costs about what it saves)
+  and at least 1/256 of this process's resident memory: a fork copies the page tables, in time
+  that grows with the memory mapped, so a notebook holding gigabytes forks only for outputs large
+  enough to repay it.
 
 What the parent unpickles comes from a fork of itself through a pipe only the two of them hold:
-nothing from a peer. A child that fails in any way (a corrupt part, a signal, a short write)
-yields nothing, and the caller parses that part itself: errors are raised by the same code, with
-the same sentence, as without a child.
+nothing from a peer. A child that fails in any way (a corrupt block, a signal, a short write) ends
+its stream without the end marker; the caller then reads on by itself from the last item it took,
+so errors are raised by the same code, with the same sentence, as without a child.
 """
 
 from __future__ import annotations
@@ -30,19 +34,24 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import queue
 import signal
-from collections.abc import Callable
+import struct
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from mrkit.data.gc_pause import gc_paused
 
 PREFETCH_MIN_BYTES = 1 << 20
-PREFETCH_MAX_BYTES = 32 << 20
+QUEUE_ITEMS = 32  # items parsed ahead and waiting in the child (one 1 MiB block each: ~40 MB at most)
+_LEN = struct.Struct("<Q")
+_END = 0  # a zero length: the producer ran to its end
 
 
 def can_prefetch(size: int, local: bool) -> bool:
-    """True when a part of ``size`` bytes (in local storage when ``local``) may be read by a child."""
-    if not (local and PREFETCH_MIN_BYTES <= size <= PREFETCH_MAX_BYTES and hasattr(os, "fork")):
+    """True when ``size`` bytes left to read (in local storage when ``local``) may go to a child."""
+    if not (local and size >= PREFETCH_MIN_BYTES and hasattr(os, "fork")):
         return False
     return single_threaded() and size * 256 >= resident_bytes()
 
@@ -69,58 +78,98 @@ def single_threaded() -> bool:
         return False
 
 
-class Prefetch:
-    """A forked child running ``parse()``; :meth:`result` takes its pairs (or None) back.
+class ReadAhead:
+    """A forked child running ``produce()``; :meth:`items` hands its items back, in order.
 
-    The child starts at once. Call :meth:`result` once, or :meth:`cancel` when the result is no
-    longer wanted (the caller stopped reading): either reaps the child.
+    The child starts at once. Iterate :meth:`items` (once), then read :attr:`complete`: True when
+    the child sent every item ``produce()`` yielded, False when it stopped short (the producer
+    raised, the child was killed, a write was cut): the caller then goes on by itself from the last
+    item it took. Call :meth:`cancel` when the items are no longer wanted; it kills and reaps the
+    child (after a complete read it only reaps).
     """
 
-    def __init__(self, parse: Callable[[], list[tuple[Any, Any]]]) -> None:
+    def __init__(self, produce: Callable[[], Iterable[Any]]) -> None:
         read_end, write_end = os.pipe()
         pid = os.fork()
-        if pid == 0:  # the child: parse, send, and leave without running the parent's exit handlers
-            code = 1
-            try:
-                os.close(read_end)
-                data = pickle.dumps(parse(), protocol=pickle.HIGHEST_PROTOCOL)
-                with open(write_end, "wb") as out:
-                    out.write(data)
-                code = 0
-            finally:
-                os._exit(code)
+        if pid == 0:  # the child: never returns, and never runs the parent's exit handlers
+            os.close(read_end)
+            _child_main(produce, write_end)
         os.close(write_end)
         self.pid = pid
+        self.complete = False
         self._read_end = read_end
 
-    def result(self) -> list[tuple[Any, Any]] | None:
-        """The child's pairs, or None when it failed (then the caller parses the part itself)."""
+    def items(self) -> Iterator[Any]:
+        """The child's items in order; ends early, with :attr:`complete` False, if the child failed."""
         read_end, self._read_end = self._read_end, -1  # the file object below owns (and closes) it
         with open(read_end, "rb") as f:
-            data = f.read()
-        try:
-            _, status = os.waitpid(self.pid, 0)
-        except ChildProcessError:  # reaped by someone else (SIGCHLD ignored, or a handler's waitpid)
-            status = 0  # unknown: a short or empty write fails to unpickle below
-        self.pid = 0
-        if status != 0 or not data:
-            return None
-        try:
-            with gc_paused():  # a list of fresh tuples: see mrkit.data.gc_pause
-                pairs: list[tuple[Any, Any]] = pickle.loads(data)
-        except Exception:  # a child cut short mid-write: the caller parses the part itself
-            return None
-        return pairs
+            read, unpack = f.read, _LEN.unpack
+            while True:
+                head = read(_LEN.size)
+                if len(head) < _LEN.size:
+                    break  # EOF without the end marker: the child failed
+                (size,) = unpack(head)
+                if size == _END:
+                    self.complete = True
+                    break
+                data = read(size)
+                if len(data) < size:
+                    break
+                try:
+                    with gc_paused():  # lists of fresh objects: see mrkit.data.gc_pause
+                        item = pickle.loads(data)
+                except Exception:  # a child cut short mid-write: the caller goes on by itself
+                    break
+                del data
+                yield item
+        self.cancel()  # a child that stopped short may still run: kill it; then reap
 
     def cancel(self) -> None:
-        """Stop the child and reap it (its result is not wanted)."""
+        """Stop the child, if it still runs, and reap it."""
         if not self.pid:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-        if self._read_end >= 0:  # not yet handed to result()'s file object (interrupted there)
+        if not self.complete:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        if self._read_end >= 0:  # not yet handed to items()'s file object (interrupted there)
             os.close(self._read_end)
             self._read_end = -1
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, 0)
-        self.pid = 0
+        self._reap()
+
+    def _reap(self) -> None:
+        if self.pid:
+            with contextlib.suppress(ChildProcessError):  # reaped by someone else (SIGCHLD ignored)
+                os.waitpid(self.pid, 0)
+            self.pid = 0
+
+
+def _child_main(produce: Callable[[], Iterable[Any]], write_end: int) -> None:
+    """Run ``produce()``, stream its items to ``write_end``, and leave the process (os._exit)."""
+    code = 1
+    try:
+        ready: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUE_ITEMS)
+        writer = threading.Thread(target=_write_items, args=(ready, write_end), daemon=True)
+        writer.start()
+        try:
+            for item in produce():
+                ready.put(pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL))
+            ready.put(b"")  # the end marker: only after every item
+            code = 0
+        finally:
+            ready.put(None)
+            writer.join()
+    finally:
+        os._exit(code)
+
+
+def _write_items(ready: queue.Queue[bytes | None], write_end: int) -> None:
+    """The child's writer thread: length-prefixed items until None. A reader gone (EPIPE) ends the
+    child at once: its parse is no longer wanted, and the producer would block on a full queue."""
+    try:
+        with open(write_end, "wb") as out:
+            while (data := ready.get()) is not None:
+                out.write(_LEN.pack(len(data)))
+                out.write(data)
+                out.flush()  # the caller may be waiting for this very item
+    except OSError:
+        os._exit(1)
