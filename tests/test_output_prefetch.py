@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,7 +53,10 @@ print(json.dumps({{"pairs": pairs, "taken": taken, "children_left": left}}))
 """
 
 
-def run_harness(folder: Path, read: str = "pairs = list(read_output(sys.argv[1]))", setup: str = "") -> dict:
+def run_harness(
+    folder: Path, read: str = "pairs = list(read_output(sys.argv[1]))", setup: str = "", stderr: bool = False
+) -> Any:
+    """Run the harness on ``folder``: its JSON answer, and its stderr too when ``stderr``."""
     # ``read`` goes inside the harness's try block: dedented, then indented to the block's depth.
     code = HARNESS.format(
         read=textwrap.dedent(read).strip().replace("\n", "\n    "), setup=textwrap.dedent(setup)
@@ -60,7 +64,8 @@ def run_harness(folder: Path, read: str = "pairs = list(read_output(sys.argv[1])
     done = subprocess.run(
         [sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=120, check=True
     )
-    return json.loads(done.stdout)
+    answer = json.loads(done.stdout)
+    return (answer, done.stderr) if stderr else answer
 
 
 def make_output(folder: Path, parts: list[list[tuple]], fmt: str = "tsv") -> None:
@@ -136,6 +141,41 @@ def test_a_child_reaped_by_someone_else_still_hands_its_blocks_over(tmp_path):
     got = run_harness(tmp_path / "out", setup="import signal; signal.signal(signal.SIGCHLD, signal.SIG_IGN)")
     assert [tuple(p) for p in got["pairs"]] == [pair for part in parts for pair in part]
     assert got["taken"][0][1] is True
+
+
+def test_a_child_whose_writer_fails_ends_and_leaves_the_read_to_the_caller(tmp_path):
+    # The child's writer thread runs out of memory after two items: the child must end at once (its
+    # producer would otherwise wait on a full queue forever, and the caller on the pipe), quietly,
+    # and the caller read the rest itself.
+    parts = sample_parts(3, 2000)
+    make_output(tmp_path / "out", parts)
+    failing_writer = """
+    real_open = open
+    class FailingPipe:
+        def __init__(self, f):
+            self.f, self.writes = f, 0
+        def __enter__(self):
+            return self
+        def __exit__(self, *exc):
+            self.f.close()
+        def write(self, data):
+            self.writes += 1
+            if self.writes > 4:  # two items: a header and a body each
+                raise MemoryError
+            return self.f.write(data)
+        def flush(self):
+            self.f.flush()
+    def opening(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        return FailingPipe(f) if isinstance(file, int) and "w" in mode else f
+    prefetch.open = opening
+    """
+    code_and_err = run_harness(tmp_path / "out", setup=failing_writer, stderr=True)
+    got, stderr = code_and_err
+    assert got["taken"] == [[2, False]]
+    assert [tuple(p) for p in got["pairs"]] == [pair for part in parts for pair in part]
+    assert got["children_left"] is False
+    assert stderr == ""  # no thread traceback from the child on the user's terminal
 
 
 def test_a_reader_that_stops_early_leaves_no_child(tmp_path):

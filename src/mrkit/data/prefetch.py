@@ -163,13 +163,15 @@ def _child_main(produce: Callable[[], Iterable[Any]], write_end: int) -> None:
 
 
 def _write_items(ready: queue.Queue[bytes | None], write_end: int) -> None:
-    """The child's writer thread: length-prefixed items until None. A reader gone (EPIPE) ends the
-    child at once: its parse is no longer wanted, and the producer would block on a full queue."""
+    """The child's writer thread: length-prefixed items until None. Any failure (a reader gone:
+    EPIPE; out of memory) ends the child at once, without a word on the caller's stderr: its parse
+    is no longer wanted or cannot be delivered, the producer would block on a full queue, and the
+    caller, seeing the stream end without its marker, reads on by itself."""
     try:
         with open(write_end, "wb") as out:
             while (data := ready.get()) is not None:
                 out.write(_LEN.pack(len(data)))
                 out.write(data)
                 out.flush()  # the caller may be waiting for this very item
-    except OSError:
+    except BaseException:
         os._exit(1)
