@@ -18,6 +18,7 @@ document naming the format and counts), written last.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -276,7 +277,7 @@ def _as_key(value: Any) -> Any:
 
 
 def read_output(folder: str | os.PathLike[str]) -> Iterator[tuple[Any, Any]]:
-    """Read back the ``(key, value)`` pairs of a published output folder, part by part.
+    """Read back the ``(key, value)`` pairs of a published output folder, in part order.
 
     In a single-threaded process on Linux, a local folder's parts are parsed in a forked child,
     block by block, while the caller consumes its first block and then each block the child hands
@@ -313,7 +314,9 @@ def read_output(folder: str | os.PathLike[str]) -> Iterator[tuple[Any, Any]]:
     left = sum(storage.size(key) for key, _ in parts) - len(head)
     ahead = None
     if can_prefetch(left, local=True):
-        ahead = ReadAhead(lambda: _parsed_blocks(storage, parts, fmt, position))
+        # functools.partial binds ``position`` now: it moves on below, and the child starts from
+        # where the head ended.
+        ahead = ReadAhead(functools.partial(_parsed_blocks, storage, parts, fmt, position))
     try:
         if head and not head.isspace():
             yield from _parse_block(head, fmt, parts[0][1], 1, newlines)
