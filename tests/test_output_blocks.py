@@ -54,8 +54,19 @@ def test_a_bad_line_is_named_by_its_number(fmt, block, monkeypatch):
         list(read_pairs(io.BytesIO(data), fmt, "part-00000"))
 
 
-@pytest.mark.parametrize("line", [b'"a",1', b'"a"\t1\t2', b'["a",1]'])
-def test_a_tsv_line_without_exactly_one_tab_is_refused(line, monkeypatch):
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'"a",1',  # no tab
+        b'"a"\t1\t2',  # two tabs
+        b'["a",1]',
+        b'"a"\t1,2',  # one tab, but a third field after a comma outside any string
+        b'"a",0\t1',
+        b'"a"\t',  # an empty field
+        b'\t1',
+    ],
+)
+def test_a_tsv_line_without_exactly_one_key_and_one_value_is_refused(line, monkeypatch):
     data = b'"ok"\t0\n' + line + b"\n"
     for block in (4, 1 << 22):
         monkeypatch.setattr(output, "_READ_BLOCK", block)
