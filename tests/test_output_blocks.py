@@ -63,7 +63,7 @@ def test_a_bad_line_is_named_by_its_number(fmt, block, monkeypatch):
         b'"a"\t1,2',  # one tab, but a third field after a comma outside any string
         b'"a",0\t1',
         b'"a"\t',  # an empty field
-        b'\t1',
+        b"\t1",
     ],
 )
 def test_a_tsv_line_without_exactly_one_key_and_one_value_is_refused(line, monkeypatch):
