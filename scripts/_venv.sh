@@ -4,6 +4,9 @@
 # The lock is a plain constraints file that pip reads; the install itself goes through uv (pinned,
 # bootstrapped into .venv by pip) because it installs the test set in ~15 s where pip takes ~2.5 min;
 # where uv cannot be had, pip does the same install from the same lock.
+# uv is told to compile the bytecode, as pip does by default: without it, a process that cannot
+# write Python's cache (PYTHONDONTWRITEBYTECODE set, a read-only environment) compiles every module it
+# imports from source, each time it starts (measured: `import distributed` 1.25 s against 0.44 s).
 # Skips the install altogether when pyproject.toml, the lock and the extras are unchanged.
 set -euo pipefail
 extras=${1:-}
@@ -24,11 +27,11 @@ if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
 stamp=.venv/.mrkit-install
-want="$(cat pyproject.toml requirements/constraints.txt | sha256sum | cut -c1-16) [$extras]"
+want="$(cat pyproject.toml requirements/constraints.txt | sha256sum | cut -c1-16) [$extras] bytecode"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     target=".${extras:+[$extras]}"
     if .venv/bin/python -m pip install -q --disable-pip-version-check uv==0.13.9 >/dev/null 2>&1; then
-        .venv/bin/python -m uv pip install -q --python .venv/bin/python -c requirements/constraints.txt -e "$target"
+        .venv/bin/python -m uv pip install -q --compile-bytecode --python .venv/bin/python -c requirements/constraints.txt -e "$target"
     else
         .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -e "$target"
     fi
