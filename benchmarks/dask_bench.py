@@ -1,6 +1,6 @@
 """Dask benchmark: mrkit on a Dask ``LocalCluster`` against ``processes`` and against Dask's own bag API.
 
-    python benchmarks/dask_bench.py                        # 100 MB word count, 2 workers, median of 3
+    python benchmarks/dask_bench.py                # 100 MB word count and ad revenue, 2 workers, median of 3
     python benchmarks/dask_bench.py --size-mb 5 --repeat 1 --tasks 500   # smoke test
     python benchmarks/dask_bench.py --json dask.json       # also save every measurement
 
@@ -13,6 +13,9 @@ the cluster (reported once, apart). In the same run, alternating the order:
   and sums them), ``n_reduce=2``,
   over ``--size-mb`` MB in 8 files. mrkit on ``dask`` against ``processes`` (target <= 1.25x) and
   against the bag on the same cluster (target <= 0.6x). Every program's counts must be equal.
+* **ad revenue** (``workloads.AdRevenue``: sum of field 4 per field 2 of uservisits CSV lines, the
+  ``--size-mb`` corpus of ``userpath.py``, 32 files), against ``processes`` and the bag's
+  ``read_text().map(split).foldby(url, add)``, with the same targets; sums must agree to 1e-9.
 * **fixed cost**: a 3-line job on the warm cluster (target <= 0.3 s).
 * **tiny tasks**: ``--tasks`` calls of ``futures.submit`` (target >= 1,500/s), with Dask's own
   ``client.map`` + ``gather`` of the same function as the reference.
@@ -41,6 +44,7 @@ sys.path.insert(0, str(HERE))
 import dask.bag as db  # noqa: E402
 import workloads  # noqa: E402
 from http_bench import _data, tiny  # noqa: E402 - the same corpus cache and tiny task
+from userpath import cached_inputs  # noqa: E402
 
 import mrkit  # noqa: E402
 from mrkit import futures  # noqa: E402
@@ -71,7 +75,34 @@ def bag_word_count(executor: Any, paths: list[str], split_level: bool) -> tuple[
     return time.perf_counter() - started, counts
 
 
-def mrkit_word_count(executor: Executor, job: mrkit.Job, paths: list[str]) -> tuple[float, dict[str, int]]:
+def url_revenue(line: str) -> tuple[str, float]:
+    fields = line.split(",")
+    return fields[1], float(fields[3])
+
+
+def add_revenue(total: float, pair: tuple[str, float]) -> float:
+    return total + pair[1]
+
+
+def first(pair: tuple[str, float]) -> str:
+    return pair[0]
+
+
+def bag_ad_revenue(executor: Any, paths: list[str]) -> tuple[float, dict[str, float]]:
+    """The bag's way to the sums: one partition per file, ``foldby`` URL (a tree reduction)."""
+    started = time.perf_counter()
+    bag = db.read_text(paths).map(url_revenue)
+    sums = bag.foldby(first, add_revenue, 0.0, lambda a, b: a + b, 0.0)
+    result = dict(executor.client.compute(sums).result())
+    return time.perf_counter() - started, result
+
+
+def same_sums(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Equal keys, and values equal to 1e-9 relative (float sums depend on the order of addition)."""
+    return a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-9 * max(1.0, abs(a[k])) for k in a)
+
+
+def mrkit_job(executor: Executor, job: mrkit.Job, paths: list[str]) -> tuple[float, dict[str, Any]]:
     started = time.perf_counter()
     result = mrkit.run(
         job, paths, executor=executor, n_reduce=2, input_format="text", quiet=True, progress=False
@@ -128,28 +159,31 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"mrkit on Dask: {args.workers} workers, {args.size_mb:g} MB, median of {args.repeat}")
         print(f"  LocalCluster start {report['cluster start s']:.2f}s (not in the figures below)")
-        for label, job, split_level in (
-            ("textbook", workloads.WordCountPerRecord(), False),
-            ("split-level", workloads.WordCountSplit(), True),
+        visits = cached_inputs(args.data_dir, "uservisits", args.size_mb)
+        for label, job, bag_kind in (
+            ("word count textbook", workloads.WordCountPerRecord(), "textbook"),
+            ("word count split-level", workloads.WordCountSplit(), "split-level"),
+            ("ad revenue", workloads.AdRevenue(), "revenue"),
         ):
-            runs: dict[str, list[tuple[float, dict[str, int]]]] = {"dask": [], "processes": [], "bag": []}
+            inputs = visits if bag_kind == "revenue" else paths
+            runs: dict[str, list[tuple[float, dict[str, Any]]]] = {"dask": [], "processes": [], "bag": []}
             for i in range(args.repeat):
                 order = ["dask", "processes", "bag"]
                 for name in order if i % 2 == 0 else order[::-1]:
-                    if name == "bag":
-                        runs[name].append(bag_word_count(dask_ex, paths, split_level))
+                    if name == "bag" and bag_kind == "revenue":
+                        runs[name].append(bag_ad_revenue(dask_ex, inputs))
+                    elif name == "bag":
+                        runs[name].append(bag_word_count(dask_ex, inputs, bag_kind == "split-level"))
                     else:
-                        runs[name].append(
-                            mrkit_word_count(dask_ex if name == "dask" else processes, job, paths)
-                        )
-            same = all(r[1] == runs["dask"][0][1] for rs in runs.values() for r in rs)
+                        runs[name].append(mrkit_job(dask_ex if name == "dask" else processes, job, inputs))
+            same = all(same_sums(r[1], runs["dask"][0][1]) for rs in runs.values() for r in rs)
             secs = {name: statistics.median(t for t, _ in rs) for name, rs in runs.items()}
             vs_proc, vs_bag = secs["dask"] / secs["processes"], secs["dask"] / secs["bag"]
             passed = same and vs_proc <= TARGETS["vs processes"] and vs_bag <= TARGETS["vs bag"]
             ok &= passed
             report[label] = {name: [t for t, _ in rs] for name, rs in runs.items()} | {"same": same}
             print(
-                f"  word count {label:<12} dask {secs['dask']:6.2f}s  processes {secs['processes']:6.2f}s  "
+                f"  {label:<23} dask {secs['dask']:6.2f}s  processes {secs['processes']:6.2f}s  "
                 f"bag {secs['bag']:6.2f}s  dask/processes {vs_proc:4.2f} (<= 1.25)  dask/bag {vs_bag:4.2f} "
                 f"(<= 0.6)  {'same output' if same else 'DIFFERENT OUTPUT'}  {'PASS' if passed else 'MISS'}"
             )

@@ -61,6 +61,9 @@ from mrkit.backends.dask.tasks import run_attempt, run_attempts  # noqa: E402 - 
 CONNECT_TIMEOUT = 30.0
 # How often a thread checks that the client is still open while attempts are pending.
 _WATCH_SECONDS = 0.5
+# How long shutdown waits for each helper thread to end (they end within one _WATCH_SECONDS tick;
+# the bound only keeps a wedged client from hanging the caller).
+_HELPER_JOIN_SECONDS = 5.0
 _MAX_BATCH = 32  # futures-API calls in one Dask task, at most (see DaskExecutor._send_calls)
 #: The Dask configuration of the local cluster ``dask`` starts (a cluster of yours keeps its own;
 #: docs/dask.md shows the same settings for ``dask worker``). A worker runs its tasks in a thread
@@ -129,6 +132,11 @@ class DaskExecutor(Executor):
         self._calls_ready = threading.Event()
         self._batcher: threading.Thread | None = None
         self._closed = False
+        # Set by shutdown: the helper threads (batcher, pump, watch) end on it, and shutdown joins
+        # them, so that a caller is single-threaded again once the executor is shut down (read_output
+        # then streams the output through a forked child, which a process with threads cannot).
+        self._stopping = threading.Event()
+        self._helpers: list[threading.Thread] = []
         self._dashboard: str | None = None  # the dashboard link once looked up ("" for none)
         self._completed: Any = None  # distributed.as_completed of the pending tasks (see _pump)
         self._wake = threading.Event()  # set by submit: the pump has work
@@ -235,6 +243,7 @@ class DaskExecutor(Executor):
                         target=self._send_calls, name="mrkit-dask-calls", daemon=True
                     )
             if batcher is not None:
+                self._helpers.append(batcher)
                 batcher.start()
             self._calls_ready.set()
             return future
@@ -270,7 +279,9 @@ class DaskExecutor(Executor):
                     (self._pump, "mrkit-dask-results"),
                     (self._watch_client, "mrkit-dask-watch"),
                 ):
-                    threading.Thread(target=target, name=label, daemon=True).start()
+                    helper = threading.Thread(target=target, name=label, daemon=True)
+                    self._helpers.append(helper)
+                    helper.start()
             self._completed.add(task)
         self._wake.set()
         if len(group) == 1:
@@ -383,8 +394,7 @@ class DaskExecutor(Executor):
         futures submitted *while* it was reconnecting are dropped with it and never complete (the
         client's event loop is gone). Without this, the driver would wait for them forever.
         """
-        while not self._closed:
-            time.sleep(_WATCH_SECONDS)
+        while not self._stopping.wait(_WATCH_SECONDS):
             if self.client.status not in ("closing", "closed"):
                 continue
             time.sleep(_WATCH_SECONDS)  # let the pump deliver what still completed, first
@@ -466,6 +476,7 @@ class DaskExecutor(Executor):
         for spec, future in unsent:
             with contextlib.suppress(Exception):
                 future.set_exception(self._lost(spec, f"executor {self.name} shut down before it ran"))
+        self._stopping.set()
         self._calls_ready.set()
         if completed is not None:
             completed.clear()  # lets the pump thread see that nothing is left, and end
@@ -480,6 +491,10 @@ class DaskExecutor(Executor):
                 self._cluster.close()
             if self._environ is not None:
                 _restore_environ(self._environ)
+        if wait:
+            for helper in self._helpers:
+                if helper is not threading.current_thread():
+                    helper.join(_HELPER_JOIN_SECONDS)
 
     def _address(self) -> str:
         return str(getattr(self.client.scheduler, "address", "") or "?")
