@@ -110,12 +110,31 @@ def same(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 #: ``--tuned``: the workers' settings docs/dask.md recommends for a cluster that runs batch jobs (the
-#: local cluster ``dask`` starts with them: mrkit.backends.dask.executor.LOCAL_CLUSTER_CONFIG).
-TUNED_ENV = {
-    "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
-    "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s",
-    "DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL": "2s",
-}
+#: local cluster ``dask`` starts with them: mrkit.backends.dask.executor.LOCAL_CLUSTER_CONFIG), as
+#: the YAML file the docs show. A file, not environment variables: Dask lower-cases the names of
+#: DASK_* variables, so none can reach the nanny's ``MALLOC_TRIM_THRESHOLD_``.
+TUNED_YAML = """\
+distributed:
+  worker:
+    profile:
+      enabled: false
+  admin:
+    tick:
+      interval: 1s
+    system-monitor:
+      interval: 2s
+  nanny:
+    pre-spawn-environ:
+      MALLOC_TRIM_THRESHOLD_: null
+"""
+
+
+def tuned_env(folder: Path) -> dict[str, str]:
+    """The workers' environment for ``--tuned``: ``DASK_CONFIG`` names a folder holding TUNED_YAML."""
+    config = folder / "dask-config"
+    config.mkdir(exist_ok=True)
+    (config / "batch.yaml").write_text(TUNED_YAML, encoding="utf-8")
+    return {"DASK_CONFIG": str(config)}
 
 
 def start_cluster(
@@ -172,12 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tuned",
         action="store_true",
-        help="start the workers with docs/dask.md's batch settings (profiler off, slower tick and monitor)",
+        help="start the workers with docs/dask.md's batch settings (profiler off, slower tick and "
+        "monitor, no MALLOC_TRIM_THRESHOLD_)",
     )
     args = parser.parse_args(argv)
     sides = ["dask", "processes"] + ([] if args.no_bag else ["bag"])
     tmp = Path(tempfile.mkdtemp(prefix="mrkit-dask-userpath-"))
-    address, procs = start_cluster(args.workers, tmp, TUNED_ENV if args.tuned else None)
+    address, procs = start_cluster(args.workers, tmp, tuned_env(tmp) if args.tuned else None)
     executor = address.replace("tcp://", "dask://")
     report: dict[str, Any] = {"size_mb": args.size_mb, "workers": args.workers, "rounds": args.rounds}
     ok = True

@@ -70,10 +70,17 @@ def _children() -> dict[int, psutil.Process]:
     }
 
 
+def _worker_settings() -> tuple[str | None, bool]:
+    import dask
+
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_"), dask.config.get("distributed.worker.profile.enabled")
+
+
 def test_the_dask_string_starts_a_loopback_cluster_for_the_run_and_stops_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "7")
     before = _children()
     executor = open_executor("dask", workers=1)
@@ -84,6 +91,10 @@ def test_the_dask_string_starts_a_loopback_cluster_for_the_run_and_stops_it(
         info = executor.client.scheduler_info()
         addresses = [executor.client.scheduler.address, *info["workers"]]
         assert all(a.startswith("tcp://127.0.0.1:") for a in addresses), addresses
+        # The batch settings of LOCAL_CLUSTER_CONFIG reach the worker: no profiler, and no
+        # MALLOC_TRIM_THRESHOLD_ from the nanny (glibc keeps its dynamic mmap threshold).
+        settings = executor.client.run(_worker_settings)
+        assert list(settings.values()) == [(None, False)], settings
         # Without bokeh the page says what to install, so the link is still worth showing.
         assert (executor.dashboard_link or "").startswith("http://127.0.0.1:"), executor.dashboard_link
         source = tmp_path / "in.txt"
