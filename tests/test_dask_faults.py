@@ -1,7 +1,7 @@
 """Worker loss on Dask: a ``dask worker`` process SIGKILLed mid-map or mid-reduce still gives exactly
 the output an undisturbed run gives, on a ``LocalCluster`` (mrkit's retries counted as lost
-attempts) and on ``dask scheduler`` + ``dask worker`` commands (Dask's own re-run, invisible to
-mrkit's counters).
+attempts) and on ``dask scheduler`` + ``dask worker`` commands (Dask's own re-run, counted through
+the re-run's delivery claim).
 
 Each test runs the job in a thread, waits for the stalled attempt to write its worker's pid, kills that
 process from outside, and compares the published bytes with the same word count run on ``inline``.
@@ -114,19 +114,43 @@ def test_a_worker_killed_mid_reduce_is_counted_as_lost_attempts_on_a_local_clust
     assert result.counters.get("map.attempts_lost", 0) == 0
 
 
-def test_a_dask_worker_command_killed_mid_map_leaves_exactly_once_output(tmp_path: Path) -> None:
+def test_a_dask_worker_command_killed_mid_map_leaves_exactly_once_output_and_counts_the_lost_run(
+    tmp_path: Path,
+) -> None:
     # The scheduler keeps Dask's default allowed-failures (3): it re-runs the task on the surviving
-    # worker itself, so mrkit sees one attempt; the re-run commits first-writer-wins as usual.
+    # worker itself, and mrkit's driver launched one attempt per task. The re-run finds the killed
+    # run's delivery claim, so the lost run is counted as on every other backend (launched and lost),
+    # and the re-run commits first-writer-wins as usual.
     cluster = start_cluster(n_workers=2)
     try:
         address = cluster.address.replace("tcp://", "dask://")
         result, pid = kill_mid_task(D.STALL_IN_MAP, address, tmp_path)
         killed = [w for w in cluster.workers if w.pid == pid]
         assert killed and killed[0].wait(timeout=10) == -signal.SIGKILL
-        assert result.counters["map.records_in"] == len(LINES)
-        assert result.counters.get("map.attempts_lost", 0) == 0  # Dask re-ran it, not mrkit
+        counters = result.counters
+        assert counters["map.records_in"] == len(LINES)
+        assert counters["map.attempts_lost"] == 1, counters
+        assert counters["map.attempts_launched"] == counters["map.tasks"] + 1, counters
+        assert counters.get("reduce.attempts_lost", 0) == 0, counters
     finally:
         cluster.stop()
+
+
+def test_a_delivery_claim_counts_the_runs_of_an_attempt_that_started_before(tmp_path: Path) -> None:
+    from mrkit.backends.dask.tasks import claim_delivery
+    from mrkit.model.task import TaskKind, TaskSpec
+
+    url = str(tmp_path / "storage")
+    first = TaskSpec("job-1", "map-00002", TaskKind.MAP, attempt=1, storage_url=url)
+    assert [claim_delivery(first) for _ in range(3)] == [0, 1, 2]  # a first run, then two re-runs
+    # Another attempt (mrkit's own retry) or task starts from zero; a futures call is never counted.
+    assert claim_delivery(TaskSpec("job-1", "map-00002", TaskKind.MAP, attempt=2, storage_url=url)) == 0
+    assert claim_delivery(TaskSpec("job-1", "reduce-00000", TaskKind.REDUCE, storage_url=url)) == 0
+    assert claim_delivery(TaskSpec("job-1", "call-000001", TaskKind.CALL, storage_url=url)) == 0
+    # A storage that cannot be written counts nothing (the attempt then fails on it by itself).
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder", encoding="utf-8")
+    assert claim_delivery(TaskSpec("job-1", "map-00000", TaskKind.MAP, storage_url=str(blocked))) == 0
 
 
 def test_a_scheduler_that_goes_away_fails_the_job_clearly_and_publishes_nothing(

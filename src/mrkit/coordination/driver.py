@@ -255,6 +255,13 @@ class PhaseRunner:
                 events.ended(spec, "lost", error=f"{type(exc).__name__}: {exc}")
             self._lost(task, f"{type(exc).__name__}: {exc}")
             return
+        if result.lost_deliveries:
+            # Runs of this attempt that the executor's infrastructure started and lost by itself
+            # (a Dask scheduler re-ran it after its worker died): counted as launched and lost, as
+            # on the backends where the driver relaunches; not bounded by max_lost, since the
+            # attempt came back.
+            self.stats.launched += result.lost_deliveries
+            self.stats.lost += result.lost_deliveries
         if events is not None:
             outcome = (
                 "committed" if result.ok and result.committed else "discarded" if result.ok else "failed"

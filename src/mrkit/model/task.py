@@ -247,6 +247,9 @@ class TaskResult:
         worker: a label of the process or machine that ran it.
         seconds: wall time of the attempt.
         failure: set when ``ok`` is False.
+        lost_deliveries: earlier runs of this same attempt that the executor's infrastructure
+            started and lost on its own (a Dask scheduler re-running a task whose worker died); the
+            driver counts them as lost attempts, so counters tell the truth on every backend.
     """
 
     task_id: str
@@ -258,6 +261,7 @@ class TaskResult:
     worker: str = ""
     seconds: float = 0.0
     failure: TaskFailure | None = None
+    lost_deliveries: int = 0
 
     def encode(self) -> bytes:
         data = dict(self.__dict__)  # shallow, not dataclasses.asdict(): see TaskSpec.encode

@@ -13,9 +13,11 @@ The contract (:class:`DaskExecutor`, the same as every executor's, :mod:`mrkit.e
   ``allowed_failures=0``, so a killed worker fails its attempt at once (``KilledWorker``), along
   with any the scheduler had already sent it to run next, and the driver's next attempts show in
   the counters (``*.attempts_lost``). A scheduler of yours re-runs a task whose worker died
-  up to its ``distributed.scheduler.allowed-failures`` times (3 by default) before saying so; those
-  re-runs are invisible to mrkit's counters, and harmless: a re-run writes under the same attempt's
-  keys and commits first-writer-wins like any attempt (docs/dask.md).
+  up to its ``distributed.scheduler.allowed-failures`` times (3 by default) before saying so; each
+  run claims a delivery number in storage first, so a re-run reports the runs lost before it
+  (``TaskResult.lost_deliveries``, counted as launched and lost attempts), and it is harmless: a
+  re-run writes under the same attempt's keys and commits first-writer-wins like any attempt
+  (docs/dask.md).
 * Data moves through storage, not through the scheduler: tasks carry references and return
   counters. ``local`` is True only when every Dask worker listens on a loopback address (checked
   when the executor connects; workers that join later are not looked at); otherwise
@@ -27,7 +29,7 @@ Security: the cluster ``dask`` starts listens on 127.0.0.1 only (its dashboard t
 workers. Use ``tls://`` with a ``distributed.security.Security`` (``security=`` or the usual Dask
 configuration) for a scheduler on a network.
 
-Why one module of about 580 lines: the executor's submit, its batching of futures-API calls, its
+Why one module of about 600 lines: the executor's submit, its batching of futures-API calls, its
 queue of attempts waiting beside the workers (``queue_ahead``, ``_mark_running``), its result pump,
 its client watcher and its shutdown share one table of pending attempts and its lock; the local
 cluster's start-up (its batch settings, and the caller's environment it restores) is its only other
