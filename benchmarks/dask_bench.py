@@ -42,6 +42,7 @@ if (ROOT / "src" / "mrkit").is_dir():  # benchmark this tree, installed or not
 sys.path.insert(0, str(HERE))
 
 import dask.bag as db  # noqa: E402
+import run  # noqa: E402 - its _same: equal keys, floats to a relative 1e-9
 import workloads  # noqa: E402
 from http_bench import _data, tiny  # noqa: E402 - the same corpus cache and tiny task
 from userpath import cached_inputs  # noqa: E402
@@ -95,11 +96,6 @@ def bag_ad_revenue(executor: Any, paths: list[str]) -> tuple[float, dict[str, fl
     sums = bag.foldby(first, add_revenue, 0.0, lambda a, b: a + b, 0.0)
     result = dict(executor.client.compute(sums).result())
     return time.perf_counter() - started, result
-
-
-def same_sums(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Equal keys, and values equal to 1e-9 relative (float sums depend on the order of addition)."""
-    return a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-9 * max(1.0, abs(a[k])) for k in a)
 
 
 def mrkit_job(executor: Executor, job: mrkit.Job, paths: list[str]) -> tuple[float, dict[str, Any]]:
@@ -176,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                         runs[name].append(bag_word_count(dask_ex, inputs, bag_kind == "split-level"))
                     else:
                         runs[name].append(mrkit_job(dask_ex if name == "dask" else processes, job, inputs))
-            same = all(same_sums(r[1], runs["dask"][0][1]) for rs in runs.values() for r in rs)
+            same = all(run._same(r[1], runs["dask"][0][1])[0] for rs in runs.values() for r in rs)
             secs = {name: statistics.median(t for t, _ in rs) for name, rs in runs.items()}
             vs_proc, vs_bag = secs["dask"] / secs["processes"], secs["dask"] / secs["bag"]
             passed = same and vs_proc <= TARGETS["vs processes"] and vs_bag <= TARGETS["vs bag"]

@@ -40,6 +40,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import run  # noqa: E402 - its _same: equal keys, floats to a relative 1e-9
 import userpath  # noqa: E402
 from userpath import HEADER, TOKENIZER, cached_inputs, job_script, read_tsv, timed_run  # noqa: E402
 
@@ -101,12 +102,6 @@ def with_executor(source: str, call_end: str, executor: str) -> str:
     ``call_end``)."""
     assert source.count(call_end) == 1, call_end
     return source.replace(call_end, call_end[:-1] + f", executor={executor!r})")
-
-
-def same(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    if a.keys() != b.keys():
-        return False
-    return all(abs(a[k] - b[k]) <= 1e-9 * max(1.0, abs(a[k])) for k in a)
 
 
 #: ``--tuned``: the workers' settings docs/dask.md recommends for a cluster that runs batch jobs (the
@@ -237,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                         argv = [sys.executable, str(scripts[side]), *paths, str(out_dir), str(tsv)]
                     times[side].append(timed_run(argv))
                     outputs[side] = read_tsv(tsv)
-            agree = all(same(outputs["dask"], outputs[side]) for side in sides)
+            agree = all(run._same(outputs["dask"], outputs[side])[0] for side in sides)
             med = {side: statistics.median(ts) for side, ts in times.items()}
             # Per round, the two sides ran back to back: their ratio survives the machine's speed
             # drifting between rounds, which a ratio of medians does not.

@@ -139,11 +139,11 @@ class DaskExecutor(Executor):
         self._calls: list[tuple[TaskSpec, Future[TaskResult]]] = []
         self._calls_ready = threading.Event()
         self._batcher: threading.Thread | None = None
-        self._closed = False
-        # Set by shutdown: the helper threads (batcher, pump, watch) end on it, and shutdown joins
-        # them, so that a caller is single-threaded again once the executor is shut down (read_output
-        # then streams the output through a forked child, which a process with threads cannot).
-        self._stopping = threading.Event()
+        # Set by shutdown: submit refuses, the helper threads (batcher, pump, watch) end on it, and
+        # shutdown joins them, so that a caller is single-threaded again once the executor is shut
+        # down (read_output then streams the output through a forked child, which a process with
+        # threads cannot).
+        self._closed = threading.Event()
         self._helpers: list[threading.Thread] = []
         self._dashboard: str | None = None  # the dashboard link once looked up ("" for none)
         self._completed: Any = None  # distributed.as_completed of the pending tasks (see _pump)
@@ -236,7 +236,7 @@ class DaskExecutor(Executor):
         Raises:
             RuntimeError: after :meth:`shutdown`.
         """
-        if self._closed:
+        if self._closed.is_set():
             raise RuntimeError("cannot submit to a DaskExecutor after shutdown()")
         future: Future[TaskResult] = Future()
         if self.client.status in ("closing", "closed"):
@@ -304,7 +304,7 @@ class DaskExecutor(Executor):
         calls, and the queue is cut in at least twice as many batches as the cluster has threads, so
         that long calls still spread over every worker.
         """
-        while not self._closed:
+        while not self._closed.is_set():
             self._calls_ready.wait(_WATCH_SECONDS)
             self._calls_ready.clear()
             with self._lock:
@@ -325,7 +325,7 @@ class DaskExecutor(Executor):
         """
         completed = self._completed
         assert completed is not None
-        while not self._closed:
+        while not self._closed.is_set():
             try:
                 batch = completed.next_batch(block=True)
             except StopIteration:  # nothing in flight: sleep until the next submit
@@ -402,7 +402,7 @@ class DaskExecutor(Executor):
         futures submitted *while* it was reconnecting are dropped with it and never complete (the
         client's event loop is gone). Without this, the driver would wait for them forever.
         """
-        while not self._stopping.wait(_WATCH_SECONDS):
+        while not self._closed.wait(_WATCH_SECONDS):
             if self.client.status not in ("closing", "closed"):
                 continue
             time.sleep(_WATCH_SECONDS)  # let the pump deliver what still completed, first
@@ -475,16 +475,15 @@ class DaskExecutor(Executor):
     def shutdown(self, wait: bool = True) -> None:
         """Cancel this executor's pending tasks; close the client and cluster it opened (not yours)."""
         with self._lock:
-            if self._closed:
+            if self._closed.is_set():
                 return
-            self._closed = True
+            self._closed.set()
             pending = list(self._pending)
             completed = self._completed
             unsent, self._calls = self._calls, []
         for spec, future in unsent:
             with contextlib.suppress(Exception):
                 future.set_exception(self._lost(spec, f"executor {self.name} shut down before it ran"))
-        self._stopping.set()
         self._calls_ready.set()
         if completed is not None:
             completed.clear()  # lets the pump thread see that nothing is left, and end
