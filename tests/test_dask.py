@@ -343,26 +343,3 @@ def test_tiny_calls_share_dask_tasks_and_each_keeps_its_own_result_or_error(cli_
         executor.shutdown()
     assert sum(sent) >= 300 and max(sent) > 1, sent  # batched (retries of nothing: 300 calls)
     assert len(sent) < 300
-
-
-def test_a_finished_run_leaves_its_caller_single_threaded(cli_cluster: DaskCluster, tmp_path: Path) -> None:
-    """Once ``mrkit.run`` returns, the executor's helper threads (results pump, client watch) have
-    ended: the caller is single-threaded again, so ``read_output`` may stream the output back
-    through a forked child (a process with threads may not fork safely)."""
-    source = tmp_path / "in.txt"
-    source.write_text("\n".join(TEXT) + "\n", encoding="utf-8")
-    name = cli_cluster.address.replace("tcp://", "dask://")
-    program = textwrap.dedent(
-        f"""
-        import os, threading, mrkit
-        from mrkit.data.prefetch import single_threaded
-        from tests import contract_jobs as C
-        if __name__ == "__main__":
-            result = mrkit.run(C.WORD_COUNT, {str(source)!r}, executor={name!r}, quiet=True)
-            print(single_threaded(), [t.name for t in threading.enumerate()], dict(result)["the"])
-        """
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
-    )
-    assert out.stdout.split("\n")[0] == "True ['MainThread'] 40", out.stderr

@@ -640,3 +640,40 @@ def test_a_submitted_job_cancelled_midway_ends_cancelled_and_publishes_nothing(
     # for a resume.
     published = [n for n in open_storage(out).list("") if n.startswith(("part-", "_SUCCESS"))]
     assert published == [], out
+
+
+def test_a_run_by_executor_name_leaves_its_caller_single_threaded(backend: Backend, tmp_path: Path) -> None:
+    """A program that runs a job by naming its executor gets its process back single-threaded (no
+    thread the executor started outlives the run), so ``read_output`` may read ahead in a forked
+    child. Checked in a fresh interpreter: this test process runs the fixtures' threads.
+
+    One exception, Dask's and not mrkit's: a ``LocalCluster`` started in this process (``dask``)
+    leaves ``distributed``'s module-wide offload thread, which lives as long as the process (mrkit
+    does not replace Dask's private executor); ``read_output`` then reads serially (docs/dask.md)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    name = backend.executor if isinstance(backend.executor, str) else backend.name
+    source = write_lines(tmp_path / "input.txt", TEXT)
+    program = textwrap.dedent(
+        f"""
+        import threading, mrkit
+        from mrkit.data.prefetch import single_threaded
+        from tests import contract_jobs as C
+        if __name__ == "__main__":  # executor="dask" spawns its workers, which re-import this
+            result = mrkit.run(C.WORD_COUNT, {source!r}, executor={name!r}, workers=2, quiet=True)
+            print(single_threaded(), [t.name for t in threading.enumerate()], dict(result)["the"])
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stderr
+    expected = dict(run(C.WORD_COUNT, source, "inline"))["the"]
+    threads = "False ['MainThread', 'Dask-Offload_0']" if backend.name == "dask" else "True ['MainThread']"
+    assert out.stdout.splitlines()[-1] == f"{threads} {expected}", out.stderr
