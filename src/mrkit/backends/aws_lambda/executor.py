@@ -133,6 +133,10 @@ def _resolve(
         pass  # cancelled by the driver, or resolved by the other path (sync response vs listing)
 
 
+# How long shutdown waits for each poll or dispatch thread to end: they end within a poll interval
+# (an invoke in flight finishes first); the bound only keeps a stuck call from hanging the caller.
+_THREAD_JOIN_SECONDS = 10.0
+
 EXECUTOR_OPTIONS = {
     "storage": str,
     "max_concurrency": int,
@@ -311,6 +315,12 @@ class LambdaExecutor(Executor):
             message = f"executor {self.name} shut down before {item.spec.task_id} reported"
             _resolve(item.future, error=WorkerLost(message, task_id=item.spec.task_id))
         self.invoker.close()
+        if wait:
+            # The poll and dispatch threads end within one poll interval (or on their None); joining
+            # them gives the caller its process back single-threaded, so read_output may fork.
+            for thread in self._threads:
+                if thread is not threading.current_thread():
+                    thread.join(_THREAD_JOIN_SECONDS)
 
     # -- helpers ---------------------------------------------------------------------------------
 
