@@ -644,7 +644,8 @@ def test_a_submitted_job_cancelled_midway_ends_cancelled_and_publishes_nothing(
 
 def test_a_run_by_executor_name_leaves_its_caller_single_threaded(backend: Backend, tmp_path: Path) -> None:
     """A program that runs a job by naming its executor gets its process back single-threaded (no
-    thread the executor started outlives the run), so ``read_output`` may read ahead in a forked
+    thread the executor or the run started outlives the run: a one-step job, then a two-step one
+    with a progress bar), so ``read_output`` may read ahead in a forked
     child. Checked in a fresh interpreter: this test process runs the fixtures' threads.
 
     One exception, Dask's and not mrkit's: a ``LocalCluster`` started in this process (``dask``)
@@ -663,6 +664,8 @@ def test_a_run_by_executor_name_leaves_its_caller_single_threaded(backend: Backe
         from tests import contract_jobs as C
         if __name__ == "__main__":  # executor="dask" spawns its workers, which re-import this
             result = mrkit.run(C.WORD_COUNT, {source!r}, executor={name!r}, workers=2, quiet=True)
+            # Two steps, with a progress bar: their threads (cancel forwarding, bar refresh) end too.
+            mrkit.run(C.TOP_WORDS, {source!r}, executor={name!r}, workers=2, quiet=True, progress=True)
             print(single_threaded(), [t.name for t in threading.enumerate()], dict(result)["the"])
         """
     )

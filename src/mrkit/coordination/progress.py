@@ -45,6 +45,7 @@ class Progress:
         self._bar: Any = None
         self._live: Callable[[], tuple[int, int]] | None = None
         self._stop = threading.Event()
+        self._refresher: threading.Thread | None = None  # the running phase's refresh thread
         self._phase = ""
         self._total = 0
         self._total_bytes = 0
@@ -69,11 +70,14 @@ class Progress:
             return
         from tqdm.auto import tqdm
 
+        # No tqdm monitor thread (a process-wide thread tqdm starts with its first bar and keeps):
+        # this class refreshes its bar itself, and a run must give its caller back single-threaded.
+        quiet_tqdm = type("_Bar", (tqdm,), {"monitor_interval": 0})
         with self._lock:
             self._phase, self._total, self._total_bytes, self._live = phase, total, total_bytes, live
             self._done = self._records = self._bytes = 0
             by_bytes = total_bytes > 0
-            self._bar = tqdm(
+            self._bar = quiet_tqdm(
                 total=total_bytes if by_bytes else total,
                 desc=f"{phase:<6}",
                 unit="B" if by_bytes else " tasks",
@@ -86,9 +90,10 @@ class Progress:
             self._draw_locked()
         if live is not None:
             self._stop = stop = threading.Event()
-            threading.Thread(
+            self._refresher = threading.Thread(
                 target=self._refresh_until, args=(stop,), name="mrkit-progress", daemon=True
-            ).start()
+            )
+            self._refresher.start()
 
     def update(
         self, phase: str, done: int, total: int, records: int, nbytes: int, *, force: bool = False
@@ -107,6 +112,10 @@ class Progress:
     def end_phase(self) -> None:
         """Stop refreshing and close the current bar (the driver calls it however the phase ended)."""
         self._stop.set()
+        # Joined (outside the lock it takes to draw): once the run ends, its caller is single-threaded.
+        refresher, self._refresher = self._refresher, None
+        if refresher is not None and refresher is not threading.current_thread():
+            refresher.join()
         with self._lock:
             bar, self._bar = self._bar, None
             if bar is not None:

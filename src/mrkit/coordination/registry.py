@@ -331,7 +331,11 @@ class CancelWatcher:
                 return
 
     def stop(self) -> None:
+        """Stop watching; the thread has ended on return (a caller that forks next, such as
+        read_output's read-ahead, must find its process single-threaded)."""
         self._stopped.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
 
 
 def list_runs(limit: int = KEEP_RUNS) -> list[JobStatus]:

@@ -91,6 +91,9 @@ class StepsRecording:
         """Record the job's end (``started``: its ``time.monotonic()`` start)."""
         self._ended.set()
         self._watcher.stop()
+        # Both threads have ended on return: the caller gets its process back single-threaded.
+        if self._forwarder is not threading.current_thread():
+            self._forwarder.join()
         # The job's own events file stays empty: its events are its steps' (module docstring).
         record_end(self.job_id, self.name, self.executor, EventLog(None), started, error, counters)
 
@@ -102,7 +105,9 @@ class StepsRecording:
     def _forward(self) -> None:
         """Pass a cancel request on to the running step until one is written or the job ends (a
         request that comes while the next step is being planned is written once its run exists)."""
-        self.cancelled.wait()
+        while not self.cancelled.wait(CANCEL_POLL):
+            if self._ended.is_set():
+                return  # the job ended without a cancel request: nothing to pass on
         while not self._ended.is_set():
             if self._steps and request_cancel(self._steps[-1]):
                 return
